@@ -1,0 +1,134 @@
+"""The `kit` command: `kit db url|status|start|stop|psql`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from kit import embedded
+from kit.config import ConfigError, KitError, Settings, load_settings
+
+EXIT_CONFIG = 2
+
+
+def _db_url(settings: Settings, args: argparse.Namespace) -> int:
+    from kit.db import resolve_url
+
+    print(resolve_url(settings))
+    return 0
+
+
+def _db_status(settings: Settings, args: argparse.Namespace) -> int:
+    if settings.database_url:
+        print(f"database: {settings.safe_url} (DATABASE_URL)")
+        return _report_server(settings.database_url)
+    state = embedded.status(settings.data_dir)
+    print(f"database: embedded PostgreSQL {embedded.PG_MAJOR} in {state.pgdata}")
+    if not state.running:
+        print("server:   stopped" + ("" if state.initialized else " (not initialised yet)"))
+        print("start it with `kit db start` (any query also starts it)")
+        return 3
+    print(f"server:   running, pid {state.pid}, socket {state.socket_dir}")
+    print(f"url:      {embedded.url(state.socket_dir, state.port)}")
+    return _report_server(embedded.url(state.socket_dir, state.port))
+
+
+def _report_server(url: str) -> int:
+    import psycopg2
+
+    try:
+        conn = psycopg2.connect(url, connect_timeout=5, application_name="kit-status")
+    except psycopg2.Error as exc:
+        reason = str(exc).strip().splitlines()[0]
+        print(f"reachable: no ({reason})")
+        return 1
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SHOW server_version")
+            version = cur.fetchone()[0]
+            cur.execute(
+                "SELECT (SELECT extversion FROM pg_extension WHERE extname = 'vector'),"
+                " (SELECT default_version FROM pg_available_extensions WHERE name = 'vector')"
+            )
+            installed, available = cur.fetchone()
+    finally:
+        conn.close()
+    print(f"reachable: yes, PostgreSQL {version}")
+    if installed:
+        print(f"pgvector: {installed} installed")
+    elif available:
+        print(f"pgvector: {available} available, not yet installed in this database (migrations install it)")
+    else:
+        print("pgvector: not available on this server (use the pgvector/pgvector:pg16 image)")
+    return 0
+
+
+def _db_start(settings: Settings, args: argparse.Namespace) -> int:
+    if settings.database_url:
+        print(f"DATABASE_URL is set ({settings.safe_url}); the embedded server is not used.")
+        return 0
+    url = embedded.start(settings.data_dir)
+    print(f"embedded PostgreSQL {embedded.PG_MAJOR} running: {url}")
+    return 0
+
+
+def _db_stop(settings: Settings, args: argparse.Namespace) -> int:
+    if settings.database_url:
+        print(f"DATABASE_URL is set ({settings.safe_url}); there is no embedded server to stop.")
+        return 0
+    stopped = embedded.stop(settings.data_dir)
+    print("embedded PostgreSQL stopped" if stopped else "embedded PostgreSQL was not running")
+    return 0
+
+
+def _db_psql(settings: Settings, args: argparse.Namespace) -> int:
+    from kit.db import resolve_url
+
+    url = resolve_url(settings)
+    psql = str(embedded.psql_path())
+    sys.stdout.flush()
+    os.execv(psql, [psql, url, *args.psql_args])
+    return 0  # not reached
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `kit` command."""
+    parser = argparse.ArgumentParser(prog="kit", description="The kit's database tools.")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="{db}")
+    db = groups.add_parser("db", help="the database in use: DATABASE_URL or the embedded server")
+    commands = db.add_subparsers(dest="command", required=True, metavar="{url,status,start,stop,psql}")
+    actions: dict[str, tuple[str, Callable[[Settings, argparse.Namespace], int]]] = {
+        "url": ("print the URL in use (starts the embedded server if needed)", _db_url),
+        "status": ("show which server is used and whether it is up", _db_status),
+        "start": ("start the embedded server (kept running between runs)", _db_start),
+        "stop": ("stop the embedded server", _db_stop),
+        "psql": ("open psql on the database in use", _db_psql),
+    }
+    for name, (help_text, action) in actions.items():
+        sub = commands.add_parser(name, help=help_text)
+        sub.set_defaults(action=action)
+        if name == "psql":
+            sub.add_argument("psql_args", nargs=argparse.REMAINDER, help="passed on to psql")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the `kit` command; errors are one sentence on stderr and a non-zero exit."""
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        return args.action(settings, args)
+    except ConfigError as exc:
+        print(f"kit: error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KitError as exc:
+        print(f"kit: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

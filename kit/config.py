@@ -1,0 +1,120 @@
+"""Settings read from the environment, validated once, with errors that name the variable.
+
+| variable                    | default   | meaning                                                     |
+|-----------------------------|-----------|-------------------------------------------------------------|
+| DATABASE_URL                | unset     | postgresql:// or postgres:// URL; unset: the embedded server |
+| DATABASE_POOL_MIN           | 2         | connections opened on first use and kept open               |
+| DATABASE_POOL_MAX           | 10        | most connections checked out at once                        |
+| DATABASE_POOL_IDLE_TIMEOUT  | 30000     | ms an idle connection above MIN is kept before it is closed |
+| DATABASE_POOL_TIMEOUT       | 10000     | ms a caller waits for a free connection                     |
+| KIT_DATA_DIR                | ./.kit    | where the embedded server keeps its data                    |
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+URL_SCHEMES = ("postgresql", "postgres")
+
+
+class KitError(Exception):
+    """An error the kit reports to a person as one clear sentence (no traceback)."""
+
+
+class ConfigError(KitError):
+    """A setting in the environment is missing, malformed or inconsistent."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The kit's validated settings."""
+
+    database_url: str | None = None
+    pool_min: int = 2
+    pool_max: int = 10
+    pool_idle_timeout_ms: int = 30_000
+    pool_timeout_ms: int = 10_000
+    data_dir: Path = Path(".kit")
+
+    @property
+    def safe_url(self) -> str | None:
+        """The database URL with its password masked, for messages and logs."""
+        return mask_password(self.database_url) if self.database_url else None
+
+
+def mask_password(url: str) -> str:
+    """Return `url` with any password replaced by `***`."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = parts.netloc.rsplit("@", 1)
+        user = (parts.username or "") + ":***"
+        return urlunsplit(parts._replace(netloc=f"{user}@{netloc[1]}"))
+    except ValueError:
+        return "<unparseable URL>"
+
+
+def _integer(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < 0:
+        raise ConfigError(f"{name} must not be negative, got {value}")
+    return value
+
+
+def check_database_url(url: str, name: str = "DATABASE_URL") -> str:
+    """Validate a PostgreSQL URL and return it in the `postgresql://` form libpq and peewee accept."""
+    import psycopg2.extensions
+
+    shown = mask_password(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise ConfigError(f"{name} is not a valid URL ({exc}): {shown}") from None
+    if parts.scheme not in URL_SCHEMES:
+        found = f"{parts.scheme}://" if parts.scheme else "no scheme"
+        raise ConfigError(
+            f"{name} must start with postgresql:// or postgres://, got {found} in {shown}"
+        )
+    url = urlunsplit(parts._replace(scheme="postgresql"))
+    try:
+        psycopg2.extensions.parse_dsn(url)
+    except psycopg2.ProgrammingError as exc:
+        reason = str(exc).strip().splitlines()[0]
+        raise ConfigError(f"{name} is not a valid PostgreSQL URL ({reason}): {shown}") from None
+    return url
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate the kit's settings from `env` (default: the process environment)."""
+    env = os.environ if env is None else env
+    url = env.get("DATABASE_URL", "").strip() or None
+    if url is not None:
+        url = check_database_url(url)
+    pool_min = _integer(env, "DATABASE_POOL_MIN", Settings.pool_min)
+    pool_max = _integer(env, "DATABASE_POOL_MAX", Settings.pool_max)
+    if pool_max < 1:
+        raise ConfigError(f"DATABASE_POOL_MAX must be at least 1, got {pool_max}")
+    if pool_min > pool_max:
+        raise ConfigError(
+            f"DATABASE_POOL_MIN ({pool_min}) must not be greater than DATABASE_POOL_MAX ({pool_max})"
+        )
+    data_dir = Path(env.get("KIT_DATA_DIR", "").strip() or ".kit").expanduser().absolute()
+    return Settings(
+        database_url=url,
+        pool_min=pool_min,
+        pool_max=pool_max,
+        pool_idle_timeout_ms=_integer(env, "DATABASE_POOL_IDLE_TIMEOUT", Settings.pool_idle_timeout_ms),
+        pool_timeout_ms=_integer(env, "DATABASE_POOL_TIMEOUT", Settings.pool_timeout_ms),
+        data_dir=data_dir,
+    )

