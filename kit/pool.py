@@ -364,7 +364,7 @@ class PooledDatabase(PooledPostgresqlExtDatabase):
             for slot in self._idle + list(self._slots.values()):
                 self._discard(slot)
             self._idle, self._slots = [], {}
-                self._cond.notify_all()
+            self._cond.notify_all()
 
     def close_stale(self, age: float = 600) -> int:
         """Close connections checked out more than `age` seconds ago (their users will fail); return how many."""
