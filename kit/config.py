@@ -79,6 +79,7 @@ def check_database_url(url: str, name: str = "DATABASE_URL") -> str:
     shown = mask_password(url)
     try:
         parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
     except ValueError as exc:
         raise ConfigError(f"{name} is not a valid URL ({exc}): {shown}") from None
     if parts.scheme not in URL_SCHEMES:

@@ -96,10 +96,10 @@ def start(data_dir: Path) -> str:
             "set KIT_DATA_DIR to another directory, or remove this one if its data is not needed."
         )
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            server = pgserver.get_server(pgdata, cleanup_mode=None, postgres_version=PG_MAJOR)
+        pgdata.mkdir(parents=True, exist_ok=True)
+        # Not get_server(): it caches one handle per process and would not restart a server stopped since.
+        server = pgserver.PostgresServer(pgdata.resolve(), cleanup_mode=None, postgres_version=PG_MAJOR)
+        server.start()
         info = server.get_postmaster_info()
     except Exception as exc:
         log = pgdata / "log"

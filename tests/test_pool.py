@@ -11,6 +11,8 @@ import time
 import pytest
 from helpers import scalar
 
+from peewee import ProgrammingError
+
 from kit.db import database
 from kit.pool import PooledDatabase, PoolExhausted
 
@@ -193,7 +195,7 @@ def test_open_and_failed_transactions_are_rolled_back_before_reuse(make_pool, mo
         assert backend_pid(pool) == first
         assert pool.execute_sql(f"SELECT count(*) FROM {table}").fetchone()[0] == 0
         pool.execute_sql("BEGIN")
-        with pytest.raises(Exception):
+        with pytest.raises(ProgrammingError):
             pool.execute_sql("SELECT * FROM no_such_table")
     with pool.connection_context():  # the failed transaction is gone: statements work again
         assert backend_pid(pool) == first

@@ -1,0 +1,139 @@
+"""The embedded server, in a throwaway KIT_DATA_DIR: start, reuse, persist, stop, concurrent starts, restarts."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psycopg2
+import pytest
+from helpers import scalar
+
+from kit import embedded
+from kit.pool import PooledDatabase
+
+
+@pytest.fixture(scope="module")
+def data_dir():
+    # A short path: the server's unix socket lives in it, and socket paths are limited to ~100 bytes.
+    path = Path(tempfile.mkdtemp(prefix="kit-emb-"))
+    yield path
+    embedded.stop(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def kit_cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_"))}
+    environ["KIT_DATA_DIR"] = str(data_dir)
+    return subprocess.run(
+        [sys.executable, "-m", "kit.cli", *args], env=environ, capture_output=True, text=True, timeout=180
+    )
+
+
+def query(url: str, sql: str):
+    conn = psycopg2.connect(url)
+    conn.autocommit = True
+    try:
+        return scalar(conn, sql)
+    finally:
+        conn.close()
+
+
+def test_start_gives_postgres_16_with_pgvector_on_a_unix_socket(data_dir):
+    url = embedded.start(data_dir)
+    assert url.startswith("postgresql://postgres@/kit?host=")
+    assert query(url, "SHOW server_version_num").startswith("16")
+    assert query(url, "SHOW listen_addresses") == ""
+    query(url, "CREATE EXTENSION IF NOT EXISTS vector; SELECT 1")
+    assert query(url, "SELECT '[1,2,3]'::vector <-> '[1,2,4]'::vector") == 1.0
+    state = embedded.status(data_dir)
+    assert state.running and state.pgdata == data_dir / "pgdata"
+
+
+def test_start_again_reuses_the_running_server(data_dir):
+    first = embedded.start(data_dir)
+    pid = embedded.status(data_dir).pid
+    assert embedded.start(data_dir) == first
+    assert embedded.status(data_dir).pid == pid
+
+
+def test_data_persists_across_stop_and_start(data_dir):
+    url = embedded.start(data_dir)
+    query(url, "CREATE TABLE IF NOT EXISTS kept (note text); INSERT INTO kept VALUES ('still here'); SELECT 1")
+    assert embedded.stop(data_dir) is True
+    assert not embedded.status(data_dir).running
+    assert embedded.stop(data_dir) is False
+    url = embedded.start(data_dir)
+    assert query(url, "SELECT note FROM kept") == "still here"
+
+
+def test_server_keeps_running_after_the_starting_process_exits(data_dir):
+    embedded.stop(data_dir)
+    result = kit_cli(data_dir, "db", "start")
+    assert result.returncode == 0, result.stderr
+    assert embedded.status(data_dir).running
+
+
+def test_concurrent_starts_share_one_server(data_dir):
+    embedded.stop(data_dir)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda _: kit_cli(data_dir, "db", "url"), range(4)))
+    for result in results:
+        assert result.returncode == 0, result.stderr
+    assert len({r.stdout.strip() for r in results}) == 1
+    postmasters = subprocess.run(["pgrep", "-f", f"postgres -D {data_dir}/pgdata"], capture_output=True, text=True)
+    assert len(postmasters.stdout.split()) == 1
+
+
+def test_cli_status_and_stop(data_dir):
+    embedded.start(data_dir)
+    status = kit_cli(data_dir, "db", "status")
+    assert status.returncode == 0, status.stderr
+    assert "running" in status.stdout and "PostgreSQL 16" in status.stdout
+    assert kit_cli(data_dir, "db", "stop").returncode == 0
+    stopped = kit_cli(data_dir, "db", "status")
+    assert stopped.returncode == 3 and "stopped" in stopped.stdout
+
+
+def test_pool_recovers_after_a_server_restart_without_caller_retry(data_dir):
+    url = embedded.start(data_dir)
+    pool = PooledDatabase(url, min_size=2, max_size=4)
+    try:
+        with pool.connection_context():
+            before = pool.execute_sql("SELECT pg_backend_pid()").fetchone()[0]
+        held = pool.execute_sql("SELECT pg_backend_pid()").fetchone()[0]  # kept by this thread
+        embedded.stop(data_dir)
+        embedded.start(data_dir)
+        time.sleep(0.1)
+        assert pool.execute_sql("SELECT pg_backend_pid()").fetchone()[0] != held
+        pool.close()
+        with pool.connection_context():
+            assert pool.execute_sql("SELECT pg_backend_pid()").fetchone()[0] not in (before, held)
+    finally:
+        pool.close_all()
+
+
+def test_a_cluster_of_another_major_version_is_refused_clearly(tmp_path):
+    (tmp_path / "pgdata").mkdir()
+    (tmp_path / "pgdata" / "PG_VERSION").write_text("18\n")
+    with pytest.raises(embedded.EmbeddedServerError) as caught:
+        embedded.start(tmp_path)
+    assert "PostgreSQL 18" in str(caught.value) and "KIT_DATA_DIR" in str(caught.value)
+
+
+def test_unavailable_embedded_server_says_what_to_do(tmp_path):
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_"))}
+    environ.update(KIT_DATA_DIR=str(tmp_path), PGSERVER_POSTGRES_VERSION="9")  # the package refuses to load
+    result = subprocess.run(
+        [sys.executable, "-m", "kit.cli", "db", "url"], env=environ, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "No DATABASE_URL is set" in result.stderr and "set DATABASE_URL" in result.stderr
+    assert "docker compose up -d" in result.stderr
