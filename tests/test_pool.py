@@ -10,7 +10,6 @@ import time
 
 import pytest
 from helpers import scalar
-
 from peewee import ProgrammingError
 
 from kit.db import database
