@@ -15,8 +15,11 @@ What the pool guarantees on top of peewee's `PooledPostgresqlExtDatabase`:
   killed backend leaves it readable, and only then, or after `check_after` seconds idle, does the
   pool spend a round trip to test it. Recently used healthy connections cost no round trip.
 - A connection comes back clean: an open or failed transaction is rolled back, and a connection
-  whose session state may have changed (SET, advisory locks, LISTEN, temp tables, raw use of the
-  driver connection) is reset with DISCARD ALL before anyone else borrows it.
+  whose session state may have changed is reset with DISCARD ALL before anyone else borrows it.
+  "May have changed" is seen from the statements run through the database (SET, RESET, LISTEN,
+  PREPARE, DECLARE, temp tables, set_config(), session advisory locks, in lower or upper case) and
+  from any use of the raw driver connection (`database.connection()`) or a named cursor. A
+  connection whose session did not change costs no extra round trip.
 - Fork safety: a child process drops the parent's connections without touching their sockets.
 - A connection held by a thread that has ended is reclaimed when the pool runs out.
 """
@@ -47,12 +50,17 @@ class _NoFreeSlot(Exception):
 
 # Statements that change session state which would otherwise leak to the next borrower.
 # SET LOCAL / SET TRANSACTION / SET CONSTRAINTS and pg_advisory_xact_lock end with the transaction.
-_SESSION_STATE = re.compile(
-    r"^\s*(?:set\s+(?!local\b|transaction\b|constraints\b)|set\s+session\b|reset\b|listen\b|prepare\b"
-    r"|declare\b|load\b|create\s+(?:(?:global|local)\s+)?temp)"
-    r"|set_config\s*\(|pg_(?:try_)?advisory_lock(?:_shared)?\s*\(",
+_SESSION_STATEMENT = re.compile(
+    r"\s*(?:set\s+(?!local\b|transaction\b|constraints\b)|reset\b|listen\b|prepare\b|declare\b|load\b"
+    r"|create\s+(?:(?:global|local)\s+)?temp)",
     re.IGNORECASE,
 )
+_SESSION_FUNCTIONS = ("set_config", "SET_CONFIG", "advisory_lock", "ADVISORY_LOCK")
+
+
+def _changes_session(sql: str) -> bool:
+    """True when a statement may leave session state behind (checked in microseconds, even for long SQL)."""
+    return _SESSION_STATEMENT.match(sql) is not None or any(name in sql for name in _SESSION_FUNCTIONS)
 
 
 @dataclass(eq=False)
@@ -258,7 +266,7 @@ class PooledDatabase(PooledPostgresqlExtDatabase):
 
     def execute_sql(self, sql: str, params: Any = None, named_cursor: Any = None) -> Any:
         """Run one statement, noting when it changes session state that must not leak."""
-        if _SESSION_STATE.search(sql):
+        if _changes_session(sql):
             cursor = super().execute_sql(sql, params, named_cursor)
             self._mark_dirty()
             return cursor

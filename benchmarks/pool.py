@@ -1,0 +1,105 @@
+"""Pool benchmark: checkout + SELECT 1 + release, on 1 and 8 threads.
+
+Measures, side by side in one run against the same server (DATABASE_URL or the embedded default):
+- kit:    `kit.pool.PooledDatabase`, `with db.connection_context(): db.execute_sql("SELECT 1")`
+- peewee: playhouse's stock `PooledPostgresqlExtDatabase`, the same calls
+- raw:    a psycopg2 connection kept open per thread, `cursor.execute("SELECT 1")` (the limit)
+
+Prints the median ops/s over several rounds and the ratios. Run: `python benchmarks/pool.py [--ops N] [--rounds R]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import threading
+import time
+
+import psycopg2
+from playhouse.postgres_ext import PooledPostgresqlExtDatabase
+
+from kit.config import load_settings
+from kit.db import resolve_url
+from kit.pool import PooledDatabase
+
+
+def run_threads(threads: int, ops: int, setup, op) -> float:
+    """Run `op(ctx)` `ops` times on each of `threads` threads; return total ops per second."""
+    contexts = [setup() for _ in range(threads)]
+    barrier = threading.Barrier(threads + 1)
+    finished = []
+
+    def work(ctx):
+        barrier.wait()
+        for _ in range(ops):
+            op(ctx)
+        finished.append(time.perf_counter())
+
+    workers = [threading.Thread(target=work, args=(c,)) for c in contexts]
+    for w in workers:
+        w.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for w in workers:
+        w.join()
+    return threads * ops / (max(finished) - start)
+
+
+def main() -> None:
+    """Run the benchmark and print ops/s and ratios."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ops", type=int, default=3000, help="operations per thread per round")
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    url = resolve_url(load_settings())
+
+    kit_db = PooledDatabase(url, min_size=2, max_size=10, application_name="bench-kit")
+    stock_db = PooledPostgresqlExtDatabase(url, max_connections=10, timeout=10, application_name="bench-peewee")
+
+    def pooled_op(db):
+        def op(_ctx):
+            with db.connection_context():
+                db.execute_sql("SELECT 1").fetchone()
+
+        return op
+
+    raw_conns = []
+
+    def raw_setup():
+        conn = psycopg2.connect(url, application_name="bench-raw")
+        conn.autocommit = True
+        raw_conns.append(conn)
+        return conn.cursor()
+
+    def raw_op(cur):
+        cur.execute("SELECT 1")
+        cur.fetchone()
+
+    contenders = {
+        "kit": (lambda: None, pooled_op(kit_db)),
+        "peewee": (lambda: None, pooled_op(stock_db)),
+        "raw": (raw_setup, raw_op),
+    }
+    print(f"server: {url.split('?')[0]}  ops/thread/round: {args.ops}  rounds: {args.rounds}")
+    for threads in (1, 8):
+        samples: dict[str, list[float]] = {name: [] for name in contenders}
+        for name, (setup, op) in contenders.items():  # warm up each pool
+            run_threads(threads, 200, setup, op)
+        for _ in range(args.rounds):  # interleave rounds so machine noise hits every contender alike
+            for name, (setup, op) in contenders.items():
+                samples[name].append(run_threads(threads, args.ops, setup, op))
+        medians = {name: statistics.median(values) for name, values in samples.items()}
+        print(f"\n{threads} thread{'s' if threads > 1 else ''}: median ops/s")
+        for name, value in medians.items():
+            print(f"  {name:<7} {value:>10,.0f}")
+        print(f"  raw / kit    = {medians['raw'] / medians['kit']:.2f}x  (target on 1 thread: <= 1.3x)")
+        print(f"  kit / peewee = {medians['kit'] / medians['peewee']:.2f}x")
+        for conn in raw_conns:
+            conn.close()
+        raw_conns.clear()
+    kit_db.close_all()
+    stock_db.close_all()
+
+
+if __name__ == "__main__":
+    main()
