@@ -83,7 +83,7 @@ def main() -> None:
     print(f"server: {url.split('?')[0]}  ops/thread/round: {args.ops}  rounds: {args.rounds}")
     for threads in (1, 8):
         samples: dict[str, list[float]] = {name: [] for name in contenders}
-        for name, (setup, op) in contenders.items():  # warm up each pool
+        for setup, op in contenders.values():  # warm up each pool
             run_threads(threads, 200, setup, op)
         for _ in range(args.rounds):  # interleave rounds so machine noise hits every contender alike
             for name, (setup, op) in contenders.items():
