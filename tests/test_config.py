@@ -121,3 +121,28 @@ def test_importing_the_kit_does_not_connect_or_start_a_server(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "imported"
     assert not (tmp_path / "data").exists(), "import must not start the embedded server"
+
+
+def test_configured_database_shows_a_masked_url_and_connects_with_the_real_one(test_db_url):
+    db = Database()
+    secret_url = "postgresql://kit:topsecret@127.0.0.1:1/kit"
+    db.configure(secret_url)
+    assert db.database == "postgresql://kit:***@127.0.0.1:1/kit"  # what peewee and pw_migrate print
+    assert db.url == secret_url
+    db.configure(test_db_url)
+    assert db.execute_sql("SELECT 1").fetchone()[0] == 1
+    db.close_all()
+
+
+def test_pw_migrate_reports_an_unreachable_database_in_one_sentence():
+    root = Path(__file__).resolve().parent.parent
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_"))}
+    environ["DATABASE_URL"] = "postgresql://kit:topsecret@127.0.0.1:1/kit"
+    result = subprocess.run(
+        [sys.executable, "-m", "peewee_migrate", "migrate"], cwd=root, env=environ, capture_output=True,
+        text=True, timeout=60,
+    )
+    assert result.returncode == 1
+    assert "kit: error: could not connect to the database at postgresql://kit:***@127.0.0.1:1/kit" in result.stderr
+    assert "topsecret" not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
