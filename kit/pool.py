@@ -35,7 +35,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
-from peewee import _ConnectionLocal
+from peewee import InterfaceError, OperationalError, __exception_wrapper__, _ConnectionLocal
 from playhouse.pool import MaxConnectionsExceeded
 from playhouse.postgres_ext import PooledPostgresqlExtDatabase, PostgresqlExtDatabase
 
@@ -127,21 +127,35 @@ class PooledDatabase(PooledPostgresqlExtDatabase):
 
     def connect(self, reuse_if_open: bool = False) -> bool:
         """Check a connection out for this thread, waiting up to `timeout` seconds for a free one."""
+        # Like peewee's Database.connect, minus its database-wide lock: the pool has its own, and a
+        # slow connection attempt in one thread must not hold up other threads' checkouts and releases.
+        if self.deferred:
+            raise InterfaceError("Error, database must be initialized before opening a connection.")
+        if not self._state.closed:
+            if reuse_if_open:
+                return False
+            raise OperationalError("Connection already opened.")
+        conn = self._wait_for_connection()
+        self._state.set_connection(conn)
+        if self.server_version is None:
+            self._set_server_version(conn)
+        self._initialize_connection(conn)
+        return True
+
+    def _wait_for_connection(self) -> Any:
         deadline = None
         while True:
             try:
-                return super(PooledPostgresqlExtDatabase, self).connect(reuse_if_open)
+                with __exception_wrapper__:
+                    return self._connect()
             except _NoFreeSlot:
                 pass
             now = time.monotonic()
-            if deadline is None:
-                deadline = now + self.timeout
-                with self._cond:
-                    self._stats["waits"] += 1
             with self._cond:
-                if self._reclaim_from_dead_threads():
-                    continue
-                if self._has_room():
+                if deadline is None:
+                    deadline = now + self.timeout
+                    self._stats["waits"] += 1
+                if self._reclaim_from_dead_threads() or self._has_room():
                     continue
                 if now >= deadline:
                     self._stats["timeouts"] += 1
@@ -152,11 +166,26 @@ class PooledDatabase(PooledPostgresqlExtDatabase):
                     )
                 self._cond.wait(deadline - now)
 
+    def close(self) -> bool:
+        """Return this thread's connection to the pool (peewee's close, minus the database-wide lock)."""
+        if self.deferred:
+            raise InterfaceError("Error, database must be initialized before opening a connection.")
+        if self.in_transaction():
+            raise OperationalError("Attempting to close database while transaction is open.")
+        is_open = not self._state.closed
+        try:
+            if is_open:
+                with __exception_wrapper__:
+                    self._close(self._state.conn)
+        finally:
+            self._state.reset()
+        return is_open
+
     def _has_room(self) -> bool:
         return bool(self._idle) or len(self._slots) + self._opening < self.max_size
 
     def _connect(self) -> Any:
-        """Hand out a live idle connection, or open one if there is room (called under peewee's lock)."""
+        """Hand out a live idle connection, or open one if there is room; `_NoFreeSlot` when full."""
         while True:
             with self._cond:
                 slot = self._check_out(self._idle.pop()) if self._idle else None
