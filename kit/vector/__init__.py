@@ -1,0 +1,30 @@
+"""pgvector for peewee with numpy in and out: fields, distances, indexes, search settings, bulk load and read.
+
+- `VectorField(n)` / `HalfVectorField(n)`: `vector(n)` / `halfvec(n)` columns; numpy arrays out.
+- `VectorModel`: a model base whose selects read vector columns in binary (fast).
+- `HNSWIndex`, `IVFFlatIndex`: vector indexes declared on a model; `search_settings`: SET LOCAL knobs.
+- `copy_rows`, `fetch_matrix`: binary COPY in and out for large embedding sets.
+- `nearest`: the k nearest rows of a query, with their distances.
+"""
+
+from kit.vector.bulk import CopyRowError, copy_rows, fetch_matrix
+from kit.vector.fields import MAX_DIMENSIONS, METRICS, HalfVectorField, VectorField, VectorValueError
+from kit.vector.indexes import HNSWIndex, IVFFlatIndex, VectorIndex, search_settings
+from kit.vector.select import BinaryVectorSelect, VectorModel
+
+__all__ = [
+    "MAX_DIMENSIONS",
+    "METRICS",
+    "BinaryVectorSelect",
+    "CopyRowError",
+    "HNSWIndex",
+    "HalfVectorField",
+    "IVFFlatIndex",
+    "VectorField",
+    "VectorIndex",
+    "VectorModel",
+    "VectorValueError",
+    "copy_rows",
+    "fetch_matrix",
+    "search_settings",
+]

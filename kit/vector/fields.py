@@ -1,0 +1,152 @@
+"""`VectorField` and `HalfVectorField`: pgvector columns with numpy values in and out.
+
+In: numpy arrays (float or integer dtype), lists and tuples, checked in Python before anything reaches
+the database. Out: a 1-D numpy array (float32 for vector, float16 for halfvec), or None.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from peewee import Expression, Field
+
+from kit.vector import wire
+
+MAX_DIMENSIONS = 16_000  # pgvector's limit for vector and halfvec columns
+METRICS = {
+    "l2": ("<->", "l2_distance"),
+    "cosine": ("<=>", "cosine_distance"),
+    "inner_product": ("<#>", "max_inner_product"),
+    "l1": ("<+>", "l1_distance"),
+}
+
+
+class VectorValueError(ValueError):
+    """A value cannot be stored in a vector column; the message names the column."""
+
+
+class VectorField(Field):
+    """A pgvector `vector(n)` column holding float32 numpy arrays."""
+
+    field_type = "vector"
+    dtype = np.dtype(np.float32)
+    element = ">f4"  # the binary wire format's element type
+
+    def __init__(self, dimensions: int, *args: Any, **kwargs: Any) -> None:
+        if isinstance(dimensions, bool) or not isinstance(dimensions, int) or not 1 <= dimensions <= MAX_DIMENSIONS:
+            raise ValueError(
+                f"{type(self).__name__} dimensions must be a whole number from 1 to {MAX_DIMENSIONS}, "
+                f"got {dimensions!r}"
+            )
+        self.dimensions = dimensions
+        super().__init__(*args, **kwargs)
+
+    def get_modifiers(self) -> list[int]:
+        """The type modifier: `vector(n)`."""
+        return [self.dimensions]
+
+    @property
+    def label(self) -> str:
+        """`table.column` when bound to a model, for error messages."""
+        model = getattr(self, "model", None)
+        if model is None:
+            return f"{type(self).__name__}({self.dimensions})"
+        return f"{model._meta.table_name}.{self.column_name}"
+
+    def to_array(self, value: Any) -> np.ndarray:
+        """Check `value` and return it as a 1-D array of this field's dtype; VectorValueError if it is unfit."""
+        if isinstance(value, np.ndarray):
+            array = value
+        elif isinstance(value, (list, tuple)):
+            try:
+                array = np.asarray(value)
+            except ValueError as exc:  # ragged nesting
+                raise VectorValueError(f"{self.label}: not a flat list of numbers ({exc})") from None
+        else:
+            raise VectorValueError(
+                f"{self.label}: expected a numpy array, list or tuple of numbers, got {type(value).__name__}"
+            )
+        if array.dtype.kind not in "fiu":
+            raise VectorValueError(f"{self.label}: values must be numbers, got {_describe_kind(array)}")
+        if array.ndim != 1:
+            raise VectorValueError(f"{self.label}: expected a 1-D vector, got an array of shape {array.shape}")
+        if array.shape[0] != self.dimensions:
+            if array.shape[0] > MAX_DIMENSIONS:
+                raise VectorValueError(
+                    f"{self.label}: {array.shape[0]} dimensions is more than pgvector allows ({MAX_DIMENSIONS})"
+                )
+            raise VectorValueError(f"{self.label}: expected {self.dimensions} dimensions, got {array.shape[0]}")
+        with np.errstate(over="ignore", invalid="ignore"):
+            array = array.astype(self.dtype, copy=False)
+        if not np.isfinite(array).all():
+            bad = int(np.flatnonzero(~np.isfinite(array))[0])
+            given = value[bad]
+            if np.isfinite(given):
+                raise VectorValueError(
+                    f"{self.label}: element {bad} is {given!r}, out of {self.dtype.name} range"
+                )
+            raise VectorValueError(f"{self.label}: element {bad} is {given!r}; NaN and infinity cannot be stored")
+        return array
+
+    def db_value(self, value: Any) -> str | None:
+        """The pgvector text of a checked value (exact hex floats), or None."""
+        if value is None:
+            return None
+        return wire.to_text(self.to_array(value).astype(np.float32, copy=False))
+
+    def python_value(self, value: Any) -> np.ndarray | None:
+        """A numpy array from the database: binary (`vector_send`) or pgvector text."""
+        if value is None:
+            return None
+        if isinstance(value, (memoryview, bytes)):
+            return wire.from_binary(value, self.element, self.dtype)
+        if isinstance(value, np.ndarray):
+            return value
+        return wire.from_text(value, self.dtype)
+
+    def _distance(self, op: str, vector: Any) -> Expression:
+        return Expression(self, op, self.to_value(vector))
+
+    def l2_distance(self, vector: Any) -> Expression:
+        """Euclidean distance to `vector` (`<->`)."""
+        return self._distance("<->", vector)
+
+    def cosine_distance(self, vector: Any) -> Expression:
+        """Cosine distance to `vector`, 1 - cosine similarity (`<=>`)."""
+        return self._distance("<=>", vector)
+
+    def max_inner_product(self, vector: Any) -> Expression:
+        """The negative inner product with `vector` (`<#>`): smaller is more similar."""
+        return self._distance("<#>", vector)
+
+    def l1_distance(self, vector: Any) -> Expression:
+        """Taxicab distance to `vector` (`<+>`)."""
+        return self._distance("<+>", vector)
+
+    def distance(self, vector: Any, metric: str) -> Expression:
+        """The distance to `vector` by metric name: l2, cosine, inner_product or l1."""
+        try:
+            method = METRICS[metric][1]
+        except KeyError:
+            raise ValueError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}") from None
+        return getattr(self, method)(vector)
+
+
+class HalfVectorField(VectorField):
+    """A pgvector `halfvec(n)` column (half the memory) holding float16 numpy arrays."""
+
+    field_type = "halfvec"
+    dtype = np.dtype(np.float16)
+    element = ">f2"
+
+
+def _describe_kind(array: np.ndarray) -> str:
+    if array.dtype.kind == "b":
+        return "booleans"
+    if array.dtype.kind in "US":
+        return "text"
+    if array.dtype.kind == "O":
+        odd = next((v for v in array.ravel() if not isinstance(v, (int, float, np.number))), None)
+        return f"a {type(odd).__name__} ({odd!r})" if odd is not None else "objects"
+    return f"dtype {array.dtype}"

@@ -1,0 +1,119 @@
+"""Vector indexes declared on a model (HNSW, IVFFlat) and per-query search settings.
+
+    DocumentChunk.add_index(HNSWIndex(DocumentChunk.embedding, metric="cosine", m=16, ef_construction=64))
+
+    with search_settings(ef_search=100, iterative_scan="relaxed_order"):
+        rows = list(query)        # SET LOCAL inside a transaction: nothing leaks to the pool
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from peewee import SQL, Database, EnclosedNodeList, Entity, ModelIndex, NodeList
+
+from kit.vector.fields import METRICS, VectorField
+
+INDEX_MAX_DIMENSIONS = {"vector": 2_000, "halfvec": 4_000}
+OPCLASS_SUFFIX = {"l2": "l2_ops", "cosine": "cosine_ops", "inner_product": "ip_ops", "l1": "l1_ops"}
+ITERATIVE_SCAN = ("off", "strict_order", "relaxed_order")
+
+
+class VectorIndex(ModelIndex):
+    """An approximate nearest-neighbour index on one vector column; see HNSWIndex and IVFFlatIndex."""
+
+    method = ""
+    metrics = tuple(METRICS)
+
+    def __init__(self, field: VectorField, metric: str = "cosine", name: str | None = None,
+                 where: Any = None, **parameters: int) -> None:
+        if not isinstance(field, VectorField) or getattr(field, "model", None) is None:
+            raise TypeError(f"{type(self).__name__} needs a VectorField bound to a model, got {field!r}")
+        if metric not in self.metrics:
+            raise ValueError(
+                f"{type(self).__name__} on {field.label}: unknown metric {metric!r}; use one of {', '.join(self.metrics)}"
+            )
+        limit = INDEX_MAX_DIMENSIONS[field.field_type]
+        if field.dimensions > limit:
+            raise ValueError(
+                f"{type(self).__name__} on {field.label}: pgvector indexes {field.field_type} columns of at most "
+                f"{limit} dimensions, this one has {field.dimensions} (HalfVectorField allows 4000)"
+            )
+        for key, value in parameters.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{type(self).__name__} on {field.label}: {key} must be a positive whole number")
+        self.field, self.metric, self.parameters = field, metric, parameters
+        self.opclass = f"{field.field_type}_{OPCLASS_SUFFIX[metric]}"
+        name = name or f"{field.model._meta.table_name}_{field.column_name}_{self.method}_{metric}"
+        super().__init__(field.model, (field,), name=name, where=where, using=self.method)
+
+    def __sql__(self, ctx: Any) -> Any:
+        """CREATE INDEX ... USING method (column opclass) WITH (parameters) [WHERE ...]."""
+        with ctx.scope_values(subquery=True):
+            ctx.literal("CREATE INDEX ")
+            if self._safe:
+                ctx.literal("IF NOT EXISTS ")
+            ctx.sql(Entity(self._name)).literal(" ON ").sql(self._table).literal(f" USING {self.method} ")
+            ctx.sql(EnclosedNodeList([NodeList((self.field, SQL(self.opclass)))]))
+            if self.parameters:
+                ctx.literal(" WITH (" + ", ".join(f"{k} = {v}" for k, v in self.parameters.items()) + ")")
+            if self._where is not None:
+                ctx.literal(" WHERE ").sql(self._where)
+        return ctx
+
+
+class HNSWIndex(VectorIndex):
+    """HNSW: better recall/speed trade-off, no training step; `m` links per node, `ef_construction` build width."""
+
+    method = "hnsw"
+
+    def __init__(self, field: VectorField, metric: str = "cosine", m: int = 16, ef_construction: int = 64,
+                 name: str | None = None, where: Any = None) -> None:
+        if ef_construction < 2 * m:
+            raise ValueError(f"HNSWIndex: ef_construction ({ef_construction}) must be at least 2 * m ({2 * m})")
+        super().__init__(field, metric, name, where, m=m, ef_construction=ef_construction)
+
+
+class IVFFlatIndex(VectorIndex):
+    """IVFFlat: faster to build, smaller; build it after loading data; `lists` clusters (rows / 1000 is a start)."""
+
+    method = "ivfflat"
+    metrics = ("l2", "cosine", "inner_product")
+
+    def __init__(self, field: VectorField, metric: str = "cosine", lists: int = 100,
+                 name: str | None = None, where: Any = None) -> None:
+        super().__init__(field, metric, name, where, lists=lists)
+
+
+@contextmanager
+def search_settings(
+    database: Database | None = None,
+    *,
+    ef_search: int | None = None,
+    iterative_scan: str | None = None,
+    max_scan_tuples: int | None = None,
+    probes: int | None = None,
+) -> Iterator[None]:
+    """Apply pgvector search settings with SET LOCAL for the queries in this block (one transaction)."""
+    if database is None:
+        from kit.db import database
+    settings: list[tuple[str, Any]] = []
+    for name, value in (("hnsw.ef_search", ef_search), ("hnsw.max_scan_tuples", max_scan_tuples),
+                        ("ivfflat.probes", probes)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive whole number, got {value!r}")
+        settings.append((name, value))
+    if iterative_scan is not None:
+        if iterative_scan not in ITERATIVE_SCAN:
+            raise ValueError(f"hnsw.iterative_scan must be one of {', '.join(ITERATIVE_SCAN)}, got {iterative_scan!r}")
+        settings.append(("hnsw.iterative_scan", iterative_scan))
+        settings.append(("ivfflat.iterative_scan", "relaxed_order" if iterative_scan != "off" else "off"))
+    with database.atomic():
+        for name, value in settings:
+            database.execute_sql(f"SET LOCAL {name} = {value if isinstance(value, int) else repr(value)}")
+        yield
+
