@@ -10,34 +10,38 @@
 from __future__ import annotations
 
 import numpy as np
+import psycopg2.extensions
 
 HEADER = np.dtype([("dim", ">u2"), ("unused", ">u2")])
 
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
-_SHIFTS = np.array([20, 16, 12, 8, 4, 0], dtype=np.uint32)
-_PLUS, _MINUS, _ZERO, _X, _P, _COMMA, _CLOSE = (ord(c) for c in "+-0xp,]")
-_WIDTH = 15  # sign, "0x", 6 hex digits, "p", exponent sign, 3 exponent digits, separator
+_EXP_MIN = -200  # float32 exponents, less the mantissa's 24 bits, lie in [-173, 104]
+# "p-173" ... "p+104" as columns of ASCII bytes, indexed by exponent - _EXP_MIN
+_EXPONENTS = np.array([list(f"p{e:+04d}".encode()) for e in range(_EXP_MIN, 200)], dtype=np.uint8).T.copy()
 
 
-def to_text(values: np.ndarray) -> str:
+class VectorText(str):
+    """pgvector text made of characters that need no SQL escaping: psycopg2 quotes it without a scan."""
+
+
+psycopg2.extensions.register_adapter(VectorText, lambda text: psycopg2.extensions.AsIs(f"'{text}'"))
+
+
+def to_text(values: np.ndarray) -> VectorText:
     """pgvector text for a 1-D float32 array (finite values), exact: `[+0x800000p-024,...]`."""
     m, e = np.frexp(values)  # values = m * 2**e with 0.5 <= |m| < 1: a 24-bit integer mantissa
     mantissa = (np.abs(m) * np.float32(1 << 24)).astype(np.uint32)
-    exponent = e - 24
-    out = np.empty((values.shape[0], _WIDTH), dtype=np.uint8)
-    out[:, 0] = np.where(np.signbit(values), _MINUS, _PLUS)
-    out[:, 1] = _ZERO
-    out[:, 2] = _X
-    out[:, 3:9] = _HEX[(mantissa[:, None] >> _SHIFTS) & 15]
-    out[:, 9] = _P
-    out[:, 10] = np.where(exponent < 0, _MINUS, _PLUS)
-    magnitude = np.abs(exponent)
-    out[:, 11] = _ZERO + magnitude // 100
-    out[:, 12] = _ZERO + (magnitude // 10) % 10
-    out[:, 13] = _ZERO + magnitude % 10
-    out[:, 14] = _COMMA
-    out[-1, 14] = _CLOSE
-    return "[" + out.tobytes().decode("ascii")
+    # One row per character position (contiguous writes), transposed into text at the end.
+    chars = np.empty((15, values.shape[0]), dtype=np.uint8)
+    chars[0] = 43 + 2 * np.signbit(values)  # "+" or "-"
+    chars[1] = ord("0")
+    chars[2] = ord("x")
+    for k in range(6):
+        chars[3 + k] = _HEX.take((mantissa >> (20 - 4 * k)) & 15)
+    chars[9:14] = _EXPONENTS.take(e - (24 + _EXP_MIN), axis=1)
+    chars[14] = ord(",")
+    chars[14, -1] = ord("]")
+    return VectorText("[" + chars.T.tobytes().decode("ascii"))
 
 
 def from_text(text: str, dtype: np.dtype) -> np.ndarray:
