@@ -157,10 +157,12 @@ def _resolve_fields(model: type[Model], keys: Iterable[Any]) -> list[Field]:
 
 
 def _column_types(database: peewee.Database, model: type[Model]) -> dict[str, str]:
+    meta = model._meta
+    table = f'"{meta.schema}"."{meta.table_name}"' if meta.schema else f'"{meta.table_name}"'
     cursor = database.execute_sql(
         "SELECT attname, format_type(atttypid, NULL) FROM pg_attribute"
         " WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
-        (f'"{model._meta.schema}"."{model._meta.table_name}"' if model._meta.schema else f'"{model._meta.table_name}"',),
+        (table,),
     )
     return dict(cursor.fetchall())
 
@@ -254,7 +256,7 @@ class _Layout:
                     + (f"; unexpected {', '.join(map(str, extra))}" if extra else "")
                 )
             parts = [self.field_count]
-            for field, encode in zip(self.scalars, self.scalar_encoders):
+            for field, encode in zip(self.scalars, self.scalar_encoders, strict=True):
                 value = self._value(row, field)
                 try:
                     value = None if value is None else _plain(field.db_value(value))

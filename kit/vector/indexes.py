@@ -32,9 +32,8 @@ class VectorIndex(ModelIndex):
         if not isinstance(field, VectorField) or getattr(field, "model", None) is None:
             raise TypeError(f"{type(self).__name__} needs a VectorField bound to a model, got {field!r}")
         if metric not in self.metrics:
-            raise ValueError(
-                f"{type(self).__name__} on {field.label}: unknown metric {metric!r}; use one of {', '.join(self.metrics)}"
-            )
+            known = ", ".join(self.metrics)
+            raise ValueError(f"{type(self).__name__} on {field.label}: unknown metric {metric!r}; use one of {known}")
         limit = INDEX_MAX_DIMENSIONS[field.field_type]
         if field.dimensions > limit:
             raise ValueError(
