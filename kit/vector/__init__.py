@@ -10,6 +10,7 @@
 from kit.vector.bulk import CopyRowError, copy_rows, fetch_matrix
 from kit.vector.fields import MAX_DIMENSIONS, METRICS, HalfVectorField, VectorField, VectorValueError
 from kit.vector.indexes import HNSWIndex, IVFFlatIndex, VectorIndex, search_settings
+from kit.vector.search import nearest
 from kit.vector.select import BinaryVectorSelect, VectorModel
 
 __all__ = [
@@ -26,5 +27,6 @@ __all__ = [
     "VectorValueError",
     "copy_rows",
     "fetch_matrix",
+    "nearest",
     "search_settings",
 ]

@@ -2,8 +2,8 @@
 
 psycopg2 speaks PostgreSQL's text protocol, where a 1536-d vector arrives as ~19 KB of decimals to
 parse. In the outermost SELECT of a `VectorModel` query, each selected vector column is rendered as
-`vector_send(col) AS col` instead: ~6 KB of bytea that numpy reads without parsing. Subqueries, CTEs
-and INSERT ... SELECT keep the plain column, so SQL that consumes the values still gets vectors.
+`vector_send(col) AS col` instead: ~6 KB of bytea that numpy reads without parsing. Subqueries, CTEs,
+UNION parts and INSERT ... SELECT keep the plain column, so SQL that consumes the values gets vectors.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ class BinaryVectorSelect(ModelSelect):
 
     def __sql__(self, ctx: Any) -> Any:
         """Render the query, marking itself as the outermost select when it is one."""
-        outermost = ctx.scope != SCOPE_COLUMN and not ctx.subquery
+        # The root of the statement: nothing rendered around it (an INSERT, a UNION, a CTE, a subquery).
+        outermost = not ctx.stack and ctx.scope != SCOPE_COLUMN and not ctx.subquery
         with ctx(kit_outermost_select=id(self) if outermost else None):
             return super().__sql__(ctx)
 
