@@ -52,9 +52,9 @@ def points(test_db_url):
 
 def test_indexes_are_created_with_method_opclass_and_parameters(points):
     defs = index_definitions()
-    hnsw = defs["search_points_embedding_hnsw_cosine"]
+    hnsw = defs["search_points_embedding_hnsw_cosine_m16_efc64"]
     assert "USING hnsw (embedding vector_cosine_ops) WITH (m='16', ef_construction='64')" in hnsw
-    ivf = defs["search_points_half_ivfflat_l2"]
+    ivf = defs["search_points_half_ivfflat_l2_lists10"]
     assert "USING ivfflat (half halfvec_l2_ops) WITH (lists='10')" in ivf
 
 
@@ -63,7 +63,7 @@ def test_explain_shows_the_hnsw_index_for_a_distance_ordered_limit(points):
     query = Point.select(Point.id).order_by(Point.embedding.cosine_distance(data[0])).limit(10)
     sql, params = query.sql()
     plan = "\n".join(r[0] for r in database.execute_sql("EXPLAIN " + sql, params).fetchall())
-    assert "Index Scan using search_points_embedding_hnsw_cosine" in plan
+    assert "Index Scan using search_points_embedding_hnsw_cosine_m16_efc64" in plan
 
 
 def exact_neighbours(data, orgs, q, k, org=None):
@@ -79,7 +79,7 @@ def test_filtered_search_is_never_short_and_keeps_recall(points):
     sql, params = Point.select(Point.id).where(Point.org == 1).order_by(Point.embedding.cosine_distance(data[0])).limit(
         10).sql()
     plan = "\n".join(r[0] for r in database.execute_sql("EXPLAIN " + sql, params).fetchall())
-    assert "Index Scan using search_points_embedding_hnsw_cosine" in plan
+    assert "Index Scan using search_points_embedding_hnsw_cosine_m16_efc64" in plan
     rng = np.random.default_rng(5)
     recalls = []
     for q in data[rng.integers(0, len(data), 20)]:

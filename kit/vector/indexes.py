@@ -19,6 +19,7 @@ from kit.vector.fields import METRICS, VectorField
 INDEX_MAX_DIMENSIONS = {"vector": 2_000, "halfvec": 4_000}
 OPCLASS_SUFFIX = {"l2": "l2_ops", "cosine": "cosine_ops", "inner_product": "ip_ops", "l1": "l1_ops"}
 ITERATIVE_SCAN = ("off", "strict_order", "relaxed_order")
+PARAMETER_ABBREVIATIONS = {"ef_construction": "efc"}
 
 
 class VectorIndex(ModelIndex):
@@ -45,7 +46,10 @@ class VectorIndex(ModelIndex):
                 raise ValueError(f"{type(self).__name__} on {field.label}: {key} must be a positive whole number")
         self.field, self.metric, self.parameters = field, metric, parameters
         self.opclass = f"{field.field_type}_{OPCLASS_SUFFIX[metric]}"
-        name = name or f"{field.model._meta.table_name}_{field.column_name}_{self.method}_{metric}"
+        # The parameters are part of the default name, so that changing them shows up as a new index
+        # (a rebuild) in generated migrations and in the drift check.
+        suffix = "_".join(f"{PARAMETER_ABBREVIATIONS.get(k, k)}{v}" for k, v in parameters.items())
+        name = name or f"{field.model._meta.table_name}_{field.column_name}_{self.method}_{metric}_{suffix}"
         super().__init__(field.model, (field,), name=name, where=where, using=self.method)
 
     def __sql__(self, ctx: Any) -> Any:

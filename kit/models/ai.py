@@ -1,0 +1,77 @@
+"""AI: per-organization token usage and cost, and credit balances that never go below zero."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from peewee import BigIntegerField, Check, DecimalField, ForeignKeyField, IntegerField, TextField, fn
+
+from kit.models.auth import Organization, User
+from kit.models.base import BaseModel, TimestampedModel
+
+
+class InsufficientCredits(Exception):
+    """The organization's balance is lower than the amount asked for; nothing was taken."""
+
+
+class AiUsage(BaseModel):
+    """One AI call's token usage and cost, for an organization (and the user who made it)."""
+
+    organization = ForeignKeyField(Organization, backref="ai_usage", on_delete="CASCADE")
+    user = ForeignKeyField(User, null=True, on_delete="SET NULL")
+    model = TextField()
+    operation = TextField(default="chat")
+    input_tokens = IntegerField(default=0, constraints=[Check("input_tokens >= 0")])
+    output_tokens = IntegerField(default=0, constraints=[Check("output_tokens >= 0")])
+    cost_usd = DecimalField(max_digits=12, decimal_places=6, default=0, constraints=[Check("cost_usd >= 0")])
+
+    class Meta:
+        table_name = "ai_usage"
+
+
+class OrgCredit(TimestampedModel):
+    """An organization's AI credit balance: one row per organization, never below zero."""
+
+    organization = ForeignKeyField(Organization, unique=True, backref="credits", on_delete="CASCADE")
+    balance = BigIntegerField(default=0, constraints=[Check("balance >= 0")])
+
+    class Meta:
+        table_name = "org_credits"
+
+    @staticmethod
+    def _amount(amount: int) -> int:
+        if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
+            raise ValueError(f"credit amount must be a positive whole number, got {amount!r}")
+        return amount
+
+    @classmethod
+    def grant(cls, organization: Any, amount: int) -> int:
+        """Add `amount` credits (creating the balance if needed); return the new balance."""
+        amount = cls._amount(amount)
+        query = cls.insert(organization=getattr(organization, "id", organization), balance=amount).on_conflict(
+            conflict_target=[cls.organization],
+            update={cls.balance: cls.balance + amount, cls.updated_at: fn.now()},
+        ).returning(cls.balance)
+        return next(iter(query.execute())).balance
+
+    @classmethod
+    def consume(cls, organization: Any, amount: int) -> int:
+        """Take `amount` credits in one statement; return the new balance, or raise InsufficientCredits."""
+        amount = cls._amount(amount)
+        org_id = getattr(organization, "id", organization)
+        query = (
+            cls.update(balance=cls.balance - amount)
+            .where((cls.organization == org_id) & (cls.balance >= amount))
+            .returning(cls.balance)
+        )
+        rows = list(query.execute())
+        if not rows:
+            have = cls.select(cls.balance).where(cls.organization == org_id).scalar() or 0
+            raise InsufficientCredits(f"organization {org_id} has {have} credits, {amount} were asked for")
+        return rows[0].balance
+
+    @classmethod
+    def balance_of(cls, organization: Any) -> int:
+        """The organization's current balance (0 when it has none)."""
+        org_id = getattr(organization, "id", organization)
+        return cls.select(cls.balance).where(cls.organization == org_id).scalar() or 0

@@ -1,0 +1,47 @@
+"""Audit: an append-only security log. The database itself refuses UPDATE and DELETE on it (a trigger
+added by the migrations), so entries cannot be edited or removed, not even by the application.
+
+Organization and actor are plain UUID columns, not foreign keys: an audit entry outlives the
+organization or user it mentions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from peewee import TextField, UUIDField
+from playhouse.postgres_ext import BinaryJSONField
+
+from kit.models.base import BaseModel
+
+
+class AuditLog(BaseModel):
+    """One security-relevant event: who did what to which target, from where."""
+
+    organization_id = UUIDField(null=True, index=True)
+    actor_id = UUIDField(null=True, index=True)
+    action = TextField(index=True)
+    target_type = TextField(null=True)
+    target_id = TextField(null=True)
+    ip = TextField(null=True)
+    user_agent = TextField(null=True)
+    metadata = BinaryJSONField(default=dict)
+
+    class Meta:
+        table_name = "audit_logs"
+
+    @classmethod
+    def record(cls, action: str, organization: Any = None, actor: Any = None, target: Any = None,
+               **details: Any) -> AuditLog:
+        """Append an entry; `target` is a model instance (type and id are taken from it) or None."""
+        target_type = target._meta.table_name if target is not None and hasattr(target, "_meta") else None
+        return cls.create(
+            action=action,
+            organization_id=getattr(organization, "id", organization),
+            actor_id=getattr(actor, "id", actor),
+            target_type=target_type,
+            target_id=str(target.id) if target_type else (str(target) if target is not None else None),
+            ip=details.pop("ip", None),
+            user_agent=details.pop("user_agent", None),
+            metadata=details,
+        )
