@@ -116,7 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `kit` command; errors are one sentence on stderr and a non-zero exit."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "action", None) is not _db_psql:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.psql_args = [*extra, *args.psql_args]
     try:
         settings = load_settings()
         return args.action(settings, args)

@@ -25,7 +25,7 @@ class AuditLog(BaseModel):
     target_id = TextField(null=True)
     ip = TextField(null=True)
     user_agent = TextField(null=True)
-    metadata = BinaryJSONField(default=dict)
+    metadata = BinaryJSONField(index=False, default=dict)
 
     class Meta:
         table_name = "audit_logs"

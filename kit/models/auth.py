@@ -41,7 +41,7 @@ class Organization(TimestampedModel):
     name = TextField()
     slug = TextField(unique=True)
     logo = TextField(null=True)
-    metadata = BinaryJSONField(null=True)
+    metadata = BinaryJSONField(index=False, null=True)
 
     class Meta:
         table_name = "organizations"

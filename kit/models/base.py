@@ -42,7 +42,6 @@ class BaseModel(VectorModel):
 
     class Meta:
         database = database
-        legacy_table_names = False
 
 
 class TimestampedModel(BaseModel):

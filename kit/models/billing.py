@@ -28,6 +28,7 @@ class Plan(BaseModel):
     name = TextField()
     price = IntegerField(default=0, constraints=[SQL("DEFAULT 0"), Check("price >= 0")])
     entitlements = BinaryJSONField(
+        index=False,
         default=dict, constraints=[SQL("DEFAULT '{}'::jsonb"), Check("jsonb_typeof(entitlements) = 'object'")]
     )
     active = BooleanField(default=True, constraints=[SQL("DEFAULT true")])
@@ -125,7 +126,7 @@ class WebhookEvent(TimestampedModel):
     provider = TextField(default="stripe")
     event_id = TextField(unique=True)
     type = TextField()
-    payload = BinaryJSONField(default=dict)
+    payload = BinaryJSONField(index=False, default=dict)
     status = TextField(default="processing", constraints=[one_of("status", WEBHOOK_EVENT_STATUSES)])
     processed_at = DateTimeTZField(null=True)
     error = TextField(null=True)

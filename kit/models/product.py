@@ -105,7 +105,7 @@ class WebhookEndpoint(TimestampedModel):
     organization = ForeignKeyField(Organization, backref="webhook_endpoints", on_delete="CASCADE")
     url = TextField(constraints=[Check("url ~ '^https?://'")])
     secret = TextField()
-    events = BinaryJSONField(default=list)
+    events = BinaryJSONField(index=False, default=list)
     enabled = BooleanField(default=True)
     description = TextField(default="")
 
@@ -118,7 +118,7 @@ class WebhookDelivery(TimestampedModel):
 
     endpoint = ForeignKeyField(WebhookEndpoint, backref="deliveries", on_delete="CASCADE")
     event_type = TextField()
-    payload = BinaryJSONField(default=dict)
+    payload = BinaryJSONField(index=False, default=dict)
     status = TextField(default="pending", constraints=[one_of("status", DELIVERY_STATUSES)])
     attempts = IntegerField(default=0, constraints=[Check("attempts >= 0")])
     response_code = IntegerField(null=True, constraints=[Check("response_code BETWEEN 100 AND 599")])

@@ -25,7 +25,7 @@ class DocumentSource(TimestampedModel):
     kind = TextField(default="text", constraints=[one_of("kind", SOURCE_KINDS)])
     uri = TextField(null=True)
     status = TextField(default="pending", constraints=[one_of("status", SOURCE_STATUSES)])
-    metadata = BinaryJSONField(default=dict)
+    metadata = BinaryJSONField(index=False, default=dict)
 
     class Meta:
         table_name = "document_sources"

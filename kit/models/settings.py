@@ -19,7 +19,7 @@ class UserSettings(TimestampedModel):
     locale = TextField(default="en")
     timezone = TextField(default="UTC")
     email_notifications = BooleanField(default=True)
-    preferences = BinaryJSONField(default=dict)
+    preferences = BinaryJSONField(index=False, default=dict)
 
     class Meta:
         table_name = "user_settings"

@@ -1,0 +1,119 @@
+"""Teaches peewee-migrate's generator (`pw_migrate create --auto`) the kit's fields and indexes.
+
+Out of the box it writes unknown fields as a bare `pw.Field()`, drops column constraints (CHECKs and
+database defaults such as `DEFAULT gen_random_uuid()`), and cannot write index objects (HNSW and
+IVFFlat indexes, NULLS NOT DISTINCT). `register()` adds, without forking it:
+
+- `VectorField` / `HalfVectorField` written as `kit_vector.VectorField(dimensions=...)`;
+- every field's `constraints=[...]` written as `pw.SQL(...)` nodes, and `BinaryJSONField(index=...)`
+  always written (its default is a GIN index);
+- index objects (`Model.add_index(...)`) written as `kit_ops.add_index(...)` calls
+  (`kit.migrate.operations`), after the table they belong to, and dropped with `kit_ops.drop_index`;
+- the imports these need at the top of each new migration file.
+
+`migrations/conf.py` calls it, so `pw_migrate create --auto kit.models` just works.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import peewee as pw
+import peewee_migrate.router as pw_router
+import peewee_migrate.template as pw_template
+from peewee_migrate import auto
+from playhouse.postgres_ext import BinaryJSONField
+
+from kit.vector import HalfVectorField, VectorField, VectorIndex
+
+IMPORTS = (
+    "from decimal import ROUND_HALF_EVEN, Decimal  # noqa: F401 - DecimalField defaults and rounding\n\n"
+    "import kit.migrate.operations as kit_ops  # noqa: F401\n"
+    "import kit.vector as kit_vector  # noqa: F401\n"
+)
+_registered = False
+
+
+def index_to_code(index: pw.ModelIndex, table: str) -> str:
+    """A `kit_ops.add_index(...)` call that recreates `index`."""
+    args = [repr(table)]
+    fields = [e for e in index._expressions if isinstance(e, pw.Field)]
+    if isinstance(index, VectorIndex):
+        args.append(repr(index.field.name))
+        options = {"method": index.method, "metric": index.metric, **index.parameters}
+    else:
+        args.extend(repr(f.name) for f in fields)
+        options = {"unique": index._unique}
+        if index._nulls_distinct is not None:
+            options["nulls_distinct"] = index._nulls_distinct
+        if index._using:
+            options["method"] = index._using
+    options["name"] = index._name
+    args.extend(f"{key}={value!r}" for key, value in options.items())
+    return f"kit_ops.add_index(migrator, {', '.join(args)})"
+
+
+def _is_index_object(index: Any) -> bool:
+    return isinstance(index, pw.ModelIndex)
+
+
+def register() -> None:
+    """Install the kit's additions into peewee-migrate's generator (idempotent)."""
+    global _registered
+    if _registered:
+        return
+    _registered = True
+
+    if "kit.vector.fields" not in auto.PW_MODULES:
+        auto.PW_MODULES = (*auto.PW_MODULES, "kit.vector.fields")
+    for field_class in (VectorField, HalfVectorField):
+        auto.FIELD_MODULES_MAP[field_class.__name__] = "kit_vector"
+        auto.FIELD_TO_PARAMS[field_class] = lambda f: {"dimensions": f.dimensions}
+    original_parameters = auto.Column.get_field_parameters
+
+    def get_field_parameters(self: auto.Column, *, change: bool = False) -> dict[str, Any]:
+        params = original_parameters(self, change=change)
+        constraints = getattr(self.field, "constraints", None)
+        if constraints and not change:
+            params["constraints"] = "[" + ", ".join(f"pw.SQL({c.sql!r})" for c in constraints) + "]"
+        return params
+
+    auto.Column.get_field_parameters = get_field_parameters
+    # BinaryJSONField adds a GIN index unless told not to: always write the choice down.
+    auto.FIELD_TO_PARAMS[BinaryJSONField] = lambda f: {"index": f.index}
+
+    original_create_model = auto.create_model
+    original_add_index = auto.add_index
+    original_drop_index = auto.drop_index
+
+    def create_model(model: Any, **kwargs: Any) -> str:
+        meta = model._meta
+        objects = [i for i in meta.indexes if _is_index_object(i)]
+        saved = meta.indexes
+        meta.indexes = [i for i in saved if not _is_index_object(i)]
+        try:
+            code = original_create_model(model, **kwargs)
+        finally:
+            meta.indexes = saved
+        return "\n".join([code, *(index_to_code(i, meta.table_name) for i in objects)])
+
+    def add_index(index: Any) -> str:
+        if index in index._model._meta.indexes and _is_index_object(index):
+            return index_to_code(index, index._model._meta.table_name)
+        return original_add_index(index)
+
+    def drop_index(index: Any) -> str:
+        if index in index._model._meta.indexes and _is_index_object(index):
+            return f"kit_ops.drop_index(migrator, {index._model._meta.table_name!r}, {index._name!r})"
+        return original_drop_index(index)
+
+    auto.create_model = create_model
+    auto.add_index = add_index
+    auto.drop_index = drop_index
+
+    template = pw_template.TEMPLATE
+    if IMPORTS not in template:
+        template = template.replace("from peewee_migrate import Migrator\n",
+                                    "from peewee_migrate import Migrator\n\n" + IMPORTS)
+        pw_template.TEMPLATE = template
+        pw_router.TEMPLATE = template
