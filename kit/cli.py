@@ -1,4 +1,4 @@
-"""The `kit` command: `kit db url|status|start|stop|psql`."""
+"""The `kit` command: `kit db url|status|start|stop|psql` and `kit migrate [status|verify|rollback|resolve]`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from kit import embedded
 from kit.config import ConfigError, KitError, Settings, load_settings
@@ -93,10 +94,62 @@ def _db_psql(settings: Settings, args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+def _migrate_apply(settings: Settings, args: argparse.Namespace) -> int:
+    from kit import migrate
+    from kit.db import database
+
+    done = migrate.apply(database, args.dir)
+    print(f"{len(done)} migration(s) applied" if done else "nothing to migrate: the database is up to date")
+    return 0
+
+
+def _migrate_status(settings: Settings, args: argparse.Namespace) -> int:
+    from kit import migrate
+    from kit.db import database
+
+    states = migrate.status(database, args.dir)
+    if not states:
+        print(f"no migrations in {args.dir}")
+    for item in states:
+        print(f"  {item.state:<10} {item.name:<40} {item.detail}".rstrip())
+    return 0
+
+
+def _migrate_verify(settings: Settings, args: argparse.Namespace) -> int:
+    from kit import migrate
+    from kit.db import database
+
+    problems = migrate.verify(database, args.dir)
+    for problem in problems:
+        print(f"  - {problem}")
+    if problems:
+        print(f"verify: {len(problems)} problem(s)")
+        return 1
+    print("verify: migrations, history and live schema agree")
+    return 0
+
+
+def _migrate_rollback(settings: Settings, args: argparse.Namespace) -> int:
+    from kit import migrate
+    from kit.db import database
+
+    undone = migrate.rollback(database, args.dir, count=args.count)
+    print(f"{len(undone)} migration(s) rolled back" if undone else "nothing to roll back")
+    return 0
+
+
+def _migrate_resolve(settings: Settings, args: argparse.Namespace) -> int:
+    from kit import migrate
+    from kit.db import database
+
+    print(migrate.resolve(database, args.dir, args.name, applied=args.applied))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `kit` command."""
     parser = argparse.ArgumentParser(prog="kit", description="The kit's database tools.")
-    groups = parser.add_subparsers(dest="group", required=True, metavar="{db}")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="{db,migrate}")
     db = groups.add_parser("db", help="the database in use: DATABASE_URL or the embedded server")
     commands = db.add_subparsers(dest="command", required=True, metavar="{url,status,start,stop,psql}")
     actions: dict[str, tuple[str, Callable[[Settings, argparse.Namespace], int]]] = {
@@ -111,6 +164,24 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(action=action)
         if name == "psql":
             sub.add_argument("psql_args", nargs=argparse.REMAINDER, help="passed on to psql")
+    from kit.migrate.loader import default_directory
+
+    mig = groups.add_parser("migrate", help="apply pending migrations under a lock (and status, verify, ...)")
+    mig.add_argument("--dir", type=Path, default=default_directory(), help="migrations directory (./migrations)")
+    mig.set_defaults(action=_migrate_apply)
+    steps = mig.add_subparsers(dest="command", metavar="{status,verify,rollback,resolve}")
+    steps.add_parser("status", help="applied, pending, edited, missing").set_defaults(action=_migrate_status)
+    steps.add_parser("verify", help="exit 1 on edited, missing, out-of-order migrations or schema drift"
+                     ).set_defaults(action=_migrate_verify)
+    back = steps.add_parser("rollback", help="roll back the latest migration(s)")
+    back.add_argument("--count", type=int, default=1)
+    back.set_defaults(action=_migrate_rollback)
+    resolve = steps.add_parser("resolve", help="reconcile history after a migration was applied or undone by hand")
+    resolve.add_argument("name")
+    how = resolve.add_mutually_exclusive_group(required=True)
+    how.add_argument("--applied", action="store_true", help="record it as applied (checked against the schema)")
+    how.add_argument("--rolled-back", action="store_true", help="remove its record")
+    resolve.set_defaults(action=_migrate_resolve)
     return parser
 
 

@@ -1,0 +1,12 @@
+"""Safe migration operations on top of peewee-migrate, split by responsibility as in Django:
+
+- `loader`: the migration files and their checksums;
+- `history`: what was applied (peewee-migrate's table, plus the kit's checksums);
+- `executor`: apply under an advisory lock, status, verify, roll back, operator recovery;
+- `schema`: the live schema compared with the models (drift);
+- `autogen` and `operations`: what `pw_migrate create --auto` needs to write the kit's fields and indexes.
+"""
+
+from kit.migrate.executor import MigrationError, State, apply, resolve, rollback, status, verify
+
+__all__ = ["MigrationError", "State", "apply", "resolve", "rollback", "status", "verify"]

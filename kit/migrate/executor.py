@@ -1,0 +1,249 @@
+"""Applies migrations safely, reports their state, verifies them and lets an operator reconcile history.
+
+- `apply`: pending migrations, one transaction each (schema change, history row and checksum
+  together), under a PostgreSQL advisory lock so that concurrent runs apply each migration once.
+- `status`: applied, pending, edited after apply, applied but missing, unchecked (applied by plain
+  `pw_migrate`, adopted by the next `apply`).
+- `verify`: every problem with the files, the history and the live schema, as sentences.
+- `resolve`: record a migration applied by hand (after checking the schema has what it creates), or
+  forget one that was rolled back by hand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import peewee
+from peewee import Database
+from peewee_migrate import Migrator
+from peewee_migrate.router import Router
+
+from kit.config import KitError
+from kit.migrate import history, schema
+from kit.migrate.loader import MigrationFile, load
+
+LOCK_KEY = 0x6B69745F6D6967  # "kit_mig": the advisory lock every kit migrate takes
+IGNORED_MODELS = ["basemodel", "timestampedmodel", "vectormodel"]
+
+
+class MigrationError(KitError):
+    """A migration cannot be applied, verified or resolved; the message says which and what to do."""
+
+
+@dataclass(frozen=True)
+class State:
+    """One migration's state: applied, pending, edited, missing or unchecked."""
+
+    name: str
+    state: str
+    detail: str = ""
+
+
+def _router(database: Database, directory: Path) -> Router:
+    if not Path(directory).is_dir():
+        raise MigrationError(
+            f"no migrations directory at {directory}; run from the project root or set KIT_MIGRATIONS_DIR"
+        )
+    return Router(database, migrate_dir=directory, ignore=IGNORED_MODELS)
+
+
+@contextlib.contextmanager
+def migration_lock(database: Database, say: Callable[[str], None] = print) -> Iterator[None]:
+    """Hold the kit's advisory lock on this thread's connection for the block."""
+    with database.connection_context():
+        got = database.execute_sql("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()[0]
+        if not got:
+            holder = database.execute_sql(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                " AND ((classid::bigint << 32) | objid::bigint) = %s LIMIT 1",
+                (LOCK_KEY,),
+            ).fetchone()
+            say(f"waiting for another migration run to finish (server pid {holder[0] if holder else '?'})")
+            database.execute_sql("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+        try:
+            yield
+        finally:
+            database.execute_sql("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+
+
+def status(database: Database, directory: Path) -> list[State]:
+    """Every migration's state, applied ones first in the order they were applied."""
+    history.ensure_tables(database)
+    files = {f.name: f for f in load(directory)}
+    done = history.applied(database)
+    states = []
+    for entry in done:
+        file = files.get(entry.name)
+        if file is None:
+            states.append(State(entry.name, "missing", "applied, but its file is gone"))
+        elif entry.checksum is None:
+            states.append(State(entry.name, "unchecked", "applied without a checksum (plain pw_migrate)"))
+        elif entry.checksum != file.checksum:
+            states.append(State(entry.name, "edited", "the file changed after it was applied"))
+        else:
+            states.append(State(entry.name, "applied", f"{entry.migrated_at:%Y-%m-%d %H:%M:%S}"))
+    applied_names = {e.name for e in done}
+    last_applied = max(applied_names, default="")
+    for name in files:
+        if name not in applied_names:
+            detail = f"sorts before {last_applied}, which is already applied" if name < last_applied else ""
+            states.append(State(name, "pending", detail))
+    return states
+
+
+def verify(database: Database, directory: Path, models: list[Any] | None = None) -> list[str]:
+    """Every problem with the migrations and the live schema, as sentences saying what and how to fix."""
+    problems = []
+    for item in status(database, directory):
+        if item.state == "edited":
+            problems.append(f"{item.name} was edited after it was applied: restore the file as applied and "
+                            "put the change in a new migration")
+        elif item.state == "missing":
+            problems.append(f"{item.name} is applied but its file is missing: restore it from version control, "
+                            f"or run `kit migrate resolve {item.name} --rolled-back` if it was undone by hand")
+        elif item.state == "pending" and item.detail:
+            problems.append(f"{item.name} is out of order: it {item.detail}; rename it to sort after the "
+                            "applied migrations")
+    pending = [s.name for s in status(database, directory) if s.state == "pending"]
+    if pending:
+        problems.append(f"{len(pending)} migration(s) pending ({', '.join(pending)}): run `kit migrate`")
+    else:
+        if models is None:
+            from kit.models import ALL_MODELS
+
+            models = ALL_MODELS
+        for drift in schema.compare(database, models):
+            problems.append(f"schema drift: {drift}")
+    return problems
+
+
+def apply(database: Database, directory: Path, say: Callable[[str], None] = print) -> list[str]:
+    """Apply pending migrations under the advisory lock; return the names applied."""
+    with migration_lock(database, say):
+        history.ensure_tables(database)
+        blocking = [s for s in status(database, directory)
+                    if s.state in ("edited", "missing") or (s.state == "pending" and s.detail)]
+        if blocking:
+            reasons = "; ".join(f"{s.name}: {s.state}{' (' + s.detail + ')' if s.detail else ''}" for s in blocking)
+            raise MigrationError(f"refusing to migrate: {reasons}. Run `kit migrate verify` for how to fix each.")
+        files = {f.name: f for f in load(directory)}
+        for entry in history.applied(database):
+            if entry.checksum is None and entry.name in files:  # applied by plain pw_migrate: adopt it
+                history.record_checksum(database, entry.name, files[entry.name].checksum)
+                say(f"adopted {entry.name} (applied by pw_migrate): checksum recorded")
+        router = _router(database, directory)
+        done = []
+        for name in router.diff:
+            try:
+                with database.atomic():
+                    router.run_one(name, router.migrator, fake=False)
+                    history.record_checksum(database, name, files[name].checksum)
+            except peewee.DatabaseError as exc:
+                first = str(exc).strip().splitlines()[0]
+                hint = ""
+                if 'extension "vector"' in first:
+                    hint = " (this server lacks pgvector: install it, or use the pgvector/pgvector:pg16 image)"
+                raise MigrationError(
+                    f"{name} failed and was rolled back, nothing of it remains: {first}{hint}"
+                ) from exc
+            say(f"applied {name}")
+            done.append(name)
+        return done
+
+
+def rollback(database: Database, directory: Path, count: int = 1, say: Callable[[str], None] = print) -> list[str]:
+    """Roll back the last `count` applied migrations, newest first, under the lock."""
+    with migration_lock(database, say):
+        history.ensure_tables(database)
+        router = _router(database, directory)
+        undone = []
+        for _ in range(count):
+            done = router.done
+            if not done:
+                break
+            name = done[-1]
+            with database.atomic():
+                router.rollback()
+                database.execute_sql(f"DELETE FROM {history.CHECKSUM_TABLE} WHERE name = %s", (name,))
+            say(f"rolled back {name}")
+            undone.append(name)
+        return undone
+
+
+# -- operator recovery ------------------------------------------------------------------------------
+
+_SQL_OBJECTS = [
+    (re.compile(r"CREATE\s+EXTENSION\s+(?:IF\s+NOT\s+EXISTS\s+)?\"?(\w+)", re.I),
+     "extension", "SELECT 1 FROM pg_extension WHERE extname = %s"),
+    (re.compile(r"CREATE\s+(?:OR\s+REPLACE\s+)?FUNCTION\s+\"?(\w+)", re.I),
+     "function", "SELECT 1 FROM pg_proc WHERE proname = %s"),
+    (re.compile(r"CREATE\s+TRIGGER\s+\"?(\w+)", re.I),
+     "trigger", "SELECT 1 FROM pg_trigger WHERE tgname = %s AND NOT tgisinternal"),
+    (re.compile(r"CREATE\s+(?:UNIQUE\s+)?INDEX\s+(?:IF\s+NOT\s+EXISTS\s+)?\"?(\w+)", re.I),
+     "index", "SELECT 1 FROM pg_class WHERE relname = %s AND relkind = 'i'"),
+]
+
+
+def _expected_by(router: Router, file: MigrationFile) -> tuple[list[Any], list[str]]:
+    """The models a migration leaves behind (state after it) that it touched, and its raw SQL."""
+    before = Migrator(router.database)
+    names = [m.name for m in load(router.migrate_dir)]
+    for name in names[: names.index(file.name)]:
+        router.run_one(name, before, fake=True)
+    snapshot = {m._meta.table_name: _signature(m) for m in before.orm}
+    migrate, _ = router.read(file.name)
+    migrate(before, router.database, fake=False)  # queues operations; nothing runs
+    statements = []
+    for op in before.__ops__:
+        args = getattr(op, "args", ())
+        if args and isinstance(args[0], str):
+            statements.append(args[0])
+        elif hasattr(op, "sql") and isinstance(getattr(op, "sql", None), str):
+            statements.append(op.sql)
+    before.__ops__ = []
+    touched = [m for m in before.orm if snapshot.get(m._meta.table_name) != _signature(m)]
+    return touched, statements
+
+
+def _signature(model: Any) -> tuple:
+    fields = tuple((f.column_name, type(f).__name__, f.null) for f in model._meta.sorted_fields)
+    indexes = tuple(sorted(i._name for i in model._meta.fields_to_index()))
+    return fields, indexes
+
+
+def resolve(database: Database, directory: Path, name: str, *, applied: bool) -> str:
+    """Mark `name` applied (after checking the schema already has what it creates) or rolled back."""
+    history.ensure_tables(database)
+    files = {f.name: f for f in load(directory)}
+    recorded = {e.name for e in history.applied(database)}
+    if applied:
+        if name not in files:
+            known = ", ".join(files) or "none"
+            raise MigrationError(f"no migration named {name} in {directory} (known: {known})")
+        if name in recorded:
+            raise MigrationError(f"{name} is already recorded as applied")
+        router = _router(database, directory)
+        touched, statements = _expected_by(router, files[name])
+        missing = schema.compare(database, touched, report_extra=False)
+        for statement in statements:
+            for pattern, kind, probe in _SQL_OBJECTS:
+                for object_name in pattern.findall(statement):
+                    if database.execute_sql(probe, (object_name,)).fetchone() is None:
+                        missing.append(f"{kind} {object_name} does not exist")
+        if missing:
+            raise MigrationError(
+                f"refusing to record {name} as applied; the database lacks what it creates: " + "; ".join(missing)
+            )
+        with database.atomic():
+            history.record_applied(database, name, files[name].checksum)
+        return f"recorded {name} as applied (its tables, columns, indexes and objects are present)"
+    if name not in recorded:
+        raise MigrationError(f"{name} is not recorded as applied; nothing to resolve")
+    with database.atomic():
+        history.forget(database, name)
+    return f"forgot {name}: it is pending again"
