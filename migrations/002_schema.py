@@ -49,9 +49,9 @@ def migrate(migrator: Migrator, database: pw.Database, *, fake=False):
         updated_at = pw_pext.DateTimeTZField(constraints=[pw.SQL('DEFAULT now()')])
         name = pw.TextField()
         email = pw.TextField(unique=True)
-        email_verified = pw.BooleanField(default=False)
+        email_verified = pw.BooleanField(constraints=[pw.SQL('DEFAULT false')], default=False)
         image = pw.TextField(null=True)
-        two_factor_enabled = pw.BooleanField(default=False)
+        two_factor_enabled = pw.BooleanField(constraints=[pw.SQL('DEFAULT false')], default=False)
 
         class Meta:
             table_name = "users"
@@ -96,10 +96,10 @@ def migrate(migrator: Migrator, database: pw.Database, *, fake=False):
         organization = pw.ForeignKeyField(column_name='organization_id', field='id', model=migrator.orm['organizations'], on_delete='CASCADE')
         user = pw.ForeignKeyField(column_name='user_id', field='id', model=migrator.orm['users'], null=True, on_delete='SET NULL')
         model = pw.TextField()
-        operation = pw.TextField(default='chat')
-        input_tokens = pw.IntegerField(constraints=[pw.SQL('CHECK (input_tokens >= 0)')], default=0)
-        output_tokens = pw.IntegerField(constraints=[pw.SQL('CHECK (output_tokens >= 0)')], default=0)
-        cost_usd = pw.DecimalField(auto_round=False, constraints=[pw.SQL('CHECK (cost_usd >= 0)')], decimal_places=6, default=Decimal('0'), max_digits=12, rounding=ROUND_HALF_EVEN)
+        operation = pw.TextField(constraints=[pw.SQL("DEFAULT 'chat'")], default='chat')
+        input_tokens = pw.IntegerField(constraints=[pw.SQL('CHECK (input_tokens >= 0)'), pw.SQL('DEFAULT 0')], default=0)
+        output_tokens = pw.IntegerField(constraints=[pw.SQL('CHECK (output_tokens >= 0)'), pw.SQL('DEFAULT 0')], default=0)
+        cost_usd = pw.DecimalField(auto_round=False, constraints=[pw.SQL('CHECK (cost_usd >= 0)'), pw.SQL('DEFAULT 0')], decimal_places=6, default=Decimal('0'), max_digits=12, rounding=ROUND_HALF_EVEN)
 
         class Meta:
             table_name = "ai_usage"
@@ -112,7 +112,7 @@ def migrate(migrator: Migrator, database: pw.Database, *, fake=False):
         organization = pw.ForeignKeyField(column_name='organization_id', field='id', model=migrator.orm['organizations'], null=True, on_delete='CASCADE')
         title = pw.TextField()
         body = pw.TextField()
-        kind = pw.TextField(constraints=[pw.SQL("CHECK (kind IN ('info', 'feature', 'maintenance', 'incident'))")], default='info')
+        kind = pw.TextField(constraints=[pw.SQL("CHECK (kind IN ('info', 'feature', 'maintenance', 'incident'))"), pw.SQL("DEFAULT 'info'")], default='info')
         published_at = pw_pext.DateTimeTZField(null=True)
         expires_at = pw_pext.DateTimeTZField(constraints=[pw.SQL('CHECK (expires_at IS NULL OR expires_at > published_at)')], null=True)
 
@@ -130,7 +130,7 @@ def migrate(migrator: Migrator, database: pw.Database, *, fake=False):
         target_id = pw.TextField(null=True)
         ip = pw.TextField(null=True)
         user_agent = pw.TextField(null=True)
-        metadata = pw_pext.BinaryJSONField(index=False)
+        metadata = pw_pext.BinaryJSONField(constraints=[pw.SQL("DEFAULT '{}'::jsonb")], index=False)
 
         class Meta:
             table_name = "audit_logs"
@@ -141,7 +141,7 @@ def migrate(migrator: Migrator, database: pw.Database, *, fake=False):
         created_at = pw_pext.DateTimeTZField(constraints=[pw.SQL('DEFAULT now()')])
         updated_at = pw_pext.DateTimeTZField(constraints=[pw.SQL('DEFAULT now()')])
         organization = pw.ForeignKeyField(column_name='organization_id', field='id', model=migrator.orm['organizations'], on_delete='CASCADE', unique=True)
-        provider = pw.TextField(default='stripe')
+        provider = pw.TextField(constraints=[pw.SQL("DEFAULT 'stripe'")], default='stripe')
         provider_customer_id = pw.TextField(unique=True)
         email = pw.TextField(null=True)
 
@@ -156,10 +156,10 @@ def migrate(migrator: Migrator, database: pw.Database, *, fake=False):
         organization = pw.ForeignKeyField(column_name='organization_id', field='id', model=migrator.orm['organizations'], on_delete='CASCADE')
         created_by = pw.ForeignKeyField(column_name='created_by_id', field='id', model=migrator.orm['users'], null=True, on_delete='SET NULL')
         title = pw.TextField()
-        kind = pw.TextField(constraints=[pw.SQL("CHECK (kind IN ('upload', 'url', 'text', 'integration'))")], default='text')
+        kind = pw.TextField(constraints=[pw.SQL("CHECK (kind IN ('upload', 'url', 'text', 'integration'))"), pw.SQL("DEFAULT 'text'")], default='text')
         uri = pw.TextField(null=True)
-        status = pw.TextField(constraints=[pw.SQL("CHECK (status IN ('pending', 'processing', 'ready', 'failed'))")], default='pending')
-        metadata = pw_pext.BinaryJSONField(index=False)
+        status = pw.TextField(constraints=[pw.SQL("CHECK (status IN ('pending', 'processing', 'ready', 'failed'))"), pw.SQL("DEFAULT 'pending'")], default='pending')
+        metadata = pw_pext.BinaryJSONField(constraints=[pw.SQL("DEFAULT '{}'::jsonb")], index=False)
 
         class Meta:
             table_name = "document_sources"
@@ -173,7 +173,7 @@ def migrate(migrator: Migrator, database: pw.Database, *, fake=False):
         organization = pw.ForeignKeyField(column_name='organization_id', field='id', model=migrator.orm['organizations'], on_delete='CASCADE')
         position = pw.IntegerField(constraints=[pw.SQL('CHECK (position >= 0)')])
         content = pw.TextField()
-        token_count = pw.IntegerField(constraints=[pw.SQL('CHECK (token_count >= 0)')], default=0)
+        token_count = pw.IntegerField(constraints=[pw.SQL('CHECK (token_count >= 0)'), pw.SQL('DEFAULT 0')], default=0)
         embedding = kit_vector.VectorField(dimensions=1536, null=True)
 
         class Meta:
@@ -188,9 +188,9 @@ def migrate(migrator: Migrator, database: pw.Database, *, fake=False):
         updated_at = pw_pext.DateTimeTZField(constraints=[pw.SQL('DEFAULT now()')])
         organization = pw.ForeignKeyField(column_name='organization_id', field='id', model=migrator.orm['organizations'], null=True, on_delete='CASCADE')
         key = pw.TextField()
-        enabled = pw.BooleanField(default=False)
-        rollout_percent = pw.IntegerField(constraints=[pw.SQL('CHECK (rollout_percent BETWEEN 0 AND 100)')], default=100)
-        description = pw.TextField(default='')
+        enabled = pw.BooleanField(constraints=[pw.SQL('DEFAULT false')], default=False)
+        rollout_percent = pw.IntegerField(constraints=[pw.SQL('CHECK (rollout_percent BETWEEN 0 AND 100)'), pw.SQL('DEFAULT 100')], default=100)
+        description = pw.TextField(constraints=[pw.SQL("DEFAULT ''")], default='')
 
         class Meta:
             table_name = "feature_flags"
@@ -203,8 +203,8 @@ def migrate(migrator: Migrator, database: pw.Database, *, fake=False):
         updated_at = pw_pext.DateTimeTZField(constraints=[pw.SQL('DEFAULT now()')])
         organization = pw.ForeignKeyField(column_name='organization_id', field='id', model=migrator.orm['organizations'], on_delete='CASCADE')
         email = pw.TextField(index=True)
-        role = pw.TextField(constraints=[pw.SQL("CHECK (role IN ('owner', 'admin', 'member'))")], default='member')
-        status = pw.TextField(constraints=[pw.SQL("CHECK (status IN ('pending', 'accepted', 'rejected', 'canceled'))")], default='pending')
+        role = pw.TextField(constraints=[pw.SQL("CHECK (role IN ('owner', 'admin', 'member'))"), pw.SQL("DEFAULT 'member'")], default='member')
+        status = pw.TextField(constraints=[pw.SQL("CHECK (status IN ('pending', 'accepted', 'rejected', 'canceled'))"), pw.SQL("DEFAULT 'pending'")], default='pending')
         expires_at = pw_pext.DateTimeTZField()
         inviter = pw.ForeignKeyField(column_name='inviter_id', field='id', model=migrator.orm['users'], null=True, on_delete='SET NULL')
 
@@ -218,7 +218,7 @@ def migrate(migrator: Migrator, database: pw.Database, *, fake=False):
         updated_at = pw_pext.DateTimeTZField(constraints=[pw.SQL('DEFAULT now()')])
         organization = pw.ForeignKeyField(column_name='organization_id', field='id', model=migrator.orm['organizations'], on_delete='CASCADE')
         user = pw.ForeignKeyField(column_name='user_id', field='id', model=migrator.orm['users'], on_delete='CASCADE')
-        role = pw.TextField(constraints=[pw.SQL("CHECK (role IN ('owner', 'admin', 'member'))")], default='member')
+        role = pw.TextField(constraints=[pw.SQL("CHECK (role IN ('owner', 'admin', 'member'))"), pw.SQL("DEFAULT 'member'")], default='member')
 
         class Meta:
             table_name = "members"
@@ -230,7 +230,7 @@ def migrate(migrator: Migrator, database: pw.Database, *, fake=False):
         created_at = pw_pext.DateTimeTZField(constraints=[pw.SQL('DEFAULT now()')])
         updated_at = pw_pext.DateTimeTZField(constraints=[pw.SQL('DEFAULT now()')])
         organization = pw.ForeignKeyField(column_name='organization_id', field='id', model=migrator.orm['organizations'], on_delete='CASCADE', unique=True)
-        balance = pw.BigIntegerField(constraints=[pw.SQL('CHECK (balance >= 0)')], default=0)
+        balance = pw.BigIntegerField(constraints=[pw.SQL('CHECK (balance >= 0)'), pw.SQL('DEFAULT 0')], default=0)
 
         class Meta:
             table_name = "org_credits"
@@ -241,8 +241,8 @@ def migrate(migrator: Migrator, database: pw.Database, *, fake=False):
         created_at = pw_pext.DateTimeTZField(constraints=[pw.SQL('DEFAULT now()')])
         slug = pw.TextField(unique=True)
         name = pw.TextField()
-        price = pw.IntegerField(constraints=[pw.SQL('DEFAULT 0'), pw.SQL('CHECK (price >= 0)')], default=0)
-        entitlements = pw_pext.BinaryJSONField(constraints=[pw.SQL("DEFAULT '{}'::jsonb"), pw.SQL("CHECK (jsonb_typeof(entitlements) = 'object')")], index=False)
+        price = pw.IntegerField(constraints=[pw.SQL('CHECK (price >= 0)'), pw.SQL('DEFAULT 0')], default=0)
+        entitlements = pw_pext.BinaryJSONField(constraints=[pw.SQL("CHECK (jsonb_typeof(entitlements) = 'object')"), pw.SQL("DEFAULT '{}'::jsonb")], index=False)
         active = pw.BooleanField(constraints=[pw.SQL('DEFAULT true')], default=True)
 
         class Meta:
@@ -255,10 +255,10 @@ def migrate(migrator: Migrator, database: pw.Database, *, fake=False):
         updated_at = pw_pext.DateTimeTZField(constraints=[pw.SQL('DEFAULT now()')])
         plan = pw.ForeignKeyField(column_name='plan_id', field='id', model=migrator.orm['plans'], on_delete='CASCADE')
         interval = pw.TextField(constraints=[pw.SQL("CHECK (interval IN ('month', 'year'))")])
-        currency = pw.TextField(constraints=[pw.SQL("CHECK (currency ~ '^[a-z]{3}$')")], default='usd')
+        currency = pw.TextField(constraints=[pw.SQL("CHECK (currency ~ '^[a-z]{3}$')"), pw.SQL("DEFAULT 'usd'")], default='usd')
         amount = pw.IntegerField(constraints=[pw.SQL('CHECK (amount >= 0)')])
         provider_price_id = pw.TextField(null=True, unique=True)
-        active = pw.BooleanField(default=True)
+        active = pw.BooleanField(constraints=[pw.SQL('DEFAULT true')], default=True)
 
         class Meta:
             table_name = "plan_prices"
@@ -273,8 +273,8 @@ def migrate(migrator: Migrator, database: pw.Database, *, fake=False):
         referred = pw.ForeignKeyField(column_name='referred_id', field='id', model=migrator.orm['users'], null=True, on_delete='SET NULL', unique=True)
         code = pw.TextField(unique=True)
         email = pw.TextField(null=True)
-        status = pw.TextField(constraints=[pw.SQL("CHECK (status IN ('pending', 'signed_up', 'converted', 'rewarded'))")], default='pending')
-        reward_cents = pw.IntegerField(constraints=[pw.SQL('CHECK (reward_cents >= 0)')], default=0)
+        status = pw.TextField(constraints=[pw.SQL("CHECK (status IN ('pending', 'signed_up', 'converted', 'rewarded'))"), pw.SQL("DEFAULT 'pending'")], default='pending')
+        reward_cents = pw.IntegerField(constraints=[pw.SQL('CHECK (reward_cents >= 0)'), pw.SQL('DEFAULT 0')], default=0)
         converted_at = pw_pext.DateTimeTZField(null=True)
 
         class Meta:
@@ -286,8 +286,8 @@ def migrate(migrator: Migrator, database: pw.Database, *, fake=False):
         created_at = pw_pext.DateTimeTZField(constraints=[pw.SQL('DEFAULT now()')])
         updated_at = pw_pext.DateTimeTZField(constraints=[pw.SQL('DEFAULT now()')])
         title = pw.TextField()
-        description = pw.TextField(default='')
-        status = pw.TextField(constraints=[pw.SQL("CHECK (status IN ('considering', 'planned', 'in_progress', 'done'))")], default='considering')
+        description = pw.TextField(constraints=[pw.SQL("DEFAULT ''")], default='')
+        status = pw.TextField(constraints=[pw.SQL("CHECK (status IN ('considering', 'planned', 'in_progress', 'done'))"), pw.SQL("DEFAULT 'considering'")], default='considering')
         created_by = pw.ForeignKeyField(column_name='created_by_id', field='id', model=migrator.orm['users'], null=True, on_delete='SET NULL')
 
         class Meta:
@@ -332,7 +332,7 @@ def migrate(migrator: Migrator, database: pw.Database, *, fake=False):
         provider_subscription_id = pw.TextField(null=True, unique=True)
         current_period_start = pw_pext.DateTimeTZField(null=True)
         current_period_end = pw_pext.DateTimeTZField(null=True)
-        cancel_at_period_end = pw.BooleanField(default=False)
+        cancel_at_period_end = pw.BooleanField(constraints=[pw.SQL('DEFAULT false')], default=False)
         trial_ends_at = pw_pext.DateTimeTZField(null=True)
         canceled_at = pw_pext.DateTimeTZField(null=True)
 
@@ -358,7 +358,7 @@ def migrate(migrator: Migrator, database: pw.Database, *, fake=False):
         organization = pw.ForeignKeyField(column_name='organization_id', field='id', model=migrator.orm['organizations'], on_delete='CASCADE')
         metric = pw.TextField()
         period_start = pw.DateField()
-        quantity = pw.BigIntegerField(constraints=[pw.SQL('DEFAULT 0'), pw.SQL('CHECK (quantity >= 0)')], default=0)
+        quantity = pw.BigIntegerField(constraints=[pw.SQL('CHECK (quantity >= 0)'), pw.SQL('DEFAULT 0')], default=0)
 
         class Meta:
             table_name = "usage"
@@ -370,11 +370,11 @@ def migrate(migrator: Migrator, database: pw.Database, *, fake=False):
         created_at = pw_pext.DateTimeTZField(constraints=[pw.SQL('DEFAULT now()')])
         updated_at = pw_pext.DateTimeTZField(constraints=[pw.SQL('DEFAULT now()')])
         user = pw.ForeignKeyField(column_name='user_id', field='id', model=migrator.orm['users'], on_delete='CASCADE', unique=True)
-        theme = pw.TextField(constraints=[pw.SQL("CHECK (theme IN ('light', 'dark', 'system'))")], default='system')
-        locale = pw.TextField(default='en')
-        timezone = pw.TextField(default='UTC')
-        email_notifications = pw.BooleanField(default=True)
-        preferences = pw_pext.BinaryJSONField(index=False)
+        theme = pw.TextField(constraints=[pw.SQL("CHECK (theme IN ('light', 'dark', 'system'))"), pw.SQL("DEFAULT 'system'")], default='system')
+        locale = pw.TextField(constraints=[pw.SQL("DEFAULT 'en'")], default='en')
+        timezone = pw.TextField(constraints=[pw.SQL("DEFAULT 'UTC'")], default='UTC')
+        email_notifications = pw.BooleanField(constraints=[pw.SQL('DEFAULT true')], default=True)
+        preferences = pw_pext.BinaryJSONField(constraints=[pw.SQL("DEFAULT '{}'::jsonb")], index=False)
 
         class Meta:
             table_name = "user_settings"
@@ -399,7 +399,7 @@ def migrate(migrator: Migrator, database: pw.Database, *, fake=False):
         email = pw.TextField(constraints=[pw.SQL('CHECK (email = lower(email))')], unique=True)
         source = pw.TextField(null=True)
         referral_code = pw.TextField(null=True)
-        status = pw.TextField(constraints=[pw.SQL("CHECK (status IN ('waiting', 'invited', 'joined'))")], default='waiting')
+        status = pw.TextField(constraints=[pw.SQL("CHECK (status IN ('waiting', 'invited', 'joined'))"), pw.SQL("DEFAULT 'waiting'")], default='waiting')
         invited_at = pw_pext.DateTimeTZField(null=True)
 
         class Meta:
@@ -413,9 +413,9 @@ def migrate(migrator: Migrator, database: pw.Database, *, fake=False):
         organization = pw.ForeignKeyField(column_name='organization_id', field='id', model=migrator.orm['organizations'], on_delete='CASCADE')
         url = pw.TextField(constraints=[pw.SQL("CHECK (url ~ '^https?://')")])
         secret = pw.TextField()
-        events = pw_pext.BinaryJSONField(index=False)
-        enabled = pw.BooleanField(default=True)
-        description = pw.TextField(default='')
+        events = pw_pext.BinaryJSONField(constraints=[pw.SQL("DEFAULT '[]'::jsonb")], index=False)
+        enabled = pw.BooleanField(constraints=[pw.SQL('DEFAULT true')], default=True)
+        description = pw.TextField(constraints=[pw.SQL("DEFAULT ''")], default='')
 
         class Meta:
             table_name = "webhook_endpoints"
@@ -427,9 +427,9 @@ def migrate(migrator: Migrator, database: pw.Database, *, fake=False):
         updated_at = pw_pext.DateTimeTZField(constraints=[pw.SQL('DEFAULT now()')])
         endpoint = pw.ForeignKeyField(column_name='endpoint_id', field='id', model=migrator.orm['webhook_endpoints'], on_delete='CASCADE')
         event_type = pw.TextField()
-        payload = pw_pext.BinaryJSONField(index=False)
-        status = pw.TextField(constraints=[pw.SQL("CHECK (status IN ('pending', 'succeeded', 'failed', 'retrying'))")], default='pending')
-        attempts = pw.IntegerField(constraints=[pw.SQL('CHECK (attempts >= 0)')], default=0)
+        payload = pw_pext.BinaryJSONField(constraints=[pw.SQL("DEFAULT '{}'::jsonb")], index=False)
+        status = pw.TextField(constraints=[pw.SQL("CHECK (status IN ('pending', 'succeeded', 'failed', 'retrying'))"), pw.SQL("DEFAULT 'pending'")], default='pending')
+        attempts = pw.IntegerField(constraints=[pw.SQL('CHECK (attempts >= 0)'), pw.SQL('DEFAULT 0')], default=0)
         response_code = pw.IntegerField(constraints=[pw.SQL('CHECK (response_code BETWEEN 100 AND 599)')], null=True)
         next_attempt_at = pw_pext.DateTimeTZField(index=True, null=True)
         delivered_at = pw_pext.DateTimeTZField(null=True)
@@ -442,11 +442,11 @@ def migrate(migrator: Migrator, database: pw.Database, *, fake=False):
         id = pw.UUIDField(constraints=[pw.SQL('DEFAULT gen_random_uuid()')], primary_key=True)
         created_at = pw_pext.DateTimeTZField(constraints=[pw.SQL('DEFAULT now()')])
         updated_at = pw_pext.DateTimeTZField(constraints=[pw.SQL('DEFAULT now()')])
-        provider = pw.TextField(default='stripe')
+        provider = pw.TextField(constraints=[pw.SQL("DEFAULT 'stripe'")], default='stripe')
         event_id = pw.TextField(unique=True)
         type = pw.TextField()
-        payload = pw_pext.BinaryJSONField(index=False)
-        status = pw.TextField(constraints=[pw.SQL("CHECK (status IN ('processing', 'processed', 'failed'))")], default='processing')
+        payload = pw_pext.BinaryJSONField(constraints=[pw.SQL("DEFAULT '{}'::jsonb")], index=False)
+        status = pw.TextField(constraints=[pw.SQL("CHECK (status IN ('processing', 'processed', 'failed'))"), pw.SQL("DEFAULT 'processing'")], default='processing')
         processed_at = pw_pext.DateTimeTZField(null=True)
         error = pw.TextField(null=True)
 

@@ -1,21 +1,26 @@
 """Test setup: a real PostgreSQL (DATABASE_URL, else the embedded server) and a database of the suite's own.
 
-The suite creates `kit_test_<pid>_<random>` on that server, points `kit.db.database` at it, and drops it
-at the end, so a developer's seeded data is never touched.
+The suite creates `kit_test_<pid>_<random>` on that server, migrates it with the project's migrations,
+points `kit.db.database` at it, and drops it at the end, so a developer's seeded data is never touched.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+from pathlib import Path
 
 import psycopg2
 import pytest
 from helpers import admin_execute, with_dbname
 
-from kit import embedded
+from kit import embedded, migrate
 from kit.config import load_settings
 from kit.db import database
+
+
+ROOT = Path(__file__).resolve().parent.parent
+MIGRATIONS = ROOT / "migrations"
 
 
 @pytest.fixture(scope="session")
@@ -32,8 +37,8 @@ def test_db_url(server_url: str):
     admin_execute(server_url, f'CREATE DATABASE "{name}"')
     url = with_dbname(server_url, name)
     try:
-        admin_execute(url, "CREATE EXTENSION IF NOT EXISTS vector")
         database.configure(url)
+        migrate.apply(database, MIGRATIONS, say=lambda _: None)  # the schema, built the way operators build it
         yield url
     finally:
         database.close_all()
@@ -54,3 +59,21 @@ def monitor(test_db_url: str):
     conn.autocommit = True
     yield conn
     conn.close()
+
+
+@pytest.fixture
+def fresh_database(server_url: str):
+    """An empty database of its own (no extension, no tables) and a kit Database pointed at it."""
+    from kit.db import Database
+
+    name = f"kit_scratch_{os.getpid()}_{secrets.token_hex(3)}"
+    admin_execute(server_url, f'CREATE DATABASE "{name}"')
+    db = Database()
+    url = with_dbname(server_url, name)
+    db.configure(url)
+    db.scratch_url = url
+    try:
+        yield db
+    finally:
+        db.close_all()
+        admin_execute(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

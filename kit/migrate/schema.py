@@ -89,7 +89,11 @@ def normalize_type(sql_type: str) -> str:
 
 
 def _normalize_default(expression: str | None) -> str | None:
-    return None if expression is None else re.sub(r"\s+", " ", expression.strip().lower())
+    """A default expression as comparable text: `'member'::text` and `'member'` are the same default."""
+    if expression is None:
+        return None
+    text = re.sub(r"\s+", " ", expression.strip())
+    return re.sub(r"^('(?:[^']|'')*')::(?:text|character varying)$", r"\1", text)
 
 
 def _model_default(field: Any) -> str | None:

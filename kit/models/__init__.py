@@ -13,7 +13,7 @@ from kit.models.auth import (
     User,
     Verification,
 )
-from kit.models.base import BaseModel, TimestampedModel
+from kit.models.base import BaseModel, TimestampedModel, mirror_defaults
 from kit.models.billing import (
     Customer,
     Plan,
@@ -44,6 +44,9 @@ ALL_MODELS = [
     UserSettings, AuditLog, AiUsage, OrgCredit, DocumentSource, DocumentChunk,
     Referral, WaitlistEntry, RoadmapItem, RoadmapVote, Announcement, FeatureFlag, WebhookEndpoint, WebhookDelivery,
 ]
+
+for _model in ALL_MODELS:
+    mirror_defaults(_model)
 
 __all__ = [model.__name__ for model in ALL_MODELS] + [
     "ALL_MODELS", "BaseModel", "InsufficientCredits", "InvitationError", "TimestampedModel",

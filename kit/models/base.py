@@ -9,9 +9,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 from typing import Any
 
-from peewee import SQL, Check, UUIDField
+from peewee import SQL, Check, Model, UUIDField
 from playhouse.postgres_ext import DateTimeTZField
 
 from kit.db import database
@@ -32,6 +33,36 @@ def one_of(column: str, values: tuple[str, ...]) -> Any:
     """A CHECK constraint: `column` takes only the listed values."""
     listed = ", ".join(f"'{v}'" for v in values)
     return Check(f"{column} IN ({listed})")
+
+
+def _sql_literal(field: Any, value: Any) -> str | None:
+    if value is dict:
+        return "'{}'::jsonb"
+    if value is list:
+        return "'[]'::jsonb"
+    if callable(value):
+        return None  # computed in Python only (utcnow already has DEFAULT now())
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float, decimal.Decimal)):
+        return str(value)
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    return None
+
+
+def mirror_defaults(model: type[Model]) -> None:
+    """Give every column whose field has a Python default the same default in the database.
+
+    Rows written by other clients of the same tables (Better Auth, psql, another service) then get
+    the values the models would have given them.
+    """
+    for field in model._meta.sorted_fields:
+        if field.default is None or any(getattr(c, "sql", "").startswith("DEFAULT ") for c in field.constraints or []):
+            continue
+        literal = _sql_literal(field, field.default)
+        if literal is not None:
+            field.constraints = [*(field.constraints or []), SQL(f"DEFAULT {literal}")]
 
 
 class BaseModel(VectorModel):
@@ -61,6 +92,6 @@ class TimestampedModel(BaseModel):
     def update(cls, __data: Any = None, **update: Any) -> Any:
         """An UPDATE query that also sets `updated_at` to now, unless the caller sets it."""
         data = dict(__data or {}, **update)
-        if not any(key in ("updated_at", cls.updated_at) for key in data):
+        if not any(getattr(key, "name", key) == "updated_at" for key in data):
             data[cls.updated_at] = utcnow()
         return super().update(data)

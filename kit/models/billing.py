@@ -26,12 +26,13 @@ class Plan(BaseModel):
 
     slug = TextField(unique=True)
     name = TextField()
-    price = IntegerField(default=0, constraints=[SQL("DEFAULT 0"), Check("price >= 0")])
+    price = IntegerField(default=0, constraints=[Check("price >= 0")])
     entitlements = BinaryJSONField(
         index=False,
-        default=dict, constraints=[SQL("DEFAULT '{}'::jsonb"), Check("jsonb_typeof(entitlements) = 'object'")]
+        default=dict,
+        constraints=[Check("jsonb_typeof(entitlements) = 'object'")],
     )
-    active = BooleanField(default=True, constraints=[SQL("DEFAULT true")])
+    active = BooleanField(default=True)
 
     class Meta:
         table_name = "plans"
@@ -98,7 +99,7 @@ class Usage(TimestampedModel):
     organization = ForeignKeyField(Organization, backref="usage", on_delete="CASCADE")
     metric = TextField()
     period_start = DateField()
-    quantity = BigIntegerField(default=0, constraints=[SQL("DEFAULT 0"), Check("quantity >= 0")])
+    quantity = BigIntegerField(default=0, constraints=[Check("quantity >= 0")])
 
     class Meta:
         table_name = "usage"

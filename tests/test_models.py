@@ -1,0 +1,285 @@
+"""The SaaS models on the migrated test database: conventions, constraints, and domain operations under threads."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import peewee
+import pytest
+
+from kit.db import database
+from kit.models import (
+    ALL_MODELS,
+    AuditLog,
+    DocumentChunk,
+    DocumentSource,
+    FeatureFlag,
+    InsufficientCredits,
+    Invitation,
+    InvitationError,
+    Member,
+    Organization,
+    OrgCredit,
+    Plan,
+    RoadmapItem,
+    RoadmapVote,
+    Subscription,
+    Usage,
+    User,
+    WebhookEvent,
+    current_plan,
+    is_entitled,
+    within_quota,
+)
+from kit.models.base import utcnow
+
+
+def org(**kw) -> Organization:
+    tag = secrets.token_hex(4)
+    return Organization.create(name=kw.get("name", f"Org {tag}"), slug=f"org-{tag}")
+
+
+def user(**kw) -> User:
+    tag = secrets.token_hex(4)
+    return User.create(name=kw.get("name", f"User {tag}"), email=f"{tag}@example.com")
+
+
+def run_threads(count: int, target, *args):
+    """Start `count` threads at once on `target`; return results and exceptions."""
+    barrier = threading.Barrier(count)
+    results, errors = [], []
+
+    def work():
+        barrier.wait()
+        try:
+            with database.connection_context():
+                results.append(target(*args))
+        except Exception as exc:  # noqa: BLE001 - collected for the assertions
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results, errors
+
+
+def test_every_table_is_snake_case_plural_and_uses_the_kit_database():
+    names = {m._meta.table_name for m in ALL_MODELS}
+    assert len(names) == 28
+    assert {"users", "two_factors", "org_credits", "document_chunks", "webhook_deliveries", "usage", "ai_usage"} <= names
+    assert all(m._meta.database is database for m in ALL_MODELS)
+
+
+def test_uuid_keys_come_from_the_database_and_timestamps_are_aware():
+    o = org()
+    assert isinstance(o.id, uuid.UUID)
+    row = database.execute_sql("SELECT created_at, updated_at FROM organizations WHERE id = %s", (o.id,)).fetchone()
+    assert row[0].tzinfo is not None
+    raw = database.execute_sql("INSERT INTO users (name, email) VALUES ('Raw', %s) RETURNING id, created_at",
+                               (f"{secrets.token_hex(4)}@x.io",)).fetchone()
+    assert isinstance(raw[0], str | uuid.UUID) and raw[1] is not None  # defaults hold for raw SQL too
+
+
+def test_updated_at_moves_on_every_save_and_update():
+    o = org()
+    first = Organization.get_by_id(o.id).updated_at
+    time.sleep(0.01)
+    o.name = "Renamed"
+    o.save()
+    second = Organization.get_by_id(o.id).updated_at
+    assert second > first
+    time.sleep(0.01)
+    Organization.update(name="Again").where(Organization.id == o.id).execute()
+    assert Organization.get_by_id(o.id).updated_at > second
+
+
+def test_foreign_keys_cascade_or_set_null():
+    o, u = org(), user()
+    source = DocumentSource.create(organization=o, created_by=u, title="Guide")
+    DocumentChunk.create(source=source, organization=o, position=0, content="hello", embedding=np.ones(1536))
+    u.delete_instance()
+    assert DocumentSource.get_by_id(source.id).created_by_id is None  # SET NULL: the source outlives its author
+    o.delete_instance()
+    assert DocumentChunk.select().where(DocumentChunk.source == source.id).count() == 0  # CASCADE
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Member.create(organization=org(), user=user(), role="superuser"),
+        lambda: Subscription.create(organization=org(), plan=Plan.create(slug=secrets.token_hex(3), name="P"),
+                                    status="on_fire"),
+        lambda: Plan.create(slug=secrets.token_hex(3), name="Negative", price=-1),
+        lambda: Plan.create(slug=secrets.token_hex(3), name="Listy", entitlements=["a"]),
+        lambda: FeatureFlag.create(key="x", rollout_percent=101),
+    ],
+)
+def test_check_constraints_refuse_bad_values(make):
+    with pytest.raises(peewee.IntegrityError, match="check constraint"):
+        with database.atomic():
+            make()
+
+
+def test_unique_constraints_hold():
+    o, u = org(), user()
+    Member.create(organization=o, user=u)
+    with pytest.raises(peewee.IntegrityError), database.atomic():
+        Member.create(organization=o, user=u)
+    item = RoadmapItem.create(title="Dark mode")
+    RoadmapVote.create(item=item, user=u)
+    with pytest.raises(peewee.IntegrityError), database.atomic():
+        RoadmapVote.create(item=item, user=u)
+    FeatureFlag.create(key=f"beta-{o.id}", enabled=True)
+    with pytest.raises(peewee.IntegrityError), database.atomic():
+        FeatureFlag.create(key=f"beta-{o.id}")  # one global flag per key: NULLS NOT DISTINCT
+    FeatureFlag.create(key=f"beta-{o.id}", organization=o)  # and one per organization
+
+
+def test_audit_log_is_append_only_in_the_database():
+    entry = AuditLog.record("member.invited", organization=org(), actor=user(), ip="10.0.0.1", note="hi")
+    assert entry.metadata == {"note": "hi"}
+    for statement in ("UPDATE audit_logs SET action = 'x' WHERE id = %s", "DELETE FROM audit_logs WHERE id = %s"):
+        with pytest.raises(peewee.DatabaseError, match="audit_logs is append-only"), database.atomic():
+            database.execute_sql(statement, (entry.id,))
+    with pytest.raises(peewee.DatabaseError, match="append-only"), database.atomic():
+        database.execute_sql("TRUNCATE audit_logs")
+    assert AuditLog.get_by_id(entry.id).action == "member.invited"
+
+
+def test_credits_never_go_negative_under_concurrent_consumers():
+    o = org()
+    assert OrgCredit.grant(o, 100) == 100
+    results, errors = run_threads(40, OrgCredit.consume, o.id, 7)
+    assert len(results) == 14  # 14 * 7 = 98 <= 100 < 15 * 7
+    assert len(errors) == 26 and all(isinstance(e, InsufficientCredits) for e in errors)
+    assert OrgCredit.balance_of(o) == 2
+    assert "has 2 credits, 7 were asked for" in str(errors[-1])
+    with pytest.raises(ValueError, match="positive whole number"):
+        OrgCredit.consume(o, 0)
+
+
+def test_concurrent_grants_add_up():
+    o = org()
+    results, errors = run_threads(30, OrgCredit.grant, o.id, 5)
+    assert not errors and OrgCredit.balance_of(o) == 150
+    assert sorted(results) == list(range(5, 151, 5))
+
+
+def test_usage_increments_are_never_lost():
+    o = org()
+    period = dt.date(2026, 11, 1)
+
+    def bump():
+        return [Usage.increment(o, "api_calls", 3, period_start=period) for _ in range(10)]
+
+    results, errors = run_threads(20, bump)
+    assert not errors
+    assert Usage.get(organization=o, metric="api_calls", period_start=period).quantity == 600
+    assert max(max(r) for r in results) == 600
+
+
+def test_invitation_accepted_twice_at_once_creates_one_membership():
+    o, u = org(), user()
+    invite = Invitation.create(organization=o, email=u.email, role="admin", expires_at=utcnow() + dt.timedelta(days=1))
+    results, errors = run_threads(8, Invitation.accept, invite.id, u.id)
+    assert not errors, errors
+    assert len({m.id for m in results}) == 1
+    assert Member.select().where(Member.organization == o).count() == 1
+    assert Member.get(organization=o, user=u).role == "admin"
+    assert Invitation.get_by_id(invite.id).status == "accepted"
+    with pytest.raises(InvitationError, match="already accepted by someone else"):
+        Invitation.accept(invite.id, user())
+
+
+def test_expired_or_revoked_invitations_are_refused():
+    o, u = org(), user()
+    expired = Invitation.create(organization=o, email=u.email, expires_at=utcnow() - dt.timedelta(minutes=1))
+    with pytest.raises(InvitationError, match="expired at"):
+        Invitation.accept(expired.id, u)
+    revoked = Invitation.create(organization=o, email=u.email, expires_at=utcnow() + dt.timedelta(days=1))
+    assert Invitation.revoke(revoked.id) is True
+    with pytest.raises(InvitationError, match="was canceled; it cannot be accepted"):
+        Invitation.accept(revoked.id, u)
+    assert Member.select().where(Member.organization == o).count() == 0
+
+
+def test_webhook_event_recorded_twice_at_once_is_processed_once():
+    handled = []
+    event_id = f"evt_{secrets.token_hex(6)}"
+
+    def handler(event):
+        time.sleep(0.05)  # keep the first transaction open while the others arrive
+        handled.append(event.event_id)
+
+    results, errors = run_threads(6, WebhookEvent.process_once, event_id, "invoice.paid", {"n": 1}, handler)
+    assert not errors
+    assert sorted(results) == [False] * 5 + [True]
+    assert handled == [event_id]
+    assert WebhookEvent.get(event_id=event_id).status == "processed"
+
+
+def test_a_failed_webhook_handler_leaves_the_event_to_retry():
+    event_id = f"evt_{secrets.token_hex(6)}"
+
+    def boom(event):
+        raise RuntimeError("downstream is down")
+
+    with pytest.raises(RuntimeError):
+        WebhookEvent.process_once(event_id, "invoice.paid", {}, boom)
+    assert WebhookEvent.get_or_none(event_id=event_id) is None
+    assert WebhookEvent.process_once(event_id, "invoice.paid", {}, lambda e: None) is True
+
+
+def test_entitlements_follow_the_current_plan():
+    free = Plan.get_or_none(slug="free") or Plan.create(slug="free", name="Free", entitlements={"seats": 1})
+    pro = Plan.create(slug=f"pro-{secrets.token_hex(3)}", name="Pro", price=2900,
+                      entitlements={"sso": False, "api": True, "seats": 10, "documents": -1})
+    o = org()
+    assert current_plan(o).id == free.id
+    Subscription.create(organization=o, plan=pro, status="active")
+    assert current_plan(o).id == pro.id
+    assert is_entitled(o, "api") and not is_entitled(o, "sso") and not is_entitled(o, "unknown")
+    assert within_quota(o, "seats", 9) and not within_quota(o, "seats", 10)
+    assert within_quota(o, "documents", 10**9)
+    Subscription.update(status="canceled").where(Subscription.organization == o).execute()
+    assert current_plan(o).id == free.id
+
+
+def test_document_chunk_search_stays_in_the_organization():
+    mine, theirs = org(), org()
+    rng = np.random.default_rng(9)
+    vectors = rng.standard_normal((40, 1536)).astype(np.float32)
+    for owner, offset in ((mine, 0), (theirs, 20)):
+        source = DocumentSource.create(organization=owner, title="doc")
+        DocumentChunk.insert_many([
+            {"source": source, "organization": owner, "position": i, "content": f"chunk {offset + i}",
+             "embedding": vectors[offset + i]} for i in range(20)
+        ]).execute()
+    query = vectors[25]  # nearest overall belongs to the other organization
+    found = DocumentChunk.search(query, organization=mine, k=5)
+    assert len(found) == 5 and all(c.organization_id == mine.id for c in found)
+    assert [c.distance for c in found] == sorted(c.distance for c in found)
+    other = DocumentChunk.search(query, organization=theirs.id, k=1, metric="l2")
+    assert other[0].content == "chunk 25" and other[0].distance == pytest.approx(0, abs=1e-4)
+
+
+def test_thread_pool_domain_calls_do_not_leak_connections():
+    o = org()
+    OrgCredit.grant(o, 1000)
+
+    def spend(_):
+        with database.connection_context():
+            return OrgCredit.consume(o, 1)
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(spend, range(200)))
+    assert OrgCredit.balance_of(o) == 800
+    assert database.pool_stats()["in_use"] <= 1
