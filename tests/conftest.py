@@ -18,7 +18,6 @@ from kit import embedded, migrate
 from kit.config import load_settings
 from kit.db import database
 
-
 ROOT = Path(__file__).resolve().parent.parent
 MIGRATIONS = ROOT / "migrations"
 

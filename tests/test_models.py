@@ -74,7 +74,7 @@ def run_threads(count: int, target, *args):
 def test_every_table_is_snake_case_plural_and_uses_the_kit_database():
     names = {m._meta.table_name for m in ALL_MODELS}
     assert len(names) == 28
-    assert {"users", "two_factors", "org_credits", "document_chunks", "webhook_deliveries", "usage", "ai_usage"} <= names
+    assert {"users", "two_factors", "org_credits", "document_chunks", "webhook_deliveries", "usage"} <= names
     assert all(m._meta.database is database for m in ALL_MODELS)
 
 
