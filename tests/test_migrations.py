@@ -1,0 +1,263 @@
+"""Migrations on empty databases of their own: generation, round trips, locking, checksums, drift, recovery."""
+
+from __future__ import annotations
+
+import os
+import runpy
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import peewee as pw
+import psycopg2
+import pytest
+from peewee_migrate.router import Router
+
+from kit import migrate
+from kit.db import database
+from kit.migrate import MigrationError, autogen, history
+from kit.migrate.schema import compare
+from kit.models import ALL_MODELS
+from kit.vector import HalfVectorField, HNSWIndex, IVFFlatIndex, VectorField
+
+ROOT = Path(__file__).resolve().parent.parent
+QUIET = {"say": lambda _: None}
+
+
+@pytest.fixture
+def migrations(tmp_path) -> Path:
+    """A copy of the project's migrations that a test may edit."""
+    target = tmp_path / "migrations"
+    shutil.copytree(ROOT / "migrations", target, ignore=shutil.ignore_patterns("__pycache__"))
+    return target
+
+
+def tables(db) -> set[str]:
+    return set(db.get_tables())
+
+
+def kit_cli(db_url: str, cwd: Path, *args: str) -> subprocess.Popen:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_"))}
+    environ["DATABASE_URL"] = db_url
+    return subprocess.Popen([sys.executable, "-m", "kit.cli", *args], cwd=cwd, env=environ,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_generating_from_the_models_against_the_migrated_database_finds_no_changes(migrations):
+    autogen.register()
+    router = Router(database, migrate_dir=migrations, ignore=migrate.executor.IGNORED_MODELS)
+    assert router.create("should_be_empty", auto=list(ALL_MODELS)) is None
+    assert sorted(p.name for p in migrations.glob("0*.py")) == [
+        "001_enable_vector.py", "002_schema.py", "003_audit_logs_append_only.py"]
+
+
+def test_the_migrated_test_database_matches_the_models():
+    assert compare(database, ALL_MODELS) == []
+    assert migrate.verify(database, ROOT / "migrations") == []
+
+
+def test_migrate_all_rollback_all_migrate_all_on_an_empty_database(fresh_database, migrations):
+    db = fresh_database
+    assert migrate.apply(db, migrations, **QUIET) == ["001_enable_vector", "002_schema", "003_audit_logs_append_only"]
+    assert len(tables(db) - {history.HISTORY_TABLE, history.CHECKSUM_TABLE}) == 28
+    assert migrate.rollback(db, migrations, count=3, **QUIET) == [
+        "003_audit_logs_append_only", "002_schema", "001_enable_vector"]
+    assert tables(db) <= {history.HISTORY_TABLE, history.CHECKSUM_TABLE}
+    assert db.execute_sql("SELECT count(*) FROM pg_extension WHERE extname = 'vector'").fetchone()[0] == 0
+    assert len(migrate.apply(db, migrations, **QUIET)) == 3
+    assert migrate.verify(db, migrations) == []
+
+
+def test_generated_code_for_vector_fields_and_index_objects_is_valid_and_complete(fresh_database, tmp_path):
+    """Generate a migration from models with every kit addition, apply it, and compare with the models."""
+    db = fresh_database
+    db.execute_sql("CREATE EXTENSION vector")
+
+    class Owner(pw.Model):
+        name = pw.TextField(default="x", constraints=[pw.SQL("DEFAULT 'x'"), pw.Check("name <> ''")])
+
+        class Meta:
+            database = db
+            table_name = "gen_owners"
+
+    class Doc(pw.Model):
+        owner = pw.ForeignKeyField(Owner, null=True, on_delete="SET NULL")
+        embedding = VectorField(384)
+        half = HalfVectorField(1024, null=True)
+        slug = pw.TextField()
+
+        class Meta:
+            database = db
+            table_name = "gen_docs"
+
+    Doc.add_index(HNSWIndex(Doc.embedding, metric="inner_product", m=8, ef_construction=32))
+    Doc.add_index(IVFFlatIndex(Doc.half, metric="l2", lists=4))
+    Doc.add_index(pw.ModelIndex(Doc, (Doc.owner, Doc.slug), unique=True, nulls_distinct=False, name="gen_docs_owner_slug"))
+
+    autogen.register()
+    directory = tmp_path / "gen"
+    directory.mkdir()
+    router = Router(db, migrate_dir=directory)
+    name = router.create("generated", auto=[Owner, Doc])
+    code = (directory / f"{name}.py").read_text()
+    assert "kit_vector.VectorField(dimensions=384)" in code
+    assert "kit_vector.HalfVectorField(dimensions=1024, null=True)" in code
+    assert "method='hnsw', metric='inner_product', m=8, ef_construction=32" in code
+    assert "nulls_distinct=False" in code and "pw.Field(" not in code
+    assert migrate.apply(db, directory, **QUIET) == [name]
+    assert compare(db, [Owner, Doc], report_extra=False) == []
+    fresh_router = Router(db, migrate_dir=directory)
+    assert fresh_router.create("again", auto=[Owner, Doc]) is None  # the migrated state matches the models
+    migrate.rollback(db, directory, **QUIET)
+    assert "gen_docs" not in tables(db)
+
+
+def test_two_kit_migrate_processes_at_once_apply_each_migration_once(fresh_database, migrations):
+    url = fresh_database.scratch_url
+    procs = [kit_cli(url, migrations.parent, "migrate", "--dir", str(migrations)) for _ in range(2)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    rows = fresh_database.execute_sql(f"SELECT name, count(*) FROM {history.HISTORY_TABLE} GROUP BY name").fetchall()
+    assert sorted(rows) == [("001_enable_vector", 1), ("002_schema", 1), ("003_audit_logs_append_only", 1)]
+    assert all(e.checksum for e in history.applied(fresh_database))
+    assert sum("3 migration(s) applied" in out for out, _ in outputs) == 1
+
+
+def test_edited_missing_and_out_of_order_migrations_are_reported(fresh_database, migrations):
+    db = fresh_database
+    migrate.apply(db, migrations, **QUIET)
+    assert {s.state for s in migrate.status(db, migrations)} == {"applied"}
+    (migrations / "002_schema.py").write_text((migrations / "002_schema.py").read_text() + "\n# tweak\n")
+    (migrations / "003_audit_logs_append_only.py").unlink()
+    (migrations / "002_a_late.py").write_text("def migrate(migrator, database, *, fake=False):\n    pass\n")
+    states = {s.name: s.state for s in migrate.status(db, migrations)}
+    assert states == {"001_enable_vector": "applied", "002_schema": "edited",
+                      "003_audit_logs_append_only": "missing", "002_a_late": "pending"}
+    problems = "\n".join(migrate.verify(db, migrations))
+    assert "002_schema was edited after it was applied" in problems
+    assert "003_audit_logs_append_only is applied but its file is missing" in problems
+    assert "002_a_late is out of order: it sorts before 003_audit_logs_append_only" in problems
+    with pytest.raises(MigrationError, match="refusing to migrate: 002_schema: edited"):
+        migrate.apply(db, migrations, **QUIET)
+    verify = kit_cli(db.scratch_url, migrations.parent, "migrate", "--dir", str(migrations), "verify")
+    out, err = verify.communicate(timeout=120)
+    assert verify.returncode == 1 and "002_schema was edited" in out and "Traceback" not in err
+
+
+def test_schema_drift_is_named(fresh_database, migrations):
+    db = fresh_database
+    migrate.apply(db, migrations, **QUIET)
+    db.execute_sql("ALTER TABLE document_chunks ALTER COLUMN embedding TYPE vector(768) USING NULL")
+    db.execute_sql("ALTER TABLE users ALTER COLUMN image SET NOT NULL")
+    db.execute_sql("DROP INDEX document_chunks_embedding_hnsw_cosine_m16_efc64")
+    db.execute_sql("CREATE INDEX document_chunks_embedding_hnsw_cosine_m16_efc64 ON document_chunks "
+                   "USING hnsw (embedding vector_l2_ops)")
+    db.execute_sql("ALTER TABLE sessions DROP CONSTRAINT sessions_user_id_fkey")
+    db.execute_sql("ALTER TABLE sessions ADD FOREIGN KEY (user_id) REFERENCES users (id)")
+    db.execute_sql("ALTER TABLE plans ADD COLUMN legacy int")
+    db.execute_sql("CREATE TABLE stray (id int)")
+    problems = "\n".join(migrate.verify(db, migrations))
+    assert "document_chunks.embedding is vector(768) in the database, the model says vector(1536)" in problems
+    assert "users.image is NOT NULL in the database, the model says nullable" in problems
+    assert "uses operator class vector_l2_ops, the model says vector_cosine_ops" in problems
+    assert "has () in the database" not in problems and "has (), the model says (ef_construction=64, m=16)" in problems
+    assert "sessions.user_id references users.id ON DELETE NO ACTION in the database, " \
+           "the model says users.id ON DELETE CASCADE" in problems
+    assert "plans.legacy exists in the database but not in the model" in problems
+    assert "table stray exists in the database but not in the models" in problems
+
+
+def test_a_failing_migration_leaves_no_partial_schema_and_no_record(fresh_database, migrations):
+    db = fresh_database
+    (migrations / "004_broken.py").write_text(textwrap.dedent('''
+        def migrate(migrator, database, *, fake=False):
+            migrator.sql("CREATE TABLE half_done (id int)")
+            migrator.sql("ALTER TABLE half_done ADD COLUMN oops no_such_type")
+
+        def rollback(migrator, database, *, fake=False):
+            migrator.sql("DROP TABLE half_done")
+    '''))
+    with pytest.raises(MigrationError, match=r"004_broken failed and was rolled back, nothing of it remains: .*no_such_type"):
+        migrate.apply(db, migrations, **QUIET)
+    assert "half_done" not in tables(db)
+    assert [e.name for e in history.applied(db)] == ["001_enable_vector", "002_schema", "003_audit_logs_append_only"]
+    assert db.execute_sql(f"SELECT count(*) FROM {history.CHECKSUM_TABLE} WHERE name = '004_broken'").fetchone()[0] == 0
+
+
+def test_resolve_records_a_hand_applied_migration_only_when_its_objects_exist(fresh_database, migrations):
+    db = fresh_database
+    (migrations / "003_audit_logs_append_only.py").rename(migrations.parent / "later.py")
+    migrate.apply(db, migrations, **QUIET)
+    (migrations.parent / "later.py").rename(migrations / "003_audit_logs_append_only.py")
+    with pytest.raises(MigrationError, match="trigger audit_logs_append_only does not exist"):
+        migrate.resolve(db, migrations, "003_audit_logs_append_only", applied=True)
+    # an operator pasted the migration's SQL into psql ...
+    function = runpy.run_path(str(migrations / "003_audit_logs_append_only.py"))["FUNCTION"]
+    by_hand = psycopg2.connect(db.scratch_url)
+    by_hand.autocommit = True
+    with by_hand.cursor() as cur:
+        cur.execute(function.replace("%%", "%"))  # psql sees a single %
+        cur.execute("CREATE TRIGGER audit_logs_append_only BEFORE UPDATE OR DELETE ON audit_logs "
+                    "FOR EACH ROW EXECUTE FUNCTION kit_audit_logs_append_only()")
+        cur.execute("CREATE TRIGGER audit_logs_no_truncate BEFORE TRUNCATE ON audit_logs "
+                    "FOR EACH STATEMENT EXECUTE FUNCTION kit_audit_logs_append_only()")
+    by_hand.close()
+    # ... so plain migrate would fail with "already exists"; resolve records it instead
+    assert "recorded 003_audit_logs_append_only as applied" in migrate.resolve(
+        db, migrations, "003_audit_logs_append_only", applied=True)
+    assert migrate.apply(db, migrations, **QUIET) == []
+    assert migrate.verify(db, migrations) == []
+    assert "forgot 003_audit_logs_append_only" in migrate.resolve(
+        db, migrations, "003_audit_logs_append_only", applied=False)
+    assert [s.state for s in migrate.status(db, migrations)][-1] == "pending"
+
+
+def test_resolve_names_the_tables_a_schema_migration_would_create(fresh_database, migrations):
+    db = fresh_database
+    (migrations / "002_schema.py").rename(migrations.parent / "schema.py")
+    (migrations / "003_audit_logs_append_only.py").unlink()
+    migrate.apply(db, migrations, **QUIET)
+    (migrations.parent / "schema.py").rename(migrations / "002_schema.py")
+    with pytest.raises(MigrationError) as caught:
+        migrate.resolve(db, migrations, "002_schema", applied=True)
+    assert "table users is missing from the database" in str(caught.value)
+    with pytest.raises(MigrationError, match=r"no migration named 009_nope .*known: 001_enable_vector, 002_schema"):
+        migrate.resolve(db, migrations, "009_nope", applied=True)
+    with pytest.raises(MigrationError, match="002_schema is not recorded as applied"):
+        migrate.resolve(db, migrations, "002_schema", applied=False)
+
+
+def test_plain_pw_migrate_keeps_working_and_kit_migrate_adopts_its_history(fresh_database, migrations):
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_"))}
+    environ["DATABASE_URL"] = fresh_database.scratch_url
+    result = subprocess.run([sys.executable, "-m", "peewee_migrate", "migrate"], cwd=migrations.parent, env=environ,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert {s.state for s in migrate.status(fresh_database, migrations)} == {"unchecked"}
+    said = []
+    assert migrate.apply(fresh_database, migrations, say=said.append) == []
+    assert said == [f"adopted {n} (applied by pw_migrate): checksum recorded"
+                    for n in ("001_enable_vector", "002_schema", "003_audit_logs_append_only")]
+    assert {s.state for s in migrate.status(fresh_database, migrations)} == {"applied"}
+
+
+def test_a_server_without_the_extension_gives_a_clear_error(fresh_database, tmp_path):
+    directory = tmp_path / "m"
+    directory.mkdir()
+    (directory / "001_ext.py").write_text(
+        "def migrate(migrator, database, *, fake=False):\n    migrator.sql('CREATE EXTENSION no_such_extension')\n")
+    with pytest.raises(MigrationError, match='001_ext failed and was rolled back.*extension "no_such_extension"'):
+        migrate.apply(fresh_database, directory, **QUIET)
+
+
+def test_cli_errors_are_one_sentence(fresh_database, migrations):
+    proc = kit_cli(fresh_database.scratch_url, migrations.parent, "migrate", "--dir", str(migrations),
+                   "resolve", "999_nope", "--applied")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and err.startswith("kit: error: no migration named 999_nope")
+    assert "Traceback" not in err
+    proc = kit_cli(fresh_database.scratch_url, Path("/"), "migrate", "--dir", "/nonexistent/migrations")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "no migrations directory at /nonexistent/migrations" in err
