@@ -180,7 +180,7 @@ def test_a_failing_migration_leaves_no_partial_schema_and_no_record(fresh_databa
         def rollback(migrator, database, *, fake=False):
             migrator.sql("DROP TABLE half_done")
     '''))
-    with pytest.raises(MigrationError, match=r"004_broken failed and was rolled back, nothing of it remains: .*no_such"):
+    with pytest.raises(MigrationError, match=r"004_broken failed and was rolled back, nothing of it remains"):
         migrate.apply(db, migrations, **QUIET)
     assert "half_done" not in tables(db)
     assert [e.name for e in history.applied(db)] == ["001_enable_vector", "002_schema", "003_audit_logs_append_only"]
