@@ -180,8 +180,9 @@ def test_a_failing_migration_leaves_no_partial_schema_and_no_record(fresh_databa
         def rollback(migrator, database, *, fake=False):
             migrator.sql("DROP TABLE half_done")
     '''))
-    with pytest.raises(MigrationError, match=r"004_broken failed and was rolled back, nothing of it remains"):
+    with pytest.raises(MigrationError, match=r"004_broken failed and was rolled back, nothing of it remains") as caught:
         migrate.apply(db, migrations, **QUIET)
+    assert 'type "no_such_type" does not exist' in str(caught.value)
     assert "half_done" not in tables(db)
     assert [e.name for e in history.applied(db)] == ["001_enable_vector", "002_schema", "003_audit_logs_append_only"]
     assert db.execute_sql(f"SELECT count(*) FROM {history.CHECKSUM_TABLE} WHERE name = '004_broken'").fetchone()[0] == 0
