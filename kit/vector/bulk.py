@@ -156,9 +156,10 @@ def _resolve_fields(model: type[Model], keys: Iterable[Any]) -> list[Field]:
     return fields
 
 
-def _column_types(database: peewee.Database, model: type[Model]) -> dict[str, str]:
+def _column_types(database: peewee.Database, model: type[Model], target: str | None = None) -> dict[str, str]:
     meta = model._meta
     table = f'"{meta.schema}"."{meta.table_name}"' if meta.schema else f'"{meta.table_name}"'
+    table = f'"{target}"' if target else table
     cursor = database.execute_sql(
         "SELECT attname, format_type(atttypid, NULL) FROM pg_attribute"
         " WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
@@ -175,8 +176,11 @@ def _session_zone(database: peewee.Database) -> dt.tzinfo:
         return dt.timezone.utc
 
 
-def copy_rows(model: type[Model], rows: Iterable[Mapping[Any, Any]], database: peewee.Database | None = None) -> int:
+def copy_rows(model: type[Model], rows: Iterable[Mapping[Any, Any]], database: peewee.Database | None = None,
+              table: str | None = None) -> int:
     """Insert `rows` (dicts of field values, as for insert_many) with binary COPY, all or nothing; return the count.
+
+    `table` copies into another table with the same columns (a staging table) instead of the model's.
 
     Every row must give the same fields; fields it leaves out get their Python default (as with
     insert_many) or the column's database default. A bad row raises CopyRowError (or the database's
@@ -192,9 +196,10 @@ def copy_rows(model: type[Model], rows: Iterable[Mapping[Any, Any]], database: p
     defaults = [f for f in model._meta.sorted_fields if f.name not in names and f.default is not None]
     vectors = [f for f in given + defaults if isinstance(f, VectorField)]
     scalars = [f for f in given + defaults if not isinstance(f, VectorField)]
+    target = table
     table = model._meta.table_name
     with database.atomic():
-        types = _column_types(database, model)
+        types = _column_types(database, model, target)
         encoders = _encoders(_session_zone(database))
         scalar_encoders = []
         for field in scalars:
@@ -208,8 +213,8 @@ def copy_rows(model: type[Model], rows: Iterable[Mapping[Any, Any]], database: p
                 )
             scalar_encoders.append(encoders[pg_type])
         columns = ", ".join(f'"{f.column_name}"' for f in scalars + vectors)
-        statement = f'COPY "{table}" ({columns}) FROM STDIN WITH (FORMAT BINARY)'
-        if model._meta.schema:
+        statement = f'COPY "{target or table}" ({columns}) FROM STDIN WITH (FORMAT BINARY)'
+        if model._meta.schema and not target:
             statement = statement.replace(f'"{table}"', f'"{model._meta.schema}"."{table}"', 1)
         layout = _Layout(model, given, defaults, scalars, scalar_encoders, vectors)
         count = 0

@@ -1,0 +1,1018 @@
+"""YAML seed fixtures: parse, validate, resolve and load them, all or nothing. The syntax is in the README.
+
+    fixture = parse(Path("seeds/fixtures/dev.yaml"))
+    report = load(fixture, seed=0)            # {table: Counts(inserted, updated, unchanged)}
+
+Every error names its place as `file:line: table.label.column: what is wrong`.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import fnmatch
+import hashlib
+import json
+import os
+import random
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import peewee
+import yaml
+from peewee import (
+    BooleanField,
+    DateField,
+    DateTimeField,
+    DecimalField,
+    FloatField,
+    ForeignKeyField,
+    IntegerField,
+    Model,
+    TextField,
+    UUIDField,
+)
+from playhouse.postgres_ext import BinaryJSONField, DateTimeTZField
+
+from kit.config import KitError
+from kit.vector import VectorField, VectorValueError, copy_rows
+
+ID_NAMESPACE = uuid.UUID("5b0c7e52-7e0a-4a53-9d0c-6b1e3f4a2c10")  # ids of labelled rows: uuid5(table:label)
+TAGS = ("!fake", "!now", "!env", "!choice", "!pick", "!embedding", "!password", "!format", "!index")
+APPEND_ONLY = {"audit_logs"}
+
+
+class FixtureError(KitError):
+    """A fixture cannot be parsed, resolved or loaded; the message starts with `file:line: table.label.column:`."""
+
+
+@dataclass(frozen=True)
+class Where:
+    """A place in a fixture file."""
+
+    file: Path
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+def fail(where: Where | None, path: str, message: str) -> FixtureError:
+    """An error at `where` about `path` (table.label.column)."""
+    prefix = f"{where}: " if where else ""
+    return FixtureError(f"{prefix}{path + ': ' if path else ''}{message}")
+
+
+# -- value specifications ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fake:
+    """`!fake person.email` or `!fake {method: person.email, locale: de, domains: [example.com]}`."""
+
+    method: str
+    locale: str | None = None
+    kwargs: tuple = ()
+
+
+@dataclass(frozen=True)
+class Now:
+    """`!now`, `!now -7d`, `!now +2h30m`: a time relative to the load, set when the row is first inserted."""
+
+    offset: dt.timedelta
+
+
+@dataclass(frozen=True)
+class Env:
+    """`!env NAME` or `!env {name: NAME, default: value}`."""
+
+    name: str
+    default: Any = None
+    has_default: bool = False
+
+
+@dataclass(frozen=True)
+class Choice:
+    """`!choice [a, b]` (equal odds) or `!choice {admin: 1, member: 4}` (weighted)."""
+
+    options: tuple
+    weights: tuple | None
+
+
+@dataclass(frozen=True)
+class Pick:
+    """`!pick users` or `!pick {table: users, unique: true, match: "gen.*"}`: the id of one row of a table.
+
+    `unique` never picks the same row twice for one parent; `match` keeps rows whose label fits a glob.
+    """
+
+    table: str
+    unique: bool = False
+    match: str | None = None
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """`!embedding` (random unit vector) or `!embedding {file: vectors.npy, row: 3}`."""
+
+    file: Path | None = None
+    row: int | None = None
+
+
+@dataclass(frozen=True)
+class Password:
+    """`!password secret`: stored as a Better Auth compatible scrypt hash, never in clear."""
+
+    plain: str
+
+
+@dataclass(frozen=True)
+class Format:
+    """`!format "user{n}@example.com"`: {n} the generated row's index, {label}, {parent} the parent's label."""
+
+    template: str
+
+
+@dataclass(frozen=True)
+class Index:
+    """`!index`: a generated row's number among its parent's rows (or among all, for `count:`), from 0."""
+
+
+@dataclass(frozen=True)
+class Ref:
+    """`"@users.alice"` (the row's id), `"@users.alice.email"` (a column), `"@parent.organization"`."""
+
+    table: str
+    label: str | None
+    column: str | None
+
+
+@dataclass(frozen=True)
+class Find:
+    """`{$find: {slug: pro}}`: the id of the one row with these values, in this load or in the database."""
+
+    criteria: tuple
+
+
+@dataclass
+class Cell:
+    """One column's value specification and where it was written."""
+
+    spec: Any
+    where: Where
+
+
+@dataclass
+class RowSpec:
+    """A row to load: labelled in a file, or generated."""
+
+    table: str
+    label: str
+    cells: dict[str, Cell]
+    where: Where
+    index: int | None = None
+    parent: tuple[str, str] | None = None
+    position: int | None = None
+
+
+@dataclass
+class Generator:
+    """`_generate`: a number of rows, or a number per row of a parent table."""
+
+    table: str
+    name: str
+    cells: dict[str, Cell]
+    where: Where
+    count: int | None = None
+    per: str | None = None
+    parent_column: str | None = None
+    between: tuple[int, int] = (1, 1)
+
+
+@dataclass
+class Fixture:
+    """What one or more fixture files ask for."""
+
+    rows: list[RowSpec] = field(default_factory=list)
+    generators: list[Generator] = field(default_factory=list)
+    keys: dict[str, list[str]] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)
+
+
+# -- parse ------------------------------------------------------------------------------------------
+
+
+def models_by_name() -> dict[str, type[Model]]:
+    """The kit's models by table name and by class name."""
+    from kit.models import ALL_MODELS
+
+    names: dict[str, type[Model]] = {}
+    for model in ALL_MODELS:
+        names[model._meta.table_name] = model
+        names[model.__name__] = model
+    return names
+
+
+def parse(*paths: Path) -> Fixture:
+    """Read fixture files (and what they include) into one Fixture."""
+    fixture = Fixture()
+    for path in paths:
+        _parse_file(Path(path), fixture, stack=())
+    return fixture
+
+
+def _parse_file(path: Path, fixture: Fixture, stack: tuple[Path, ...]) -> None:
+    path = path.resolve()
+    if path in stack:
+        chain = " -> ".join(str(p) for p in (*stack, path))
+        raise fail(Where(stack[-1], 1), "include", f"files include each other in a cycle: {chain}")
+    if path in fixture.files:
+        return
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise fail(None, "", f"cannot read fixture file {path}: {exc.strerror or exc}") from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        line = mark.line + 1 if mark else 1
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise fail(Where(path, line), "", f"YAML syntax error: {problem}") from None
+    fixture.files.append(path)
+    if root is None:
+        return
+    if not isinstance(root, yaml.MappingNode):
+        raise fail(Where(path, root.start_mark.line + 1), "", "a fixture file is a mapping of table names to rows")
+    models = models_by_name()
+    for key_node, value_node in root.value:
+        key = key_node.value
+        where = Where(path, key_node.start_mark.line + 1)
+        if key == "include":
+            items = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+            for item in items:
+                _parse_file(path.parent / item.value, fixture, (*stack, path))
+            continue
+        model = models.get(key)
+        if model is None:
+            known = ", ".join(sorted(m._meta.table_name for m in set(models.values())))
+            raise fail(where, key, f"unknown table; known tables: {known}")
+        _parse_table(model, value_node, path, fixture)
+
+
+def _parse_table(model: type[Model], node: Any, path: Path, fixture: Fixture) -> None:
+    table = model._meta.table_name
+    if not isinstance(node, yaml.MappingNode):
+        raise fail(Where(path, node.start_mark.line + 1), table, "expected labelled rows (a mapping)")
+    for label_node, row_node in node.value:
+        label = str(label_node.value)
+        where = Where(path, label_node.start_mark.line + 1)
+        if label == "_key":
+            keys = _plain(row_node)
+            keys = [keys] if isinstance(keys, str) else list(keys)
+            for key in keys:
+                _field(model, key, where, f"{table}._key")
+            fixture.keys[table] = keys
+        elif label == "_generate":
+            specs = row_node.value if isinstance(row_node, yaml.SequenceNode) else [row_node]
+            for number, spec in enumerate(specs):
+                fixture.generators.append(_parse_generator(model, spec, path, number))
+        else:
+            if not isinstance(row_node, yaml.MappingNode):
+                raise fail(where, f"{table}.{label}", "expected a mapping of column values")
+            if any(r.table == table and r.label == label for r in fixture.rows):
+                raise fail(where, f"{table}.{label}", "this label is used twice")
+            cells = _parse_cells(model, row_node, path, f"{table}.{label}")
+            fixture.rows.append(RowSpec(table, label, cells, where))
+
+
+def _parse_generator(model: type[Model], node: Any, path: Path, number: int) -> Generator:
+    table = model._meta.table_name
+    where = Where(path, node.start_mark.line + 1)
+    if not isinstance(node, yaml.MappingNode):
+        raise fail(where, f"{table}._generate", "expected a mapping: count or per, and values")
+    options = {k.value: v for k, v in node.value}
+    name = str(_plain(options["name"])) if "name" in options else ("gen" if number == 0 else f"gen{number}")
+    cells = _parse_cells(model, options["values"], path, f"{table}.{name}") if "values" in options else {}
+    gen = Generator(table, name, cells, where)
+    if "count" in options:
+        gen.count = _plain(options["count"])
+        if isinstance(gen.count, bool) or not isinstance(gen.count, int) or gen.count < 0:
+            raise fail(where, f"{table}.{name}.count", f"expected a whole number >= 0, got {gen.count!r}")
+    elif "per" in options:
+        per = _plain(options["per"])
+        models = models_by_name()
+        if per not in models:
+            raise fail(where, f"{table}.{name}.per", f"unknown table {per!r}")
+        gen.per = models[per]._meta.table_name
+        between = _plain(options.get("between")) if "between" in options else [1, 1]
+        between = [between, between] if isinstance(between, int) else between
+        if (not isinstance(between, list) or len(between) != 2 or not all(isinstance(b, int) for b in between)
+                or not 0 <= between[0] <= between[1]):
+            raise fail(where, f"{table}.{name}.between", f"expected [low, high] whole numbers, got {between!r}")
+        gen.between = (between[0], between[1])
+        gen.parent_column = _plain(options["parent"]) if "parent" in options else None
+        if gen.parent_column:
+            _field(model, gen.parent_column, where, f"{table}.{name}.parent")
+    else:
+        raise fail(where, f"{table}.{name}", "a generator needs `count: N` or `per: table`")
+    unknown = set(options) - {"name", "count", "per", "between", "parent", "values"}
+    if unknown:
+        raise fail(where, f"{table}.{name}", f"unknown generator option(s): {', '.join(sorted(unknown))}")
+    return gen
+
+
+def _field(model: type[Model], name: str, where: Where, path: str) -> peewee.Field:
+    field_ = model._meta.fields.get(name) or next(
+        (f for f in model._meta.sorted_fields if f.column_name == name), None)
+    if field_ is None:
+        known = ", ".join(f.name for f in model._meta.sorted_fields)
+        raise fail(where, path, f"unknown column; {model._meta.table_name} has: {known}")
+    return field_
+
+
+def _parse_cells(model: type[Model], node: Any, path: Path, prefix: str) -> dict[str, Cell]:
+    if not isinstance(node, yaml.MappingNode):
+        raise fail(Where(path, node.start_mark.line + 1), prefix, "expected a mapping of column values")
+    cells = {}
+    for key_node, value_node in node.value:
+        where = Where(path, key_node.start_mark.line + 1)
+        field_ = _field(model, key_node.value, where, f"{prefix}.{key_node.value}")
+        cells[field_.name] = Cell(_spec(value_node, path, f"{prefix}.{field_.name}"), where)
+    return cells
+
+
+_SAFE = yaml.SafeLoader("")
+
+
+def _plain(node: Any) -> Any:
+    """A YAML node with standard tags as a Python value."""
+    return _SAFE.construct_object(node, deep=True)
+
+
+_OFFSET = re.compile(r"([+-]?)(\d+)([smhdw])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def _spec(node: Any, path: Path, where_path: str) -> Any:
+    """The value specification a YAML node stands for."""
+    tag = node.tag
+    where = Where(path, node.start_mark.line + 1)
+    if tag == "!fake":
+        args = _plain(yaml.MappingNode("tag:yaml.org,2002:map", node.value)) if isinstance(
+            node, yaml.MappingNode) else {"method": node.value}
+        method = args.pop("method", None)
+        if not isinstance(method, str) or "." not in method:
+            raise fail(where, where_path, "!fake needs provider.method, e.g. !fake person.email")
+        locale = args.pop("locale", None)
+        return Fake(method, locale, tuple(sorted(args.items())))
+    if tag == "!now":
+        text = str(node.value or "").replace(" ", "")
+        total = dt.timedelta()
+        sign = 1
+        position = 0
+        for match in _OFFSET.finditer(text):
+            if match.start() != position:
+                break
+            sign = -1 if match.group(1) == "-" else (1 if match.group(1) == "+" else sign)
+            total += sign * dt.timedelta(**{_UNITS[match.group(3)]: int(match.group(2))})
+            position = match.end()
+        if position != len(text):
+            raise fail(where, where_path, f"!now takes an offset like -7d, +2h or -1d12h, got {node.value!r}")
+        return Now(total)
+    if tag == "!env":
+        if isinstance(node, yaml.MappingNode):
+            args = _plain(yaml.MappingNode("tag:yaml.org,2002:map", node.value))
+            return Env(str(args["name"]), args.get("default"), "default" in args)
+        return Env(str(node.value))
+    if tag == "!choice":
+        if isinstance(node, yaml.MappingNode):
+            pairs = _plain(yaml.MappingNode("tag:yaml.org,2002:map", node.value))
+            weights = tuple(pairs.values())
+            if not all(isinstance(w, (int, float)) and w >= 0 for w in weights) or not sum(weights):
+                raise fail(where, where_path, "!choice weights must be numbers >= 0, not all zero")
+            return Choice(tuple(pairs), weights)
+        options = _plain(yaml.SequenceNode("tag:yaml.org,2002:seq", node.value))
+        if not options:
+            raise fail(where, where_path, "!choice needs at least one option")
+        return Choice(tuple(options), None)
+    if tag == "!pick":
+        if isinstance(node, yaml.MappingNode):
+            args = _plain(yaml.MappingNode("tag:yaml.org,2002:map", node.value))
+            return Pick(str(args["table"]), bool(args.get("unique", False)), args.get("match"))
+        return Pick(str(node.value))
+    if tag == "!embedding":
+        if isinstance(node, yaml.MappingNode):
+            args = _plain(yaml.MappingNode("tag:yaml.org,2002:map", node.value))
+            file = (path.parent / args["file"]) if "file" in args else None
+            return Embedding(file, args.get("row"))
+        return Embedding()
+    if tag == "!password":
+        return Password(str(node.value))
+    if tag == "!format":
+        return Format(str(node.value))
+    if tag == "!index":
+        return Index()
+    if tag.startswith("!"):
+        raise fail(where, where_path, f"unknown tag {tag}; the kit knows {', '.join(TAGS)}")
+    if isinstance(node, yaml.MappingNode) and len(node.value) == 1 and node.value[0][0].value == "$find":
+        criteria = _plain(node.value[0][1])
+        if not isinstance(criteria, dict) or not criteria:
+            raise fail(where, where_path, "$find takes a mapping of column values, e.g. {$find: {slug: pro}}")
+        return Find(tuple(sorted(criteria.items())))
+    value = _plain(node)
+    if isinstance(value, str) and value.startswith("@") and not value.startswith("@@"):
+        parts = value[1:].split(".")
+        if parts[0] == "parent" and len(parts) == 2:
+            return Ref("@parent", None, parts[1])
+        if len(parts) not in (2, 3) or not all(parts):
+            raise fail(where, where_path, f"a reference looks like @table.label or @table.label.column, got {value!r}")
+        return Ref(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
+    if isinstance(value, str) and value.startswith("@@"):
+        return value[1:]  # "@@text" writes a literal "@text"
+    return value
+
+
+# -- resolve ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Counts:
+    """Rows a load inserted, updated and left unchanged in one table."""
+
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+
+
+def seed_for(seed: int, *parts: object) -> int:
+    """A 64-bit seed for one value: the same seed, table, label and column always give the same one."""
+    text = "|".join(str(p) for p in (seed, *parts))
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+
+
+def hash_password(plain: str, salt: str) -> str:
+    """Better Auth's password hash: scrypt (N=16384, r=16, p=1, 64 bytes) as `salt:key` in hex."""
+    key = hashlib.scrypt(plain.encode("utf-8"), salt=salt.encode(), n=16384, r=16, p=1, dklen=64, maxmem=64 << 20)
+    return f"{salt}:{key.hex()}"
+
+
+class Resolver:
+    """Turns specifications into column values: generated rows, fake data, references, ids."""
+
+    def __init__(self, fixture: Fixture, seed: int, database: peewee.Database,
+                 progress: Callable[[str, int, int], None] | None = None) -> None:
+        from kit.models import ALL_MODELS
+
+        self.fixture, self.seed, self.database = fixture, seed, database
+        self.models = {m._meta.table_name: m for m in ALL_MODELS}
+        self.order = [m._meta.table_name for m in peewee.sort_models(ALL_MODELS)]
+        self.progress = progress or (lambda table, done, total: None)
+        self.now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+        self.rows: dict[str, dict[str, RowSpec]] = {}
+        for row in fixture.rows:
+            self.rows.setdefault(row.table, {})[row.label] = row
+        self._values: dict[tuple[str, str, str], Any] = {}
+        self._busy: list[tuple[str, str, str]] = []
+        self._ids: dict[str, dict[str, uuid.UUID]] = {}
+        self._db_ids: dict[str, list[uuid.UUID]] = {}
+        self._unique_picks: dict[tuple, list] = {}
+        self._fakers: dict[str | None, Any] = {}
+        self._arrays: dict[Path, np.ndarray] = {}
+        self._passwords: dict[str, str] = {}
+        self._expand()
+
+    # generated rows
+    def _expand(self) -> None:
+        generators = sorted(self.fixture.generators, key=lambda g: self.order.index(g.table))
+        for gen in generators:
+            made = 0
+            if gen.count is not None:
+                for i in range(gen.count):
+                    self._add(RowSpec(gen.table, f"{gen.name}.{i}", dict(gen.cells), gen.where, index=i, position=i))
+                made = gen.count
+            else:
+                parents = list(self.rows.get(gen.per, {}))
+                low, high = gen.between
+                for parent in parents:
+                    count = random.Random(seed_for(self.seed, gen.table, gen.name, parent, "#count")).randint(low, high)
+                    for i in range(count):
+                        cells = dict(gen.cells)
+                        if gen.parent_column:
+                            cells[self._field(gen.table, gen.parent_column).name] = Cell(Ref(gen.per, parent, None),
+                                                                                        gen.where)
+                        self._add(RowSpec(gen.table, f"{gen.name}.{parent}.{i}", cells, gen.where, index=made,
+                                          parent=(gen.per, parent), position=i))
+                        made += 1
+            self.progress(gen.table, made, made)
+
+    def _add(self, row: RowSpec) -> None:
+        self.rows.setdefault(row.table, {})[row.label] = row
+
+    def _field(self, table: str, name: str) -> peewee.Field:
+        model = self.models[table]
+        return model._meta.fields.get(name) or next(f for f in model._meta.sorted_fields if f.column_name == name)
+
+    # ids
+    def id_of(self, table: str, label: str) -> uuid.UUID:
+        """The id a labelled row has or will have (adopting an existing row's id by natural key)."""
+        if table not in self._ids:
+            self._ids[table] = self._assign_ids(table)
+        return self._ids[table][label]
+
+    def _assign_ids(self, table: str) -> dict[str, uuid.UUID]:
+        rows = self.rows.get(table, {})
+        ids = {label: uuid.uuid5(ID_NAMESPACE, f"{table}:{label}") for label in rows}
+        for label, row in rows.items():
+            if "id" in row.cells:
+                ids[label] = self._convert(table, label, "id", self._evaluate(row, "id"))
+        keys = self.fixture.keys.get(table)
+        if keys and rows:
+            model = self.models[table]
+            fields = [self._field(table, k) for k in keys]
+            wanted = {}
+            for label, row in rows.items():
+                if "id" not in row.cells:
+                    wanted[tuple(self.value(table, label, f.name) for f in fields)] = label
+            columns = ", ".join(f'"{f.column_name}"' for f in fields)
+            found = self.database.execute_sql(f'SELECT id, {columns} FROM "{model._meta.table_name}"').fetchall()
+            for existing_id, *key in found:
+                label = wanted.get(tuple(str(k) if isinstance(k, uuid.UUID) else k for k in key))
+                if label is None:
+                    label = wanted.get(tuple(key))
+                if label is not None:
+                    ids[label] = existing_id if isinstance(existing_id, uuid.UUID) else uuid.UUID(str(existing_id))
+        return ids
+
+    # values
+    def value(self, table: str, label: str, column: str) -> Any:
+        """The value of one cell (resolving what it depends on first), converted to the column's type."""
+        key = (table, label, column)
+        if key in self._values:
+            return self._values[key]
+        if column == "id":
+            return self.id_of(table, label)
+        if key in self._busy:
+            cycle = " -> ".join(".".join(k) for k in [*self._busy[self._busy.index(key):], key])
+            row = self.rows[table][label]
+            raise fail(row.cells[column].where, ".".join(key), f"references form a cycle: {cycle}")
+        row = self.rows[table][label]
+        if column not in row.cells:
+            asker = self._busy[-1] if self._busy else (table, label, column)
+            raise fail(row.where, ".".join(asker), f"{table}.{label} gives no value for {column}")
+        self._busy.append(key)
+        try:
+            result = self._convert(table, label, column, self._evaluate(row, column))
+        finally:
+            self._busy.pop()
+        self._values[key] = result
+        return result
+
+    def _evaluate(self, row: RowSpec, column: str) -> Any:
+        cell = row.cells[column]
+        spec, where, path = cell.spec, cell.where, f"{row.table}.{row.label}.{column}"
+        rng_seed = seed_for(self.seed, row.table, row.label, column)
+        if isinstance(spec, Ref):
+            return self._ref(row, spec, where, path)
+        if isinstance(spec, Fake):
+            return self._fake(spec, rng_seed, where, path)
+        if isinstance(spec, Now):
+            return self.now + spec.offset
+        if isinstance(spec, Env):
+            if spec.name in os.environ:
+                return os.environ[spec.name]
+            if spec.has_default:
+                return spec.default
+            raise fail(where, path, f"environment variable {spec.name} is not set and no default is given")
+        if isinstance(spec, Choice):
+            rng = random.Random(rng_seed)
+            return rng.choices(spec.options, weights=spec.weights)[0] if spec.weights else rng.choice(spec.options)
+        if isinstance(spec, Pick):
+            return self._pick(row, column, spec, rng_seed, where, path)
+        if isinstance(spec, Embedding):
+            return self._embedding(row, column, spec, rng_seed, where, path)
+        if isinstance(spec, Password):
+            if spec.plain not in self._passwords:
+                salt = hashlib.blake2b(f"{self.seed}|{spec.plain}".encode(), digest_size=16).hexdigest()
+                self._passwords[spec.plain] = hash_password(spec.plain, salt)
+            return self._passwords[spec.plain]
+        if isinstance(spec, Format):
+            parent = row.parent[1] if row.parent else ""
+            try:
+                return spec.template.format(n=row.index if row.index is not None else 0, label=row.label, parent=parent)
+            except (KeyError, IndexError, ValueError) as exc:
+                raise fail(where, path,
+                           f"!format template {spec.template!r}: {exc}; use {{n}}, {{label}}, {{parent}}") from None
+        if isinstance(spec, Find):
+            return self._find(row, column, spec, where, path)
+        if isinstance(spec, Index):
+            if row.position is None:
+                raise fail(where, path, "!index is only known in generated rows")
+            return row.position
+        return spec
+
+    def _ref(self, row: RowSpec, ref: Ref, where: Where, path: str) -> Any:
+        if ref.table == "@parent":
+            if row.parent is None:
+                raise fail(where, path, "@parent is only known in rows generated per parent")
+            table, label = row.parent
+            self._check_column(table, ref.column, where, path)
+            return self.value(table, label, self._field(table, ref.column).name)
+        model = self.models.get(ref.table) or models_by_name().get(ref.table)
+        if model is None:
+            raise fail(where, path, f"@{ref.table}.{ref.label}: unknown table {ref.table!r}")
+        table = model._meta.table_name
+        if ref.label not in self.rows.get(table, {}):
+            raise fail(where, path, f"missing reference @{ref.table}.{ref.label}: no row labelled "
+                                    f"{ref.label!r} in {table} (in these files or their includes)")
+        if ref.column is None:
+            return self.id_of(table, ref.label)
+        self._check_column(table, ref.column, where, path)
+        return self.value(table, ref.label, self._field(table, ref.column).name)
+
+    def _check_column(self, table: str, column: str, where: Where, path: str) -> None:
+        model = self.models[table]
+        if column not in model._meta.fields and column not in {f.column_name for f in model._meta.sorted_fields}:
+            raise fail(where, path, f"{table} has no column {column!r}")
+
+    def _fake(self, spec: Fake, rng_seed: int, where: Where, path: str) -> Any:
+        from mimesis import Generic, Locale
+
+        generic = self._fakers.get(spec.locale)
+        if generic is None:
+            try:
+                locale = Locale(spec.locale) if spec.locale else Locale.EN
+            except ValueError:
+                raise fail(where, path, f"unknown mimesis locale {spec.locale!r}") from None
+            generic = self._fakers[spec.locale] = Generic(locale=locale, seed=self.seed)
+        provider_name, _, method_name = spec.method.partition(".")
+        provider = getattr(generic, provider_name, None)
+        method = getattr(provider, method_name, None) if provider is not None else None
+        if not callable(method):
+            raise fail(where, path, f"!fake {spec.method}: mimesis has no such provider method")
+        provider.reseed(rng_seed)
+        try:
+            return method(**dict(spec.kwargs))
+        except TypeError as exc:
+            raise fail(where, path, f"!fake {spec.method}: {exc}") from None
+
+    def _pick(self, row: RowSpec, column: str, spec: Pick, rng_seed: int, where: Where, path: str) -> Any:
+        model = self.models.get(spec.table) or models_by_name().get(spec.table)
+        if model is None:
+            raise fail(where, path, f"!pick {spec.table}: unknown table")
+        table = model._meta.table_name
+        labels = list(self.rows.get(table, {}))
+        if spec.match:
+            labels = [label for label in labels if fnmatch.fnmatchcase(label, spec.match)]
+            if not labels:
+                raise fail(where, path, f"!pick {table}: no {table} row label matches {spec.match!r}")
+        if labels:
+            candidates: list[Any] = [("label", label) for label in labels]
+        else:
+            if table not in self._db_ids:
+                cursor = self.database.execute_sql(f'SELECT id FROM "{table}" ORDER BY id LIMIT 100000')
+                self._db_ids[table] = [r[0] for r in cursor.fetchall()]
+            candidates = [("id", i) for i in self._db_ids[table]]
+        if not candidates:
+            raise fail(where, path, f"!pick {table}: there are no {table} rows to pick from")
+        if spec.unique:
+            scope = (row.table, column, table, row.parent)
+            if scope not in self._unique_picks:
+                pool = candidates[:]
+                random.Random(seed_for(self.seed, *scope)).shuffle(pool)
+                self._unique_picks[scope] = pool
+            if not self._unique_picks[scope]:
+                raise fail(where, path, f"!pick {table} unique: ran out of distinct {table} rows ({len(candidates)})")
+            kind, value = self._unique_picks[scope].pop()
+        else:
+            kind, value = random.Random(rng_seed).choice(candidates)
+        return self.id_of(table, value) if kind == "label" else value
+
+    def _embedding(self, row: RowSpec, column: str, spec: Embedding, rng_seed: int, where: Where, path: str) -> Any:
+        field_ = self._field(row.table, column)
+        if not isinstance(field_, VectorField):
+            raise fail(where, path, "!embedding is for vector columns")
+        if spec.file is None:
+            vector = np.random.default_rng(rng_seed).standard_normal(field_.dimensions)
+            return (vector / np.linalg.norm(vector)).astype(np.float32)
+        if spec.file not in self._arrays:
+            try:
+                self._arrays[spec.file] = np.load(spec.file, mmap_mode="r")
+            except (OSError, ValueError) as exc:
+                raise fail(where, path, f"cannot read {spec.file}: {exc}") from None
+        array = self._arrays[spec.file]
+        index = spec.row if spec.row is not None else (row.index or 0)
+        if array.ndim != 2 or not 0 <= index < array.shape[0]:
+            raise fail(where, path, f"{spec.file} has shape {array.shape}; row {index} does not exist")
+        return np.asarray(array[index])
+
+    def _find(self, row: RowSpec, column: str, spec: Find, where: Where, path: str) -> Any:
+        field_ = self._field(row.table, column)
+        if not isinstance(field_, ForeignKeyField):
+            raise fail(where, path, "$find is for foreign key columns")
+        target = field_.rel_model._meta.table_name
+        criteria = dict(spec.criteria)
+        for name in criteria:
+            self._check_column(target, name, where, path)
+        for label in self.rows.get(target, {}):
+            if all(self.value(target, label, self._field(target, k).name) == v for k, v in criteria.items()):
+                return self.id_of(target, label)
+        conditions = " AND ".join(f'"{self._field(target, k).column_name}" = %s' for k in criteria)
+        found = self.database.execute_sql(f'SELECT id FROM "{target}" WHERE {conditions} LIMIT 2',
+                                          tuple(criteria.values())).fetchall()
+        described = ", ".join(f"{k} = {v!r}" for k, v in criteria.items())
+        if not found:
+            raise fail(where, path, f"$find: no {target} row with {described} in these files or the database")
+        if len(found) > 1:
+            raise fail(where, path, f"$find: more than one {target} row with {described}")
+        return found[0][0]
+
+    def _convert(self, table: str, label: str, column: str, value: Any) -> Any:
+        """Check a value against its column's type and return it in the form the loader writes."""
+        field_ = self._field(table, column)
+        row = self.rows[table][label]
+        where = row.cells[column].where if column in row.cells else row.where
+        path = f"{table}.{label}.{column}"
+        if value is None:
+            return None
+        try:
+            return _convert(field_, value)
+        except VectorValueError as exc:
+            raise fail(where, path, str(exc).split(": ", 1)[-1]) from None
+        except (TypeError, ValueError, decimal.InvalidOperation) as exc:
+            raise fail(where, path, str(exc)) from None
+
+    def table_rows(self, table: str) -> Iterator[tuple[RowSpec, dict[str, Any]]]:
+        """Each row of `table` with its resolved values (id included)."""
+        rows = self.rows.get(table, {})
+        total = len(rows)
+        for done, (label, row) in enumerate(rows.items(), 1):
+            values = {"id": self.id_of(table, label)}
+            for column in row.cells:
+                values[column] = self.value(table, label, column)
+            if done % 2000 == 0 or done == total:
+                self.progress(table, done, total)
+            yield row, values
+
+
+def _type_name(value: Any) -> str:
+    return type(value).__name__
+
+
+def _convert(field_: peewee.Field, value: Any) -> Any:
+    if isinstance(field_, ForeignKeyField) or isinstance(field_, UUIDField):
+        return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+    if isinstance(field_, VectorField):
+        return field_.to_array(value)
+    if isinstance(field_, BinaryJSONField):
+        json.dumps(value)
+        return value
+    if isinstance(field_, BooleanField):
+        if not isinstance(value, bool):
+            raise TypeError(f"expected true or false, got {_type_name(value)} {value!r}")
+        return value
+    if isinstance(field_, IntegerField):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"expected a whole number, got {_type_name(value)} {value!r}")
+        return value
+    if isinstance(field_, FloatField):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"expected a number, got {_type_name(value)} {value!r}")
+        return float(value)
+    if isinstance(field_, DecimalField):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str, decimal.Decimal)):
+            raise TypeError(f"expected a number, got {_type_name(value)} {value!r}")
+        try:
+            return decimal.Decimal(str(value))
+        except decimal.InvalidOperation:
+            raise ValueError(f"expected a number, got {value!r}") from None
+    if isinstance(field_, (DateTimeTZField, DateTimeField)):
+        if isinstance(value, str):
+            value = dt.datetime.fromisoformat(value)
+        if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+            value = dt.datetime(value.year, value.month, value.day)
+        if not isinstance(value, dt.datetime):
+            raise TypeError(f"expected a timestamp, got {_type_name(value)} {value!r}")
+        return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+    if isinstance(field_, DateField):
+        if isinstance(value, dt.datetime):
+            return value.date()
+        if isinstance(value, str):
+            return dt.date.fromisoformat(value)
+        if not isinstance(value, dt.date):
+            raise TypeError(f"expected a date, got {_type_name(value)} {value!r}")
+        return value
+    if isinstance(field_, TextField) or isinstance(field_, peewee.CharField):
+        if not isinstance(value, str):
+            raise TypeError(f"expected text, got {_type_name(value)} {value!r}")
+        return value
+    return value
+
+
+# -- load -------------------------------------------------------------------------------------------
+
+
+class _DryRun(Exception):
+    pass
+
+
+def touched_tables(fixture: Fixture) -> list[str]:
+    """The tables a fixture writes, in foreign-key order."""
+    from kit.models import ALL_MODELS
+
+    tables = {r.table for r in fixture.rows} | {g.table for g in fixture.generators}
+    return [m._meta.table_name for m in peewee.sort_models(ALL_MODELS) if m._meta.table_name in tables]
+
+
+def load(fixture: Fixture, database: peewee.Database | None = None, seed: int = 0, reset: bool = False,
+         dry_run: bool = False, progress: Callable[[str, int, int], None] | None = None,
+         notes: Callable[[str], None] | None = None) -> dict[str, Counts]:
+    """Load a fixture in one transaction (all or nothing); return the counts per table, in load order."""
+    if database is None:
+        from kit.db import database
+    notes = notes or (lambda message: None)
+    tables = touched_tables(fixture)
+    report: dict[str, Counts] = {}
+    try:
+        with database.atomic():
+            if reset:
+                emptied = [t for t in tables if t not in APPEND_ONLY]
+                if emptied:
+                    database.execute_sql("TRUNCATE " + ", ".join(f'"{t}"' for t in emptied) + " CASCADE")
+                for table in sorted(set(tables) & APPEND_ONLY):
+                    notes(f"--reset keeps {table}: it is append-only")
+            resolver = Resolver(fixture, seed, database, progress)
+            for table in tables:
+                report[table] = _upsert(database, resolver, table)
+            if dry_run:
+                raise _DryRun()
+    except _DryRun:
+        pass
+    return report
+
+
+def _upsert(database: peewee.Database, resolver: Resolver, table: str) -> Counts:
+    model = resolver.models[table]
+    resolved = list(resolver.table_rows(table))
+    if not resolved:
+        return Counts()
+    names = ["id"] + [f.name for f in model._meta.sorted_fields if f.name != "id"
+                      and any(f.name in values for _, values in resolved)]
+    insert_only = {c for row, _ in resolved for c, cell in row.cells.items() if isinstance(cell.spec, Now)}
+    fields = {n: model._meta.fields[n] for n in names}
+    rows = []
+    for _, values in resolved:
+        rows.append({n: values[n] if n in values else _default(fields[n]) for n in names})
+    stage = f"kit_seed_{table}"
+    database.execute_sql(f'DROP TABLE IF EXISTS "{stage}"')
+    database.execute_sql(f'CREATE TEMP TABLE "{stage}" (LIKE "{table}" INCLUDING DEFAULTS) ON COMMIT DROP')
+    try:
+        copy_rows(model, rows, database=database, table=stage)
+    except (peewee.DatabaseError, ValueError) as exc:
+        raise fail(None, table, f"cannot stage rows: {exc}") from None
+    columns = [fields[n].column_name for n in names]
+    compared = [fields[n].column_name for n in names
+                if n != "id" and n not in insert_only and n not in ("created_at", "updated_at")]
+    listed = ", ".join(f'"{c}"' for c in columns)
+    statement = f'INSERT INTO "{table}" AS t ({listed}) SELECT {listed} FROM "{stage}"'
+    if compared:
+        changes = ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in compared)
+        if "updated_at" in model._meta.fields and "updated_at" not in names:
+            changes += ", updated_at = now()"
+        old = ", ".join(f't."{c}"' for c in compared)
+        new = ", ".join(f'EXCLUDED."{c}"' for c in compared)
+        statement += f" ON CONFLICT (id) DO UPDATE SET {changes} WHERE ROW({old}) IS DISTINCT FROM ROW({new})"
+    else:
+        statement += " ON CONFLICT (id) DO NOTHING"
+    try:
+        with database.atomic():
+            flags = [r[0] for r in database.execute_sql(statement + " RETURNING (xmax = 0)").fetchall()]
+    except peewee.DatabaseError as exc:
+        _diagnose(database, statement, stage, resolved, table, exc)
+        raise
+    inserted = sum(flags)
+    return Counts(inserted, len(flags) - inserted, len(resolved) - len(flags))
+
+
+def _default(field_: peewee.Field) -> Any:
+    default = field_.default
+    return default() if callable(default) else default
+
+
+def _diagnose(database: peewee.Database, statement: str, stage: str, resolved: list, table: str,
+              error: Exception) -> None:
+    """Find the first row the database refuses, and raise an error at its place in the file."""
+    for row, values in resolved:
+        try:
+            with database.atomic():
+                database.execute_sql(statement.replace(f'FROM "{stage}"', f'FROM "{stage}" WHERE id = %s', 1),
+                                     (values["id"],))
+        except peewee.DatabaseError as exc:
+            original = getattr(exc, "orig", None) or getattr(exc, "__cause__", None)
+            diag = getattr(original, "diag", None)
+            column = getattr(diag, "column_name", None)
+            message = (getattr(diag, "message_primary", None) or str(exc)).strip()
+            detail = getattr(diag, "message_detail", None)
+            field_name = next((n for n, c in row.cells.items()
+                               if resolver_column(table, n) == column), column) if column else None
+            where = row.cells[field_name].where if field_name in row.cells else row.where
+            path = f"{table}.{row.label}" + (f".{field_name}" if field_name else "")
+            raise fail(where, path, message + (f" ({detail})" if detail else "")) from None
+    first = str(error).strip().splitlines()[0]
+    raise fail(None, table, first) from None
+
+
+def resolver_column(table: str, name: str) -> str:
+    """The column name of field `name` in `table`."""
+    from kit.models import ALL_MODELS
+
+    model = next(m for m in ALL_MODELS if m._meta.table_name == table)
+    return model._meta.fields[name].column_name
+
+
+def dump_value(value: Any) -> Any:
+    """A column value as plain YAML data."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, bytes | memoryview):
+        return base64.b64encode(bytes(value)).decode()
+    return value
+
+
+# -- dump -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _EmbeddingRow:
+    file: str
+    row: int
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+_Dumper.add_representer(
+    _EmbeddingRow, lambda dumper, e: dumper.represent_mapping("!embedding", {"file": e.file, "row": e.row}, True)
+)
+
+
+def dump(tables: list[str], out: Path, database: peewee.Database | None = None) -> int:
+    """Write the rows of `tables` as a fixture file that loads back to the same data; return the row count.
+
+    Vectors go to `.npy` files beside `out`; references between dumped rows become `@table.label`.
+    """
+    if database is None:
+        from kit.db import database
+    from kit.models import ALL_MODELS
+
+    models = models_by_name()
+    unknown = [t for t in tables if t not in models]
+    if unknown:
+        raise FixtureError(f"--dump: unknown table(s) {', '.join(unknown)}")
+    wanted = {models[t]._meta.table_name for t in tables}
+    ordered = [m for m in peewee.sort_models(ALL_MODELS) if m._meta.table_name in wanted]
+    out = Path(out)
+    rows_by_table = {m: list(m.select().order_by(m.id)) for m in ordered}
+    labels = {m._meta.table_name: {row.id: f"r{i + 1}" for i, row in enumerate(rows)}
+              for m, rows in rows_by_table.items()}
+    document: dict[str, Any] = {}
+    count = 0
+    for model, rows in rows_by_table.items():
+        table = model._meta.table_name
+        entries: dict[str, Any] = {}
+        vectors: dict[str, list] = {}
+        for row in rows:
+            entry: dict[str, Any] = {}
+            for field_ in model._meta.sorted_fields:
+                value = row.__data__.get(field_.name)
+                if isinstance(field_, ForeignKeyField) and value is not None:
+                    target = field_.rel_model._meta.table_name
+                    label = labels.get(target, {}).get(value)
+                    value = f"@{target}.{label}" if label else str(value)
+                elif isinstance(field_, VectorField) and value is not None:
+                    vectors.setdefault(field_.name, []).append(value)
+                    name = f"{out.stem}.{table}.{field_.name}.npy"
+                    value = _EmbeddingRow(name, len(vectors[field_.name]) - 1)
+                elif isinstance(value, str) and value.startswith("@"):
+                    value = "@" + value
+                else:
+                    value = dump_value(value)
+                entry[field_.name] = value
+            entries[labels[table][row.id]] = entry
+            count += 1
+        for column, values in vectors.items():
+            np.save(out.parent / f"{out.stem}.{table}.{column}.npy", np.stack(values))
+        document[table] = entries
+    out.parent.mkdir(parents=True, exist_ok=True)
+    header = f"# Dumped by `python -m kit.seed --dump {','.join(tables)}`; loads back to the same rows.\n"
+    out.write_text(header + yaml.dump(document, Dumper=_Dumper, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return count

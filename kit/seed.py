@@ -1,0 +1,119 @@
+"""`python -m kit.seed PATH [PATH ...]`: load YAML seed fixtures into the kit's database.
+
+A PATH is taken as given if it exists, else under the seeds directory (`seeds/`, or KIT_SEEDS_DIR):
+`python -m kit.seed fixtures/dev.yaml` loads `seeds/fixtures/dev.yaml`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from kit.config import ConfigError, KitError
+
+
+def seeds_directory() -> Path:
+    """Where fixture paths are looked up: KIT_SEEDS_DIR, else ./seeds."""
+    return Path(os.environ.get("KIT_SEEDS_DIR") or "seeds").absolute()
+
+
+def find_fixture(name: str) -> Path:
+    """The fixture file `name`: as given, else under the seeds directory."""
+    given = Path(name)
+    if given.is_file():
+        return given
+    under = seeds_directory() / name
+    if under.is_file():
+        return under
+    raise KitError(f"no fixture file {name} (looked at {given.absolute()} and {under})")
+
+
+def refuse_pending_migrations(database: object) -> None:
+    """Stop with a sentence if the database has migrations to apply."""
+    from kit import migrate
+    from kit.migrate.loader import default_directory
+
+    directory = default_directory()
+    if not directory.is_dir():
+        return
+    pending = [s.name for s in migrate.status(database, directory) if s.state == "pending"]
+    if pending:
+        raise KitError(f"the database has {len(pending)} pending migration(s) ({', '.join(pending)}): "
+                       "run `pw_migrate migrate` first")
+
+
+class Progress:
+    """A one-line progress bar on stderr, shown only when stderr is a terminal."""
+
+    def __init__(self) -> None:
+        self.enabled = sys.stderr.isatty()
+
+    def __call__(self, table: str, done: int, total: int) -> None:
+        """Show `done` of `total` rows of `table`."""
+        if not self.enabled or total < 1000:
+            return
+        width = 30
+        filled = int(width * done / total)
+        sys.stderr.write(f"\r  {table:<20} [{'#' * filled}{'.' * (width - filled)}] {done:,}/{total:,}")
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def print_report(report: dict, dry_run: bool) -> None:
+    """The per-table table of rows inserted, updated and unchanged."""
+    heading = "would insert" if dry_run else "inserted"
+    print(f"{'table':<22}{heading:>13}{'updated':>10}{'unchanged':>11}")
+    totals = [0, 0, 0]
+    for table, counts in report.items():
+        values = (counts.inserted, counts.updated, counts.unchanged)
+        totals = [a + b for a, b in zip(totals, values, strict=True)]
+        print(f"{table:<22}{values[0]:>13,}{values[1]:>10,}{values[2]:>11,}")
+    print(f"{'total':<22}{totals[0]:>13,}{totals[1]:>10,}{totals[2]:>11,}")
+    if dry_run:
+        print("dry run: nothing was written")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the seed command; errors are one sentence on stderr and a non-zero exit."""
+    parser = argparse.ArgumentParser(prog="python -m kit.seed", description="Load YAML seed fixtures.")
+    parser.add_argument("paths", nargs="*", metavar="PATH", help="fixture files (as given, or under seeds/)")
+    parser.add_argument("--dry-run", action="store_true", help="validate and resolve everything, write nothing")
+    parser.add_argument("--reset", action="store_true",
+                        help="empty the tables the files touch first (same transaction)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed for generated data (default 0)")
+    parser.add_argument("--dump", metavar="TABLE[,TABLE]", help="write these tables' rows as a fixture file")
+    parser.add_argument("--out", type=Path, help="where --dump writes")
+    args = parser.parse_args(argv)
+    if args.dump and not args.out:
+        parser.error("--dump needs --out FILE")
+    if not args.dump and not args.paths:
+        parser.error("give at least one fixture PATH (or --dump TABLES --out FILE)")
+    try:
+        from kit import fixtures
+        from kit.db import database
+
+        refuse_pending_migrations(database)
+        if args.dump:
+            tables = [t.strip() for t in args.dump.split(",") if t.strip()]
+            count = fixtures.dump(tables, args.out, database)
+            print(f"wrote {count:,} rows of {', '.join(tables)} to {args.out}")
+            return 0
+        fixture = fixtures.parse(*(find_fixture(p) for p in args.paths))
+        report = fixtures.load(fixture, database, seed=args.seed, reset=args.reset, dry_run=args.dry_run,
+                               progress=Progress(), notes=print)
+        print_report(report, args.dry_run)
+        return 0
+    except ConfigError as exc:
+        print(f"kit.seed: error: {exc}", file=sys.stderr)
+        return 2
+    except KitError as exc:
+        print(f"kit.seed: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
