@@ -881,7 +881,7 @@ def _upsert(database: peewee.Database, resolver: Resolver, table: str) -> Counts
                 if n != "id" and n not in insert_only and n not in ("created_at", "updated_at")]
     listed = ", ".join(f'"{c}"' for c in columns)
     statement = f'INSERT INTO "{table}" AS t ({listed}) SELECT {listed} FROM "{stage}"'
-    if compared:
+    if compared and table not in APPEND_ONLY:  # append-only rows are never updated: existing ones are kept
         changes = ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in compared)
         if "updated_at" in model._meta.fields and "updated_at" not in names:
             changes += ", updated_at = now()"
