@@ -241,10 +241,12 @@ def _parse_file(path: Path, fixture: Fixture, stack: tuple[Path, ...]) -> None:
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        # Where the broken construct began (context) says more than where the parser gave up (problem).
+        mark = getattr(exc, "context_mark", None) or getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else 1
         problem = getattr(exc, "problem", None) or str(exc)
-        raise fail(Where(path, line), "", f"YAML syntax error: {problem}") from None
+        context = getattr(exc, "context", None)
+        raise fail(Where(path, line), "", f"YAML syntax error: {context + ', ' if context else ''}{problem}") from None
     fixture.files.append(path)
     if root is None:
         return
@@ -426,6 +428,10 @@ def _spec(node: Any, path: Path, where_path: str) -> Any:
         if not isinstance(criteria, dict) or not criteria:
             raise fail(where, where_path, "$find takes a mapping of column values, e.g. {$find: {slug: pro}}")
         return Find(tuple(sorted(criteria.items())))
+    if isinstance(node, yaml.MappingNode):  # plain structures may hold tagged values anywhere inside
+        return {_plain(k): _spec(v, path, f"{where_path}.{k.value}") for k, v in node.value}
+    if isinstance(node, yaml.SequenceNode):
+        return [_spec(v, path, f"{where_path}[{i}]") for i, v in enumerate(node.value)]
     value = _plain(node)
     if isinstance(value, str) and value.startswith("@") and not value.startswith("@@"):
         parts = value[1:].split(".")
@@ -576,8 +582,14 @@ class Resolver:
 
     def _evaluate(self, row: RowSpec, column: str) -> Any:
         cell = row.cells[column]
-        spec, where, path = cell.spec, cell.where, f"{row.table}.{row.label}.{column}"
-        rng_seed = seed_for(self.seed, row.table, row.label, column)
+        return self._evaluate_spec(row, column, cell.spec, cell.where, f"{row.table}.{row.label}.{column}")
+
+    def _evaluate_spec(self, row: RowSpec, column: str, spec: Any, where: Where, path: str) -> Any:
+        if isinstance(spec, dict):
+            return {k: self._evaluate_spec(row, column, v, where, f"{path}.{k}") for k, v in spec.items()}
+        if isinstance(spec, list):
+            return [self._evaluate_spec(row, column, v, where, f"{path}[{i}]") for i, v in enumerate(spec)]
+        rng_seed = seed_for(self.seed, row.table, row.label, path)
         if isinstance(spec, Ref):
             return self._ref(row, spec, where, path)
         if isinstance(spec, Fake):
@@ -917,8 +929,13 @@ def _diagnose(database: peewee.Database, statement: str, stage: str, resolved: l
             original = getattr(exc, "orig", None) or getattr(exc, "__cause__", None)
             diag = getattr(original, "diag", None)
             column = getattr(diag, "column_name", None)
+            constraint = getattr(diag, "constraint_name", None) or ""
+            if column is None and constraint.startswith(f"{table}_") and constraint.endswith("_check"):
+                column = constraint[len(table) + 1:-len("_check")]  # PostgreSQL's name for a column CHECK
             message = (getattr(diag, "message_primary", None) or str(exc)).strip()
             detail = getattr(diag, "message_detail", None)
+            if detail and detail.startswith("Failing row contains"):
+                detail = None  # the row is named already
             field_name = next((n for n, c in row.cells.items()
                                if resolver_column(table, n) == column), column) if column else None
             where = row.cells[field_name].where if field_name in row.cells else row.where
@@ -981,7 +998,8 @@ def dump(tables: list[str], out: Path, database: peewee.Database | None = None) 
     wanted = {models[t]._meta.table_name for t in tables}
     ordered = [m for m in peewee.sort_models(ALL_MODELS) if m._meta.table_name in wanted]
     out = Path(out)
-    rows_by_table = {m: list(m.select().order_by(m.id)) for m in ordered}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows_by_table = {m: list(m.select().order_by(m.id).bind(database)) for m in ordered}
     labels = {m._meta.table_name: {row.id: f"r{i + 1}" for i, row in enumerate(rows)}
               for m, rows in rows_by_table.items()}
     document: dict[str, Any] = {}
@@ -1012,7 +1030,6 @@ def dump(tables: list[str], out: Path, database: peewee.Database | None = None) 
         for column, values in vectors.items():
             np.save(out.parent / f"{out.stem}.{table}.{column}.npy", np.stack(values))
         document[table] = entries
-    out.parent.mkdir(parents=True, exist_ok=True)
     header = f"# Dumped by `python -m kit.seed --dump {','.join(tables)}`; loads back to the same rows.\n"
     out.write_text(header + yaml.dump(document, Dumper=_Dumper, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return count
