@@ -487,8 +487,8 @@ class Resolver:
         self._values: dict[tuple[str, str, str], Any] = {}
         self._busy: list[tuple[str, str, str]] = []
         self._ids: dict[str, dict[str, uuid.UUID]] = {}
-        self._db_ids: dict[str, list[uuid.UUID]] = {}
-        self._unique_picks: dict[tuple, list] = {}
+        self._unique_picks: dict[tuple, tuple[random.Random, set[int]]] = {}
+        self._candidates: dict[tuple, list] = {}
         self._fakers: dict[str | None, Any] = {}
         self._arrays: dict[Path, np.ndarray] = {}
         self._passwords: dict[str, str] = {}
@@ -679,32 +679,35 @@ class Resolver:
         if model is None:
             raise fail(where, path, f"!pick {spec.table}: unknown table")
         table = model._meta.table_name
+        candidates = self._candidates.get((table, spec.match))
+        if candidates is None:
+            candidates = self._candidates[(table, spec.match)] = self._pick_candidates(table, spec, where, path)
+        if spec.unique:  # without replacement within one parent's rows (or the whole table)
+            scope = (row.table, column, table, row.parent)
+            if scope not in self._unique_picks:
+                self._unique_picks[scope] = (random.Random(seed_for(self.seed, *scope)), set())
+            rng, used = self._unique_picks[scope]
+            if len(used) >= len(candidates):
+                raise fail(where, path, f"!pick {table} unique: ran out of distinct {table} rows ({len(candidates)})")
+            index = rng.randrange(len(candidates))
+            while index in used:
+                index = rng.randrange(len(candidates))
+            used.add(index)
+            kind, value = candidates[index]
+        else:
+            kind, value = random.Random(rng_seed).choice(candidates)
+        return self.id_of(table, value) if kind == "label" else value
+
+    def _pick_candidates(self, table: str, spec: Pick, where: Where, path: str) -> list[tuple[str, Any]]:
         labels = list(self.rows.get(table, {}))
         if spec.match:
             labels = [label for label in labels if fnmatch.fnmatchcase(label, spec.match)]
             if not labels:
                 raise fail(where, path, f"!pick {table}: no {table} row label matches {spec.match!r}")
         if labels:
-            candidates: list[Any] = [("label", label) for label in labels]
-        else:
-            if table not in self._db_ids:
-                cursor = self.database.execute_sql(f'SELECT id FROM "{table}" ORDER BY id LIMIT 100000')
-                self._db_ids[table] = [r[0] for r in cursor.fetchall()]
-            candidates = [("id", i) for i in self._db_ids[table]]
-        if not candidates:
-            raise fail(where, path, f"!pick {table}: there are no {table} rows to pick from")
-        if spec.unique:
-            scope = (row.table, column, table, row.parent)
-            if scope not in self._unique_picks:
-                pool = candidates[:]
-                random.Random(seed_for(self.seed, *scope)).shuffle(pool)
-                self._unique_picks[scope] = pool
-            if not self._unique_picks[scope]:
-                raise fail(where, path, f"!pick {table} unique: ran out of distinct {table} rows ({len(candidates)})")
-            kind, value = self._unique_picks[scope].pop()
-        else:
-            kind, value = random.Random(rng_seed).choice(candidates)
-        return self.id_of(table, value) if kind == "label" else value
+            return [("label", label) for label in labels]
+        cursor = self.database.execute_sql(f'SELECT id FROM "{table}" ORDER BY id LIMIT 100000')
+        return [("id", r[0]) for r in cursor.fetchall()]
 
     def _embedding(self, row: RowSpec, column: str, spec: Embedding, rng_seed: int, where: Where, path: str) -> Any:
         field_ = self._field(row.table, column)
@@ -881,13 +884,23 @@ def _upsert(database: peewee.Database, resolver: Resolver, table: str) -> Counts
     rows = []
     for _, values in resolved:
         rows.append({n: values[n] if n in values else _default(fields[n]) for n in names})
+    ids = [values["id"] for values in rows]
+    present = database.execute_sql(f'SELECT EXISTS (SELECT 1 FROM "{table}" WHERE id = ANY(%s::uuid[]))',
+                                    ([str(i) for i in ids],)).fetchone()[0]
+    if not present:  # nothing to update: COPY straight into the table (half the work for large rows)
+        try:
+            with database.atomic():
+                copy_rows(model, rows, database=database)
+        except (peewee.DatabaseError, ValueError) as exc:
+            raise _row_error(exc, resolved, table) from None
+        return Counts(inserted=len(rows))
     stage = f"kit_seed_{table}"
     database.execute_sql(f'DROP TABLE IF EXISTS "{stage}"')
     database.execute_sql(f'CREATE TEMP TABLE "{stage}" (LIKE "{table}" INCLUDING DEFAULTS) ON COMMIT DROP')
     try:
         copy_rows(model, rows, database=database, table=stage)
     except (peewee.DatabaseError, ValueError) as exc:
-        raise fail(None, table, f"cannot stage rows: {exc}") from None
+        raise _row_error(exc, resolved, table) from None
     columns = [fields[n].column_name for n in names]
     compared = [fields[n].column_name for n in names
                 if n != "id" and n not in insert_only and n not in ("created_at", "updated_at")]
@@ -912,6 +925,39 @@ def _upsert(database: peewee.Database, resolver: Resolver, table: str) -> Counts
     return Counts(inserted, len(flags) - inserted, len(resolved) - len(flags))
 
 
+def _row_error(exc: Exception, resolved: list, table: str) -> FixtureError:
+    """A copy_rows error ("row N: ...") placed at row N's line in its fixture file."""
+    message = str(exc).strip()
+    match = re.match(r"row (\d+): (.*)", message, re.S)
+    if not match or int(match.group(1)) >= len(resolved):
+        return fail(None, table, message.splitlines()[0])
+    row = resolved[int(match.group(1))][0]
+    cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else None
+    if cause is not None and getattr(cause, "diag", None) is not None:
+        return _database_error(cause, table, row)
+    text = match.group(2).splitlines()[0]
+    column = next((n for n in row.cells if f".{n}:" in text), None)
+    where = row.cells[column].where if column else row.where
+    return fail(where, f"{table}.{row.label}" + (f".{column}" if column else ""), text)
+
+
+def _database_error(original: Any, table: str, row: RowSpec) -> FixtureError:
+    """A database error about `row`, placed at the line of the column it names (or of the row)."""
+    diag = getattr(original, "diag", None)
+    column = getattr(diag, "column_name", None)
+    constraint = getattr(diag, "constraint_name", None) or ""
+    if column is None and constraint.startswith(f"{table}_") and constraint.endswith("_check"):
+        column = constraint[len(table) + 1:-len("_check")]  # PostgreSQL's name for a column CHECK
+    message = (getattr(diag, "message_primary", None) or str(original)).strip()
+    detail = getattr(diag, "message_detail", None)
+    if detail and detail.startswith("Failing row contains"):
+        detail = None  # the row is named already
+    field_name = next((n for n in row.cells if resolver_column(table, n) == column), column) if column else None
+    where = row.cells[field_name].where if field_name in row.cells else row.where
+    path = f"{table}.{row.label}" + (f".{field_name}" if field_name else "")
+    return fail(where, path, message + (f" ({detail})" if detail else ""))
+
+
 def _default(field_: peewee.Field) -> Any:
     default = field_.default
     return default() if callable(default) else default
@@ -927,20 +973,7 @@ def _diagnose(database: peewee.Database, statement: str, stage: str, resolved: l
                                      (values["id"],))
         except peewee.DatabaseError as exc:
             original = getattr(exc, "orig", None) or getattr(exc, "__cause__", None)
-            diag = getattr(original, "diag", None)
-            column = getattr(diag, "column_name", None)
-            constraint = getattr(diag, "constraint_name", None) or ""
-            if column is None and constraint.startswith(f"{table}_") and constraint.endswith("_check"):
-                column = constraint[len(table) + 1:-len("_check")]  # PostgreSQL's name for a column CHECK
-            message = (getattr(diag, "message_primary", None) or str(exc)).strip()
-            detail = getattr(diag, "message_detail", None)
-            if detail and detail.startswith("Failing row contains"):
-                detail = None  # the row is named already
-            field_name = next((n for n, c in row.cells.items()
-                               if resolver_column(table, n) == column), column) if column else None
-            where = row.cells[field_name].where if field_name in row.cells else row.where
-            path = f"{table}.{row.label}" + (f".{field_name}" if field_name else "")
-            raise fail(where, path, message + (f" ({detail})" if detail else "")) from None
+            raise _database_error(original, table, row) from None
     first = str(error).strip().splitlines()[0]
     raise fail(None, table, first) from None
 
