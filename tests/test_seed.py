@@ -278,3 +278,38 @@ def test_command_refuses_pending_migrations(fresh_database, tmp_path):
     assert result.returncode == 1
     assert "pending migration(s)" in result.stderr and "run `pw_migrate migrate` first" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_large_loads_rebuild_vector_indexes_and_leave_the_schema_as_migrated(db, tmp_path, monkeypatch):
+    monkeypatch.setattr(fixtures, "DEFER_INDEX_ROWS", 50)
+    executed = []
+    original = db.execute_sql
+
+    def spy(sql, *args, **kwargs):
+        executed.append(sql)
+        return original(sql, *args, **kwargs)
+
+    monkeypatch.setattr(db, "execute_sql", spy)
+    path = write(tmp_path, "chunks.yaml", """
+        organizations:
+          o: {name: O, slug: o}
+        document_sources:
+          s: {organization: "@organizations.o", title: T}
+        document_chunks:
+          _generate:
+            per: document_sources
+            between: [80, 80]
+            parent: source
+            values:
+              organization: "@parent.organization"
+              position: !index
+              content: x
+              embedding: !embedding
+    """)
+    load(parse(path), db)
+    assert any(s.startswith('DROP INDEX "document_chunks_embedding_hnsw') for s in executed)
+    assert migrate.verify(db, ROOT / "migrations") == []  # the HNSW index is back, as the models declare it
+    assert db.execute_sql("SELECT count(*) FROM document_chunks").fetchone()[0] == 80
+    executed.clear()
+    load(parse(path), db)  # the table now holds the rows: nothing is dropped
+    assert not any(s.startswith("DROP INDEX") for s in executed)
