@@ -590,11 +590,18 @@ class Resolver:
             return {k: self._evaluate_spec(row, column, v, where, f"{path}.{k}") for k, v in spec.items()}
         if isinstance(spec, list):
             return [self._evaluate_spec(row, column, v, where, f"{path}[{i}]") for i, v in enumerate(spec)]
-        rng_seed = seed_for(self.seed, row.table, row.label, path)
+        if isinstance(spec, (Fake, Choice, Pick, Embedding)):  # random: seeded from seed, table, label, column
+            rng_seed = seed_for(self.seed, row.table, row.label, path)
+            if isinstance(spec, Fake):
+                return self._fake(spec, rng_seed, where, path)
+            if isinstance(spec, Choice):
+                rng = random.Random(rng_seed)
+                return rng.choices(spec.options, weights=spec.weights)[0] if spec.weights else rng.choice(spec.options)
+            if isinstance(spec, Pick):
+                return self._pick(row, column, spec, rng_seed, where, path)
+            return self._embedding(row, column, spec, rng_seed, where, path)
         if isinstance(spec, Ref):
             return self._ref(row, spec, where, path)
-        if isinstance(spec, Fake):
-            return self._fake(spec, rng_seed, where, path)
         if isinstance(spec, Now):
             return self.now + spec.offset
         if isinstance(spec, Env):
@@ -603,13 +610,6 @@ class Resolver:
             if spec.has_default:
                 return spec.default
             raise fail(where, path, f"environment variable {spec.name} is not set and no default is given")
-        if isinstance(spec, Choice):
-            rng = random.Random(rng_seed)
-            return rng.choices(spec.options, weights=spec.weights)[0] if spec.weights else rng.choice(spec.options)
-        if isinstance(spec, Pick):
-            return self._pick(row, column, spec, rng_seed, where, path)
-        if isinstance(spec, Embedding):
-            return self._embedding(row, column, spec, rng_seed, where, path)
         if isinstance(spec, Password):
             if spec.plain not in self._passwords:
                 salt = hashlib.blake2b(f"{self.seed}|{spec.plain}".encode(), digest_size=16).hexdigest()
@@ -715,8 +715,9 @@ class Resolver:
         if not isinstance(field_, VectorField):
             raise fail(where, path, "!embedding is for vector columns")
         if spec.file is None:
-            vector = np.random.default_rng(rng_seed).standard_normal(field_.dimensions)
-            return (vector / np.linalg.norm(vector)).astype(np.float32)
+            vector = np.random.default_rng(rng_seed).standard_normal(field_.dimensions, dtype=np.float32)
+            vector /= np.sqrt(np.dot(vector, vector))
+            return vector
         if spec.file not in self._arrays:
             try:
                 self._arrays[spec.file] = np.load(spec.file, mmap_mode="r")
