@@ -548,7 +548,12 @@ class Resolver:
                 if "id" not in row.cells:
                     wanted[tuple(self.value(table, label, f.name) for f in fields)] = label
             columns = ", ".join(f'"{f.column_name}"' for f in fields)
-            found = self.database.execute_sql(f'SELECT id, {columns} FROM "{model._meta.table_name}"').fetchall()
+            sql = f'SELECT id, {columns} FROM "{model._meta.table_name}"'
+            params: tuple = ()
+            if len(fields) == 1:  # look up only the keys this load gives, not the whole table
+                sql += f' WHERE "{fields[0].column_name}" = ANY(%s)'
+                params = ([k[0] for k in wanted],)
+            found = self.database.execute_sql(sql, params).fetchall()
             for existing_id, *key in found:
                 label = wanted.get(tuple(str(k) if isinstance(k, uuid.UUID) else k for k in key))
                 if label is None:
