@@ -551,8 +551,13 @@ class Resolver:
             sql = f'SELECT id, {columns} FROM "{model._meta.table_name}"'
             params: tuple = ()
             if len(fields) == 1:  # look up only the keys this load gives, not the whole table
-                sql += f' WHERE "{fields[0].column_name}" = ANY(%s)'
-                params = ([k[0] for k in wanted],)
+                keys = [k[0] for k in wanted]
+                if keys and all(isinstance(k, uuid.UUID) for k in keys):
+                    sql += f' WHERE "{fields[0].column_name}" = ANY(%s::uuid[])'
+                    keys = [str(k) for k in keys]
+                else:
+                    sql += f' WHERE "{fields[0].column_name}" = ANY(%s)'
+                params = (keys,)
             found = self.database.execute_sql(sql, params).fetchall()
             for existing_id, *key in found:
                 label = wanted.get(tuple(str(k) if isinstance(k, uuid.UUID) else k for k in key))
