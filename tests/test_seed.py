@@ -313,3 +313,18 @@ def test_large_loads_rebuild_vector_indexes_and_leave_the_schema_as_migrated(db,
     executed.clear()
     load(parse(path), db)  # the table now holds the rows: nothing is dropped
     assert not any(s.startswith("DROP INDEX") for s in executed)
+
+
+def test_a_natural_key_on_a_foreign_key_column_adopts_the_existing_row(db, tmp_path):
+    path = write(tmp_path, "c.yaml", """
+        organizations:
+          o: {name: O, slug: o}
+        customers:
+          _key: organization
+          c: {organization: "@organizations.o", provider_customer_id: cus_new}
+    """)
+    load(parse(path), db)
+    db.execute_sql("UPDATE customers SET id = gen_random_uuid(), provider_customer_id = 'cus_made_by_app'")
+    report = load(parse(path), db)["customers"]
+    assert (report.inserted, report.updated) == (0, 1)
+    assert rows_of(db, "customers", "provider_customer_id") == [("cus_new",)]
