@@ -8,11 +8,13 @@ import sys
 from kit.config import KitError
 from kit.db import database
 from kit.migrate.autogen import register
+from kit.migrate.executor import require_extension
 
 register()
 
 try:
     database.connect(reuse_if_open=True)  # configure now, so a bad setting is one sentence, not a traceback
+    require_extension(database)
 except KitError as exc:
     sys.exit(f"kit: error: {exc}")
 

@@ -263,3 +263,9 @@ def test_cli_errors_are_one_sentence(fresh_database, migrations):
     proc = kit_cli(fresh_database.scratch_url, Path("/"), "migrate", "--dir", "/nonexistent/migrations")
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 1 and "no migrations directory at /nonexistent/migrations" in err
+
+
+def test_a_server_without_pgvector_is_named_before_anything_runs(fresh_database):
+    with pytest.raises(MigrationError, match="this PostgreSQL server has no no_such_ext extension to enable"):
+        migrate.executor.require_extension(fresh_database, "no_such_ext")
+    migrate.executor.require_extension(fresh_database, "vector")  # the server under test has it

@@ -44,6 +44,18 @@ class State:
     detail: str = ""
 
 
+def require_extension(database: Database, name: str = "vector") -> None:
+    """Stop with a sentence when the server cannot provide `name` (the kit needs pgvector)."""
+    found = database.execute_sql(
+        "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = %s)", (name,)
+    ).fetchone()[0]
+    if not found:
+        raise MigrationError(
+            f"this PostgreSQL server has no {name} extension to enable: install pgvector on it, or use the "
+            "pgvector/pgvector:pg16 image (docker compose up -d), or unset DATABASE_URL for the embedded server"
+        )
+
+
 def _router(database: Database, directory: Path) -> Router:
     if not Path(directory).is_dir():
         raise MigrationError(
@@ -125,6 +137,7 @@ def verify(database: Database, directory: Path, models: list[Any] | None = None)
 def apply(database: Database, directory: Path, say: Callable[[str], None] = print) -> list[str]:
     """Apply pending migrations under the advisory lock; return the names applied."""
     with migration_lock(database, say):
+        require_extension(database)
         history.ensure_tables(database)
         blocking = [s for s in status(database, directory)
                     if s.state in ("edited", "missing") or (s.state == "pending" and s.detail)]
