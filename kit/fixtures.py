@@ -9,11 +9,13 @@ Every error names its place as `file:line: table.label.column: what is wrong`.
 from __future__ import annotations
 
 import base64
+import bisect
 import contextlib
 import datetime as dt
 import decimal
 import fnmatch
 import hashlib
+import itertools
 import json
 import os
 import random
@@ -604,9 +606,12 @@ class Resolver:
             rng_seed = seed_for(self.seed, row.table, row.label, path)
             if isinstance(spec, Fake):
                 return self._fake(spec, rng_seed, where, path)
-            if isinstance(spec, Choice):
-                rng = random.Random(rng_seed)
-                return rng.choices(spec.options, weights=spec.weights)[0] if spec.weights else rng.choice(spec.options)
+            if isinstance(spec, Choice):  # the 64-bit seed itself is the uniform draw
+                if not spec.weights:
+                    return spec.options[rng_seed % len(spec.options)]
+                point = rng_seed / 2**64 * sum(spec.weights)
+                return spec.options[min(bisect.bisect_right(list(itertools.accumulate(spec.weights)), point),
+                                        len(spec.options) - 1)]
             if isinstance(spec, Pick):
                 return self._pick(row, column, spec, rng_seed, where, path)
             return self._embedding(row, column, spec, rng_seed, where, path)
@@ -706,7 +711,7 @@ class Resolver:
             used.add(index)
             kind, value = candidates[index]
         else:
-            kind, value = random.Random(rng_seed).choice(candidates)
+            kind, value = candidates[rng_seed % len(candidates)]
         return self.id_of(table, value) if kind == "label" else value
 
     def _pick_candidates(self, table: str, spec: Pick, where: Where, path: str) -> list[tuple[str, Any]]:
