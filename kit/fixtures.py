@@ -20,6 +20,7 @@ import json
 import os
 import random
 import re
+import unicodedata
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -468,7 +469,8 @@ def seed_for(seed: int, *parts: object) -> int:
 
 def hash_password(plain: str, salt: str) -> str:
     """Better Auth's password hash: scrypt (N=16384, r=16, p=1, 64 bytes) as `salt:key` in hex."""
-    key = hashlib.scrypt(plain.encode("utf-8"), salt=salt.encode(), n=16384, r=16, p=1, dklen=64, maxmem=64 << 20)
+    text = unicodedata.normalize("NFKC", plain)
+    key = hashlib.scrypt(text.encode("utf-8"), salt=salt.encode(), n=16384, r=16, p=1, dklen=64, maxmem=64 << 20)
     return f"{salt}:{key.hex()}"
 
 
