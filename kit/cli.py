@@ -170,13 +170,18 @@ def build_parser() -> argparse.ArgumentParser:
     mig.add_argument("--dir", type=Path, default=default_directory(), help="migrations directory (./migrations)")
     mig.set_defaults(action=_migrate_apply)
     steps = mig.add_subparsers(dest="command", metavar="{status,verify,rollback,resolve}")
-    steps.add_parser("status", help="applied, pending, edited, missing").set_defaults(action=_migrate_status)
-    steps.add_parser("verify", help="exit 1 on edited, missing, out-of-order migrations or schema drift"
+    where = argparse.ArgumentParser(add_help=False)  # --dir also after the step: `kit migrate status --dir X`
+    where.add_argument("--dir", type=Path, default=argparse.SUPPRESS, help="migrations directory (./migrations)")
+    steps.add_parser("status", parents=[where], help="applied, pending, edited, missing"
+                     ).set_defaults(action=_migrate_status)
+    steps.add_parser("verify", parents=[where],
+                     help="exit 1 on edited, missing, out-of-order migrations or schema drift",
                      ).set_defaults(action=_migrate_verify)
-    back = steps.add_parser("rollback", help="roll back the latest migration(s)")
+    back = steps.add_parser("rollback", parents=[where], help="roll back the latest migration(s)")
     back.add_argument("--count", type=int, default=1)
     back.set_defaults(action=_migrate_rollback)
-    resolve = steps.add_parser("resolve", help="reconcile history after a migration was applied or undone by hand")
+    resolve = steps.add_parser("resolve", parents=[where],
+                               help="reconcile history after a migration was applied or undone by hand")
     resolve.add_argument("name")
     how = resolve.add_mutually_exclusive_group(required=True)
     how.add_argument("--applied", action="store_true", help="record it as applied (checked against the schema)")
