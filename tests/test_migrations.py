@@ -269,3 +269,10 @@ def test_a_server_without_pgvector_is_named_before_anything_runs(fresh_database)
     with pytest.raises(MigrationError, match="this PostgreSQL server has no no_such_ext extension to enable"):
         migrate.executor.require_extension(fresh_database, "no_such_ext")
     migrate.executor.require_extension(fresh_database, "vector")  # the server under test has it
+
+
+def test_dir_may_follow_the_step(fresh_database, migrations):
+    proc = kit_cli(fresh_database.scratch_url, Path("/"), "migrate", "status", "--dir", str(migrations))
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "pending    001_enable_vector" in out
