@@ -1027,10 +1027,7 @@ def _diagnose(database: peewee.Database, statement: str, stage: str, resolved: l
 
 def resolver_column(table: str, name: str) -> str:
     """The column name of field `name` in `table`."""
-    from kit.models import ALL_MODELS
-
-    model = next(m for m in ALL_MODELS if m._meta.table_name == table)
-    return model._meta.fields[name].column_name
+    return models_by_name()[table]._meta.fields[name].column_name
 
 
 def dump_value(value: Any) -> Any:

@@ -8,7 +8,7 @@ import sys
 from kit.config import KitError
 from kit.db import database
 from kit.migrate.autogen import register
-from kit.migrate.executor import require_extension
+from kit.migrate.executor import IGNORED_MODELS, require_extension
 
 register()
 
@@ -19,4 +19,4 @@ except KitError as exc:
     sys.exit(f"kit: error: {exc}")
 
 DATABASE = database
-IGNORE = ["basemodel", "timestampedmodel", "vectormodel"]  # abstract bases in kit.models, not tables
+IGNORE = IGNORED_MODELS  # the abstract bases in kit.models are not tables

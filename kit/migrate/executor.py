@@ -28,7 +28,7 @@ from kit.migrate import history, schema
 from kit.migrate.loader import MigrationFile, load
 
 LOCK_KEY = 0x6B69745F6D6967  # "kit_mig": the advisory lock every kit migrate takes
-IGNORED_MODELS = ["basemodel", "timestampedmodel", "vectormodel"]
+IGNORED_MODELS = ["basemodel", "timestampedmodel", "vectormodel"]  # abstract bases in kit.models, not tables
 
 
 class MigrationError(KitError):
@@ -111,7 +111,8 @@ def status(database: Database, directory: Path) -> list[State]:
 def verify(database: Database, directory: Path, models: list[Any] | None = None) -> list[str]:
     """Every problem with the migrations and the live schema, as sentences saying what and how to fix."""
     problems = []
-    for item in status(database, directory):
+    states = status(database, directory)
+    for item in states:
         if item.state == "edited":
             problems.append(f"{item.name} was edited after it was applied: restore the file as applied and "
                             "put the change in a new migration")
@@ -121,7 +122,7 @@ def verify(database: Database, directory: Path, models: list[Any] | None = None)
         elif item.state == "pending" and item.detail:
             problems.append(f"{item.name} is out of order: it {item.detail}; rename it to sort after the "
                             "applied migrations")
-    pending = [s.name for s in status(database, directory) if s.state == "pending"]
+    pending = [s.name for s in states if s.state == "pending"]
     if pending:
         problems.append(f"{len(pending)} migration(s) pending ({', '.join(pending)}): run `kit migrate`")
     else:
