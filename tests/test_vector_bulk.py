@@ -168,3 +168,32 @@ def test_fetch_matrix_refuses_null_vectors_and_wrong_shapes():
         fetch_matrix(Chunk.select(Chunk.seq, Chunk.embedding))
     with pytest.raises(ValueError, match="expects a query selecting 2 columns"):
         fetch_matrix(Chunk.select(Chunk.seq, Chunk.body, Chunk.embedding))
+
+
+def test_copy_writer_numbers_rows_across_pauses_and_frees_the_connection_between(monkeypatch):
+    monkeypatch.setattr(bulk, "CHUNK_BYTES", 16 * 1024)  # many chunks in flight per COPY statement
+    _, data = rows(1200)
+    data[1100]["seq"] = 3  # refused by the unique index, in the third COPY statement
+    with pytest.raises(peewee.IntegrityError, match=r"^row 1100: duplicate key"), database.atomic():
+        with bulk.CopyWriter(Chunk, ["seq", "body", "price", "embedding"], database) as writer:
+            writer.write(data[:500])
+            writer.pause()
+            assert database.execute_sql("SELECT count(*) FROM bulk_chunks").fetchone()[0] == 500
+            writer.write(data[500:1000])
+            writer.pause()
+            writer.write(data[1000:])
+    assert Chunk.select().count() == 0 and writer.count == 1200
+
+
+def test_an_error_raised_while_rows_are_in_flight_stops_the_copy_and_keeps_the_connection_usable(monkeypatch):
+    monkeypatch.setattr(bulk, "CHUNK_BYTES", 16 * 1024)
+    _, data = rows(2000)
+
+    def generated():
+        yield from data[:1500]
+        raise RuntimeError("the generator broke")
+
+    with pytest.raises(RuntimeError, match="the generator broke"):
+        copy_rows(Chunk, generated())
+    assert Chunk.select().count() == 0
+    assert copy_rows(Chunk, data[:10]) == 10

@@ -9,12 +9,15 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import io
+import itertools
 import json
+import queue
 import re
 import struct
+import threading
 import uuid
 import zoneinfo
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from itertools import islice
 from typing import Any
 
@@ -30,7 +33,7 @@ COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 COPY_HEADER = COPY_SIGNATURE + struct.pack(">ii", 0, 0)
 COPY_TRAILER = struct.pack(">h", -1)
 NULL = struct.pack(">i", -1)
-CHUNK_BYTES = 32 << 20  # encode and send at most about this much per COPY statement
+CHUNK_BYTES = 8 << 20  # rows are encoded and queued for sending about this much at a time
 PG_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
 PG_EPOCH_DATE = dt.date(2000, 1, 1)
 
@@ -184,142 +187,168 @@ def copy_rows(model: type[Model], rows: Iterable[Mapping[Any, Any]], database: p
 
     Every row must give the same fields; fields it leaves out get their Python default (as with
     insert_many) or the column's database default. A bad row raises CopyRowError (or the database's
-    error) naming the row's index, and nothing is written.
+    error) naming the row's index, and nothing is written. `rows` may be a generator; it must not use
+    the database connection itself while copy_rows runs.
     """
     database = database or model._meta.database
     iterator = iter(rows)
     first = next(iterator, None)
     if first is None:
         return 0
-    given = _resolve_fields(model, first.keys())
-    names = {f.name for f in given}
-    defaults = [f for f in model._meta.sorted_fields if f.name not in names and f.default is not None]
-    vectors = [f for f in given + defaults if isinstance(f, VectorField)]
-    scalars = [f for f in given + defaults if not isinstance(f, VectorField)]
-    target = table
-    table = model._meta.table_name
-    with database.atomic():
-        types = _column_types(database, model, target)
-        encoders = _encoders(_session_zone(database))
-        scalar_encoders = []
+    with database.atomic(), CopyWriter(model, list(first.keys()), database, table) as writer:
+        writer.write(itertools.chain([first], iterator))
+    return writer.count
+
+
+class CopyWriter:
+    """One table's binary COPY: this thread encodes rows while a worker thread sends what is ready.
+
+        with CopyWriter(DocumentChunk, ["source", "content", "embedding"], database) as writer:
+            writer.write(rows)     # dicts of field values; as many calls as you like
+            writer.pause()         # the connection is free for other statements until the next write
+
+    Rows are numbered from 0 across writes. A bad row raises CopyRowError, or the database's error,
+    naming its number. Use it inside a transaction: what was sent before an error is rolled back with it.
+    While rows are being sent (between a write and the next pause or the end), this thread must not
+    use the connection for anything else.
+    """
+
+    def __init__(self, model: type[Model], fields: Iterable[Any], database: peewee.Database | None = None,
+                 table: str | None = None) -> None:
+        self.database = database or model._meta.database
+        self.count = 0
+        given = _resolve_fields(model, fields)
+        names = {f.name for f in given}
+        defaults = [f for f in model._meta.sorted_fields if f.name not in names and f.default is not None]
+        vectors = [f for f in given + defaults if isinstance(f, VectorField)]
+        scalars = [f for f in given + defaults if not isinstance(f, VectorField)]
+        name = model._meta.table_name
+        types = _column_types(self.database, model, table)
+        encoders = _encoders(_session_zone(self.database))
+        cells = []
         for field in scalars:
             pg_type = types.get(field.column_name)
             if pg_type is None:
-                raise CopyRowError(f"row 0: {table} has no column {field.column_name!r} in the database")
+                raise CopyRowError(f"row 0: {name} has no column {field.column_name!r} in the database")
             if pg_type not in encoders:
                 raise CopyRowError(
-                    f"copy_rows cannot write {table}.{field.column_name} (type {pg_type}) in binary; "
+                    f"copy_rows cannot write {name}.{field.column_name} (type {pg_type}) in binary; "
                     "use insert_many for this table"
                 )
-            scalar_encoders.append(encoders[pg_type])
+            cells.append(_cell_encoder(field, pg_type, encoders[pg_type]))
         columns = ", ".join(f'"{f.column_name}"' for f in scalars + vectors)
-        statement = f'COPY "{target or table}" ({columns}) FROM STDIN WITH (FORMAT BINARY)'
-        if model._meta.schema and not target:
-            statement = statement.replace(f'"{table}"', f'"{model._meta.schema}"."{table}"', 1)
-        layout = _Layout(model, given, defaults, scalars, scalar_encoders, vectors)
-        count = 0
-        for start, chunk in _chunks(first, iterator, layout.rows_per_chunk):
-            payload = layout.encode(chunk, start)
-            _copy(database, statement, payload, start)
-            count += len(chunk)
-    return count
+        target = f'"{table}"' if table else (
+            f'"{model._meta.schema}"."{name}"' if model._meta.schema else f'"{name}"')
+        self.statement = f"COPY {target} ({columns}) FROM STDIN WITH (FORMAT BINARY)"
+        self.layout = _Layout(model, given, scalars, cells, vectors)
+        self._sender: _Sender | None = None
+
+    def write(self, rows: Iterable[Mapping[Any, Any]]) -> None:
+        """Encode `rows` and queue them for sending; raises the first error found so far."""
+        iterator = iter(rows)
+        while chunk := list(islice(iterator, self.layout.rows_per_chunk)):
+            payload = self.layout.encode(chunk, self.count)
+            if self._sender is None:
+                self._sender = _Sender(self.database.cursor(), self.statement, self.count)
+            self._sender.send(payload)
+            self.count += len(chunk)
+
+    def pause(self) -> None:
+        """End the COPY statement in flight (if any), so the connection can run other statements."""
+        sender, self._sender = self._sender, None
+        if sender is not None:
+            sender.finish()
+
+    def abort(self) -> None:
+        """Stop sending: the COPY in flight fails, leaving the transaction to be rolled back."""
+        sender, self._sender = self._sender, None
+        if sender is not None:
+            sender.finish(abort=True)
+
+    def __enter__(self) -> CopyWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: Any) -> None:
+        if kind is None:
+            self.pause()
+        else:
+            self.abort()
 
 
-class _Layout:
-    """How each row is encoded: scalar fields first (per value), then vectors (per chunk, with numpy)."""
-
-    def __init__(self, model: type[Model], given: list[Field], defaults: list[Field], scalars: list[Field],
-                 scalar_encoders: list[Callable[[Any], bytes]], vectors: list[VectorField]) -> None:
-        self.model, self.given, self.defaults = model, given, defaults
-        self.scalars, self.scalar_encoders, self.vectors = scalars, scalar_encoders, vectors
-        self.keys = {f.name for f in given}
-        self.field_count = struct.pack(">h", len(scalars) + len(vectors))
-        row_bytes = 64 + sum(4 + 4 + f.dimensions * np.dtype(f.element).itemsize for f in vectors)
-        self.rows_per_chunk = max(1, CHUNK_BYTES // row_bytes)
-
-    def _value(self, row: Mapping[Any, Any], field: Field) -> Any:
-        if field.name in row:
-            return row[field.name]
-        if field.name in self.keys:  # given with the Field object as its key
-            return next(v for k, v in row.items() if k is field)
-        default = field.default
-        return default() if callable(default) else default
-
-    def encode(self, chunk: list[Mapping[Any, Any]], start: int) -> bytes:
-        """The binary COPY stream for `chunk`, whose first row has index `start`."""
-        table = self.model._meta.table_name
-        prefixes: list[bytes] = []
-        matrices = []
-        for offset, row in enumerate(chunk):
-            index = start + offset
-            keys = {k.name if isinstance(k, Field) else k for k in row}
-            if keys != self.keys:
-                missing, extra = sorted(self.keys - keys), sorted(keys - self.keys)
-                raise CopyRowError(
-                    f"row {index}: every row must give the same fields as row 0"
-                    + (f"; missing {', '.join(missing)}" if missing else "")
-                    + (f"; unexpected {', '.join(map(str, extra))}" if extra else "")
-                )
-            parts = [self.field_count]
-            for field, encode in zip(self.scalars, self.scalar_encoders, strict=True):
-                value = self._value(row, field)
-                try:
-                    value = None if value is None else _plain(field.db_value(value))
-                    data = NULL if value is None else encode(value)
-                except (TypeError, ValueError, OverflowError, decimal.InvalidOperation, struct.error) as exc:
-                    raise CopyRowError(f"row {index}: {table}.{field.column_name}: {exc} (value {value!r})") from None
-                parts.append(data if data is NULL else struct.pack(">i", len(data)) + data)
-            prefixes.append(b"".join(parts))
-        for field in self.vectors:
-            matrix = np.empty((len(chunk), field.dimensions), dtype=field.dtype)
-            nulls = []
-            for offset, row in enumerate(chunk):
-                value = self._value(row, field)
-                if value is None:
-                    nulls.append(offset)
-                    matrix[offset] = 0
-                    continue
-                try:
-                    matrix[offset] = field.to_array(value)
-                except VectorValueError as exc:
-                    raise CopyRowError(f"row {start + offset}: {exc}") from None
-            payload = wire.binary_payload(matrix, field.element)
-            matrices.append((payload, set(nulls)))
-        out = io.BytesIO()
-        out.write(COPY_HEADER)
-        for offset, prefix in enumerate(prefixes):
-            out.write(prefix)
-            for payload, nulls in matrices:
-                out.write(NULL if offset in nulls else payload[offset].data)
-        out.write(COPY_TRAILER)
-        return out.getvalue()
+_END, _ABORT = object(), object()
+QUEUED_CHUNKS = 2  # encoded chunks waiting for the worker: bounds memory, keeps the server busy
 
 
-def _chunks(first: Mapping[Any, Any], rest: Iterator[Mapping[Any, Any]], size: int) -> Iterator[tuple[int, list]]:
-    chunk = [first, *islice(rest, size - 1)]
-    start = 0
-    while chunk:
-        yield start, chunk
-        start += len(chunk)
-        chunk = list(islice(rest, size))
+class _Aborted(Exception):
+    pass
+
+
+class _Sender(threading.Thread):
+    """The worker thread of one COPY statement: hands psycopg2 the chunks the writer queues."""
+
+    def __init__(self, cursor: Any, statement: str, start: int) -> None:
+        super().__init__(name="kit-copy", daemon=True)
+        self.cursor, self.statement, self.start_row = cursor, statement, start
+        self.chunks: queue.Queue = queue.Queue(QUEUED_CHUNKS)
+        self.error: Exception | None = None
+        self._header_sent = self._done = False
+        self.start()
+
+    def read(self, size: int = -1) -> bytes:
+        """The next piece of the COPY stream (psycopg2 calls this until it gets b"")."""
+        if self._done:
+            return b""
+        chunk = self.chunks.get()
+        if chunk is _ABORT:
+            self._done = True
+            raise _Aborted()
+        if chunk is _END:
+            self._done = True
+            return COPY_TRAILER if self._header_sent else COPY_HEADER + COPY_TRAILER
+        if not self._header_sent:
+            self._header_sent = True
+            return COPY_HEADER + chunk
+        return chunk
+
+    def run(self) -> None:
+        try:
+            self.cursor.copy_expert(self.statement, self, size=CHUNK_BYTES)
+        except Exception as exc:  # noqa: BLE001 - handed to the writer's thread, which raises it
+            self.error = exc
+        finally:
+            self.cursor.close()
+            while not self._done:  # unblock the writer: take what it still queues until it ends
+                chunk = self.chunks.get()
+                self._done = chunk is _END or chunk is _ABORT
+
+    def send(self, chunk: bytes) -> None:
+        """Queue one encoded chunk; raise the COPY's error if it has failed already."""
+        if self.error is not None:
+            self.finish()
+        self.chunks.put(chunk)
+
+    def finish(self, abort: bool = False) -> None:
+        """End the COPY statement and wait for it; raise its error (unless aborting)."""
+        if self.is_alive():
+            self.chunks.put(_ABORT if abort else _END)
+            self.join()
+        if self.error is not None and not abort:
+            if not isinstance(self.error, psycopg2.Error):
+                raise self.error
+            raise _copy_error(self.error, self.start_row) from self.error
 
 
 _COPY_LINE = re.compile(r"COPY [^,]+, line (\d+)")
 
 
-def _copy(database: peewee.Database, statement: str, payload: bytes, start: int) -> None:
-    cursor = database.cursor()
-    try:
-        cursor.copy_expert(statement, io.BytesIO(payload), size=1 << 20)
-    except psycopg2.Error as exc:
-        context = getattr(exc.diag, "context", None) or ""
-        match = _COPY_LINE.search(context)
-        where = f"row {start + int(match.group(1)) - 1}: " if match else ""
-        message = (exc.diag.message_primary or str(exc)).strip()
-        detail = f" ({exc.diag.message_detail})" if exc.diag.message_detail else ""
-        raise _peewee_error(exc)(f"{where}{message}{detail}") from exc
-    finally:
-        cursor.close()
+def _copy_error(exc: psycopg2.Error, start: int) -> Exception:
+    """The database's error as peewee's, with the row number (counted across COPY statements) first."""
+    context = getattr(exc.diag, "context", None) or ""
+    match = _COPY_LINE.search(context)
+    where = f"row {start + int(match.group(1)) - 1}: " if match else ""
+    message = (exc.diag.message_primary or str(exc)).strip()
+    detail = f" ({exc.diag.message_detail})" if exc.diag.message_detail else ""
+    return _peewee_error(exc)(f"{where}{message}{detail}")
 
 
 def _peewee_error(exc: psycopg2.Error) -> type[Exception]:
@@ -327,6 +356,140 @@ def _peewee_error(exc: psycopg2.Error) -> type[Exception]:
         if base.__name__ in peewee.EXCEPTIONS:
             return peewee.EXCEPTIONS[base.__name__]
     return peewee.DatabaseError
+
+
+_LENGTH = struct.Struct(">i")
+_PEEWEE_DB_VALUES = {peewee.Field.db_value, peewee.UUIDField.db_value}
+
+
+def _plain_db_value(field: Field) -> bool:
+    """Whether the field's db_value leaves its natural Python values as they are (no custom conversion)."""
+    if isinstance(field, peewee.ForeignKeyField):
+        return _plain_db_value(field.rel_field)
+    return type(field).db_value in _PEEWEE_DB_VALUES
+
+
+def _cell_encoder(field: Field, pg_type: str, encode: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+    """value -> the field's part of a binary COPY row: its length, then its bytes (or the NULL marker)."""
+    pack_length = _LENGTH.pack
+
+    def cell(value: Any) -> bytes:
+        if value is None:
+            return NULL
+        value = _plain(field.db_value(value))
+        if value is None:
+            return NULL
+        data = encode(value)
+        return pack_length(len(data)) + data
+
+    if not _plain_db_value(field):
+        return cell
+    # Fast paths for the natural Python type of common columns; anything else takes the general way.
+    if pg_type == "uuid":
+        prefix = pack_length(16)
+        return lambda value: prefix + value.bytes if type(value) is uuid.UUID else cell(value)
+    if pg_type in ("text", "character varying", "citext"):
+        def text(value: Any) -> bytes:
+            if type(value) is str:
+                data = value.encode("utf-8")
+                return pack_length(len(data)) + data
+            return cell(value)
+        return text
+    if pg_type == "boolean":
+        true, false = pack_length(1) + b"\x01", pack_length(1) + b"\x00"
+        return lambda value: true if value is True else false if value is False else cell(value)
+    if pg_type in ("integer", "bigint"):
+        prefix, number = (pack_length(4), struct.Struct(">i").pack) if pg_type == "integer" else (
+            pack_length(8), struct.Struct(">q").pack)
+        return lambda value: prefix + number(value) if type(value) is int else cell(value)
+    return cell
+
+
+class _Layout:
+    """How rows are encoded: each scalar column's values at once, the vectors of a chunk as one matrix."""
+
+    def __init__(self, model: type[Model], given: list[Field], scalars: list[Field],
+                 cells: list[Callable[[Any], bytes]], vectors: list[VectorField]) -> None:
+        self.model, self.scalars, self.cells, self.vectors = model, scalars, cells, vectors
+        self.names = {f.name for f in given}
+        self.field_count = struct.pack(">h", len(scalars) + len(vectors))
+        row_bytes = 64 + sum(4 + 4 + f.dimensions * np.dtype(f.element).itemsize for f in vectors)
+        self.rows_per_chunk = max(1, CHUNK_BYTES // row_bytes)
+
+    def _by_name(self, chunk: list[Mapping[Any, Any]], start: int) -> list[Mapping[str, Any]]:
+        """The chunk's rows keyed by field name, each checked to give the same fields as row 0."""
+        rows = []
+        for offset, row in enumerate(chunk):
+            if row.keys() != self.names:
+                named = {k.name if isinstance(k, Field) else k: v for k, v in row.items()}
+                if named.keys() != self.names or len(named) != len(row):
+                    missing, extra = sorted(self.names - named.keys()), sorted(map(str, named.keys() - self.names))
+                    raise CopyRowError(
+                        f"row {start + offset}: every row must give the same fields as row 0"
+                        + (f"; missing {', '.join(missing)}" if missing else "")
+                        + (f"; unexpected {', '.join(extra)}" if extra else "")
+                    )
+                row = named
+            rows.append(row)
+        return rows
+
+    def _column(self, rows: list[Mapping[str, Any]], field: Field) -> list[Any]:
+        if field.name in self.names:
+            return [row[field.name] for row in rows]
+        default = field.default
+        return [default() for _ in rows] if callable(default) else [default] * len(rows)
+
+    def encode(self, chunk: list[Mapping[Any, Any]], start: int) -> bytes:
+        """The binary COPY rows of `chunk` (no header or trailer), whose first row has number `start`."""
+        table = self.model._meta.table_name
+        rows = self._by_name(chunk, start)
+        columns: list[list[Any]] = [[self.field_count] * len(rows)]
+        for field, cell in zip(self.scalars, self.cells, strict=True):
+            values = self._column(rows, field)
+            try:
+                columns.append([cell(value) for value in values])
+            except (TypeError, ValueError, OverflowError, AttributeError, decimal.InvalidOperation, struct.error):
+                for offset, value in enumerate(values):  # find the row and say what is wrong with it
+                    try:
+                        cell(value)
+                    except (TypeError, ValueError, OverflowError, AttributeError, decimal.InvalidOperation,
+                            struct.error) as exc:
+                        raise CopyRowError(
+                            f"row {start + offset}: {table}.{field.column_name}: {exc} (value {value!r})"
+                        ) from None
+                raise
+        for field in self.vectors:
+            columns.append(self._vector_column(self._column(rows, field), field, start))
+        return b"".join(itertools.chain.from_iterable(zip(*columns, strict=True)))
+
+    def _vector_column(self, values: list[Any], field: VectorField, start: int) -> list[Any]:
+        matrix = np.empty((len(values), field.dimensions), dtype=field.dtype)
+        nulls = []
+        for offset, value in enumerate(values):
+            if value is None:
+                nulls.append(offset)
+                matrix[offset] = 0
+            elif isinstance(value, np.ndarray) and value.dtype == field.dtype and value.shape == matrix.shape[1:]:
+                matrix[offset] = value  # checked below, all rows at once
+            else:
+                try:
+                    matrix[offset] = field.to_array(value)
+                except VectorValueError as exc:
+                    raise CopyRowError(f"row {start + offset}: {exc}") from None
+        finite = np.isfinite(matrix).all(axis=1)
+        if not finite.all():
+            offset = int(np.flatnonzero(~finite)[0])
+            try:
+                field.to_array(values[offset])
+            except VectorValueError as exc:
+                raise CopyRowError(f"row {start + offset}: {exc}") from None
+        payload = wire.binary_payload(matrix, field.element)
+        width = payload.shape[1]
+        flat = memoryview(payload.reshape(-1))
+        cells: list[Any] = [flat[i * width:(i + 1) * width] for i in range(len(values))]
+        for offset in nulls:
+            cells[offset] = NULL
+        return cells
 
 
 # -- fetch_matrix -------------------------------------------------------------------------------------
