@@ -34,6 +34,7 @@ COPY_HEADER = COPY_SIGNATURE + struct.pack(">ii", 0, 0)
 COPY_TRAILER = struct.pack(">h", -1)
 NULL = struct.pack(">i", -1)
 CHUNK_BYTES = 8 << 20  # rows are encoded and queued for sending about this much at a time
+CHUNK_ROWS = 2_000  # or this many rows, whichever comes first: the server starts on a table early
 PG_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
 PG_EPOCH_DATE = dt.date(2000, 1, 1)
 
@@ -209,14 +210,20 @@ class CopyWriter:
 
     Rows are numbered from 0 across writes. A bad row raises CopyRowError, or the database's error,
     naming its number. Use it inside a transaction: what was sent before an error is rolled back with it.
-    While rows are being sent (between a write and the next pause or the end), this thread must not
-    use the connection for anything else.
+    While rows are being sent (between a write and the next pause or wait), this thread must not use
+    the connection for anything else.
+
+    Writers can be chained to load several tables back to back: `CopyWriter(..., after=previous)`
+    sends its rows once the previous writer's are in, and `end()` lets the next table begin encoding
+    without waiting for the server. Create all the writers first: creating one asks the database for
+    the table's column types.
     """
 
     def __init__(self, model: type[Model], fields: Iterable[Any], database: peewee.Database | None = None,
-                 table: str | None = None) -> None:
+                 table: str | None = None, after: CopyWriter | None = None) -> None:
         self.database = database or model._meta.database
         self.count = 0
+        self.after = after
         given = _resolve_fields(model, fields)
         names = {f.name for f in given}
         defaults = [f for f in model._meta.sorted_fields if f.name not in names and f.default is not None]
@@ -241,7 +248,8 @@ class CopyWriter:
             f'"{model._meta.schema}"."{name}"' if model._meta.schema else f'"{name}"')
         self.statement = f"COPY {target} ({columns}) FROM STDIN WITH (FORMAT BINARY)"
         self.layout = _Layout(model, given, scalars, cells, vectors)
-        self._sender: _Sender | None = None
+        self._sender: _Sender | None = None  # the COPY statement being fed
+        self._ended: list[_Sender] = []  # statements fed in full, perhaps still running
 
     def write(self, rows: Iterable[Mapping[Any, Any]]) -> None:
         """Encode `rows` and queue them for sending; raises the first error found so far."""
@@ -249,28 +257,65 @@ class CopyWriter:
         while chunk := list(islice(iterator, self.layout.rows_per_chunk)):
             payload = self.layout.encode(chunk, self.count)
             if self._sender is None:
-                self._sender = _Sender(self.database.cursor(), self.statement, self.count)
-            self._sender.send(payload)
+                self._sender = _Sender(self.database.cursor(), self.statement, self.count, self._last())
+            try:
+                self._sender.send(payload)
+            except Exception as exc:
+                exc.copy_writer = self  # type: ignore[attr-defined]
+                raise
             self.count += len(chunk)
 
-    def pause(self) -> None:
-        """End the COPY statement in flight (if any), so the connection can run other statements."""
+    def _last(self) -> _Sender | None:
+        """The last COPY statement queued on the connection so far (this writer's, or an earlier one's)."""
+        if self._sender is not None:
+            return self._sender
+        if self._ended:
+            return self._ended[-1]
+        return self.after._last() if self.after is not None else None
+
+    def end(self) -> None:
+        """Finish feeding the COPY statement in flight, without waiting for the server to take it all."""
         sender, self._sender = self._sender, None
         if sender is not None:
-            sender.finish()
+            sender.end()
+            self._ended.append(sender)
+
+    def wait(self) -> None:
+        """Wait until this writer's rows (and those of the writers before it) are in; raise any error."""
+        self.end()
+        if self.after is not None:
+            self.after.wait()
+        ended, self._ended = self._ended, []
+        for sender in ended:
+            try:
+                sender.finish()
+            except Exception as exc:
+                exc.copy_writer = self  # type: ignore[attr-defined]
+                for rest in ended:
+                    rest.finish(abort=True)
+                raise
+
+    def pause(self) -> None:
+        """End the COPY in flight and wait for it (and earlier ones), so the connection is free."""
+        self.wait()
 
     def abort(self) -> None:
-        """Stop sending: the COPY in flight fails, leaving the transaction to be rolled back."""
+        """Stop sending and wait for the worker threads: the transaction is left to be rolled back."""
         sender, self._sender = self._sender, None
         if sender is not None:
             sender.finish(abort=True)
+        ended, self._ended = self._ended, []
+        for sender in ended:
+            sender.finish(abort=True)
+        if self.after is not None:
+            self.after.abort()
 
     def __enter__(self) -> CopyWriter:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, *_: Any) -> None:
         if kind is None:
-            self.pause()
+            self.wait()
         else:
             self.abort()
 
@@ -284,14 +329,17 @@ class _Aborted(Exception):
 
 
 class _Sender(threading.Thread):
-    """The worker thread of one COPY statement: hands psycopg2 the chunks the writer queues."""
+    """The worker thread of one COPY statement: hands psycopg2 the chunks the writer queues.
 
-    def __init__(self, cursor: Any, statement: str, start: int) -> None:
+    It starts its statement once the `previous` one on the connection has finished.
+    """
+
+    def __init__(self, cursor: Any, statement: str, start: int, previous: _Sender | None) -> None:
         super().__init__(name="kit-copy", daemon=True)
-        self.cursor, self.statement, self.start_row = cursor, statement, start
+        self.cursor, self.statement, self.start_row, self.previous = cursor, statement, start, previous
         self.chunks: queue.Queue = queue.Queue(QUEUED_CHUNKS)
         self.error: Exception | None = None
-        self._header_sent = self._done = False
+        self._header_sent = self._done = self._ending = False
         self.start()
 
     def read(self, size: int = -1) -> bytes:
@@ -312,6 +360,11 @@ class _Sender(threading.Thread):
 
     def run(self) -> None:
         try:
+            if self.previous is not None:
+                self.previous.join()
+                if self.previous.error is not None:  # the transaction has failed: do not start
+                    self.error = _Aborted()
+                    return
             self.cursor.copy_expert(self.statement, self, size=CHUNK_BYTES)
         except Exception as exc:  # noqa: BLE001 - handed to the writer's thread, which raises it
             self.error = exc
@@ -327,12 +380,19 @@ class _Sender(threading.Thread):
             self.finish()
         self.chunks.put(chunk)
 
+    def end(self) -> None:
+        """Mark the end of the rows (once); the statement completes in the background."""
+        if not self._ending:
+            self._ending = True
+            self.chunks.put(_END)
+
     def finish(self, abort: bool = False) -> None:
         """End the COPY statement and wait for it; raise its error (unless aborting)."""
-        if self.is_alive():
+        if not self._ending:
+            self._ending = True
             self.chunks.put(_ABORT if abort else _END)
-            self.join()
-        if self.error is not None and not abort:
+        self.join()
+        if self.error is not None and not abort and not isinstance(self.error, _Aborted):
             if not isinstance(self.error, psycopg2.Error):
                 raise self.error
             raise _copy_error(self.error, self.start_row) from self.error
@@ -398,6 +458,15 @@ def _cell_encoder(field: Field, pg_type: str, encode: Callable[[Any], bytes]) ->
     if pg_type == "boolean":
         true, false = pack_length(1) + b"\x01", pack_length(1) + b"\x00"
         return lambda value: true if value is True else false if value is False else cell(value)
+    if pg_type == "timestamp with time zone":
+        prefix, micros = pack_length(8), struct.Struct(">q").pack
+
+        def timestamp(value: Any) -> bytes:
+            if type(value) is dt.datetime and value.tzinfo is not None:
+                delta = value - PG_EPOCH
+                return prefix + micros((delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds)
+            return cell(value)
+        return timestamp
     if pg_type in ("integer", "bigint"):
         prefix, number = (pack_length(4), struct.Struct(">i").pack) if pg_type == "integer" else (
             pack_length(8), struct.Struct(">q").pack)
@@ -414,7 +483,7 @@ class _Layout:
         self.names = {f.name for f in given}
         self.field_count = struct.pack(">h", len(scalars) + len(vectors))
         row_bytes = 64 + sum(4 + 4 + f.dimensions * np.dtype(f.element).itemsize for f in vectors)
-        self.rows_per_chunk = max(1, CHUNK_BYTES // row_bytes)
+        self.rows_per_chunk = max(1, min(CHUNK_ROWS, CHUNK_BYTES // row_bytes))
 
     def _by_name(self, chunk: list[Mapping[Any, Any]], start: int) -> list[Mapping[str, Any]]:
         """The chunk's rows keyed by field name, each checked to give the same fields as row 0."""
