@@ -175,7 +175,7 @@ class Cell:
     where: Where
 
 
-@dataclass
+@dataclass(slots=True)
 class RowSpec:
     """A row to load: labelled in a file, or generated (then `group` holds its siblings' generator)."""
 

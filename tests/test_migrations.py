@@ -26,6 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 QUIET = {"say": lambda _: None}
 
 
+PROJECT = sorted(p.stem for p in (ROOT / "migrations").glob("0*.py"))  # the project's migrations
+
+
 @pytest.fixture
 def migrations(tmp_path) -> Path:
     """A copy of the project's migrations that a test may edit."""
@@ -49,8 +52,7 @@ def test_generating_from_the_models_against_the_migrated_database_finds_no_chang
     autogen.register()
     router = Router(database, migrate_dir=migrations, ignore=migrate.executor.IGNORED_MODELS)
     assert router.create("should_be_empty", auto=list(ALL_MODELS)) is None
-    assert sorted(p.name for p in migrations.glob("0*.py")) == [
-        "001_enable_vector.py", "002_schema.py", "003_audit_logs_append_only.py"]
+    assert sorted(p.name for p in migrations.glob("0*.py")) == sorted(p.name for p in (ROOT / "migrations").glob("0*.py"))
 
 
 def test_the_migrated_test_database_matches_the_models():
@@ -60,13 +62,12 @@ def test_the_migrated_test_database_matches_the_models():
 
 def test_migrate_all_rollback_all_migrate_all_on_an_empty_database(fresh_database, migrations):
     db = fresh_database
-    assert migrate.apply(db, migrations, **QUIET) == ["001_enable_vector", "002_schema", "003_audit_logs_append_only"]
+    assert migrate.apply(db, migrations, **QUIET) == PROJECT
     assert len(tables(db) - {history.HISTORY_TABLE, history.CHECKSUM_TABLE}) == 28
-    assert migrate.rollback(db, migrations, count=3, **QUIET) == [
-        "003_audit_logs_append_only", "002_schema", "001_enable_vector"]
+    assert migrate.rollback(db, migrations, count=len(PROJECT), **QUIET) == PROJECT[::-1]
     assert tables(db) <= {history.HISTORY_TABLE, history.CHECKSUM_TABLE}
     assert db.execute_sql("SELECT count(*) FROM pg_extension WHERE extname = 'vector'").fetchone()[0] == 0
-    assert len(migrate.apply(db, migrations, **QUIET)) == 3
+    assert len(migrate.apply(db, migrations, **QUIET)) == len(PROJECT)
     assert migrate.verify(db, migrations) == []
 
 
@@ -121,9 +122,9 @@ def test_two_kit_migrate_processes_at_once_apply_each_migration_once(fresh_datab
     outputs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     rows = fresh_database.execute_sql(f"SELECT name, count(*) FROM {history.HISTORY_TABLE} GROUP BY name").fetchall()
-    assert sorted(rows) == [("001_enable_vector", 1), ("002_schema", 1), ("003_audit_logs_append_only", 1)]
+    assert sorted(rows) == [(name, 1) for name in PROJECT]
     assert all(e.checksum for e in history.applied(fresh_database))
-    assert sum("3 migration(s) applied" in out for out, _ in outputs) == 1
+    assert sum(f"{len(PROJECT)} migration(s) applied" in out for out, _ in outputs) == 1
 
 
 def test_edited_missing_and_out_of_order_migrations_are_reported(fresh_database, migrations):
@@ -134,12 +135,12 @@ def test_edited_missing_and_out_of_order_migrations_are_reported(fresh_database,
     (migrations / "003_audit_logs_append_only.py").unlink()
     (migrations / "002_a_late.py").write_text("def migrate(migrator, database, *, fake=False):\n    pass\n")
     states = {s.name: s.state for s in migrate.status(db, migrations)}
-    assert states == {"001_enable_vector": "applied", "002_schema": "edited",
+    assert states == {**{name: "applied" for name in PROJECT}, "002_schema": "edited",
                       "003_audit_logs_append_only": "missing", "002_a_late": "pending"}
     problems = "\n".join(migrate.verify(db, migrations))
     assert "002_schema was edited after it was applied" in problems
     assert "003_audit_logs_append_only is applied but its file is missing" in problems
-    assert "002_a_late is out of order: it sorts before 003_audit_logs_append_only" in problems
+    assert f"002_a_late is out of order: it sorts before {PROJECT[-1]}" in problems
     with pytest.raises(MigrationError, match="refusing to migrate: 002_schema: edited"):
         migrate.apply(db, migrations, **QUIET)
     verify = kit_cli(db.scratch_url, migrations.parent, "migrate", "--dir", str(migrations), "verify")
@@ -159,6 +160,7 @@ def test_schema_drift_is_named(fresh_database, migrations):
     db.execute_sql("ALTER TABLE sessions ADD FOREIGN KEY (user_id) REFERENCES users (id)")
     db.execute_sql("ALTER TABLE plans ADD COLUMN legacy int")
     db.execute_sql("CREATE TABLE stray (id int)")
+    db.execute_sql("ALTER TABLE document_chunks RESET (toast_tuple_target)")
     problems = "\n".join(migrate.verify(db, migrations))
     assert "document_chunks.embedding is vector(768) in the database, the model says vector(1536)" in problems
     assert "users.image is NOT NULL in the database, the model says nullable" in problems
@@ -168,11 +170,13 @@ def test_schema_drift_is_named(fresh_database, migrations):
            "the model says users.id ON DELETE CASCADE" in problems
     assert "plans.legacy exists in the database but not in the model" in problems
     assert "table stray exists in the database but not in the models" in problems
+    assert "document_chunks has storage parameters (none) in the database, " \
+           "the model says (toast_tuple_target=8160)" in problems
 
 
 def test_a_failing_migration_leaves_no_partial_schema_and_no_record(fresh_database, migrations):
     db = fresh_database
-    (migrations / "004_broken.py").write_text(textwrap.dedent('''
+    (migrations / "009_broken.py").write_text(textwrap.dedent('''
         def migrate(migrator, database, *, fake=False):
             migrator.sql("CREATE TABLE half_done (id int)")
             migrator.sql("ALTER TABLE half_done ADD COLUMN oops no_such_type")
@@ -180,12 +184,12 @@ def test_a_failing_migration_leaves_no_partial_schema_and_no_record(fresh_databa
         def rollback(migrator, database, *, fake=False):
             migrator.sql("DROP TABLE half_done")
     '''))
-    with pytest.raises(MigrationError, match=r"004_broken failed and was rolled back, nothing of it remains") as caught:
+    with pytest.raises(MigrationError, match=r"009_broken failed and was rolled back, nothing of it remains") as caught:
         migrate.apply(db, migrations, **QUIET)
     assert 'type "no_such_type" does not exist' in str(caught.value)
     assert "half_done" not in tables(db)
-    assert [e.name for e in history.applied(db)] == ["001_enable_vector", "002_schema", "003_audit_logs_append_only"]
-    assert db.execute_sql(f"SELECT count(*) FROM {history.CHECKSUM_TABLE} WHERE name = '004_broken'").fetchone()[0] == 0
+    assert [e.name for e in history.applied(db)] == PROJECT
+    assert db.execute_sql(f"SELECT count(*) FROM {history.CHECKSUM_TABLE} WHERE name = '009_broken'").fetchone()[0] == 0
 
 
 def test_resolve_records_a_hand_applied_migration_only_when_its_objects_exist(fresh_database, migrations):
@@ -219,7 +223,8 @@ def test_resolve_records_a_hand_applied_migration_only_when_its_objects_exist(fr
 def test_resolve_names_the_tables_a_schema_migration_would_create(fresh_database, migrations):
     db = fresh_database
     (migrations / "002_schema.py").rename(migrations.parent / "schema.py")
-    (migrations / "003_audit_logs_append_only.py").unlink()
+    for later in migrations.glob("00[3-9]_*.py"):
+        later.unlink()
     migrate.apply(db, migrations, **QUIET)
     (migrations.parent / "schema.py").rename(migrations / "002_schema.py")
     with pytest.raises(MigrationError) as caught:
@@ -241,7 +246,7 @@ def test_plain_pw_migrate_keeps_working_and_kit_migrate_adopts_its_history(fresh
     said = []
     assert migrate.apply(fresh_database, migrations, say=said.append) == []
     assert said == [f"adopted {n} (applied by pw_migrate): checksum recorded"
-                    for n in ("001_enable_vector", "002_schema", "003_audit_logs_append_only")]
+                    for n in PROJECT]
     assert {s.state for s in migrate.status(fresh_database, migrations)} == {"applied"}
 
 

@@ -1,5 +1,5 @@
 """Compares the live schema with the models: tables, columns, types, nullability, defaults, foreign keys,
-indexes (columns, uniqueness, access method, operator class, parameters).
+indexes (columns, uniqueness, access method, operator class, parameters) and tables' storage parameters.
 
 playhouse's schema_diff compares names only; this reads PostgreSQL's catalogs. Each difference is one
 sentence naming the table and column or index, what the database has and what the models say.
@@ -62,6 +62,11 @@ JOIN pg_class r ON r.oid = con.confrelid
 JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = con.conkey[1]
 JOIN pg_attribute ra ON ra.attrelid = con.confrelid AND ra.attnum = con.confkey[1]
 WHERE con.contype = 'f' AND t.relnamespace = current_schema()::regnamespace
+"""
+TABLE_OPTIONS_SQL = """
+SELECT c.relname, COALESCE(c.reloptions, '{}')
+FROM pg_class c
+WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'p')
 """
 INDEXES_SQL = """
 SELECT t.relname, i.relname, ix.indisunique, ix.indisprimary, am.amname,
@@ -139,6 +144,8 @@ def compare(database: Database, models: Iterable[type[Model]], report_extra: boo
         if not primary:
             indexes.setdefault(table, {})[name] = (unique, method, list(cols), list(opclasses), sorted(options), nnd)
 
+    options = dict(database.execute_sql(TABLE_OPTIONS_SQL).fetchall())
+
     problems: list[str] = []
     known_tables = {m._meta.table_name for m in models}
     for table in sorted(set(columns) - known_tables - IGNORED_TABLES) if report_extra else ():
@@ -150,6 +157,7 @@ def compare(database: Database, models: Iterable[type[Model]], report_extra: boo
             continue
         found = _compare_columns(database, model, columns[table], foreign_keys)
         found += _compare_indexes(model, indexes.get(table, {}))
+        found += _compare_options(model, options.get(table, []))
         problems.extend(p for p in found if report_extra or "but not in the model" not in p)
     return problems
 
@@ -192,6 +200,28 @@ def _compare_columns(database: Database, model: type[Model], live: dict[str, tup
         elif fk is not None:
             problems.append(f"{table}.{column} has a foreign key to {fk[0]} in the database but not in the model")
     return problems
+
+
+_WITH = re.compile(r"^\s*WITH\s*\((.*)\)\s*$", re.I | re.S)
+
+
+def _table_options(model: type[Model]) -> list[str]:
+    """The storage parameters a model's `table_settings` give, as `name=value` (PostgreSQL's spelling)."""
+    settings = model._meta.table_settings or []
+    options = []
+    for setting in [settings] if isinstance(settings, str) else settings:
+        match = _WITH.match(setting)
+        if match:
+            options += [re.sub(r"\s*=\s*", "=", o.strip()).lower() for o in match.group(1).split(",") if o.strip()]
+    return sorted(options)
+
+
+def _compare_options(model: type[Model], live: list[str]) -> list[str]:
+    want, have = _table_options(model), sorted(o.lower() for o in live)
+    if want == have:
+        return []
+    return [f"{model._meta.table_name} has storage parameters ({', '.join(have) or 'none'}) in the database, "
+            f"the model says ({', '.join(want) or 'none'})"]
 
 
 def _compare_indexes(model: type[Model], live: dict[str, tuple]) -> list[str]:

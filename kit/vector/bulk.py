@@ -180,14 +180,20 @@ def _session_zone(database: peewee.Database) -> dt.tzinfo:
         return dt.timezone.utc
 
 
+def _database_default(field: Field) -> bool:
+    """Whether the model declares a DEFAULT for the column (the database then fills it in)."""
+    return any(str(getattr(c, "sql", "")).upper().startswith("DEFAULT ") for c in field.constraints or [])
+
+
 def copy_rows(model: type[Model], rows: Iterable[Mapping[Any, Any]], database: peewee.Database | None = None,
               table: str | None = None) -> int:
     """Insert `rows` (dicts of field values, as for insert_many) with binary COPY, all or nothing; return the count.
 
     `table` copies into another table with the same columns (a staging table) instead of the model's.
 
-    Every row must give the same fields; fields it leaves out get their Python default (as with
-    insert_many) or the column's database default. A bad row raises CopyRowError (or the database's
+    Every row must give the same fields. A field it leaves out gets the column's database default when
+    the model declares one (`constraints=[SQL("DEFAULT ...")]`), else its Python default (as with
+    insert_many), else whatever the database has. A bad row raises CopyRowError (or the database's
     error) naming the row's index, and nothing is written. `rows` may be a generator; it must not use
     the database connection itself while copy_rows runs.
     """
@@ -226,7 +232,8 @@ class CopyWriter:
         self.after = after
         given = _resolve_fields(model, fields)
         names = {f.name for f in given}
-        defaults = [f for f in model._meta.sorted_fields if f.name not in names and f.default is not None]
+        defaults = [f for f in model._meta.sorted_fields
+                    if f.name not in names and f.default is not None and not _database_default(f)]
         vectors = [f for f in given + defaults if isinstance(f, VectorField)]
         scalars = [f for f in given + defaults if not isinstance(f, VectorField)]
         name = model._meta.table_name
@@ -532,19 +539,14 @@ class _Layout:
         return b"".join(itertools.chain.from_iterable(zip(*columns, strict=True)))
 
     def _vector_column(self, values: list[Any], field: VectorField, start: int) -> list[Any]:
-        matrix = np.empty((len(values), field.dimensions), dtype=field.dtype)
+        matrix, shape = None, (field.dimensions,)
+        if all(type(value) is np.ndarray and value.shape == shape for value in values):  # stack them in one go
+            matrix = np.stack(values)
+            if matrix.dtype != field.dtype:
+                matrix = None  # the row by row way below converts and checks each
         nulls = []
-        for offset, value in enumerate(values):
-            if value is None:
-                nulls.append(offset)
-                matrix[offset] = 0
-            elif isinstance(value, np.ndarray) and value.dtype == field.dtype and value.shape == matrix.shape[1:]:
-                matrix[offset] = value  # checked below, all rows at once
-            else:
-                try:
-                    matrix[offset] = field.to_array(value)
-                except VectorValueError as exc:
-                    raise CopyRowError(f"row {start + offset}: {exc}") from None
+        if matrix is None:
+            matrix = self._vector_matrix(values, field, nulls, start)
         finite = np.isfinite(matrix).all(axis=1)
         if not finite.all():
             offset = int(np.flatnonzero(~finite)[0])
@@ -559,6 +561,22 @@ class _Layout:
         for offset in nulls:
             cells[offset] = NULL
         return cells
+
+    @staticmethod
+    def _vector_matrix(values: list[Any], field: VectorField, nulls: list[int], start: int) -> np.ndarray:
+        matrix = np.empty((len(values), field.dimensions), dtype=field.dtype)
+        for offset, value in enumerate(values):
+            if value is None:
+                nulls.append(offset)
+                matrix[offset] = 0
+            elif isinstance(value, np.ndarray) and value.dtype == field.dtype and value.shape == matrix.shape[1:]:
+                matrix[offset] = value  # checked below, all rows at once
+            else:
+                try:
+                    matrix[offset] = field.to_array(value)
+                except VectorValueError as exc:
+                    raise CopyRowError(f"row {start + offset}: {exc}") from None
+        return matrix
 
 
 # -- fetch_matrix -------------------------------------------------------------------------------------
