@@ -328,3 +328,78 @@ def test_a_natural_key_on_a_foreign_key_column_adopts_the_existing_row(db, tmp_p
     report = load(parse(path), db)["customers"]
     assert (report.inserted, report.updated) == (0, 1)
     assert rows_of(db, "customers", "provider_customer_id") == [("cus_new",)]
+
+
+def test_growing_a_generator_keeps_the_rows_it_made_and_columns_draw_independently(db, tmp_path):
+    base = """
+        users:
+          _generate:
+            count: {count}
+            values:
+              name: !fake person.full_name
+              email: !format "u{{n}}@example.com"
+              {extra}
+    """
+    first = resolve_all(parse(write(tmp_path, "a.yaml", base.format(count=1500, extra=""))), db)
+    grown = resolve_all(parse(write(tmp_path, "b.yaml", base.format(
+        count=2500, extra="email_verified: !choice [true, false]"))), db)
+    assert len(grown) == 2500 and len({v["name"] for v in grown.values()}) > 1000
+    assert all(grown[key]["name"] == values["name"] for key, values in first.items())
+
+
+def test_generated_embeddings_are_unit_vectors_that_differ_and_repeat_with_the_seed(db, tmp_path):
+    path = write(tmp_path, "e.yaml", """
+        organizations:
+          o: {name: O, slug: o}
+        document_sources:
+          s: {organization: "@organizations.o", title: T}
+        document_chunks:
+          _generate:
+            per: document_sources
+            between: [1100, 1100]
+            parent: source
+            values: {organization: "@parent.organization", position: !index '', content: x, embedding: !embedding ''}
+    """)
+    vectors = np.stack([v["embedding"] for k, v in resolve_all(parse(path), db).items() if k[0] == "document_chunks"])
+    assert vectors.shape == (1100, 1536) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    similarity = vectors @ vectors.T - np.eye(1100)
+    assert np.abs(similarity).max() < 0.2  # no two alike: random directions in 1536-d are near orthogonal
+    assert abs(float(vectors.mean())) < 1e-3
+    again = np.stack([v["embedding"] for k, v in resolve_all(parse(path), db).items() if k[0] == "document_chunks"])
+    assert np.array_equal(vectors, again)
+
+
+def test_a_database_error_in_an_early_table_is_named_while_later_tables_stream(db, tmp_path):
+    path = write(tmp_path, "early.yaml", """
+        users:
+          a: {name: A, email: same@example.com}
+          b: {name: B, email: same@example.com}
+        organizations:
+          _generate:
+            count: 3000
+            values: {name: !fake finance.company, slug: !format "org-{n}"}
+    """)
+    with pytest.raises(FixtureError) as caught:
+        load(parse(path), db)
+    message = str(caught.value)
+    assert message.startswith(f"{path}:3: users.b") and "duplicate key value violates unique constraint" in message
+    assert all(n == 0 for n in counts(db).values())
+    assert load(parse(write(tmp_path, "fine.yaml", "users:\n  a: {name: A, email: a@example.com}\n")), db)["users"].inserted == 1
+
+
+def test_a_resolve_error_after_thousands_of_rows_were_sent_writes_nothing(db, tmp_path):
+    path = write(tmp_path, "late.yaml", """
+        users:
+          _generate:
+            count: 6000
+            values: {name: !fake person.full_name, email: !format "u{n}@example.com"}
+        organizations:
+          _generate:
+            count: 5000
+            values: {name: !fake finance.company, slug: !format "org-{n}"}
+          last: {name: "@users.nobody.name", slug: last}
+    """)
+    with pytest.raises(FixtureError) as caught:
+        load(parse(path), db)
+    assert str(caught.value).startswith(f"{path}:9: organizations.last.name: missing reference @users.nobody")
+    assert all(n == 0 for n in counts(db).values())
