@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import peewee
+import psycopg2
 import yaml
 from peewee import (
     BooleanField,
@@ -1083,6 +1084,7 @@ def load(fixture: Fixture, database: peewee.Database | None = None, seed: int = 
     notes = notes or (lambda message: None)
     tables = touched_tables(fixture)
     report: dict[str, Counts] = {}
+    committing = False
     try:
         with database.atomic():
             if reset:
@@ -1107,9 +1109,31 @@ def load(fixture: Fixture, database: peewee.Database | None = None, seed: int = 
                     database.execute_sql(*database.get_sql_context().sql(index).query())
             if dry_run:
                 raise _DryRun()
+            committing = True
     except _DryRun:
         pass
+    except (peewee.OperationalError, peewee.InterfaceError) as exc:
+        if _connection_lost(exc):
+            cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if committing:
+                raise FixtureError(f"lost the connection to the database while committing ({cause}): the load may or "
+                                   "may not have been written; run it again (it is idempotent) to be sure") from None
+            raise FixtureError(f"lost the connection to the database during the load ({cause}); the transaction "
+                               "was never committed, so nothing was written") from None
+        raise
     return {table: report[table] for table in tables}
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """Whether an error (or what caused it) is the connection going away, rather than the server refusing."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, psycopg2.InterfaceError):
+            return True
+        if isinstance(seen, psycopg2.OperationalError) and seen.pgcode is None:
+            return True  # no SQLSTATE: the server did not answer
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 DEFER_INDEX_ROWS = 2_000  # at least this many rows, and more than the table holds: rebuild vector indexes after

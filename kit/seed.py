@@ -12,6 +12,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import peewee
+
 from kit.config import ConfigError, KitError
 
 
@@ -112,6 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KitError as exc:
         print(f"kit.seed: error: {exc}", file=sys.stderr)
+        return 1
+    except peewee.DatabaseError as exc:  # not about one row: say what the database said, in one line
+        print(f"kit.seed: error: the database said: {str(exc).strip().splitlines()[0]}; nothing was written",
+              file=sys.stderr)
         return 1
 
 

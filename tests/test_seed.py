@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import psycopg2
 import pytest
 
 from kit import fixtures, migrate
@@ -403,3 +404,34 @@ def test_a_resolve_error_after_thousands_of_rows_were_sent_writes_nothing(db, tm
         load(parse(path), db)
     assert str(caught.value).startswith(f"{path}:9: organizations.last.name: missing reference @users.nobody")
     assert all(n == 0 for n in counts(db).values())
+
+
+def test_a_backend_killed_mid_load_leaves_nothing_and_the_next_load_works(db, tmp_path):
+    path = write(tmp_path, "big.yaml", """
+        users:
+          _generate:
+            count: 20000
+            values: {name: !fake person.full_name, email: !format "u{n}@example.com"}
+        organizations:
+          _generate:
+            count: 20000
+            values: {name: !fake finance.company, slug: !format "org-{n}"}
+    """)
+    pid = db.execute_sql("SELECT pg_backend_pid()").fetchone()[0]
+    killed = []
+
+    def kill_midway(table, done, total):
+        if table == "organizations" and done >= 4000 and not killed:
+            killer = psycopg2.connect(db.scratch_url)
+            killer.autocommit = True
+            with killer.cursor() as cur:
+                cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                killed.append(cur.fetchone()[0])
+            killer.close()
+
+    with pytest.raises(FixtureError, match="lost the connection to the database during the load .*; the "
+                                           "transaction was never committed, so nothing was written"):
+        load(parse(path), db, progress=kill_midway)
+    assert killed == [True]
+    assert all(n == 0 for n in counts(db).values())
+    assert load(parse(path), db)["organizations"].inserted == 20000
