@@ -282,7 +282,7 @@ def test_command_refuses_pending_migrations(fresh_database, tmp_path):
 
 
 def test_large_loads_rebuild_vector_indexes_and_leave_the_schema_as_migrated(db, tmp_path, monkeypatch):
-    monkeypatch.setattr(fixtures, "DEFER_INDEX_ROWS", 50)
+    monkeypatch.setattr(fixtures.loader, "DEFER_INDEX_ROWS", 50)
     executed = []
     original = db.execute_sql
 
