@@ -3,11 +3,11 @@
 - `VectorField(n)` / `HalfVectorField(n)`: `vector(n)` / `halfvec(n)` columns; numpy arrays out.
 - `VectorModel`: a model base whose selects read vector columns in binary (fast).
 - `HNSWIndex`, `IVFFlatIndex`: vector indexes declared on a model; `search_settings`: SET LOCAL knobs.
-- `copy_rows`, `fetch_matrix`: binary COPY in and out for large embedding sets.
+- `copy_rows`, `CopyWriter`, `fetch_matrix`: binary COPY in and out for large embedding sets.
 - `nearest`: the k nearest rows of a query, with their distances.
 """
 
-from kit.vector.bulk import CopyRowError, copy_rows, fetch_matrix
+from kit.vector.bulk import CopyRowError, CopyWriter, copy_rows, fetch_matrix
 from kit.vector.fields import MAX_DIMENSIONS, METRICS, HalfVectorField, VectorField, VectorValueError
 from kit.vector.indexes import HNSWIndex, IVFFlatIndex, VectorIndex, search_settings
 from kit.vector.search import nearest
@@ -18,6 +18,7 @@ __all__ = [
     "METRICS",
     "BinaryVectorSelect",
     "CopyRowError",
+    "CopyWriter",
     "HNSWIndex",
     "HalfVectorField",
     "IVFFlatIndex",
