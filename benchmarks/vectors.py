@@ -71,7 +71,7 @@ def insert_many(model, matrix):
 
 
 def handwritten_copy(matrix):
-    """A numpy-built binary COPY of the embedding column: the raw limit."""
+    """A numpy-built binary COPY of the embedding column, encoded whole and then sent: the raw limit."""
     rows = matrix.shape[0]
     body = np.empty((rows, 2 + 4 + 4 + DIM * 4), dtype=np.uint8)
     body[:, 0:2] = np.frombuffer(struct.pack(">h", 1), dtype=np.uint8)
@@ -81,7 +81,8 @@ def handwritten_copy(matrix):
     payload = COPY_HEADER + body.tobytes() + COPY_TRAILER
     with database.atomic():
         database.cursor().copy_expert(
-            f'COPY "{LimitRow._meta.table_name}" (embedding) FROM STDIN WITH (FORMAT BINARY)', io.BytesIO(payload)
+            f'COPY "{LimitRow._meta.table_name}" (embedding) FROM STDIN WITH (FORMAT BINARY)', io.BytesIO(payload),
+            size=8 << 20,
         )
 
 
