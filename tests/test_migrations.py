@@ -161,6 +161,8 @@ def test_schema_drift_is_named(fresh_database, migrations):
     db.execute_sql("ALTER TABLE plans ADD COLUMN legacy int")
     db.execute_sql("CREATE TABLE stray (id int)")
     db.execute_sql("ALTER TABLE document_chunks RESET (toast_tuple_target)")
+    db.execute_sql("ALTER TABLE document_sources DROP CONSTRAINT document_sources_kind_check")
+    db.execute_sql("ALTER TABLE document_sources ADD CHECK (kind IN ('upload', 'url'))")
     problems = "\n".join(migrate.verify(db, migrations))
     assert "document_chunks.embedding is vector(768) in the database, the model says vector(1536)" in problems
     assert "users.image is NOT NULL in the database, the model says nullable" in problems
@@ -172,6 +174,11 @@ def test_schema_drift_is_named(fresh_database, migrations):
     assert "table stray exists in the database but not in the models" in problems
     assert "document_chunks has storage parameters (none) in the database, " \
            "the model says (toast_tuple_target=8160)" in problems
+    assert "document_sources has CHECK ((kind = ANY (ARRAY['upload'::text, 'url'::text]))) in the database " \
+           "but not in the model" in problems
+    assert "document_sources lacks CHECK ((kind = ANY (ARRAY['upload'::text, 'url'::text, 'text'::text, " \
+           "'integration'::text]))), which the model declares" in problems
+    assert problems.count("CHECK") == 2  # the 30-odd other checks match the models
 
 
 def test_a_failing_migration_leaves_no_partial_schema_and_no_record(fresh_database, migrations):

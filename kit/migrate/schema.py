@@ -3,7 +3,8 @@ indexes (columns, uniqueness, access method, operator class, parameters) and tab
 
 playhouse's schema_diff compares names only; this reads PostgreSQL's catalogs. Each difference is one
 sentence naming the table and column or index, what the database has and what the models say.
-CHECK constraints are not compared (PostgreSQL rewrites their text).
+CHECK constraints are compared as PostgreSQL prints them: the models' are added to a scratch copy of
+the table (rolled back) and read back, since the server rewrites their text.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from peewee import Database, ForeignKeyField, Model
+from peewee import Database, DatabaseError, ForeignKeyField, Model
 
 from kit.migrate.history import CHECKSUM_TABLE, HISTORY_TABLE
 from kit.vector import VectorIndex
@@ -62,6 +63,11 @@ JOIN pg_class r ON r.oid = con.confrelid
 JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = con.conkey[1]
 JOIN pg_attribute ra ON ra.attrelid = con.confrelid AND ra.attnum = con.confkey[1]
 WHERE con.contype = 'f' AND t.relnamespace = current_schema()::regnamespace
+"""
+CHECKS_SQL = """
+SELECT pg_get_constraintdef(con.oid)
+FROM pg_constraint con
+WHERE con.contype = 'c' AND con.conrelid = %s::regclass
 """
 TABLE_OPTIONS_SQL = """
 SELECT c.relname, COALESCE(c.reloptions, '{}')
@@ -158,6 +164,7 @@ def compare(database: Database, models: Iterable[type[Model]], report_extra: boo
         found = _compare_columns(database, model, columns[table], foreign_keys)
         found += _compare_indexes(model, indexes.get(table, {}))
         found += _compare_options(model, options.get(table, []))
+        found += _compare_checks(database, model)
         problems.extend(p for p in found if report_extra or "but not in the model" not in p)
     return problems
 
@@ -222,6 +229,48 @@ def _compare_options(model: type[Model], live: list[str]) -> list[str]:
         return []
     return [f"{model._meta.table_name} has storage parameters ({', '.join(have) or 'none'}) in the database, "
             f"the model says ({', '.join(want) or 'none'})"]
+
+
+def _model_checks(model: type[Model]) -> list[str]:
+    """The CHECK expressions a model declares, on its columns and in Meta.constraints, as written."""
+    declared = [c for f in model._meta.sorted_fields for c in f.constraints or []]
+    declared += list(model._meta.constraints or [])
+    checks = []
+    for constraint in declared:
+        text = str(getattr(constraint, "sql", ""))
+        match = re.match(r"^\s*CHECK\s*\((.*)\)\s*$", text, re.I | re.S)
+        if match:
+            checks.append(match.group(1))
+    return checks
+
+
+def _compare_checks(database: Database, model: type[Model]) -> list[str]:
+    table = model._meta.table_name
+    problems = []
+    with database.atomic() as probe:  # the server spells the models' checks; then it is all rolled back
+        live = sorted(r[0] for r in database.execute_sql(CHECKS_SQL, (f'"{table}"',)).fetchall())
+        scratch = f"kit_check_probe_{table}"
+        try:
+            with database.atomic():
+                database.execute_sql(f'CREATE TEMP TABLE "{scratch}" (LIKE "{table}")')
+        except DatabaseError as exc:  # a read-only server, say: say so rather than guess
+            probe.rollback()
+            return [f"{table}: CHECK constraints not compared, no scratch table could be made "
+                    f"({str(exc).strip().splitlines()[0]})"]
+        for expression in _model_checks(model):
+            try:
+                with database.atomic():
+                    database.execute_sql(f'ALTER TABLE "{scratch}" ADD CHECK ({expression})'.replace("%", "%%"))
+            except DatabaseError as exc:
+                problems.append(f"{table}: the model's CHECK ({expression}) is not valid here: "
+                                f"{str(exc).strip().splitlines()[0]}")
+        want = sorted(r[0] for r in database.execute_sql(CHECKS_SQL, (f'"{scratch}"',)).fetchall())
+        probe.rollback()
+    for check in sorted(set(live) - set(want)):
+        problems.append(f"{table} has {check} in the database but not in the model")
+    for check in sorted(set(want) - set(live)):
+        problems.append(f"{table} lacks {check}, which the model declares")
+    return problems
 
 
 def _compare_indexes(model: type[Model], live: dict[str, tuple]) -> list[str]:
