@@ -197,3 +197,16 @@ def test_an_error_raised_while_rows_are_in_flight_stops_the_copy_and_keeps_the_c
         copy_rows(Chunk, generated())
     assert Chunk.select().count() == 0
     assert copy_rows(Chunk, data[:10]) == 10
+
+
+def test_rows_keyed_by_field_objects_and_defaults_from_python_or_the_database():
+    matrix, _ = rows(3)
+    copy_rows(Chunk, [{Chunk.seq: i, Chunk.body: f"b{i}", Chunk.embedding: matrix[i]} for i in range(3)])
+    got = list(Chunk.select().order_by(Chunk.seq))
+    assert [c.body for c in got] == ["b0", "b1", "b2"] and np.array_equal(got[2].embedding, matrix[2])
+    assert all(c.flag is False and c.meta == {} for c in got)  # Python defaults (no DEFAULT declared)
+    assert all(c.at is not None for c in got)  # the declared database default, now()
+    mixed = [{"seq": 10, "body": "x"}, {Chunk.seq: 11, "body": "y"}]
+    assert copy_rows(Chunk, mixed) == 2
+    with pytest.raises(CopyRowError, match=r"^row 1: every row must give the same fields as row 0; missing body"):
+        copy_rows(Chunk, [{"seq": 20, "body": "x"}, {Chunk.seq: 21}])
