@@ -116,6 +116,44 @@ def test_generated_code_for_vector_fields_and_index_objects_is_valid_and_complet
     assert "gen_docs" not in tables(db)
 
 
+def test_a_changed_check_or_default_is_generated_applied_and_rolled_back(fresh_database, tmp_path):
+    db = fresh_database
+
+    def plan_model(statuses: tuple[str, ...], default: str) -> type[pw.Model]:
+        listed = ", ".join(f"'{s}'" for s in statuses)
+
+        class Plan(pw.Model):
+            status = pw.TextField(default=default, constraints=[pw.Check(f"status IN ({listed})"),
+                                                                pw.SQL(f"DEFAULT '{default}'")])
+            seats = pw.IntegerField(constraints=[pw.Check("seats > 0")])
+
+            class Meta:
+                database = db
+                table_name = "gen_plans"
+        return Plan
+
+    autogen.register()
+    directory = tmp_path / "gen"
+    directory.mkdir()
+    before, after = plan_model(("draft", "live"), "draft"), plan_model(("draft", "live", "retired"), "live")
+    first = Router(db, migrate_dir=directory).create("plans", auto=[before])
+    migrate.apply(db, directory, **QUIET)
+    second = Router(db, migrate_dir=directory).create("more_statuses", auto=[after])
+    code = (directory / f"{second}.py").read_text()
+    assert "kit_ops.set_constraints(migrator, 'gen_plans', 'status'" in code and "'seats'" not in code
+    assert migrate.apply(db, directory, **QUIET) == [second]
+    assert compare(db, [after], report_extra=False) == []
+    db.execute_sql("INSERT INTO gen_plans (seats) VALUES (1)")
+    assert db.execute_sql("SELECT status FROM gen_plans").fetchone()[0] == "live"
+    db.execute_sql("UPDATE gen_plans SET status = 'retired'")
+    with pytest.raises(pw.IntegrityError, match="gen_plans_seats_check"), db.atomic():
+        db.execute_sql("UPDATE gen_plans SET seats = 0")  # the other column's check is untouched
+    assert Router(db, migrate_dir=directory).create("again", auto=[after]) is None
+    db.execute_sql("DELETE FROM gen_plans")
+    assert migrate.rollback(db, directory, **QUIET) == [second]
+    assert compare(db, [before], report_extra=False) == [] and first
+
+
 def test_two_kit_migrate_processes_at_once_apply_each_migration_once(fresh_database, migrations):
     url = fresh_database.scratch_url
     procs = [kit_cli(url, migrations.parent, "migrate", "--dir", str(migrations)) for _ in range(2)]

@@ -9,6 +9,8 @@ IVFFlat indexes, NULLS NOT DISTINCT). `register()` adds, without forking it:
   always written (its default is a GIN index);
 - index objects (`Model.add_index(...)`) written as `kit_ops.add_index(...)` calls
   (`kit.migrate.operations`), after the table they belong to, and dropped with `kit_ops.drop_index`;
+- a changed CHECK or database default on an existing column (which it does not see) written as
+  `kit_ops.set_constraints(...)`;
 - the imports these need at the top of each new migration file.
 
 `migrations/conf.py` calls it, so `pw_migrate create --auto kit.models` just works.
@@ -51,6 +53,11 @@ def index_to_code(index: pw.ModelIndex, table: str) -> str:
     options["name"] = index._name
     args.extend(f"{key}={value!r}" for key, value in options.items())
     return f"kit_ops.add_index(migrator, {', '.join(args)})"
+
+
+def _constraint_texts(field: Any) -> list[str]:
+    """A field's column constraints (CHECKs, DEFAULT) as SQL texts."""
+    return [str(getattr(c, "sql", c)) for c in field.constraints or []]
 
 
 def _is_index_object(index: Any) -> bool:
@@ -107,9 +114,22 @@ def register() -> None:
             return f"kit_ops.drop_index(migrator, {index._model._meta.table_name!r}, {index._name!r})"
         return original_drop_index(index)
 
+    original_diff_model_fields = auto.diff_model_fields
+
+    def diff_model_fields(model: Any, source: Any, **opts: Any) -> list[str]:
+        changes = original_diff_model_fields(model, source, **opts)
+        table = model._meta.table_name
+        for field in model._meta.sorted_fields:  # a changed CHECK or DEFAULT on a column both have
+            old = source._meta.fields.get(field.name)
+            if old is not None and _constraint_texts(field) != _constraint_texts(old):
+                changes.append(f"kit_ops.set_constraints(migrator, {table!r}, {field.column_name!r}, "
+                               f"{_constraint_texts(field)!r})")
+        return changes
+
     auto.create_model = create_model
     auto.add_index = add_index
     auto.drop_index = drop_index
+    auto.diff_model_fields = diff_model_fields
 
     template = pw_template.TEMPLATE
     if IMPORTS not in template:
