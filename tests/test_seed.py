@@ -435,3 +435,43 @@ def test_a_backend_killed_mid_load_leaves_nothing_and_the_next_load_works(db, tm
     assert killed == [True]
     assert all(n == 0 for n in counts(db).values())
     assert load(parse(path), db)["organizations"].inserted == 20000
+
+
+def test_lookups_in_the_database_while_rows_stream_pause_the_copy_and_lose_nothing(db, tmp_path, monkeypatch):
+    asked_while_streaming = []
+    original = fixtures.resolver.Resolver._query
+
+    def query(self, sql, params=()):
+        asked_while_streaming.append(self.before_query is not None)
+        return original(self, sql, params)
+
+    monkeypatch.setattr(fixtures.resolver.Resolver, "_query", query)
+    db.execute_sql("INSERT INTO plans (slug, name) VALUES ('legacy', 'Legacy')")
+    db.execute_sql("INSERT INTO users (name, email) SELECT 'U' || i, 'u' || i || '@db.example' "
+                   "FROM generate_series(1, 50) AS i")
+    path = write(tmp_path, "lookups.yaml", """
+        organizations:
+          _generate:
+            count: 3000
+            values: {name: !fake finance.company, slug: !format "org-{n}"}
+        subscriptions:
+          _generate:
+            per: organizations
+            between: [1, 1]
+            parent: organization
+            values: {plan: {$find: {slug: legacy}}, status: active}
+        document_sources:
+          _generate:
+            per: organizations
+            between: [1, 1]
+            parent: organization
+            values: {title: T, created_by: !pick users}
+    """)
+    report = load(parse(path), db)
+    assert (report["subscriptions"].inserted, report["document_sources"].inserted) == (3000, 3000)
+    legacy = db.execute_sql("SELECT count(*) FROM subscriptions s JOIN plans p ON p.id = s.plan_id "
+                            "WHERE p.slug = 'legacy'").fetchone()[0]
+    assert legacy == 3000
+    picked = db.execute_sql("SELECT count(DISTINCT created_by_id) FROM document_sources").fetchone()[0]
+    assert 40 <= picked <= 50  # picks among the rows already in the database
+    assert asked_while_streaming.count(True) == 2  # one $find, one pick: each asked once, mid-stream
