@@ -227,6 +227,9 @@ def test_an_error_in_the_last_row_of_the_last_table_writes_nothing(db, tmp_path)
         ("subscriptions:\n  s: {organization: '@organizations.o', plan: {$find: {slug: platinum}}, status: active}\n"
          "organizations:\n  o: {name: O, slug: o}\n", 2, "subscriptions.s.plan", "$find: no plans row with slug = 'platinum'"),
         ("users:\n  a: {name: !now tomorrow, email: a@x.io}\n", 2, "users.a.name", "!now takes an offset"),
+        ("organizations:\n  o: {name: O, slug: o}\ndocument_sources:\n  _generate:\n    per: organizations\n"
+         "    parent: organization\n    values: {title: T, created_by: !pick users}\n", 7,
+         "document_sources.gen.o.0.created_by", "!pick users: no users rows to pick from"),
     ],
 )
 def test_errors_name_file_line_and_place(db, tmp_path, text, line, where, words):
