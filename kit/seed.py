@@ -115,6 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KitError as exc:
         print(f"kit.seed: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("kit.seed: interrupted; the transaction was rolled back, nothing was written", file=sys.stderr)
+        return 130
     except peewee.DatabaseError as exc:  # not about one row: say what the database said, in one line
         print(f"kit.seed: error: the database said: {str(exc).strip().splitlines()[0]}; nothing was written",
               file=sys.stderr)
