@@ -362,7 +362,7 @@ def test_generated_embeddings_are_unit_vectors_that_differ_and_repeat_with_the_s
             per: document_sources
             between: [1100, 1100]
             parent: source
-            values: {organization: "@parent.organization", position: !index '', content: x, embedding: !embedding ''}
+            values: {organization: "@parent.organization", position: !index, content: x, embedding: !embedding}
     """)
     vectors = np.stack([v["embedding"] for k, v in resolve_all(parse(path), db).items() if k[0] == "document_chunks"])
     assert vectors.shape == (1100, 1536) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
