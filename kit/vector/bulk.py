@@ -1,7 +1,10 @@
-"""Bulk paths for large embedding sets: `copy_rows` (binary COPY in) and `fetch_matrix` (binary COPY out).
+"""Bulk paths for large embedding sets: `copy_rows` / `CopyWriter` (binary COPY in) and `fetch_matrix` (out).
 
     copy_rows(DocumentChunk, rows)                       # rows: dicts of field values, as for insert_many
     keys, matrix = fetch_matrix(DocumentChunk.select(DocumentChunk.id, DocumentChunk.embedding))
+
+The binary wire format of each column type is written here (the encoders), and rows are encoded a
+column at a time in the caller's thread while a worker thread hands the previous chunk to psycopg2.
 """
 
 from __future__ import annotations
