@@ -391,18 +391,24 @@ def test_a_database_error_in_an_early_table_is_named_while_later_tables_stream(d
     assert load(parse(write(tmp_path, "fine.yaml", "users:\n  a: {name: A, email: a@example.com}\n")), db)["users"].inserted == 1
 
 
-def test_a_resolve_error_after_thousands_of_rows_were_sent_writes_nothing(db, tmp_path):
-    path = write(tmp_path, "late.yaml", """
+def many_users_and_organizations(users: int, organizations: int, extra: str = "") -> str:
+    """A fixture generating users, then organizations (plus `extra` lines in the organizations table)."""
+    return f"""
         users:
           _generate:
-            count: 6000
-            values: {name: !fake person.full_name, email: !format "u{n}@example.com"}
+            count: {users}
+            values: {{name: !fake person.full_name, email: !format "u{{n}}@example.com"}}
         organizations:
           _generate:
-            count: 5000
-            values: {name: !fake finance.company, slug: !format "org-{n}"}
-          last: {name: "@users.nobody.name", slug: last}
-    """)
+            count: {organizations}
+            values: {{name: !fake finance.company, slug: !format "org-{{n}}"}}
+          {extra}
+    """
+
+
+def test_a_resolve_error_after_thousands_of_rows_were_sent_writes_nothing(db, tmp_path):
+    path = write(tmp_path, "late.yaml", many_users_and_organizations(
+        6000, 5000, extra='last: {name: "@users.nobody.name", slug: last}'))
     with pytest.raises(FixtureError) as caught:
         load(parse(path), db)
     assert str(caught.value).startswith(f"{path}:9: organizations.last.name: missing reference @users.nobody")
@@ -410,16 +416,7 @@ def test_a_resolve_error_after_thousands_of_rows_were_sent_writes_nothing(db, tm
 
 
 def test_a_backend_killed_mid_load_leaves_nothing_and_the_next_load_works(db, tmp_path):
-    path = write(tmp_path, "big.yaml", """
-        users:
-          _generate:
-            count: 20000
-            values: {name: !fake person.full_name, email: !format "u{n}@example.com"}
-        organizations:
-          _generate:
-            count: 20000
-            values: {name: !fake finance.company, slug: !format "org-{n}"}
-    """)
+    path = write(tmp_path, "big.yaml", many_users_and_organizations(20000, 20000))
     pid = db.execute_sql("SELECT pg_backend_pid()").fetchone()[0]
     killed = []
 

@@ -170,17 +170,17 @@ def test_fetch_matrix_refuses_null_vectors_and_wrong_shapes():
         fetch_matrix(Chunk.select(Chunk.seq, Chunk.body, Chunk.embedding))
 
 
-def test_copy_writer_numbers_rows_across_pauses_and_frees_the_connection_between(monkeypatch):
+def test_copy_writer_numbers_rows_across_waits_and_frees_the_connection_between(monkeypatch):
     monkeypatch.setattr(bulk, "CHUNK_BYTES", 16 * 1024)  # many chunks in flight per COPY statement
     _, data = rows(1200)
     data[1100]["seq"] = 3  # refused by the unique index, in the third COPY statement
     with pytest.raises(peewee.IntegrityError, match=r"^row 1100: duplicate key"), database.atomic():
         with bulk.CopyWriter(Chunk, ["seq", "body", "price", "embedding"], database) as writer:
             writer.write(data[:500])
-            writer.pause()
+            writer.wait()
             assert database.execute_sql("SELECT count(*) FROM bulk_chunks").fetchone()[0] == 500
             writer.write(data[500:1000])
-            writer.pause()
+            writer.wait()
             writer.write(data[1000:])
     assert Chunk.select().count() == 0 and writer.count == 1200
 

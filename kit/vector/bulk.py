@@ -215,12 +215,12 @@ class CopyWriter:
 
         with CopyWriter(DocumentChunk, ["source", "content", "embedding"], database) as writer:
             writer.write(rows)     # dicts of field values; as many calls as you like
-            writer.pause()         # the connection is free for other statements until the next write
+            writer.wait()          # all sent and taken: the connection is free until the next write
 
     Rows are numbered from 0 across writes. A bad row raises CopyRowError, or the database's error,
     naming its number. Use it inside a transaction: what was sent before an error is rolled back with it.
-    While rows are being sent (between a write and the next pause or wait), this thread must not use
-    the connection for anything else.
+    While rows are being sent (between a write and the next wait), this thread must not use the
+    connection for anything else.
 
     Writers can be chained to load several tables back to back: `CopyWriter(..., after=previous)`
     sends its rows once the previous writer's are in, and `end()` lets the next table begin encoding
@@ -241,7 +241,8 @@ class CopyWriter:
         scalars = [f for f in given + defaults if not isinstance(f, VectorField)]
         name = model._meta.table_name
         types = _column_types(self.database, model, table)
-        encoders = _encoders(_session_zone(self.database))
+        self.zone = after.zone if after is not None else _session_zone(self.database)
+        encoders = _encoders(self.zone)
         cells = []
         for field in scalars:
             pg_type = types.get(field.column_name)
@@ -304,10 +305,6 @@ class CopyWriter:
                 for rest in ended:
                     rest.finish(abort=True)
                 raise
-
-    def pause(self) -> None:
-        """End the COPY in flight and wait for it (and earlier ones), so the connection is free."""
-        self.wait()
 
     def abort(self) -> None:
         """Stop sending and wait for the worker threads: the transaction is left to be rolled back."""
@@ -429,6 +426,8 @@ def _peewee_error(exc: psycopg2.Error) -> type[Exception]:
 
 
 _LENGTH = struct.Struct(">i")
+_NATURAL_TYPES = {"uuid": uuid.UUID, "text": str, "character varying": str, "citext": str, "boolean": bool,
+                  "integer": int, "bigint": int, "timestamp with time zone": dt.datetime}
 _PEEWEE_DB_VALUES = {peewee.Field.db_value, peewee.UUIDField.db_value}
 
 
@@ -452,36 +451,17 @@ def _cell_encoder(field: Field, pg_type: str, encode: Callable[[Any], bytes]) ->
         data = encode(value)
         return pack_length(len(data)) + data
 
-    if not _plain_db_value(field):
+    natural = _NATURAL_TYPES.get(pg_type)
+    if natural is None or not _plain_db_value(field):
         return cell
-    # Fast paths for the natural Python type of common columns; anything else takes the general way.
-    if pg_type == "uuid":
-        prefix = pack_length(16)
-        return lambda value: prefix + value.bytes if type(value) is uuid.UUID else cell(value)
-    if pg_type in ("text", "character varying", "citext"):
-        def text(value: Any) -> bytes:
-            if type(value) is str:
-                data = value.encode("utf-8")
-                return pack_length(len(data)) + data
-            return cell(value)
-        return text
-    if pg_type == "boolean":
-        true, false = pack_length(1) + b"\x01", pack_length(1) + b"\x00"
-        return lambda value: true if value is True else false if value is False else cell(value)
-    if pg_type == "timestamp with time zone":
-        prefix, micros = pack_length(8), struct.Struct(">q").pack
 
-        def timestamp(value: Any) -> bytes:
-            if type(value) is dt.datetime and value.tzinfo is not None:
-                delta = value - PG_EPOCH
-                return prefix + micros((delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds)
-            return cell(value)
-        return timestamp
-    if pg_type in ("integer", "bigint"):
-        prefix, number = (pack_length(4), struct.Struct(">i").pack) if pg_type == "integer" else (
-            pack_length(8), struct.Struct(">q").pack)
-        return lambda value: prefix + number(value) if type(value) is int else cell(value)
-    return cell
+    def fast(value: Any) -> bytes:  # the column's natural Python type needs no db_value
+        if type(value) is natural:
+            data = encode(value)
+            return pack_length(len(data)) + data
+        return cell(value)
+
+    return fast
 
 
 class _Layout:
