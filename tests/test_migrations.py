@@ -104,6 +104,7 @@ def test_generated_code_for_vector_fields_and_index_objects_is_valid_and_complet
     router = Router(db, migrate_dir=directory)
     name = router.create("generated", auto=[Owner, Doc])
     code = (directory / f"{name}.py").read_text()
+    assert "kit_ops.keep_updated_at" not in code  # neither table has updated_at
     assert "kit_vector.VectorField(dimensions=384)" in code
     assert "kit_vector.HalfVectorField(dimensions=1024, null=True)" in code
     assert "method='hnsw', metric='inner_product', m=8, ef_construction=32" in code
@@ -201,7 +202,9 @@ def test_schema_drift_is_named(fresh_database, migrations):
     db.execute_sql("ALTER TABLE document_chunks RESET (toast_tuple_target)")
     db.execute_sql("ALTER TABLE document_sources DROP CONSTRAINT document_sources_kind_check")
     db.execute_sql("ALTER TABLE document_sources ADD CHECK (kind IN ('upload', 'url'))")
+    db.execute_sql("DROP TRIGGER members_touch_updated_at ON members")
     problems = "\n".join(migrate.verify(db, migrations))
+    assert "members.updated_at is not kept by the database (no kit_touch_updated_at trigger)" in problems
     assert "document_chunks.embedding is vector(768) in the database, the model says vector(1536)" in problems
     assert "users.image is NOT NULL in the database, the model says nullable" in problems
     assert "uses operator class vector_l2_ops, the model says vector_cosine_ops" in problems
@@ -326,3 +329,51 @@ def test_dir_may_follow_the_step(fresh_database, migrations):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "pending    001_enable_vector" in out
+
+
+def test_a_new_table_with_updated_at_gets_the_trigger_from_the_generator(fresh_database, tmp_path):
+    db = fresh_database
+
+    class Note(pw.Model):
+        body = pw.TextField()
+        updated_at = pw.DateTimeField(constraints=[pw.SQL("DEFAULT now()")])
+
+        class Meta:
+            database = db
+            table_name = "gen_notes"
+
+    autogen.register()
+    directory = tmp_path / "gen"
+    directory.mkdir()
+    name = Router(db, migrate_dir=directory).create("notes", auto=[Note])
+    assert "kit_ops.keep_updated_at(migrator, 'gen_notes')" in (directory / f"{name}.py").read_text()
+    migrate.apply(db, directory, **QUIET)
+    db.execute_sql("INSERT INTO gen_notes (body, updated_at) VALUES ('a', '2001-01-01')")
+    db.execute_sql("UPDATE gen_notes SET body = 'b'")
+    assert db.execute_sql("SELECT updated_at > '2001-01-02' FROM gen_notes").fetchone()[0] is True
+    assert compare(db, [Note], report_extra=False) == []
+
+
+def test_the_better_auth_migration_refuses_invitations_without_an_inviter(fresh_database, migrations):
+    db = fresh_database
+    later = [p for p in migrations.glob("0*.py") if p.stem >= "005"]
+    held = migrations.parent / "held"
+    held.mkdir()
+    for path in later:
+        path.rename(held / path.name)
+    migrate.apply(db, migrations, **QUIET)
+    org, user = (db.execute_sql(sql).fetchone()[0] for sql in (
+        "INSERT INTO organizations (name, slug) VALUES ('O', 'o') RETURNING id",
+        "INSERT INTO users (name, email) VALUES ('U', 'u@x.io') RETURNING id"))
+    db.execute_sql("INSERT INTO invitations (organization_id, email, expires_at, inviter_id) "
+                   "VALUES (%s, 'a@x.io', now(), NULL), (%s, 'b@x.io', now(), %s)", (org, org, user))
+    for path in later:
+        (held / path.name).rename(path)
+    with pytest.raises(MigrationError, match=r"invitations has 1 row\(s\) without an inviter \(inviter_id IS NULL\); "
+                                             r"Better Auth requires one: set inviter_id or delete those rows"):
+        migrate.apply(db, migrations, **QUIET)
+    assert db.execute_sql("SELECT count(*) FROM invitations").fetchone()[0] == 2  # nothing deleted or changed
+    assert "005_better_auth" not in [e.name for e in history.applied(db)]
+    db.execute_sql("UPDATE invitations SET inviter_id = %s", (user,))
+    assert "005_better_auth" in migrate.apply(db, migrations, **QUIET)
+    assert migrate.verify(db, migrations) == []

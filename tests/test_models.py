@@ -114,7 +114,15 @@ def test_foreign_keys_cascade_or_set_null():
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: Member.create(organization=org(), user=user(), role="superuser"),
+        lambda: Member.create(organization=org(), user=user(), role=""),
+        lambda: Member.create(organization=org(), user=user(), role="admin,,member"),
+        lambda: Member.create(organization=org(), user=user(), role="admin, member"),
+        lambda: Member.create(organization=org(), user=user(), role="admin,"),
+        lambda: Member.create(organization=org(), user=user(), role="ad\x01min"),
+        lambda: Member.create(organization=org(), user=user(), role="x" * 201),
+        lambda: Invitation.create(organization=org(), email="a@b.c", role=" owner", inviter=user(),
+                                  expires_at=utcnow()),
+        lambda: Organization.create(name="Listy", slug=secrets.token_hex(4), metadata=["not", "an", "object"]),
         lambda: Subscription.create(organization=org(), plan=Plan.create(slug=secrets.token_hex(3), name="P"),
                                     status="on_fire"),
         lambda: Plan.create(slug=secrets.token_hex(3), name="Negative", price=-1),
@@ -186,25 +194,84 @@ def test_usage_increments_are_never_lost():
     assert max(max(r) for r in results) == 600
 
 
+def invite(o: Organization, email: str, **kw) -> Invitation:
+    return Invitation.create(organization=o, email=email, inviter=kw.pop("inviter", None) or user(),
+                             expires_at=kw.pop("expires_at", utcnow() + dt.timedelta(days=1)), **kw)
+
+
+def test_roles_are_what_better_auth_writes_several_and_custom():
+    o = org()
+    owner = Member.create(organization=o, user=user(), role="owner")
+    both = Member.create(organization=o, user=user(), role="admin,member")
+    custom = Member.create(organization=o, user=user(), role="billing manager")
+    assert both.roles == ("admin", "member") and both.has_role("member") and not both.has_role("owner")
+    assert custom.roles == ("billing manager",)
+    holding = {m.id for m in Member.select().where(Member.organization == o, Member.holding("admin"))}
+    assert holding == {both.id}
+    assert {m.id for m in Member.select().where(Member.holding("owner"), Member.organization == o)} == {owner.id}
+    assert not Member.select().where(Member.organization == o, Member.holding("admin,member")).exists()
+
+
+def test_organization_metadata_is_json_text_for_other_clients_and_a_dict_here():
+    o = Organization.create(name="Meta", slug=f"meta-{secrets.token_hex(3)}", metadata={"plan": "pro", "n": 2})
+    assert Organization.get_by_id(o.id).metadata == {"plan": "pro", "n": 2}
+    raw = database.execute_sql("SELECT metadata, pg_typeof(metadata)::text FROM organizations WHERE id = %s",
+                               (o.id,)).fetchone()
+    assert raw == ('{"plan":"pro","n":2}', "text")  # what Better Auth reads: a JSON string
+    with pytest.raises(peewee.DatabaseError, match="check constraint"), database.atomic():
+        database.execute_sql("UPDATE organizations SET metadata = 'not json' WHERE id = %s", (o.id,))
+
+
+def test_updated_at_is_kept_by_the_database_for_any_client(monitor):
+    o = org()
+    before = Organization.get_by_id(o.id).updated_at
+    time.sleep(0.01)
+    with monitor.cursor() as cur:  # another client that never mentions updated_at (Better Auth, psql)
+        cur.execute("UPDATE organizations SET name = 'Raw' WHERE id = %s RETURNING updated_at", (o.id,))
+        raw = cur.fetchone()[0]
+        assert raw > before
+        chosen = dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)  # one that sets it keeps its value
+        cur.execute("UPDATE organizations SET updated_at = %s WHERE id = %s RETURNING updated_at", (chosen, o.id))
+        assert cur.fetchone()[0] == chosen
+        cur.execute("""SELECT count(*) FROM information_schema.columns c WHERE c.column_name = 'updated_at'
+                       AND c.table_schema = current_schema() AND NOT EXISTS (
+                         SELECT 1 FROM pg_trigger t WHERE t.tgrelid = quote_ident(c.table_name)::regclass
+                         AND t.tgname = c.table_name || '_touch_updated_at')""")
+        assert cur.fetchone()[0] == 0  # every table with the column has the trigger
+
+
+def test_invitation_is_accepted_only_by_the_invited_email():
+    o = org()
+    invited = invite(o, "carol@invited.org")
+    stranger = user()
+    with pytest.raises(InvitationError, match="is for another email address"):
+        Invitation.accept(invited.id, stranger)
+    assert Invitation.get_by_id(invited.id).status == "pending"
+    carol = User.create(name="Carol", email=f"Carol.{secrets.token_hex(3)}@Invited.org")
+    mixed = invite(o, carol.email.lower(), role="admin,member")
+    assert Invitation.accept(mixed.id, carol).roles == ("admin", "member")  # emails compare without case
+
+
 def test_invitation_accepted_twice_at_once_creates_one_membership():
     o, u = org(), user()
-    invite = Invitation.create(organization=o, email=u.email, role="admin", expires_at=utcnow() + dt.timedelta(days=1))
-    results, errors = run_threads(8, Invitation.accept, invite.id, u.id)
+    invite_ = invite(o, u.email, role="admin")
+    results, errors = run_threads(8, Invitation.accept, invite_.id, u.id)
     assert not errors, errors
     assert len({m.id for m in results}) == 1
     assert Member.select().where(Member.organization == o).count() == 1
     assert Member.get(organization=o, user=u).role == "admin"
-    assert Invitation.get_by_id(invite.id).status == "accepted"
+    assert Invitation.get_by_id(invite_.id).status == "accepted"
+    twin = User.create(name="Twin", email=u.email.upper())  # the same address in other letters
     with pytest.raises(InvitationError, match="already accepted by someone else"):
-        Invitation.accept(invite.id, user())
+        Invitation.accept(invite_.id, twin)
 
 
 def test_expired_or_revoked_invitations_are_refused():
     o, u = org(), user()
-    expired = Invitation.create(organization=o, email=u.email, expires_at=utcnow() - dt.timedelta(minutes=1))
+    expired = invite(o, u.email, expires_at=utcnow() - dt.timedelta(minutes=1))
     with pytest.raises(InvitationError, match="expired at"):
         Invitation.accept(expired.id, u)
-    revoked = Invitation.create(organization=o, email=u.email, expires_at=utcnow() + dt.timedelta(days=1))
+    revoked = invite(o, u.email)
     assert Invitation.revoke(revoked.id) is True
     with pytest.raises(InvitationError, match="was canceled; it cannot be accepted"):
         Invitation.accept(revoked.id, u)

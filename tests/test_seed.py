@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import numpy as np
 import psycopg2
 import pytest
 
-from kit import fixtures, migrate
+from kit import betterauth, fixtures, migrate
 from kit.fixtures import FixtureError, Resolver, load, parse
 from kit.models import ALL_MODELS
 
@@ -86,6 +87,30 @@ def test_references_in_any_order_across_included_files_and_to_the_database(db, t
     assert rows_of(db, "members", "role") == [("owner",)]
 
 
+def test_ids_into_text_columns_and_values_encrypted_as_better_auth_does(db, tmp_path, monkeypatch):
+    monkeypatch.setenv("BETTER_AUTH_SECRET", "seed-test-secret")
+    path = write(tmp_path, "auth.yaml", """
+        users:
+          ada: {name: Ada, email: ada@example.com, two_factor_enabled: true}
+        accounts:
+          ada: {user: "@users.ada", provider_id: credential, account_id: "@users.ada.id", password: !password pw}
+        two_factors:
+          ada: {user: "@users.ada", secret: !encrypt "base32:JBSWY3DPEHPK3PXP", backup_codes: !encrypt [one, two]}
+    """)
+    load(parse(path), db)
+    user_id, account_id = db.execute_sql("SELECT user_id, account_id FROM accounts").fetchone()
+    assert account_id == str(user_id)  # Better Auth's credential accounts carry the user's id
+    secret, codes = db.execute_sql("SELECT secret, backup_codes FROM two_factors").fetchone()
+    assert "JBSWY3DPEHPK3PXP" not in secret and "one" not in codes
+    assert betterauth.decrypt(secret) == "base32:JBSWY3DPEHPK3PXP"
+    assert json.loads(betterauth.decrypt(codes)) == ["one", "two"]
+    again = load(parse(path), db)  # the same ciphertext on every load: nothing to update
+    assert again["two_factors"].unchanged == 1 and all(c.inserted == c.updated == 0 for c in again.values())
+    monkeypatch.setenv("BETTER_AUTH_SECRET", "rotated-secret")  # another secret: the rows are re-encrypted
+    assert load(parse(path), db)["two_factors"].updated == 1
+    assert betterauth.decrypt(db.execute_sql("SELECT secret FROM two_factors").fetchone()[0]) == "base32:JBSWY3DPEHPK3PXP"
+
+
 def test_generated_rows_fake_values_choices_picks_and_embeddings(db, tmp_path, monkeypatch):
     monkeypatch.setenv("KIT_TEST_SLUG_PREFIX", "env")
     np.save(tmp_path / "vectors.npy", np.arange(3 * 1536, dtype=np.float32).reshape(3, 1536))
@@ -125,7 +150,7 @@ def test_generated_rows_fake_values_choices_picks_and_embeddings(db, tmp_path, m
     """)
     load(parse(path), db)
     assert rows_of(db, "organizations", "slug") and {r[0] for r in rows_of(db, "organizations", "slug")} == {"env", "two"}
-    assert db.execute_sql("SELECT metadata->>'region' FROM organizations WHERE slug = 'two'").fetchone()[0] == "eu"
+    assert db.execute_sql("SELECT metadata::jsonb->>'region' FROM organizations WHERE slug = 'two'").fetchone()[0] == "eu"
     users = rows_of(db, "users", "email, email_verified")
     assert len(users) == 20 and all(verified for _, verified in users)
     per_org = db.execute_sql("SELECT count(*), count(DISTINCT user_id) FROM members GROUP BY organization_id").fetchall()

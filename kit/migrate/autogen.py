@@ -11,6 +11,8 @@ IVFFlat indexes, NULLS NOT DISTINCT). `register()` adds, without forking it:
   (`kit.migrate.operations`), after the table they belong to, and dropped with `kit_ops.drop_index`;
 - a changed CHECK or database default on an existing column (which it does not see) written as
   `kit_ops.set_constraints(...)`;
+- a new table with an `updated_at` column followed by `kit_ops.keep_updated_at(...)`, the trigger
+  that keeps it current whoever writes the table;
 - the imports these need at the top of each new migration file.
 
 `migrations/conf.py` calls it, so `pw_migrate create --auto kit.models` just works.
@@ -102,7 +104,10 @@ def register() -> None:
             code = original_create_model(model, **kwargs)
         finally:
             meta.indexes = saved
-        return "\n".join([code, *(index_to_code(i, meta.table_name) for i in objects)])
+        lines = [code, *(index_to_code(i, meta.table_name) for i in objects)]
+        if "updated_at" in meta.columns:
+            lines.append(f"kit_ops.keep_updated_at(migrator, {meta.table_name!r})")
+        return "\n".join(lines)
 
     def add_index(index: Any) -> str:
         if index in index._model._meta.indexes and _is_index_object(index):

@@ -5,6 +5,7 @@
                       name="feature_flags_organization_key")
     kit_ops.drop_index(migrator, "document_chunks", "document_chunks_embedding_hnsw_cosine_m16_efc64")
     kit_ops.set_constraints(migrator, "plans", "status", ["CHECK (status IN ('draft', 'live'))", "DEFAULT 'draft'"])
+    kit_ops.keep_updated_at(migrator, "users", "organizations")
 
 Each updates the migrator's picture of the models (so later generated migrations diff against it)
 and queues the DDL, which runs with the migration's other operations, in its transaction.
@@ -89,3 +90,38 @@ def set_constraints(migrator: Migrator, table: str, column: str, constraints: li
         migrator.sql(f'ALTER TABLE "{table}" ALTER COLUMN "{column}" DROP DEFAULT')
     else:
         migrator.sql(f'ALTER TABLE "{table}" ALTER COLUMN "{column}" SET DEFAULT {default}'.replace("%", "%%"))
+
+
+TOUCH_FUNCTION = "kit_touch_updated_at"
+TOUCH_FUNCTION_SQL = f"""
+CREATE OR REPLACE FUNCTION {TOUCH_FUNCTION}() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    -- An UPDATE that leaves updated_at as it was gets the time of its transaction; one that sets
+    -- updated_at itself (the models' save(), Better Auth's onUpdate) keeps the value it set.
+    IF NEW.updated_at IS NOT DISTINCT FROM OLD.updated_at THEN
+        NEW.updated_at := now();
+    END IF;
+    RETURN NEW;
+END;
+$$
+"""
+
+
+def touch_trigger(table: str) -> str:
+    """The name of the trigger that keeps `table.updated_at`."""
+    return f"{table}_touch_updated_at"
+
+
+def keep_updated_at(migrator: Migrator, *tables: str) -> None:
+    """Have the database set `updated_at` on every UPDATE of these tables, whoever writes them."""
+    migrator.sql(TOUCH_FUNCTION_SQL)
+    for table in tables:
+        migrator.sql(f'CREATE TRIGGER "{touch_trigger(table)}" BEFORE UPDATE ON "{table}"'
+                     f" FOR EACH ROW EXECUTE FUNCTION {TOUCH_FUNCTION}()")
+
+
+def drop_updated_at_triggers(migrator: Migrator, *tables: str) -> None:
+    """Undo `keep_updated_at` for these tables (the shared function stays while any trigger uses it)."""
+    for table in tables:
+        migrator.sql(f'DROP TRIGGER IF EXISTS "{touch_trigger(table)}" ON "{table}"')

@@ -1,5 +1,6 @@
 """Compares the live schema with the models: tables, columns, types, nullability, defaults, foreign keys,
-indexes (columns, uniqueness, access method, operator class, parameters) and tables' storage parameters.
+indexes (columns, uniqueness, access method, operator class, parameters), tables' storage parameters,
+and the trigger that keeps `updated_at` on every table that has the column.
 
 playhouse's schema_diff compares names only; this reads PostgreSQL's catalogs. Each difference is one
 sentence naming the table and column or index, what the database has and what the models say.
@@ -16,6 +17,7 @@ from typing import Any
 from peewee import Database, DatabaseError, ForeignKeyField, Model
 
 from kit.migrate.history import CHECKSUM_TABLE, HISTORY_TABLE
+from kit.migrate.operations import TOUCH_FUNCTION
 from kit.vector import VectorIndex
 
 IGNORED_TABLES = {HISTORY_TABLE, CHECKSUM_TABLE}
@@ -68,6 +70,13 @@ CHECKS_SQL = """
 SELECT pg_get_constraintdef(con.oid)
 FROM pg_constraint con
 WHERE con.contype = 'c' AND con.conrelid = %s::regclass
+"""
+TOUCH_TRIGGERS_SQL = """
+SELECT c.relname
+FROM pg_trigger t
+JOIN pg_class c ON c.oid = t.tgrelid
+JOIN pg_proc p ON p.oid = t.tgfoid
+WHERE c.relnamespace = current_schema()::regnamespace AND p.proname = %s AND t.tgenabled <> 'D'
 """
 TABLE_OPTIONS_SQL = """
 SELECT c.relname, COALESCE(c.reloptions, '{}')
@@ -151,6 +160,7 @@ def compare(database: Database, models: Iterable[type[Model]], report_extra: boo
             indexes.setdefault(table, {})[name] = (unique, method, list(cols), list(opclasses), sorted(options), nnd)
 
     options = dict(database.execute_sql(TABLE_OPTIONS_SQL).fetchall())
+    touched = {r[0] for r in database.execute_sql(TOUCH_TRIGGERS_SQL, (TOUCH_FUNCTION,)).fetchall()}
 
     problems: list[str] = []
     known_tables = {m._meta.table_name for m in models}
@@ -165,6 +175,9 @@ def compare(database: Database, models: Iterable[type[Model]], report_extra: boo
         found += _compare_indexes(model, indexes.get(table, {}))
         found += _compare_options(model, options.get(table, []))
         found += _compare_checks(database, model)
+        if "updated_at" in columns[table] and "updated_at" in model._meta.columns and table not in touched:
+            found.append(f"{table}.updated_at is not kept by the database (no {TOUCH_FUNCTION} trigger): "
+                         f"add kit_ops.keep_updated_at(migrator, {table!r}) in a migration")
         problems.extend(p for p in found if report_extra or "but not in the model" not in p)
     return problems
 

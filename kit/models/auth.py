@@ -1,25 +1,44 @@
 """Auth: users, sessions, accounts, verifications, two-factor, organizations, members, invitations.
 
-Columns follow Better Auth's core schema and its organization and two-factor plugins, in snake_case
-(configure Better Auth with `usePlural: true` and snake_case field names, and let the database
-generate ids), so a TypeScript front end using Better Auth can share these tables.
+Columns are Better Auth 1.7's core schema and its organization and two-factor plugins, in plural
+snake_case, so a TypeScript app running Better Auth shares these tables with Python services.
+`interop/better-auth/kit-schema.mjs` maps Better Auth's names onto them; the test suite runs the real
+Better Auth against them. Where Better Auth's rules differ from what a database would pick, its
+rules win: `organizations.metadata` is JSON kept as text (Better Auth reads a string), roles are
+comma-separated lists of role names, and an invitation always has its inviter.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from peewee import BooleanField, ForeignKeyField, TextField
-from playhouse.postgres_ext import BinaryJSONField, DateTimeTZField
+from peewee import BooleanField, Check, Expression, ForeignKeyField, IntegerField, TextField, fn
+from playhouse.postgres_ext import DateTimeTZField
 
-from kit.models.base import BaseModel, TimestampedModel, one_of, utcnow
+from kit.models.base import BaseModel, JSONTextField, TimestampedModel, one_of, utcnow
 
-MEMBER_ROLES = ("owner", "admin", "member")
+DEFAULT_ROLES = ("owner", "admin", "member")  # Better Auth's built-in roles; apps may define more
 INVITATION_STATUSES = ("pending", "accepted", "rejected", "canceled")
+# One or more role names, comma-separated as Better Auth stores them ("admin,member"). A role name is
+# words separated by single spaces (Better Auth trims each name): no empty names, no stray commas or
+# spaces, no control characters, at most 200 characters in all.
+_NAME = r"[^,[:space:][:cntrl:]]+( [^,[:space:][:cntrl:]]+)*"
+ROLES_PATTERN = rf"^{_NAME}(,{_NAME})*$"
+
+
+def role_list() -> Check:
+    """A CHECK constraint: `role` is a comma-separated list of role names, as Better Auth writes it."""
+    return Check(f"role ~ '{ROLES_PATTERN}' AND length(role) <= 200")
+
+
+def parse_roles(role: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Role names in a stored role value or a list of them, trimmed, empty names dropped."""
+    parts = role.split(",") if isinstance(role, str) else [p for r in role for p in r.split(",")]
+    return tuple(p.strip() for p in parts if p.strip())
 
 
 class InvitationError(Exception):
-    """An invitation cannot be accepted (expired, revoked, already used by someone else)."""
+    """An invitation cannot be accepted (expired, revoked, for another email, used by someone else)."""
 
 
 class User(TimestampedModel):
@@ -41,7 +60,7 @@ class Organization(TimestampedModel):
     name = TextField()
     slug = TextField(unique=True)
     logo = TextField(null=True)
-    metadata = BinaryJSONField(index=False, null=True)
+    metadata = JSONTextField(null=True, constraints=[Check("metadata IS JSON OBJECT")])  # a dict in Python
 
     class Meta:
         table_name = "organizations"
@@ -92,11 +111,14 @@ class Verification(TimestampedModel):
 
 
 class TwoFactor(BaseModel):
-    """A user's TOTP secret and backup codes."""
+    """A user's TOTP secret and backup codes, encrypted with Better Auth's secret, and failed attempts."""
 
     user = ForeignKeyField(User, backref="two_factors", on_delete="CASCADE")
-    secret = TextField()
+    secret = TextField(index=True)
     backup_codes = TextField()
+    verified = BooleanField(default=True, null=True)  # False until the first TOTP code is checked
+    failed_verification_count = IntegerField(default=0, null=True)
+    locked_until = DateTimeTZField(null=True)
 
     class Meta:
         table_name = "two_factors"
@@ -107,11 +129,25 @@ class Member(TimestampedModel):
 
     organization = ForeignKeyField(Organization, backref="members", on_delete="CASCADE")
     user = ForeignKeyField(User, backref="memberships", on_delete="CASCADE")
-    role = TextField(default="member", constraints=[one_of("role", MEMBER_ROLES)])
+    role = TextField(default="member", constraints=[role_list()])  # "owner", or "admin,member"
 
     class Meta:
         table_name = "members"
         indexes = ((("organization", "user"), True),)
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """The member's role names."""
+        return parse_roles(self.role)
+
+    def has_role(self, *roles: str) -> bool:
+        """Whether the member holds any of `roles`."""
+        return any(r in self.roles for r in roles)
+
+    @classmethod
+    def holding(cls, role: str) -> Expression:
+        """A condition for `where()`: the member holds `role` (alone or among others)."""
+        return fn.array_position(fn.string_to_array(cls.role, ","), role).is_null(False)
 
 
 class Invitation(TimestampedModel):
@@ -119,22 +155,27 @@ class Invitation(TimestampedModel):
 
     organization = ForeignKeyField(Organization, backref="invitations", on_delete="CASCADE")
     email = TextField(index=True)
-    role = TextField(default="member", constraints=[one_of("role", MEMBER_ROLES)])
+    role = TextField(default="member", constraints=[role_list()])
     status = TextField(default="pending", constraints=[one_of("status", INVITATION_STATUSES)])
     expires_at = DateTimeTZField()
-    inviter = ForeignKeyField(User, null=True, backref="sent_invitations", on_delete="SET NULL")
+    inviter = ForeignKeyField(User, backref="sent_invitations", on_delete="CASCADE")
 
     class Meta:
         table_name = "invitations"
 
     @classmethod
     def accept(cls, invitation_id: Any, user: User | Any) -> Member:
-        """Accept for `user`: create the membership once, however many times this runs at once."""
+        """Accept for `user`, whose email must be the invited one: the membership is created once."""
         with cls._meta.database.atomic():
             invitation = cls.select().where(cls.id == invitation_id).for_update().get_or_none()
             if invitation is None:
                 raise InvitationError(f"invitation {invitation_id} does not exist")
             user_id = getattr(user, "id", user)
+            email = User.select(User.email).where(User.id == user_id).scalar()
+            if email is None:
+                raise InvitationError(f"user {user_id} does not exist")
+            if email.lower() != invitation.email.lower():
+                raise InvitationError(f"invitation {invitation_id} is for another email address, not {email}")
             if invitation.status == "accepted":
                 member = Member.get_or_none(organization=invitation.organization_id, user=user_id)
                 if member is None:

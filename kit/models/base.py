@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import json
 from typing import Any
 
-from peewee import SQL, Check, Model, UUIDField
+from peewee import SQL, Check, Model, TextField, UUIDField
 from playhouse.postgres_ext import DateTimeTZField
 
 from kit.db import database
@@ -33,6 +34,21 @@ def one_of(column: str, values: tuple[str, ...]) -> Any:
     """A CHECK constraint: `column` takes only the listed values."""
     listed = ", ".join(f"'{v}'" for v in values)
     return Check(f"{column} IN ({listed})")
+
+
+class JSONTextField(TextField):
+    """JSON kept as text: a dict (or any JSON value) in Python, a JSON string to other clients.
+
+    For columns another client reads as a string (Better Auth's `organization.metadata`).
+    """
+
+    def db_value(self, value: Any) -> Any:
+        """The value as JSON text."""
+        return None if value is None else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+    def python_value(self, value: Any) -> Any:
+        """The JSON text parsed."""
+        return None if value is None else json.loads(value)
 
 
 def _sql_literal(field: Any, value: Any) -> str | None:
