@@ -130,3 +130,10 @@ def test_password_hashes_verify_and_refuse():
     assert betterauth.verify_password(stored, "pa\u0308ssword")  # NFKC: the same password typed otherwise
     assert not betterauth.verify_password(stored, "password")
     assert not betterauth.verify_password("no-colon", "x")
+
+
+def test_the_readme_shows_the_configuration_the_suite_runs():
+    readme = (ROOT / "README.md").read_text()
+    blocks = readme.split("```js\n")[1:]
+    assert blocks, "README has no ```js block"
+    assert blocks[0].split("```")[0] == (INTEROP / "auth.mjs").read_text()

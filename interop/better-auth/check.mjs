@@ -7,25 +7,10 @@
 // A failed step prints `step <name> failed: <why>` on stderr and exits 1.
 
 import { createHmac } from "node:crypto";
-import { betterAuth } from "better-auth";
-import { organization, twoFactor } from "better-auth/plugins";
-import pg from "pg";
-import { kitSchema } from "./kit-schema.mjs";
+import { auth, pool } from "./auth.mjs"; // the configuration the README shows, unchanged
 
 const PASSWORD = "password123";
 const ALICE_TOTP = "JBSWY3DPEHPK3PXP"; // the development seed's secret for alice (base32)
-
-// What the README tells an app to write, unchanged.
-const { schemas, ...kit } = kitSchema();
-const pool = new pg.Pool({ connectionString: process.env.DATABASE_URL, max: 4 });
-const auth = betterAuth({
-  ...kit,
-  database: pool,
-  baseURL: "http://localhost:3000",
-  emailAndPassword: { enabled: true },
-  plugins: [organization({ schema: schemas.organization }), twoFactor({ schema: schemas.twoFactor })],
-  logger: { level: "error" },
-});
 
 /** RFC 6238 TOTP (SHA-1, 6 digits, 30 s) written here, so Better Auth's own generator is not what checks it. */
 function totp(base32Secret, at = Date.now()) {

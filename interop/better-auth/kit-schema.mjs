@@ -1,15 +1,4 @@
-// Better Auth 1.7 on the kit's auth tables (plural snake_case, uuid keys).
-//
-//   import { betterAuth } from "better-auth";
-//   import { organization, twoFactor } from "better-auth/plugins";
-//   import { kitSchema } from "./kit-schema.mjs";
-//
-//   const { schemas, ...kit } = kitSchema();
-//   export const auth = betterAuth({
-//     ...kit,                                   // user, session, account, verification, advanced
-//     database: new Pool({ connectionString: process.env.DATABASE_URL }),
-//     plugins: [organization({ schema: schemas.organization }), twoFactor({ schema: schemas.twoFactor })],
-//   });
+// Better Auth 1.7 on the kit's auth tables (plural snake_case, uuid keys). Use: auth.mjs beside this file.
 //
 // Better Auth's pg adapter does not pluralise or snake_case names by itself (`usePlural` is the Kysely
 // adapter's, and no code reads a casing option), so every table gets its `modelName` and every camelCase
