@@ -8,6 +8,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import psycopg2.extensions
+
 from kit import embedded
 from kit.config import ConfigError, KitError, Settings, load_settings
 
@@ -87,11 +89,23 @@ def _db_stop(settings: Settings, args: argparse.Namespace) -> int:
 def _db_psql(settings: Settings, args: argparse.Namespace) -> int:
     from kit.db import resolve_url
 
-    url = resolve_url(settings)
+    # The password goes to psql by environment (PGPASSWORD), never on its command line, which every
+    # local user can read in `ps`; the rest of the URL goes as a key=value conninfo.
+    params = psycopg2.extensions.parse_dsn(resolve_url(settings))
+    env = dict(os.environ)
+    password = params.pop("password", None)
+    if password is not None:
+        env["PGPASSWORD"] = password
+    conninfo = " ".join(f"{key}={_conninfo_value(value)}" for key, value in params.items())
     psql = str(embedded.psql_path())
     sys.stdout.flush()
-    os.execv(psql, [psql, url, *args.psql_args])
+    os.execve(psql, [psql, conninfo, *args.psql_args], env)
     return 0  # not reached
+
+
+def _conninfo_value(value: str) -> str:
+    """A value quoted for a libpq key=value conninfo string."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _migrate_apply(settings: Settings, args: argparse.Namespace) -> int:

@@ -13,10 +13,13 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import psycopg2.extensions
 
 URL_SCHEMES = ("postgresql", "postgres")
 
@@ -46,17 +49,30 @@ class Settings:
         return mask_password(self.database_url) if self.database_url else None
 
 
-def mask_password(url: str) -> str:
-    """Return `url` with any password replaced by `***`."""
+_USERINFO = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^\s:/@]*:)[^\s]*@", re.IGNORECASE)
+_PASSWORD_PARAM = re.compile(r"(?P<head>\bpassword\s*=\s*)(?:'(?:[^'\\]|\\.)*'?|[^\s&]*)", re.IGNORECASE)
+
+
+def mask_password(text: str) -> str:
+    """`text` (a URL, a key=value DSN, or a message holding one) with every password replaced by `***`.
+
+    Masked in every spelling: the password libpq would use, raw and percent-encoded, wherever it
+    appears; the userinfo of a URL up to its last `@` (so `@`, `:` and `/` in a password stay hidden);
+    and `password=` in a query string or a key=value DSN, quoted or not.
+    """
+    found = _libpq_password(text)
+    if found and len(found) >= 4:  # shorter ones would garble the text; the patterns below still hide them
+        for spelling in {found, quote(found, safe=""), quote(found)}:
+            text = text.replace(spelling, "***")
+    text = _USERINFO.sub(lambda m: m["head"] + "***@", text)
+    return _PASSWORD_PARAM.sub(lambda m: m["head"] + "***", text)
+
+
+def _libpq_password(dsn: str) -> str | None:
     try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        netloc = parts.netloc.rsplit("@", 1)
-        user = (parts.username or "") + ":***"
-        return urlunsplit(parts._replace(netloc=f"{user}@{netloc[1]}"))
-    except ValueError:
-        return "<unparseable URL>"
+        return psycopg2.extensions.parse_dsn(dsn.strip()).get("password") or None
+    except (psycopg2.ProgrammingError, ValueError):
+        return None
 
 
 def _integer(env: Mapping[str, str], name: str, default: int) -> int:
@@ -74,8 +90,6 @@ def _integer(env: Mapping[str, str], name: str, default: int) -> int:
 
 def check_database_url(url: str, name: str = "DATABASE_URL") -> str:
     """Validate a PostgreSQL URL and return it in the `postgresql://` form libpq and peewee accept."""
-    import psycopg2.extensions
-
     shown = mask_password(url)
     try:
         parts = urlsplit(url)
@@ -91,7 +105,7 @@ def check_database_url(url: str, name: str = "DATABASE_URL") -> str:
     try:
         psycopg2.extensions.parse_dsn(url)
     except psycopg2.ProgrammingError as exc:
-        reason = str(exc).strip().splitlines()[0]
+        reason = mask_password(str(exc).strip().splitlines()[0])
         raise ConfigError(f"{name} is not a valid PostgreSQL URL ({reason}): {shown}") from None
     return url
 

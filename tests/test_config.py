@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,63 @@ def test_mask_password():
     assert mask_password("postgresql://a:b@h/d") == "postgresql://a:***@h/d"
     assert mask_password("postgresql://a@h/d") == "postgresql://a@h/d"
     assert mask_password("postgresql://a:p%40ss@h:1/d") == "postgresql://a:***@h:1/d"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "postgresql://app:hunter2@db/app",
+        "postgresql://app:hun@ter:2@db/app",                  # unencoded @ and : in the password
+        "postgresql://app:hun/ter2?x@db/app",                 # / and ? in it too
+        "postgresql://app:hunter%402@db/app",                 # percent-encoded
+        "postgresql://app@db/app?password=hunter2",           # in the query string
+        "postgresql://app@db/app?sslmode=require&Password=hunter2&application_name=x",
+        "host=db user=app password=hunter2 dbname=app",       # a key=value DSN
+        "host=db password='hunter 2' dbname=app",             # quoted, with a space
+        "Migrating postgresql://app@/kit?host=/tmp&password=hunter2",  # inside a message
+    ],
+)
+def test_every_spelling_of_a_password_is_masked(text):
+    shown = mask_password(text)
+    assert "hunter" not in shown and "***" in shown
+    assert ("db" in shown) or ("/tmp" in shown)  # the rest stays readable
+
+
+def test_pw_migrate_and_connection_errors_never_print_the_password(test_db_url, tmp_path):
+    secret_url = test_db_url + ("&" if "?" in test_db_url else "?") + "password=hunter2secret"
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_"))}
+    root = Path(__file__).resolve().parent.parent
+    shown = subprocess.run(["pw_migrate", "migrate", "--directory", str(root / "migrations")], cwd=root,
+                           env={**environ, "DATABASE_URL": secret_url}, capture_output=True, text=True,
+                           timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert "Migrating" in shown.stdout + shown.stderr and "hunter2secret" not in shown.stdout + shown.stderr
+    bad = "postgresql://app:hunter2secret@127.0.0.1:1/app"  # nothing listens there
+    failed = kit_cli("db", "status", DATABASE_URL=bad)
+    assert failed.returncode != 0 and "hunter2secret" not in failed.stdout + failed.stderr
+    broken = kit_cli("db", "url", DATABASE_URL="postgresql://app@db/app?password=hunter2secret&x")
+    assert "hunter2secret" not in broken.stdout + broken.stderr
+
+
+def test_kit_db_psql_passes_the_password_by_environment_not_the_command_line(test_db_url):
+    secret_url = test_db_url + ("&" if "?" in test_db_url else "?") + "password=hunter2secret"
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_"))}
+    psql = subprocess.Popen([sys.executable, "-m", "kit.cli", "db", "psql", "-Atc", "SELECT pg_sleep(1.5), 42"],
+                            env={**environ, "DATABASE_URL": secret_url}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    seen = []
+    deadline = time.monotonic() + 10
+    while psql.poll() is None and time.monotonic() < deadline:  # what `ps` shows every local user
+        try:
+            seen.append(Path(f"/proc/{psql.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:
+            break
+        time.sleep(0.05)
+    out, err = psql.communicate(timeout=30)
+    assert psql.returncode == 0, err
+    assert out.strip().endswith("42")
+    assert any("psql" in line for line in seen), seen  # the check saw psql itself
+    assert not any("hunter2secret" in line for line in seen)
 
 
 def kit_cli(*args: str, **env: str) -> subprocess.CompletedProcess:
