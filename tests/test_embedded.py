@@ -137,3 +137,28 @@ def test_unavailable_embedded_server_says_what_to_do(tmp_path):
     assert "Traceback" not in result.stderr
     assert "No DATABASE_URL is set" in result.stderr and "set DATABASE_URL" in result.stderr
     assert "docker compose up -d" in result.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="trying another local user needs root and setpriv")
+@pytest.mark.parametrize("length", ["short", "long"])
+def test_another_local_user_can_never_connect(length):
+    """Whatever the data directory's length (a long one moves the socket to /tmp/<hash>)."""
+    base = Path(tempfile.mkdtemp(prefix="kit-emb-"))
+    data_dir = base / ("d" * 90 if length == "long" else "d")
+    try:
+        url = embedded.start(data_dir)
+        state = embedded.status(data_dir)
+        assert (state.socket_dir != state.pgdata) == (length == "long")
+        assert query(url, "SELECT 1") == 1  # the invoking user connects
+        client = shutil.which("psql") or str(embedded.psql_path())
+        nobody = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", client,
+                                 "-h", str(state.socket_dir), "-p", str(state.port or 5432), "-U", "postgres",
+                                 "-d", "kit", "-Atc", "SELECT 'connected'"],
+                                capture_output=True, text=True, timeout=30)
+        assert "connected" not in nobody.stdout
+        assert nobody.returncode != 0 and "Permission denied" in nobody.stderr, nobody.stderr
+        assert oct(state.socket_dir.stat().st_mode & 0o777) == "0o700"
+    finally:
+        embedded.stop(data_dir)
+        shutil.rmtree(base, ignore_errors=True)
