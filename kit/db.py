@@ -13,10 +13,10 @@ import psycopg2.extensions
 from peewee import OperationalError
 
 from kit import embedded
-from kit.config import KitError, Settings, check_database_url, load_settings, mask_password
-from kit.pool import PooledDatabase, PoolExhausted
+from kit.config import ConfigError, KitError, Settings, check_database_url, load_settings, mask_password
+from kit.pool import PooledDatabase, PoolExhausted, PoolTooLarge
 
-__all__ = ["Database", "DatabaseUnavailable", "PoolExhausted", "database", "resolve_url"]
+__all__ = ["Database", "DatabaseUnavailable", "PoolExhausted", "PoolTooLarge", "database", "resolve_url"]
 
 APPLICATION_NAME = "kit"
 CONNECT_TIMEOUT_S = 10
@@ -76,6 +76,8 @@ class Database(PooledDatabase):
             return super().connect(reuse_if_open)
         except PoolExhausted:
             raise
+        except PoolTooLarge as exc:  # say it in the setting's own words
+            raise ConfigError(f"DATABASE_POOL_MIN={self.min_size} is too large: {exc}") from None
         except OperationalError as exc:
             if not self._state.closed:
                 raise

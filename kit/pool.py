@@ -20,6 +20,9 @@ What the pool guarantees on top of peewee's `PooledPostgresqlExtDatabase`:
   PREPARE, DECLARE, temp tables, set_config(), session advisory locks, in lower or upper case) and
   from any use of the raw driver connection (`database.connection()`) or a named cursor. A
   connection whose session did not change costs no extra round trip.
+- `min_size` fits the server: on the pool's first connection, a `min_size` above what the server allows
+  this role (`max_connections` minus reserved slots, or the role's CONNECTION LIMIT) raises
+  `PoolTooLarge` before any more connections are opened, instead of taking every slot on the server.
 - Fork safety: a child process drops the parent's connections without touching their sockets.
 - A connection held by a thread that has ended is reclaimed when the pool runs out.
 """
@@ -39,9 +42,24 @@ from peewee import InterfaceError, OperationalError, __exception_wrapper__, _Con
 from playhouse.pool import MaxConnectionsExceeded
 from playhouse.postgres_ext import PooledPostgresqlExtDatabase, PostgresqlExtDatabase
 
+from kit.config import KitError
+
 
 class PoolExhausted(MaxConnectionsExceeded):
     """No connection became free within the pool timeout."""
+
+
+class PoolTooLarge(KitError):
+    """`min_size` is more connections than the server allows this role."""
+
+
+CONNECTION_BUDGET_SQL = """
+SELECT current_setting('max_connections')::int,
+       current_setting('superuser_reserved_connections')::int
+         + coalesce(nullif(current_setting('reserved_connections', true), '')::int, 0),
+       r.rolconnlimit, r.rolname
+FROM pg_roles r WHERE r.rolname = current_user
+"""
 
 
 class _NoFreeSlot(Exception):
@@ -109,6 +127,7 @@ class PooledDatabase(PooledPostgresqlExtDatabase):
         self._idle: list[_Slot] = []  # a stack: the most recently used is reused first
         self._slots: dict[int, _Slot] = {}  # id(conn) -> slot, for checked-out connections
         self._opening = 0
+        self._budget_checked = False
         self._reaper: threading.Thread | None = None
         self._stats = dict.fromkeys(("waits", "timeouts", "opened", "closed", "checks", "resets"), 0)
 
@@ -121,6 +140,7 @@ class PooledDatabase(PooledPostgresqlExtDatabase):
         kwargs.setdefault("timeout", self.timeout)
         if hasattr(self, "_cond"):
             self.close_all()
+        self._budget_checked = False  # another server, or another min_size: check again
         super().init(database, **kwargs)
 
     # -- checkout ---------------------------------------------------------------------------------
@@ -211,10 +231,31 @@ class PooledDatabase(PooledPostgresqlExtDatabase):
         self._start_reaper()
         return slot.conn
 
+    def _check_budget(self, conn: Any) -> None:
+        """Raise PoolTooLarge when `min_size` is more than the server allows this role (once per pool)."""
+        with conn.cursor() as cursor:
+            cursor.execute(CONNECTION_BUDGET_SQL)
+            most, reserved, role_limit, role = cursor.fetchone()
+        if not conn.autocommit:
+            conn.rollback()
+        allowed = most - reserved if role_limit < 0 else min(most - reserved, role_limit)
+        if self.min_size > allowed:
+            limit = (f"max_connections {most} minus {reserved} reserved" if role_limit < 0 or role_limit >= most
+                     - reserved else f"the role's CONNECTION LIMIT {role_limit}")
+            raise PoolTooLarge(f"min_size {self.min_size} is more connections than the server allows role {role} "
+                               f"({allowed}: {limit}); lower it")
+        self._budget_checked = True
+
     def _open_slot(self) -> _Slot:
-        """Open a connection for a slot already reserved in `_opening`."""
+        """Open a connection for a slot already reserved in `_opening` (checking the budget on the first)."""
         try:
             conn = PostgresqlExtDatabase._connect(self)
+            if not self._budget_checked:
+                try:
+                    self._check_budget(conn)
+                except BaseException:
+                    self._close_raw(conn)
+                    raise
         except BaseException:
             with self._cond:
                 self._opening -= 1

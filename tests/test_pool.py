@@ -13,7 +13,7 @@ from helpers import scalar
 from peewee import ProgrammingError
 
 from kit.db import database
-from kit.pool import PooledDatabase, PoolExhausted
+from kit.pool import PooledDatabase, PoolExhausted, PoolTooLarge
 
 
 @pytest.fixture
@@ -333,3 +333,38 @@ def test_kit_database_is_the_pooled_jsonb_capable_class(test_db_url):
     assert isinstance(database, PooledPostgresqlExtDatabase)
     assert database.url == test_db_url
     assert database.execute_sql("SELECT '{\"a\": 1}'::jsonb ->> 'a'").fetchone()[0] == "1"
+
+
+def test_a_min_size_above_what_the_server_allows_is_one_sentence_not_an_outage(make_pool, monitor, test_db_url):
+    most = int(scalar(monitor, "SHOW max_connections"))
+    pool = make_pool(min_size=most + 50, max_size=most + 60)
+    with pytest.raises(PoolTooLarge, match=rf"min_size {most + 50} is more connections than the server allows "
+                                           rf"role \w+ \(\d+: max_connections {most} minus \d+ reserved\)"):
+        pool.connect()
+    assert server_connections(monitor, pool) == 0  # nothing was left open, nobody else was crowded out
+    role = f"kit_limited_{secrets.token_hex(3)}"
+    monitor.cursor().execute(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 3")
+    try:
+        limited = PooledDatabase(test_db_url.replace("postgres@", f"{role}@"), min_size=4, max_size=5,
+                                 application_name="kit-limited")
+        with pytest.raises(PoolTooLarge, match=r"\(3: the role's CONNECTION LIMIT 3\)"):
+            limited.connect()
+        limited.init(test_db_url.replace("postgres@", f"{role}@"), min_size=2)  # within the limit: fine
+        limited.connect()
+        assert limited.execute_sql("SELECT current_user").fetchone()[0] == role
+        limited.close_all()
+    finally:
+        monitor.cursor().execute(f"DROP ROLE {role}")
+
+
+def test_the_environment_names_the_variable(monkeypatch, test_db_url):
+    from kit.config import ConfigError, load_settings
+    from kit.db import Database
+
+    monkeypatch.setenv("DATABASE_POOL_MIN", "5000")
+    monkeypatch.setenv("DATABASE_POOL_MAX", "5000")
+    db = Database()
+    db.configure(test_db_url, load_settings())
+    with pytest.raises(ConfigError, match=r"DATABASE_POOL_MIN=5000 is too large: min_size 5000 is more"):
+        db.connect()
+    db.close_all()
