@@ -20,7 +20,7 @@ from playhouse.postgres_ext import PooledPostgresqlExtDatabase
 
 from kit.config import load_settings
 from kit.db import resolve_url
-from kit.pool import PooledDatabase
+from kit.db import PooledDatabase
 
 
 def run_threads(threads: int, ops: int, setup, op) -> float:

@@ -21,15 +21,11 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg2.extensions
 
+from kit.errors import ConfigError, KitError
+
+__all__ = ["ConfigError", "KitError", "Settings", "check_database_url", "load_settings", "mask_password"]
+
 URL_SCHEMES = ("postgresql", "postgres")
-
-
-class KitError(Exception):
-    """An error the kit reports to a person as one clear sentence (no traceback)."""
-
-
-class ConfigError(KitError):
-    """A setting in the environment is missing, malformed or inconsistent."""
 
 
 @dataclass(frozen=True)

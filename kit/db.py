@@ -1,29 +1,495 @@
-"""The one pooled database object every model uses: `from kit.db import database`.
+"""The pooled database: `PooledDatabase` (peewee's contract on the kit's pool) and `database`, the one every model uses.
 
-Nothing connects at import. The first query reads the settings (`kit.config`), starts or reuses the
-embedded server when DATABASE_URL is unset, and opens the pool.
+`from kit.db import database`. Nothing connects at import. The first query reads the settings
+(`kit.config`), starts or reuses the embedded server when DATABASE_URL is unset, and opens the pool.
+
+`PooledDatabase` keeps playhouse's `PooledPostgresqlExtDatabase` contract: the arguments
+`max_connections`, `stale_timeout` and `timeout` (None: fail at once when full; 0: wait without end;
+n: seconds), `init()` changing them, `close_idle`, `close_stale`, `close_all`, `manual_close`,
+`dispose()` in a forked child, the `_is_closed` / `_can_reuse` hooks a subclass may override, and the
+oldest connection reused first. The kit adds `min_size`, `max_idle`, `check_after` (see `kit.pool`) and:
+
+**Dead connections.** Every checkout asks `_is_closed`, which here polls the socket without blocking
+(a session the server ended leaves it readable) and spends a round trip only then, or after
+`check_after` seconds idle. A thread that keeps its connection gets the same poll before each statement
+outside a transaction.
+
+**Statements are re-sent only when the server never read them.** The server can end a session between
+that poll and the statement reaching it (`pg_terminate_backend`, a restart, an idle timeout, a pooler
+closing idle links). A statement is then sent once more, on a new connection, only when all hold:
+
+1. it is outside a transaction (peewee's and the driver's: the connection was idle when it was sent);
+2. the connection holds no session state (else `SessionLost`, below);
+3. the driver reports the connection closed and the server sent nothing in reply: no SQLSTATE, no
+   FATAL, no result (`server closed the connection unexpectedly`, or `connection already closed`
+   before anything was sent).
+
+Why that proves the statement did not run: a backend that reads a statement and is then told to end
+(pg_terminate_backend, a shutdown) answers with a FATAL (57P01, 57P02) before it exits, so a reply of
+nothing means the backend had exited before the statement reached it. Raised unchanged, never re-sent:
+that FATAL (the statement may have started; it did not commit), any other error (a statement timeout,
+a deadlock), and every failure inside a transaction. What the rule cannot tell apart, and so what
+the kit does not promise: a backend that crashes, or a network that drops the link, after a statement
+committed and before its reply arrived also sends nothing. After a crash the server refuses
+connections while it recovers, so the re-send fails and the error is raised; a link dropped by the
+network is the one case in which a statement outside a transaction can run twice.
+`pool_stats()["resent"]` counts the statements re-sent.
+
+**Session state is never lost silently.** A connection that holds session state (SET, set_config,
+advisory locks, LISTEN, PREPARE, DECLARE, temporary tables, LOAD, or anything done on the driver
+connection itself) and turns out dead raises `SessionLost` naming what was lost, on the next statement,
+once; it is not replaced under the caller. The statement after that runs on a new connection.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import select
 import threading
+import time
+import weakref
 from typing import Any
 
+import psycopg2
 import psycopg2.extensions
-from peewee import OperationalError
+from peewee import InterfaceError, OperationalError, __exception_wrapper__, _ConnectionLocal
+from playhouse.postgres_ext import PostgresqlExtDatabase
 
 from kit import embedded
-from kit.config import ConfigError, KitError, Settings, check_database_url, load_settings, mask_password
-from kit.pool import PooledDatabase, PoolExhausted, PoolTooLarge
+from kit.config import Settings, check_database_url, load_settings, mask_password
+from kit.errors import (
+    ConfigError,
+    DatabaseUnavailable,
+    KitError,
+    PoolExhausted,
+    PoolSettingError,
+    PoolTooLarge,
+    SessionLost,
+)
+from kit.pool import ConnectionPool, Hooks
 
-__all__ = ["Database", "DatabaseUnavailable", "PoolExhausted", "PoolTooLarge", "database", "resolve_url"]
+__all__ = [
+    "Database",
+    "DatabaseUnavailable",
+    "PoolExhausted",
+    "PoolSettingError",
+    "PoolTooLarge",
+    "PooledDatabase",
+    "SessionLost",
+    "database",
+    "resolve_url",
+]
 
 APPLICATION_NAME = "kit"
 CONNECT_TIMEOUT_S = 10
 
+CONNECTION_BUDGET_SQL = """
+SELECT current_setting('max_connections')::int,
+       current_setting('superuser_reserved_connections')::int
+         + coalesce(nullif(current_setting('reserved_connections', true), '')::int, 0),
+       r.rolconnlimit, r.rolname
+FROM pg_roles r WHERE r.rolname = current_user
+"""
 
-class DatabaseUnavailable(KitError, OperationalError):
-    """The database could not be reached; the message names the (password-masked) URL."""
+# Statements that leave session state behind, by what they leave. SET LOCAL, SET TRANSACTION,
+# SET CONSTRAINTS and pg_advisory_xact_lock end with the transaction.
+_SESSION_STATEMENTS = [
+    (re.compile(r"\s*(?:set\s+(?!local\b|transaction\b|constraints\b)|reset\b)", re.I), "settings (SET)"),
+    (re.compile(r"\s*listen\b", re.I), "LISTEN registrations"),
+    (re.compile(r"\s*prepare\b", re.I), "prepared statements"),
+    (re.compile(r"\s*declare\b", re.I), "cursors"),
+    (re.compile(r"\s*create\s+(?:(?:global|local)\s+)?temp", re.I), "temporary tables"),
+    (re.compile(r"\s*load\b", re.I), "loaded libraries"),
+]
+_SESSION_STATEMENT = re.compile(r"\s*(?:set|reset|listen|prepare|declare|create|load)\b", re.I)
+_SESSION_FUNCTIONS = [("advisory_lock", "advisory locks"), ("ADVISORY_LOCK", "advisory locks"),
+                      ("set_config", "settings (set_config)"), ("SET_CONFIG", "settings (set_config)")]
+DRIVER_USE = "whatever was done on the driver connection directly"
+
+
+def session_change(sql: str) -> str | None:
+    """What session state `sql` may leave behind (e.g. "advisory locks"), or None (cheap even for long SQL)."""
+    if _SESSION_STATEMENT.match(sql) is not None:
+        for pattern, kind in _SESSION_STATEMENTS:
+            if pattern.match(sql):
+                return kind
+    for needle, kind in _SESSION_FUNCTIONS:
+        if needle in sql:
+            return kind
+    return None
+
+
+def _socket_readable(conn: Any) -> bool:
+    """True when the server sent something (or closed) while the connection sat idle."""
+    try:
+        return bool(select.select((conn,), (), (), 0)[0])
+    except (OSError, ValueError, psycopg2.Error):  # a closed connection has no usable socket
+        return True
+
+
+def _ended_by_server(exc: Exception, conn: Any) -> bool:
+    """True when a statement failed on a session the server had already ended (rule 3 in the docstring)."""
+    return bool(conn.closed) and exc.pgcode is None and isinstance(exc, (psycopg2.OperationalError,
+                                                                         psycopg2.InterfaceError))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return mask_password(text.splitlines()[0]) if text else type(exc).__name__
+
+
+class _ThreadState(_ConnectionLocal):
+    """peewee's per-thread connection state, plus whether the checkout just tested the connection."""
+
+    def reset(self) -> None:
+        """Forget this thread's connection."""
+        super().reset()
+        self.checked = False
+
+
+class PooledDatabase(PostgresqlExtDatabase):
+    """A pooled PostgreSQL database (postgres_ext features, JSONB included) keeping peewee's pooled contract."""
+
+    def __init__(
+        self,
+        database: str | None,
+        max_connections: int | None = 20,
+        stale_timeout: float | None = None,
+        timeout: float | None = None,
+        *,
+        min_size: int = 0,
+        max_size: int | None = None,
+        max_idle: float | None = None,
+        check_after: float = 30.0,
+        **kwargs: Any,
+    ) -> None:
+        self._budget_checked = False
+        self._pool = ConnectionPool(self._hooks())
+        self._pool.configure(min_size=min_size, max_size=_max_size(max_connections, max_size), timeout=timeout,
+                             stale_timeout=stale_timeout, max_idle=max_idle, check_after=check_after)
+        super().__init__(database, **kwargs)
+        self._state = _ThreadState()
+        _pools.add(self)
+
+    def _hooks(self) -> Hooks:
+        return Hooks(open=self._open_connection, close=self._close_raw, is_closed=self._is_closed,
+                     ping=self._ping, can_reuse=self._can_reuse, reset=self._reset_session)
+
+    def init(self, database: str | None, max_connections: int | None = None, stale_timeout: float | None = None,
+             timeout: float | None = None, **kwargs: Any) -> None:
+        """Point at `database` with `kwargs` for the driver; pool settings given change, the rest stay."""
+        pool_settings = {name: kwargs.pop(name) for name in ("min_size", "max_size", "max_idle", "check_after")
+                         if name in kwargs}
+        if max_connections is not None or "max_size" in pool_settings:
+            pool_settings["max_size"] = _max_size(max_connections, pool_settings.get("max_size"))
+        for name, value in (("stale_timeout", stale_timeout), ("timeout", timeout)):
+            if value is not None:
+                pool_settings[name] = value
+        if not hasattr(self, "database"):  # still in __init__: the pool was configured there
+            super().init(database, **kwargs)
+            return
+        self._pool.configure(**pool_settings)
+        target_changed = database != self.database or any(self.connect_params.get(k) != v for k, v in kwargs.items())
+        super().init(database, **kwargs)
+        if target_changed:
+            self._budget_checked = False  # another server or role: check min_size again
+            self._pool.invalidate()
+
+    # -- peewee's pool attributes -----------------------------------------------------------------
+
+    @property
+    def max_connections(self) -> int | None:
+        """Most connections checked out at once (None: no limit)."""
+        return self._pool.max_size
+
+    @property
+    def min_size(self) -> int:
+        """Connections opened at first use and kept open."""
+        return self._pool.min_size
+
+    @property
+    def max_size(self) -> int | None:
+        """The same as `max_connections`, in psycopg_pool's words."""
+        return self._pool.max_size
+
+    @property
+    def timeout(self) -> float | None:
+        """Seconds a caller waits when the pool is full (None: not at all; 0: without end)."""
+        return self._pool.timeout
+
+    _max_connections = max_connections
+    _stale_timeout = property(lambda self: self._pool.stale_timeout, doc="Age limit in seconds (peewee's name).")
+    _wait_timeout = property(lambda self: self._pool.wait_seconds, doc="Wait in seconds, inf for ever (peewee's).")
+
+    # -- checkout ---------------------------------------------------------------------------------
+
+    def connect(self, reuse_if_open: bool = False) -> bool:
+        """Check a connection out for this thread, waiting as `timeout` says."""
+        # Like peewee's Database.connect, minus its database-wide lock: the pool has its own, and a slow
+        # connection attempt in one thread must not hold up other threads' checkouts and releases.
+        if self.deferred:
+            raise InterfaceError("Error, database must be initialized before opening a connection.")
+        state = self._state
+        if not state.closed:
+            if reuse_if_open:
+                return False
+            raise OperationalError("Connection already opened.")
+        conn = self._connect()
+        try:
+            state.set_connection(conn)
+            state.checked = True  # just tested by the checkout: the first statement skips the poll
+            if self.server_version is None:
+                self._set_server_version(conn)
+            self._initialize_connection(conn)
+        except BaseException:
+            state.reset()
+            self._pool.putconn(conn, discard=True)
+            raise
+        return True
+
+    def _connect(self) -> Any:
+        """Check a connection out of the pool (peewee's `_connect` of a pooled database)."""
+        with __exception_wrapper__:
+            return self._pool.getconn()
+
+    def _open_connection(self) -> Any:
+        """Open a new driver connection; the pool's first also checks `min_size` against the server."""
+        conn = super()._connect()
+        if not self._budget_checked:
+            try:
+                self._check_budget(conn)
+            except BaseException:
+                self._close_raw(conn)
+                raise
+        return conn
+
+    def _check_budget(self, conn: Any) -> None:
+        """Raise PoolTooLarge when `min_size` is more than the server allows this role."""
+        with conn.cursor() as cursor:
+            cursor.execute(CONNECTION_BUDGET_SQL)
+            most, reserved, role_limit, role = cursor.fetchone()
+        allowed = most - reserved if role_limit < 0 else min(most - reserved, role_limit)
+        if self.min_size > allowed:
+            limit = (f"max_connections {most} minus {reserved} reserved" if role_limit < 0 or role_limit >= most
+                     - reserved else f"the role's CONNECTION LIMIT {role_limit}")
+            raise PoolTooLarge(f"min_size {self.min_size} is more connections than the server allows role {role} "
+                               f"({allowed}: {limit}); lower it")
+        self._budget_checked = True
+
+    def _is_closed(self, conn: Any) -> bool:
+        """Hook asked on every checkout: True when the connection is unusable (a round trip only when in doubt)."""
+        if conn.closed or self._adapter.txn_status(conn) == self._adapter.txn_unknown:
+            return True
+        return _socket_readable(conn) and not self._pool.ping(conn)
+
+    def _ping(self, conn: Any) -> bool:
+        """One round trip: True when the server answers."""
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute("SELECT 1")
+            return True
+        except psycopg2.Error:
+            return False
+
+    def _can_reuse(self, conn: Any) -> bool:
+        """Hook asked on every check-in: fit to keep? (A leftover or failed transaction is rolled back.)"""
+        return not conn.closed and self._adapter.is_connection_reusable(conn)
+
+    def _reset_session(self, conn: Any) -> bool:
+        """Clear session state before the next borrower: DISCARD ALL; False if that fails."""
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute("DISCARD ALL")
+            return True
+        except psycopg2.Error:
+            return False
+
+    # -- statements -------------------------------------------------------------------------------
+
+    def cursor(self, named_cursor: Any = None) -> Any:
+        """A cursor on this thread's connection, checked first if the thread kept it (see the docstring)."""
+        state = self._state
+        if state.closed:
+            if not self.autoconnect:
+                raise InterfaceError("Error, database connection not opened.")
+            self.connect()
+        elif state.checked:
+            state.checked = False
+        elif not state.transactions:
+            conn = state.conn
+            if conn.closed or (_socket_readable(conn) and self._is_closed(conn)):
+                self._replace_dead(None)
+        if named_cursor:
+            self._pool.note_session(state.conn, None)
+            return self._adapter.server_side_cursor(state.conn)
+        return state.conn.cursor()
+
+    def execute_sql(self, sql: str, params: Any = None, named_cursor: Any = None) -> Any:
+        """Run one statement; re-sent once only when the server never ran it (see the docstring)."""
+        self._log_query(sql, params)
+        start = time.perf_counter() if self.query_hooks else None
+        try:
+            with __exception_wrapper__:
+                cursor = self._run(sql, params, named_cursor)
+        except Exception as exc:
+            if start is not None:
+                self._notify_hooks(sql, params, start, exc)
+            raise
+        if start is not None:
+            self._notify_hooks(sql, params, start, None)
+        return cursor
+
+    def _run(self, sql: str, params: Any, named_cursor: Any) -> Any:
+        kind = session_change(sql)
+        cursor = self.cursor(named_cursor)
+        state = self._state
+        conn = state.conn
+        idle = not state.transactions and self._adapter.txn_status(conn) == self._adapter.txn_idle
+        if kind:
+            self._pool.note_session(conn, kind)
+        try:
+            cursor.execute(sql, params or ())
+            return cursor
+        except psycopg2.Error as exc:
+            if not idle or not _ended_by_server(exc, conn):
+                raise
+            self._replace_dead(exc)
+        self._pool.count("resent")
+        cursor = self.cursor(named_cursor)
+        if kind:
+            self._pool.note_session(state.conn, kind)
+        cursor.execute(sql, params or ())
+        return cursor
+
+    def begin(self, isolation_level: Any = None) -> None:
+        """Start a transaction (peewee's BEGIN, sent by the same rules as any statement)."""
+        level = self._isolation_level if isolation_level is None else isolation_level
+        sql = f"BEGIN TRANSACTION ISOLATION LEVEL {self._adapter.isolation_level_str(level)}" if level else "BEGIN"
+        with __exception_wrapper__:
+            self._run(sql, None, None)
+
+    def _replace_dead(self, cause: BaseException | None) -> None:
+        """Swap this thread's dead connection for a new one, or raise SessionLost if it held session state."""
+        state = self._state
+        dead = state.conn
+        lost = self._pool.session_of(dead)
+        self._pool.putconn(dead, discard=True)
+        if lost:
+            reason = f" ({_first_line(cause)})" if cause is not None else ""
+            raise SessionLost(
+                f"the database connection was lost{reason} and with it this session's {', '.join(sorted(lost))}; "
+                "nothing was re-sent: set that state up again on the next statement's new connection"
+            ) from cause
+        state.conn = self._connect()
+
+    def connection(self) -> Any:
+        """This thread's driver connection; what is done with it directly is reset on release."""
+        conn = super().connection()
+        self._pool.note_session(conn, DRIVER_USE)
+        return conn
+
+    # -- check-in ---------------------------------------------------------------------------------
+
+    def close(self) -> bool:
+        """Return this thread's connection to the pool (peewee's close, minus the database-wide lock)."""
+        if self.deferred:
+            raise InterfaceError("Error, database must be initialized before opening a connection.")
+        if self.in_transaction():
+            raise OperationalError("Attempting to close database while transaction is open.")
+        state = self._state
+        is_open = not state.closed
+        try:
+            if is_open:
+                with __exception_wrapper__:
+                    self._close(state.conn)
+        finally:
+            state.reset()
+        return is_open
+
+    def _close(self, conn: Any, close_conn: bool = False) -> None:
+        """Give a connection back to the pool, or close it for good with `close_conn`."""
+        self._pool.putconn(conn, discard=close_conn)
+
+    def _close_raw(self, conn: Any) -> None:
+        """Close a driver connection for good, ignoring errors (it may be dead already)."""
+        try:
+            super()._close(conn)
+        except Exception:
+            pass
+
+    def manual_close(self) -> bool:
+        """Close this thread's connection for good instead of returning it; False if none was open."""
+        if self.is_closed():
+            return False
+        conn = self._state.conn
+        self._state.reset()
+        self._pool.putconn(conn, discard=True)
+        return True
+
+    def close_idle(self) -> int:
+        """Close every idle connection (checked-out ones are left alone); return how many."""
+        return self._pool.close_idle()
+
+    def close_stale(self, age: float = 600) -> int:
+        """Close connections checked out more than `age` seconds ago (their users will fail); return how many."""
+        return self._pool.close_stale(age)
+
+    def close_all(self) -> None:
+        """Close every connection, this thread's and those checked out by other threads (they will fail)."""
+        if not self.is_closed() and not self.in_transaction():
+            self.close()
+        self._pool.close_all()
+
+    def dispose(self) -> None:
+        """In a forked child: drop every connection inherited from the parent without touching its socket."""
+        conns = self._pool.forget()
+        if not self._state.closed:
+            conns.append(self._state.conn)
+        _silence(conns)
+        self._state = _ThreadState()
+        self._lock = threading.Lock()
+
+    def pool_stats(self) -> dict[str, Any]:
+        """Counts: in_use, idle, min, max, and since start waits, timeouts, opened, closed, checks, resets."""
+        return self._pool.stats()
+
+
+def _max_size(max_connections: Any, max_size: Any) -> Any:
+    """One maximum from peewee's `max_connections` and psycopg_pool's `max_size` (equal if both given)."""
+    if max_size is None:
+        return max_connections
+    if max_connections not in (None, 20) and max_connections != max_size:
+        raise PoolSettingError(f"max_connections ({max_connections}) and max_size ({max_size}) disagree; give one")
+    return max_size
+
+
+def _silence(conns: list[Any]) -> None:
+    """Point each connection's socket at /dev/null, so nothing of it reaches the server (after fork)."""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        for conn in conns:
+            try:
+                os.dup2(devnull, conn.fileno())
+            except (OSError, ValueError, psycopg2.Error):
+                pass
+    finally:
+        os.close(devnull)
+
+
+_pools: weakref.WeakSet[PooledDatabase] = weakref.WeakSet()
+
+
+def _dispose_in_child() -> None:
+    for db in list(_pools):
+        db.dispose()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_dispose_in_child)
+
+
+# -- the kit's database, configured from the environment --------------------------------------------
 
 
 def resolve_url(settings: Settings) -> str:
@@ -74,16 +540,18 @@ class Database(PooledDatabase):
                     self._configure(None, None)
         try:
             return super().connect(reuse_if_open)
-        except PoolExhausted:
-            raise
-        except PoolTooLarge as exc:  # say it in the setting's own words
+        except PoolExhausted as exc:  # say it in the settings' own words
+            raise PoolExhausted(f"{exc} (DATABASE_POOL_MAX={self.max_size}, "
+                                f"DATABASE_POOL_TIMEOUT={self.settings.pool_timeout_ms} ms)") from None
+        except PoolTooLarge as exc:
             raise ConfigError(f"DATABASE_POOL_MIN={self.min_size} is too large: {exc}") from None
+        except KitError:
+            raise
         except OperationalError as exc:
             if not self._state.closed:
                 raise
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise DatabaseUnavailable(
-                f"could not connect to the database at {self.database}: {reason}"
+                f"could not connect to the database at {self.database}: {_first_line(exc)}"
             ) from exc
 
     @property

@@ -1,84 +1,63 @@
-"""The connection pool behind `kit.db.database`: peewee's pooled PostgreSQL class with stricter semantics.
+"""`ConnectionPool`: driver connections shared by threads, with its semantics stated where they are defined.
 
-Pool settings, as in psycopg_pool:
+The pool knows nothing of peewee, SQL or environment variables. It is told how to open, test, clean
+and close a connection (`Hooks`) and decides when; `kit.db.PooledDatabase` puts peewee's
+pooled-database contract on top of it.
 
-- `min_size`: connections opened at first use and kept open.
-- `max_size`: most connections checked out at once; the next caller waits.
-- `max_idle`: seconds an idle connection above `min_size` is kept before it is closed.
-- `timeout`: seconds a caller waits for a free connection before `PoolExhausted`.
-- `check_after`: seconds of idleness after which a connection is pinged before it is handed out.
+Settings (checked whenever they are set; a bad one is one sentence naming it, `PoolSettingError`):
 
-What the pool guarantees on top of peewee's `PooledPostgresqlExtDatabase`:
+- `max_size`: most connections checked out at once. None or 0: no limit.
+- `min_size`: connections opened at first use and kept open, idle or not (at most `max_size`).
+- `timeout`: what a caller does when `max_size` connections are checked out. None: `PoolExhausted`
+  at once; 0: wait as long as it takes; n > 0: wait up to n seconds, then `PoolExhausted`.
+- `stale_timeout`: an age limit. A connection opened more than this many seconds ago is closed when
+  it comes back and is never handed out again. None or 0: no age limit.
+- `max_idle`: seconds an idle connection above `min_size` is kept before it is closed. None or 0:
+  idle connections are kept until closed by hand.
+- `check_after`: a connection idle this many seconds is tested with a round trip (`Hooks.ping`)
+  before it is handed out; 0 tests every checkout.
 
-- A connection the server killed is never handed out. On every checkout (and before every statement
-  outside a transaction on a connection a thread keeps) the socket is polled without blocking: a
-  killed backend leaves it readable, and only then, or after `check_after` seconds idle, does the
-  pool spend a round trip to test it. Recently used healthy connections cost no round trip.
-- A connection comes back clean: an open or failed transaction is rolled back, and a connection
-  whose session state may have changed is reset with DISCARD ALL before anyone else borrows it.
-  "May have changed" is seen from the statements run through the database (SET, RESET, LISTEN,
-  PREPARE, DECLARE, temp tables, set_config(), session advisory locks, in lower or upper case) and
-  from any use of the raw driver connection (`database.connection()`) or a named cursor. A
-  connection whose session did not change costs no extra round trip.
-- `min_size` fits the server: on the pool's first connection, a `min_size` above what the server allows
-  this role (`max_connections` minus reserved slots, or the role's CONNECTION LIMIT) raises
-  `PoolTooLarge` before any more connections are opened, instead of taking every slot on the server.
-- Fork safety: a child process drops the parent's connections without touching their sockets.
-- A connection held by a thread that has ended is reclaimed when the pool runs out.
+What the pool does:
+
+- Checkout hands out the idle connection opened longest ago first (peewee's order), skipping and
+  closing any that is stale, closed (`Hooks.is_closed`, asked on every checkout) or fails its ping.
+  When none is idle and there is room, it opens one; the first opened tops the pool up to `min_size`.
+- Check-in closes the connection instead of keeping it when asked to, when it is stale, when it
+  was opened before the last `invalidate()`, when `Hooks.can_reuse` says no (that hook rolls back a
+  leftover transaction), or when it needs a session reset (`needs_reset`) and `Hooks.reset` fails.
+- A connection held by a thread that has ended is taken back when a caller would otherwise wait.
+- `close_idle`, `close_stale(age)` (checked out longer than `age` seconds) and `close_all` close
+  connections now; those checked out by other threads fail on their next use. `forget` drops every
+  connection without closing it (for a forked child) and returns them.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import select
+import heapq
+import itertools
+import math
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from peewee import InterfaceError, OperationalError, __exception_wrapper__, _ConnectionLocal
-from playhouse.pool import MaxConnectionsExceeded
-from playhouse.postgres_ext import PooledPostgresqlExtDatabase, PostgresqlExtDatabase
+from kit.errors import PoolExhausted, PoolSettingError
 
-from kit.config import KitError
+__all__ = ["ConnectionPool", "Hooks", "PoolExhausted", "PoolSettingError"]
 
 
-class PoolExhausted(MaxConnectionsExceeded):
-    """No connection became free within the pool timeout."""
+@dataclass(frozen=True)
+class Hooks:
+    """How the pool opens, tests, cleans and closes one driver connection."""
 
-
-class PoolTooLarge(KitError):
-    """`min_size` is more connections than the server allows this role."""
-
-
-CONNECTION_BUDGET_SQL = """
-SELECT current_setting('max_connections')::int,
-       current_setting('superuser_reserved_connections')::int
-         + coalesce(nullif(current_setting('reserved_connections', true), '')::int, 0),
-       r.rolconnlimit, r.rolname
-FROM pg_roles r WHERE r.rolname = current_user
-"""
-
-
-class _NoFreeSlot(Exception):
-    """Internal: every connection is checked out; the caller should wait."""
-
-
-# Statements that change session state which would otherwise leak to the next borrower.
-# SET LOCAL / SET TRANSACTION / SET CONSTRAINTS and pg_advisory_xact_lock end with the transaction.
-_SESSION_STATEMENT = re.compile(
-    r"\s*(?:set\s+(?!local\b|transaction\b|constraints\b)|reset\b|listen\b|prepare\b|declare\b|load\b"
-    r"|create\s+(?:(?:global|local)\s+)?temp)",
-    re.IGNORECASE,
-)
-_SESSION_FUNCTIONS = ("set_config", "SET_CONFIG", "advisory_lock", "ADVISORY_LOCK")
-
-
-def _changes_session(sql: str) -> bool:
-    """True when a statement may leave session state behind (checked in microseconds, even for long SQL)."""
-    return _SESSION_STATEMENT.match(sql) is not None or any(name in sql for name in _SESSION_FUNCTIONS)
+    open: Callable[[], Any]  # a new connection; raises when the server cannot be reached
+    close: Callable[[Any], None]  # close it for good; must not raise
+    is_closed: Callable[[Any], bool] = lambda conn: False  # asked on every checkout: is it unusable?
+    ping: Callable[[Any], bool] = lambda conn: True  # a round trip after `check_after` idle: alive?
+    can_reuse: Callable[[Any], bool] = lambda conn: True  # on check-in: fit to keep (rolls back)?
+    reset: Callable[[Any], bool] = lambda conn: True  # on check-in of a connection needing a reset
 
 
 @dataclass(eq=False)
@@ -86,176 +65,163 @@ class _Slot:
     """One pooled connection and what the pool knows about it."""
 
     conn: Any
+    generation: int
     opened: float = field(default_factory=time.monotonic)
     last_used: float = field(default_factory=time.monotonic)
     checked_out: float = 0.0
-    dirty: bool = False
     owner: threading.Thread | None = None
+    session: set[str] = field(default_factory=set)  # session state known to be on it, by kind
+    needs_reset: bool = False
 
 
-def _socket_readable(conn: Any) -> bool:
-    """True when the server sent something (or closed) while the connection sat idle."""
-    try:
-        poller = select.poll()
-        poller.register(conn.fileno(), select.POLLIN)
-        return bool(poller.poll(0))
-    except (OSError, ValueError, Exception):  # a closed connection has no usable fileno
-        return True
+def _limit(name: str, value: Any, *, whole: bool = False, none_ok: bool = True) -> float | int | None:
+    """`value` as a non-negative number (None kept when allowed), or one sentence naming `name`."""
+    if value is None and none_ok:
+        return None
+    if isinstance(value, str):  # peewee accepts numbers given as strings
+        try:
+            value = float(value.strip()) if not whole else int(value.strip())
+        except ValueError:
+            raise PoolSettingError(f"{name} must be a number, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise PoolSettingError(f"{name} must be a number, got {value!r}")
+    if value < 0:
+        raise PoolSettingError(f"{name} must not be negative, got {value:g}")
+    if whole:
+        if value != int(value):
+            raise PoolSettingError(f"{name} must be a whole number, got {value:g}")
+        return int(value)
+    return value
 
 
-class PooledDatabase(PooledPostgresqlExtDatabase):
-    """A pooled PostgreSQL database (postgres_ext features, JSONB included) with the semantics above."""
+class ConnectionPool:
+    """Connections shared by threads: at most `max_size` out at once, `min_size` kept, the oldest reused first."""
 
-    def __init__(
-        self,
-        database: str | None,
-        min_size: int = 2,
-        max_size: int = 10,
-        max_idle: float = 30.0,
-        timeout: float = 10.0,
-        check_after: float = 30.0,
-        **kwargs: Any,
-    ) -> None:
-        self._pool_init_state()
-        self.min_size, self.max_size = min_size, max_size
-        self.max_idle, self.timeout, self.check_after = max_idle, timeout, check_after
-        super().__init__(database, max_connections=max_size, timeout=timeout, **kwargs)
-        _track_forks(self)
-
-    def _pool_init_state(self) -> None:
+    def __init__(self, hooks: Hooks, **settings: Any) -> None:
+        self.hooks = hooks
         self._cond = threading.Condition(threading.Lock())
-        self._idle: list[_Slot] = []  # a stack: the most recently used is reused first
-        self._slots: dict[int, _Slot] = {}  # id(conn) -> slot, for checked-out connections
-        self._opening = 0
-        self._budget_checked = False
-        self._reaper: threading.Thread | None = None
-        self._stats = dict.fromkeys(("waits", "timeouts", "opened", "closed", "checks", "resets"), 0)
+        self._counter = itertools.count()
+        self.min_size, self.max_size = 0, None
+        self.timeout = self.stale_timeout = self.max_idle = None
+        self.check_after: float = 30.0
+        self._reset_state()
+        self.configure(**settings)
 
-    def init(self, database: str | None, **kwargs: Any) -> None:
-        """Point the pool at `database` (a URL), closing what it holds; pool settings may be passed too."""
-        for name in ("min_size", "max_size", "max_idle", "timeout", "check_after"):
-            if name in kwargs:
-                setattr(self, name, kwargs.pop(name))
-        kwargs.setdefault("max_connections", self.max_size)
-        kwargs.setdefault("timeout", self.timeout)
-        if hasattr(self, "_cond"):
-            self.close_all()
-        self._budget_checked = False  # another server, or another min_size: check again
-        super().init(database, **kwargs)
+    def _reset_state(self) -> None:
+        self._idle: list[tuple[float, int, _Slot]] = []  # a heap: opened longest ago first
+        self._in_use: dict[int, _Slot] = {}  # id(conn) -> slot
+        self._opening = 0
+        self._generation = 0
+        self._reaper: threading.Thread | None = None
+        self._stats = dict.fromkeys(("waits", "timeouts", "opened", "closed", "checks", "resets", "resent"), 0)
+
+    # -- settings ---------------------------------------------------------------------------------
+
+    def configure(self, *, min_size: Any = ..., max_size: Any = ..., timeout: Any = ...,
+                  stale_timeout: Any = ..., max_idle: Any = ..., check_after: Any = ...) -> None:
+        """Change settings (those not given stay the same); all are checked before any is applied."""
+        new_max = self.max_size if max_size is ... else (_limit("max_size", max_size, whole=True) or None)
+        new_min = self.min_size if min_size is ... else _limit("min_size", min_size, whole=True, none_ok=False)
+        if new_max is not None and new_min > new_max:
+            raise PoolSettingError(f"min_size ({new_min}) must not be greater than max_size ({new_max})")
+        values = {
+            "timeout": self.timeout if timeout is ... else _limit("timeout", timeout),
+            "stale_timeout": self.stale_timeout if stale_timeout is ... else (_limit("stale_timeout", stale_timeout)
+                                                                              or None),
+            "max_idle": self.max_idle if max_idle is ... else (_limit("max_idle", max_idle) or None),
+            "check_after": self.check_after if check_after is ... else _limit("check_after", check_after,
+                                                                               none_ok=False),
+        }
+        with self._cond:
+            self.min_size, self.max_size = new_min, new_max
+            for name, value in values.items():
+                setattr(self, name, value)
+            self._cond.notify_all()  # a larger max_size or a shorter timeout concerns waiting callers
+
+    @property
+    def wait_seconds(self) -> float | None:
+        """How long a caller waits when the pool is full: None not at all, math.inf without end."""
+        return math.inf if self.timeout == 0 else self.timeout
 
     # -- checkout ---------------------------------------------------------------------------------
 
-    def connect(self, reuse_if_open: bool = False) -> bool:
-        """Check a connection out for this thread, waiting up to `timeout` seconds for a free one."""
-        # Like peewee's Database.connect, minus its database-wide lock: the pool has its own, and a
-        # slow connection attempt in one thread must not hold up other threads' checkouts and releases.
-        if self.deferred:
-            raise InterfaceError("Error, database must be initialized before opening a connection.")
-        if not self._state.closed:
-            if reuse_if_open:
-                return False
-            raise OperationalError("Connection already opened.")
-        conn = self._wait_for_connection()
-        self._state.set_connection(conn)
-        if self.server_version is None:
-            self._set_server_version(conn)
-        self._initialize_connection(conn)
-        return True
-
-    def _wait_for_connection(self) -> Any:
+    def getconn(self) -> Any:
+        """Check a connection out for the calling thread (waiting as `timeout` says)."""
         deadline = None
         while True:
-            try:
-                with __exception_wrapper__:
-                    return self._connect()
-            except _NoFreeSlot:
-                pass
-            now = time.monotonic()
-            with self._cond:
-                if deadline is None:
-                    deadline = now + self.timeout
-                    self._stats["waits"] += 1
-                if self._reclaim_from_dead_threads() or self._has_room():
-                    continue
-                if now >= deadline:
-                    self._stats["timeouts"] += 1
-                    raise PoolExhausted(
-                        f"connection pool exhausted: all {self.max_size} connections "
-                        f"(DATABASE_POOL_MAX={self.max_size}) stayed checked out for "
-                        f"{self.timeout:g}s (DATABASE_POOL_TIMEOUT={self.timeout * 1000:g} ms)"
-                    )
-                self._cond.wait(deadline - now)
-
-    def close(self) -> bool:
-        """Return this thread's connection to the pool (peewee's close, minus the database-wide lock)."""
-        if self.deferred:
-            raise InterfaceError("Error, database must be initialized before opening a connection.")
-        if self.in_transaction():
-            raise OperationalError("Attempting to close database while transaction is open.")
-        is_open = not self._state.closed
-        try:
-            if is_open:
-                with __exception_wrapper__:
-                    self._close(self._state.conn)
-        finally:
-            self._state.reset()
-        return is_open
-
-    def _has_room(self) -> bool:
-        return bool(self._idle) or len(self._slots) + self._opening < self.max_size
-
-    def _connect(self) -> Any:
-        """Hand out a live idle connection, or open one if there is room; `_NoFreeSlot` when full."""
-        while True:
-            with self._cond:
-                slot = self._check_out(self._idle.pop()) if self._idle else None
-                if slot is None:
-                    if len(self._slots) + self._opening >= self.max_size:
-                        raise _NoFreeSlot()
-                    self._opening += 1
-            if slot is None:
-                break
-            if not self._is_dead(slot):
+            slot = self._take_idle()
+            if slot is not None:
                 return slot.conn
             with self._cond:
-                del self._slots[id(slot.conn)]
-                self._discard(slot)
-        slot = self._open_slot()
-        extra = 0
+                if self._idle:
+                    continue
+                if self._has_room() or self._reclaim_from_dead_threads():
+                    self._opening += 1
+                    break
+                now = time.monotonic()
+                wait = self.wait_seconds
+                if deadline is None and wait:
+                    deadline = now + wait
+                    self._stats["waits"] += 1
+                if deadline is None or now >= deadline:
+                    self._stats["timeouts"] += 1
+                    raise PoolExhausted(self._exhausted_message())
+                self._cond.wait(None if deadline == math.inf else deadline - now)
+        slot = self._open_reserved()
         with self._cond:
             self._check_out(slot)
-            # First use, or after dead connections were dropped: top the pool up to min_size, idle.
-            extra = max(0, self.min_size - len(self._slots) - len(self._idle) - self._opening)
+            extra = max(0, self.min_size - len(self._in_use) - len(self._idle) - self._opening)
             self._opening += extra
         self._open_idle(extra)
         self._start_reaper()
         return slot.conn
 
-    def _check_budget(self, conn: Any) -> None:
-        """Raise PoolTooLarge when `min_size` is more than the server allows this role (once per pool)."""
-        with conn.cursor() as cursor:
-            cursor.execute(CONNECTION_BUDGET_SQL)
-            most, reserved, role_limit, role = cursor.fetchone()
-        if not conn.autocommit:
-            conn.rollback()
-        allowed = most - reserved if role_limit < 0 else min(most - reserved, role_limit)
-        if self.min_size > allowed:
-            limit = (f"max_connections {most} minus {reserved} reserved" if role_limit < 0 or role_limit >= most
-                     - reserved else f"the role's CONNECTION LIMIT {role_limit}")
-            raise PoolTooLarge(f"min_size {self.min_size} is more connections than the server allows role {role} "
-                               f"({allowed}: {limit}); lower it")
-        self._budget_checked = True
+    def _exhausted_message(self) -> str:
+        waited = "" if self.timeout is None else f" for {self.timeout:g}s"
+        return f"connection pool exhausted: all {self.max_size} connections stayed checked out{waited}"
 
-    def _open_slot(self) -> _Slot:
-        """Open a connection for a slot already reserved in `_opening` (checking the budget on the first)."""
+    def _has_room(self) -> bool:
+        return self.max_size is None or len(self._in_use) + self._opening < self.max_size
+
+    def _take_idle(self) -> _Slot | None:
+        """The oldest usable idle connection, checked out; unusable ones on the way are closed."""
+        while True:
+            with self._cond:
+                if not self._idle:
+                    return None
+                slot = heapq.heappop(self._idle)[2]
+                self._check_out(slot)
+            if self._usable(slot):
+                return slot
+            with self._cond:
+                del self._in_use[id(slot.conn)]
+                self._discard(slot)
+
+    def _usable(self, slot: _Slot) -> bool:
+        if self._is_stale(slot) or slot.generation != self._generation or self.hooks.is_closed(slot.conn):
+            return False
+        if time.monotonic() - slot.last_used < self.check_after:
+            return True
+        return self.ping(slot.conn)
+
+    def ping(self, conn: Any) -> bool:
+        """Test `conn` with a round trip (`Hooks.ping`), counted in `stats()["checks"]`; True when alive."""
+        with self._cond:
+            self._stats["checks"] += 1
+        return self.hooks.ping(conn)
+
+    def _is_stale(self, slot: _Slot) -> bool:
+        return self.stale_timeout is not None and time.monotonic() - slot.opened > self.stale_timeout
+
+    def _check_out(self, slot: _Slot) -> None:
+        slot.owner = threading.current_thread()
+        slot.checked_out = time.monotonic()
+        self._in_use[id(slot.conn)] = slot
+
+    def _open_reserved(self) -> _Slot:
+        """Open a connection for a place already reserved in `_opening`."""
         try:
-            conn = PostgresqlExtDatabase._connect(self)
-            if not self._budget_checked:
-                try:
-                    self._check_budget(conn)
-                except BaseException:
-                    self._close_raw(conn)
-                    raise
+            conn = self.hooks.open()
         except BaseException:
             with self._cond:
                 self._opening -= 1
@@ -264,249 +230,177 @@ class PooledDatabase(PooledPostgresqlExtDatabase):
         with self._cond:
             self._opening -= 1
             self._stats["opened"] += 1
-        return _Slot(conn)
+            return _Slot(conn, self._generation)
 
     def _open_idle(self, count: int) -> None:
-        """Open `count` reserved connections straight into the idle stack (warming up to `min_size`)."""
+        """Open `count` reserved connections straight into the idle heap (warming up to `min_size`)."""
         for opened in range(count):
             try:
-                slot = self._open_slot()
+                slot = self._open_reserved()
             except Exception:  # the caller has its connection; the rest open on demand later
                 with self._cond:
                     self._opening -= count - opened - 1
                 return
             with self._cond:
-                self._idle.insert(0, slot)
+                heapq.heappush(self._idle, (slot.opened, next(self._counter), slot))
                 self._cond.notify()
 
-    def _check_out(self, slot: _Slot) -> _Slot:
-        slot.owner = threading.current_thread()
-        slot.checked_out = time.monotonic()
-        self._slots[id(slot.conn)] = slot
-        return slot
+    # -- what a checked-out connection carries ----------------------------------------------------
 
-    def _is_dead(self, slot: _Slot) -> bool:
-        """Cheap test first (local status, a non-blocking poll); a round trip only when in doubt."""
-        conn = slot.conn
-        if conn.closed or self._adapter.txn_status(conn) == self._adapter.txn_unknown:
-            return True
-        if not _socket_readable(conn) and time.monotonic() - slot.last_used < self.check_after:
-            return False
-        with self._cond:
-            self._stats["checks"] += 1
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SELECT 1")
-            return False
-        except Exception:
-            return True
+    def note_session(self, conn: Any, kind: str | None) -> None:
+        """Remember that `conn` now holds session state (`kind` names it; None: unknown) to reset on check-in."""
+        slot = self._in_use.get(id(conn))
+        if slot is not None:
+            slot.needs_reset = True
+            if kind:
+                slot.session.add(kind)
 
-    # -- a thread that keeps its connection -------------------------------------------------------
-
-    def cursor(self, named_cursor: Any = None) -> Any:
-        """A cursor on this thread's connection, swapped for a fresh one first if the server dropped it."""
-        state = self._state
-        if not state.closed and not state.transactions:
-            conn = state.conn
-            if conn.closed or (
-                _socket_readable(conn) and self._adapter.txn_status(conn) == self._adapter.txn_idle
-            ):
-                slot = self._slots.get(id(conn))
-                if slot is not None and (conn.closed or self._is_dead(slot)):
-                    state.conn = self._replace(slot)
-        if named_cursor:
-            self._mark_dirty()
-        return super().cursor(named_cursor)
-
-    def _replace(self, slot: _Slot) -> Any:
-        """Swap a dead checked-out connection for a new one; if that fails the slot stays, to retry."""
-        self._close_raw(slot.conn)
-        new = _Slot(PostgresqlExtDatabase._connect(self))
-        with self._cond:
-            del self._slots[id(slot.conn)]
-            self._stats["closed"] += 1
-            self._stats["opened"] += 1
-            return self._check_out(new).conn
-
-    def connection(self) -> Any:
-        """This thread's driver connection; what is done with it directly is reset on release."""
-        conn = super().connection()
-        self._mark_dirty()
-        return conn
-
-    def execute_sql(self, sql: str, params: Any = None, named_cursor: Any = None) -> Any:
-        """Run one statement, noting when it changes session state that must not leak."""
-        if _changes_session(sql):
-            cursor = super().execute_sql(sql, params, named_cursor)
-            self._mark_dirty()
-            return cursor
-        return super().execute_sql(sql, params, named_cursor)
-
-    def _mark_dirty(self) -> None:
-        if not self._state.closed:
-            slot = self._slots.get(id(self._state.conn))
-            if slot is not None:
-                slot.dirty = True
+    def session_of(self, conn: Any) -> frozenset[str]:
+        """The kinds of session state `conn` is known to hold (empty when none, or not checked out)."""
+        slot = self._in_use.get(id(conn))
+        return frozenset(slot.session) if slot is not None else frozenset()
 
     # -- check-in ---------------------------------------------------------------------------------
 
-    def _close(self, conn: Any, close_conn: bool = False) -> None:
-        """Return a connection: roll back, reset if its session changed, and push it on the idle stack."""
+    def putconn(self, conn: Any, discard: bool = False) -> None:
+        """Take a connection back: kept for reuse, or closed (see the module docstring for when)."""
         with self._cond:
-            slot = self._slots.pop(id(conn), None)
-            if slot is None:
-                if close_conn:
-                    self._close_raw(conn)
+            slot = self._in_use.pop(id(conn), None)
+            if slot is None:  # not checked out from here (closed by close_all/close_stale, or foreign)
+                if discard:
+                    self.hooks.close(conn)
+                self._cond.notify()
                 return
             slot.owner = None
-            if close_conn or not self._clean(slot):
-                self._discard(slot)
-            else:
+        keep = not discard and slot.generation == self._generation and not self._is_stale(slot) and self._clean(slot)
+        with self._cond:
+            if keep:
                 slot.last_used = time.monotonic()
-                self._idle.append(slot)
+                heapq.heappush(self._idle, (slot.opened, next(self._counter), slot))
+            else:
+                self._discard(slot)
             self._cond.notify()
 
     def _clean(self, slot: _Slot) -> bool:
-        """Roll back a leftover transaction and reset session state; False when it cannot be reused."""
-        conn = slot.conn
-        if conn.closed or not self._adapter.is_connection_reusable(conn):
+        """Roll back and reset outside the pool's lock (both may be round trips); False to close it."""
+        if not self.hooks.can_reuse(slot.conn):
             return False
-        if slot.dirty:
-            try:
-                with conn.cursor() as cur:
-                    cur.execute("DISCARD ALL")
-            except Exception:
+        if slot.needs_reset:
+            if not self.hooks.reset(slot.conn):
                 return False
-            slot.dirty = False
-            self._stats["resets"] += 1
+            slot.session.clear()
+            slot.needs_reset = False
+            with self._cond:
+                self._stats["resets"] += 1
         return True
 
     def _discard(self, slot: _Slot) -> None:
-        self._close_raw(slot.conn)
+        """Close a slot's connection (under `_cond`; the hook must not raise)."""
+        self.hooks.close(slot.conn)
         self._stats["closed"] += 1
 
     def _reclaim_from_dead_threads(self) -> bool:
-        """Take back connections whose owning thread ended without closing them (under `_cond`)."""
-        lost = [s for s in self._slots.values() if s.owner is not None and not s.owner.is_alive()]
+        """Take back connections whose owning thread ended without returning them (under `_cond`)."""
+        lost = [s for s in self._in_use.values() if s.owner is not None and not s.owner.is_alive()]
         for slot in lost:
-            del self._slots[id(slot.conn)]
+            del self._in_use[id(slot.conn)]
             self._discard(slot)
         return bool(lost)
 
-    # -- idle timeout -----------------------------------------------------------------------------
+    # -- closing ----------------------------------------------------------------------------------
 
-    def _start_reaper(self) -> None:
-        if self._reaper is None or not self._reaper.is_alive():
-            ref = weakref.ref(self)
-            self._reaper = threading.Thread(target=_reap_idle, args=(ref,), name="kit-pool-reaper", daemon=True)
-            self._reaper.start()
-
-    def _close_expired(self) -> float:
-        """Close idle connections above `min_size` idle for `max_idle`; seconds until the next may expire."""
-        with self._cond:
-            now = time.monotonic()
-            while self._idle and len(self._idle) + len(self._slots) > self.min_size:
-                oldest = self._idle[0]
-                wait = oldest.last_used + self.max_idle - now
-                if wait > 0:
-                    return wait
-                self._idle.pop(0)
-                self._discard(oldest)
-            return self.max_idle if self.max_idle > 0 else 1.0
-
-    # -- housekeeping -----------------------------------------------------------------------------
-
-    def pool_stats(self) -> dict[str, int]:
-        """Counts: in_use, idle, min, max, and since start waits, timeouts, opened, closed, checks, resets."""
-        with self._cond:
-            return {
-                "in_use": len(self._slots),
-                "idle": len(self._idle),
-                "min": self.min_size,
-                "max": self.max_size,
-                **self._stats,
-            }
-
-    def close_idle(self) -> None:
-        """Close every idle connection (checked-out ones are left alone)."""
+    def close_idle(self) -> int:
+        """Close every idle connection (checked-out ones are left alone); return how many."""
         with self._cond:
             idle, self._idle = self._idle, []
-            for slot in idle:
+            for _, _, slot in idle:
                 self._discard(slot)
-
-    def close_all(self) -> None:
-        """Close every connection, including those checked out by other threads (they will fail)."""
-        if not self.is_closed() and not self.in_transaction():
-            self.close()
-        with self._cond:
-            for slot in self._idle + list(self._slots.values()):
-                self._discard(slot)
-            self._idle, self._slots = [], {}
-            self._cond.notify_all()
+            return len(idle)
 
     def close_stale(self, age: float = 600) -> int:
         """Close connections checked out more than `age` seconds ago (their users will fail); return how many."""
         with self._cond:
             cutoff = time.monotonic() - age
-            stale = [s for s in self._slots.values() if s.checked_out < cutoff]
+            stale = [s for s in self._in_use.values() if s.checked_out < cutoff]
             for slot in stale:
-                del self._slots[id(slot.conn)]
+                del self._in_use[id(slot.conn)]
                 self._discard(slot)
             self._cond.notify_all()
             return len(stale)
 
-    def manual_close(self) -> bool:
-        """Close this thread's connection for good instead of returning it to the pool."""
-        if self.is_closed():
-            return False
-        self._close(self._state.conn, close_conn=True)
-        self.close()
-        return True
+    def close_all(self) -> None:
+        """Close every connection, idle and checked out (those in use by other threads will fail)."""
+        with self._cond:
+            for _, _, slot in self._idle:
+                self._discard(slot)
+            for slot in self._in_use.values():
+                self._discard(slot)
+            self._idle, self._in_use = [], {}
+            self._cond.notify_all()
 
-    def _forget_after_fork(self) -> None:
-        """In a forked child: drop the parent's connections without sending anything on their sockets."""
-        conns = [s.conn for s in self._idle + list(self._slots.values())]
-        state_conn = getattr(self._state, "conn", None)
-        if state_conn is not None:
-            conns.append(state_conn)
-        devnull = os.open(os.devnull, os.O_RDWR)
-        try:
-            for conn in conns:
-                try:
-                    # Point the child's copy of the socket at /dev/null: the parent keeps its session,
-                    # and the goodbye libpq sends when this object is freed goes nowhere.
-                    os.dup2(devnull, conn.fileno())
-                except Exception:
-                    pass
-        finally:
-            os.close(devnull)
-        self._pool_init_state()
-        self._lock = threading.Lock()
-        self._state = _ConnectionLocal()
+    def invalidate(self) -> None:
+        """Close idle connections now and checked-out ones when they come back (the target changed)."""
+        with self._cond:
+            self._generation += 1
+        self.close_idle()
+
+    def forget(self) -> list[Any]:
+        """Drop every connection without closing it (a forked child's copies) and return them."""
+        conns = [slot.conn for _, _, slot in self._idle] + [slot.conn for slot in self._in_use.values()]
+        self._cond = threading.Condition(threading.Lock())  # the parent's lock may have been held at fork
+        self._reset_state()
+        return conns
+
+    # -- idle timeout -----------------------------------------------------------------------------
+
+    def _start_reaper(self) -> None:
+        if self.max_idle and (self._reaper is None or not self._reaper.is_alive()):
+            self._reaper = threading.Thread(target=_reap_idle, args=(weakref.ref(self),), name="kit-pool-reaper",
+                                            daemon=True)
+            self._reaper.start()
+
+    def close_expired(self) -> float | None:
+        """Close idle connections above `min_size` idle for `max_idle`; seconds until the next may expire."""
+        if not self.max_idle:
+            return None
+        with self._cond:
+            now = time.monotonic()
+            by_idleness = sorted(self._idle, key=lambda item: item[2].last_used)
+            keep = len(self._idle) + len(self._in_use)
+            expired = []
+            for item in by_idleness:
+                if keep <= self.min_size or now - item[2].last_used < self.max_idle:
+                    break
+                expired.append(item)
+                keep -= 1
+            if expired:
+                self._idle = [item for item in self._idle if item not in expired]
+                heapq.heapify(self._idle)
+                for _, _, slot in expired:
+                    self._discard(slot)
+            waiting = [item[2].last_used + self.max_idle - now for item in self._idle]
+            return max(min(waiting, default=self.max_idle), 0.01)
+
+    def count(self, event: str) -> None:
+        """Add one to the `event` counter in `stats()` (e.g. "resent", kept by the database class)."""
+        with self._cond:
+            self._stats[event] = self._stats.get(event, 0) + 1
+
+    def stats(self) -> dict[str, Any]:
+        """Counts: in_use, idle, min, max, and since start waits, timeouts, opened, closed, checks, resets, resent."""
+        with self._cond:
+            return {"in_use": len(self._in_use), "idle": len(self._idle), "min": self.min_size,
+                    "max": self.max_size, **self._stats}
 
 
 def _reap_idle(ref: weakref.ref) -> None:
     """Background loop: close idle connections above min_size once they pass max_idle."""
     while True:
-        db = ref()
-        if db is None:
+        pool = ref()
+        if pool is None:
             return
-        wait = db._close_expired()
-        del db
-        time.sleep(min(max(wait, 0.01), 5.0))
-
-
-_pools: weakref.WeakSet[PooledDatabase] = weakref.WeakSet()
-
-
-def _track_forks(db: PooledDatabase) -> None:
-    _pools.add(db)
-
-
-def _after_fork_in_child() -> None:
-    for db in list(_pools):
-        db._forget_after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+        wait = pool.close_expired()
+        del pool
+        if wait is None:
+            return
+        time.sleep(min(wait, 5.0))

@@ -16,7 +16,7 @@ import pytest
 from helpers import scalar
 
 from kit import embedded
-from kit.pool import PooledDatabase
+from kit.db import PooledDatabase
 
 
 @pytest.fixture(scope="module")
