@@ -19,8 +19,7 @@ import psycopg2
 from playhouse.postgres_ext import PooledPostgresqlExtDatabase
 
 from kit.config import load_settings
-from kit.db import resolve_url
-from kit.db import PooledDatabase
+from kit.db import PooledDatabase, resolve_url
 
 
 def run_threads(threads: int, ops: int, setup, op) -> float:

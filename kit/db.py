@@ -14,26 +14,29 @@ oldest connection reused first. The kit adds `min_size`, `max_idle`, `check_afte
 `check_after` seconds idle. A thread that keeps its connection gets the same poll before each statement
 outside a transaction.
 
-**Statements are re-sent only when the server never read them.** The server can end a session between
+**A statement is re-sent only when it cannot have taken effect.** The server can end a session between
 that poll and the statement reaching it (`pg_terminate_backend`, a restart, an idle timeout, a pooler
-closing idle links). A statement is then sent once more, on a new connection, only when all hold:
+closing idle links). The statement is then sent once more, on a new connection, only when all hold:
 
 1. it is outside a transaction (peewee's and the driver's: the connection was idle when it was sent);
 2. the connection holds no session state (else `SessionLost`, below);
-3. the driver reports the connection closed and the server sent nothing in reply: no SQLSTATE, no
-   FATAL, no result (`server closed the connection unexpectedly`, or `connection already closed`
-   before anything was sent).
+3. the driver reports the connection closed with no result for the statement (libpq's "server closed
+   the connection unexpectedly", or "connection already closed" before anything was sent);
+4. that failure came back within `RESEND_WINDOW` (10 ms) of sending.
 
-Why that proves the statement did not run: a backend that reads a statement and is then told to end
-(pg_terminate_backend, a shutdown) answers with a FATAL (57P01, 57P02) before it exits, so a reply of
-nothing means the backend had exited before the statement reached it. Raised unchanged, never re-sent:
-that FATAL (the statement may have started; it did not commit), any other error (a statement timeout,
-a deadlock), and every failure inside a transaction. What the rule cannot tell apart, and so what
-the kit does not promise: a backend that crashes, or a network that drops the link, after a statement
-committed and before its reply arrived also sends nothing. After a crash the server refuses
-connections while it recovers, so the re-send fails and the error is raised; a link dropped by the
-network is the one case in which a statement outside a transaction can run twice.
-`pool_stats()["resent"]` counts the statements re-sent.
+Why that proves it had no effect: PostgreSQL ends a session only at an interrupt check. A statement
+read by a session already told to end is never started (the check right after reading comes first);
+one that was running is aborted with its transaction (the check is never between a commit and its
+reply, which is flushed before the next check), so its changes are rolled back. Rule 4 keeps a
+statement that was running for a while (a long query killed mid-run) from being run again: that
+failure is raised, not re-sent, even though it committed nothing. Raised unchanged as well: every
+other error (a statement timeout, a deadlock, a FATAL with a result) and every failure inside a
+transaction. libpq reports a session ended before the statement arrived and one ended while it ran in
+the same words, which is why rule 4 exists. What the kit does not promise: a crash, or a network
+that drops the link, after a statement committed and within 10 ms of sending it, also looks the
+same. After a crash the server refuses connections while it recovers, so that re-send fails and the
+error is raised; a link dropped by the network in those 10 ms is the one case in which a statement
+outside a transaction can run twice. `pool_stats()["resent"]` counts the statements re-sent.
 
 **Session state is never lost silently.** A connection that holds session state (SET, set_config,
 advisory locks, LISTEN, PREPARE, DECLARE, temporary tables, LOAD, or anything done on the driver
@@ -106,6 +109,7 @@ _SESSION_STATEMENT = re.compile(r"\s*(?:set|reset|listen|prepare|declare|create|
 _SESSION_FUNCTIONS = [("advisory_lock", "advisory locks"), ("ADVISORY_LOCK", "advisory locks"),
                       ("set_config", "settings (set_config)"), ("SET_CONFIG", "settings (set_config)")]
 DRIVER_USE = "whatever was done on the driver connection directly"
+RESEND_WINDOW = 0.010  # seconds: a statement that failed later than this after sending may have been running
 
 
 def session_change(sql: str) -> str | None:
@@ -348,12 +352,15 @@ class PooledDatabase(PostgresqlExtDatabase):
         idle = not state.transactions and self._adapter.txn_status(conn) == self._adapter.txn_idle
         if kind:
             self._pool.note_session(conn, kind)
+        sent = time.monotonic()
         try:
             cursor.execute(sql, params or ())
             return cursor
         except psycopg2.Error as exc:
             if not idle or not _ended_by_server(exc, conn):
                 raise
+            if time.monotonic() - sent > RESEND_WINDOW and not self._pool.session_of(conn):
+                raise  # it may have been running; the dead connection is replaced at the next statement
             self._replace_dead(exc)
         self._pool.count("resent")
         cursor = self.cursor(named_cursor)

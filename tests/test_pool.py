@@ -9,11 +9,10 @@ import threading
 import time
 
 import pytest
-from helpers import scalar
+from helpers import scalar, wait_until
 from peewee import ProgrammingError
 
-from kit.db import database
-from kit.db import PooledDatabase, PoolExhausted, PoolTooLarge
+from kit.db import PooledDatabase, PoolExhausted, PoolTooLarge, database
 
 
 @pytest.fixture
@@ -39,15 +38,6 @@ def server_connections(monitor, pool) -> int:
 
 def backend_pid(pool) -> int:
     return pool.execute_sql("SELECT pg_backend_pid()").fetchone()[0]
-
-
-def wait_until(predicate, timeout=5.0, step=0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 def hold_connections(pool, count):
