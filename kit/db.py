@@ -105,7 +105,12 @@ _SESSION_STATEMENTS = [
     (re.compile(r"\s*create\s+(?:(?:global|local)\s+)?temp", re.I), "temporary tables"),
     (re.compile(r"\s*load\b", re.I), "loaded libraries"),
 ]
-_SESSION_STATEMENT = re.compile(r"\s*(?:set|reset|listen|prepare|declare|create|load)\b", re.I)
+_SESSION_STATEMENT = re.compile(
+    r"\s*(?:set|reset|listen|prepare|declare|create|load|begin|start|commit|end|rollback|abort)\b", re.I)
+_RAW_BEGIN = re.compile(r"\s*(?:begin|start\s+transaction)\b", re.I)
+_RAW_END = re.compile(r"\s*(?:commit|end|abort|rollback(?!\s+to\b))\b(?!\s+prepared)", re.I)
+RAW_BEGIN, RAW_END = "BEGIN", "END"  # what session_change returns for transaction control sent as SQL
+OPEN_TRANSACTION = "an open transaction (nothing of it was committed)"
 _SESSION_FUNCTIONS = [("advisory_lock", "advisory locks"), ("ADVISORY_LOCK", "advisory locks"),
                       ("set_config", "settings (set_config)"), ("SET_CONFIG", "settings (set_config)")]
 DRIVER_USE = "whatever was done on the driver connection directly"
@@ -115,6 +120,10 @@ RESEND_WINDOW = 0.010  # seconds: a statement that failed later than this after 
 def session_change(sql: str) -> str | None:
     """What session state `sql` may leave behind (e.g. "advisory locks"), or None (cheap even for long SQL)."""
     if _SESSION_STATEMENT.match(sql) is not None:
+        if _RAW_BEGIN.match(sql):
+            return RAW_BEGIN
+        if _RAW_END.match(sql):
+            return RAW_END
         for pattern, kind in _SESSION_STATEMENTS:
             if pattern.match(sql):
                 return kind
@@ -150,6 +159,7 @@ class _ThreadState(_ConnectionLocal):
         """Forget this thread's connection."""
         super().reset()
         self.checked = False
+        self.raw_transaction = False  # BEGIN sent as SQL, not through peewee's atomic()
 
 
 class PooledDatabase(PostgresqlExtDatabase):
@@ -333,9 +343,10 @@ class PooledDatabase(PostgresqlExtDatabase):
         """Run one statement; re-sent once only when the server never ran it (see the docstring)."""
         self._log_query(sql, params)
         start = time.perf_counter() if self.query_hooks else None
+        kind = session_change(sql)
         try:
             with __exception_wrapper__:
-                cursor = self._run(sql, params, named_cursor)
+                cursor = self._run(sql, params, named_cursor, kind)
         except Exception as exc:
             if start is not None:
                 self._notify_hooks(sql, params, start, exc)
@@ -344,8 +355,12 @@ class PooledDatabase(PostgresqlExtDatabase):
             self._notify_hooks(sql, params, start, None)
         return cursor
 
-    def _run(self, sql: str, params: Any, named_cursor: Any) -> Any:
-        kind = session_change(sql)
+    def _run(self, sql: str, params: Any, named_cursor: Any, kind: str | None) -> Any:
+        if kind is RAW_BEGIN or kind is RAW_END:
+            cursor = self.cursor(named_cursor)
+            cursor.execute(sql, params or ())
+            self._state.raw_transaction = kind is RAW_BEGIN
+            return cursor
         cursor = self.cursor(named_cursor)
         state = self._state
         conn = state.conn
@@ -374,13 +389,48 @@ class PooledDatabase(PostgresqlExtDatabase):
         level = self._isolation_level if isolation_level is None else isolation_level
         sql = f"BEGIN TRANSACTION ISOLATION LEVEL {self._adapter.isolation_level_str(level)}" if level else "BEGIN"
         with __exception_wrapper__:
-            self._run(sql, None, None)
+            self._run(sql, None, None, None)
+
+    def commit(self) -> None:
+        """COMMIT on this thread's connection; a connection lost before or during it is SessionLost."""
+        if self.is_closed():
+            raise InterfaceError("Cannot commit, database connection not open.")
+        conn = self._state.conn
+        if conn.closed or (_socket_readable(conn) and self._is_closed(conn)):
+            raise SessionLost("the database connection was lost before COMMIT; the server rolled the transaction "
+                              "back, so nothing of it was committed")
+        try:
+            with __exception_wrapper__:
+                conn.cursor().execute("COMMIT")
+        except (OperationalError, InterfaceError) as exc:
+            if not conn.closed:
+                raise
+            raise SessionLost(
+                f"the database connection was lost during COMMIT ({_first_line(exc)}); if the server ended the "
+                "session (stopped, killed it) nothing was committed, after a crash or a network failure the "
+                "outcome is unknown: check before doing it again"
+            ) from exc
+
+    def rollback(self) -> None:
+        """ROLLBACK on this thread's connection; on a lost connection the server already rolled back."""
+        if self.is_closed():
+            raise InterfaceError("Cannot rollback, database connection not open.")
+        conn = self._state.conn
+        if conn.closed:
+            return
+        try:
+            with __exception_wrapper__:
+                conn.cursor().execute("ROLLBACK")
+        except (OperationalError, InterfaceError):
+            if not conn.closed:
+                raise
 
     def _replace_dead(self, cause: BaseException | None) -> None:
         """Swap this thread's dead connection for a new one, or raise SessionLost if it held session state."""
         state = self._state
         dead = state.conn
-        lost = self._pool.session_of(dead)
+        lost = self._pool.session_of(dead) | ({OPEN_TRANSACTION} if state.raw_transaction else set())
+        state.raw_transaction = False
         self._pool.putconn(dead, discard=True)
         if lost:
             reason = f" ({_first_line(cause)})" if cause is not None else ""

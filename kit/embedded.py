@@ -20,10 +20,14 @@ import logging
 import os
 import stat
 import sys
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+
+import psycopg2
+from psycopg2 import errors
 
 from kit.config import KitError
 
@@ -107,28 +111,56 @@ def start(data_dir: Path) -> str:
             f"{pgdata} holds a PostgreSQL {found} cluster but the kit runs PostgreSQL {PG_MAJOR}: "
             "set KIT_DATA_DIR to another directory, or remove this one if its data is not needed."
         )
-    try:
-        pgdata.mkdir(parents=True, exist_ok=True)
-        # Not get_server(): it caches one handle per process and would not restart a server stopped since.
-        server = pgserver.PostgresServer(pgdata.resolve(), cleanup_mode=None, postgres_version=PG_MAJOR)
-        with server._lock:
-            server.ensure_pgdata_inited()
-            _restrict_socket_in_config(pgdata)
-        server.start()
-        info = server.get_postmaster_info()
-        with server._lock:
-            info = _lock_down_socket(pgserver, server, pgdata, info)
-    except EmbeddedServerError:
-        raise
-    except Exception as exc:
-        log = pgdata / "log"
-        where = f"; its log is {log}" if log.exists() else ""
-        raise EmbeddedServerError(
-            f"No DATABASE_URL is set and the embedded PostgreSQL in {pgdata} failed to start "
-            f"({type(exc).__name__}: {exc}){where}: {HOW_TO_FIX}."
-        ) from None
-    _ensure_database(url(info.socket_dir, info.port, ADMIN_DATABASE), DATABASE_NAME)
+    log = pgdata / "log"
+    where = f"; its log is {log}" if log.exists() else ""
+    for attempt in range(START_ATTEMPTS):
+        try:
+            pgdata.mkdir(parents=True, exist_ok=True)
+            _wait_for_crashed_postmaster(pgserver, pgdata)
+            # Not get_server(): it caches one handle per process and would not restart a server stopped since.
+            server = pgserver.PostgresServer(pgdata.resolve(), cleanup_mode=None, postgres_version=PG_MAJOR)
+            with server._lock:
+                server.ensure_pgdata_inited()
+                _restrict_socket_in_config(pgdata)
+            server.start()
+            info = server.get_postmaster_info()
+            with server._lock:
+                info = _lock_down_socket(pgserver, server, pgdata, info)
+            break
+        except EmbeddedServerError:
+            raise
+        except Exception as exc:  # after a crash the old server's processes may still be on their way out
+            if attempt + 1 < START_ATTEMPTS:
+                time.sleep(1.0)
+                continue
+            raise EmbeddedServerError(
+                f"No DATABASE_URL is set and the embedded PostgreSQL in {pgdata} failed to start "
+                f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}){where}: "
+                f"{HOW_TO_FIX}."
+            ) from None
+    _ensure_database(url(info.socket_dir, info.port, ADMIN_DATABASE), DATABASE_NAME, pgdata)
     return url(info.socket_dir, info.port)
+
+
+START_ATTEMPTS = 3
+READY_TIMEOUT_S = 60.0  # how long a server recovering from a crash may take to accept connections
+
+
+def _wait_for_crashed_postmaster(pgserver: ModuleType, pgdata: Path, seconds: float = 10.0) -> None:
+    """If the last server was killed, wait until its process is gone so that a new one can start."""
+    try:
+        info = pgserver.utils.PostmasterInfo.read_from_pgdata(pgdata)
+    except (AssertionError, ValueError, OSError):
+        return
+    process = getattr(info, "process", None) if info is not None else None
+    deadline = time.monotonic() + seconds
+    while process is not None and time.monotonic() < deadline:
+        try:
+            if process.status() != "zombie":
+                return  # alive: a running server, reused as it is
+        except Exception:  # gone
+            return
+        time.sleep(0.05)
 
 
 SOCKET_RULE = "unix_socket_permissions = 0700"
@@ -172,12 +204,25 @@ def _lock_down_socket(pgserver: ModuleType, server: object, pgdata: Path, info: 
     return info
 
 
-def _ensure_database(admin_url: str, name: str) -> None:
-    """Create database `name` unless it exists; a concurrent creator is not an error."""
-    import psycopg2
-    from psycopg2 import errors
+def _connect_when_ready(admin_url: str, pgdata: Path) -> psycopg2.extensions.connection:
+    """A connection to the server, waiting while it starts up or recovers from a crash."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while True:
+        try:
+            return psycopg2.connect(admin_url, application_name="kit-embedded")
+        except psycopg2.OperationalError as exc:
+            if time.monotonic() > deadline:
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise EmbeddedServerError(
+                    f"the embedded PostgreSQL in {pgdata} did not accept connections within "
+                    f"{READY_TIMEOUT_S:g}s ({reason}); see {pgdata / 'log'}, then `kit db stop` and start it again"
+                ) from None
+            time.sleep(0.1)
 
-    conn = psycopg2.connect(admin_url, application_name="kit-embedded")
+
+def _ensure_database(admin_url: str, name: str, pgdata: Path) -> None:
+    """Create database `name` unless it exists; a concurrent creator is not an error."""
+    conn = _connect_when_ready(admin_url, pgdata)
     try:
         conn.autocommit = True
         with conn.cursor() as cur:

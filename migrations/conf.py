@@ -1,22 +1,18 @@
 """Makes `pw_migrate` (run from the project root) use the kit's database: DATABASE_URL or the embedded server.
 
-It also teaches `pw_migrate create --auto` the kit's fields and indexes (kit.migrate.autogen).
+Through `kit.migrate.pwmigrate` the run takes the kit's migration lock and records each migration's
+checksum, and `pw_migrate create --auto` learns the kit's fields and indexes.
 """
 
 import sys
 
 from kit.config import KitError
-from kit.db import database
-from kit.migrate.autogen import register
-from kit.migrate.executor import IGNORED_MODELS, require_extension
-
-register()
+from kit.migrate.executor import IGNORED_MODELS
+from kit.migrate.pwmigrate import database_for_pw_migrate
 
 try:
-    database.connect(reuse_if_open=True)  # configure now, so a bad setting is one sentence, not a traceback
-    require_extension(database)
+    DATABASE = database_for_pw_migrate()
 except KitError as exc:
     sys.exit(f"kit: error: {exc}")
 
-DATABASE = database
 IGNORE = IGNORED_MODELS  # the abstract bases in kit.models are not tables

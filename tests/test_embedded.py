@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -162,3 +163,35 @@ def test_another_local_user_can_never_connect(length):
     finally:
         embedded.stop(data_dir)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_server_crash_mid_migrate_is_one_sentence_and_start_recovers(data_dir, tmp_path):
+    url = embedded.start(data_dir)
+    query(url, "DROP TABLE IF EXISTS before_crash; CREATE TABLE before_crash (n int); INSERT INTO before_crash "
+               "VALUES (1); SELECT 1")
+    migrations = tmp_path / "migrations"
+    migrations.mkdir()
+    (migrations / "001_slow.py").write_text(
+        "def migrate(migrator, database, *, fake=False):\n"
+        "    migrator.sql('CREATE TABLE half_done (n int)')\n"
+        "    migrator.sql('SELECT pg_sleep(30)')\n"
+    )
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_"))}
+    environ["KIT_DATA_DIR"] = str(data_dir)
+    run = subprocess.Popen([sys.executable, "-m", "kit.cli", "migrate", "--dir", str(migrations)], env=environ,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not query(
+            url, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%%'"):
+        time.sleep(0.05)
+    postmaster = int((embedded.pgdata_dir(data_dir) / "postmaster.pid").read_text().split()[0])
+    os.kill(postmaster, signal.SIGKILL)  # the whole server, not one backend
+    _, err = run.communicate(timeout=120)
+    lines = err.strip().splitlines()
+    assert run.returncode == 1 and len(lines) == 1 and lines[0].startswith("kit: error: "), err
+    assert "001_slow" in lines[0]
+    started = kit_cli(data_dir, "db", "start")  # at once: the dead server's processes may still be around
+    assert started.returncode == 0, started.stderr
+    url = started.stdout.strip().splitlines()[-1].split(": ", 1)[-1]
+    assert query(url, "SELECT count(*) FROM before_crash") == 1  # recovered, committed data kept
+    assert query(url, "SELECT to_regclass('half_done') IS NULL") is True

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import peewee as pw
@@ -35,6 +36,18 @@ def migrations(tmp_path) -> Path:
     target = tmp_path / "migrations"
     shutil.copytree(ROOT / "migrations", target, ignore=shutil.ignore_patterns("__pycache__"))
     return target
+
+
+def pw_migrate(db_url: str, cwd: Path) -> subprocess.Popen:
+    """Plain `pw_migrate migrate` in `cwd` (which holds migrations/conf.py) against `db_url`."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_"))}
+    environ["DATABASE_URL"] = db_url
+    return subprocess.Popen([sys.executable, "-m", "peewee_migrate", "migrate"], cwd=cwd, env=environ,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def history_counts(db) -> list[tuple[str, int]]:
+    return sorted(db.execute_sql(f"SELECT name, count(*) FROM {history.HISTORY_TABLE} GROUP BY name").fetchall())
 
 
 def tables(db) -> set[str]:
@@ -160,10 +173,60 @@ def test_two_kit_migrate_processes_at_once_apply_each_migration_once(fresh_datab
     procs = [kit_cli(url, migrations.parent, "migrate", "--dir", str(migrations)) for _ in range(2)]
     outputs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
-    rows = fresh_database.execute_sql(f"SELECT name, count(*) FROM {history.HISTORY_TABLE} GROUP BY name").fetchall()
-    assert sorted(rows) == [(name, 1) for name in PROJECT]
+    assert history_counts(fresh_database) == [(name, 1) for name in PROJECT]
     assert all(e.checksum for e in history.applied(fresh_database))
-    assert sum(f"{len(PROJECT)} migration(s) applied" in out for out, _ in outputs) == 1
+    applied = [line for out, _ in outputs for line in out.splitlines() if line.startswith("applied ")]
+    assert sorted(applied) == [f"applied {name}" for name in PROJECT]  # each by exactly one of the two runs
+
+
+@pytest.mark.parametrize("other", ["pw_migrate", "kit migrate"])
+def test_plain_pw_migrate_beside_another_run_applies_each_migration_once(fresh_database, migrations, other):
+    url = fresh_database.scratch_url
+    for trial in range(2):
+        if trial:  # start again from an empty database
+            fresh_database.execute_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+        second = pw_migrate(url, migrations.parent) if other == "pw_migrate" else kit_cli(
+            url, migrations.parent, "migrate", "--dir", str(migrations))
+        first = pw_migrate(url, migrations.parent)
+        outputs = [p.communicate(timeout=300) for p in (first, second)]
+        assert [first.returncode, second.returncode] == [0, 0], outputs
+        assert history_counts(fresh_database) == [(name, 1) for name in PROJECT]
+        states = migrate.status(fresh_database, migrations)
+        assert {s.state for s in states} == {"applied"}, states  # pw_migrate recorded the checksums too
+
+
+def test_a_backend_killed_mid_migration_is_one_sentence_and_leaves_nothing(fresh_database, migrations):
+    (migrations / "006_slow.py").write_text(textwrap.dedent("""\
+        def migrate(migrator, database, *, fake=False):
+            migrator.sql("CREATE TABLE slow_marker (n int)")
+            migrator.sql("SELECT pg_sleep(30)")
+    """))
+    url = fresh_database.scratch_url
+    run = kit_cli(url, migrations.parent, "migrate", "--dir", str(migrations))
+    monitor = psycopg2.connect(url)
+    monitor.autocommit = True
+    try:
+        with monitor.cursor() as cur:
+            for _ in range(600):
+                cur.execute("SELECT pid FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%'")
+                row = cur.fetchone()
+                if row:
+                    break
+                time.sleep(0.05)
+            assert row, "the slow migration never started"
+            cur.execute("SELECT pg_terminate_backend(%s)", row)
+        out, err = run.communicate(timeout=120)
+        assert run.returncode == 1
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("kit: error: "), err
+        assert "006_slow" in lines[0] and "nothing of it remains" in lines[0]
+        with monitor.cursor() as cur:
+            cur.execute("SELECT to_regclass('slow_marker') IS NULL")
+            assert cur.fetchone()[0] is True
+    finally:
+        monitor.close()
+    states = {s.name: s.state for s in migrate.status(fresh_database, migrations)}
+    assert states["006_slow"] == "pending" and states["005_better_auth"] == "applied"
 
 
 def test_edited_missing_and_out_of_order_migrations_are_reported(fresh_database, migrations):
@@ -284,17 +347,19 @@ def test_resolve_names_the_tables_a_schema_migration_would_create(fresh_database
         migrate.resolve(db, migrations, "002_schema", applied=False)
 
 
-def test_plain_pw_migrate_keeps_working_and_kit_migrate_adopts_its_history(fresh_database, migrations):
+def test_plain_pw_migrate_records_checksums_and_kit_migrate_adopts_history_without_them(fresh_database, migrations):
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_"))}
     environ["DATABASE_URL"] = fresh_database.scratch_url
     result = subprocess.run([sys.executable, "-m", "peewee_migrate", "migrate"], cwd=migrations.parent, env=environ,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert {s.state for s in migrate.status(fresh_database, migrations)} == {"unchecked"}
     said = []
     assert migrate.apply(fresh_database, migrations, say=said.append) == []
-    assert said == [f"adopted {n} (applied by pw_migrate): checksum recorded"
-                    for n in PROJECT]
+    assert said == []  # pw_migrate recorded the checksums itself
+    assert {s.state for s in migrate.status(fresh_database, migrations)} == {"applied"}
+    fresh_database.execute_sql(f"DELETE FROM {history.CHECKSUM_TABLE}")  # applied by some other means
+    assert migrate.apply(fresh_database, migrations, say=said.append) == []
+    assert said == [f"adopted {n} (applied without a checksum): checksum recorded" for n in PROJECT]
     assert {s.state for s in migrate.status(fresh_database, migrations)} == {"applied"}
 
 

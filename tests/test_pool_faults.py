@@ -160,3 +160,42 @@ def test_a_lost_session_is_found_at_begin(pool, monitor):
         with pool.atomic():  # BEGIN is a statement like any other
             pytest.fail("the transaction must not start on a new connection without the lock")
     pool.close()
+
+
+@pytest.mark.parametrize("pause", [0.05, 0.0], ids=["backend-gone", "backend-exiting"])
+def test_commit_after_the_connection_died_is_an_error_never_a_silent_success(pool, monitor, table, pause):
+    with pytest.raises(SessionLost, match="COMMIT") as caught:
+        with pool.atomic():
+            pool.execute_sql(f"INSERT INTO {table} VALUES (1)")
+            terminate(monitor, pid_of(pool))
+            time.sleep(pause)
+    assert "nothing of it was committed" in str(caught.value) or "outcome is unknown" in str(caught.value)
+    assert scalar(monitor, f"SELECT count(*) FROM {table}") == 0
+    assert pool.execute_sql("SELECT 1").fetchone()[0] == 1  # and the thread goes on with a new connection
+    pool.close()
+
+
+def test_a_transaction_begun_as_sql_is_session_state_too(pool, monitor, table):
+    pool.execute_sql("BEGIN")
+    pool.execute_sql(f"INSERT INTO {table} VALUES (1)")
+    terminate(monitor, pid_of(pool))
+    time.sleep(0.05)
+    with pytest.raises(SessionLost, match="an open transaction"):
+        pool.execute_sql("COMMIT")
+    assert scalar(monitor, f"SELECT count(*) FROM {table}") == 0
+    pool.execute_sql("BEGIN")
+    pool.execute_sql("COMMIT")  # ended cleanly: a later loss of a clean connection is recovered silently
+    victim = pid_of(pool)
+    terminate(monitor, victim)
+    time.sleep(0.05)
+    assert pid_of(pool) != victim
+    pool.close()
+
+
+def test_a_failed_statement_inside_a_transaction_is_the_error_the_caller_sees(pool, monitor, table):
+    with pytest.raises(OperationalError, match="server closed the connection"):
+        with pool.atomic():  # the rollback on the dead connection does not mask the statement's error
+            terminate(monitor, pid_of(pool))
+            time.sleep(0.05)
+            pool.execute_sql(f"INSERT INTO {table} VALUES (1)")
+    pool.close()

@@ -1,7 +1,9 @@
 """Applies migrations safely, reports their state, verifies them and lets an operator reconcile history.
 
 - `apply`: pending migrations, one transaction each (schema change, history row and checksum
-  together), under a PostgreSQL advisory lock so that concurrent runs apply each migration once.
+  together), each under the migration lock (`kit.migrate.lock`, transaction-scoped) and re-checked
+  against the history once the lock is held, so concurrent runs apply each migration once. A
+  connection lost mid-run (a killed backend, a crashed server) is one sentence.
 - `status`: applied, pending, edited after apply, applied but missing, unchecked (applied by plain
   `pw_migrate`, adopted by the next `apply`).
 - `verify`: every problem with the files, the history and the live schema, as sentences.
@@ -26,8 +28,8 @@ from peewee_migrate.router import Router
 from kit.config import KitError
 from kit.migrate import history, schema
 from kit.migrate.loader import MigrationFile, load
+from kit.migrate.lock import lock_transaction
 
-LOCK_KEY = 0x6B69745F6D6967  # "kit_mig": the advisory lock every kit migrate takes
 IGNORED_MODELS = ["basemodel", "timestampedmodel", "vectormodel"]  # abstract bases in kit.models, not tables
 
 
@@ -64,23 +66,23 @@ def _router(database: Database, directory: Path) -> Router:
     return Router(database, migrate_dir=directory, ignore=IGNORED_MODELS)
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 @contextlib.contextmanager
-def migration_lock(database: Database, say: Callable[[str], None] = print) -> Iterator[None]:
-    """Hold the kit's advisory lock on this thread's connection for the block."""
-    with database.connection_context():
-        got = database.execute_sql("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()[0]
-        if not got:
-            holder = database.execute_sql(
-                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
-                " AND ((classid::bigint << 32) | objid::bigint) = %s LIMIT 1",
-                (LOCK_KEY,),
-            ).fetchone()
-            say(f"waiting for another migration run to finish (server pid {holder[0] if holder else '?'})")
-            database.execute_sql("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
-        try:
-            yield
-        finally:
-            database.execute_sql("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+def _reported(database: Database, doing: str) -> Iterator[None]:
+    """Turn a lost connection while `doing` into one MigrationError sentence."""
+    try:
+        yield
+    except (peewee.DatabaseError, peewee.InterfaceError) as exc:
+        if isinstance(exc, KitError) or database.is_connection_usable():
+            raise
+        raise MigrationError(
+            f"lost the connection to the database while {doing} ({_first_line(exc)}); the server rolled back the "
+            "transaction in progress, so nothing of it remains: run the command again once the server is back"
+        ) from exc
 
 
 def status(database: Database, directory: Path) -> list[State]:
@@ -136,52 +138,64 @@ def verify(database: Database, directory: Path, models: list[Any] | None = None)
 
 
 def apply(database: Database, directory: Path, say: Callable[[str], None] = print) -> list[str]:
-    """Apply pending migrations under the advisory lock; return the names applied."""
-    with migration_lock(database, say):
+    """Apply pending migrations, each in its own transaction under the migration lock; return the names applied."""
+    with database.connection_context(), _reported(database, "checking the migration history"):
         require_extension(database)
-        history.ensure_tables(database)
-        blocking = [s for s in status(database, directory)
-                    if s.state in ("edited", "missing") or (s.state == "pending" and s.detail)]
-        if blocking:
-            reasons = "; ".join(f"{s.name}: {s.state}{' (' + s.detail + ')' if s.detail else ''}" for s in blocking)
-            raise MigrationError(f"refusing to migrate: {reasons}. Run `kit migrate verify` for how to fix each.")
         files = {f.name: f for f in load(directory)}
-        for entry in history.applied(database):
-            if entry.checksum is None and entry.name in files:  # applied by plain pw_migrate: adopt it
-                history.record_checksum(database, entry.name, files[entry.name].checksum)
-                say(f"adopted {entry.name} (applied by pw_migrate): checksum recorded")
+        with database.atomic():
+            lock_transaction(database, say)
+            history.ensure_tables(database)
+            blocking = [s for s in status(database, directory)
+                        if s.state in ("edited", "missing") or (s.state == "pending" and s.detail)]
+            if blocking:
+                reasons = "; ".join(f"{s.name}: {s.state}{' (' + s.detail + ')' if s.detail else ''}"
+                                    for s in blocking)
+                raise MigrationError(f"refusing to migrate: {reasons}. Run `kit migrate verify` for how to fix each.")
+            for name in history.record_missing_checksums(database, {n: f.checksum for n, f in files.items()}):
+                say(f"adopted {name} (applied without a checksum): checksum recorded")
         router = _router(database, directory)
-        done = []
-        for name in router.diff:
-            try:
-                with database.atomic():
-                    router.run_one(name, router.migrator, fake=False)
-                    history.record_checksum(database, name, files[name].checksum)
-            except peewee.DatabaseError as exc:
-                first = str(exc).strip().splitlines()[0]
-                hint = ""
-                if 'extension "vector"' in first:
-                    hint = " (this server lacks pgvector: install it, or use the pgvector/pgvector:pg16 image)"
-                raise MigrationError(
-                    f"{name} failed and was rolled back, nothing of it remains: {first}{hint}"
-                ) from exc
-            say(f"applied {name}")
-            done.append(name)
-        return done
+        return [name for name in router.diff if _apply_one(database, router, files[name], say)]
+
+
+def _apply_one(database: Database, router: Router, file: MigrationFile, say: Callable[[str], None]) -> bool:
+    """Apply one migration in its own locked transaction; False when another run applied it meanwhile."""
+    name = file.name
+    with _reported(database, f"applying {name}"):
+        try:
+            with database.atomic():
+                lock_transaction(database, say)
+                if name in {entry.name for entry in history.applied(database)}:
+                    router.run_one(name, router.migrator, fake=True)  # follow the other run's schema
+                    return False
+                router.run_one(name, router.migrator, fake=False)
+                history.record_checksum(database, name, file.checksum)
+        except peewee.DatabaseError as exc:
+            if isinstance(exc, KitError) or not database.is_connection_usable():
+                raise
+            first = _first_line(exc)
+            hint = ""
+            if 'extension "vector"' in first:
+                hint = " (this server lacks pgvector: install it, or use the pgvector/pgvector:pg16 image)"
+            raise MigrationError(f"{name} failed and was rolled back, nothing of it remains: {first}{hint}") from exc
+    say(f"applied {name}")
+    return True
 
 
 def rollback(database: Database, directory: Path, count: int = 1, say: Callable[[str], None] = print) -> list[str]:
-    """Roll back the last `count` applied migrations, newest first, under the lock."""
-    with migration_lock(database, say):
-        history.ensure_tables(database)
+    """Roll back the last `count` applied migrations, newest first, each in its own locked transaction."""
+    with database.connection_context(), _reported(database, "rolling back"):
+        with database.atomic():
+            lock_transaction(database, say)
+            history.ensure_tables(database)
         router = _router(database, directory)
         undone = []
         for _ in range(count):
-            done = router.done
-            if not done:
-                break
-            name = done[-1]
             with database.atomic():
+                lock_transaction(database, say)
+                done = router.done
+                if not done:
+                    break
+                name = done[-1]
                 router.rollback()
                 database.execute_sql(f"DELETE FROM {history.CHECKSUM_TABLE} WHERE name = %s", (name,))
             say(f"rolled back {name}")
@@ -254,10 +268,14 @@ def resolve(database: Database, directory: Path, name: str, *, applied: bool) ->
                 f"refusing to record {name} as applied; the database lacks what it creates: " + "; ".join(missing)
             )
         with database.atomic():
+            lock_transaction(database, lambda _: None)
+            if name in {e.name for e in history.applied(database)}:
+                raise MigrationError(f"{name} is already recorded as applied")
             history.record_applied(database, name, files[name].checksum)
         return f"recorded {name} as applied (its tables, columns, indexes and objects are present)"
     if name not in recorded:
         raise MigrationError(f"{name} is not recorded as applied; nothing to resolve")
     with database.atomic():
+        lock_transaction(database, lambda _: None)
         history.forget(database, name)
     return f"forgot {name}: it is pending again"

@@ -1,7 +1,8 @@
 """What has been applied: peewee-migrate's `migratehistory` (name, date), and the kit's checksums beside it.
 
-`kit_migration_checksums` holds the sha256 of each migration file when it was applied. Migrations
-applied by plain `pw_migrate migrate` have no row until a `kit migrate` adopts them.
+`kit_migration_checksums` holds the sha256 of each migration file when it was applied, written in the
+migration's own transaction by `kit migrate` and by plain `pw_migrate` (through `migrations/conf.py`).
+Migrations applied by some other means have no row until a `kit migrate` adopts them.
 """
 
 from __future__ import annotations
@@ -52,6 +53,14 @@ def record_checksum(database: Database, name: str, checksum: str) -> None:
         " ON CONFLICT (name) DO UPDATE SET sha256 = EXCLUDED.sha256, recorded_at = now()",
         (name, checksum),
     )
+
+
+def record_missing_checksums(database: Database, checksums: dict[str, str]) -> list[str]:
+    """Record the checksum of every applied migration that has none and a file in `checksums`; return their names."""
+    adopted = [e.name for e in applied(database) if e.checksum is None and e.name in checksums]
+    for name in adopted:
+        record_checksum(database, name, checksums[name])
+    return adopted
 
 
 def record_applied(database: Database, name: str, checksum: str) -> None:

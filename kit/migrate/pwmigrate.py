@@ -1,0 +1,61 @@
+"""The adapter `migrations/conf.py` hands to plain `pw_migrate`: the kit's database, locked, recording checksums.
+
+`pw_migrate migrate` then behaves as `kit migrate` does where it matters: the run holds the migration
+lock (`kit.migrate.lock`, session scope, taken before peewee-migrate reads the history), so runs of
+either command at once apply each migration once; and each migration's transaction records the
+sha256 of its file beside its history row, as `kit migrate` does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+from peewee import DatabaseProxy
+
+from kit.db import database
+from kit.migrate import history
+from kit.migrate.autogen import register
+from kit.migrate.executor import require_extension
+from kit.migrate.loader import default_directory, load
+from kit.migrate.lock import lock_session
+
+
+class RecordingDatabase(DatabaseProxy):
+    """The kit's database as peewee-migrate sees it: each transaction also records missing checksums."""
+
+    __slots__ = ("obj", "_callbacks", "_Model", "directory")
+
+    def __init__(self, target: Any, directory: Path) -> None:
+        super().__init__()
+        self.initialize(target)
+        self.directory = directory
+
+    @contextlib.contextmanager
+    def transaction(self, *args: Any, **kwargs: Any) -> Iterator[None]:
+        """peewee-migrate's transaction around one migration, which also records its checksum before commit."""
+        with self.obj.transaction(*args, **kwargs):
+            yield
+            history.record_missing_checksums(self.obj, {f.name: f.checksum for f in load(self.directory)})
+
+
+def _directory() -> Path:
+    """The migrations directory pw_migrate was given (`--directory`), else the kit's default."""
+    context = click.get_current_context(silent=True)
+    given = context.params.get("directory") if context is not None else None
+    return Path(given).absolute() if given else default_directory()
+
+
+def database_for_pw_migrate() -> RecordingDatabase:
+    """Connect, check pgvector, take the migration lock for this run and return the database pw_migrate uses."""
+    register()  # teach `pw_migrate create --auto` the kit's fields and indexes
+    database.connect(reuse_if_open=True)  # configure now, so a bad setting is one sentence, not a traceback
+    require_extension(database)
+    lock_session(database, say=lambda line: print(f"kit: {line}", file=sys.stderr))
+    with database.atomic():
+        history.ensure_tables(database)
+    return RecordingDatabase(database, _directory())
