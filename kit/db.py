@@ -9,14 +9,14 @@ n: seconds), `init()` changing them, `close_idle`, `close_stale`, `close_all`, `
 `dispose()` in a forked child, the `_is_closed` / `_can_reuse` hooks a subclass may override, and the
 oldest connection reused first. The kit adds `min_size`, `max_idle`, `check_after` (see `kit.pool`) and:
 
-**Dead connections.** Every checkout asks `_is_closed`, which here polls the socket without blocking
-(a session the server ended leaves it readable) and spends a round trip only then, or after
-`check_after` seconds idle. A thread that keeps its connection gets the same poll before each statement
-outside a transaction.
+**Dead connections.** Every checkout asks `_is_closed`, which here asks only the driver (no system
+call, no round trip: a busy pool pays nothing), and a connection idle for `check_after` seconds is
+pinged with a round trip. The server can end a session at any moment (`pg_terminate_backend`, a
+restart, an idle timeout, a pooler closing idle links) and nothing short of a round trip can tell;
+so the first statement sent on such a connection finds out, and is re-sent by these rules.
 
-**A statement is re-sent only when it cannot have taken effect.** The server can end a session between
-that poll and the statement reaching it (`pg_terminate_backend`, a restart, an idle timeout, a pooler
-closing idle links). The statement is then sent once more, on a new connection, only when all hold:
+**A statement is re-sent only when it cannot have taken effect**, once, on a new connection, when all
+hold:
 
 1. it is outside a transaction (peewee's and the driver's: the connection was idle when it was sent);
 2. the connection holds no session state (else `SessionLost`, below);
@@ -153,12 +153,11 @@ def _first_line(exc: BaseException) -> str:
 
 
 class _ThreadState(_ConnectionLocal):
-    """peewee's per-thread connection state, plus whether the checkout just tested the connection."""
+    """peewee's per-thread connection state, plus whether a transaction was begun as SQL."""
 
     def reset(self) -> None:
         """Forget this thread's connection."""
         super().reset()
-        self.checked = False
         self.raw_transaction = False  # BEGIN sent as SQL, not through peewee's atomic()
 
 
@@ -252,7 +251,6 @@ class PooledDatabase(PostgresqlExtDatabase):
         conn = self._connect()
         try:
             state.set_connection(conn)
-            state.checked = True  # just tested by the checkout: the first statement skips the poll
             if self.server_version is None:
                 self._set_server_version(conn)
             self._initialize_connection(conn)
@@ -292,10 +290,8 @@ class PooledDatabase(PostgresqlExtDatabase):
         self._budget_checked = True
 
     def _is_closed(self, conn: Any) -> bool:
-        """Hook asked on every checkout: True when the connection is unusable (a round trip only when in doubt)."""
-        if conn.closed or self._adapter.txn_status(conn) == self._adapter.txn_unknown:
-            return True
-        return _socket_readable(conn) and not self._pool.ping(conn)
+        """Hook asked on every checkout: True when the driver already knows the connection is unusable."""
+        return bool(conn.closed) or self._adapter.txn_status(conn) == self._adapter.txn_unknown
 
     def _ping(self, conn: Any) -> bool:
         """One round trip: True when the server answers."""
@@ -322,18 +318,14 @@ class PooledDatabase(PostgresqlExtDatabase):
     # -- statements -------------------------------------------------------------------------------
 
     def cursor(self, named_cursor: Any = None) -> Any:
-        """A cursor on this thread's connection, checked first if the thread kept it (see the docstring)."""
+        """A cursor on this thread's connection (one known dead is replaced first, outside a transaction)."""
         state = self._state
         if state.closed:
             if not self.autoconnect:
                 raise InterfaceError("Error, database connection not opened.")
             self.connect()
-        elif state.checked:
-            state.checked = False
-        elif not state.transactions:
-            conn = state.conn
-            if conn.closed or (_socket_readable(conn) and self._is_closed(conn)):
-                self._replace_dead(None)
+        elif state.conn.closed and not state.transactions:
+            self._replace_dead(None)
         if named_cursor:
             self._pool.note_session(state.conn, None)
             return self._adapter.server_side_cursor(state.conn)
@@ -356,32 +348,31 @@ class PooledDatabase(PostgresqlExtDatabase):
         return cursor
 
     def _run(self, sql: str, params: Any, named_cursor: Any, kind: str | None) -> Any:
-        if kind is RAW_BEGIN or kind is RAW_END:
-            cursor = self.cursor(named_cursor)
-            cursor.execute(sql, params or ())
-            self._state.raw_transaction = kind is RAW_BEGIN
-            return cursor
         cursor = self.cursor(named_cursor)
         state = self._state
         conn = state.conn
         idle = not state.transactions and self._adapter.txn_status(conn) == self._adapter.txn_idle
-        if kind:
-            self._pool.note_session(conn, kind)
+        state_kind = kind if kind is not RAW_BEGIN and kind is not RAW_END else None
+        if state_kind:
+            self._pool.note_session(conn, state_kind)
         sent = time.monotonic()
         try:
             cursor.execute(sql, params or ())
-            return cursor
         except psycopg2.Error as exc:
-            if not idle or not _ended_by_server(exc, conn):
+            if state.transactions or not _ended_by_server(exc, conn):
                 raise
-            if time.monotonic() - sent > RESEND_WINDOW and not self._pool.session_of(conn):
+            if state.raw_transaction or self._pool.session_of(conn):
+                self._replace_dead(exc)  # raises SessionLost, naming what was lost
+            if not idle or time.monotonic() - sent > RESEND_WINDOW:
                 raise  # it may have been running; the dead connection is replaced at the next statement
             self._replace_dead(exc)
-        self._pool.count("resent")
-        cursor = self.cursor(named_cursor)
-        if kind:
-            self._pool.note_session(state.conn, kind)
-        cursor.execute(sql, params or ())
+            self._pool.count("resent")
+            cursor = self.cursor(named_cursor)
+            if state_kind:
+                self._pool.note_session(state.conn, state_kind)
+            cursor.execute(sql, params or ())
+        if kind is RAW_BEGIN or kind is RAW_END:
+            state.raw_transaction = kind is RAW_BEGIN
         return cursor
 
     def begin(self, isolation_level: Any = None) -> None:
@@ -438,7 +429,8 @@ class PooledDatabase(PostgresqlExtDatabase):
                 f"the database connection was lost{reason} and with it this session's {', '.join(sorted(lost))}; "
                 "nothing was re-sent: set that state up again on the next statement's new connection"
             ) from cause
-        state.conn = self._connect()
+        with __exception_wrapper__:
+            state.conn = self._pool.getconn(verified=True)  # not another idle one that died alike
 
     def connection(self) -> Any:
         """This thread's driver connection; what is done with it directly is reset on release."""

@@ -145,11 +145,11 @@ class ConnectionPool:
 
     # -- checkout ---------------------------------------------------------------------------------
 
-    def getconn(self) -> Any:
-        """Check a connection out for the calling thread (waiting as `timeout` says)."""
+    def getconn(self, verified: bool = False) -> Any:
+        """Check a connection out for the calling thread (waiting as `timeout` says); `verified`: pinged if idle."""
         deadline = None
         while True:
-            slot = self._take_idle()
+            slot = self._take_idle(verified)
             if slot is not None:
                 return slot.conn
             with self._cond:
@@ -183,7 +183,7 @@ class ConnectionPool:
     def _has_room(self) -> bool:
         return self.max_size is None or len(self._in_use) + self._opening < self.max_size
 
-    def _take_idle(self) -> _Slot | None:
+    def _take_idle(self, verified: bool = False) -> _Slot | None:
         """The oldest usable idle connection, checked out; unusable ones on the way are closed."""
         while True:
             with self._cond:
@@ -191,16 +191,16 @@ class ConnectionPool:
                     return None
                 slot = heapq.heappop(self._idle)[2]
                 self._check_out(slot)
-            if self._usable(slot):
+            if self._usable(slot, verified):
                 return slot
             with self._cond:
                 del self._in_use[id(slot.conn)]
                 self._discard(slot)
 
-    def _usable(self, slot: _Slot) -> bool:
+    def _usable(self, slot: _Slot, verified: bool) -> bool:
         if self._is_stale(slot) or slot.generation != self._generation or self.hooks.is_closed(slot.conn):
             return False
-        if time.monotonic() - slot.last_used < self.check_after:
+        if not verified and time.monotonic() - slot.last_used < self.check_after:
             return True
         return self.ping(slot.conn)
 

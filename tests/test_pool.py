@@ -125,7 +125,7 @@ def test_connection_of_an_ended_thread_is_reclaimed(make_pool):
     assert time.monotonic() - started < 1.0
 
 
-def test_killed_idle_connections_are_never_handed_out(make_pool, monitor):
+def test_killed_idle_connections_never_fail_a_caller(make_pool, monitor):
     pool = make_pool(min_size=3, max_size=5)
     with pool.connection_context():
         old = backend_pid(pool)
