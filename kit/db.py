@@ -114,6 +114,7 @@ OPEN_TRANSACTION = "an open transaction (nothing of it was committed)"
 _SESSION_FUNCTIONS = [("advisory_lock", "advisory locks"), ("ADVISORY_LOCK", "advisory locks"),
                       ("set_config", "settings (set_config)"), ("SET_CONFIG", "settings (set_config)")]
 DRIVER_USE = "whatever was done on the driver connection directly"
+IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
 RESEND_WINDOW = 0.010  # seconds: a statement that failed later than this after sending may have been running
 
 
@@ -304,7 +305,9 @@ class PooledDatabase(PostgresqlExtDatabase):
 
     def _can_reuse(self, conn: Any) -> bool:
         """Hook asked on every check-in: fit to keep? (A leftover or failed transaction is rolled back.)"""
-        return not conn.closed and self._adapter.is_connection_reusable(conn)
+        if conn.closed:
+            return False
+        return self._adapter.txn_status(conn) == self._adapter.txn_idle or self._adapter.is_connection_reusable(conn)
 
     def _reset_session(self, conn: Any) -> bool:
         """Clear session state before the next borrower: DISCARD ALL; False if that fails."""
@@ -348,10 +351,13 @@ class PooledDatabase(PostgresqlExtDatabase):
         return cursor
 
     def _run(self, sql: str, params: Any, named_cursor: Any, kind: str | None) -> Any:
-        cursor = self.cursor(named_cursor)
         state = self._state
+        if named_cursor or state.closed or state.conn.closed:
+            cursor = self.cursor(named_cursor)
+        else:
+            cursor = state.conn.cursor()
         conn = state.conn
-        idle = not state.transactions and self._adapter.txn_status(conn) == self._adapter.txn_idle
+        idle = not state.transactions and conn.get_transaction_status() == IDLE  # no transaction on the connection
         state_kind = kind if kind is not RAW_BEGIN and kind is not RAW_END else None
         if state_kind:
             self._pool.note_session(conn, state_kind)

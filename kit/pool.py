@@ -99,7 +99,9 @@ class ConnectionPool:
 
     def __init__(self, hooks: Hooks, **settings: Any) -> None:
         self.hooks = hooks
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()  # guards the state below; C-level, cheap to take
+        self._cond = threading.Condition(self._lock)  # callers waiting for a connection
+        self._waiting = 0
         self._counter = itertools.count()
         self.min_size, self.max_size = 0, None
         self.timeout = self.stale_timeout = self.max_idle = None
@@ -132,7 +134,7 @@ class ConnectionPool:
             "check_after": self.check_after if check_after is ... else _limit("check_after", check_after,
                                                                                none_ok=False),
         }
-        with self._cond:
+        with self._lock:
             self.min_size, self.max_size = new_min, new_max
             for name, value in values.items():
                 setattr(self, name, value)
@@ -152,7 +154,7 @@ class ConnectionPool:
             slot = self._take_idle(verified)
             if slot is not None:
                 return slot.conn
-            with self._cond:
+            with self._lock:
                 if self._idle:
                     continue
                 if self._has_room() or self._reclaim_from_dead_threads():
@@ -166,9 +168,13 @@ class ConnectionPool:
                 if deadline is None or now >= deadline:
                     self._stats["timeouts"] += 1
                     raise PoolExhausted(self._exhausted_message())
-                self._cond.wait(None if deadline == math.inf else deadline - now)
+                self._waiting += 1
+                try:
+                    self._cond.wait(None if deadline == math.inf else deadline - now)
+                finally:
+                    self._waiting -= 1
         slot = self._open_reserved()
-        with self._cond:
+        with self._lock:
             self._check_out(slot)
             extra = max(0, self.min_size - len(self._in_use) - len(self._idle) - self._opening)
             self._opening += extra
@@ -186,14 +192,14 @@ class ConnectionPool:
     def _take_idle(self, verified: bool = False) -> _Slot | None:
         """The oldest usable idle connection, checked out; unusable ones on the way are closed."""
         while True:
-            with self._cond:
+            with self._lock:
                 if not self._idle:
                     return None
                 slot = heapq.heappop(self._idle)[2]
                 self._check_out(slot)
             if self._usable(slot, verified):
                 return slot
-            with self._cond:
+            with self._lock:
                 del self._in_use[id(slot.conn)]
                 self._discard(slot)
 
@@ -206,7 +212,7 @@ class ConnectionPool:
 
     def ping(self, conn: Any) -> bool:
         """Test `conn` with a round trip (`Hooks.ping`), counted in `stats()["checks"]`; True when alive."""
-        with self._cond:
+        with self._lock:
             self._stats["checks"] += 1
         return self.hooks.ping(conn)
 
@@ -223,11 +229,11 @@ class ConnectionPool:
         try:
             conn = self.hooks.open()
         except BaseException:
-            with self._cond:
+            with self._lock:
                 self._opening -= 1
-                self._cond.notify()
+                self._wake()
             raise
-        with self._cond:
+        with self._lock:
             self._opening -= 1
             self._stats["opened"] += 1
             return _Slot(conn, self._generation)
@@ -238,12 +244,12 @@ class ConnectionPool:
             try:
                 slot = self._open_reserved()
             except Exception:  # the caller has its connection; the rest open on demand later
-                with self._cond:
+                with self._lock:
                     self._opening -= count - opened - 1
                 return
-            with self._cond:
+            with self._lock:
                 heapq.heappush(self._idle, (slot.opened, next(self._counter), slot))
-                self._cond.notify()
+                self._wake()
 
     # -- what a checked-out connection carries ----------------------------------------------------
 
@@ -264,43 +270,46 @@ class ConnectionPool:
 
     def putconn(self, conn: Any, discard: bool = False) -> None:
         """Take a connection back: kept for reuse, or closed (see the module docstring for when)."""
-        with self._cond:
+        with self._lock:
             slot = self._in_use.pop(id(conn), None)
             if slot is None:  # not checked out from here (closed by close_all/close_stale, or foreign)
                 if discard:
                     self.hooks.close(conn)
-                self._cond.notify()
+                self._wake()
                 return
             slot.owner = None
-        keep = not discard and slot.generation == self._generation and not self._is_stale(slot) and self._clean(slot)
-        with self._cond:
+        keep = (not discard and slot.generation == self._generation and not self._is_stale(slot)
+                and self.hooks.can_reuse(conn) and (not slot.needs_reset or self._reset(slot)))
+        with self._lock:
             if keep:
                 slot.last_used = time.monotonic()
                 heapq.heappush(self._idle, (slot.opened, next(self._counter), slot))
             else:
                 self._discard(slot)
-            self._cond.notify()
+            self._wake()
 
-    def _clean(self, slot: _Slot) -> bool:
-        """Roll back and reset outside the pool's lock (both may be round trips); False to close it."""
-        if not self.hooks.can_reuse(slot.conn):
+    def _reset(self, slot: _Slot) -> bool:
+        """Reset the session outside the pool's lock (a round trip); False to close it instead."""
+        if not self.hooks.reset(slot.conn):
             return False
-        if slot.needs_reset:
-            if not self.hooks.reset(slot.conn):
-                return False
-            slot.session.clear()
-            slot.needs_reset = False
-            with self._cond:
-                self._stats["resets"] += 1
+        slot.session.clear()
+        slot.needs_reset = False
+        with self._lock:
+            self._stats["resets"] += 1
         return True
 
+    def _wake(self) -> None:
+        """Wake one caller waiting for a connection, if any (under `_lock`)."""
+        if self._waiting:
+            self._cond.notify()
+
     def _discard(self, slot: _Slot) -> None:
-        """Close a slot's connection (under `_cond`; the hook must not raise)."""
+        """Close a slot's connection (under `_lock`; the hook must not raise)."""
         self.hooks.close(slot.conn)
         self._stats["closed"] += 1
 
     def _reclaim_from_dead_threads(self) -> bool:
-        """Take back connections whose owning thread ended without returning them (under `_cond`)."""
+        """Take back connections whose owning thread ended without returning them (under `_lock`)."""
         lost = [s for s in self._in_use.values() if s.owner is not None and not s.owner.is_alive()]
         for slot in lost:
             del self._in_use[id(slot.conn)]
@@ -311,7 +320,7 @@ class ConnectionPool:
 
     def close_idle(self) -> int:
         """Close every idle connection (checked-out ones are left alone); return how many."""
-        with self._cond:
+        with self._lock:
             idle, self._idle = self._idle, []
             for _, _, slot in idle:
                 self._discard(slot)
@@ -319,7 +328,7 @@ class ConnectionPool:
 
     def close_stale(self, age: float = 600) -> int:
         """Close connections checked out more than `age` seconds ago (their users will fail); return how many."""
-        with self._cond:
+        with self._lock:
             cutoff = time.monotonic() - age
             stale = [s for s in self._in_use.values() if s.checked_out < cutoff]
             for slot in stale:
@@ -330,7 +339,7 @@ class ConnectionPool:
 
     def close_all(self) -> None:
         """Close every connection, idle and checked out (those in use by other threads will fail)."""
-        with self._cond:
+        with self._lock:
             for _, _, slot in self._idle:
                 self._discard(slot)
             for slot in self._in_use.values():
@@ -340,14 +349,16 @@ class ConnectionPool:
 
     def invalidate(self) -> None:
         """Close idle connections now and checked-out ones when they come back (the target changed)."""
-        with self._cond:
+        with self._lock:
             self._generation += 1
         self.close_idle()
 
     def forget(self) -> list[Any]:
         """Drop every connection without closing it (a forked child's copies) and return them."""
         conns = [slot.conn for _, _, slot in self._idle] + [slot.conn for slot in self._in_use.values()]
-        self._cond = threading.Condition(threading.Lock())  # the parent's lock may have been held at fork
+        self._lock = threading.Lock()  # the parent's lock may have been held at fork
+        self._cond = threading.Condition(self._lock)
+        self._waiting = 0
         self._reset_state()
         return conns
 
@@ -363,7 +374,7 @@ class ConnectionPool:
         """Close idle connections above `min_size` idle for `max_idle`; seconds until the next may expire."""
         if not self.max_idle:
             return None
-        with self._cond:
+        with self._lock:
             now = time.monotonic()
             by_idleness = sorted(self._idle, key=lambda item: item[2].last_used)
             keep = len(self._idle) + len(self._in_use)
@@ -383,12 +394,12 @@ class ConnectionPool:
 
     def count(self, event: str) -> None:
         """Add one to the `event` counter in `stats()` (e.g. "resent", kept by the database class)."""
-        with self._cond:
+        with self._lock:
             self._stats[event] = self._stats.get(event, 0) + 1
 
     def stats(self) -> dict[str, Any]:
         """Counts: in_use, idle, min, max, and since start waits, timeouts, opened, closed, checks, resets, resent."""
-        with self._cond:
+        with self._lock:
             return {"in_use": len(self._in_use), "idle": len(self._idle), "min": self.min_size,
                     "max": self.max_size, **self._stats}
 

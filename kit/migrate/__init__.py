@@ -2,7 +2,9 @@
 
 - `loader`: the migration files and their checksums;
 - `history`: what was applied (peewee-migrate's table, plus the kit's checksums);
-- `executor`: apply under an advisory lock, status, verify, roll back, operator recovery;
+- `lock`: the advisory lock that keeps runs of `kit migrate` and `pw_migrate` from overlapping;
+- `executor`: apply (each migration under the lock), status, verify, roll back, operator recovery;
+- `pwmigrate`: what plain `pw_migrate` gets from `migrations/conf.py` (the lock, checksums);
 - `schema`: the live schema compared with the models (drift);
 - `autogen` and `operations`: what `pw_migrate create --auto` needs to write the kit's fields and indexes.
 """

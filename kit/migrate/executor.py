@@ -4,8 +4,8 @@
   together), each under the migration lock (`kit.migrate.lock`, transaction-scoped) and re-checked
   against the history once the lock is held, so concurrent runs apply each migration once. A
   connection lost mid-run (a killed backend, a crashed server) is one sentence.
-- `status`: applied, pending, edited after apply, applied but missing, unchecked (applied by plain
-  `pw_migrate`, adopted by the next `apply`).
+- `status`: applied, pending, edited after apply, applied but missing, unchecked (recorded without a
+  checksum, e.g. by an older `pw_migrate` setup; adopted by the next `apply`).
 - `verify`: every problem with the files, the history and the live schema, as sentences.
 - `resolve`: record a migration applied by hand (after checking the schema has what it creates), or
   forget one that was rolled back by hand.
@@ -96,7 +96,7 @@ def status(database: Database, directory: Path) -> list[State]:
         if file is None:
             states.append(State(entry.name, "missing", "applied, but its file is gone"))
         elif entry.checksum is None:
-            states.append(State(entry.name, "unchecked", "applied without a checksum (plain pw_migrate)"))
+            states.append(State(entry.name, "unchecked", "applied without a checksum"))
         elif entry.checksum != file.checksum:
             states.append(State(entry.name, "edited", "the file changed after it was applied"))
         else:
