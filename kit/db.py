@@ -263,12 +263,12 @@ class PooledDatabase(PostgresqlExtDatabase):
 
     def _connect(self) -> Any:
         """Check a connection out of the pool (peewee's `_connect` of a pooled database)."""
-        with __exception_wrapper__:
-            return self._pool.getconn()
+        return self._pool.getconn()
 
     def _open_connection(self) -> Any:
         """Open a new driver connection; the pool's first also checks `min_size` against the server."""
-        conn = super()._connect()
+        with __exception_wrapper__:  # driver errors as peewee's
+            conn = super()._connect()
         if not self._budget_checked:
             try:
                 self._check_budget(conn)
@@ -435,8 +435,7 @@ class PooledDatabase(PostgresqlExtDatabase):
                 f"the database connection was lost{reason} and with it this session's {', '.join(sorted(lost))}; "
                 "nothing was re-sent: set that state up again on the next statement's new connection"
             ) from cause
-        with __exception_wrapper__:
-            state.conn = self._pool.getconn(verified=True)  # not another idle one that died alike
+        state.conn = self._pool.getconn(verified=True)  # not another idle one that died alike
 
     def connection(self) -> Any:
         """This thread's driver connection; what is done with it directly is reset on release."""
