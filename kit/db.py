@@ -115,6 +115,7 @@ _SESSION_FUNCTIONS = [("advisory_lock", "advisory locks"), ("ADVISORY_LOCK", "ad
                       ("set_config", "settings (set_config)"), ("SET_CONFIG", "settings (set_config)")]
 DRIVER_USE = "whatever was done on the driver connection directly"
 IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
+UNKNOWN = psycopg2.extensions.TRANSACTION_STATUS_UNKNOWN
 RESEND_WINDOW = 0.010  # seconds: a statement that failed later than this after sending may have been running
 
 
@@ -292,7 +293,7 @@ class PooledDatabase(PostgresqlExtDatabase):
 
     def _is_closed(self, conn: Any) -> bool:
         """Hook asked on every checkout: True when the driver already knows the connection is unusable."""
-        return bool(conn.closed) or self._adapter.txn_status(conn) == self._adapter.txn_unknown
+        return bool(conn.closed) or conn.get_transaction_status() == UNKNOWN
 
     def _ping(self, conn: Any) -> bool:
         """One round trip: True when the server answers."""
@@ -307,7 +308,7 @@ class PooledDatabase(PostgresqlExtDatabase):
         """Hook asked on every check-in: fit to keep? (A leftover or failed transaction is rolled back.)"""
         if conn.closed:
             return False
-        return self._adapter.txn_status(conn) == self._adapter.txn_idle or self._adapter.is_connection_reusable(conn)
+        return conn.get_transaction_status() == IDLE or self._adapter.is_connection_reusable(conn)
 
     def _reset_session(self, conn: Any) -> bool:
         """Clear session state before the next borrower: DISCARD ALL; False if that fails."""

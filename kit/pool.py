@@ -69,7 +69,7 @@ class _Slot:
     opened: float = field(default_factory=time.monotonic)
     last_used: float = field(default_factory=time.monotonic)
     checked_out: float = 0.0
-    owner: threading.Thread | None = None
+    owner: int | None = None  # the ident of the thread that checked it out
     session: set[str] = field(default_factory=set)  # session state known to be on it, by kind
     needs_reset: bool = False
 
@@ -220,7 +220,7 @@ class ConnectionPool:
         return self.stale_timeout is not None and time.monotonic() - slot.opened > self.stale_timeout
 
     def _check_out(self, slot: _Slot) -> None:
-        slot.owner = threading.current_thread()
+        slot.owner = threading.get_ident()
         slot.checked_out = time.monotonic()
         self._in_use[id(slot.conn)] = slot
 
@@ -310,7 +310,8 @@ class ConnectionPool:
 
     def _reclaim_from_dead_threads(self) -> bool:
         """Take back connections whose owning thread ended without returning them (under `_lock`)."""
-        lost = [s for s in self._in_use.values() if s.owner is not None and not s.owner.is_alive()]
+        alive = {thread.ident for thread in threading.enumerate()}
+        lost = [s for s in self._in_use.values() if s.owner is not None and s.owner not in alive]
         for slot in lost:
             del self._in_use[id(slot.conn)]
             self._discard(slot)
