@@ -27,19 +27,18 @@ from kit.config import load_settings
 from kit.db import PooledDatabase, resolve_url
 
 
-def run_threads(threads: int, ops: int, setup, op) -> float:
-    """Run `op(ctx)` `ops` times on each of `threads` threads; return total ops per second."""
-    contexts = [setup() for _ in range(threads)]
+def run_threads(threads: int, ops: int, op) -> float:
+    """Run `op()` `ops` times on each of `threads` threads; return total ops per second."""
     barrier = threading.Barrier(threads + 1)
     finished = []
 
-    def work(ctx):
+    def work():
         barrier.wait()
         for _ in range(ops):
-            op(ctx)
+            op()
         finished.append(time.perf_counter())
 
-    workers = [threading.Thread(target=work, args=(c,)) for c in contexts]
+    workers = [threading.Thread(target=work) for _ in range(threads)]
     for w in workers:
         w.start()
     barrier.wait()
@@ -49,51 +48,64 @@ def run_threads(threads: int, ops: int, setup, op) -> float:
     return threads * ops / (max(finished) - start)
 
 
+def peewee_pool(db):
+    """(op, close) for a peewee pooled database: checkout, SELECT 1, release."""
+    def op():
+        with db.connection_context():
+            db.execute_sql("SELECT 1").fetchone()
+
+    return op, db.close_all
+
+
+def raw_connections(url: str):
+    """(op, close) for one psycopg2 connection kept open per thread, opened on the thread's first op."""
+    local, opened = threading.local(), []
+
+    def op():
+        cur = getattr(local, "cur", None)
+        if cur is None:
+            conn = psycopg2.connect(url, application_name="bench-raw")
+            conn.autocommit = True
+            opened.append(conn)
+            cur = local.cur = conn.cursor()
+        cur.execute("SELECT 1")
+        cur.fetchone()
+
+    def close():
+        for conn in opened:
+            conn.close()
+
+    return op, close
+
+
 def main() -> None:
     """Run the benchmark and print ops/s and ratios."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ops", type=int, default=3000, help="operations per thread per round")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
     url = resolve_url(load_settings())
-
-    kit_db = PooledDatabase(url, min_size=2, max_size=10, timeout=10, application_name="bench-kit")
-    stock_db = PooledPostgresqlExtDatabase(url, max_connections=10, timeout=10, application_name="bench-peewee")
-    closers = [kit_db.close_all, stock_db.close_all]
-
-    def pooled_op(db):
-        def op(_ctx):
-            with db.connection_context():
-                db.execute_sql("SELECT 1").fetchone()
-
-        return op
-
-    raw_conns = []
-
-    def raw_setup():
-        conn = psycopg2.connect(url, application_name="bench-raw")
-        conn.autocommit = True
-        raw_conns.append(conn)
-        return conn.cursor()
-
-    def raw_op(cur):
-        cur.execute("SELECT 1")
-        cur.fetchone()
-
     contenders = {
-        "kit": (lambda: None, pooled_op(kit_db)),
-        "peewee": (lambda: None, pooled_op(stock_db)),
-        **other_pools(url, closers),
-        "raw": (raw_setup, raw_op),
+        "kit": lambda: peewee_pool(PooledDatabase(url, min_size=2, max_size=10, timeout=10,
+                                                  application_name="bench-kit")),
+        "peewee": lambda: peewee_pool(PooledPostgresqlExtDatabase(url, max_connections=10, timeout=10,
+                                                                  application_name="bench-peewee")),
+        **other_pools(url),
+        "raw": lambda: raw_connections(url),
     }
     print(f"server: {url.split('?')[0]}  ops/thread/round: {args.ops}  rounds: {args.rounds}")
+    print("each round builds every pool anew (new server connections), so no contender keeps a lucky or "
+          "unlucky backend for the whole run")
     for threads in (1, 8):
         samples: dict[str, list[float]] = {name: [] for name in contenders}
-        for setup, op in contenders.values():  # warm up each pool
-            run_threads(threads, 200, setup, op)
         for _ in range(args.rounds):  # interleave rounds so machine noise hits every contender alike
-            for name, (setup, op) in contenders.items():
-                samples[name].append(run_threads(threads, args.ops, setup, op))
+            for name, make in contenders.items():
+                op, close = make()
+                try:
+                    run_threads(threads, 100, op)  # warm up: connections open, code paths hot
+                    samples[name].append(run_threads(threads, args.ops, op))
+                finally:
+                    close()
         medians = {name: statistics.median(values) for name, values in samples.items()}
         print(f"\n{threads} thread{'s' if threads > 1 else ''}: median ops/s")
         for name, value in medians.items():
@@ -103,30 +115,27 @@ def main() -> None:
         for name in contenders:
             if name not in ("kit", "raw"):
                 print(f"  kit / {name:<12} = {medians['kit'] / medians[name]:.2f}x")
-        for conn in raw_conns:
-            conn.close()
-        raw_conns.clear()
-    for close in closers:
-        close()
 
 
-def other_pools(url: str, closers: list) -> dict:
-    """psycopg_pool and SQLAlchemy's QueuePool, each skipped with a line when not installed."""
+def other_pools(url: str) -> dict:
+    """Factories for psycopg_pool and SQLAlchemy's QueuePool, each skipped with a line when not installed."""
     found = {}
     try:
         from psycopg_pool import ConnectionPool
     except ImportError:
         print("psycopg_pool not installed (pip install -e '.[bench]'): skipped")
     else:
-        pg3 = ConnectionPool(url, min_size=2, max_size=10, timeout=10, open=True,
-                             kwargs={"autocommit": True, "application_name": "bench-psycopg-pool"})
-        closers.append(pg3.close)
+        def psycopg_pool():
+            pool = ConnectionPool(url, min_size=2, max_size=10, timeout=10, open=True,
+                                  kwargs={"autocommit": True, "application_name": "bench-psycopg-pool"})
 
-        def pg3_op(_ctx):
-            with pg3.connection() as conn:
-                conn.execute("SELECT 1").fetchone()
+            def op():
+                with pool.connection() as conn:
+                    conn.execute("SELECT 1").fetchone()
 
-        found["psycopg_pool"] = (lambda: None, pg3_op)
+            return op, pool.close
+
+        found["psycopg_pool"] = psycopg_pool
     try:
         from sqlalchemy.pool import QueuePool
     except ImportError:
@@ -137,18 +146,20 @@ def other_pools(url: str, closers: list) -> dict:
             conn.autocommit = True
             return conn
 
-        queue = QueuePool(creator, pool_size=10, max_overflow=0, timeout=10)
-        closers.append(queue.dispose)
+        def sqlalchemy():
+            queue = QueuePool(creator, pool_size=10, max_overflow=0, timeout=10)
 
-        def sa_op(_ctx):
-            conn = queue.connect()
-            cur = conn.cursor()
-            cur.execute("SELECT 1")
-            cur.fetchone()
-            cur.close()
-            conn.close()
+            def op():
+                conn = queue.connect()
+                cur = conn.cursor()
+                cur.execute("SELECT 1")
+                cur.fetchone()
+                cur.close()
+                conn.close()
 
-        found["sqlalchemy"] = (lambda: None, sa_op)
+            return op, queue.dispose
+
+        found["sqlalchemy"] = sqlalchemy
     return found
 
 
