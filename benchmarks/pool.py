@@ -58,16 +58,20 @@ def peewee_pool(db):
 
 
 def raw_connections(url: str):
-    """(op, close) for one psycopg2 connection kept open per thread, opened on the thread's first op."""
-    local, opened = threading.local(), []
+    """(op, close) for one psycopg2 connection per thread, kept open across rounds (the limit)."""
+    local, opened, spare, lock = threading.local(), [], [], threading.Lock()
 
     def op():
         cur = getattr(local, "cur", None)
-        if cur is None:
-            conn = psycopg2.connect(url, application_name="bench-raw")
-            conn.autocommit = True
-            opened.append(conn)
-            cur = local.cur = conn.cursor()
+        if cur is None:  # a new thread: reuse a connection a finished round left, else open one
+            with lock:
+                cur = spare.pop() if spare else None
+            if cur is None:
+                conn = psycopg2.connect(url, application_name="bench-raw")
+                conn.autocommit = True
+                opened.append(conn)
+                cur = conn.cursor()
+            local.cur = cur
         cur.execute("SELECT 1")
         cur.fetchone()
 
@@ -75,6 +79,10 @@ def raw_connections(url: str):
         for conn in opened:
             conn.close()
 
+    def release():  # called after each round: the round's threads have ended
+        spare[:] = [conn.cursor() for conn in opened]
+
+    op.release = release
     return op, close
 
 
@@ -94,18 +102,20 @@ def main() -> None:
         "raw": lambda: raw_connections(url),
     }
     print(f"server: {url.split('?')[0]}  ops/thread/round: {args.ops}  rounds: {args.rounds}")
-    print("each round builds every pool anew (new server connections), so no contender keeps a lucky or "
-          "unlucky backend for the whole run")
     for threads in (1, 8):
+        built = {name: make() for name, make in contenders.items()}  # long-lived, as pools are in a service
         samples: dict[str, list[float]] = {name: [] for name in contenders}
-        for _ in range(args.rounds):  # interleave rounds so machine noise hits every contender alike
-            for name, make in contenders.items():
-                op, close = make()
-                try:
-                    run_threads(threads, 100, op)  # warm up: connections open, code paths hot
+        try:
+            for op, _ in built.values():  # warm up: connections open, new server processes settled
+                run_threads(threads, 500, op)
+                getattr(op, "release", lambda: None)()
+            for _ in range(args.rounds):  # interleave rounds so machine noise hits every contender alike
+                for name, (op, _) in built.items():
                     samples[name].append(run_threads(threads, args.ops, op))
-                finally:
-                    close()
+                    getattr(op, "release", lambda: None)()
+        finally:
+            for _, close in built.values():
+                close()
         medians = {name: statistics.median(values) for name, values in samples.items()}
         print(f"\n{threads} thread{'s' if threads > 1 else ''}: median ops/s")
         for name, value in medians.items():

@@ -149,6 +149,16 @@ def _ended_by_server(exc: Exception, conn: Any) -> bool:
                                                                          psycopg2.InterfaceError))
 
 
+def _succeeds(conn: Any, sql: str) -> bool:
+    """Run `sql` on a driver connection; False instead of an error."""
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute(sql)
+        return True
+    except psycopg2.Error:
+        return False
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return mask_password(text.splitlines()[0]) if text else type(exc).__name__
@@ -250,7 +260,7 @@ class PooledDatabase(PostgresqlExtDatabase):
             if reuse_if_open:
                 return False
             raise OperationalError("Connection already opened.")
-        conn = self._connect()
+        conn = self._pool.getconn()
         try:
             state.set_connection(conn)
             if self.server_version is None:
@@ -297,12 +307,7 @@ class PooledDatabase(PostgresqlExtDatabase):
 
     def _ping(self, conn: Any) -> bool:
         """One round trip: True when the server answers."""
-        try:
-            with conn.cursor() as cursor:
-                cursor.execute("SELECT 1")
-            return True
-        except psycopg2.Error:
-            return False
+        return _succeeds(conn, "SELECT 1")
 
     def _can_reuse(self, conn: Any) -> bool:
         """Hook asked on every check-in: fit to keep? (A leftover or failed transaction is rolled back.)"""
@@ -312,12 +317,7 @@ class PooledDatabase(PostgresqlExtDatabase):
 
     def _reset_session(self, conn: Any) -> bool:
         """Clear session state before the next borrower: DISCARD ALL; False if that fails."""
-        try:
-            with conn.cursor() as cursor:
-                cursor.execute("DISCARD ALL")
-            return True
-        except psycopg2.Error:
-            return False
+        return _succeeds(conn, "DISCARD ALL")
 
     # -- statements -------------------------------------------------------------------------------
 
@@ -457,7 +457,7 @@ class PooledDatabase(PostgresqlExtDatabase):
         try:
             if is_open:
                 with __exception_wrapper__:
-                    self._close(state.conn)
+                    self._pool.putconn(state.conn)
         finally:
             state.reset()
         return is_open

@@ -191,33 +191,27 @@ class ConnectionPool:
 
     def _take_idle(self, verified: bool = False) -> _Slot | None:
         """The oldest usable idle connection, checked out; unusable ones on the way are closed."""
-        while True:
+        while True:  # the hot path of every checkout: kept flat on purpose
             with self._lock:
                 if not self._idle:
                     return None
                 slot = heapq.heappop(self._idle)[2]
-                self._check_out(slot)
-            if self._usable(slot, verified):
+                now = slot.checked_out = time.monotonic()
+                slot.owner = threading.get_ident()
+                self._in_use[id(slot.conn)] = slot
+            if (slot.generation == self._generation and not self.hooks.is_closed(slot.conn)
+                    and (self.stale_timeout is None or now - slot.opened <= self.stale_timeout)
+                    and (not verified and now - slot.last_used < self.check_after or self.ping(slot.conn))):
                 return slot
             with self._lock:
                 del self._in_use[id(slot.conn)]
                 self._discard(slot)
-
-    def _usable(self, slot: _Slot, verified: bool) -> bool:
-        if self._is_stale(slot) or slot.generation != self._generation or self.hooks.is_closed(slot.conn):
-            return False
-        if not verified and time.monotonic() - slot.last_used < self.check_after:
-            return True
-        return self.ping(slot.conn)
 
     def ping(self, conn: Any) -> bool:
         """Test `conn` with a round trip (`Hooks.ping`), counted in `stats()["checks"]`; True when alive."""
         with self._lock:
             self._stats["checks"] += 1
         return self.hooks.ping(conn)
-
-    def _is_stale(self, slot: _Slot) -> bool:
-        return self.stale_timeout is not None and time.monotonic() - slot.opened > self.stale_timeout
 
     def _check_out(self, slot: _Slot) -> None:
         slot.owner = threading.get_ident()
@@ -278,15 +272,18 @@ class ConnectionPool:
                 self._wake()
                 return
             slot.owner = None
-        keep = (not discard and slot.generation == self._generation and not self._is_stale(slot)
+        now = time.monotonic()
+        keep = (not discard and slot.generation == self._generation
+                and (self.stale_timeout is None or now - slot.opened <= self.stale_timeout)
                 and self.hooks.can_reuse(conn) and (not slot.needs_reset or self._reset(slot)))
         with self._lock:
             if keep:
-                slot.last_used = time.monotonic()
+                slot.last_used = now
                 heapq.heappush(self._idle, (slot.opened, next(self._counter), slot))
             else:
                 self._discard(slot)
-            self._wake()
+            if self._waiting:
+                self._cond.notify()
 
     def _reset(self, slot: _Slot) -> bool:
         """Reset the session outside the pool's lock (a round trip); False to close it instead."""

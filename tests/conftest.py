@@ -16,7 +16,7 @@ from helpers import admin_execute, with_dbname
 
 from kit import embedded, migrate
 from kit.config import load_settings
-from kit.db import database
+from kit.db import PooledDatabase, database
 
 ROOT = Path(__file__).resolve().parent.parent
 MIGRATIONS = ROOT / "migrations"
@@ -58,6 +58,23 @@ def monitor(test_db_url: str):
     conn.autocommit = True
     yield conn
     conn.close()
+
+
+@pytest.fixture
+def make_pool(test_db_url):
+    """Build PooledDatabase objects (or a subclass, `cls=`) on the test database, each with its own application_name."""
+    made = []
+
+    def make(*args, cls=PooledDatabase, **settings):
+        name = f"kit-pool-test-{secrets.token_hex(4)}"
+        pool = cls(test_db_url, *args, application_name=name, **settings)
+        pool.app_name = name
+        made.append(pool)
+        return pool
+
+    yield make
+    for pool in made:
+        pool.close_all()
 
 
 @pytest.fixture

@@ -15,23 +15,6 @@ from peewee import ProgrammingError
 from kit.db import PooledDatabase, PoolExhausted, PoolTooLarge, database
 
 
-@pytest.fixture
-def make_pool(test_db_url):
-    """Build a PooledDatabase on the test database with a unique application_name."""
-    pools = []
-
-    def make(**settings) -> PooledDatabase:
-        name = f"kit-pool-test-{secrets.token_hex(4)}"
-        pool = PooledDatabase(test_db_url, application_name=name, **settings)
-        pool.app_name = name
-        pools.append(pool)
-        return pool
-
-    yield make
-    for pool in pools:
-        pool.close_all()
-
-
 def server_connections(monitor, pool) -> int:
     return scalar(monitor, "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (pool.app_name,))
 

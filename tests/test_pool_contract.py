@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import secrets
 import threading
 import time
 
@@ -21,20 +20,9 @@ from kit.db import PooledDatabase, PoolExhausted, PoolSettingError
 
 
 @pytest.fixture
-def pooled(test_db_url):
-    """Build PooledDatabase objects (any subclass) on the test database, each with its own application_name."""
-    made = []
-
-    def make(*args, cls=PooledDatabase, **kwargs):
-        name = f"kit-contract-{secrets.token_hex(4)}"
-        db = cls(test_db_url, *args, application_name=name, **kwargs)
-        db.app_name = name
-        made.append(db)
-        return db
-
-    yield make
-    for db in made:
-        db.close_all()
+def pooled(make_pool):
+    """peewee's name for the pool factory (see conftest.make_pool)."""
+    return make_pool
 
 
 def on_server(monitor, db) -> int:
