@@ -26,6 +26,8 @@ from playhouse.postgres_ext import PooledPostgresqlExtDatabase
 from kit.config import load_settings
 from kit.db import PooledDatabase, resolve_url
 
+WARM_UP_OPS = 1000
+
 
 def run_threads(threads: int, ops: int, op) -> float:
     """Run `op()` `ops` times on each of `threads` threads; return total ops per second."""
@@ -58,31 +60,33 @@ def peewee_pool(db):
 
 
 def raw_connections(url: str):
-    """(op, close) for one psycopg2 connection per thread, kept open across rounds (the limit)."""
-    local, opened, spare, lock = threading.local(), [], [], threading.Lock()
+    """(op, close) for one psycopg2 connection per thread (the limit), kept from the warm-up to the run."""
+    local, opened, lock = threading.local(), [], threading.Lock()
+    spare: list = []
 
     def op():
         cur = getattr(local, "cur", None)
-        if cur is None:  # a new thread: reuse a connection a finished round left, else open one
+        if cur is None:  # a thread's first op: a connection an earlier run's thread used, else a new one
             with lock:
                 cur = spare.pop() if spare else None
             if cur is None:
                 conn = psycopg2.connect(url, application_name="bench-raw")
                 conn.autocommit = True
-                opened.append(conn)
+                with lock:
+                    opened.append(conn)
                 cur = conn.cursor()
             local.cur = cur
         cur.execute("SELECT 1")
         cur.fetchone()
 
+    def between_runs():
+        spare[:] = [conn.cursor() for conn in opened]
+
     def close():
         for conn in opened:
             conn.close()
 
-    def release():  # called after each round: the round's threads have ended
-        spare[:] = [conn.cursor() for conn in opened]
-
-    op.release = release
+    op.between_runs = between_runs
     return op, close
 
 
@@ -103,19 +107,18 @@ def main() -> None:
     }
     print(f"server: {url.split('?')[0]}  ops/thread/round: {args.ops}  rounds: {args.rounds}")
     for threads in (1, 8):
-        built = {name: make() for name, make in contenders.items()}  # long-lived, as pools are in a service
         samples: dict[str, list[float]] = {name: [] for name in contenders}
-        try:
-            for op, _ in built.values():  # warm up: connections open, new server processes settled
-                run_threads(threads, 500, op)
-                getattr(op, "release", lambda: None)()
-            for _ in range(args.rounds):  # interleave rounds so machine noise hits every contender alike
-                for name, (op, _) in built.items():
+        for _ in range(args.rounds):  # interleave rounds so machine noise hits every contender alike
+            for name, make in contenders.items():
+                # Built anew each round: which CPU a server process lands on moves a connection's round
+                # trip by tens of percent on a small machine; new connections each round average that out.
+                op, close = make()
+                try:
+                    run_threads(threads, WARM_UP_OPS, op)  # connections open, server processes settled
+                    getattr(op, "between_runs", lambda: None)()
                     samples[name].append(run_threads(threads, args.ops, op))
-                    getattr(op, "release", lambda: None)()
-        finally:
-            for _, close in built.values():
-                close()
+                finally:
+                    close()
         medians = {name: statistics.median(values) for name, values in samples.items()}
         print(f"\n{threads} thread{'s' if threads > 1 else ''}: median ops/s")
         for name, value in medians.items():
