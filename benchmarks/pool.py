@@ -26,7 +26,7 @@ from playhouse.postgres_ext import PooledPostgresqlExtDatabase
 from kit.config import load_settings
 from kit.db import PooledDatabase, resolve_url
 
-WARM_UP_OPS = 1000
+WARM_UP_OPS = 3000  # per thread; new server processes take a few thousand queries to settle
 
 
 def run_threads(threads: int, ops: int, op) -> float:
