@@ -394,7 +394,9 @@ class PooledDatabase(PostgresqlExtDatabase):
         if self.is_closed():
             raise InterfaceError("Cannot commit, database connection not open.")
         conn = self._state.conn
-        if conn.closed or (_socket_readable(conn) and self._is_closed(conn)):
+        if _socket_readable(conn):  # the server said something while the transaction sat idle: is it gone?
+            self._ping(conn)  # fails on a dead connection (and closes it); harmless inside the transaction
+        if conn.closed:
             raise SessionLost("the database connection was lost before COMMIT; the server rolled the transaction "
                               "back, so nothing of it was committed")
         try:
