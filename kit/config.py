@@ -5,8 +5,8 @@
 | DATABASE_URL                | unset     | postgresql:// or postgres:// URL; unset: the embedded server |
 | DATABASE_POOL_MIN           | 2         | connections opened on first use and kept open               |
 | DATABASE_POOL_MAX           | 10        | most connections checked out at once                        |
-| DATABASE_POOL_IDLE_TIMEOUT  | 30000     | ms an idle connection above MIN is kept before it is closed |
-| DATABASE_POOL_TIMEOUT       | 10000     | ms a caller waits for a free connection                     |
+| DATABASE_POOL_IDLE_TIMEOUT  | 30000     | ms an idle connection above MIN is kept; 0: kept            |
+| DATABASE_POOL_TIMEOUT       | 10000     | ms a caller waits for a free connection; 0: without end     |
 | KIT_DATA_DIR                | ./.kit    | where the embedded server keeps its data                    |
 """
 

@@ -248,7 +248,7 @@ class ConnectionPool:
     # -- what a checked-out connection carries ----------------------------------------------------
 
     def note_session(self, conn: Any, kind: str | None) -> None:
-        """Remember that `conn` now holds session state (`kind` names it; None: unknown) to reset on check-in."""
+        """Remember that `conn` needs a reset on check-in; `kind` names state whose loss must be reported (or None)."""
         slot = self._in_use.get(id(conn))
         if slot is not None:
             slot.needs_reset = True
@@ -282,8 +282,7 @@ class ConnectionPool:
                 heapq.heappush(self._idle, (slot.opened, next(self._counter), slot))
             else:
                 self._discard(slot)
-            if self._waiting:
-                self._cond.notify()
+            self._wake()
 
     def _reset(self, slot: _Slot) -> bool:
         """Reset the session outside the pool's lock (a round trip); False to close it instead."""

@@ -442,3 +442,21 @@ def test_the_better_auth_migration_refuses_invitations_without_an_inviter(fresh_
     db.execute_sql("UPDATE invitations SET inviter_id = %s", (user,))
     assert "005_better_auth" in migrate.apply(db, migrations, **QUIET)
     assert migrate.verify(db, migrations) == []
+
+
+def test_pw_migrate_s_run_lock_lost_with_its_connection_stops_the_run(fresh_database):
+    from kit.db import SessionLost
+    from kit.migrate.lock import lock_session
+
+    db = fresh_database
+    lock_session(db, say=lambda _: None)  # what migrations/conf.py takes for a pw_migrate run
+    pid = db.execute_sql("SELECT pg_backend_pid()").fetchone()[0]
+    killer = psycopg2.connect(db.scratch_url)
+    killer.autocommit = True
+    with killer.cursor() as cur:
+        cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    killer.close()
+    time.sleep(0.05)
+    with pytest.raises(SessionLost, match="advisory locks"):
+        db.execute_sql(f"SELECT count(*) FROM {history.HISTORY_TABLE}")  # the run's next statement
+    db.close()

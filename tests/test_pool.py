@@ -341,3 +341,28 @@ def test_the_environment_names_the_variable(monkeypatch, test_db_url):
     with pytest.raises(ConfigError, match=r"DATABASE_POOL_MIN=5000 is too large: min_size 5000 is more"):
         db.connect()
     db.close_all()
+
+
+def test_zero_in_the_environment_means_wait_without_end_and_keep_idle_connections(monkeypatch, test_db_url):
+    from kit.config import load_settings
+    from kit.db import Database
+
+    monkeypatch.setenv("DATABASE_POOL_TIMEOUT", "0")
+    monkeypatch.setenv("DATABASE_POOL_IDLE_TIMEOUT", "0")
+    monkeypatch.setenv("DATABASE_POOL_MAX", "1")
+    monkeypatch.setenv("DATABASE_POOL_MIN", "0")
+    db = Database()
+    db.configure(test_db_url, load_settings())
+    assert db._wait_timeout == float("inf") and db._pool.max_idle is None
+    try:
+        db.connect()
+        got = []
+        waiter = threading.Thread(target=lambda: (db.connect(), got.append(True), db.close()))
+        waiter.start()
+        time.sleep(0.5)  # far past any finite default the pool could have used
+        assert got == [] and waiter.is_alive()
+        db.close()  # the waiter gets it now
+        waiter.join(5)
+        assert got == [True]
+    finally:
+        db.close_all()
