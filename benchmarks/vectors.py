@@ -23,9 +23,9 @@ import numpy as np
 from peewee import BigAutoField, Model
 from pgvector.peewee import VectorField as AnchorVectorField
 
+from kit.copy.encoders import COPY_HEADER, COPY_TRAILER
 from kit.db import database
 from kit.vector import VectorField, VectorModel, copy_rows, fetch_matrix
-from kit.vector.bulk import COPY_HEADER, COPY_TRAILER
 
 DIM = 1536
 BATCH = 500

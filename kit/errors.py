@@ -37,3 +37,7 @@ class DatabaseUnavailable(KitError, OperationalError):
 
 class SessionLost(KitError, OperationalError):
     """The server ended a connection that held session state; the message names what was lost."""
+
+
+class CopyRowError(KitError, ValueError):
+    """A row given to binary COPY cannot be written; the message names the row index and the column."""

@@ -12,7 +12,7 @@ import pytest
 from peewee import SQL, BigAutoField, BooleanField, DateField, DecimalField, IntegerField, Model, TextField, UUIDField
 from playhouse.postgres_ext import BinaryJSONField, DateTimeTZField
 
-import kit.vector.bulk as bulk
+import kit.copy.writer as bulk
 from kit.db import database
 from kit.vector import CopyRowError, HalfVectorField, VectorField, VectorModel, copy_rows, fetch_matrix
 

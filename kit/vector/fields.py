@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from peewee import Expression, Field
 
+from kit.copy.encoders import NULL
 from kit.vector import wire
 
 MAX_DIMENSIONS = 16_000  # pgvector's limit for vector and halfvec columns
@@ -53,6 +54,47 @@ class VectorField(Field):
         if model is None:
             return f"{type(self).__name__}({self.dimensions})"
         return f"{model._meta.table_name}.{self.column_name}"
+
+    @property
+    def copy_width(self) -> int:
+        """Bytes of one value in binary COPY (header and elements), for sizing chunks."""
+        return 4 + self.dimensions * np.dtype(self.element).itemsize
+
+    def copy_cells(self, values: list[Any]) -> list[Any]:
+        """Binary COPY fields of a column of values, converted as one matrix (the `kit.copy` hook)."""
+        matrix, shape, nulls = None, (self.dimensions,), []
+        if all(type(value) is np.ndarray and value.shape == shape for value in values):  # stack them in one go
+            matrix = np.stack(values)
+            if matrix.dtype != self.dtype:
+                matrix = None  # the row by row way below converts and checks each
+        if matrix is None:
+            matrix = np.empty((len(values), self.dimensions), dtype=self.dtype)
+            for offset, value in enumerate(values):
+                if value is None:
+                    nulls.append(offset)
+                    matrix[offset] = 0
+                elif isinstance(value, np.ndarray) and value.dtype == self.dtype and value.shape == shape:
+                    matrix[offset] = value  # checked below, all rows at once
+                else:
+                    matrix[offset] = self._checked(value, offset)
+        finite = np.isfinite(matrix).all(axis=1)
+        if not finite.all():
+            offset = int(np.flatnonzero(~finite)[0])
+            self._checked(values[offset], offset)
+        payload = wire.binary_payload(matrix, self.element)
+        width = payload.shape[1]
+        flat = memoryview(payload.reshape(-1))
+        cells: list[Any] = [flat[i * width:(i + 1) * width] for i in range(len(values))]
+        for offset in nulls:
+            cells[offset] = NULL
+        return cells
+
+    def _checked(self, value: Any, offset: int) -> np.ndarray:
+        try:
+            return self.to_array(value)
+        except VectorValueError as exc:
+            exc.offset = offset
+            raise
 
     def to_array(self, value: Any) -> np.ndarray:
         """Check `value` and return it as a 1-D array of this field's dtype; VectorValueError if it is unfit."""
