@@ -14,7 +14,10 @@ from pathlib import Path
 
 import peewee
 
+from kit import fixtures, migrate
 from kit.config import ConfigError, KitError
+from kit.db import database
+from kit.migrate.loader import default_directory
 
 
 def seeds_directory() -> Path:
@@ -35,9 +38,6 @@ def find_fixture(name: str) -> Path:
 
 def refuse_pending_migrations(database: object) -> None:
     """Stop with a sentence if the database has migrations to apply."""
-    from kit import migrate
-    from kit.migrate.loader import default_directory
-
     directory = default_directory()
     if not directory.is_dir():
         return
@@ -85,28 +85,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("paths", nargs="*", metavar="PATH", help="fixture files (as given, or under seeds/)")
     parser.add_argument("--dry-run", action="store_true", help="validate and resolve everything, write nothing")
     parser.add_argument("--reset", action="store_true",
-                        help="empty the tables the files touch first (same transaction)")
+                        help="empty the tables the files name first (same transaction); refused if that would "
+                             "empty other tables holding rows")
+    parser.add_argument("--reset-cascade", action="store_true",
+                        help="like --reset, and also empty the tables that reference them")
+    parser.add_argument("--allow-any-include", action="store_true",
+                        help="let files include files outside the top-level file's directory")
     parser.add_argument("--seed", type=int, default=0, help="random seed for generated data (default 0)")
     parser.add_argument("--dump", metavar="TABLE[,TABLE]", help="write these tables' rows as a fixture file")
-    parser.add_argument("--out", type=Path, help="where --dump writes")
+    parser.add_argument("--out", type=Path, help="where --dump writes (a new file, readable by you only)")
+    parser.add_argument("--force", action="store_true", help="let --dump replace existing files")
     args = parser.parse_args(argv)
     if args.dump and not args.out:
         parser.error("--dump needs --out FILE")
     if not args.dump and not args.paths:
         parser.error("give at least one fixture PATH (or --dump TABLES --out FILE)")
     try:
-        from kit import fixtures
-        from kit.db import database
-
         refuse_pending_migrations(database)
         if args.dump:
             tables = [t.strip() for t in args.dump.split(",") if t.strip()]
-            count = fixtures.dump(tables, args.out, database)
+            count = fixtures.dump(tables, args.out, database, force=args.force)
             print(f"wrote {count:,} rows of {', '.join(tables)} to {args.out}")
             return 0
-        fixture = fixtures.parse(*(find_fixture(p) for p in args.paths))
+        fixture = fixtures.parse(*(find_fixture(p) for p in args.paths), allow_any_include=args.allow_any_include)
         report = fixtures.load(fixture, database, seed=args.seed, reset=args.reset, dry_run=args.dry_run,
-                               progress=Progress(), notes=print)
+                               progress=Progress(), notes=print, reset_cascade=args.reset_cascade)
         print_report(report, args.dry_run)
         return 0
     except ConfigError as exc:

@@ -185,8 +185,9 @@ def test_same_file_and_seed_give_the_same_data_and_edits_stay_local(db, tmp_path
     first, second = resolve_all(base, db), resolve_all(base, db)
     assert first == second
     other_seed = resolve_all(base, db, seed=7)
-    assert other_seed[("users", "gen.0")]["name"] != first[("users", "gen.0")]["name"]
-    edited = parse(write(tmp_path, "b.yaml", GENERATED.replace("name: Fixed", "name: Edited")))
+    assert other_seed[("users", "a:gen.0")]["name"] != first[("users", "a:gen.0")]["name"]
+    (tmp_path / "b").mkdir()
+    edited = parse(write(tmp_path / "b", "a.yaml", GENERATED.replace("name: Fixed", "name: Edited")))
     changed = resolve_all(edited, db)
     assert changed[("users", "fixed")]["name"] == "Edited"
     assert {k: v for k, v in changed.items() if k[1] != "fixed"} == {k: v for k, v in first.items() if k[1] != "fixed"}
@@ -254,7 +255,7 @@ def test_an_error_in_the_last_row_of_the_last_table_writes_nothing(db, tmp_path)
         ("users:\n  a: {name: !now tomorrow, email: a@x.io}\n", 2, "users.a.name", "!now takes an offset"),
         ("organizations:\n  o: {name: O, slug: o}\ndocument_sources:\n  _generate:\n    per: organizations\n"
          "    parent: organization\n    values: {title: T, created_by: !pick users}\n", 7,
-         "document_sources.gen.o.0.created_by", "!pick users: no users rows to pick from"),
+         "document_sources.broken:gen.o.0.created_by", "!pick users: no users rows to pick from"),
     ],
 )
 def test_errors_name_file_line_and_place(db, tmp_path, text, line, where, words):
@@ -370,7 +371,7 @@ def test_growing_a_generator_keeps_the_rows_it_made_and_columns_draw_independent
               {extra}
     """
     first = resolve_all(parse(write(tmp_path, "a.yaml", base.format(count=1500, extra=""))), db)
-    grown = resolve_all(parse(write(tmp_path, "b.yaml", base.format(
+    grown = resolve_all(parse(write(tmp_path, "a.yaml", base.format(
         count=2500, extra="email_verified: !choice [true, false]"))), db)
     assert len(grown) == 2500 and len({v["name"] for v in grown.values()}) > 1000
     assert all(grown[key]["name"] == values["name"] for key, values in first.items())
@@ -464,13 +465,13 @@ def test_a_backend_killed_mid_load_leaves_nothing_and_the_next_load_works(db, tm
 
 def test_lookups_in_the_database_while_rows_stream_pause_the_copy_and_lose_nothing(db, tmp_path, monkeypatch):
     asked_while_streaming = []
-    original = fixtures.resolver.Resolver._query
+    original = fixtures.resolver.Resolver.query
 
     def query(self, sql, params=()):
         asked_while_streaming.append(self.before_query is not None)
         return original(self, sql, params)
 
-    monkeypatch.setattr(fixtures.resolver.Resolver, "_query", query)
+    monkeypatch.setattr(fixtures.resolver.Resolver, "query", query)
     db.execute_sql("INSERT INTO plans (slug, name) VALUES ('legacy', 'Legacy')")
     db.execute_sql("INSERT INTO users (name, email) SELECT 'U' || i, 'u' || i || '@db.example' "
                    "FROM generate_series(1, 50) AS i")

@@ -58,10 +58,16 @@ def _resolve_fields(model: type[Model], keys: Iterable[Any]) -> list[Field]:
     return fields
 
 
-def _column_types(database: peewee.Database, model: type[Model], target: str | None = None) -> dict[str, str]:
+def _qualified(table: str | tuple[str, str]) -> str:
+    """A table name, or (schema, name), quoted for SQL."""
+    return ".".join(f'"{part}"' for part in ((table,) if isinstance(table, str) else table))
+
+
+def _column_types(database: peewee.Database, model: type[Model],
+                  target: str | tuple[str, str] | None = None) -> dict[str, str]:
     meta = model._meta
     table = f'"{meta.schema}"."{meta.table_name}"' if meta.schema else f'"{meta.table_name}"'
-    table = f'"{target}"' if target else table
+    table = _qualified(target) if target else table
     cursor = database.execute_sql(
         "SELECT attname, format_type(atttypid, NULL) FROM pg_attribute"
         " WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
@@ -84,10 +90,10 @@ def _database_default(field: Field) -> bool:
 
 
 def copy_rows(model: type[Model], rows: Iterable[Mapping[Any, Any]], database: peewee.Database | None = None,
-              table: str | None = None) -> int:
+              table: str | tuple[str, str] | None = None) -> int:
     """Insert `rows` (dicts of field values, as for insert_many) with binary COPY, all or nothing; return the count.
 
-    `table` copies into another table with the same columns (a staging table) instead of the model's.
+    `table` copies into another table with the same columns (a staging table; a name or (schema, name)).
 
     Every row must give the same fields. A field it leaves out gets the column's database default when
     the model declares one (`constraints=[SQL("DEFAULT ...")]`), else its Python default (as with
@@ -124,7 +130,7 @@ class CopyWriter:
     """
 
     def __init__(self, model: type[Model], fields: Iterable[Any], database: peewee.Database | None = None,
-                 table: str | None = None, after: CopyWriter | None = None) -> None:
+                 table: str | tuple[str, str] | None = None, after: CopyWriter | None = None) -> None:
         self.database = database or model._meta.database
         self.count = 0
         self.after = after
@@ -150,7 +156,7 @@ class CopyWriter:
                 )
             cells.append(_cell_encoder(field, pg_type, scalar_encoders[pg_type]))
         columns = ", ".join(f'"{f.column_name}"' for f in scalars + hooked)
-        target = f'"{table}"' if table else (
+        target = _qualified(table) if table else (
             f'"{model._meta.schema}"."{name}"' if model._meta.schema else f'"{name}"')
         self.statement = f"COPY {target} ({columns}) FROM STDIN WITH (FORMAT BINARY)"
         self.layout = _Layout(model, given, scalars, cells, hooked)
@@ -409,7 +415,7 @@ class _Layout:
                     except (TypeError, ValueError, OverflowError, AttributeError, decimal.InvalidOperation,
                             struct.error) as exc:
                         raise CopyRowError(
-                            f"row {start + offset}: {table}.{field.column_name}: {exc} (value {value!r})"
+                            f"row {start + offset}: {table}.{field.column_name}: {exc} (value {repr(value)[:60]})"
                         ) from None
                 raise
         for field in self.hooked:

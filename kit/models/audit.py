@@ -29,6 +29,7 @@ class AuditLog(BaseModel):
 
     class Meta:
         table_name = "audit_logs"
+        append_only = True
 
     @classmethod
     def record(cls, action: str, organization: Any = None, actor: Any = None, target: Any = None,

@@ -89,12 +89,18 @@ class BaseModel(VectorModel):
 
     class Meta:
         database = database
+        created_column = "created_at"  # set once, when the row is inserted (loaders leave it alone)
+        updated_column = None  # set on every change
+        append_only = False  # True: rows are never updated or deleted
 
 
 class TimestampedModel(BaseModel):
     """A row that also records when it last changed: `save()` sets `updated_at`."""
 
     updated_at = DateTimeTZField(default=utcnow, constraints=now_default())
+
+    class Meta:
+        updated_column = "updated_at"
 
     def save(self, *args: Any, **kwargs: Any) -> int:
         """Save the row, setting `updated_at` to now."""
