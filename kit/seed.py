@@ -90,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reset-cascade", action="store_true",
                         help="like --reset, and also empty the tables that reference them")
     parser.add_argument("--allow-any-include", action="store_true",
-                        help="let files include files outside the top-level file's directory")
+                        help="let files include files outside the top-level file's directory and seeds/")
     parser.add_argument("--seed", type=int, default=0, help="random seed for generated data (default 0)")
     parser.add_argument("--dump", metavar="TABLE[,TABLE]", help="write these tables' rows as a fixture file")
     parser.add_argument("--out", type=Path, help="where --dump writes (a new file, readable by you only)")
@@ -107,7 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             count = fixtures.dump(tables, args.out, database, force=args.force)
             print(f"wrote {count:,} rows of {', '.join(tables)} to {args.out}")
             return 0
-        fixture = fixtures.parse(*(find_fixture(p) for p in args.paths), allow_any_include=args.allow_any_include)
+        fixture = fixtures.parse(*(find_fixture(p) for p in args.paths), allow_any_include=args.allow_any_include,
+                                 include_roots=(seeds_directory(),))
         report = fixtures.load(fixture, database, seed=args.seed, reset=args.reset, dry_run=args.dry_run,
                                progress=Progress(), notes=print, reset_cascade=args.reset_cascade)
         print_report(report, args.dry_run)

@@ -501,3 +501,41 @@ def test_lookups_in_the_database_while_rows_stream_pause_the_copy_and_lose_nothi
     picked = db.execute_sql("SELECT count(DISTINCT created_by_id) FROM document_sources").fetchone()[0]
     assert 40 <= picked <= 50  # picks among the rows already in the database
     assert asked_while_streaming.count(True) == 2  # one $find, one pick: each asked once, mid-stream
+
+
+def test_a_users_own_models_load_and_dump_like_the_kits(db, tmp_path):
+    from peewee import ForeignKeyField, IntegerField, TextField
+
+    from kit.models import Organization
+    from kit.models.base import BaseModel
+
+    class Project(BaseModel):
+        organization = ForeignKeyField(Organization, backref="projects", on_delete="CASCADE")
+        name = TextField()
+        stars = IntegerField(default=0)
+
+        class Meta:
+            table_name = "test_projects"
+
+    Project.bind(db)
+    db.create_tables([Project])
+    models = [*ALL_MODELS, Project]
+    path = write(tmp_path, "projects.yaml", """
+        organizations:
+          o: {name: O, slug: o}
+        test_projects:
+          site: {organization: "@organizations.o", name: "@@site", stars: 3}
+          _generate:
+            count: 4
+            values: {organization: "@organizations.o", name: !format "p{n}"}
+    """)
+    assert load(parse(path, models=models), db)["test_projects"].inserted == 5
+    assert db.execute_sql("SELECT name FROM test_projects WHERE stars = 3").fetchone()[0] == "@site"
+    with pytest.raises(FixtureError, match="unknown table 'test_projects'"):
+        parse(path)  # the kit's models alone do not know it
+    out = tmp_path / "dump.yaml"
+    assert fixtures.dump(["organizations", "test_projects"], out, db, models=models) == 6
+    before = rows_of(db, "test_projects")
+    db.execute_sql("TRUNCATE test_projects, organizations CASCADE")
+    load(parse(out, models=models), db)
+    assert rows_of(db, "test_projects") == before
