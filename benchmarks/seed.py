@@ -129,7 +129,10 @@ def measure(db: Database, path: Path, rounds: int, naive_path: Path, limit: bool
         naive_rates.append(len(rows) / (time.perf_counter() - start))
     empty_tables(db, tables)
     return {"rows": total, "kit": statistics.median(kit_rates), "raw": statistics.median(raw_rates),
-            "naive": statistics.median(naive_rates), "copy": statistics.median(copy_rates) if copy_rates else 0.0}
+            "naive": statistics.median(naive_rates), "copy": statistics.median(copy_rates) if copy_rates else 0.0,
+            # the server's speed drifts between rounds: each kit load is compared with the COPY right after it
+            "kit/copy": statistics.median(k / c for k, c in zip(kit_rates, copy_rates, strict=True))
+            if copy_rates else 0.0}
 
 
 def copy_limit(db: Database, tables: list[str]) -> float:
@@ -160,14 +163,14 @@ def report(title: str, figures: dict[str, float]) -> None:
     print(f"  kit / naive = {kit / naive:.1f}x  (target >= 20x)")
     print(f"  kit / raw   = {kit / raw:.2f}x  (target >= 0.7x)")
     if copy:
-        print(f"  kit / COPY limit = {kit / copy:.2f}x")
+        print(f"  kit / COPY limit = {figures['kit/copy']:.2f}x  (median of each round's ratio; target >= 0.85x)")
 
 
 def main() -> None:
     """Run the benchmark: with the schema as migrated, then without the HNSW index; print rows/s and ratios."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0, help="1.0 = about 51,000 rows")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds without the HNSW index (with it: 1)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds without the HNSW index (with it: 1)")
     parser.add_argument("--skip-hnsw", action="store_true", help="only the variant without the HNSW index")
     args = parser.parse_args()
     sizes = {"users": int(10_000 * args.scale), "orgs": int(500 * args.scale), "members": 20, "chunks": 60}

@@ -69,5 +69,5 @@ def binary_payload(matrix: np.ndarray, element: str) -> np.ndarray:
     out = np.empty((rows, 4 + length), dtype=np.uint8)
     out[:, :4] = np.frombuffer(np.array([length], dtype=">i4").tobytes(), dtype=np.uint8)
     out[:, 4:8] = np.frombuffer(np.array([(dim, 0)], dtype=HEADER).tobytes(), dtype=np.uint8)
-    out[:, 8:] = matrix.astype(element).view(np.uint8).reshape(rows, dim * size)
+    out[:, 8:].view(element)[:] = matrix  # converted to big-endian in one pass, straight into place
     return out
