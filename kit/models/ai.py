@@ -6,12 +6,9 @@ from typing import Any
 
 from peewee import BigIntegerField, Check, DecimalField, ForeignKeyField, IntegerField, TextField, fn
 
+from kit.errors import InsufficientCredits
 from kit.models.auth import Organization, User
-from kit.models.base import BaseModel, TimestampedModel
-
-
-class InsufficientCredits(Exception):
-    """The organization's balance is lower than the amount asked for; nothing was taken."""
+from kit.models.base import BaseModel, TimestampedModel, id_of
 
 
 class AiUsage(BaseModel):
@@ -48,7 +45,7 @@ class OrgCredit(TimestampedModel):
     def grant(cls, organization: Any, amount: int) -> int:
         """Add `amount` credits (creating the balance if needed); return the new balance."""
         amount = cls._amount(amount)
-        query = cls.insert(organization=getattr(organization, "id", organization), balance=amount).on_conflict(
+        query = cls.insert(organization=id_of(organization), balance=amount).on_conflict(
             conflict_target=[cls.organization],
             update={cls.balance: cls.balance + amount, cls.updated_at: fn.now()},
         ).returning(cls.balance)
@@ -58,7 +55,7 @@ class OrgCredit(TimestampedModel):
     def consume(cls, organization: Any, amount: int) -> int:
         """Take `amount` credits in one statement; return the new balance, or raise InsufficientCredits."""
         amount = cls._amount(amount)
-        org_id = getattr(organization, "id", organization)
+        org_id = id_of(organization)
         query = (
             cls.update(balance=cls.balance - amount)
             .where((cls.organization == org_id) & (cls.balance >= amount))
@@ -73,5 +70,5 @@ class OrgCredit(TimestampedModel):
     @classmethod
     def balance_of(cls, organization: Any) -> int:
         """The organization's current balance (0 when it has none)."""
-        org_id = getattr(organization, "id", organization)
+        org_id = id_of(organization)
         return cls.select(cls.balance).where(cls.organization == org_id).scalar() or 0

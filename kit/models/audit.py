@@ -12,7 +12,7 @@ from typing import Any
 from peewee import TextField, UUIDField
 from playhouse.postgres_ext import BinaryJSONField
 
-from kit.models.base import BaseModel
+from kit.models.base import BaseModel, id_of
 
 
 class AuditLog(BaseModel):
@@ -38,8 +38,8 @@ class AuditLog(BaseModel):
         target_type = target._meta.table_name if target is not None and hasattr(target, "_meta") else None
         return cls.create(
             action=action,
-            organization_id=getattr(organization, "id", organization),
-            actor_id=getattr(actor, "id", actor),
+            organization_id=id_of(organization, optional=True),
+            actor_id=id_of(actor, "user", optional=True),
             target_type=target_type,
             target_id=str(target.id) if target_type else (str(target) if target is not None else None),
             ip=details.pop("ip", None),

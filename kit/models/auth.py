@@ -15,6 +15,7 @@ from typing import Any
 from peewee import BooleanField, Check, Expression, ForeignKeyField, IntegerField, TextField, fn
 from playhouse.postgres_ext import DateTimeTZField
 
+from kit.errors import InvitationError
 from kit.models.base import BaseModel, JSONTextField, TimestampedModel, one_of, utcnow
 
 DEFAULT_ROLES = ("owner", "admin", "member")  # Better Auth's built-in roles; apps may define more
@@ -36,9 +37,6 @@ def parse_roles(role: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
     parts = role.split(",") if isinstance(role, str) else [p for r in role for p in r.split(",")]
     return tuple(p.strip() for p in parts if p.strip())
 
-
-class InvitationError(Exception):
-    """An invitation cannot be accepted (expired, revoked, for another email, used by someone else)."""
 
 
 class User(TimestampedModel):

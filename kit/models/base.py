@@ -11,13 +11,32 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import json
+import uuid
 from typing import Any
 
 from peewee import SQL, Check, Model, TextField, UUIDField
 from playhouse.postgres_ext import DateTimeTZField
 
 from kit.db import database
+from kit.errors import ArgumentError
 from kit.vector import VectorModel
+
+
+def id_of(value: Any, what: str = "organization", optional: bool = False) -> uuid.UUID | None:
+    """The id of a row given as a model instance or its id (a UUID or UUID text); one sentence otherwise."""
+    if value is None and optional:
+        return None
+    found = getattr(value, "id", value)
+    if isinstance(found, uuid.UUID):
+        return found
+    if isinstance(found, str):
+        try:
+            return uuid.UUID(found)
+        except ValueError:
+            pass
+    shown = repr(value)[:60]
+    raise ArgumentError(f"{what}: expected the row (a model instance) or its id (a UUID), "
+                        f"got {type(value).__name__} {shown}")
 
 
 def utcnow() -> dt.datetime:

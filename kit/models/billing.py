@@ -10,7 +10,7 @@ from peewee import SQL, BigIntegerField, BooleanField, Check, DateField, Foreign
 from playhouse.postgres_ext import BinaryJSONField, DateTimeTZField
 
 from kit.models.auth import Organization
-from kit.models.base import BaseModel, TimestampedModel, one_of, utcnow
+from kit.models.base import BaseModel, TimestampedModel, id_of, one_of, utcnow
 
 INTERVALS = ("month", "year")
 SUBSCRIPTION_STATUSES = (
@@ -112,7 +112,7 @@ class Usage(TimestampedModel):
             raise ValueError(f"usage quantity must be a whole number >= 0, got {quantity!r}")
         period_start = period_start or utcnow().date().replace(day=1)
         query = cls.insert(
-            organization=getattr(organization, "id", organization), metric=metric, period_start=period_start,
+            organization=id_of(organization), metric=metric, period_start=period_start,
             quantity=quantity,
         ).on_conflict(
             conflict_target=[cls.organization, cls.metric, cls.period_start],
@@ -159,7 +159,7 @@ class WebhookEvent(TimestampedModel):
 
 def current_plan(organization: Any) -> Plan | None:
     """The plan of the organization's live subscription (latest first), else the free plan, else None."""
-    org_id = getattr(organization, "id", organization)
+    org_id = id_of(organization)
     subscription = (
         Subscription.select(Subscription.plan)
         .where((Subscription.organization == org_id) & (Subscription.status.in_(LIVE_STATUSES)))

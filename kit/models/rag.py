@@ -8,7 +8,7 @@ from peewee import Check, ForeignKeyField, IntegerField, TextField
 from playhouse.postgres_ext import BinaryJSONField
 
 from kit.models.auth import Organization, User
-from kit.models.base import TimestampedModel, one_of
+from kit.models.base import TimestampedModel, id_of, one_of
 from kit.vector import HNSWIndex, VectorField, nearest
 
 EMBEDDING_DIMENSIONS = 1536
@@ -52,7 +52,7 @@ class DocumentChunk(TimestampedModel):
     def search(cls, embedding: Any, organization: Any, k: int = 10, metric: str = "cosine",
                ef_search: int | None = None) -> list[DocumentChunk]:
         """The `k` chunks of `organization` nearest to `embedding`, nearest first, each with `.distance`."""
-        org_id = getattr(organization, "id", organization)
+        org_id = id_of(organization)
         query = cls.select().where((cls.organization == org_id) & cls.embedding.is_null(False))
         return nearest(query, cls.embedding, embedding, k=k, metric=metric, ef_search=ef_search)
 

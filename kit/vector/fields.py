@@ -12,6 +12,7 @@ import numpy as np
 from peewee import Expression, Field
 
 from kit.copy.encoders import NULL
+from kit.errors import VectorValueError
 from kit.vector import wire
 
 MAX_DIMENSIONS = 16_000  # pgvector's limit for vector and halfvec columns
@@ -22,9 +23,6 @@ METRICS = {
     "l1": ("<+>", "l1_distance"),
 }
 
-
-class VectorValueError(ValueError):
-    """A value cannot be stored in a vector column; the message names the column."""
 
 
 class VectorField(Field):
