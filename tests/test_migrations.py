@@ -91,6 +91,7 @@ def test_generated_code_for_vector_fields_and_index_objects_is_valid_and_complet
 
     class Owner(pw.Model):
         name = pw.TextField(default="x", constraints=[pw.SQL("DEFAULT 'x'"), pw.Check("name <> ''")])
+        age = pw.IntegerField(default=1, constraints=[pw.Check("age > 0", name="gen_owners_age_pos")])
 
         class Meta:
             database = db
@@ -122,7 +123,10 @@ def test_generated_code_for_vector_fields_and_index_objects_is_valid_and_complet
     assert "kit_vector.HalfVectorField(dimensions=1024, null=True)" in code
     assert "method='hnsw', metric='inner_product', m=8, ef_construction=32" in code
     assert "nulls_distinct=False" in code and "pw.Field(" not in code
+    assert """pw.SQL('CONSTRAINT "gen_owners_age_pos" CHECK (age > 0)')""" in code  # a named check
     assert migrate.apply(db, directory, **QUIET) == [name]
+    with pytest.raises(pw.IntegrityError, match="gen_owners_age_pos"), db.atomic():
+        db.execute_sql("INSERT INTO gen_owners (name, age) VALUES ('a', 0)")
     assert compare(db, [Owner, Doc], report_extra=False) == []
     fresh_router = Router(db, migrate_dir=directory)
     assert fresh_router.create("again", auto=[Owner, Doc]) is None  # the migrated state matches the models

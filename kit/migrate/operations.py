@@ -82,7 +82,7 @@ def set_constraints(migrator: Migrator, table: str, column: str, constraints: li
     default = None
     for constraint in constraints:
         text = constraint.strip()
-        if text.upper().startswith("CHECK"):
+        if text.upper().startswith(("CHECK", "CONSTRAINT ")):  # CHECK (...), or CONSTRAINT "name" CHECK (...)
             migrator.sql(f'ALTER TABLE "{table}" ADD {text}'.replace("%", "%%"))
         elif text.upper().startswith("DEFAULT "):
             default = text[len("DEFAULT "):]
