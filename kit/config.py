@@ -7,7 +7,10 @@
 | DATABASE_POOL_MAX           | 10        | most connections checked out at once                        |
 | DATABASE_POOL_IDLE_TIMEOUT  | 30000     | ms an idle connection above MIN is kept; 0: kept            |
 | DATABASE_POOL_TIMEOUT       | 10000     | ms a caller waits for a free connection; 0: without end     |
-| KIT_DATA_DIR                | ./.kit    | where the embedded server keeps its data                    |
+| KIT_DATA_DIR                | see below | where the embedded server keeps its data                    |
+
+KIT_DATA_DIR unset: `.kit` in the project's root (`kit.project`), whatever the current directory inside
+it; outside any project, one per-user place (`~/.local/share/kit`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import psycopg2.extensions
 
 from kit.errors import ConfigError, KitError
+from kit.project import load_project
 
 __all__ = ["ConfigError", "KitError", "Settings", "check_database_url", "load_settings", "mask_password"]
 
@@ -120,7 +124,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(
             f"DATABASE_POOL_MIN ({pool_min}) must not be greater than DATABASE_POOL_MAX ({pool_max})"
         )
-    data_dir = Path(env.get("KIT_DATA_DIR", "").strip() or ".kit").expanduser().absolute()
+    data_dir = load_project(env=env).data_dir
     return Settings(
         database_url=url,
         pool_min=pool_min,

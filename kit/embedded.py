@@ -110,6 +110,8 @@ def start(data_dir: Path) -> str:
         )
     log = pgdata / "log"
     where = f"; its log is {log}" if log.exists() else ""
+    if found is None:  # a new cluster: say where, so a second server by mistake is seen at once
+        print(f"kit: creating a new embedded PostgreSQL {PG_MAJOR} in {pgdata}", file=sys.stderr)
     for attempt in range(START_ATTEMPTS):
         try:
             pgdata.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,6 @@ A PATH is taken as given if it exists, else under the seeds directory (`seeds/`,
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,11 +17,13 @@ from kit import fixtures, migrate
 from kit.config import ConfigError, KitError
 from kit.db import database
 from kit.migrate.loader import default_directory
+from kit.models import project_models
+from kit.project import load_project
 
 
 def seeds_directory() -> Path:
-    """Where fixture paths are looked up: KIT_SEEDS_DIR, else ./seeds."""
-    return Path(os.environ.get("KIT_SEEDS_DIR") or "seeds").absolute()
+    """Where fixture paths are looked up: KIT_SEEDS_DIR, else the project's (`[tool.kit] seeds`, `seeds/`)."""
+    return load_project().seeds
 
 
 def find_fixture(name: str) -> Path:
@@ -104,10 +105,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         refuse_pending_migrations(database)
         if args.dump:
             tables = [t.strip() for t in args.dump.split(",") if t.strip()]
-            count = fixtures.dump(tables, args.out, database, force=args.force)
+            count = fixtures.dump(tables, args.out, database, force=args.force, models=project_models())
             print(f"wrote {count:,} rows of {', '.join(tables)} to {args.out}")
             return 0
-        fixture = fixtures.parse(*(find_fixture(p) for p in args.paths), allow_any_include=args.allow_any_include,
+        fixture = fixtures.parse(*(find_fixture(p) for p in args.paths), models=project_models(),
+                                 allow_any_include=args.allow_any_include,
                                  include_roots=(seeds_directory(),))
         report = fixtures.load(fixture, database, seed=args.seed, reset=args.reset, dry_run=args.dry_run,
                                progress=Progress(), notes=print, reset_cascade=args.reset_cascade)

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import peewee
 import peewee as pw
 import peewee_migrate.router as pw_router
 import peewee_migrate.template as pw_template
 from peewee_migrate import auto
 from playhouse.postgres_ext import BinaryJSONField
 
+from kit.migrate.schema import constraint_sql
 from kit.vector import HalfVectorField, VectorField, VectorIndex
 
 IMPORTS = (
@@ -60,23 +60,11 @@ def index_to_code(index: pw.ModelIndex, table: str) -> str:
 
 def _constraint_texts(field: Any) -> list[str]:
     """A field's column constraints (CHECKs, DEFAULT) as SQL texts."""
-    return [_constraint_sql(c) or str(c) for c in field.constraints or []]
+    return [constraint_sql(c) or str(c) for c in field.constraints or []]
 
 
 def _is_index_object(index: Any) -> bool:
     return isinstance(index, pw.ModelIndex)
-
-
-def _constraint_sql(constraint: Any) -> str | None:
-    """A column constraint as SQL text (`CHECK (...)`, `CONSTRAINT "name" CHECK (...)`); None if it has parameters."""
-    sql = getattr(constraint, "sql", None)
-    if isinstance(sql, str):
-        return sql
-    try:
-        text, params = peewee.PostgresqlDatabase(None).get_sql_context().sql(constraint).query()
-    except Exception:  # noqa: BLE001 - a node peewee cannot render on its own: peewee-migrate's way
-        return None
-    return None if params else text
 
 
 def register() -> None:
@@ -97,7 +85,7 @@ def register() -> None:
         params = original_parameters(self, change=change)
         constraints = getattr(self.field, "constraints", None)
         if constraints and not change:
-            rendered = [_constraint_sql(c) for c in constraints]
+            rendered = [constraint_sql(c) for c in constraints]
             if None not in rendered:  # else leave it to peewee-migrate, as it would be without the kit
                 params["constraints"] = "[" + ", ".join(f"pw.SQL({sql!r})" for sql in rendered) + "]"
         return params

@@ -30,6 +30,7 @@ from kit.errors import MigrationError
 from kit.migrate import history, schema
 from kit.migrate.loader import MigrationFile, load
 from kit.migrate.lock import lock_transaction
+from kit.models import project_models
 
 IGNORED_MODELS = ["basemodel", "timestampedmodel", "vectormodel"]  # abstract bases in kit.models, not tables
 
@@ -127,9 +128,7 @@ def verify(database: Database, directory: Path, models: list[Any] | None = None)
         problems.append(f"{len(pending)} migration(s) pending ({', '.join(pending)}): run `kit migrate`")
     else:
         if models is None:
-            from kit.models import ALL_MODELS
-
-            models = ALL_MODELS
+            models = project_models()
         for drift in schema.compare(database, models):
             problems.append(f"schema drift: {drift}")
     return problems

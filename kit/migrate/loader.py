@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from peewee_migrate.router import Router
+
+from kit.project import load_project
 
 
 @dataclass(frozen=True)
@@ -24,8 +25,8 @@ class MigrationFile:
 
 
 def default_directory() -> Path:
-    """Where migrations live: KIT_MIGRATIONS_DIR, else ./migrations."""
-    return Path(os.environ.get("KIT_MIGRATIONS_DIR") or "migrations").absolute()
+    """Where migrations live: KIT_MIGRATIONS_DIR, else the project's (`[tool.kit] migrations`, `migrations/`)."""
+    return load_project().migrations
 
 
 def load(directory: Path) -> list[MigrationFile]:

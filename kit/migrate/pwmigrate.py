@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 from peewee import DatabaseProxy
+from peewee_migrate.router import BaseRouter
 
 from kit.db import database
 from kit.migrate import history
@@ -23,6 +24,7 @@ from kit.migrate.autogen import register
 from kit.migrate.executor import require_extension
 from kit.migrate.loader import default_directory, load
 from kit.migrate.lock import lock_session
+from kit.models import project_models
 
 
 class RecordingDatabase(DatabaseProxy):
@@ -50,9 +52,23 @@ def _directory() -> Path:
     return Path(given).absolute() if given else default_directory()
 
 
+def _scan_project_models() -> None:
+    """Make `pw_migrate create --auto` (no `--auto-source`) use the project's models (`[tool.kit] models`)."""
+    original = BaseRouter.create
+    if getattr(original, "kit_models", False):
+        return
+
+    def create(self: BaseRouter, name: str = "auto", *, auto: Any = False) -> str | None:
+        return original(self, name, auto=project_models() if auto is True else auto)
+
+    create.kit_models = True  # type: ignore[attr-defined]
+    BaseRouter.create = create  # type: ignore[method-assign]
+
+
 def database_for_pw_migrate() -> RecordingDatabase:
     """Connect, check pgvector, take the migration lock for this run and return the database pw_migrate uses."""
     register()  # teach `pw_migrate create --auto` the kit's fields and indexes
+    _scan_project_models()
     database.connect(reuse_if_open=True)  # configure now, so a bad setting is one sentence, not a traceback
     require_extension(database)
     lock_session(database, say=lambda line: print(f"kit: {line}", file=sys.stderr))

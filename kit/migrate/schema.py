@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+import peewee
 from peewee import Database, DatabaseError, ForeignKeyField, Model
 
 from kit.migrate.history import CHECKSUM_TABLE, HISTORY_TABLE
@@ -244,14 +245,26 @@ def _compare_options(model: type[Model], live: list[str]) -> list[str]:
             f"the model says ({', '.join(want) or 'none'})"]
 
 
+def constraint_sql(constraint: Any) -> str | None:
+    """A constraint as SQL text (`CHECK (...)`, `CONSTRAINT "name" CHECK (...)`); None if it has parameters."""
+    sql = getattr(constraint, "sql", None)
+    if isinstance(sql, str):
+        return sql
+    try:
+        text, params = peewee.PostgresqlDatabase(None).get_sql_context().sql(constraint).query()
+    except Exception:  # noqa: BLE001 - a node peewee cannot render on its own
+        return None
+    return None if params else text
+
+
 def _model_checks(model: type[Model]) -> list[str]:
-    """The CHECK expressions a model declares, on its columns and in Meta.constraints, as written."""
+    """The CHECK expressions a model declares, named or not, on its columns and in Meta.constraints."""
     declared = [c for f in model._meta.sorted_fields for c in f.constraints or []]
     declared += list(model._meta.constraints or [])
     checks = []
     for constraint in declared:
-        text = str(getattr(constraint, "sql", ""))
-        match = re.match(r"^\s*CHECK\s*\((.*)\)\s*$", text, re.I | re.S)
+        text = constraint_sql(constraint) or ""
+        match = re.match(r'^\s*(?:CONSTRAINT\s+(?:"[^"]+"|\S+)\s+)?CHECK\s*\((.*)\)\s*$', text, re.I | re.S)
         if match:
             checks.append(match.group(1))
     return checks

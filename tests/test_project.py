@@ -1,0 +1,140 @@
+"""The kit inside a user's own project: one root found from anywhere inside, [tool.kit], the user's models everywhere."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from kit.config import ConfigError
+from kit.project import find_root, load_project
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def test_the_root_is_found_from_any_directory_inside_the_project(tmp_path):
+    project = tmp_path / "app"
+    (project / "scripts" / "deep").mkdir(parents=True)
+    (project / "pyproject.toml").write_text("[project]\nname = 'app'\n\n[tool.kit]\nmodels = ['kit.models', 'app.models']\n")
+    assert find_root(project / "scripts" / "deep") == project
+    assert find_root(tmp_path) is None
+    legacy = tmp_path / "legacy"
+    (legacy / "migrations").mkdir(parents=True)
+    (legacy / "migrations" / "conf.py").write_text("")
+    assert find_root(legacy / "migrations") == legacy
+    found = load_project(project / "scripts" / "deep", env={})
+    assert found.root == project and found.data_dir == project / ".kit"
+    assert found.migrations == project / "migrations" and found.seeds == project / "seeds"
+    assert found.models == ("kit.models", "app.models")
+
+
+def test_outside_any_project_the_data_lives_in_one_place_per_user(tmp_path):
+    outside = load_project(tmp_path, env={"XDG_DATA_HOME": str(tmp_path / "xdg")})
+    assert outside.root is None and outside.data_dir == tmp_path / "xdg" / "kit"
+    assert load_project(tmp_path, env={"KIT_DATA_DIR": str(tmp_path / "mine")}).data_dir == tmp_path / "mine"
+
+
+def test_the_settings_and_directories_follow_the_project_not_the_current_directory(tmp_path):
+    code = ("from kit.config import load_settings; from kit.migrate.loader import default_directory; "
+            "from kit.seed import seeds_directory; print(load_settings().data_dir, default_directory(), seeds_directory())")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_"))}
+    for cwd in (ROOT, ROOT / "tests", ROOT / "kit" / "models"):
+        out = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=environ, capture_output=True, text=True,
+                             check=True).stdout.split()
+        assert out == [str(ROOT / ".kit"), str(ROOT / "migrations"), str(ROOT / "seeds")], cwd
+
+
+@pytest.mark.parametrize("text, words", [
+    ("[tool.kit]\nmodel = ['x']\n", "[tool.kit] has no setting 'model'"),
+    ("[tool.kit]\nmodels = 'app.models'\n", "models must be a list of module names"),
+    ("[tool.kit]\nseeds = 3\n", "seeds must be a directory path"),
+    ("[tool.kit\n", "is not valid TOML"),
+])
+def test_a_bad_tool_kit_table_is_one_sentence(tmp_path, text, words):
+    (tmp_path / "pyproject.toml").write_text(text)
+    if "[tool.kit]" not in text:
+        (tmp_path / "migrations").mkdir()
+        (tmp_path / "migrations" / "conf.py").write_text("")
+    with pytest.raises(ConfigError) as caught:
+        load_project(tmp_path, env={})
+    assert words in str(caught.value) and str(tmp_path / "pyproject.toml") in str(caught.value)
+
+
+MODELS = '''
+from peewee import Check, ForeignKeyField, IntegerField, TextField
+
+from kit.models import Organization
+from kit.models.base import TimestampedModel
+
+
+class Project(TimestampedModel):
+    """A user's own table."""
+
+    organization = ForeignKeyField(Organization, backref="projects", on_delete="CASCADE")
+    name = TextField()
+    stars = IntegerField(default=0, constraints=[Check("stars >= 0", name="projects_stars_positive")])
+
+    class Meta:
+        table_name = "projects"
+'''
+
+FIXTURE = '''
+organizations:
+  _key: slug
+  acme: {name: Acme, slug: acme}
+projects:
+  site: {organization: "@organizations.acme", name: Website, stars: 3}
+  _generate:
+    count: 3
+    values: {organization: "@organizations.acme", name: !format "project {n}"}
+'''
+
+
+def run(args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"{args}: {result.stdout}\n{result.stderr}"
+    assert "Traceback" not in result.stderr
+    return result
+
+
+def test_a_users_own_project_migrates_seeds_and_dumps_its_models_from_any_directory(fresh_database, tmp_path):
+    project = tmp_path / "myapp"
+    (project / "scripts").mkdir(parents=True)
+    (project / "pyproject.toml").write_text("[project]\nname = 'myapp'\n\n[tool.kit]\n"
+                                            "models = ['kit.models', 'myapp_models']\n")
+    shutil.copytree(ROOT / "migrations", project / "migrations",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (project / "myapp_models.py").write_text(textwrap.dedent(MODELS))
+    (project / "seeds" / "fixtures").mkdir(parents=True)
+    (project / "seeds" / "fixtures" / "projects.yaml").write_text(textwrap.dedent(FIXTURE))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_"))}
+    env["DATABASE_URL"] = fresh_database.scratch_url
+
+    run([str(BIN / "pw_migrate"), "migrate"], project, env)
+    created = run([str(BIN / "pw_migrate"), "create", "--auto", "add_projects"], project, env)
+    generated = sorted((project / "migrations").glob("*add_projects.py"))
+    assert len(generated) == 1, created.stderr
+    code = generated[0].read_text()
+    assert 'table_name = "projects"' in code and "organizations" not in code.split("class Project")[0][-200:]
+    assert 'CONSTRAINT "projects_stars_positive" CHECK (stars >= 0)' in code
+    run([str(BIN / "pw_migrate"), "migrate"], project, env)
+    status = run([str(BIN / "kit"), "migrate", "status"], project / "scripts", env)
+    assert "add_projects" in status.stdout and "pending" not in status.stdout
+    verify = run([str(BIN / "kit"), "migrate", "verify"], project / "scripts", env)
+    assert "drift" not in verify.stdout
+
+    seeded = run([sys.executable, "-m", "kit.seed", "fixtures/projects.yaml"], project / "scripts", env)
+    assert "projects" in seeded.stdout
+    run([sys.executable, "-m", "kit.seed", "--dump", "projects", "--out", "dump/projects.yaml"], project, env)
+    assert "Website" in (project / "dump" / "projects.yaml").read_text()
+    script = ("import myapp_models; from kit.models import project_models; "
+              "print(sorted(p.name for p in myapp_models.Project.select()), len(project_models()))")
+    (project / "scripts" / "show.py").write_text(script)
+    shown = run([sys.executable, "show.py"], project / "scripts", {**env, "PYTHONPATH": str(project)})
+    assert shown.stdout.strip() == "['Website', 'project 0', 'project 1', 'project 2'] 29"
