@@ -1,4 +1,9 @@
-"""The `kit` command: `kit db url|status|start|stop|psql` and `kit migrate [status|verify|rollback|resolve]`."""
+"""The `kit` command: `kit db url|status|start|stop|psql` and `kit migrate [status|verify|rollback|resolve]`.
+
+Exit codes: 0 done (for `status`: every migration applied and unchanged); 1 refused, or something to
+act on (`status`: a migration pending, edited or missing; `verify`: a problem found); 2 a setting is
+wrong; 3 `kit db status`: the embedded server is stopped.
+"""
 
 from __future__ import annotations
 
@@ -124,8 +129,14 @@ def _migrate_status(settings: Settings, args: argparse.Namespace) -> int:
     states = migrate.status(database, args.dir)
     if not states:
         print(f"no migrations in {args.dir}")
+        return 1
     for item in states:
         print(f"  {item.state:<10} {item.name:<40} {item.detail}".rstrip())
+    unsettled = [s for s in states if s.state in ("pending", "edited", "missing")]
+    if unsettled:
+        kinds = sorted({s.state for s in unsettled})
+        print(f"status: {len(unsettled)} migration(s) {' or '.join(kinds)}")
+        return 1
     return 0
 
 
@@ -196,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     back.set_defaults(action=_migrate_rollback)
     resolve = steps.add_parser("resolve", parents=[where],
                                help="reconcile history after a migration was applied or undone by hand")
-    resolve.add_argument("name")
+    resolve.add_argument("name", help="the migration's name, or the start of it when only one begins so (005)")
     how = resolve.add_mutually_exclusive_group(required=True)
     how.add_argument("--applied", action="store_true", help="record it as applied (checked against the schema)")
     how.add_argument("--rolled-back", action="store_true", help="remove its record")

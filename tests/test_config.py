@@ -20,7 +20,11 @@ def test_defaults(tmp_path, monkeypatch):
     assert settings.database_url is None
     assert (settings.pool_min, settings.pool_max) == (2, 10)
     assert (settings.pool_idle_timeout_ms, settings.pool_timeout_ms) == (30_000, 10_000)
-    assert settings.data_dir == tmp_path / ".kit"
+    assert settings.data_dir == Path.home() / ".local" / "share" / "kit"  # outside any project: one per user
+    (tmp_path / "pyproject.toml").write_text("[tool.kit]\n")
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    assert load_settings({}).data_dir == tmp_path / ".kit"  # inside one: at its root
 
 
 def test_every_variable_is_read():

@@ -393,11 +393,26 @@ def test_a_server_without_pgvector_is_named_before_anything_runs(fresh_database)
     migrate.executor.require_extension(fresh_database, "vector")  # the server under test has it
 
 
-def test_dir_may_follow_the_step(fresh_database, migrations):
+def test_dir_may_follow_the_step_and_status_exits_1_while_anything_is_pending(fresh_database, migrations):
     proc = kit_cli(fresh_database.scratch_url, Path("/"), "migrate", "status", "--dir", str(migrations))
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
-    assert "pending    001_enable_vector" in out
+    assert proc.returncode == 1, err
+    assert "pending    001_enable_vector" in out and out.rstrip().endswith("pending")
+    migrate.apply(fresh_database, migrations, **QUIET)
+    proc = kit_cli(fresh_database.scratch_url, Path("/"), "migrate", "status", "--dir", str(migrations))
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "pending" not in out and "unchecked" not in out, out + err
+
+
+def test_resolve_takes_the_number_of_a_migration_when_only_one_begins_so(fresh_database, migrations):
+    migrate.apply(fresh_database, migrations, **QUIET)
+    last = migrate.status(fresh_database, migrations)[-1].name
+    number = last.split("_")[0]
+    message = migrate.resolve(fresh_database, migrations, number, applied=False)
+    assert last in message
+    assert migrate.status(fresh_database, migrations)[-1].state == "pending"
+    with pytest.raises(MigrationError, match="could be any of 001_enable_vector, 002_"):
+        migrate.resolve(fresh_database, migrations, "00", applied=True)
 
 
 def test_a_new_table_with_updated_at_gets_the_trigger_from_the_generator(fresh_database, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -138,3 +139,18 @@ def test_a_users_own_project_migrates_seeds_and_dumps_its_models_from_any_direct
     (project / "scripts" / "show.py").write_text(script)
     shown = run([sys.executable, "show.py"], project / "scripts", {**env, "PYTHONPATH": str(project)})
     assert shown.stdout.strip() == "['Website', 'project 0', 'project 1', 'project 2'] 29"
+
+
+def test_docker_compose_is_a_deployment_shape_not_a_demo():
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    postgres, migrate = compose["services"]["postgres"], compose["services"]["migrate"]
+    assert re.fullmatch(r"pgvector/pgvector:\d+\.\d+\.\d+-pg16", postgres["image"])  # a pinned release
+    assert all(port.startswith("${POSTGRES_BIND:-127.0.0.1}:") for port in postgres["ports"])  # localhost by default
+    assert postgres["environment"]["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD:?")  # no password in the file
+    assert "kit" not in {v for v in postgres["environment"].values() if "PASSWORD" in v}
+    assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert migrate["command"][-1].endswith("kit migrate") and migrate["restart"] == "no"
+    example = (ROOT / ".env.example").read_text()
+    assert "POSTGRES_PASSWORD=\n" in example and ".env" in (ROOT / ".gitignore").read_text().split()

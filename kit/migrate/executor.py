@@ -241,11 +241,22 @@ def _signature(model: Any) -> tuple:
     return fields, indexes
 
 
+def _by_prefix(name: str, known: list[str]) -> str:
+    """The migration `name` stands for: itself, or the one name it starts (`005` for `005_add_x`)."""
+    if name in known:
+        return name
+    matches = [k for k in known if k.startswith(name)]
+    if len(matches) > 1:
+        raise MigrationError(f"{name} could be any of {', '.join(matches)}: give more of the name")
+    return matches[0] if matches else name
+
+
 def resolve(database: Database, directory: Path, name: str, *, applied: bool) -> str:
     """Mark `name` applied (after checking the schema already has what it creates) or rolled back."""
     history.ensure_tables(database)
     files = {f.name: f for f in load(directory)}
     recorded = {e.name for e in history.applied(database)}
+    name = _by_prefix(name, sorted(set(files) | recorded))
     if applied:
         if name not in files:
             known = ", ".join(files) or "none"
