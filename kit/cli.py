@@ -171,10 +171,23 @@ def _migrate_resolve(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _init(settings: Settings | None, args: argparse.Namespace) -> int:
+    from kit import new_project
+
+    written = new_project.create(args.directory)
+    root = Path(args.directory).absolute()
+    print(f"created a kit project in {root} ({len(written)} files)")
+    print(f"next: cd {args.directory} && pw_migrate migrate && python -m kit.seed fixtures/dev.yaml")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `kit` command."""
     parser = argparse.ArgumentParser(prog="kit", description="The kit's database tools.")
-    groups = parser.add_subparsers(dest="group", required=True, metavar="{db,migrate}")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="{init,db,migrate}")
+    init = groups.add_parser("init", help="create a new project: pyproject.toml, migrations, seeds, models.py")
+    init.add_argument("directory", nargs="?", default=".", type=Path, help="where (default: here)")
+    init.set_defaults(action=_init, needs_settings=False)  # a new project needs no database
     db = groups.add_parser("db", help="the database in use: DATABASE_URL or the embedded server")
     commands = db.add_subparsers(dest="command", required=True, metavar="{url,status,start,stop,psql}")
     actions: dict[str, tuple[str, Callable[[Settings, argparse.Namespace], int]]] = {
@@ -224,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra:
         args.psql_args = [*extra, *args.psql_args]
     try:
-        settings = load_settings()
+        settings = load_settings() if getattr(args, "needs_settings", True) else None
         return args.action(settings, args)
     except ConfigError as exc:
         print(f"kit: error: {exc}", file=sys.stderr)

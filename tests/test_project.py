@@ -154,3 +154,84 @@ def test_docker_compose_is_a_deployment_shape_not_a_demo():
     assert migrate["command"][-1].endswith("kit migrate") and migrate["restart"] == "no"
     example = (ROOT / ".env.example").read_text()
     assert "POSTGRES_PASSWORD=\n" in example and ".env" in (ROOT / ".gitignore").read_text().split()
+
+
+TASKS_MODEL = '''
+
+class Task(TimestampedModel):
+    """A model the user adds after `kit init`."""
+
+    project = ForeignKeyField(Project, backref="tasks", on_delete="CASCADE")
+    title = TextField()
+    done = IntegerField(default=0, constraints=[Check("done IN (0, 1)", name="tasks_done_flag")])
+
+    class Meta:
+        table_name = "tasks"
+'''
+
+TASKS_FIXTURE = '''
+organizations:
+  _key: slug
+  acme: {name: Acme Inc., slug: acme}
+projects:
+  site: {organization: "@organizations.acme", name: Website}
+tasks:
+  copy: {project: "@projects.site", title: "Write the copy"}
+  _generate:
+    count: 5
+    values: {project: "@projects.site", title: !format "task {n}"}
+'''
+
+
+def test_from_a_built_wheel_kit_init_gives_a_project_that_works_from_any_directory(tmp_path):
+    """Wheel, fresh venv, `kit init`, migrate, seed, a model of one's own, its migration, seed, dump, a script."""
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(wheels), str(ROOT)],
+                   check=True, capture_output=True, timeout=600)
+    wheel = next(wheels.glob("kit-*.whl"))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    python = venv / "bin" / "python"
+    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               check=True, capture_output=True, text=True).stdout.strip())
+    dependencies = Path(subprocess.run([sys.executable, "-c", "import peewee, os; print(os.path.dirname(peewee.__file__))"],
+                                       check=True, capture_output=True, text=True).stdout.strip())
+    (site / "kit_test_dependencies.pth").write_text(f"{dependencies}\n")  # the kit's dependencies, not the kit
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", str(wheel)],
+                   check=True, capture_output=True, timeout=300)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_", "PYTHON"))}
+    env["PATH"] = f"{venv / 'bin'}:{env['PATH']}"
+    installed = run([str(python), "-c", "import kit; print(kit.__file__)"], tmp_path, env).stdout
+    assert installed.startswith(str(site)), installed  # the wheel's kit, not the repository's
+
+    run([str(venv / "bin" / "kit"), "init", "myapp"], tmp_path, env)
+    app = tmp_path / "myapp"
+    (app / "scripts").mkdir()
+    pw_migrate = [str(python), "-m", "peewee_migrate"]
+    try:
+        first = run([*pw_migrate, "migrate"], app, env)
+        assert f"creating a new embedded PostgreSQL 16 in {app / '.kit' / 'pgdata'}" in first.stderr
+        run([str(python), "-m", "kit.seed", "fixtures/dev.yaml"], app / "scripts", env)
+        with (app / "models.py").open("a") as models:
+            models.write(TASKS_MODEL)
+        run([*pw_migrate, "create", "--auto", "add_tasks"], app, env)
+        generated = next((app / "migrations").glob("*_add_tasks.py")).read_text()
+        assert 'table_name = "tasks"' in generated and 'table_name = "projects"' not in generated
+        run([*pw_migrate, "migrate"], app, env)
+        status = run([str(venv / "bin" / "kit"), "migrate", "status"], app / "scripts", env).stdout
+        assert "add_tasks" in status and "pending" not in status and "unchecked" not in status, status
+        run([str(venv / "bin" / "kit"), "migrate", "verify"], app / "scripts", env)
+        (app / "seeds" / "fixtures" / "tasks.yaml").write_text(textwrap.dedent(TASKS_FIXTURE))
+        seeded = run([str(python), "-m", "kit.seed", "fixtures/tasks.yaml"], app / "scripts", env).stdout
+        assert "tasks" in seeded
+        run([str(python), "-m", "kit.seed", "--dump", "tasks", "--out", "tasks-dump.yaml"], app, env)
+        assert "Write the copy" in (app / "tasks-dump.yaml").read_text()
+        (app / "scripts" / "count.py").write_text(
+            "from kit.db import database\n"
+            "print(database.execute_sql('SELECT count(*) FROM tasks').fetchone()[0],"
+            " database.execute_sql('SELECT count(*) FROM users').fetchone()[0] > 0)\n")
+        shown = run([str(python), "count.py"], app / "scripts", env)
+        assert shown.stdout.split() == ["6", "True"] and "creating" not in shown.stderr  # the same server
+        assert not (app / "scripts" / ".kit").exists()
+    finally:
+        subprocess.run([str(venv / "bin" / "kit"), "db", "stop"], cwd=app, env=env, capture_output=True, timeout=120)
