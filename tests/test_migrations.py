@@ -479,3 +479,18 @@ def test_pw_migrate_s_run_lock_lost_with_its_connection_stops_the_run(fresh_data
     with pytest.raises(SessionLost, match="advisory locks"):
         db.execute_sql(f"SELECT count(*) FROM {history.HISTORY_TABLE}")  # the run's next statement
     db.close()
+
+
+def test_a_failing_migration_under_pw_migrate_is_a_sentence_not_a_traceback(fresh_database, migrations):
+    (migrations / "099_broken.py").write_text(
+        "def migrate(migrator, database, *, fake=False):\n    migrator.sql('SELEC 1')\n\n\n"
+        "def rollback(migrator, database, *, fake=False):\n    pass\n")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_"))}
+    environ["DATABASE_URL"] = fresh_database.scratch_url
+    result = subprocess.run([str(Path(sys.executable).parent / "pw_migrate"), "migrate", "--directory",
+                             str(migrations)], env=environ, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) <= 3, result.stderr
+    assert "Migration failed: 099_broken: syntax error at or near \"SELEC\"" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith('pw_migrate: error: syntax error at or near "SELEC"')
+    assert "099_broken" not in {s.name for s in migrate.status(fresh_database, migrations) if s.state == "applied"}

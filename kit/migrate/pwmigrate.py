@@ -9,15 +9,19 @@ sha256 of its file beside its history row, as `kit migrate` does.
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
+import peewee
 from peewee import DatabaseProxy
+from peewee_migrate.logs import logger as peewee_migrate_logger
 from peewee_migrate.router import BaseRouter
 
+from kit.config import KitError, mask_password
 from kit.db import database
 from kit.migrate import history
 from kit.migrate.autogen import register
@@ -65,10 +69,41 @@ def _scan_project_models() -> None:
     BaseRouter.create = create  # type: ignore[method-assign]
 
 
+class _OneLine(logging.Filter):
+    """peewee-migrate logs a failed migration with its traceback: keep the sentence and the error's first line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Fold the exception into the message, without the traceback."""
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            record.msg = f"{record.getMessage()}: {first}; its transaction was rolled back"
+            record.args, record.exc_info, record.exc_text = (), None, None
+        return True
+
+
+def _one_line_errors() -> None:
+    """Known failures of a `pw_migrate` run end as one sentence on stderr and exit 1, not a traceback."""
+    logger = peewee_migrate_logger  # a filter on a parent logger would not see its records
+    if not any(isinstance(f, _OneLine) for f in logger.filters):
+        logger.addFilter(_OneLine())
+    default = sys.excepthook
+
+    def hook(kind: type[BaseException], error: BaseException, trace: Any) -> None:
+        if isinstance(error, KitError | peewee.DatabaseError):
+            first = str(error).strip().splitlines()[0] if str(error).strip() else kind.__name__
+            print(f"pw_migrate: error: {mask_password(first)}", file=sys.stderr)
+            return
+        default(kind, error, trace)
+
+    sys.excepthook = hook
+
+
 def database_for_pw_migrate() -> RecordingDatabase:
     """Connect, check pgvector, take the migration lock for this run and return the database pw_migrate uses."""
     register()  # teach `pw_migrate create --auto` the kit's fields and indexes
     _scan_project_models()
+    _one_line_errors()
     database.connect(reuse_if_open=True)  # configure now, so a bad setting is one sentence, not a traceback
     require_extension(database)
     lock_session(database, say=lambda line: print(f"kit: {line}", file=sys.stderr))
