@@ -181,13 +181,23 @@ def _init(settings: Settings | None, args: argparse.Namespace) -> int:
     return 0
 
 
+def _models(settings: Settings | None, args: argparse.Namespace) -> int:
+    from kit.models import project_models
+    from kit.reference import markdown
+
+    print(markdown(project_models()), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `kit` command."""
     parser = argparse.ArgumentParser(prog="kit", description="The kit's database tools.")
-    groups = parser.add_subparsers(dest="group", required=True, metavar="{init,db,migrate}")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="{init,models,db,migrate}")
     init = groups.add_parser("init", help="create a new project: pyproject.toml, migrations, seeds, models.py")
     init.add_argument("directory", nargs="?", default=".", type=Path, help="where (default: here)")
     init.set_defaults(action=_init, needs_settings=False)  # a new project needs no database
+    groups.add_parser("models", help="print the reference of the models' columns (Markdown)"
+                      ).set_defaults(action=_models, needs_settings=False)
     db = groups.add_parser("db", help="the database in use: DATABASE_URL or the embedded server")
     commands = db.add_subparsers(dest="command", required=True, metavar="{url,status,start,stop,psql}")
     actions: dict[str, tuple[str, Callable[[Settings, argparse.Namespace], int]]] = {
