@@ -9,8 +9,8 @@
 | DATABASE_POOL_TIMEOUT       | 10000     | ms a caller waits for a free connection; 0: without end     |
 | KIT_DATA_DIR                | see below | where the embedded server keeps its data                    |
 
-KIT_DATA_DIR unset: `.kit` in the project's root (`kit.project`), whatever the current directory inside
-it; outside any project, one per-user place (`~/.local/share/kit`).
+KIT_DATA_DIR unset: `.kit` in the project's root (`kit.project`; KIT_PROJECT_ROOT names it outright),
+whatever the current directory inside it; outside any project, one per-user place (`~/.local/share/kit`).
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ so a script run from `scripts/` sees the same database as one run from the root.
     data_dir = ".kit"                          # the embedded server's data
 
 Outside any project the embedded server keeps its data in one per-user place: `$XDG_DATA_HOME/kit`
-(else `~/.local/share/kit`). KIT_DATA_DIR, KIT_MIGRATIONS_DIR and KIT_SEEDS_DIR override all of this.
+(else `~/.local/share/kit`). KIT_PROJECT_ROOT names the root outright (`pw_migrate --directory` sets it
+from the migrations it is given); KIT_DATA_DIR, KIT_MIGRATIONS_DIR and KIT_SEEDS_DIR override the rest.
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ def user_data_dir(env: Mapping[str, str] | None = None) -> Path:
 def load_project(start: Path | None = None, env: Mapping[str, str] | None = None) -> Project:
     """The project around `start` (the current directory), with the environment's overrides applied."""
     env = os.environ if env is None else env
-    root = find_root(start)
+    named = env.get("KIT_PROJECT_ROOT", "").strip()
+    root = Path(named).expanduser().absolute() if named else find_root(start)
     table = _tool_kit(root / "pyproject.toml") if root is not None else {}
     base = root if root is not None else Path(start or Path.cwd()).absolute()
 

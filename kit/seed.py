@@ -41,7 +41,8 @@ def refuse_pending_migrations(database: object) -> None:
     """Stop with a sentence if the database has migrations to apply."""
     directory = default_directory()
     if not directory.is_dir():
-        return
+        raise KitError(f"no migrations directory at {directory}, so pending migrations cannot be checked: run from "
+                       "your project (`kit init` makes one), or set KIT_MIGRATIONS_DIR")
     pending = [s.name for s in migrate.status(database, directory) if s.state == "pending"]
     if pending:
         raise KitError(f"the database has {len(pending)} pending migration(s) ({', '.join(pending)}): "

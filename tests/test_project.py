@@ -230,8 +230,20 @@ def test_from_a_built_wheel_kit_init_gives_a_project_that_works_from_any_directo
             "from kit.db import database\n"
             "print(database.execute_sql('SELECT count(*) FROM tasks').fetchone()[0],"
             " database.execute_sql('SELECT count(*) FROM users').fetchone()[0] > 0)\n")
+        elsewhere = run([*pw_migrate, "migrate", "--directory", str(app / "migrations")], tmp_path, env)
+        assert "creating" not in elsewhere.stderr  # the project's server, though run from outside it
         shown = run([str(python), "count.py"], app / "scripts", env)
         assert shown.stdout.split() == ["6", "True"] and "creating" not in shown.stderr  # the same server
         assert not (app / "scripts" / ".kit").exists()
     finally:
         subprocess.run([str(venv / "bin" / "kit"), "db", "stop"], cwd=app, env=env, capture_output=True, timeout=120)
+
+
+def test_the_seed_outside_any_project_says_it_cannot_check_migrations(tmp_path):
+    (tmp_path / "f.yaml").write_text("users:\n  a: {name: A, email: a@example.com}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_"))}
+    env["DATABASE_URL"] = "postgresql://nobody@127.0.0.1:9/none"  # never reached
+    result = subprocess.run([sys.executable, "-m", "kit.seed", "f.yaml"], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"kit.seed: error: no migrations directory at {tmp_path / 'migrations'}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +30,7 @@ from kit.migrate.executor import require_extension
 from kit.migrate.loader import default_directory, load
 from kit.migrate.lock import lock_session
 from kit.models import project_models
+from kit.project import find_root
 
 
 class RecordingDatabase(DatabaseProxy):
@@ -104,6 +106,9 @@ def database_for_pw_migrate() -> RecordingDatabase:
     register()  # teach `pw_migrate create --auto` the kit's fields and indexes
     _scan_project_models()
     _one_line_errors()
+    root = find_root(_directory())  # `--directory` names the project, wherever pw_migrate runs from
+    if root is not None:
+        os.environ.setdefault("KIT_PROJECT_ROOT", str(root))
     database.connect(reuse_if_open=True)  # configure now, so a bad setting is one sentence, not a traceback
     require_extension(database)
     lock_session(database, say=lambda line: print(f"kit: {line}", file=sys.stderr))
