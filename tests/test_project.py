@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -67,78 +66,11 @@ def test_a_bad_tool_kit_table_is_one_sentence(tmp_path, text, words):
     assert words in str(caught.value) and str(tmp_path / "pyproject.toml") in str(caught.value)
 
 
-MODELS = '''
-from peewee import Check, ForeignKeyField, IntegerField, TextField
-
-from kit.models import Organization
-from kit.models.base import TimestampedModel
-
-
-class Project(TimestampedModel):
-    """A user's own table."""
-
-    organization = ForeignKeyField(Organization, backref="projects", on_delete="CASCADE")
-    name = TextField()
-    stars = IntegerField(default=0, constraints=[Check("stars >= 0", name="projects_stars_positive")])
-
-    class Meta:
-        table_name = "projects"
-'''
-
-FIXTURE = '''
-organizations:
-  _key: slug
-  acme: {name: Acme, slug: acme}
-projects:
-  site: {organization: "@organizations.acme", name: Website, stars: 3}
-  _generate:
-    count: 3
-    values: {organization: "@organizations.acme", name: !format "project {n}"}
-'''
-
-
 def run(args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"{args}: {result.stdout}\n{result.stderr}"
     assert "Traceback" not in result.stderr
     return result
-
-
-def test_a_users_own_project_migrates_seeds_and_dumps_its_models_from_any_directory(fresh_database, tmp_path):
-    project = tmp_path / "myapp"
-    (project / "scripts").mkdir(parents=True)
-    (project / "pyproject.toml").write_text("[project]\nname = 'myapp'\n\n[tool.kit]\n"
-                                            "models = ['kit.models', 'myapp_models']\n")
-    shutil.copytree(ROOT / "migrations", project / "migrations",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    (project / "myapp_models.py").write_text(textwrap.dedent(MODELS))
-    (project / "seeds" / "fixtures").mkdir(parents=True)
-    (project / "seeds" / "fixtures" / "projects.yaml").write_text(textwrap.dedent(FIXTURE))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_"))}
-    env["DATABASE_URL"] = fresh_database.scratch_url
-
-    run([str(BIN / "pw_migrate"), "migrate"], project, env)
-    created = run([str(BIN / "pw_migrate"), "create", "--auto", "add_projects"], project, env)
-    generated = sorted((project / "migrations").glob("*add_projects.py"))
-    assert len(generated) == 1, created.stderr
-    code = generated[0].read_text()
-    assert 'table_name = "projects"' in code and "organizations" not in code.split("class Project")[0][-200:]
-    assert 'CONSTRAINT "projects_stars_positive" CHECK (stars >= 0)' in code
-    run([str(BIN / "pw_migrate"), "migrate"], project, env)
-    status = run([str(BIN / "kit"), "migrate", "status"], project / "scripts", env)
-    assert "add_projects" in status.stdout and "pending" not in status.stdout
-    verify = run([str(BIN / "kit"), "migrate", "verify"], project / "scripts", env)
-    assert "drift" not in verify.stdout
-
-    seeded = run([sys.executable, "-m", "kit.seed", "fixtures/projects.yaml"], project / "scripts", env)
-    assert "projects" in seeded.stdout
-    run([sys.executable, "-m", "kit.seed", "--dump", "projects", "--out", "dump/projects.yaml"], project, env)
-    assert "Website" in (project / "dump" / "projects.yaml").read_text()
-    script = ("import myapp_models; from kit.models import project_models; "
-              "print(sorted(p.name for p in myapp_models.Project.select()), len(project_models()))")
-    (project / "scripts" / "show.py").write_text(script)
-    shown = run([sys.executable, "show.py"], project / "scripts", {**env, "PYTHONPATH": str(project)})
-    assert shown.stdout.strip() == "['Website', 'project 0', 'project 1', 'project 2'] 29"
 
 
 def test_docker_compose_is_a_deployment_shape_not_a_demo():
