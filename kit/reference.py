@@ -7,13 +7,11 @@ from typing import Any
 import peewee
 from peewee import ForeignKeyField, Model
 
-from kit.migrate.schema import constraint_sql, normalize_type
-
-_CONTEXT_DATABASE = peewee.PostgresqlDatabase(None)  # renders types and constraints; never connects
+from kit.migrate.schema import RENDERER, constraint_sql, normalize_type
 
 
 def _type(field: peewee.Field) -> str:
-    ctx = _CONTEXT_DATABASE.get_sql_context()
+    ctx = RENDERER.get_sql_context()
     target = field.rel_field if isinstance(field, ForeignKeyField) else field
     return normalize_type(ctx.sql(target.ddl_datatype(ctx)).query()[0])
 

@@ -402,6 +402,17 @@ def test_dir_may_follow_the_step_and_status_exits_1_while_anything_is_pending(fr
     proc = kit_cli(fresh_database.scratch_url, Path("/"), "migrate", "status", "--dir", str(migrations))
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0 and "pending" not in out and "unchecked" not in out, out + err
+    empty = migrations.parent / "none"
+    empty.mkdir()
+    proc = kit_cli(fresh_database.scratch_url, Path("/"), "migrate", "status", "--dir", str(empty))
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "missing" in out, out + err  # applied here, but no files there
+
+
+def test_status_with_no_migrations_at_all_exits_1(fresh_database, tmp_path):
+    proc = kit_cli(fresh_database.scratch_url, Path("/"), "migrate", "status", "--dir", str(tmp_path))
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and out.startswith(f"no migrations in {tmp_path}"), out + err
 
 
 def test_resolve_takes_the_number_of_a_migration_when_only_one_begins_so(fresh_database, migrations):

@@ -179,3 +179,22 @@ def test_the_seed_outside_any_project_says_it_cannot_check_migrations(tmp_path):
                             text=True, timeout=120)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith(f"kit.seed: error: no migrations directory at {tmp_path / 'migrations'}")
+
+
+def test_kit_init_never_overwrites_a_file(tmp_path):
+    from kit import KitError
+    from kit.new_project import create
+
+    written = create(tmp_path / "app")
+    assert (tmp_path / "app" / "pyproject.toml") in written and (tmp_path / "app" / "migrations" / "conf.py").exists()
+    (tmp_path / "app" / "models.py").write_text("# mine\n")
+    before = {p: p.read_bytes() for p in (tmp_path / "app").rglob("*") if p.is_file()}
+    with pytest.raises(KitError, match="exists; kit init never overwrites a file"):
+        create(tmp_path / "app")
+    assert {p: p.read_bytes() for p in (tmp_path / "app").rglob("*") if p.is_file()} == before
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "README.md").write_text("theirs\n")
+    with pytest.raises(KitError, match="README.md exists"):
+        create(other)
+    assert sorted(p.name for p in other.iterdir()) == ["README.md"]  # nothing written beside it

@@ -245,13 +245,16 @@ def _compare_options(model: type[Model], live: list[str]) -> list[str]:
             f"the model says ({', '.join(want) or 'none'})"]
 
 
+RENDERER = peewee.PostgresqlDatabase(None)  # renders SQL for PostgreSQL without a connection
+
+
 def constraint_sql(constraint: Any) -> str | None:
     """A constraint as SQL text (`CHECK (...)`, `CONSTRAINT "name" CHECK (...)`); None if it has parameters."""
     sql = getattr(constraint, "sql", None)
     if isinstance(sql, str):
         return sql
     try:
-        text, params = peewee.PostgresqlDatabase(None).get_sql_context().sql(constraint).query()
+        text, params = RENDERER.get_sql_context().sql(constraint).query()
     except Exception:  # noqa: BLE001 - a node peewee cannot render on its own
         return None
     return None if params else text
