@@ -136,5 +136,5 @@ def test_index_declarations_are_checked():
         HNSWIndex(Point.embedding, m=16, ef_construction=20)
     with pytest.raises(ValueError, match="lists must be a positive whole number"):
         IVFFlatIndex(Point.embedding, lists=0)
-    with pytest.raises(TypeError, match="needs a VectorField bound to a model"):
+    with pytest.raises(TypeError, match=r"needs a vector column \(VectorField, .*\) bound to a model"):
         HNSWIndex(VectorField(3))

@@ -29,7 +29,7 @@ from peewee_migrate import auto
 from playhouse.postgres_ext import BinaryJSONField
 
 from kit.migrate.schema import constraint_sql
-from kit.vector import HalfVectorField, VectorField, VectorIndex
+from kit.vector import FixedBitField, HalfVectorField, SparseVectorField, VectorField, VectorIndex
 
 IMPORTS = (
     "from decimal import ROUND_HALF_EVEN, Decimal  # noqa: F401 - DecimalField defaults and rounding\n\n"
@@ -74,11 +74,14 @@ def register() -> None:
         return
     _registered = True
 
-    if "kit.vector.fields" not in auto.PW_MODULES:
-        auto.PW_MODULES = (*auto.PW_MODULES, "kit.vector.fields")
-    for field_class in (VectorField, HalfVectorField):
+    for module in ("kit.vector.fields", "kit.vector.sparse", "kit.vector.bit"):
+        if module not in auto.PW_MODULES:
+            auto.PW_MODULES = (*auto.PW_MODULES, module)
+    for field_class in (VectorField, HalfVectorField, SparseVectorField):
         auto.FIELD_MODULES_MAP[field_class.__name__] = "kit_vector"
         auto.FIELD_TO_PARAMS[field_class] = lambda f: {"dimensions": f.dimensions}
+    auto.FIELD_MODULES_MAP[FixedBitField.__name__] = "kit_vector"
+    auto.FIELD_TO_PARAMS[FixedBitField] = lambda f: {"max_length": f.max_length}
     original_parameters = auto.Column.get_field_parameters
 
     def get_field_parameters(self: auto.Column, *, change: bool = False) -> dict[str, Any]:

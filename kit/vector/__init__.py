@@ -1,6 +1,8 @@
 """pgvector for peewee with numpy in and out: fields, distances, indexes, search settings, bulk load and read.
 
-- `VectorField(n)` / `HalfVectorField(n)`: `vector(n)` / `halfvec(n)` columns; numpy arrays out.
+- `VectorField(n)` / `HalfVectorField(n)`: `vector(n)` / `halfvec(n)` columns (unsized without n); numpy out.
+- `SparseVectorField(n)`: `sparsevec(n)`, pgvector-python's `SparseVector` in and out.
+- `FixedBitField(n)`: `bit(n)` binary vectors (text of 0s and 1s), hamming and jaccard distances.
 - `VectorModel`: a model base whose selects read vector columns in binary (fast).
 - `HNSWIndex`, `IVFFlatIndex`: vector indexes declared on a model; `search_settings`: SET LOCAL knobs.
 - `fetch_matrix`: binary COPY out into one matrix; `copy_rows`, `CopyWriter` (from `kit.copy`) bring them in.
@@ -8,11 +10,13 @@
 """
 
 from kit.copy import CopyRowError, CopyWriter, copy_rows
+from kit.vector.bit import FixedBitField
 from kit.vector.bulk import fetch_matrix
 from kit.vector.fields import MAX_DIMENSIONS, METRICS, HalfVectorField, VectorField, VectorValueError
 from kit.vector.indexes import HNSWIndex, IVFFlatIndex, VectorIndex, search_settings
 from kit.vector.search import nearest
 from kit.vector.select import BinaryVectorSelect, VectorModel
+from kit.vector.sparse import SparseVectorField
 
 __all__ = [
     "MAX_DIMENSIONS",
@@ -20,9 +24,11 @@ __all__ = [
     "BinaryVectorSelect",
     "CopyRowError",
     "CopyWriter",
+    "FixedBitField",
     "HNSWIndex",
     "HalfVectorField",
     "IVFFlatIndex",
+    "SparseVectorField",
     "VectorField",
     "VectorIndex",
     "VectorModel",

@@ -1,7 +1,9 @@
 """`VectorField` and `HalfVectorField`: pgvector columns with numpy values in and out.
 
-In: numpy arrays (float or integer dtype), lists and tuples, checked in Python before anything reaches
-the database. Out: a 1-D numpy array (float32 for vector, float16 for halfvec), or None.
+In: numpy arrays (float or integer dtype), lists and tuples, and pgvector-python's `Vector`,
+`HalfVector` and `SparseVector`, checked in Python before anything reaches the database. Out: a 1-D
+numpy array (float32 for vector, float16 for halfvec), or None. `VectorField()` without dimensions is
+an unsized `vector` column (any length per row; pgvector cannot index it).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from typing import Any
 
 import numpy as np
 from peewee import Expression, Field
+from pgvector import HalfVector, SparseVector, Vector
 
 from kit.copy.encoders import NULL
 from kit.errors import VectorValueError
@@ -25,41 +28,85 @@ METRICS = {
 
 
 
-class VectorField(Field):
-    """A pgvector `vector(n)` column holding float32 numpy arrays."""
+class Distances:
+    """The distance operators of a pgvector column, by method and by metric name (`metrics`)."""
+
+    metrics: dict[str, tuple[str, str]] = METRICS
+
+    def _distance(self, op: str, vector: Any) -> Expression:
+        return Expression(self, op, self.to_value(vector))  # type: ignore[attr-defined]
+
+    def distance(self, vector: Any, metric: str) -> Expression:
+        """The distance to `vector` by metric name (the column's `metrics`)."""
+        try:
+            op = self.metrics[metric][0]
+        except KeyError:
+            raise ValueError(f"unknown metric {metric!r}; use one of {', '.join(self.metrics)}") from None
+        return self._distance(op, vector)
+
+
+class VectorDistances(Distances):
+    """l2, cosine, inner product and l1: vector, halfvec and sparsevec columns."""
+
+    def l2_distance(self, vector: Any) -> Expression:
+        """Euclidean distance to `vector` (`<->`)."""
+        return self._distance("<->", vector)
+
+    def cosine_distance(self, vector: Any) -> Expression:
+        """Cosine distance to `vector`, 1 - cosine similarity (`<=>`)."""
+        return self._distance("<=>", vector)
+
+    def max_inner_product(self, vector: Any) -> Expression:
+        """The negative inner product with `vector` (`<#>`): smaller is more similar."""
+        return self._distance("<#>", vector)
+
+    def l1_distance(self, vector: Any) -> Expression:
+        """Taxicab distance to `vector` (`<+>`)."""
+        return self._distance("<+>", vector)
+
+
+def checked_dimensions(owner: str, dimensions: Any, limit: int = MAX_DIMENSIONS, what: str = "dimensions") -> Any:
+    """`dimensions` if it is None (unsized) or a whole number from 1 to `limit`; ValueError otherwise."""
+    if dimensions is not None and (isinstance(dimensions, bool) or not isinstance(dimensions, int)
+                                   or not 1 <= dimensions <= limit):
+        raise ValueError(f"{owner} {what} must be a whole number from 1 to {limit} (or None), got {dimensions!r}")
+    return dimensions
+
+
+class VectorField(VectorDistances, Field):
+    """A pgvector `vector(n)` column holding float32 numpy arrays (`vector` when `dimensions` is None)."""
 
     field_type = "vector"
     dtype = np.dtype(np.float32)
     element = ">f4"  # the binary wire format's element type
 
-    def __init__(self, dimensions: int, *args: Any, **kwargs: Any) -> None:
-        if isinstance(dimensions, bool) or not isinstance(dimensions, int) or not 1 <= dimensions <= MAX_DIMENSIONS:
-            raise ValueError(
-                f"{type(self).__name__} dimensions must be a whole number from 1 to {MAX_DIMENSIONS}, "
-                f"got {dimensions!r}"
-            )
-        self.dimensions = dimensions
+    def __init__(self, dimensions: int | None = None, *args: Any, **kwargs: Any) -> None:
+        self.dimensions = checked_dimensions(type(self).__name__, dimensions)
         super().__init__(*args, **kwargs)
 
-    def get_modifiers(self) -> list[int]:
-        """The type modifier: `vector(n)`."""
-        return [self.dimensions]
+    def get_modifiers(self) -> list[int] | None:
+        """The type modifier: `vector(n)`, or none for an unsized column."""
+        return [self.dimensions] if self.dimensions else None
 
     @property
     def label(self) -> str:
         """`table.column` when bound to a model, for error messages."""
         model = getattr(self, "model", None)
         if model is None:
-            return f"{type(self).__name__}({self.dimensions})"
+            return f"{type(self).__name__}({self.dimensions or ''})"
         return f"{model._meta.table_name}.{self.column_name}"
 
     @property
     def copy_width(self) -> int:
         """Bytes of one value in binary COPY (header and elements), for sizing chunks."""
-        return 4 + self.dimensions * np.dtype(self.element).itemsize
+        return 4 + (self.dimensions or 1024) * np.dtype(self.element).itemsize
 
     def copy_cells(self, values: list[Any]) -> list[Any]:
         """Binary COPY fields of a column of values, converted as one matrix (the `kit.copy` hook)."""
+        if self.dimensions is None:  # rows of any length: one at a time
+            return [NULL if value is None else
+                    bytes(wire.binary_payload(self._checked(value, offset)[None, :], self.element)[0])
+                    for offset, value in enumerate(values)]
         matrix, shape, nulls = None, (self.dimensions,), []
         if all(type(value) is np.ndarray and value.shape == shape for value in values):  # stack them in one go
             matrix = np.stack(values)
@@ -96,6 +143,8 @@ class VectorField(Field):
 
     def to_array(self, value: Any) -> np.ndarray:
         """Check `value` and return it as a 1-D array of this field's dtype; VectorValueError if it is unfit."""
+        if isinstance(value, (Vector, HalfVector, SparseVector)):  # pgvector-python's value objects
+            value = value.to_numpy()
         if isinstance(value, np.ndarray):
             array = value
         elif isinstance(value, (list, tuple)):
@@ -111,12 +160,15 @@ class VectorField(Field):
             raise VectorValueError(f"{self.label}: values must be numbers, got {_describe_kind(array)}")
         if array.ndim != 1:
             raise VectorValueError(f"{self.label}: expected a 1-D vector, got an array of shape {array.shape}")
+        if array.shape[0] < 1:
+            raise VectorValueError(f"{self.label}: a vector needs at least 1 dimension, got an empty one")
         if array.shape[0] != self.dimensions:
             if array.shape[0] > MAX_DIMENSIONS:
                 raise VectorValueError(
                     f"{self.label}: {array.shape[0]} dimensions is more than pgvector allows ({MAX_DIMENSIONS})"
                 )
-            raise VectorValueError(f"{self.label}: expected {self.dimensions} dimensions, got {array.shape[0]}")
+            if self.dimensions is not None:
+                raise VectorValueError(f"{self.label}: expected {self.dimensions} dimensions, got {array.shape[0]}")
         with np.errstate(over="ignore", invalid="ignore"):
             array = array.astype(self.dtype, copy=False)
         if not np.isfinite(array).all():
@@ -144,33 +196,6 @@ class VectorField(Field):
         if isinstance(value, np.ndarray):
             return value
         return wire.from_text(value, self.dtype)
-
-    def _distance(self, op: str, vector: Any) -> Expression:
-        return Expression(self, op, self.to_value(vector))
-
-    def l2_distance(self, vector: Any) -> Expression:
-        """Euclidean distance to `vector` (`<->`)."""
-        return self._distance("<->", vector)
-
-    def cosine_distance(self, vector: Any) -> Expression:
-        """Cosine distance to `vector`, 1 - cosine similarity (`<=>`)."""
-        return self._distance("<=>", vector)
-
-    def max_inner_product(self, vector: Any) -> Expression:
-        """The negative inner product with `vector` (`<#>`): smaller is more similar."""
-        return self._distance("<#>", vector)
-
-    def l1_distance(self, vector: Any) -> Expression:
-        """Taxicab distance to `vector` (`<+>`)."""
-        return self._distance("<+>", vector)
-
-    def distance(self, vector: Any, metric: str) -> Expression:
-        """The distance to `vector` by metric name: l2, cosine, inner_product or l1."""
-        try:
-            method = METRICS[metric][1]
-        except KeyError:
-            raise ValueError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}") from None
-        return getattr(self, method)(vector)
 
 
 class HalfVectorField(VectorField):

@@ -14,10 +14,11 @@ from typing import Any
 
 from peewee import SQL, Database, EnclosedNodeList, Entity, ModelIndex, NodeList
 
-from kit.vector.fields import METRICS, VectorField
+from kit.vector.fields import METRICS, Distances, VectorField
 
-INDEX_MAX_DIMENSIONS = {"vector": 2_000, "halfvec": 4_000}
-OPCLASS_SUFFIX = {"l2": "l2_ops", "cosine": "cosine_ops", "inner_product": "ip_ops", "l1": "l1_ops"}
+INDEX_MAX_DIMENSIONS = {"vector": 2_000, "halfvec": 4_000, "bit": 64_000}  # sparsevec: 1,000 non-zero elements
+OPCLASS_SUFFIX = {"l2": "l2_ops", "cosine": "cosine_ops", "inner_product": "ip_ops", "l1": "l1_ops",
+                  "hamming": "hamming_ops", "jaccard": "jaccard_ops"}
 ITERATIVE_SCAN = ("off", "strict_order", "relaxed_order")
 PARAMETER_ABBREVIATIONS = {"ef_construction": "efc"}
 
@@ -26,16 +27,25 @@ class VectorIndex(ModelIndex):
     """An approximate nearest-neighbour index on one vector column; see HNSWIndex and IVFFlatIndex."""
 
     method = ""
-    metrics = tuple(METRICS)
+    metrics: tuple[str, ...] = (*METRICS, "hamming", "jaccard")
+    types: tuple[str, ...] = ("vector", "halfvec", "sparsevec", "bit")
 
     def __init__(self, field: VectorField, metric: str = "cosine", name: str | None = None,
                  where: Any = None, **parameters: int) -> None:
-        if not isinstance(field, VectorField) or getattr(field, "model", None) is None:
-            raise TypeError(f"{type(self).__name__} needs a VectorField bound to a model, got {field!r}")
-        if metric not in self.metrics:
-            known = ", ".join(self.metrics)
-            raise ValueError(f"{type(self).__name__} on {field.label}: unknown metric {metric!r}; use one of {known}")
-        limit = INDEX_MAX_DIMENSIONS[field.field_type]
+        if not isinstance(field, Distances) or getattr(field, "model", None) is None:
+            raise TypeError(f"{type(self).__name__} needs a vector column (VectorField, HalfVectorField, "
+                            f"SparseVectorField, FixedBitField) bound to a model, got {field!r}")
+        if field.field_type not in self.types:
+            raise ValueError(f"{type(self).__name__} on {field.label}: pgvector's {self.method} does not index "
+                             f"{field.field_type} columns; use HNSWIndex")
+        known = [m for m in self.metrics if m in field.metrics]
+        if metric not in known:
+            raise ValueError(f"{type(self).__name__} on {field.label}: unknown metric {metric!r}; "
+                             f"use one of {', '.join(known)}")
+        if field.dimensions is None:
+            raise ValueError(f"{type(self).__name__} on {field.label}: pgvector indexes only sized columns; "
+                             f"declare {type(field).__name__}(n)")
+        limit = INDEX_MAX_DIMENSIONS.get(field.field_type, field.dimensions)
         if field.dimensions > limit:
             raise ValueError(
                 f"{type(self).__name__} on {field.label}: pgvector indexes {field.field_type} columns of at most "
@@ -83,7 +93,8 @@ class IVFFlatIndex(VectorIndex):
     """IVFFlat: faster to build, smaller; build it after loading data; `lists` clusters (rows / 1000 is a start)."""
 
     method = "ivfflat"
-    metrics = ("l2", "cosine", "inner_product")
+    metrics = ("l2", "cosine", "inner_product", "hamming")
+    types = ("vector", "halfvec", "bit")
 
     def __init__(self, field: VectorField, metric: str = "cosine", lists: int = 100,
                  name: str | None = None, where: Any = None) -> None:
