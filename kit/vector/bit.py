@@ -7,20 +7,17 @@ Distances: hamming (`<~>`) and jaccard (`<%>`).
 
 from __future__ import annotations
 
-import struct
 from typing import Any
 
 import numpy as np
 from peewee import Expression, Field
 from pgvector import Bit
 
-from kit.copy.encoders import NULL
 from kit.errors import VectorValueError
-from kit.vector.fields import Distances, checked_dimensions
+from kit.vector.fields import Distances, checked_dimensions, column_label, per_value_cells
 
 MAX_BITS = 83_886_080  # PostgreSQL's limit for bit(n)
 BIT_METRICS = {"hamming": ("<~>", "hamming_distance"), "jaccard": ("<%%>", "jaccard_distance")}
-_LENGTH = struct.Struct(">i")
 
 
 class FixedBitField(Distances, Field):
@@ -45,8 +42,7 @@ class FixedBitField(Distances, Field):
     @property
     def label(self) -> str:
         """`table.column` when bound to a model, for error messages."""
-        model = getattr(self, "model", None)
-        return f"{model._meta.table_name}.{self.column_name}" if model else f"FixedBitField({self.max_length})"
+        return column_label(self, f"FixedBitField({self.max_length})")
 
     def to_bit(self, value: Any) -> Bit:
         """Check `value` and return it as a `Bit`; VectorValueError if it is unfit."""
@@ -90,15 +86,4 @@ class FixedBitField(Distances, Field):
 
     def copy_cells(self, values: list[Any]) -> list[Any]:
         """Binary COPY fields of a column of values (`bit_send`'s format; the `kit.copy` hook)."""
-        cells = []
-        for offset, value in enumerate(values):
-            if value is None:
-                cells.append(NULL)
-                continue
-            try:
-                data = self.to_bit(value).to_binary()
-            except VectorValueError as exc:
-                exc.offset = offset
-                raise
-            cells.append(_LENGTH.pack(len(data)) + data)
-        return cells
+        return per_value_cells(values, lambda value: self.to_bit(value).to_binary())

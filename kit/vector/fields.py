@@ -8,6 +8,7 @@ an unsized `vector` column (any length per row; pgvector cannot index it).
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ from kit.copy.encoders import NULL
 from kit.errors import VectorValueError
 from kit.vector import wire
 
+_LENGTH = struct.Struct(">i")
 MAX_DIMENSIONS = 16_000  # pgvector's limit for vector and halfvec columns
 METRICS = {
     "l2": ("<->", "l2_distance"),
@@ -65,6 +67,28 @@ class VectorDistances(Distances):
         return self._distance("<+>", vector)
 
 
+def column_label(field: Field, fallback: str) -> str:
+    """`table.column` of a bound field (for error messages), else `fallback`."""
+    model = getattr(field, "model", None)
+    return f"{model._meta.table_name}.{field.column_name}" if model is not None else fallback
+
+
+def per_value_cells(values: list[Any], encode: Any) -> list[Any]:
+    """Binary COPY fields of values encoded one at a time (length, bytes; NULL for None); errors carry `offset`."""
+    cells: list[Any] = []
+    for offset, value in enumerate(values):
+        if value is None:
+            cells.append(NULL)
+            continue
+        try:
+            data = encode(value)
+        except VectorValueError as exc:
+            exc.offset = offset
+            raise
+        cells.append(_LENGTH.pack(len(data)) + data)
+    return cells
+
+
 def checked_dimensions(owner: str, dimensions: Any, limit: int = MAX_DIMENSIONS, what: str = "dimensions") -> Any:
     """`dimensions` if it is None (unsized) or a whole number from 1 to `limit`; ValueError otherwise."""
     if dimensions is not None and (isinstance(dimensions, bool) or not isinstance(dimensions, int)
@@ -91,10 +115,7 @@ class VectorField(VectorDistances, Field):
     @property
     def label(self) -> str:
         """`table.column` when bound to a model, for error messages."""
-        model = getattr(self, "model", None)
-        if model is None:
-            return f"{type(self).__name__}({self.dimensions or ''})"
-        return f"{model._meta.table_name}.{self.column_name}"
+        return column_label(self, f"{type(self).__name__}({self.dimensions or ''})")
 
     @property
     def copy_width(self) -> int:
@@ -104,9 +125,8 @@ class VectorField(VectorDistances, Field):
     def copy_cells(self, values: list[Any]) -> list[Any]:
         """Binary COPY fields of a column of values, converted as one matrix (the `kit.copy` hook)."""
         if self.dimensions is None:  # rows of any length: one at a time
-            return [NULL if value is None else
-                    bytes(wire.binary_payload(self._checked(value, offset)[None, :], self.element)[0])
-                    for offset, value in enumerate(values)]
+            return per_value_cells(values, lambda value: bytes(
+                wire.binary_payload(self.to_array(value)[None, :], self.element)[0, 4:]))
         matrix, shape, nulls = None, (self.dimensions,), []
         if all(type(value) is np.ndarray and value.shape == shape for value in values):  # stack them in one go
             matrix = np.stack(values)

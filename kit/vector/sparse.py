@@ -8,20 +8,17 @@ written for pgvector-python keeps working. Distances: l2, cosine, inner product,
 from __future__ import annotations
 
 import math
-import struct
 from typing import Any
 
 import numpy as np
 from peewee import Field
 from pgvector import SparseVector
 
-from kit.copy.encoders import NULL
 from kit.errors import VectorValueError
-from kit.vector.fields import MAX_DIMENSIONS, VectorDistances, checked_dimensions
+from kit.vector.fields import MAX_DIMENSIONS, VectorDistances, checked_dimensions, column_label, per_value_cells
 
 MAX_SPARSE_DIMENSIONS = 1_000_000_000  # pgvector's limit for sparsevec dimensions
 MAX_INDEXED_NONZERO = 1_000  # pgvector indexes sparse vectors with at most this many non-zero elements
-_LENGTH = struct.Struct(">i")
 
 
 class SparseVectorField(VectorDistances, Field):
@@ -40,8 +37,7 @@ class SparseVectorField(VectorDistances, Field):
     @property
     def label(self) -> str:
         """`table.column` when bound to a model, for error messages."""
-        model = getattr(self, "model", None)
-        return f"{model._meta.table_name}.{self.column_name}" if model else f"SparseVectorField({self.dimensions})"
+        return column_label(self, f"SparseVectorField({self.dimensions})")
 
     def to_sparse(self, value: Any) -> SparseVector:
         """Check `value` and return it as a `SparseVector`; VectorValueError if it is unfit."""
@@ -94,18 +90,7 @@ class SparseVectorField(VectorDistances, Field):
 
     def copy_cells(self, values: list[Any]) -> list[Any]:
         """Binary COPY fields of a column of values (`sparsevec_send`'s format; the `kit.copy` hook)."""
-        cells = []
-        for offset, value in enumerate(values):
-            if value is None:
-                cells.append(NULL)
-                continue
-            try:
-                data = self.to_sparse(value).to_binary()
-            except VectorValueError as exc:
-                exc.offset = offset
-                raise
-            cells.append(_LENGTH.pack(len(data)) + data)
-        return cells
+        return per_value_cells(values, lambda value: self.to_sparse(value).to_binary())
 
 
 __all__ = ["MAX_DIMENSIONS", "MAX_INDEXED_NONZERO", "SparseVectorField"]
