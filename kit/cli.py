@@ -212,10 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(action=action)
         if name == "psql":
             sub.add_argument("psql_args", nargs=argparse.REMAINDER, help="passed on to psql")
-    from kit.migrate.loader import default_directory
-
     mig = groups.add_parser("migrate", help="apply pending migrations under a lock (and status, verify, ...)")
-    mig.add_argument("--dir", type=Path, default=default_directory(), help="migrations directory (./migrations)")
+    mig.add_argument("--dir", type=Path, default=None, help="migrations directory (default: the project's)")
     mig.set_defaults(action=_migrate_apply)
     steps = mig.add_subparsers(dest="command", metavar="{status,verify,rollback,resolve}")
     where = argparse.ArgumentParser(add_help=False)  # --dir also after the step: `kit migrate status --dir X`
@@ -248,6 +246,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.psql_args = [*extra, *args.psql_args]
     try:
         settings = load_settings() if getattr(args, "needs_settings", True) else None
+        if getattr(args, "dir", False) is None:  # read here, so a bad [tool.kit] is one sentence, not a traceback
+            from kit.migrate.loader import default_directory
+
+            args.dir = default_directory()
         return args.action(settings, args)
     except ConfigError as exc:
         print(f"kit: error: {exc}", file=sys.stderr)

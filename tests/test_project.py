@@ -198,3 +198,15 @@ def test_kit_init_never_overwrites_a_file(tmp_path):
     with pytest.raises(KitError, match="README.md exists"):
         create(other)
     assert sorted(p.name for p in other.iterdir()) == ["README.md"]  # nothing written beside it
+
+
+def test_a_bad_tool_kit_table_stops_every_command_with_one_sentence(tmp_path):
+    (tmp_path / "pyproject.toml").write_text("[tool.kit]\nmodels = 'oops'\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_"))}
+    for args in (["kit", "migrate", "status"], ["kit", "--help"], ["kit.seed", "x.yaml"]):
+        module, *rest = args
+        result = subprocess.run([sys.executable, "-m", "kit.cli" if module == "kit" else module, *rest], cwd=tmp_path,
+                                env=env, capture_output=True, text=True, timeout=120)
+        assert "Traceback" not in result.stderr, (args, result.stderr)
+        if rest != ["--help"]:
+            assert result.returncode == 2 and "models must be a list of module names" in result.stderr, args
