@@ -5,7 +5,8 @@ default), each measured over several interleaved rounds; medians and ratios are 
 
 - insert: `Model.insert_many` in batches, one transaction: kit VectorField vs pgvector-python (anchor)
 - bulk load: `copy_rows` vs a hand-written numpy binary COPY (the limit) and vs the anchor's insert_many
-- select: model rows with their embeddings as numpy arrays: kit (VectorModel) vs anchor (+ np.asarray)
+- select: model rows with their embeddings as numpy arrays: kit on the kit's models and on a plain
+  `peewee.Model` vs the anchor (+ np.asarray)
 - bulk read: `fetch_matrix` vs the anchor's select stacked into a matrix, and vs raw COPY TO (the limit)
 
 Run: `python benchmarks/vectors.py [--rows N] [--rounds R]`. Uses its own tables (bench_vec_*), dropped at the end.
@@ -49,7 +50,7 @@ class KitRow(VectorModel):
         table_name = "bench_vec_kit"
 
 
-class LimitRow(Model):
+class LimitRow(Model):  # also the plain peewee.Model the kit's field is read through
     id = BigAutoField()
     embedding = VectorField(DIM)
 
@@ -135,12 +136,17 @@ def main() -> None:
             def kit_select():
                 return [r.embedding for r in KitRow.select().order_by(KitRow.id)]
 
+            def plain_select():
+                return [r.embedding for r in LimitRow.select().order_by(LimitRow.id)]
+
             def anchor_matrix():
                 rows = list(AnchorRow.select(AnchorRow.id, AnchorRow.embedding).order_by(AnchorRow.id).tuples())
                 return [r[0] for r in rows], np.asarray([r[1] for r in rows], dtype=np.float32)
 
             record("select anchor", timed(anchor_select))
             record("select kit", timed(kit_select))
+            database.execute_sql("VACUUM ANALYZE bench_vec_limit")
+            record("select kit plain", timed(plain_select))
             record("matrix anchor", timed(anchor_matrix))
             record("fetch_matrix kit", timed(lambda: fetch_matrix(KitRow.select(KitRow.id, KitRow.embedding)
                                                                   .order_by(KitRow.id))))
@@ -163,6 +169,7 @@ def main() -> None:
     ratio("copy_rows kit", "binary COPY limit", 0.85)
     ratio("copy_rows kit", "insert_many anchor", 12)
     ratio("select kit", "select anchor", 3)
+    ratio("select kit plain", "select anchor", 3)
     ratio("fetch_matrix kit", "matrix anchor", 10)
     ratio("fetch_matrix kit", "COPY TO limit", 0.5)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from peewee import AutoField, IntegerField, Model, TextField
+from peewee import AutoField, IntegerField, Model, TextField, Tuple, fn
 
 from kit.db import database
 from kit.vector import HalfVectorField, VectorField, VectorModel, VectorValueError, search_settings
@@ -82,11 +82,11 @@ def test_inputs_of_any_numeric_kind_and_nulls():
         assert got.maybe is None and got.half is None
 
 
-def test_plain_models_read_text_and_still_get_numpy():
+def test_plain_models_read_binary_too():
     PlainItem.create(embedding=EDGE)
     got = PlainItem.get().embedding
     assert got.dtype == np.float32 and np.array_equal(got, EDGE)
-    assert "vector_send" not in PlainItem.select().sql()[0]
+    assert 'vector_send("t1"."embedding")' in PlainItem.select().sql()[0]
 
 
 @pytest.mark.parametrize(
@@ -159,25 +159,48 @@ def test_distance_in_where_and_order_by():
         Item.embedding.distance(q, "dot")
 
 
-def test_outermost_select_reads_binary_and_nested_selects_keep_vectors():
-    Item.insert_many([{"label": str(i), "embedding": [float(i)] * DIM} for i in range(5)]).execute()
-    sql = Item.select().sql()[0]
-    assert 'vector_send("t1"."embedding") AS "embedding"' in sql
-    assert 'halfvec_send("t1"."half") AS "half"' in sql
-    # a subquery's vectors stay vectors, so SQL can use them
-    inner = Item.select(Item.embedding).where(Item.label == "2")
-    rows = Item.select().where(Item.embedding.in_(inner))
-    assert [r.label for r in rows] == ["2"]
-    assert Item.select().where(Item.label != "0").count() == 4
-    # INSERT ... SELECT copies real vectors
-    Copy.insert_from(Item.select(Item.id, Item.embedding), [Copy.n, Copy.embedding]).execute()
-    assert np.array_equal(Copy.get(Copy.n == 3).embedding, np.full(DIM, 2.0, dtype=np.float32))
-    # every row shape converts
-    assert isinstance(Item.select(Item.embedding).tuples()[0][0], np.ndarray)
-    assert isinstance(Item.select().dicts()[0]["embedding"], np.ndarray)
-    assert isinstance(Item.select().namedtuples()[0].embedding, np.ndarray)
-    union = Item.select(Item.embedding).where(Item.label == "1") | Item.select(Item.embedding).where(Item.label == "4")
+def rendered(query) -> str:
+    return query.sql()[0]
+
+
+@pytest.mark.parametrize("model", [Item, PlainItem], ids=["VectorModel", "plain peewee.Model"])
+def test_only_the_outermost_select_list_reads_binary_and_every_query_shape_works(model):
+    model.insert_many([{"embedding": [float(i)] * DIM} for i in range(5)]).execute()
+    m, e = model, model.embedding
+    two = np.full(DIM, 2.0, dtype=np.float32)
+    # items of the outermost SELECT list, bare or aliased: binary
+    assert rendered(m.select()).count("_send(") == len([f for f in m._meta.sorted_fields if hasattr(f, "send_function")])
+    assert rendered(m.select(e.alias("x"))).startswith('SELECT vector_send("t1"."embedding") AS "x"')
+    assert np.array_equal(m.select(e.alias("x")).where(m.id == 3).dicts().get()["x"], two)
+    # every other place keeps a real vector: casts, functions, expressions, subqueries, CTEs, UNIONs
+    for query in (m.select(e.cast("text")), m.select(fn.vector_dims(e)), m.select(e.l2_distance(two)),
+                  m.select(m.id).where(e.in_(m.select(e))), m.select(Tuple(e, m.id))):
+        assert "_send(" not in rendered(query), rendered(query)
+    assert m.select(e.cast("text")).where(m.id == 3).scalar() == "[" + ",".join(["2"] * DIM) + "]"
+    assert m.select(fn.vector_dims(e)).where(m.id == 1).scalar() == DIM
+    inner = m.select(e).where(m.id == 3)
+    assert [r.id for r in m.select().where(e.in_(inner))] == [3]
+    assert m.select().where(m.id != 1).count() == 4
+    assert m.select().where(m.id == 1).exists()
+    cte = m.select(m.id, e).where(m.id == 3).cte("picked", columns=("id", "embedding"))
+    via_cte = m.select(cte.c.embedding).from_(cte).with_cte(cte)
+    assert "_send(" not in rendered(via_cte) and np.array_equal(via_cte.tuples()[0][0], two)
+    union = m.select(e).where(m.id == 2) | m.select(e).where(m.id == 5)
     assert sorted(float(r.embedding[0]) for r in union) == [1.0, 4.0]
+    # INSERT ... SELECT copies real vectors, and RETURNING reads them back
+    Copy.insert_from(m.select(m.id, e), [Copy.n, Copy.embedding]).execute()
+    assert np.array_equal(Copy.get(Copy.n == 3).embedding, two)
+    returned = Copy.insert(n=99, embedding=two).returning(Copy.embedding).execute()
+    assert np.array_equal(list(returned)[0].embedding, two)
+    # every row shape converts, joins included
+    assert isinstance(m.select(e).tuples()[0][0], np.ndarray)
+    assert isinstance(m.select().dicts()[0]["embedding"], np.ndarray)
+    assert isinstance(m.select().namedtuples()[0].embedding, np.ndarray)
+    assert np.array_equal(m.select(m.id, e).distinct().order_by(m.id.desc()).first().embedding, np.full(DIM, 4.0))
+    joined = (m.select(m.id, Copy.embedding).join(Copy, on=(Copy.n == m.id)).where(m.id == 3).objects().get())
+    assert np.array_equal(joined.embedding, two)
+    grouped = m.select(e, fn.count(m.id).alias("n")).group_by(e).order_by(e.l2_distance(two)).first()
+    assert np.array_equal(grouped.embedding, two) and grouped.n == 1
 
 
 def test_search_settings_apply_locally_and_never_leak():

@@ -3,7 +3,7 @@
 - `VectorField(n)` / `HalfVectorField(n)`: `vector(n)` / `halfvec(n)` columns (unsized without n); numpy out.
 - `SparseVectorField(n)`: `sparsevec(n)`, pgvector-python's `SparseVector` in and out.
 - `FixedBitField(n)`: `bit(n)` binary vectors (text of 0s and 1s), hamming and jaccard distances.
-- `VectorModel`: a model base whose selects read vector columns in binary (fast).
+- Vector columns are read in binary (`vector_send`) on any peewee model (`kit.vector.select`).
 - `HNSWIndex`, `IVFFlatIndex`: vector indexes declared on a model; `search_settings`: SET LOCAL knobs.
 - `fetch_matrix`: binary COPY out into one matrix; `copy_rows`, `CopyWriter` (from `kit.copy`) bring them in.
 - `nearest`: the k nearest rows of a query, with their distances.
@@ -15,13 +15,13 @@ from kit.vector.bulk import fetch_matrix
 from kit.vector.fields import MAX_DIMENSIONS, METRICS, HalfVectorField, VectorField, VectorValueError
 from kit.vector.indexes import HNSWIndex, IVFFlatIndex, VectorIndex, search_settings
 from kit.vector.search import nearest
-from kit.vector.select import BinaryVectorSelect, VectorModel
+from kit.vector.select import BinaryRead, VectorModel
 from kit.vector.sparse import SparseVectorField
 
 __all__ = [
     "MAX_DIMENSIONS",
     "METRICS",
-    "BinaryVectorSelect",
+    "BinaryRead",
     "CopyRowError",
     "CopyWriter",
     "FixedBitField",

@@ -18,6 +18,7 @@ from pgvector import HalfVector, SparseVector, Vector
 from kit.copy.encoders import NULL
 from kit.errors import VectorValueError
 from kit.vector import wire
+from kit.vector.select import BinaryRead
 
 _LENGTH = struct.Struct(">i")
 MAX_DIMENSIONS = 16_000  # pgvector's limit for vector and halfvec columns
@@ -97,10 +98,11 @@ def checked_dimensions(owner: str, dimensions: Any, limit: int = MAX_DIMENSIONS,
     return dimensions
 
 
-class VectorField(VectorDistances, Field):
+class VectorField(BinaryRead, VectorDistances, Field):
     """A pgvector `vector(n)` column holding float32 numpy arrays (`vector` when `dimensions` is None)."""
 
     field_type = "vector"
+    send_function = "vector_send"
     dtype = np.dtype(np.float32)
     element = ">f4"  # the binary wire format's element type
 
@@ -222,6 +224,7 @@ class HalfVectorField(VectorField):
     """A pgvector `halfvec(n)` column (half the memory) holding float16 numpy arrays."""
 
     field_type = "halfvec"
+    send_function = "halfvec_send"
     dtype = np.dtype(np.float16)
     element = ">f2"
 

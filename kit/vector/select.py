@@ -1,55 +1,50 @@
-"""Reading vectors in binary: `VectorModel`, whose selects fetch vector columns with `vector_send`.
+"""Reading vectors in binary on any peewee model: the outermost SELECT list asks for `vector_send(col)`.
 
 psycopg2 speaks PostgreSQL's text protocol, where a 1536-d vector arrives as ~19 KB of decimals to
-parse. In the outermost SELECT of a `VectorModel` query, each selected vector column is rendered as
-`vector_send(col) AS col` instead: ~6 KB of bytea that numpy reads without parsing. Subqueries, CTEs,
-UNION parts and INSERT ... SELECT keep the plain column, so SQL that consumes the values gets vectors.
+parse. A vector field (`BinaryRead`) placed directly in the outermost SELECT list, bare or aliased,
+renders as `vector_send(col)` (`halfvec_send`, `sparsevec_send`) instead: ~6 KB of bytea that numpy
+reads without parsing. Everywhere else (WHERE, ORDER BY, functions, casts, subqueries, CTEs, UNION
+parts, INSERT ... SELECT, RETURNING) the plain column is kept, so SQL that consumes the values gets
+vectors. This works on a plain `peewee.Model` with any database; no special base class is needed.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from peewee import SCOPE_COLUMN, CommaNodeList, Model, ModelSelect, fn
+from peewee import SCOPE_SOURCE, Function, Model
 
-from kit.vector.fields import HalfVectorField, VectorField
-
-
-def _binary(node: Any) -> Any:
-    if isinstance(node, HalfVectorField):
-        return fn.halfvec_send(node).alias(node.column_name)
-    if isinstance(node, VectorField):
-        return fn.vector_send(node).alias(node.column_name)
-    return node
+# Depth of the scope stack at the items of the outermost SELECT list: the parse, the SELECT, its list.
+# tests/test_vector_field.py renders every kind of query peewee builds to keep this honest.
+OUTERMOST_PROJECTION_DEPTH = 3
 
 
-class BinaryVectorSelect(ModelSelect):
-    """A model select that reads the vector columns of its outermost projection in binary."""
+def starts_outermost_projection_item(ctx: Any) -> bool:
+    """Whether a node rendered now is an item (or an aliased item) of the outermost SELECT list."""
+    state = ctx.state
+    if (ctx.scope != SCOPE_SOURCE or not state.in_projection or state.in_function or state.in_expr
+            or len(ctx.stack) != OUTERMOST_PROJECTION_DEPTH):
+        return False
+    # Wrappers that push no scope (Alias, Cast) share the depth: an item starts after "SELECT ",
+    # "DISTINCT " or ", "; a cast after "CAST(".
+    return not ctx._sql or ctx._sql[-1].endswith(" ")
+
+
+class BinaryRead:
+    """A field read in binary (its `send_function`) when it is an item of the outermost SELECT list."""
+
+    send_function = ""
+    column: Any
 
     def __sql__(self, ctx: Any) -> Any:
-        """Render the query, marking itself as the outermost select when it is one."""
-        # The root of the statement: nothing rendered around it (an INSERT, a UNION, a CTE, a subquery).
-        outermost = not ctx.stack and ctx.scope != SCOPE_COLUMN and not ctx.subquery
-        with ctx(kit_outermost_select=id(self) if outermost else None):
-            return super().__sql__(ctx)
-
-    def __sql_selection__(self, ctx: Any, is_subquery: bool = False) -> Any:
-        """The SELECT list, vector columns wrapped in their binary send function at the outermost level."""
-        if ctx.state.kit_outermost_select != id(self):
-            return super().__sql_selection__(ctx, is_subquery)
-        return ctx.sql(CommaNodeList([_binary(node) for node in self._returning]))
+        """The column, or `send_function(column)` as an item of the outermost SELECT list."""
+        if self.send_function and starts_outermost_projection_item(ctx):
+            return ctx.sql(Function(self.send_function, (self.column,)))
+        return ctx.sql(self.column)
 
 
 class VectorModel(Model):
-    """A peewee model whose queries return vector columns read in binary (see the module docstring)."""
-
-    @classmethod
-    def select(cls, *fields: Any) -> BinaryVectorSelect:
-        """Like `Model.select`, returning a `BinaryVectorSelect`."""
-        is_default = not fields
-        if not fields:
-            fields = cls._meta.sorted_fields
-        return BinaryVectorSelect(cls, fields, is_default=is_default)
+    """A peewee model (kept for code written against earlier versions: every model now reads vectors in binary)."""
 
 
-__all__ = ["BinaryVectorSelect", "VectorModel"]
+__all__ = ["BinaryRead", "VectorModel", "starts_outermost_projection_item"]

@@ -16,15 +16,17 @@ from pgvector import SparseVector
 
 from kit.errors import VectorValueError
 from kit.vector.fields import MAX_DIMENSIONS, VectorDistances, checked_dimensions, column_label, per_value_cells
+from kit.vector.select import BinaryRead
 
 MAX_SPARSE_DIMENSIONS = 1_000_000_000  # pgvector's limit for sparsevec dimensions
 MAX_INDEXED_NONZERO = 1_000  # pgvector indexes sparse vectors with at most this many non-zero elements
 
 
-class SparseVectorField(VectorDistances, Field):
+class SparseVectorField(BinaryRead, VectorDistances, Field):
     """A pgvector `sparsevec(n)` column (`sparsevec` when `dimensions` is None)."""
 
     field_type = "sparsevec"
+    send_function = "sparsevec_send"
 
     def __init__(self, dimensions: int | None = None, *args: Any, **kwargs: Any) -> None:
         self.dimensions = checked_dimensions(type(self).__name__, dimensions, MAX_SPARSE_DIMENSIONS)
