@@ -14,7 +14,7 @@ DIM = 32
 
 class Point(VectorModel):
     id = AutoField()
-    org = IntegerField()  # no b-tree: the planner's only fast path for these queries is the HNSW index
+    org = IntegerField(index=True)
     embedding = VectorField(DIM)
     half = HalfVectorField(DIM, null=True)
 
@@ -39,10 +39,11 @@ def clustered(n: int, rng: np.random.Generator) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def points(test_db_url):
-    """20,000 clustered points; organization 1 owns 1% of them."""
+    """20,000 clustered points; organization 1 owns 1% of them, organization 3 10 of them, 2 the rest."""
     rng = np.random.default_rng(11)
     data = clustered(20_000, rng)
     orgs = np.where(rng.random(20_000) < 0.01, 1, 2)
+    orgs[np.flatnonzero(orgs == 2)[:10]] = 3
     database.create_tables([Point])
     copy_rows(Point, [{"org": int(o), "embedding": v} for o, v in zip(orgs, data, strict=True)])
     database.execute_sql("ANALYZE search_points")
@@ -75,16 +76,17 @@ def exact_neighbours(data, orgs, q, k, org=None):
 
 
 def test_filtered_search_is_never_short_and_keeps_recall(points):
+    """HNSW with a 1% filter the b-tree cannot serve ("org + 0"), so that the graph is what is walked."""
     data, orgs = points
-    sql, params = Point.select(Point.id).where(Point.org == 1).order_by(Point.embedding.cosine_distance(data[0])).limit(
-        10).sql()
+    sql, params = Point.select(Point.id).where((Point.org + 0) == 1).order_by(
+        Point.embedding.cosine_distance(data[0])).limit(10).sql()
     plan = "\n".join(r[0] for r in database.execute_sql("EXPLAIN " + sql, params).fetchall())
     assert "Index Scan using search_points_embedding_hnsw_cosine_m16_efc64" in plan
     rng = np.random.default_rng(5)
     recalls = []
     for q in data[rng.integers(0, len(data), 20)]:
-        found = nearest(Point.select(Point.id).where(Point.org == 1), Point.embedding, q, k=10)
-        assert len(found) == 10
+        found = nearest(Point.select(Point.id).where((Point.org + 0) == 1), Point.embedding, q, k=10, exact=False)
+        assert len(found) == 10 and found.plan.method == "index"
         distances = [r.distance for r in found]
         assert distances == sorted(distances)
         assert {r.id for r in found} <= set((np.flatnonzero(orgs == 1) + 1).tolist())
@@ -97,9 +99,52 @@ def test_plain_hnsw_filtering_would_come_back_short(points):
     data, _ = points
     with database.atomic():
         database.execute_sql("SET LOCAL hnsw.iterative_scan = off")
-        rows = list(Point.select(Point.id).where(Point.org == 1)
+        rows = list(Point.select(Point.id).where((Point.org + 0) == 1)
                     .order_by(Point.embedding.cosine_distance(data[3])).limit(10))
     assert len(rows) < 10
+
+
+def explain(query) -> str:
+    sql, params = query.sql()
+    return "\n".join(r[0] for r in database.execute_sql("EXPLAIN " + sql, params).fetchall())
+
+
+def test_the_plan_follows_the_filters_size(points):
+    """A small tenant is ranked exactly through its own index (recall 1.0); a big one through HNSW."""
+    data, orgs = points
+    hnsw = "search_points_embedding_hnsw_cosine_m16_efc64"
+    rng = np.random.default_rng(8)
+    small = Point.select(Point.id).where(Point.org == 1)  # ~200 rows
+    for q in data[rng.integers(0, len(data), 10)]:
+        found = nearest(small, Point.embedding, q, k=10, exact_below=1000)
+        assert found.plan.method == "exact" and found.plan.filter_rows == np.count_nonzero(orgs == 1)
+        assert {r.id for r in found} == exact_neighbours(data, orgs, q, 10, org=1)
+        plan = explain(found.plan.query)
+        assert hnsw not in plan and "Index Scan using point_org" in plan, plan
+    # the probe stops counting at the threshold
+    big = nearest(Point.select(Point.id).where(Point.org == 2), Point.embedding, data[0], k=10, exact_below=1000)
+    assert big.plan.method == "index" and big.plan.filter_rows == 1000
+    with database.atomic():
+        database.execute_sql("SET LOCAL hnsw.iterative_scan = relaxed_order")
+        assert f"Index Scan using {hnsw}" in explain(big.plan.query)
+    # the same tenant with a lower threshold goes to the index; no filter: the index, nothing counted
+    assert nearest(small, Point.embedding, data[0], k=10, exact_below=100).plan.method == "index"
+    whole = nearest(Point.select(Point.id), Point.embedding, data[0], k=10)
+    assert whole.plan.method == "index" and whole.plan.filter_rows is None
+
+
+def test_a_tenant_with_fewer_rows_than_k_gets_all_of_them_and_an_index_scan_that_gives_up_is_not_short(points):
+    data, orgs = points
+    tiny = Point.select(Point.id).where(Point.org == 3)  # 10 rows
+    assert len(nearest(tiny, Point.embedding, data[0], k=25)) == 10
+    # Forced onto the index with a scan budget too small to find 10 of organization 1's rows:
+    # the exact plan answers instead of coming back short.
+    with database.atomic():
+        database.execute_sql("SET LOCAL hnsw.max_scan_tuples = 50")
+        found = nearest(Point.select(Point.id).where((Point.org + 0) == 1), Point.embedding, data[5], k=10,
+                        exact=False)
+    assert len(found) == 10 and found.plan.method == "exact"
+    assert {r.id for r in found} == exact_neighbours(data, orgs, data[5], 10, org=1)
 
 
 def test_unfiltered_search_matches_exact_search(points):
@@ -117,6 +162,10 @@ def test_nearest_checks_its_arguments(points):
         nearest(Point.select(), Point.embedding, np.ones(DIM), k=0)
     with pytest.raises(ValueError, match="unknown metric 'dot'"):
         nearest(Point.select(), Point.embedding, np.ones(DIM), metric="dot")
+    with pytest.raises(ValueError, match="exact_below must be a whole number"):
+        nearest(Point.select(), Point.embedding, np.ones(DIM), exact_below=-1)
+    with pytest.raises(ValueError, match="exact must be True, False or None"):
+        nearest(Point.select(), Point.embedding, np.ones(DIM), exact="yes")
 
 
 def test_index_declarations_are_checked():

@@ -127,7 +127,7 @@ def search_settings(
         settings.append(("hnsw.iterative_scan", iterative_scan))
         settings.append(("ivfflat.iterative_scan", "relaxed_order" if iterative_scan != "off" else "off"))
     with database.atomic():
-        for name, value in settings:
-            database.execute_sql(f"SET LOCAL {name} = {value if isinstance(value, int) else repr(value)}")
+        if settings:  # one round trip: set_config(name, value, is_local => true) is SET LOCAL
+            calls = ", ".join("set_config(%s, %s, true)" for _ in settings)
+            database.execute_sql(f"SELECT {calls}", [p for name, value in settings for p in (name, str(value))])
         yield
-

@@ -1,46 +1,111 @@
-"""Nearest-neighbour search over any query: the k nearest rows, with their distances, nearest first."""
+"""Nearest-neighbour search over any query: the k nearest rows, with their distances, nearest first.
+
+A filtered search (one organization's chunks, say) is planned by the filter's size, counted first
+with a probe that stops at `exact_below` rows:
+
+- **exact** when the filter selects fewer than `exact_below` rows: the rows come through the
+  filter's own index (organization_id's b-tree) and are ranked exactly. For a small tenant this is
+  both the true answer and the fastest one (no graph to walk past other tenants' rows).
+- **index** otherwise: the vector index (HNSW) with pgvector's iterative scan, which keeps reading
+  the graph until `k` rows pass the filter. Should the scan still stop short (it gives up after
+  `hnsw.max_scan_tuples`), the exact plan answers instead: a search never comes back short.
+
+`EXACT_BELOW` is measured, not guessed: `python benchmarks/search.py --sweep` times both plans on
+tenants of growing size and prints where the exact scan stops being the faster one.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from peewee import ModelSelect
+from peewee import SQL, Database, Expression, ModelSelect
 
-from kit.vector.fields import VectorField
+from kit.vector.fields import Distances
 from kit.vector.indexes import search_settings
 
 DEFAULT_EF_SEARCH = 40  # pgvector's default hnsw.ef_search
+EXACT_BELOW = 10_000  # rows; from `benchmarks/search.py --sweep` (see the README's table)
+PLANS = ("exact", "index")
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """How a search runs: `method` ("exact" or "index"), the filter's rows counted up to `exact_below`."""
+
+    method: str
+    filter_rows: int | None  # None: the query has no filter (nothing was counted)
+    query: ModelSelect  # the statement to run, ranked nearest first with `.distance`
+
+
+class Neighbours(list):
+    """The rows `nearest` found, nearest first, with the `plan` that found them."""
+
+    plan: SearchPlan
+
+
+def plan_search(
+    query: ModelSelect,
+    field: Distances,
+    embedding: Any,
+    k: int = 10,
+    metric: str = "cosine",
+    exact: bool | None = None,
+    exact_below: int = EXACT_BELOW,
+) -> SearchPlan:
+    """The plan for the `k` rows of `query` nearest to `embedding`: counts a filter's rows (one probe query)."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive whole number, got {k!r}")
+    if isinstance(exact_below, bool) or not isinstance(exact_below, int) or exact_below < 0:
+        raise ValueError(f"exact_below must be a whole number of rows, 0 or more, got {exact_below!r}")
+    if exact not in (None, True, False):
+        raise ValueError(f"exact must be True, False or None (choose by the filter's size), got {exact!r}")
+    distance = field.distance(embedding, metric)
+    filter_rows = None
+    if exact is None and (query._where is not None or any(query._joins.values())):  # a filter, or a join
+        filter_rows = count_up_to(query, exact_below)
+        exact = filter_rows < exact_below
+    method = "exact" if exact else "index"
+    # The vector index serves only ORDER BY <column> <op> <constant>: "+ 0" keeps the exact plan off it.
+    order = Expression(distance, "+", SQL("0")) if exact else distance
+    return SearchPlan(method, filter_rows, query.select_extend(distance.alias("distance")).order_by(order).limit(k))
+
+
+def count_up_to(query: ModelSelect, limit: int) -> int:
+    """The rows `query` selects, counted no further than `limit` (a bounded probe)."""
+    sql, params = query.select(SQL("1")).order_by().limit(limit).sql()
+    return query.model._meta.database.execute_sql(f"SELECT count(*) FROM ({sql}) AS probe", params).fetchone()[0]
 
 
 def nearest(
     query: ModelSelect,
-    field: VectorField,
+    field: Distances,
     embedding: Any,
     k: int = 10,
     metric: str = "cosine",
     ef_search: int | None = None,
-    exact: bool = False,
-) -> list[Any]:
+    exact: bool | None = None,
+    exact_below: int = EXACT_BELOW,
+) -> Neighbours:
     """The `k` rows of `query` nearest to `embedding` by `metric`, nearest first, each with `.distance`.
 
-    Filters in `query` (an organization, say) never make the answer come back short: the HNSW scan
-    runs with pgvector's iterative scan, which keeps reading the index until `k` rows pass the filter.
-    `exact=True` scans the table instead of the index (the ground truth; slow on large tables).
+    `exact=None` plans by the filter's size (see the module docstring); `exact=True` ranks every row
+    the query selects (the ground truth), `exact=False` always uses the vector index. Never short: fewer
+    than `k` rows come back only when the query selects fewer than `k`.
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive whole number, got {k!r}")
-    distance = field.distance(embedding, metric)
-    ranked = query.select_extend(distance.alias("distance")).order_by(distance).limit(k)
-    database = query.model._meta.database
+    database: Database = query.model._meta.database
     ef_search = ef_search or max(DEFAULT_EF_SEARCH, k)
     with search_settings(database, ef_search=ef_search, iterative_scan="relaxed_order"):
-        if exact:
-            database.execute_sql("SET LOCAL enable_indexscan = off")
-            database.execute_sql("SET LOCAL enable_bitmapscan = off")
-        rows = list(ranked)
+        plan = plan_search(query, field, embedding, k, metric, exact, exact_below)
+        rows = list(plan.query)
+        if len(rows) < k and plan.method == "index":  # the index scan gave up: rank exactly
+            plan = plan_search(query, field, embedding, k, metric, True, exact_below)
+            rows = list(plan.query)
     # relaxed_order may return near-ties slightly out of order: put them in order.
     rows.sort(key=_distance_of)
-    return rows
+    found = Neighbours(rows)
+    found.plan = plan
+    return found
 
 
 def _distance_of(row: Any) -> float:
@@ -49,3 +114,6 @@ def _distance_of(row: Any) -> float:
     if isinstance(row, tuple) and not hasattr(row, "distance"):
         return row[-1]
     return row.distance
+
+
+__all__ = ["DEFAULT_EF_SEARCH", "EXACT_BELOW", "Neighbours", "SearchPlan", "count_up_to", "nearest", "plan_search"]
