@@ -12,7 +12,7 @@ import struct
 from typing import Any
 
 import numpy as np
-from peewee import Expression, Field
+from peewee import Expression, Field, Node
 from pgvector import HalfVector, SparseVector, Vector
 
 from kit.copy.encoders import NULL
@@ -37,7 +37,9 @@ class Distances:
     metrics: dict[str, tuple[str, str]] = METRICS
 
     def _distance(self, op: str, vector: Any) -> Expression:
-        return Expression(self, op, self.to_value(vector))  # type: ignore[attr-defined]
+        # A node (another vector column, a subquery, a Value already converted) is used as it is.
+        value = vector if isinstance(vector, Node) else self.to_value(vector)  # type: ignore[attr-defined]
+        return Expression(self, op, value)
 
     def distance(self, vector: Any, metric: str) -> Expression:
         """The distance to `vector` by metric name (the column's `metrics`)."""

@@ -113,6 +113,22 @@ def search_settings(
     """Apply pgvector search settings with SET LOCAL for the queries in this block (one transaction)."""
     if database is None:
         from kit.db import database
+    settings = checked_settings(ef_search=ef_search, iterative_scan=iterative_scan,
+                                max_scan_tuples=max_scan_tuples, probes=probes)
+    with database.atomic():
+        if settings:
+            database.execute_sql(settings_sql(settings))
+        yield
+
+
+def checked_settings(
+    *,
+    ef_search: int | None = None,
+    iterative_scan: str | None = None,
+    max_scan_tuples: int | None = None,
+    probes: int | None = None,
+) -> list[tuple[str, Any]]:
+    """pgvector's setting names and checked values for `search_settings`' arguments; ValueError if one is unfit."""
     settings: list[tuple[str, Any]] = []
     for name, value in (("hnsw.ef_search", ef_search), ("hnsw.max_scan_tuples", max_scan_tuples),
                         ("ivfflat.probes", probes)):
@@ -126,8 +142,10 @@ def search_settings(
             raise ValueError(f"hnsw.iterative_scan must be one of {', '.join(ITERATIVE_SCAN)}, got {iterative_scan!r}")
         settings.append(("hnsw.iterative_scan", iterative_scan))
         settings.append(("ivfflat.iterative_scan", "relaxed_order" if iterative_scan != "off" else "off"))
-    with database.atomic():
-        if settings:  # one round trip: set_config(name, value, is_local => true) is SET LOCAL
-            calls = ", ".join("set_config(%s, %s, true)" for _ in settings)
-            database.execute_sql(f"SELECT {calls}", [p for name, value in settings for p in (name, str(value))])
-        yield
+    return settings
+
+
+def settings_sql(settings: list[tuple[str, Any]]) -> str:
+    """`SET LOCAL name = value; ...` for checked settings (sent ahead of a query: one round trip)."""
+    return "".join(f"SET LOCAL {name} = {value if isinstance(value, int) else repr(value)}; "
+                   for name, value in settings)

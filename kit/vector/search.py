@@ -10,23 +10,30 @@ with a probe that stops at `exact_below` rows:
   the graph until `k` rows pass the filter. Should the scan still stop short (it gives up after
   `hnsw.max_scan_tuples`), the exact plan answers instead: a search never comes back short.
 
-`EXACT_BELOW` is measured, not guessed: `python benchmarks/search.py --sweep` times both plans on
-tenants of growing size and prints where the exact scan stops being the faster one.
+`EXACT_BELOW` is measured, not guessed: `python benchmarks/search.py` times both plans on tenants of
+growing size and prints where the exact scan stops being the faster one. A filter's count is reused
+for `COUNT_TTL` seconds (per process), so a tenant's repeated searches cost one round trip each; a
+tenant crossing the threshold meanwhile gets the other plan a little later, and both are correct.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
-from peewee import SQL, Database, Expression, ModelSelect
+from peewee import SQL, Database, Expression, ModelSelect, Value
 
 from kit.vector.fields import Distances
-from kit.vector.indexes import search_settings
+from kit.vector.indexes import checked_settings, settings_sql
 
 DEFAULT_EF_SEARCH = 40  # pgvector's default hnsw.ef_search
-EXACT_BELOW = 10_000  # rows; from `benchmarks/search.py --sweep` (see the README's table)
-PLANS = ("exact", "index")
+EXACT_BELOW = 3_000  # rows; where the exact scan stops being faster (`benchmarks/search.py`, README)
+COUNT_TTL = 30.0  # seconds a filter's count is reused: a tenant's size moves slowly, either plan is correct
+COUNT_CACHE_SIZE = 4096  # filters remembered
+_COUNTS: dict[tuple[Any, ...], tuple[int, float]] = {}
+_COUNTS_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -60,21 +67,35 @@ def plan_search(
         raise ValueError(f"exact_below must be a whole number of rows, 0 or more, got {exact_below!r}")
     if exact not in (None, True, False):
         raise ValueError(f"exact must be True, False or None (choose by the filter's size), got {exact!r}")
-    distance = field.distance(embedding, metric)
+    # converted once (however often the query is rendered), checked against the column
+    distance = field.distance(Value(field.db_value(embedding), converter=False, unpack=False), metric)
     filter_rows = None
     if exact is None and (query._where is not None or any(query._joins.values())):  # a filter, or a join
         filter_rows = count_up_to(query, exact_below)
         exact = filter_rows < exact_below
     method = "exact" if exact else "index"
     # The vector index serves only ORDER BY <column> <op> <constant>: "+ 0" keeps the exact plan off it.
-    order = Expression(distance, "+", SQL("0")) if exact else distance
-    return SearchPlan(method, filter_rows, query.select_extend(distance.alias("distance")).order_by(order).limit(k))
+    # Ordering by the output name sends the query vector once.
+    if exact:
+        distance = Expression(distance, "+", SQL("0"))
+    ranked = query.select_extend(distance.alias("distance")).order_by(SQL('"distance"')).limit(k)
+    return SearchPlan(method, filter_rows, ranked)
 
 
 def count_up_to(query: ModelSelect, limit: int) -> int:
-    """The rows `query` selects, counted no further than `limit` (a bounded probe)."""
+    """The rows `query` selects, counted no further than `limit` (a bounded probe, remembered a while)."""
     sql, params = query.select(SQL("1")).order_by().limit(limit).sql()
-    return query.model._meta.database.execute_sql(f"SELECT count(*) FROM ({sql}) AS probe", params).fetchone()[0]
+    key = (id(query.model._meta.database), sql, tuple(params))
+    now = time.monotonic()
+    cached = _COUNTS.get(key)
+    if cached is not None and now - cached[1] < COUNT_TTL:
+        return cached[0]
+    count = query.model._meta.database.execute_sql(f"SELECT count(*) FROM ({sql}) AS probe", params).fetchone()[0]
+    with _COUNTS_LOCK:
+        if len(_COUNTS) >= COUNT_CACHE_SIZE:
+            _COUNTS.pop(next(iter(_COUNTS)))  # the oldest entry
+        _COUNTS[key] = (count, now)
+    return count
 
 
 def nearest(
@@ -94,18 +115,26 @@ def nearest(
     than `k` rows come back only when the query selects fewer than `k`.
     """
     database: Database = query.model._meta.database
-    ef_search = ef_search or max(DEFAULT_EF_SEARCH, k)
-    with search_settings(database, ef_search=ef_search, iterative_scan="relaxed_order"):
-        plan = plan_search(query, field, embedding, k, metric, exact, exact_below)
-        rows = list(plan.query)
-        if len(rows) < k and plan.method == "index":  # the index scan gave up: rank exactly
-            plan = plan_search(query, field, embedding, k, metric, True, exact_below)
-            rows = list(plan.query)
+    settings = settings_sql(checked_settings(ef_search=ef_search or max(DEFAULT_EF_SEARCH, k),
+                                             iterative_scan="relaxed_order"))
+    plan = plan_search(query, field, embedding, k, metric, exact, exact_below)
+    rows = _run(database, plan, settings)
+    if len(rows) < k and plan.method == "index":  # the index scan gave up: rank exactly
+        plan = plan_search(query, field, embedding, k, metric, True, exact_below)
+        rows = _run(database, plan, settings)
     # relaxed_order may return near-ties slightly out of order: put them in order.
     rows.sort(key=_distance_of)
     found = Neighbours(rows)
     found.plan = plan
     return found
+
+
+def _run(database: Database, plan: SearchPlan, settings: str) -> list[Any]:
+    # The index plan's SET LOCALs go in the same round trip as the query: outside a transaction the
+    # statements form one implicit transaction, so the settings end with it and never reach the pool.
+    sql, params = plan.query.sql()
+    cursor = database.execute_sql((settings if plan.method == "index" else "") + sql, params)
+    return list(plan.query._get_cursor_wrapper(cursor))
 
 
 def _distance_of(row: Any) -> float:
