@@ -46,6 +46,8 @@ def index_to_code(index: pw.ModelIndex, table: str) -> str:
     if isinstance(index, VectorIndex):
         args.append(repr(index.field.name))
         options = {"method": index.method, "metric": index.metric, **index.parameters}
+        if index.quantize:
+            options["quantize"] = index.quantize
     else:
         args.extend(repr(f.name) for f in fields)
         options = {"unique": index._unique}

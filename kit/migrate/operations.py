@@ -25,11 +25,12 @@ VECTOR_METHODS = {"hnsw": HNSWIndex, "ivfflat": IVFFlatIndex}
 
 def build_index(model: Any, fields: tuple[str, ...], *, name: str | None = None, unique: bool = False,
                 nulls_distinct: bool | None = None, method: str | None = None, metric: str | None = None,
-                **parameters: int) -> ModelIndex:
+                quantize: str | None = None, **parameters: int) -> ModelIndex:
     """The index object for `model` described by the arguments of `add_index`."""
     resolved = [model._meta.fields[f] for f in fields]
     if method in VECTOR_METHODS:
-        return VECTOR_METHODS[method](resolved[0], metric=metric or "cosine", name=name, **parameters)
+        return VECTOR_METHODS[method](resolved[0], metric=metric or "cosine", name=name, quantize=quantize,
+                                      **parameters)
     return ModelIndex(model, resolved, unique=unique, nulls_distinct=nulls_distinct, name=name, using=method)
 
 

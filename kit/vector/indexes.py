@@ -15,6 +15,7 @@ from typing import Any
 from peewee import SQL, Database, EnclosedNodeList, Entity, ModelIndex, NodeList
 
 from kit.vector.fields import METRICS, Distances, VectorField
+from kit.vector.quantize import QUANTIZATIONS, check_quantize, quantized_column
 
 INDEX_MAX_DIMENSIONS = {"vector": 2_000, "halfvec": 4_000, "bit": 64_000}  # sparsevec: 1,000 non-zero elements
 OPCLASS_SUFFIX = {"l2": "l2_ops", "cosine": "cosine_ops", "inner_product": "ip_ops", "l1": "l1_ops",
@@ -31,7 +32,7 @@ class VectorIndex(ModelIndex):
     types: tuple[str, ...] = ("vector", "halfvec", "sparsevec", "bit")
 
     def __init__(self, field: VectorField, metric: str = "cosine", name: str | None = None,
-                 where: Any = None, **parameters: int) -> None:
+                 where: Any = None, quantize: str | None = None, **parameters: int) -> None:
         if not isinstance(field, Distances) or getattr(field, "model", None) is None:
             raise TypeError(f"{type(self).__name__} needs a vector column (VectorField, HalfVectorField, "
                             f"SparseVectorField, FixedBitField) bound to a model, got {field!r}")
@@ -45,22 +46,29 @@ class VectorIndex(ModelIndex):
         if field.dimensions is None:
             raise ValueError(f"{type(self).__name__} on {field.label}: pgvector indexes only sized columns; "
                              f"declare {type(field).__name__}(n)")
-        limit = INDEX_MAX_DIMENSIONS.get(field.field_type, field.dimensions)
+        check_quantize(field, quantize, type(self).__name__)
+        indexed_type = QUANTIZATIONS[quantize][0] if quantize else field.field_type
+        limit = INDEX_MAX_DIMENSIONS.get(indexed_type, field.dimensions)
         if field.dimensions > limit:
             raise ValueError(
-                f"{type(self).__name__} on {field.label}: pgvector indexes {field.field_type} columns of at most "
-                f"{limit} dimensions, this one has {field.dimensions} (HalfVectorField allows 4000)"
+                f"{type(self).__name__} on {field.label}: pgvector indexes {indexed_type} columns of at most "
+                f"{limit} dimensions, this one has {field.dimensions} (quantize='halfvec' allows 4000, "
+                f"'binary' 64000)"
             )
         for key, value in parameters.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{type(self).__name__} on {field.label}: {key} must be a positive whole number")
-        self.field, self.metric, self.parameters = field, metric, parameters
-        self.opclass = f"{field.field_type}_{OPCLASS_SUFFIX[metric]}"
+        self.field, self.metric, self.parameters, self.quantize = field, metric, parameters, quantize
+        # A quantized index is on an expression of the column: halfvec keeps the metric, binary is hamming.
+        self.target = quantized_column(field, quantize) if quantize else field
+        self.opclass = ("bit_hamming_ops" if quantize == "binary" else
+                        f"{indexed_type}_{OPCLASS_SUFFIX[metric]}")
         # The parameters are part of the default name, so that changing them shows up as a new index
         # (a rebuild) in generated migrations and in the drift check.
         suffix = "_".join(f"{PARAMETER_ABBREVIATIONS.get(k, k)}{v}" for k, v in parameters.items())
-        name = name or f"{field.model._meta.table_name}_{field.column_name}_{self.method}_{metric}_{suffix}"
-        super().__init__(field.model, (field,), name=name, where=where, using=self.method)
+        kind = f"{metric}_{quantize}" if quantize else metric
+        name = name or f"{field.model._meta.table_name}_{field.column_name}_{self.method}_{kind}_{suffix}"
+        super().__init__(field.model, (self.target,), name=name, where=where, using=self.method)
 
     def __sql__(self, ctx: Any) -> Any:
         """CREATE INDEX ... USING method (column opclass) WITH (parameters) [WHERE ...]."""
@@ -69,7 +77,8 @@ class VectorIndex(ModelIndex):
             if self._safe:
                 ctx.literal("IF NOT EXISTS ")
             ctx.sql(Entity(self._name)).literal(" ON ").sql(self._table).literal(f" USING {self.method} ")
-            ctx.sql(EnclosedNodeList([NodeList((self.field, SQL(self.opclass)))]))
+            target = EnclosedNodeList([self.target]) if self.quantize else self.field  # an expression: in ()
+            ctx.sql(EnclosedNodeList([NodeList((target, SQL(self.opclass)))]))
             if self.parameters:
                 ctx.literal(" WITH (" + ", ".join(f"{k} = {v}" for k, v in self.parameters.items()) + ")")
             if self._where is not None:
@@ -83,10 +92,10 @@ class HNSWIndex(VectorIndex):
     method = "hnsw"
 
     def __init__(self, field: VectorField, metric: str = "cosine", m: int = 16, ef_construction: int = 64,
-                 name: str | None = None, where: Any = None) -> None:
+                 name: str | None = None, where: Any = None, quantize: str | None = None) -> None:
         if ef_construction < 2 * m:
             raise ValueError(f"HNSWIndex: ef_construction ({ef_construction}) must be at least 2 * m ({2 * m})")
-        super().__init__(field, metric, name, where, m=m, ef_construction=ef_construction)
+        super().__init__(field, metric, name, where, quantize, m=m, ef_construction=ef_construction)
 
 
 class IVFFlatIndex(VectorIndex):
@@ -97,8 +106,8 @@ class IVFFlatIndex(VectorIndex):
     types = ("vector", "halfvec", "bit")
 
     def __init__(self, field: VectorField, metric: str = "cosine", lists: int = 100,
-                 name: str | None = None, where: Any = None) -> None:
-        super().__init__(field, metric, name, where, lists=lists)
+                 name: str | None = None, where: Any = None, quantize: str | None = None) -> None:
+        super().__init__(field, metric, name, where, quantize, lists=lists)
 
 
 @contextmanager

@@ -26,9 +26,11 @@ from typing import Any
 from peewee import SQL, Database, Expression, ModelSelect, Value
 
 from kit.vector.fields import Distances
-from kit.vector.indexes import checked_settings, settings_sql
+from kit.vector.indexes import VectorIndex, checked_settings, settings_sql
+from kit.vector.quantize import QUANTIZATIONS, check_quantize, quantized_distance
 
 DEFAULT_EF_SEARCH = 40  # pgvector's default hnsw.ef_search
+AS_INDEXED = "as indexed"  # quantize: as the vector index the model declares for the field and metric
 EXACT_BELOW = 3_000  # rows; where the exact scan stops being faster (`benchmarks/search.py`, README)
 COUNT_TTL = 30.0  # seconds a filter's count is reused: a tenant's size moves slowly, either plan is correct
 COUNT_CACHE_SIZE = 4096  # filters remembered
@@ -40,9 +42,10 @@ _COUNTS_LOCK = threading.Lock()
 class SearchPlan:
     """How a search runs: `method` ("exact" or "index"), the filter's rows counted up to `exact_below`."""
 
-    method: str
+    method: str  # "exact", "index", or "index (binary, rerank 10)" through a quantized index
     filter_rows: int | None  # None: the query has no filter (nothing was counted)
     query: ModelSelect  # the statement to run, ranked nearest first with `.distance`
+    candidates: int  # rows the index scan must yield (k, or k x rerank through a quantized index)
 
 
 class Neighbours(list):
@@ -59,6 +62,8 @@ def plan_search(
     metric: str = "cosine",
     exact: bool | None = None,
     exact_below: int = EXACT_BELOW,
+    quantize: str | None = AS_INDEXED,
+    rerank: int | None = None,
 ) -> SearchPlan:
     """The plan for the `k` rows of `query` nearest to `embedding`: counts a filter's rows (one probe query)."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -67,19 +72,45 @@ def plan_search(
         raise ValueError(f"exact_below must be a whole number of rows, 0 or more, got {exact_below!r}")
     if exact not in (None, True, False):
         raise ValueError(f"exact must be True, False or None (choose by the filter's size), got {exact!r}")
+    if rerank is not None and (isinstance(rerank, bool) or not isinstance(rerank, int) or rerank < 1):
+        raise ValueError(f"rerank must be a positive whole number of candidates per row, got {rerank!r}")
+    quantize = indexed_quantize(field, metric) if quantize == AS_INDEXED else quantize
+    check_quantize(field, quantize, "nearest")
     # converted once (however often the query is rendered), checked against the column
-    distance = field.distance(Value(field.db_value(embedding), converter=False, unpack=False), metric)
+    vector = Value(field.db_value(embedding), converter=False, unpack=False)
+    distance = field.distance(vector, metric)
     filter_rows = None
     if exact is None and (query._where is not None or any(query._joins.values())):  # a filter, or a join
         filter_rows = count_up_to(query, exact_below)
         exact = filter_rows < exact_below
-    method = "exact" if exact else "index"
-    # The vector index serves only ORDER BY <column> <op> <constant>: "+ 0" keeps the exact plan off it.
-    # Ordering by the output name sends the query vector once.
-    if exact:
+    if exact or quantize:
+        # The vector index serves only ORDER BY <column> <op> <constant>: "+ 0" keeps this ranking off it.
         distance = Expression(distance, "+", SQL("0"))
+    candidates = k
+    if exact:
+        method, quantize = "exact", None
+    elif quantize:
+        # Candidates through the quantized index, ranked again by the exact distance.
+        method = f"index ({quantize}, rerank {rerank or QUANTIZATIONS[quantize][2]})"
+        key = query.model._meta.primary_key
+        candidates = k * (rerank or QUANTIZATIONS[quantize][2])
+        shortlist = query.select(key).order_by(quantized_distance(field, vector, metric, quantize)).limit(candidates)
+        query = query.where(key.in_(shortlist))
+    else:
+        method = "index"
+    # Ordering by the output name sends the query vector once.
     ranked = query.select_extend(distance.alias("distance")).order_by(SQL('"distance"')).limit(k)
-    return SearchPlan(method, filter_rows, ranked)
+    return SearchPlan(method, filter_rows, ranked, candidates)
+
+
+def indexed_quantize(field: Distances, metric: str) -> str | None:
+    """The quantization of the vector index the model declares on `field` for `metric` (None: full vectors)."""
+    found = [index for index in getattr(field.model._meta, "indexes", ())
+             if isinstance(index, VectorIndex) and index.field is field
+             and (index.metric == metric or index.quantize == "binary")]
+    if any(not index.quantize for index in found):
+        return None
+    return found[0].quantize if found else None
 
 
 def count_up_to(query: ModelSelect, limit: int) -> int:
@@ -107,19 +138,23 @@ def nearest(
     ef_search: int | None = None,
     exact: bool | None = None,
     exact_below: int = EXACT_BELOW,
+    quantize: str | None = AS_INDEXED,
+    rerank: int | None = None,
 ) -> Neighbours:
     """The `k` rows of `query` nearest to `embedding` by `metric`, nearest first, each with `.distance`.
 
     `exact=None` plans by the filter's size (see the module docstring); `exact=True` ranks every row
-    the query selects (the ground truth), `exact=False` always uses the vector index. Never short: fewer
-    than `k` rows come back only when the query selects fewer than `k`.
+    the query selects (the ground truth), `exact=False` always uses the vector index. Through a
+    quantized index (`quantize`: by default as the model's index on the column is; "halfvec", "binary"
+    or None to choose), `rerank` x `k` candidates are ranked again by the exact distance. Never short:
+    fewer than `k` rows come back only when the query selects fewer than `k`.
     """
     database: Database = query.model._meta.database
-    settings = settings_sql(checked_settings(ef_search=ef_search or max(DEFAULT_EF_SEARCH, k),
+    plan = plan_search(query, field, embedding, k, metric, exact, exact_below, quantize, rerank)
+    settings = settings_sql(checked_settings(ef_search=ef_search or min(1000, max(DEFAULT_EF_SEARCH, plan.candidates)),
                                              iterative_scan="relaxed_order"))
-    plan = plan_search(query, field, embedding, k, metric, exact, exact_below)
     rows = _run(database, plan, settings)
-    if len(rows) < k and plan.method == "index":  # the index scan gave up: rank exactly
+    if len(rows) < k and plan.method != "exact":  # the index scan gave up: rank exactly
         plan = plan_search(query, field, embedding, k, metric, True, exact_below)
         rows = _run(database, plan, settings)
     # relaxed_order may return near-ties slightly out of order: put them in order.
@@ -133,7 +168,7 @@ def _run(database: Database, plan: SearchPlan, settings: str) -> list[Any]:
     # The index plan's SET LOCALs go in the same round trip as the query: outside a transaction the
     # statements form one implicit transaction, so the settings end with it and never reach the pool.
     sql, params = plan.query.sql()
-    cursor = database.execute_sql((settings if plan.method == "index" else "") + sql, params)
+    cursor = database.execute_sql((settings if plan.method != "exact" else "") + sql, params)
     return list(plan.query._get_cursor_wrapper(cursor))
 
 
