@@ -208,3 +208,79 @@ def test_index_declarations_are_checked():
         IVFFlatIndex(Point.embedding, lists=0)
     with pytest.raises(TypeError, match=r"needs a vector column \(VectorField, .*\) bound to a model"):
         HNSWIndex(VectorField(3))
+
+
+class Quantized(Model):
+    id = AutoField()
+    org = IntegerField(index=True)
+    embedding = VectorField(DIM)
+
+    class Meta:
+        database = database
+        table_name = "search_quantized"
+
+
+@pytest.mark.parametrize("quantize, opclass, expression", [
+    ("halfvec", "halfvec_cosine_ops", "((embedding)::halfvec(32))"),
+    ("binary", "bit_hamming_ops", "((binary_quantize(embedding))::bit(32))"),
+])
+def test_quantized_indexes_are_built_searched_reranked_and_checked_for_drift(points, quantize, opclass, expression):
+    from kit.migrate.autogen import index_to_code
+    from kit.migrate.operations import build_index
+    from kit.migrate.schema import compare
+
+    data, orgs = points
+    index = HNSWIndex(Quantized.embedding, metric="cosine", quantize=quantize)
+    Quantized._meta.indexes = [index]
+    database.create_tables([Quantized])
+    try:
+        copy_rows(Quantized, [{"org": int(o), "embedding": v} for o, v in zip(orgs, data, strict=True)])
+        database.execute_sql("ANALYZE search_quantized")
+        definition = database.execute_sql("SELECT indexdef FROM pg_indexes WHERE indexname = %s",
+                                          (index._name,)).fetchone()[0]
+        assert f"USING hnsw ({expression} {opclass})" in definition, definition
+        assert compare(database, [Quantized], report_extra=False) == []
+        # a generated migration recreates it
+        code = index_to_code(index, "search_quantized")
+        assert f"quantize='{quantize}'" in code
+        assert build_index(Quantized, ("embedding",), method="hnsw", metric="cosine", quantize=quantize, m=16,
+                           ef_construction=64)._name == index._name
+        recalls = []
+        for q in data[np.random.default_rng(2).integers(0, len(data), 10)]:
+            found = nearest(Quantized.select(Quantized.id), Quantized.embedding, q, k=10)  # as indexed
+            assert found.plan.method.startswith(f"index ({quantize}, rerank")
+            distances = [r.distance for r in found]
+            assert len(found) == 10 and distances == sorted(distances)
+            assert distances[0] == pytest.approx(exact_distance(q, data[found[0].id - 1]), abs=1e-5)  # exact re-rank
+            recalls.append(len({r.id for r in found} & exact_neighbours(data, orgs, q, 10)) / 10)
+        if quantize == "halfvec":
+            assert np.mean(recalls) >= 0.9
+        else:  # 32 bits say little about 32-d points: more candidates, better recall (1536-d: benchmarks/scale.py)
+            wider = [len({r.id for r in nearest(Quantized.select(Quantized.id), Quantized.embedding, q, k=10,
+                                                  rerank=50)} & exact_neighbours(data, orgs, q, 10)) / 10
+                     for q in data[np.random.default_rng(2).integers(0, len(data), 10)]]
+            assert np.mean(wider) >= 0.85 and np.mean(wider) > np.mean(recalls)
+        with database.atomic():
+            database.execute_sql("SET LOCAL hnsw.iterative_scan = relaxed_order")
+            assert f"Index Scan using {index._name}" in explain(found.plan.query)
+        # filtered: a small tenant is still ranked exactly, without the index
+        small = nearest(Quantized.select(Quantized.id).where(Quantized.org == 1), Quantized.embedding, data[0], k=10)
+        assert small.plan.method == "exact"
+        assert {r.id for r in small} == exact_neighbours(data, orgs, data[0], 10, org=1)
+    finally:
+        database.drop_tables([Quantized])
+        Quantized._meta.indexes = []
+
+
+def exact_distance(q, v) -> float:
+    q, v = q.astype(np.float64), v.astype(np.float64)
+    return float(1 - q @ v / (np.linalg.norm(q) * np.linalg.norm(v)))
+
+
+def test_quantize_is_checked():
+    with pytest.raises(ValueError, match="unknown quantize 'pq'"):
+        HNSWIndex(Point.embedding, quantize="pq")
+    with pytest.raises(ValueError, match="quantize='halfvec' applies to vector columns, not halfvec"):
+        HNSWIndex(Point.half, quantize="halfvec")
+    with pytest.raises(ValueError, match="rerank must be a positive whole number"):
+        nearest(Point.select(), Point.embedding, np.ones(DIM), rerank=0)
