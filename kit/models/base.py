@@ -15,7 +15,7 @@ import uuid
 from typing import Any
 
 from peewee import SQL, Check, Model, TextField, UUIDField
-from playhouse.postgres_ext import DateTimeTZField
+from playhouse.postgres_ext import DateTimeTZField, TSVectorField
 
 from kit.db import database
 from kit.errors import ArgumentError
@@ -100,6 +100,25 @@ def mirror_defaults(model: type[Model]) -> None:
             field.constraints = [*(field.constraints or []), SQL(f"DEFAULT {literal}")]
 
 
+class GeneratedTSVectorField(TSVectorField):
+    """A `tsvector` the database computes from the row (GENERATED ALWAYS AS ... STORED): never written.
+
+    Left out of the default SELECT (ask for it by name), of fixtures and of dumps.
+    """
+
+    generated = True
+
+    def __init__(self, expression: str, **kwargs: Any) -> None:
+        self.expression = expression
+        kwargs.setdefault("constraints", [SQL(f"GENERATED ALWAYS AS ({expression}) STORED")])
+        super().__init__(null=True, index=False, **kwargs)
+
+
+def is_generated(field: Any) -> bool:
+    """Whether the database computes this column (it is never written)."""
+    return getattr(field, "generated", False)
+
+
 class BaseModel(VectorModel):
     """A row with a database-made UUID key and a creation time."""
 
@@ -111,6 +130,15 @@ class BaseModel(VectorModel):
         created_column = "created_at"  # set once, when the row is inserted (loaders leave it alone)
         updated_column = None  # set on every change
         append_only = False  # True: rows are never updated or deleted
+
+    @classmethod
+    def select(cls, *fields: Any) -> Any:
+        """Like `Model.select`; the default columns leave out generated ones (full-text vectors)."""
+        if fields:
+            return super().select(*fields)
+        query = super().select()
+        query._returning = [f for f in query._returning if not is_generated(f)]
+        return query
 
 
 class TimestampedModel(BaseModel):

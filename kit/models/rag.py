@@ -7,13 +7,28 @@ from typing import Any
 from peewee import Check, ForeignKeyField, IntegerField, TextField
 from playhouse.postgres_ext import BinaryJSONField
 
+from kit.errors import ArgumentError
 from kit.models.auth import Organization, User
-from kit.models.base import TimestampedModel, id_of, one_of
+from kit.models.base import GeneratedTSVectorField, TimestampedModel, id_of, is_generated, one_of
 from kit.vector import HNSWIndex, VectorField, nearest
+from kit.vector.indexes import checked_settings, settings_sql
+from kit.vector.search import plan_search
 
 EMBEDDING_DIMENSIONS = 1536
 SOURCE_KINDS = ("upload", "url", "text", "integration")
 SOURCE_STATUSES = ("pending", "processing", "ready", "failed")
+# PostgreSQL's built-in text search configurations: a chunk's `language` picks how its words are stemmed.
+TEXT_SEARCH_LANGUAGES = (
+    "simple", "arabic", "armenian", "basque", "catalan", "danish", "dutch", "english", "finnish", "french",
+    "german", "greek", "hindi", "hungarian", "indonesian", "irish", "italian", "lithuanian", "nepali",
+    "norwegian", "portuguese", "romanian", "russian", "serbian", "spanish", "swedish", "tamil", "turkish",
+    "yiddish",
+)
+# A generated column may only use immutable expressions: text::regconfig is not, a CASE of constants is.
+SEARCH_TEXT_SQL = ("to_tsvector(CASE language "
+                   + " ".join(f"WHEN '{name}' THEN '{name}'::regconfig" for name in TEXT_SEARCH_LANGUAGES)
+                   + " END, content)")
+RRF_K = 60  # reciprocal rank fusion's constant: score = sum of 1 / (RRF_K + rank) over the rankings
 
 
 class DocumentSource(TimestampedModel):
@@ -40,6 +55,8 @@ class DocumentChunk(TimestampedModel):
     content = TextField()
     token_count = IntegerField(default=0, constraints=[Check("token_count >= 0")])
     embedding = VectorField(EMBEDDING_DIMENSIONS, null=True)
+    language = TextField(default="english", constraints=[one_of("language", TEXT_SEARCH_LANGUAGES)])
+    search_text = GeneratedTSVectorField(SEARCH_TEXT_SQL)  # the content's words, for keyword search (GIN)
 
     class Meta:
         table_name = "document_chunks"
@@ -57,4 +74,53 @@ class DocumentChunk(TimestampedModel):
         return nearest(query, cls.embedding, embedding, k=k, metric=metric, ef_search=ef_search)
 
 
+    @classmethod
+    def hybrid_search(cls, text: str, embedding: Any, organization: Any, k: int = 10, language: str = "english",
+                      candidates: int | None = None) -> list[DocumentChunk]:
+        """The `k` chunks of `organization` best matching both `text` (keywords) and `embedding`, best first.
+
+        One statement: the `candidates` nearest chunks (planned as `search` plans them) and the
+        `candidates` best keyword matches (`websearch_to_tsquery` in `language`, ranked by
+        `ts_rank_cd`) are fused by reciprocal rank fusion. Each chunk has `.score`, `.vector_rank` and
+        `.keyword_rank` (None where that ranking did not list it).
+        """
+        org_id = id_of(organization)
+        if not isinstance(text, str):
+            raise ArgumentError(f"hybrid_search text must be a string, got {type(text).__name__}")
+        if language not in TEXT_SEARCH_LANGUAGES:
+            raise ArgumentError(f"hybrid_search language must be one of PostgreSQL's text search configurations "
+                                f"({', '.join(TEXT_SEARCH_LANGUAGES)}), got {language!r}")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ArgumentError(f"hybrid_search k must be a positive whole number, got {k!r}")
+        n = candidates or max(50, 5 * k)
+        chunks = cls.select(cls.id).where((cls.organization == org_id) & cls.embedding.is_null(False))
+        plan = plan_search(chunks, cls.embedding, embedding, k=n)
+        vector_sql, vector_params = plan.query.sql()
+        columns = ", ".join(
+            f'{field.send_function}(d."{field.column_name}") AS "{field.column_name}"'
+            if getattr(field, "send_function", "") else f'd."{field.column_name}"'
+            for field in cls._meta.sorted_fields if not is_generated(field))
+        sql = f"""
+WITH by_vector AS (SELECT v.id, row_number() OVER (ORDER BY v.distance) AS rank FROM ({vector_sql}) AS v),
+by_keyword AS (
+    SELECT t.id, row_number() OVER (ORDER BY t.relevance DESC, t.id) AS rank FROM (
+        SELECT c.id, ts_rank_cd(c.search_text, q) AS relevance
+        FROM document_chunks c, websearch_to_tsquery(%s::regconfig, %s) AS q
+        WHERE c.organization_id = %s AND c.search_text @@ q
+        ORDER BY relevance DESC LIMIT %s) AS t),
+fused AS (
+    SELECT coalesce(v.id, w.id) AS id, v.rank AS vector_rank, w.rank AS keyword_rank,
+           coalesce(1.0 / ({RRF_K} + v.rank), 0) + coalesce(1.0 / ({RRF_K} + w.rank), 0) AS score
+    FROM by_vector v FULL OUTER JOIN by_keyword w ON w.id = v.id)
+SELECT {columns}, f.score::float8 AS score, f.vector_rank, f.keyword_rank
+FROM fused f JOIN document_chunks d ON d.id = f.id
+ORDER BY f.score DESC, d.id LIMIT %s"""
+        settings = "" if plan.method == "exact" else settings_sql(
+            checked_settings(ef_search=min(1000, max(40, n)), iterative_scan="relaxed_order"))
+        params = [*vector_params, language, text, str(org_id), n, k]
+        return list(cls.raw(settings + sql, *params))
+
+
 DocumentChunk.add_index(HNSWIndex(DocumentChunk.embedding, metric="cosine", m=16, ef_construction=64))
+DocumentChunk.add_index(DocumentChunk.index(DocumentChunk.search_text, using="gin",
+                                            name="document_chunks_search_text_gin"))
