@@ -192,7 +192,7 @@ def main() -> None:
         print("the loaders themselves.")
         if not args.skip_hnsw:
             report("schema as migrated (HNSW index on the embeddings)", measure(db, path, 1, naive_path, limit=False))
-        db.execute_sql("DROP INDEX document_chunks_embedding_hnsw_cosine_m16_efc64")
+        db.execute_sql("DROP INDEX document_chunks_embedding_hnsw_cosine_halfvec_m16_efc64")
         report("without the HNSW index", measure(db, path, args.rounds, naive_path, limit=True))
     finally:
         db.close_all()

@@ -259,8 +259,8 @@ def test_schema_drift_is_named(fresh_database, migrations):
     migrate.apply(db, migrations, **QUIET)
     db.execute_sql("ALTER TABLE document_chunks ALTER COLUMN embedding TYPE vector(768) USING NULL")
     db.execute_sql("ALTER TABLE users ALTER COLUMN image SET NOT NULL")
-    db.execute_sql("DROP INDEX document_chunks_embedding_hnsw_cosine_m16_efc64")
-    db.execute_sql("CREATE INDEX document_chunks_embedding_hnsw_cosine_m16_efc64 ON document_chunks "
+    db.execute_sql("DROP INDEX document_chunks_embedding_hnsw_cosine_halfvec_m16_efc64")
+    db.execute_sql("CREATE INDEX document_chunks_embedding_hnsw_cosine_halfvec_m16_efc64 ON document_chunks "
                    "USING hnsw (embedding vector_l2_ops)")
     db.execute_sql("ALTER TABLE sessions DROP CONSTRAINT sessions_user_id_fkey")
     db.execute_sql("ALTER TABLE sessions ADD FOREIGN KEY (user_id) REFERENCES users (id)")
@@ -274,7 +274,8 @@ def test_schema_drift_is_named(fresh_database, migrations):
     assert "members.updated_at is not kept by the database (no kit_touch_updated_at trigger)" in problems
     assert "document_chunks.embedding is vector(768) in the database, the model says vector(1536)" in problems
     assert "users.image is NOT NULL in the database, the model says nullable" in problems
-    assert "uses operator class vector_l2_ops, the model says vector_cosine_ops" in problems
+    assert "uses operator class vector_l2_ops, the model says halfvec_cosine_ops" in problems
+    assert "covers (embedding), the model says ()" in problems  # the model's index is on an expression
     assert "has () in the database" not in problems and "has (), the model says (ef_construction=64, m=16)" in problems
     assert "sessions.user_id references users.id ON DELETE NO ACTION in the database, " \
            "the model says users.id ON DELETE CASCADE" in problems

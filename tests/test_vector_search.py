@@ -197,8 +197,10 @@ def test_index_declarations_are_checked():
         class Meta:
             database = database
 
-    with pytest.raises(ValueError, match=r"at most 2000 dimensions, this one has 3000 \(HalfVectorField allows 4000\)"):
+    with pytest.raises(ValueError, match=r"at most 2000 dimensions, this one has 3000 \(quantize='halfvec' allows 4000"):
         HNSWIndex(Wide.big)
+    assert HNSWIndex(Wide.big, quantize="halfvec").opclass == "halfvec_cosine_ops"  # 3072-d embeddings: indexable
+    assert HNSWIndex(Wide.big, quantize="binary").opclass == "bit_hamming_ops"
     assert HNSWIndex(Wide.wide_half).opclass == "halfvec_cosine_ops"
     with pytest.raises(ValueError, match="unknown metric 'l1'"):
         IVFFlatIndex(Point.embedding, metric="l1")

@@ -1,6 +1,7 @@
 """Migration operations peewee-migrate lacks, used by generated migrations as `kit_ops`.
 
-    kit_ops.add_index(migrator, "document_chunks", "embedding", method="hnsw", metric="cosine", m=16)
+    kit_ops.add_index(migrator, "document_chunks", "embedding", method="hnsw", metric="cosine", m=16,
+                      quantize="halfvec")
     kit_ops.add_index(migrator, "feature_flags", "organization", "key", unique=True, nulls_distinct=False,
                       name="feature_flags_organization_key")
     kit_ops.drop_index(migrator, "document_chunks", "document_chunks_embedding_hnsw_cosine_m16_efc64")

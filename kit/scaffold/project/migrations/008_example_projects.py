@@ -1,4 +1,4 @@
-"""Peewee migrations -- 007_example_projects.py.
+"""Peewee migrations -- 008_example_projects.py.
 
 Some examples (model - class or model name)::
 
