@@ -6,7 +6,8 @@
 - Vector columns are read in binary (`vector_send`) on any peewee model (`kit.vector.select`).
 - `HNSWIndex`, `IVFFlatIndex`: vector indexes declared on a model; `search_settings`: SET LOCAL knobs.
 - `fetch_matrix`: binary COPY out into one matrix; `copy_rows`, `CopyWriter` (from `kit.copy`) bring them in.
-- `nearest`: the k nearest rows of a query, with their distances.
+- `nearest`: the k nearest rows of a query, with their distances, planned by the filter's size
+  (`plan_search`); `quantize="halfvec"|"binary"` indexes and searches a smaller form of a column.
 """
 
 from kit.copy import CopyRowError, CopyWriter, copy_rows
@@ -14,11 +15,12 @@ from kit.vector.bit import FixedBitField
 from kit.vector.bulk import fetch_matrix
 from kit.vector.fields import MAX_DIMENSIONS, METRICS, HalfVectorField, VectorField, VectorValueError
 from kit.vector.indexes import HNSWIndex, IVFFlatIndex, VectorIndex, search_settings
-from kit.vector.search import nearest
+from kit.vector.search import EXACT_BELOW, Neighbours, SearchPlan, nearest, plan_search
 from kit.vector.select import BinaryRead, VectorModel
 from kit.vector.sparse import SparseVectorField
 
 __all__ = [
+    "EXACT_BELOW",
     "MAX_DIMENSIONS",
     "METRICS",
     "BinaryRead",
@@ -28,6 +30,8 @@ __all__ = [
     "HNSWIndex",
     "HalfVectorField",
     "IVFFlatIndex",
+    "Neighbours",
+    "SearchPlan",
     "SparseVectorField",
     "VectorField",
     "VectorIndex",
@@ -36,5 +40,6 @@ __all__ = [
     "copy_rows",
     "fetch_matrix",
     "nearest",
+    "plan_search",
     "search_settings",
 ]
