@@ -11,8 +11,7 @@ from kit.errors import ArgumentError
 from kit.models.auth import Organization, User
 from kit.models.base import GeneratedTSVectorField, TimestampedModel, id_of, is_generated, one_of
 from kit.vector import HNSWIndex, VectorField, nearest
-from kit.vector.indexes import checked_settings, settings_sql
-from kit.vector.search import plan_search
+from kit.vector.search import plan_search, plan_settings
 
 EMBEDDING_DIMENSIONS = 1536
 SOURCE_KINDS = ("upload", "url", "text", "integration")
@@ -115,8 +114,7 @@ fused AS (
 SELECT {columns}, f.score::float8 AS score, f.vector_rank, f.keyword_rank
 FROM fused f JOIN document_chunks d ON d.id = f.id
 ORDER BY f.score DESC, d.id LIMIT %s"""
-        settings = "" if plan.method == "exact" else settings_sql(
-            checked_settings(ef_search=min(1000, max(40, n)), iterative_scan="relaxed_order"))
+        settings = plan_settings(plan)
         params = [*vector_params, language, text, str(org_id), n, k]
         return list(cls.raw(settings + sql, *params))
 

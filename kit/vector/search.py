@@ -30,6 +30,7 @@ from kit.vector.indexes import VectorIndex, checked_settings, settings_sql
 from kit.vector.quantize import QUANTIZATIONS, check_quantize, quantized_distance
 
 DEFAULT_EF_SEARCH = 40  # pgvector's default hnsw.ef_search
+MAX_EF_SEARCH = 1000  # pgvector's largest hnsw.ef_search
 AS_INDEXED = "as indexed"  # quantize: as the vector index the model declares for the field and metric
 EXACT_BELOW = 3_000  # rows; where the exact scan stops being faster (`benchmarks/search.py`, README)
 COUNT_TTL = 30.0  # seconds a filter's count is reused: a tenant's size moves slowly, either plan is correct
@@ -151,12 +152,10 @@ def nearest(
     """
     database: Database = query.model._meta.database
     plan = plan_search(query, field, embedding, k, metric, exact, exact_below, quantize, rerank)
-    settings = settings_sql(checked_settings(ef_search=ef_search or min(1000, max(DEFAULT_EF_SEARCH, plan.candidates)),
-                                             iterative_scan="relaxed_order"))
-    rows = _run(database, plan, settings)
+    rows = _run(database, plan, ef_search)
     if len(rows) < k and plan.method != "exact":  # the index scan gave up: rank exactly
         plan = plan_search(query, field, embedding, k, metric, True, exact_below)
-        rows = _run(database, plan, settings)
+        rows = _run(database, plan, ef_search)
     # relaxed_order may return near-ties slightly out of order: put them in order.
     rows.sort(key=_distance_of)
     found = Neighbours(rows)
@@ -164,11 +163,21 @@ def nearest(
     return found
 
 
-def _run(database: Database, plan: SearchPlan, settings: str) -> list[Any]:
-    # The index plan's SET LOCALs go in the same round trip as the query: outside a transaction the
-    # statements form one implicit transaction, so the settings end with it and never reach the pool.
+def plan_settings(plan: SearchPlan, ef_search: int | None = None) -> str:
+    """The SET LOCALs an index plan runs with (iterative scan; ef_search for its candidates), to send first.
+
+    Sent in the same round trip as the query: outside a transaction the statements form one implicit
+    transaction, so the settings end with it and never reach the pool. The exact plan needs none.
+    """
+    if plan.method == "exact":
+        return ""
+    ef_search = ef_search or min(MAX_EF_SEARCH, max(DEFAULT_EF_SEARCH, plan.candidates))
+    return settings_sql(checked_settings(ef_search=ef_search, iterative_scan="relaxed_order"))
+
+
+def _run(database: Database, plan: SearchPlan, ef_search: int | None) -> list[Any]:
     sql, params = plan.query.sql()
-    cursor = database.execute_sql((settings if plan.method != "exact" else "") + sql, params)
+    cursor = database.execute_sql(plan_settings(plan, ef_search) + sql, params)
     return list(plan.query._get_cursor_wrapper(cursor))
 
 
@@ -180,4 +189,5 @@ def _distance_of(row: Any) -> float:
     return row.distance
 
 
-__all__ = ["DEFAULT_EF_SEARCH", "EXACT_BELOW", "Neighbours", "SearchPlan", "count_up_to", "nearest", "plan_search"]
+__all__ = ["DEFAULT_EF_SEARCH", "EXACT_BELOW", "Neighbours", "SearchPlan", "count_up_to", "nearest", "plan_search",
+           "plan_settings"]
