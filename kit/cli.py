@@ -1,4 +1,4 @@
-"""The `kit` command: `kit db url|status|start|stop|psql` and `kit migrate [status|verify|rollback|resolve]`.
+"""The `kit` command: `kit db url|status|start|stop|psql`, `kit migrate [status|verify|...]`, `kit maintain`.
 
 Exit codes: 0 done (for `status`: every migration applied and unchanged); 1 refused, or something to
 act on (`status`: a migration pending, edited or missing; `verify`: a problem found); 2 a setting is
@@ -181,6 +181,28 @@ def _init(settings: Settings | None, args: argparse.Namespace) -> int:
     return 0
 
 
+def _maintain(settings: Settings, args: argparse.Namespace) -> int:
+    from kit.db import database
+    from kit.maintain import maintain
+    from kit.models import project_models
+
+    if args.min_rows is None:
+        maintain(database, project_models())
+    else:
+        maintain(database, project_models(), min_rows=args.min_rows)
+    return 0
+
+
+def _rows(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be a whole number of rows, 2 or more, got {text!r}")
+    return value
+
+
 def _models(settings: Settings | None, args: argparse.Namespace) -> int:
     from kit.models import project_models
     from kit.reference import markdown
@@ -192,12 +214,16 @@ def _models(settings: Settings | None, args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `kit` command."""
     parser = argparse.ArgumentParser(prog="kit", description="The kit's database tools.")
-    groups = parser.add_subparsers(dest="group", required=True, metavar="{init,models,db,migrate}")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="{init,models,db,migrate,maintain}")
     init = groups.add_parser("init", help="create a new project: pyproject.toml, migrations, seeds, models.py")
     init.add_argument("directory", nargs="?", default=".", type=Path, help="where (default: here)")
     init.set_defaults(action=_init, needs_settings=False)  # a new project needs no database
     groups.add_parser("models", help="print the reference of the models' columns (Markdown)"
                       ).set_defaults(action=_models, needs_settings=False)
+    upkeep = groups.add_parser("maintain", help="upkeep, safe from cron: a vector index of its own for each big tenant")
+    upkeep.add_argument("--min-rows", type=_rows, default=None, metavar="N",
+                        help="rows from which a tenant gets its own index (default: the search planner's threshold)")
+    upkeep.set_defaults(action=_maintain)
     db = groups.add_parser("db", help="the database in use: DATABASE_URL or the embedded server")
     commands = db.add_subparsers(dest="command", required=True, metavar="{url,status,start,stop,psql}")
     actions: dict[str, tuple[str, Callable[[Settings, argparse.Namespace], int]]] = {

@@ -14,6 +14,7 @@ apply each migration once.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from peewee import Database
@@ -26,12 +27,28 @@ _HOLDER_SQL = (
 )
 
 
-def _take(database: Database, scope: str, say: Callable[[str], None]) -> None:
-    if database.execute_sql(f"SELECT pg_try_advisory{scope}_lock(%s)", (LOCK_KEY,)).fetchone()[0]:
+def take_advisory_lock(database: Database, key: int, scope: str, what: str, say: Callable[[str], None],
+                       poll: float | None = None) -> None:
+    """Take advisory lock `key` ("" session, "_xact" transaction scope), saying "waiting for `what`" if held.
+
+    With `poll` (seconds), wait by trying again at that interval instead of in one blocking statement:
+    a session blocked in a statement holds a transaction open, which CREATE INDEX CONCURRENTLY in the
+    lock holder's session would wait for (a deadlock).
+    """
+    try_sql = f"SELECT pg_try_advisory{scope}_lock(%s)"
+    if database.execute_sql(try_sql, (key,)).fetchone()[0]:
         return
-    holder = database.execute_sql(_HOLDER_SQL, (LOCK_KEY,)).fetchone()
-    say(f"waiting for another migration run to finish (server pid {holder[0] if holder else '?'})")
-    database.execute_sql(f"SELECT pg_advisory{scope}_lock(%s)", (LOCK_KEY,))
+    holder = database.execute_sql(_HOLDER_SQL, (key,)).fetchone()
+    say(f"waiting for {what} to finish (server pid {holder[0] if holder else '?'})")
+    if poll is None:
+        database.execute_sql(f"SELECT pg_advisory{scope}_lock(%s)", (key,))
+        return
+    while not database.execute_sql(try_sql, (key,)).fetchone()[0]:
+        time.sleep(poll)
+
+
+def _take(database: Database, scope: str, say: Callable[[str], None]) -> None:
+    take_advisory_lock(database, LOCK_KEY, scope, "another migration run", say)
 
 
 def lock_transaction(database: Database, say: Callable[[str], None] = print) -> None:

@@ -20,6 +20,7 @@ from peewee import Database, DatabaseError, ForeignKeyField, Model
 from kit.migrate.history import CHECKSUM_TABLE, HISTORY_TABLE
 from kit.migrate.operations import TOUCH_FUNCTION
 from kit.vector import VectorIndex
+from kit.vector.tenants import TENANT_INDEX
 
 IGNORED_TABLES = {HISTORY_TABLE, CHECKSUM_TABLE}
 ON_DELETE = {None: "a", "NO ACTION": "a", "RESTRICT": "r", "CASCADE": "c", "SET NULL": "n", "SET DEFAULT": "d"}
@@ -308,6 +309,8 @@ def _compare_indexes(model: type[Model], live: dict[str, tuple]) -> list[str]:
     problems = []
     expected = {index._name: _expected_index(index) for index in model._meta.fields_to_index()}
     for name in sorted(set(live) - set(expected)):
+        if TENANT_INDEX.fullmatch(name):  # made and dropped at run time by `kit maintain`
+            continue
         problems.append(f"index {name} on {table} exists in the database but not in the models")
     for name, want in expected.items():
         if name not in live:

@@ -5,6 +5,7 @@
 - `FixedBitField(n)`: `bit(n)` binary vectors (text of 0s and 1s), hamming and jaccard distances.
 - Vector columns are read in binary (`vector_send`) on any peewee model (`kit.vector.select`).
 - `HNSWIndex`, `IVFFlatIndex`: vector indexes declared on a model; `search_settings`: SET LOCAL knobs.
+- `ensure_tenant_indexes`: a partial HNSW index of its own for each big tenant (`kit maintain`).
 - `fetch_matrix`: binary COPY out into one matrix; `copy_rows`, `CopyWriter` (from `kit.copy`) bring them in.
 - `nearest`: the k nearest rows of a query, with their distances, planned by the filter's size
   (`plan_search`); `quantize="halfvec"|"binary"` indexes and searches a smaller form of a column.
@@ -18,6 +19,7 @@ from kit.vector.indexes import HNSWIndex, IVFFlatIndex, VectorIndex, search_sett
 from kit.vector.search import EXACT_BELOW, Neighbours, SearchPlan, nearest, plan_search
 from kit.vector.select import BinaryRead, VectorModel
 from kit.vector.sparse import SparseVectorField
+from kit.vector.tenants import TenantIndexes, ensure_tenant_indexes
 
 __all__ = [
     "EXACT_BELOW",
@@ -33,11 +35,13 @@ __all__ = [
     "Neighbours",
     "SearchPlan",
     "SparseVectorField",
+    "TenantIndexes",
     "VectorField",
     "VectorIndex",
     "VectorModel",
     "VectorValueError",
     "copy_rows",
+    "ensure_tenant_indexes",
     "fetch_matrix",
     "nearest",
     "plan_search",

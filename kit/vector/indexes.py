@@ -28,6 +28,7 @@ class VectorIndex(ModelIndex):
     """An approximate nearest-neighbour index on one vector column; see HNSWIndex and IVFFlatIndex."""
 
     method = ""
+    concurrently = False  # CREATE INDEX CONCURRENTLY (outside a transaction; writes go on meanwhile)
     metrics: tuple[str, ...] = (*METRICS, "hamming", "jaccard")
     types: tuple[str, ...] = ("vector", "halfvec", "sparsevec", "bit")
 
@@ -73,7 +74,7 @@ class VectorIndex(ModelIndex):
     def __sql__(self, ctx: Any) -> Any:
         """CREATE INDEX ... USING method (column opclass) WITH (parameters) [WHERE ...]."""
         with ctx.scope_values(subquery=True):
-            ctx.literal("CREATE INDEX ")
+            ctx.literal("CREATE INDEX CONCURRENTLY " if self.concurrently else "CREATE INDEX ")
             if self._safe:
                 ctx.literal("IF NOT EXISTS ")
             ctx.sql(Entity(self._name)).literal(" ON ").sql(self._table).literal(f" USING {self.method} ")

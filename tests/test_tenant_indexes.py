@@ -1,0 +1,166 @@
+"""Partial vector indexes of big tenants (`kit maintain`): made, used by the planner, dropped, rebuilt after a kill."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from peewee import AutoField, IntegerField, Model, fn
+
+from kit.db import database
+from kit.maintain import maintain
+from kit.migrate.schema import compare
+from kit.vector import HNSWIndex, VectorField, copy_rows, ensure_tenant_indexes, nearest
+from kit.vector.tenants import tenant_index_name
+
+DIM = 64
+
+
+class Passage(Model):
+    id = AutoField()
+    org = IntegerField(index=True)
+    embedding = VectorField(DIM)
+
+    class Meta:
+        database = database
+        table_name = "tenant_passages"
+        tenant_index = "org"
+
+
+Passage.add_index(HNSWIndex(Passage.embedding, metric="cosine", quantize="halfvec"))
+SIZES = {1: 4000, 2: 100, 3: 300}  # organization 1: big enough that its own graph beats its b-tree
+
+
+RNG = np.random.default_rng(1)
+
+
+def load(org: int, rows: int) -> None:
+    copy_rows(Passage, ({"org": org, "embedding": v} for v in RNG.standard_normal((rows, DIM)).astype(np.float32)))
+
+
+def tenant_indexes() -> dict[str, bool]:
+    return dict(database.execute_sql(
+        "SELECT i.relname, x.indisvalid FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
+        "WHERE x.indrelid = 'tenant_passages'::regclass AND i.relname ~ '^tenant_passages_tenant_'").fetchall())
+
+
+@pytest.fixture()
+def passages(test_db_url):
+    database.create_tables([Passage])
+    for org, rows in SIZES.items():
+        load(org, rows)
+    database.execute_sql("ANALYZE tenant_passages")
+    yield test_db_url
+    database.drop_tables([Passage])
+
+
+def explain(query) -> str:
+    sql, params = query.sql()
+    with database.atomic():
+        database.execute_sql("SET LOCAL hnsw.iterative_scan = relaxed_order")
+        return "\n".join(r[0] for r in database.execute_sql("EXPLAIN " + sql, params).fetchall())
+
+
+def test_big_tenants_get_their_own_graph_and_the_planner_uses_it(passages):
+    done = ensure_tenant_indexes(Passage.embedding, Passage.org, min_rows=500)
+    big = tenant_index_name(Passage.embedding, 1)
+    assert done.created == [big] and done.dropped == [] and tenant_indexes() == {big: True}
+    definition = database.execute_sql("SELECT indexdef FROM pg_indexes WHERE indexname = %s", (big,)).fetchone()[0]
+    assert "USING hnsw (((embedding)::halfvec(64)) halfvec_cosine_ops)" in definition and "WHERE (org = 1)" in definition
+    q = np.random.default_rng(3).standard_normal(DIM).astype(np.float32)
+    found = nearest(Passage.select(Passage.id).where(Passage.org == 1), Passage.embedding, q, k=10, exact_below=500)
+    assert found.plan.method.startswith("index") and len(found) == 10
+    assert f"Index Scan using {big}" in explain(found.plan.query)
+    assert compare(database, [Passage], report_extra=False) == []  # run-time indexes are not drift
+    # run again: nothing to do
+    again = ensure_tenant_indexes(Passage.embedding, Passage.org, min_rows=500)
+    assert (again.created, again.dropped, again.kept) == ([], [], [big])
+
+
+def test_a_tenant_is_dropped_only_below_half_the_threshold(passages):
+    ensure_tenant_indexes(Passage.embedding, Passage.org, min_rows=500)
+    load(3, 300)  # organization 3 grows to 600
+    three = tenant_index_name(Passage.embedding, 3)
+    assert ensure_tenant_indexes(Passage.embedding, Passage.org, min_rows=500).created == [three]
+    Passage.delete().where((Passage.org == 3) & (fn.mod(Passage.id, 2) == 0)).execute()  # ~300: above half, kept
+    assert three in ensure_tenant_indexes(Passage.embedding, Passage.org, min_rows=500).kept
+    Passage.delete().where((Passage.org == 3) & (fn.mod(Passage.id, 3) != 0)).execute()  # ~200: under half, dropped
+    assert ensure_tenant_indexes(Passage.embedding, Passage.org, min_rows=500).dropped == [three]
+    assert three not in tenant_indexes()
+
+
+def test_a_build_killed_midway_is_rebuilt_by_the_next_run(passages):
+    load(4, 30_000)  # big enough that the build can be caught in progress
+    name = tenant_index_name(Passage.embedding, 4)
+    failures = []
+
+    def build():
+        try:
+            with database.connection_context():
+                ensure_tenant_indexes(Passage.embedding, Passage.org, min_rows=500)
+        except Exception as exc:  # the terminated backend
+            failures.append(exc)
+
+    builder = threading.Thread(target=build)
+    builder.start()
+    killed = []
+    deadline = time.monotonic() + 60
+    while builder.is_alive() and not killed and time.monotonic() < deadline:
+        for (pid,) in database.execute_sql("SELECT pid FROM pg_stat_progress_create_index "
+                                           "WHERE relid = 'tenant_passages'::regclass AND phase LIKE 'building%%'"):
+            database.execute_sql("SELECT pg_terminate_backend(%s)", (pid,))
+            killed.append(pid)
+        time.sleep(0.005)
+    builder.join()
+    assert killed, "the build was never caught in progress"
+    if failures:  # the kill reached the caller: an invalid index is left, and the next run rebuilds it
+        assert False in tenant_indexes().values()
+        done = ensure_tenant_indexes(Passage.embedding, Passage.org, min_rows=500)
+        assert done.created
+    # else the statement was re-sent on a new connection and the run saw the invalid index and rebuilt it
+    assert all(tenant_indexes().values()) and name in tenant_indexes()
+    assert len(tenant_indexes()) == 2  # organizations 1 and 4, nothing twice
+
+
+def test_two_maintain_runs_at_once_make_each_index_once(passages):
+    errors = []
+
+    def run():
+        try:
+            with database.connection_context():
+                maintain(database, [Passage], say=lambda _: None, min_rows=250)
+        except Exception as exc:
+            errors.append(exc)
+
+    runs = [threading.Thread(target=run) for _ in range(2)]
+    for thread in runs:
+        thread.start()
+    for thread in runs:
+        thread.join()
+    assert errors == []
+    assert tenant_indexes() == {tenant_index_name(Passage.embedding, 1): True,
+                                tenant_index_name(Passage.embedding, 3): True}
+
+
+def test_the_kit_maintain_command(passages):
+    result = subprocess.run([sys.executable, "-m", "kit.cli", "maintain"], env=dict(os.environ, DATABASE_URL=passages),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("document_chunks.embedding: tenant indexes: 0 created, 0 dropped, 0 kept")
+    bad = subprocess.run([sys.executable, "-m", "kit.cli", "maintain", "--min-rows", "1"],
+                         env=dict(os.environ, DATABASE_URL=passages), capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--min-rows: must be a whole number of rows, 2 or more, got '1'" in bad.stderr
+
+
+def test_maintain_covers_the_project_models_and_checks_its_argument(passages):
+    said = []
+    maintain(database, [Passage], say=said.append, min_rows=500)
+    assert said == ["tenant_passages.embedding: tenant indexes: 1 created, 0 dropped, 0 kept "
+                    "(tenants of 500 rows or more by org)"]
+    with pytest.raises(ValueError, match="min_rows must be a whole number of rows, 2 or more"):
+        ensure_tenant_indexes(Passage.embedding, Passage.org, min_rows=1)
