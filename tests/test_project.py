@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -118,7 +119,12 @@ tasks:
 def test_from_a_built_wheel_kit_init_gives_a_project_that_works_from_any_directory(tmp_path):
     """Wheel, fresh venv, `kit init`, migrate, seed, a model of one's own, its migration, seed, dump, a script."""
     wheels = tmp_path / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(wheels), str(ROOT)],
+    # From a copy of the sources: setuptools reuses a `build/` directory and never removes files from
+    # it, so a file renamed in the repository would otherwise ship twice.
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".kit", "build", "*.egg-info", "node_modules", "__pycache__", ".venv", ".ruff_cache", ".pytest_cache"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(wheels), str(source)],
                    check=True, capture_output=True, timeout=600)
     wheel = next(wheels.glob("kit-*.whl"))
     venv = tmp_path / "venv"
