@@ -82,6 +82,23 @@ def _db_start(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _db_replica(settings: Settings, args: argparse.Namespace) -> int:
+    from kit import replica
+
+    if settings.database_url:
+        print(f"DATABASE_URL is set ({settings.safe_url}); `kit db replica` makes a replica of the embedded "
+              "server only; for your own server, set one up as PostgreSQL documents.", file=sys.stderr)
+        return 1
+    if args.replica_command == "stop":
+        print("replica stopped" if replica.stop_replica(settings.data_dir) else "the replica was not running")
+        return 0
+    url = replica.start_replica(settings.data_dir)
+    print(f"streaming replica of the embedded PostgreSQL {embedded.PG_MAJOR} running in "
+          f"{replica.replica_dir(settings.data_dir)}:")
+    print(url)
+    return 0
+
+
 def _db_stop(settings: Settings, args: argparse.Namespace) -> int:
     if settings.database_url:
         print(f"DATABASE_URL is set ({settings.safe_url}); there is no embedded server to stop.")
@@ -225,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="rows from which a tenant gets its own index (default: the search planner's threshold)")
     upkeep.set_defaults(action=_maintain)
     db = groups.add_parser("db", help="the database in use: DATABASE_URL or the embedded server")
-    commands = db.add_subparsers(dest="command", required=True, metavar="{url,status,start,stop,psql}")
+    commands = db.add_subparsers(dest="command", required=True, metavar="{url,status,start,stop,psql,replica}")
     actions: dict[str, tuple[str, Callable[[Settings, argparse.Namespace], int]]] = {
         "url": ("print the URL in use (starts the embedded server if needed)", _db_url),
         "status": ("show which server is used and whether it is up", _db_status),
@@ -238,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(action=action)
         if name == "psql":
             sub.add_argument("psql_args", nargs=argparse.REMAINDER, help="passed on to psql")
+    replica = commands.add_parser("replica", help="a streaming replica of the embedded server, for development")
+    replica.add_argument("replica_command", choices=("start", "stop"),
+                         help="start (prints its URL on the last line) or stop it")
+    replica.set_defaults(action=_db_replica)
     mig = groups.add_parser("migrate", help="apply pending migrations under a lock (and status, verify, ...)")
     mig.add_argument("--dir", type=Path, default=None, help="migrations directory (default: the project's)")
     mig.set_defaults(action=_migrate_apply)

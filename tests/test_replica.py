@@ -1,0 +1,87 @@
+"""`kit db replica start|stop`: a real streaming replica of the embedded server, which follows, pauses and catches up."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from urllib.parse import urlsplit
+
+import psycopg2
+import pytest
+from helpers import wait_until, with_dbname
+
+from kit.config import load_settings
+
+pytestmark = pytest.mark.skipif(bool(load_settings().database_url),
+                                reason="`kit db replica` makes a replica of the embedded server only")
+
+
+def kit(*args: str) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    return subprocess.run([sys.executable, "-m", "kit.cli", "db", "replica", *args], env=environ,
+                          capture_output=True, text=True, timeout=300)
+
+
+def query(url: str, sql: str, params=()):
+    conn = psycopg2.connect(url, connect_timeout=5)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall() if cur.description else None
+    finally:
+        conn.close()
+
+
+@pytest.fixture()
+def replica(test_db_url):
+    started = kit("start")
+    assert started.returncode == 0, started.stderr
+    url = with_dbname(started.stdout.strip().splitlines()[-1], urlsplit(test_db_url).path.lstrip("/"))
+    query(test_db_url, "CREATE TABLE IF NOT EXISTS replica_probe (n int)")
+    query(test_db_url, "TRUNCATE replica_probe")
+    yield url
+    kit("stop")
+    query(test_db_url, "DROP TABLE IF EXISTS replica_probe")
+
+
+def seen(url: str, n: int) -> bool:
+    try:
+        return bool(query(url, "SELECT count(*) FROM replica_probe WHERE n = %s", (n,))[0][0])
+    except psycopg2.Error:
+        return False
+
+
+def test_the_replica_streams_refuses_writes_pauses_and_catches_up_after_a_stop(replica, test_db_url):
+    assert query(replica, "SELECT pg_is_in_recovery()") == [(True,)]
+    query(test_db_url, "INSERT INTO replica_probe VALUES (1)")
+    assert wait_until(lambda: seen(replica, 1), timeout=10)
+    with pytest.raises(psycopg2.errors.ReadOnlySqlTransaction):
+        query(replica, "INSERT INTO replica_probe VALUES (2)")
+    # replay paused: the primary's writes wait; resumed: they arrive
+    query(replica, "SELECT pg_wal_replay_pause()")
+    try:
+        query(test_db_url, "INSERT INTO replica_probe VALUES (3)")
+        assert not wait_until(lambda: seen(replica, 3), timeout=1)
+    finally:
+        query(replica, "SELECT pg_wal_replay_resume()")
+    assert wait_until(lambda: seen(replica, 3), timeout=10)
+    # stopped: unreachable; writes meanwhile arrive once it starts again
+    stopped = kit("stop")
+    assert stopped.returncode == 0 and "replica stopped" in stopped.stdout
+    with pytest.raises(psycopg2.OperationalError):
+        query(replica, "SELECT 1")
+    query(test_db_url, "INSERT INTO replica_probe VALUES (4)")
+    again = kit("start")
+    assert again.returncode == 0, again.stderr
+    assert wait_until(lambda: seen(replica, 4), timeout=20)
+    assert kit("stop").stdout.strip() == "replica stopped" and kit("stop").stdout.strip() == "the replica was not running"
+
+
+def test_a_set_database_url_is_refused_in_one_sentence():
+    result = subprocess.run([sys.executable, "-m", "kit.cli", "db", "replica", "start"],
+                            env=dict(os.environ, DATABASE_URL="postgresql://someone:secret@db.example/app"),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr and "secret" not in result.stderr
+    assert "makes a replica of the embedded server only" in result.stderr
