@@ -12,14 +12,14 @@ from peewee import Database, Model
 
 from kit.migrate.lock import take_advisory_lock
 from kit.vector.indexes import VectorIndex
-from kit.vector.search import EXACT_BELOW
+from kit.vector.search import OWN_GRAPH_FROM
 from kit.vector.tenants import ensure_tenant_indexes
 
 LOCK_KEY = 0x6B69745F6D6E74  # "kit_mnt": one run at a time (two CREATE INDEX CONCURRENTLY on a table deadlock)
 
 
 def maintain(database: Database, models: Iterable[type[Model]], say: Callable[[str], None] = print,
-             min_rows: int = EXACT_BELOW) -> None:
+             min_rows: int = OWN_GRAPH_FROM) -> None:
     """Bring every model's run-time objects up to date (tenant indexes), saying what changed.
 
     Runs take turns on a session advisory lock (index builds run outside transactions, so a

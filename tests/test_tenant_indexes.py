@@ -82,6 +82,21 @@ def test_big_tenants_get_their_own_graph_and_the_planner_uses_it(passages):
     assert (again.created, again.dropped, again.kept) == ([], [], [big])
 
 
+def test_nearest_ranks_a_mid_size_tenant_exactly_until_it_has_a_graph_of_its_own(passages):
+    """4,000 rows, under an exact_below of 5,000: exact on the shared graph, its own graph once made."""
+    q = np.random.default_rng(4).standard_normal(DIM).astype(np.float32)
+    mine = Passage.select(Passage.id).where(Passage.org == 1)
+    before = nearest(mine, Passage.embedding, q, k=10, exact_below=5000)
+    assert before.plan.method == "exact" and before.plan.filter_rows == 4000
+    ensure_tenant_indexes(Passage.embedding, Passage.org)  # OWN_GRAPH_FROM (1,500): organization 1 only
+    after = nearest(mine, Passage.embedding, q, k=10, exact_below=5000)
+    assert after.plan.method.startswith("index")
+    assert f"Index Scan using {tenant_index_name(Passage.embedding, 1)}" in explain(after.plan.query)
+    assert len({r.id for r in after} & {r.id for r in before}) >= 9  # its own graph: recall as good as exact
+    small = nearest(Passage.select(Passage.id).where(Passage.org == 3), Passage.embedding, q, k=10, exact_below=5000)
+    assert small.plan.method == "exact"  # 300 rows: no graph of its own, exact
+
+
 def test_a_tenant_is_dropped_only_below_half_the_threshold(passages):
     ensure_tenant_indexes(Passage.embedding, Passage.org, min_rows=500)
     load(3, 300)  # organization 3 grows to 600

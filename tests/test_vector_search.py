@@ -146,10 +146,11 @@ def test_a_tenant_with_fewer_rows_than_k_gets_all_of_them_and_an_index_scan_that
             database.execute_sql("SET LOCAL hnsw.max_scan_tuples = 1; SET LOCAL hnsw.iterative_scan = relaxed_order")
             raw = list(org1.order_by(Point.embedding.cosine_distance(q)).limit(10))
             found = nearest(org1, Point.embedding, q, k=10, exact=False)
-        assert len(found) == 10 and {r.id for r in found} == exact_neighbours(data, orgs, q, 10, org=1)
-        if len(raw) < 10:
+        assert len(found) == 10
+        if len(raw) < 10:  # the index scan gave up: the exact plan answered
             shortfalls += 1
             assert found.plan.method == "exact"
+            assert {r.id for r in found} == exact_neighbours(data, orgs, q, 10, org=1)
     assert shortfalls >= 10  # the scan budget really did stop the index scan short, most of the time
 
 

@@ -5,7 +5,9 @@ with a probe that stops at `exact_below` rows:
 
 - **exact** when the filter selects fewer than `exact_below` rows: the rows come through the
   filter's own index (organization_id's b-tree) and are ranked exactly. For a small tenant this is
-  both the true answer and the fastest one (no graph to walk past other tenants' rows).
+  both the true answer and the fastest one (no graph to walk past other tenants' rows). From
+  `OWN_GRAPH_FROM` rows on, a tenant with a graph of its own (`kit maintain`, `kit.vector.tenants`)
+  is searched through it instead (asked of the planner with EXPLAIN once, then remembered).
 - **index** otherwise: the vector index (HNSW) with pgvector's iterative scan, which keeps reading
   the graph until `k` rows pass the filter. Should the scan still stop short (it gives up after
   `hnsw.max_scan_tuples`), the exact plan answers instead: a search never comes back short.
@@ -18,6 +20,7 @@ tenant crossing the threshold meanwhile gets the other plan a little later, and 
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -33,6 +36,9 @@ DEFAULT_EF_SEARCH = 40  # pgvector's default hnsw.ef_search
 MAX_EF_SEARCH = 1000  # pgvector's largest hnsw.ef_search
 AS_INDEXED = "as indexed"  # quantize: as the vector index the model declares for the field and metric
 EXACT_BELOW = 3_000  # rows; where the exact scan stops being faster (`benchmarks/search.py`, README)
+OWN_GRAPH_FROM = 1_500  # rows; from here a tenant's own graph (`kit maintain`) beats the exact scan
+TENANT_INDEX = re.compile(r".+_tenant_[0-9a-f]{12}")  # the names of tenant indexes (`kit.vector.tenants`)
+INDEX_SCAN = re.compile(r"Index Scan using (\S+)")
 COUNT_TTL = 30.0  # seconds a filter's count is reused: a tenant's size moves slowly, either plan is correct
 COUNT_CACHE_SIZE = 4096  # filters remembered
 _COUNTS: dict[tuple[Any, ...], tuple[int, float]] = {}
@@ -84,6 +90,10 @@ def plan_search(
     if exact is None and (query._where is not None or any(query._joins.values())):  # a filter, or a join
         filter_rows = count_up_to(query, exact_below)
         exact = filter_rows < exact_below
+        if exact and filter_rows >= OWN_GRAPH_FROM:  # a tenant index of its own beats the exact scan from here
+            index_plan = plan_search(query, field, embedding, k, metric, False, exact_below, quantize, rerank)
+            if has_own_graph(query, index_plan.query):
+                return SearchPlan(index_plan.method, filter_rows, index_plan.query, index_plan.candidates)
     if exact or quantize:
         # The vector index serves only ORDER BY <column> <op> <constant>: "+ 0" keeps this ranking off it.
         distance = Expression(distance, "+", SQL("0"))
@@ -117,17 +127,41 @@ def indexed_quantize(field: Distances, metric: str) -> str | None:
 def count_up_to(query: ModelSelect, limit: int) -> int:
     """The rows `query` selects, counted no further than `limit` (a bounded probe, remembered a while)."""
     sql, params = query.select(SQL("1")).order_by().limit(limit).sql()
-    key = (id(query.model._meta.database), sql, tuple(params))
+    database = query.model._meta.database
+    return _remembered(("count", id(database), sql, tuple(params)), lambda: database.execute_sql(
+        f"SELECT count(*) FROM ({sql}) AS probe", params).fetchone()[0])
+
+
+def has_own_graph(query: ModelSelect, ranked: ModelSelect) -> bool:
+    """Whether the planner searches `ranked` through a tenant index of its own (remembered a while)."""
+    sql, params = ranked.sql()
+    where, where_params = query.select(SQL("1")).order_by().sql()
+    database = query.model._meta.database
+
+    def explain() -> bool:
+        lines = [line for (line,) in database.execute_sql("EXPLAIN " + sql, params).fetchall()]
+        return any(TENANT_INDEX.fullmatch(name) for line in lines for name in INDEX_SCAN.findall(line))
+
+    return _remembered(("graph", id(database), where, tuple(where_params)), explain)
+
+
+def forget() -> None:
+    """Drop the remembered filter counts and tenant-graph answers (after a bulk load, or new tenant indexes)."""
+    with _COUNTS_LOCK:
+        _COUNTS.clear()
+
+
+def _remembered(key: tuple[Any, ...], compute: Any) -> Any:
     now = time.monotonic()
     cached = _COUNTS.get(key)
     if cached is not None and now - cached[1] < COUNT_TTL:
         return cached[0]
-    count = query.model._meta.database.execute_sql(f"SELECT count(*) FROM ({sql}) AS probe", params).fetchone()[0]
+    value = compute()
     with _COUNTS_LOCK:
         if len(_COUNTS) >= COUNT_CACHE_SIZE:
-            _COUNTS.pop(next(iter(_COUNTS)))  # the oldest entry
-        _COUNTS[key] = (count, now)
-    return count
+            _COUNTS.pop(next(iter(_COUNTS)), None)  # the oldest entry
+        _COUNTS[key] = (value, now)
+    return value
 
 
 def nearest(
@@ -189,5 +223,5 @@ def _distance_of(row: Any) -> float:
     return row.distance
 
 
-__all__ = ["DEFAULT_EF_SEARCH", "EXACT_BELOW", "Neighbours", "SearchPlan", "count_up_to", "nearest", "plan_search",
-           "plan_settings"]
+__all__ = ["DEFAULT_EF_SEARCH", "EXACT_BELOW", "OWN_GRAPH_FROM", "Neighbours", "SearchPlan", "count_up_to", "forget",
+           "has_own_graph", "nearest", "plan_search", "plan_settings"]

@@ -8,8 +8,9 @@ as an unfiltered search of a table that size (`python benchmarks/search.py`).
 
     ensure_tenant_indexes(DocumentChunk.embedding, DocumentChunk.organization)  # run by `kit maintain`
 
-creates one for each tenant with at least `min_rows` rows (default `EXACT_BELOW`, so that every tenant
-the planner sends to an index has its own) and drops those of tenants that fell below half of it.
+creates one for each tenant with at least `min_rows` rows (default `OWN_GRAPH_FROM`, where a graph of
+its own starts to beat an exact scan; `nearest` then uses it) and drops those of tenants that fell
+below half of it.
 Indexes are built CONCURRENTLY (writes go on meanwhile), named `<table>_tenant_<12 hex>` (a hash of
 the field and the tenant), and left out of the drift check (`TENANT_INDEX`).
 """
@@ -17,7 +18,6 @@ the field and the tenant), and left out of the drift check (`TENANT_INDEX`).
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,9 +26,8 @@ from peewee import Database, Field
 from kit.errors import KitError
 from kit.vector.fields import Distances
 from kit.vector.indexes import HNSWIndex, VectorIndex
-from kit.vector.search import EXACT_BELOW
+from kit.vector.search import OWN_GRAPH_FROM, TENANT_INDEX, forget
 
-TENANT_INDEX = re.compile(r".+_tenant_[0-9a-f]{12}")  # the names; schema checks leave these alone
 TENANT_INDEXES_SQL = """
 SELECT i.relname, x.indisvalid,
        EXISTS (SELECT 1 FROM pg_stat_progress_create_index p WHERE p.index_relid = x.indexrelid) AS building
@@ -61,7 +60,7 @@ def declared_index(vector: Distances) -> VectorIndex:
     return found[0]
 
 
-def ensure_tenant_indexes(vector: Distances, tenant: Field, min_rows: int = EXACT_BELOW,
+def ensure_tenant_indexes(vector: Distances, tenant: Field, min_rows: int = OWN_GRAPH_FROM,
                           database: Database | None = None) -> TenantIndexes:
     """Create the partial indexes of tenants with `min_rows` rows or more; drop those under half of it."""
     if isinstance(min_rows, bool) or not isinstance(min_rows, int) or min_rows < 2:
@@ -105,6 +104,8 @@ def ensure_tenant_indexes(vector: Distances, tenant: Field, min_rows: int = EXAC
             raise KitError(f"the tenant index {name} on {table} could not be built (twice interrupted); "
                            f"run `kit maintain` again")
         done.created.append(name)
+    if done.created or done.dropped:
+        forget()  # this process plans by them at once; others within COUNT_TTL
     return done
 
 
