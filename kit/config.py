@@ -7,6 +7,8 @@
 | DATABASE_POOL_MAX           | 10        | most connections checked out at once                        |
 | DATABASE_POOL_IDLE_TIMEOUT  | 30000     | ms an idle connection above MIN is kept; 0: kept            |
 | DATABASE_POOL_TIMEOUT       | 10000     | ms a caller waits for a free connection; 0: without end     |
+| DATABASE_REPLICA_URLS       | unset     | comma-separated URLs of streaming replicas to read from     |
+| DATABASE_REPLICA_MAX_LAG    | 10000     | ms a replica may lag before reads skip it                   |
 | KIT_DATA_DIR                | see below | where the embedded server keeps its data                    |
 
 KIT_DATA_DIR unset: `.kit` in the project's root (`kit.project`; KIT_PROJECT_ROOT names it outright),
@@ -42,6 +44,8 @@ class Settings:
     pool_idle_timeout_ms: int = 30_000
     pool_timeout_ms: int = 10_000
     data_dir: Path = Path(".kit")
+    replica_urls: tuple[str, ...] = ()
+    replica_max_lag_ms: int = 10_000
 
     @property
     def safe_url(self) -> str | None:
@@ -125,6 +129,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             f"DATABASE_POOL_MIN ({pool_min}) must not be greater than DATABASE_POOL_MAX ({pool_max})"
         )
     data_dir = load_project(env=env).data_dir
+    replicas = [part.strip() for part in env.get("DATABASE_REPLICA_URLS", "").split(",")]
+    replica_urls = tuple(check_database_url(part, f"DATABASE_REPLICA_URLS (URL {n})")
+                         for n, part in enumerate(replicas, 1) if part)
     return Settings(
         database_url=url,
         pool_min=pool_min,
@@ -132,4 +139,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         pool_idle_timeout_ms=_integer(env, "DATABASE_POOL_IDLE_TIMEOUT", Settings.pool_idle_timeout_ms),
         pool_timeout_ms=_integer(env, "DATABASE_POOL_TIMEOUT", Settings.pool_timeout_ms),
         data_dir=data_dir,
+        replica_urls=replica_urls,
+        replica_max_lag_ms=_integer(env, "DATABASE_REPLICA_MAX_LAG", Settings.replica_max_lag_ms),
     )

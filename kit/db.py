@@ -52,11 +52,21 @@ import select
 import threading
 import time
 import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import psycopg2
 import psycopg2.extensions
-from peewee import InterfaceError, OperationalError, __exception_wrapper__, _ConnectionLocal
+from peewee import (
+    DatabaseError,
+    InterfaceError,
+    OperationalError,
+    SelectBase,
+    __exception_wrapper__,
+    _ConnectionLocal,
+)
 from playhouse.postgres_ext import PostgresqlExtDatabase
 
 from kit import embedded
@@ -71,6 +81,7 @@ from kit.errors import (
     SessionLost,
 )
 from kit.pool import ConnectionPool, Hooks
+from kit.routing import Replica, Router, lsn_int, lsn_text
 
 __all__ = [
     "Database",
@@ -86,6 +97,7 @@ __all__ = [
 
 APPLICATION_NAME = "kit"
 CONNECT_TIMEOUT_S = 10
+REPLICA_CONNECT_TIMEOUT_S = 3  # a replica that does not answer is skipped soon, and the primary serves
 
 CONNECTION_BUDGET_SQL = """
 SELECT current_setting('max_connections')::int,
@@ -441,6 +453,10 @@ class PooledDatabase(PostgresqlExtDatabase):
             ) from cause
         state.conn = self._pool.getconn(verified=True)  # not another idle one that died alike
 
+    def connection_lost(self) -> bool:
+        """True when this thread has no usable connection: none could be opened, or the one it had died."""
+        return self._state.closed or bool(self._state.conn.closed)
+
     def connection(self) -> Any:
         """This thread's driver connection; what is done with it directly is reset on release."""
         conn = super().connection()
@@ -555,28 +571,38 @@ def resolve_url(settings: Settings) -> str:
     return settings.database_url or embedded.start(settings.data_dir)
 
 
+PRIMARY, REPLICA = "primary", "replica"
+
+
+def _plain_read(query: Any) -> bool:
+    """True for a peewee SELECT that cannot write: no FOR UPDATE/SHARE, no data-modifying WITH."""
+    if not isinstance(query, SelectBase) or getattr(query, "_for_update", None) is not None:
+        return False
+    return all(isinstance(cte._query, SelectBase) for cte in query._cte_list or ())
+
+
 class Database(PooledDatabase):
-    """The kit's pooled PostgreSQL database, configured from the environment on first use."""
+    """The kit's pooled PostgreSQL database, configured from the environment on first use, reading from replicas."""
 
     def __init__(self) -> None:
         super().__init__(None)
         self._configure_lock = threading.Lock()
         self.settings: Settings | None = None
+        self._router: Router | None = None
+        # What the current context (thread or asyncio task) asked for and wrote, for read routing:
+        self._force: ContextVar[str | None] = ContextVar("kit_force", default=None)  # "primary"/"replica"
+        self._written: ContextVar[int] = ContextVar("kit_written", default=0)  # WAL position reads must see
+        self._unsynced: ContextVar[bool] = ContextVar("kit_unsynced", default=False)  # wrote since then
 
-    def configure(self, url: str | None = None, settings: Settings | None = None) -> str:
-        """Point the pool at `url` (default: from the settings) with the settings' pool sizes; return the URL."""
+    def configure(self, url: str | None = None, settings: Settings | None = None,
+                  replicas: Sequence[str] | None = None) -> str:
+        """Point the pool at `url` (default: from the settings), reading from `replicas` (default: the settings')."""
         with self._configure_lock:
-            return self._configure(url, settings)
+            return self._configure(url, settings, replicas)
 
-    def _configure(self, url: str | None, settings: Settings | None) -> str:
+    def _configure(self, url: str | None, settings: Settings | None, replicas: Sequence[str] | None = None) -> str:
         settings = settings or load_settings()
         url = check_database_url(url, "url") if url else resolve_url(settings)
-        params: dict[str, Any] = {}
-        given = psycopg2.extensions.parse_dsn(url)
-        if "application_name" not in given:
-            params["application_name"] = APPLICATION_NAME
-        if "connect_timeout" not in given:
-            params["connect_timeout"] = CONNECT_TIMEOUT_S
         self.connect_params = {}
         self.init(
             mask_password(url),  # what peewee and pw_migrate print; the real URL goes to the driver as dsn
@@ -585,17 +611,36 @@ class Database(PooledDatabase):
             max_size=settings.pool_max,
             max_idle=settings.pool_idle_timeout_ms / 1000,
             timeout=settings.pool_timeout_ms / 1000,
-            **params,
+            **_driver_params(url, CONNECT_TIMEOUT_S),
         )
         self.settings = settings
+        urls = settings.replica_urls if replicas is None else [check_database_url(r, "replica URL") for r in replicas]
+        self._set_replicas(urls, settings)
         return url
 
-    def connect(self, reuse_if_open: bool = False) -> bool:
-        """Check out a connection, configuring the pool first if this is the first use."""
+    def _set_replicas(self, urls: Sequence[str], settings: Settings) -> None:
+        """Read from these replicas from now on (none: the primary serves every read)."""
+        old, self._router = self._router, None
+        for replica in old.replicas if old else ():
+            replica.database.close_all()
+        if urls:
+            made = [Replica(mask_password(url), PooledDatabase(
+                mask_password(url), dsn=url, min_size=settings.pool_min, max_size=settings.pool_max,
+                max_idle=settings.pool_idle_timeout_ms / 1000,
+                timeout=None,  # a full replica pool sends the read to the primary rather than wait
+                **_driver_params(url, REPLICA_CONNECT_TIMEOUT_S))) for url in urls]
+            self._router = Router(made, settings.replica_max_lag_ms / 1000)
+
+    def _configured(self) -> None:
+        """Configure from the environment if this is the first use."""
         if self.deferred:
             with self._configure_lock:
                 if self.deferred:
                     self._configure(None, None)
+
+    def connect(self, reuse_if_open: bool = False) -> bool:
+        """Check out a connection, configuring the pool first if this is the first use."""
+        self._configured()
         try:
             return super().connect(reuse_if_open)
         except PoolExhausted as exc:  # say it in the settings' own words
@@ -616,6 +661,135 @@ class Database(PooledDatabase):
     def url(self) -> str | None:
         """The URL the pool connects to, password included (None until configured)."""
         return self.connect_params.get("dsn") if not self.deferred else None
+
+    # -- read routing ----------------------------------------------------------------------------
+
+    def execute(self, query: Any, **context: Any) -> Any:
+        """Run a peewee query: a plain read outside a transaction on a fit replica, everything else on the primary."""
+        self._configured()
+        if not _plain_read(query):
+            return super().execute(query, **context)
+        sql, params = self.get_sql_context(**context).sql(query).query()
+        replica = self._replica_for_read(writes_matter=True)
+        if replica is not None:
+            return self._read_on(replica, sql, params)
+        return PooledDatabase.execute_sql(self, sql, params)  # a read: this context wrote nothing
+
+    def execute_sql(self, sql: str, params: Any = None, named_cursor: Any = None) -> Any:
+        """Run one statement on the primary (on a replica inside `on_replica()`, outside a transaction)."""
+        if self._force.get() == REPLICA and named_cursor is None:
+            replica = self._replica_for_read(writes_matter=False)
+            if replica is not None:
+                return self._read_on(replica, sql, params)
+        self._unsynced.set(True)  # it may write: the next read waits for a replica to replay it
+        return super().execute_sql(sql, params, named_cursor)
+
+    def _replica_for_read(self, writes_matter: bool) -> Replica | None:
+        """The replica this read may go to, or None for the primary (see `kit.routing`)."""
+        router, state = self._router, self._state
+        if router is None or self._force.get() == PRIMARY or state.transactions or state.raw_transaction:
+            return None
+        if not state.closed and self._pool.session_of(state.conn):
+            return None  # this thread set session state up on the primary; its reads stay there
+        return router.choose(self._written_position() if writes_matter else 0)
+
+    def _written_position(self) -> int:
+        """The WAL position this context's reads must see: taken from the primary after its last write."""
+        if self._unsynced.get():
+            with __exception_wrapper__:
+                cursor = PooledDatabase.execute_sql(self, "SELECT pg_current_wal_insert_lsn()::text")
+            self._written.set(max(self._written.get(), lsn_int(cursor.fetchone()[0])))
+            self._unsynced.set(False)
+        return self._written.get()
+
+    def _read_on(self, replica: Replica, sql: str, params: Any) -> Any:
+        """Run a read on `replica`; should it fail there, on the primary (a read has no effect to repeat)."""
+        try:
+            cursor = replica.database.execute_sql(sql, params)
+        except (DatabaseError, InterfaceError, KitError) as exc:
+            if replica.database.connection_lost() and not isinstance(exc, PoolExhausted):
+                self._router.failed(replica, exc)
+            self._pool.count("replica_fallbacks")
+            return PooledDatabase.execute_sql(self, sql, params)
+        replica.reads += 1
+        return cursor
+
+    @contextmanager
+    def on_primary(self) -> Iterator[None]:
+        """Within the block, every statement of this context goes to the primary."""
+        token = self._force.set(PRIMARY)
+        try:
+            yield
+        finally:
+            self._force.reset(token)
+
+    @contextmanager
+    def on_replica(self) -> Iterator[None]:
+        """Within the block, every statement outside a transaction (raw SQL too) goes to a replica when one is fit.
+
+        This context's own recent writes are not waited for; replicas down or past the lag limit are
+        still skipped (the primary serves when none is left).
+        """
+        token = self._force.set(REPLICA)
+        try:
+            yield
+        finally:
+            self._force.reset(token)
+
+    def write_position(self) -> str | None:
+        """The WAL position after this context's last write (`X/Y`), for `reads_after` elsewhere; None if none."""
+        position = self._written_position()
+        return lsn_text(position) if position else None
+
+    @contextmanager
+    def reads_after(self, position: str | None) -> Iterator[None]:
+        """Within the block, this context's reads see at least WAL `position` (from `write_position()`)."""
+        token = self._written.set(max(self._written.get(), lsn_int(position)))
+        try:
+            yield
+        finally:
+            self._written.reset(token)
+
+    def check_replicas(self) -> list[dict[str, Any]]:
+        """Ask every replica for its state now (those skipped as down too); return what `pool_stats` says of them."""
+        router = self._router
+        for replica in router.replicas if router else ():
+            router.probe(replica)
+        return [replica.stats() for replica in router.replicas] if router else []
+
+    # -- the replicas' connections go and come with the primary's -------------------------------
+
+    def close(self) -> bool:
+        """Return this thread's connections (the primary's and any replica's) to their pools."""
+        closed = super().close()
+        for replica in self._router.replicas if self._router else ():
+            replica.database.close()
+        return closed
+
+    def close_all(self) -> None:
+        """Close every connection, to the primary and to each replica."""
+        super().close_all()
+        for replica in self._router.replicas if self._router else ():
+            replica.database.close_all()
+
+    def pool_stats(self) -> dict[str, Any]:
+        """The primary's counts, and with replicas `servers`: each one's state, lag, reads and pool counts."""
+        stats = super().pool_stats()
+        if self._router is not None:
+            stats["servers"] = [{"server": "primary", **super().pool_stats()},
+                                *(replica.stats() for replica in self._router.replicas)]
+        return stats
+
+
+def _driver_params(url: str, connect_timeout: int) -> dict[str, Any]:
+    """Driver parameters the URL leaves out: the kit's application_name and a connect timeout."""
+    given = psycopg2.extensions.parse_dsn(url)
+    params: dict[str, Any] = {}
+    if "application_name" not in given:
+        params["application_name"] = APPLICATION_NAME
+    if "connect_timeout" not in given:
+        params["connect_timeout"] = connect_timeout
+    return params
 
 
 database = Database()

@@ -38,3 +38,26 @@ def wait_until(predicate, timeout: float = 5.0, step: float = 0.02) -> bool:
             return True
         time.sleep(step)
     return predicate()
+
+
+def query(url: str, sql: str, params=()):
+    """Run `sql` on its own autocommit connection to `url`; the rows, or None."""
+    conn = psycopg2.connect(url, connect_timeout=5)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall() if cur.description else None
+    finally:
+        conn.close()
+
+
+def kit_replica(*args: str):
+    """Run `kit db replica ARGS` against the embedded server (DATABASE_URL left out)."""
+    import os
+    import subprocess
+    import sys
+
+    environ = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    return subprocess.run([sys.executable, "-m", "kit.cli", "db", "replica", *args], env=environ,
+                          capture_output=True, text=True, timeout=300)

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import psycopg2
 import pytest
-from helpers import wait_until, with_dbname
+from helpers import kit_replica, query, wait_until, with_dbname
 
 from kit.config import load_settings
 
@@ -17,21 +17,7 @@ pytestmark = pytest.mark.skipif(bool(load_settings().database_url),
                                 reason="`kit db replica` makes a replica of the embedded server only")
 
 
-def kit(*args: str) -> subprocess.CompletedProcess:
-    environ = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    return subprocess.run([sys.executable, "-m", "kit.cli", "db", "replica", *args], env=environ,
-                          capture_output=True, text=True, timeout=300)
-
-
-def query(url: str, sql: str, params=()):
-    conn = psycopg2.connect(url, connect_timeout=5)
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(sql, params)
-            return cur.fetchall() if cur.description else None
-    finally:
-        conn.close()
+kit = kit_replica
 
 
 @pytest.fixture()

@@ -1,0 +1,227 @@
+"""Reads on streaming replicas, proven on a real one (`kit db replica`): routing, read-your-writes, lag, failover."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+from urllib.parse import urlsplit
+
+import peewee
+import pytest
+from helpers import kit_replica, query, wait_until, with_dbname
+
+from kit.config import ConfigError, load_settings
+from kit.db import Database
+
+needs_embedded = pytest.mark.skipif(bool(load_settings().database_url),
+                                    reason="`kit db replica` makes a replica of the embedded server only")
+
+
+class Note(peewee.Model):
+    body = peewee.TextField()
+
+    class Meta:
+        table_name = "routed_notes"
+
+
+@pytest.fixture(scope="module")
+def replica_url(test_db_url):
+    started = kit_replica("start")
+    assert started.returncode == 0, started.stderr
+    url = with_dbname(started.stdout.strip().splitlines()[-1], urlsplit(test_db_url).path.lstrip("/"))
+    query(test_db_url, "CREATE TABLE IF NOT EXISTS routed_notes (id serial PRIMARY KEY, body text NOT NULL)")
+    assert wait_until(lambda: _has_table(url), timeout=20)
+    yield url
+    kit_replica("stop")
+    query(test_db_url, "DROP TABLE IF EXISTS routed_notes")
+
+
+def _has_table(url: str) -> bool:
+    try:
+        return query(url, "SELECT to_regclass('routed_notes') IS NOT NULL")[0][0]
+    except Exception:
+        return False
+
+
+@pytest.fixture
+def routed(test_db_url, replica_url):
+    """A kit Database on the test database, reading from the replica; routed_notes empty and replayed."""
+    query(replica_url, "SELECT pg_wal_replay_resume()")
+    query(test_db_url, "TRUNCATE routed_notes RESTART IDENTITY")
+    assert wait_until(lambda: count_on(replica_url) == 0, timeout=20)
+    db = Database()
+    db.configure(test_db_url, replicas=[replica_url])
+    try:
+        with db.bind_ctx([Note]):
+            yield db
+    finally:
+        query(replica_url, "SELECT pg_wal_replay_resume()")
+        db.close_all()
+
+
+def count_on(url: str, body: str | None = None) -> int:
+    if body is None:
+        return query(url, "SELECT count(*) FROM routed_notes")[0][0]
+    return query(url, "SELECT count(*) FROM routed_notes WHERE body = %s", (body,))[0][0]
+
+
+def replica_stats(db: Database) -> dict:
+    return db.pool_stats()["servers"][1]
+
+
+def in_thread(fn):
+    """Run `fn` in a new thread (a context that wrote nothing) and return what it returned."""
+    out = []
+    thread = threading.Thread(target=lambda: out.append(fn()))
+    thread.start()
+    thread.join(30)
+    return out[0]
+
+
+def paused(replica_url: str) -> None:
+    query(replica_url, "SELECT pg_wal_replay_pause()")
+    assert wait_until(lambda: query(replica_url, "SELECT pg_get_wal_replay_pause_state()")[0][0] == "paused")
+
+
+@needs_embedded
+def test_reads_go_to_the_replica_writes_transactions_and_raw_sql_to_the_primary(routed, replica_url, test_db_url):
+    db = routed
+    paused(replica_url)
+    query(test_db_url, "INSERT INTO routed_notes (body) VALUES ('from elsewhere')")  # the replica lacks it
+    assert Note.select().count() == 0  # a read: on the replica
+    assert Note.get_or_none(Note.body == "from elsewhere") is None
+    reads = replica_stats(db)["reads"]
+    assert reads >= 2 and replica_stats(db)["state"] == "up"
+    with db.atomic():
+        assert Note.select().count() == 1  # in a transaction: the primary
+    assert len(list(Note.select().for_update())) == 1  # FOR UPDATE: the primary
+    assert db.execute_sql("SELECT count(*) FROM routed_notes").fetchone()[0] == 1  # raw SQL: the primary
+    with db.on_primary():
+        assert Note.select().count() == 1
+    with db.on_replica():  # raw SQL too, forced
+        assert db.execute_sql("SELECT pg_is_in_recovery()").fetchone()[0] is True
+    assert db.execute_sql("SELECT pg_is_in_recovery()").fetchone()[0] is False
+    db.execute_sql("SET application_name = 'kit-routing-test'")  # session state on the primary connection
+    assert Note.select().count() == 1  # ... keeps this thread's reads there
+    db.close()
+    assert in_thread(lambda: Note.select().count()) == 0
+    assert replica_stats(db)["reads"] > reads
+
+
+@needs_embedded
+def test_a_context_reads_its_own_writes_while_replay_is_paused_and_from_the_replica_once_replayed(
+        routed, replica_url):
+    db = routed
+    paused(replica_url)
+    Note.create(body="mine")
+    assert Note.select().where(Note.body == "mine").count() == 1  # never missing to the one who wrote it
+    assert count_on(replica_url, "mine") == 0  # ... though the replica does not have it
+    assert in_thread(lambda: Note.select().where(Note.body == "mine").count()) == 0  # others read the replica
+    position = db.write_position()
+    assert position and "/" in position
+
+    def elsewhere() -> int:  # another process would carry the position in a session or a message
+        with db.reads_after(position):
+            return Note.select().where(Note.body == "mine").count()
+
+    assert in_thread(elsewhere) == 1
+    query(replica_url, "SELECT pg_wal_replay_resume()")
+    assert wait_until(lambda: count_on(replica_url, "mine") == 1, timeout=20)
+    before = replica_stats(db)["reads"]
+    assert Note.select().where(Note.body == "mine").count() == 1
+    assert replica_stats(db)["reads"] == before + 1  # replayed past the write: the replica again
+
+
+@needs_embedded
+def test_concurrent_writers_always_read_their_own_writes(routed):
+    db = routed
+    missing: list[str] = []
+
+    def writer(n: int) -> None:
+        for i in range(40):
+            body = f"w{n}-{i}"
+            if i % 2:
+                with db.atomic():
+                    Note.create(body=body)
+            else:
+                Note.create(body=body)
+            if Note.select().where(Note.body == body).count() != 1:
+                missing.append(body)
+        db.close()
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert missing == []
+    assert Note.select().count() in (240, 0)  # this context wrote nothing: it may read a replica behind
+    assert replica_stats(db)["reads"] > 0  # some reads were served by the replica (after replay caught up)
+
+
+@needs_embedded
+def test_a_replica_lagging_past_the_limit_is_skipped_until_it_catches_up(replica_url, test_db_url, routed):
+    db = Database()
+    db.configure(test_db_url, settings=replace(load_settings(), replica_max_lag_ms=300), replicas=[replica_url])
+    try:
+        with db.bind_ctx([Note]):
+            paused(replica_url)
+            query(test_db_url, "INSERT INTO routed_notes (body) VALUES ('lagged')")
+            assert wait_until(lambda: db.check_replicas()[0]["state"] == "lagging", timeout=10)
+            assert Note.select().count() == 1  # from the primary: the replica is past the limit
+            query(replica_url, "SELECT pg_wal_replay_resume()")
+            assert wait_until(lambda: db.check_replicas()[0]["state"] == "up", timeout=20)
+            before = replica_stats(db)["reads"]
+            assert Note.select().count() == 1 and replica_stats(db)["reads"] == before + 1
+    finally:
+        db.close_all()
+
+
+@needs_embedded
+def test_reads_fail_over_to_the_primary_when_the_replica_stops_and_come_back_when_it_returns(routed, replica_url):
+    db = routed
+    Note.create(body="kept")
+    assert wait_until(lambda: count_on(replica_url) == 1, timeout=20)
+    db.close()
+    assert in_thread(lambda: Note.select().count()) == 1
+    assert Note.select().count() == 1 and replica_stats(db)["reads"] >= 1  # this thread holds a replica connection
+    stopped = kit_replica("stop")
+    assert stopped.returncode == 0, stopped.stderr
+    try:
+        for _ in range(20):  # the held connection is dead, then the replica refuses: never an error
+            assert Note.select().count() == 1
+        stats = replica_stats(db)
+        assert stats["state"] == "down" and stats["last_error"]
+        assert db.pool_stats()["replica_fallbacks"] >= 1
+    finally:
+        started = kit_replica("start")
+        assert started.returncode == 0, started.stderr
+    assert db.check_replicas()[0]["state"] == "up"
+    before = replica_stats(db)["reads"]
+    assert Note.select().count() == 1
+    assert replica_stats(db)["reads"] == before + 1
+
+
+def test_an_unreachable_replica_means_the_primary_serves_every_read(test_db_url):
+    db = Database()
+    db.configure(test_db_url, replicas=["postgresql://kit:secret-pw@127.0.0.1:1/nowhere"])
+    try:
+        for _ in range(5):
+            assert db.execute_sql("SELECT 1").fetchone()[0] == 1
+            with db.on_replica():
+                assert db.execute_sql("SELECT pg_is_in_recovery()").fetchone()[0] is False
+        [primary, replica] = db.pool_stats()["servers"]
+        assert primary["server"] == "primary"
+        assert replica["state"] == "down" and "secret-pw" not in str(replica)
+    finally:
+        db.close_all()
+
+
+def test_replica_settings_are_checked_in_one_sentence_without_secrets():
+    with pytest.raises(ConfigError) as bad:
+        load_settings({"DATABASE_REPLICA_URLS": "postgresql://a/b, mysql://u:secret@h/d"})
+    assert "DATABASE_REPLICA_URLS (URL 2)" in str(bad.value) and "secret" not in str(bad.value)
+    with pytest.raises(ConfigError, match="DATABASE_REPLICA_MAX_LAG"):
+        load_settings({"DATABASE_REPLICA_MAX_LAG": "soon"})
+    settings = load_settings({"DATABASE_REPLICA_URLS": "postgresql://a/b,,postgres://c/d "})
+    assert settings.replica_urls == ("postgresql://a/b", "postgresql://c/d")
