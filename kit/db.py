@@ -670,10 +670,7 @@ class Database(PooledDatabase):
         if not _plain_read(query):
             return super().execute(query, **context)
         sql, params = self.get_sql_context(**context).sql(query).query()
-        replica = self._replica_for_read(writes_matter=True)
-        if replica is not None:
-            return self._read_on(replica, sql, params)
-        return PooledDatabase.execute_sql(self, sql, params)  # a read: this context wrote nothing
+        return self.read_sql(sql, params)
 
     def execute_sql(self, sql: str, params: Any = None, named_cursor: Any = None) -> Any:
         """Run one statement on the primary (on a replica inside `on_replica()`, outside a transaction)."""
@@ -683,6 +680,14 @@ class Database(PooledDatabase):
                 return self._read_on(replica, sql, params)
         self._unsynced.set(True)  # it may write: the next read waits for a replica to replay it
         return super().execute_sql(sql, params, named_cursor)
+
+    def read_sql(self, sql: str, params: Any = None) -> Any:
+        """Run raw SQL that only reads, routed as a peewee SELECT is (a fit replica outside a transaction)."""
+        self._configured()
+        replica = self._replica_for_read(writes_matter=True)
+        if replica is not None:
+            return self._read_on(replica, sql, params)
+        return PooledDatabase.execute_sql(self, sql, params)
 
     def _replica_for_read(self, writes_matter: bool) -> Replica | None:
         """The replica this read may go to, or None for the primary (see `kit.routing`)."""

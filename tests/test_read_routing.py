@@ -101,6 +101,10 @@ def test_reads_go_to_the_replica_writes_transactions_and_raw_sql_to_the_primary(
     with db.on_replica():  # raw SQL too, forced
         assert db.execute_sql("SELECT pg_is_in_recovery()").fetchone()[0] is True
     assert db.execute_sql("SELECT pg_is_in_recovery()").fetchone()[0] is False
+    # raw SQL that only reads is routed as a SELECT: here the raw SQL above may have written, so the
+    # primary; in a context that wrote nothing, the replica
+    assert db.read_sql("SELECT pg_is_in_recovery()").fetchone()[0] is False
+    assert in_thread(lambda: db.read_sql("SELECT pg_is_in_recovery()").fetchone()[0]) is True
     db.execute_sql("SET application_name = 'kit-routing-test'")  # session state on the primary connection
     assert Note.select().count() == 1  # ... keeps this thread's reads there
     db.close()

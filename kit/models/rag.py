@@ -11,7 +11,7 @@ from kit.errors import ArgumentError
 from kit.models.auth import Organization, User
 from kit.models.base import GeneratedTSVectorField, TimestampedModel, id_of, is_generated, one_of
 from kit.vector import HNSWIndex, VectorField, nearest
-from kit.vector.search import plan_search, plan_settings
+from kit.vector.search import plan_search, plan_settings, read_sql
 
 EMBEDDING_DIMENSIONS = 1536
 SOURCE_KINDS = ("upload", "url", "text", "integration")
@@ -117,7 +117,8 @@ FROM fused f JOIN document_chunks d ON d.id = f.id
 ORDER BY f.score DESC, d.id LIMIT %s"""
         settings = plan_settings(plan)
         params = [*vector_params, language, text, str(org_id), n, k]
-        return list(cls.raw(settings + sql, *params))
+        query = cls.raw(settings + sql, *params)
+        return list(query._get_cursor_wrapper(read_sql(cls._meta.database)(settings + sql, params)))
 
 
 # halfvec: half the size and build time of float32 at the same recall and speed, re-ranked exactly

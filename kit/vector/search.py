@@ -128,7 +128,7 @@ def count_up_to(query: ModelSelect, limit: int) -> int:
     """The rows `query` selects, counted no further than `limit` (a bounded probe, remembered a while)."""
     sql, params = query.select(SQL("1")).order_by().limit(limit).sql()
     database = query.model._meta.database
-    return _remembered(("count", id(database), sql, tuple(params)), lambda: database.execute_sql(
+    return _remembered(("count", id(database), sql, tuple(params)), lambda: read_sql(database)(
         f"SELECT count(*) FROM ({sql}) AS probe", params).fetchone()[0])
 
 
@@ -139,7 +139,7 @@ def has_own_graph(query: ModelSelect, ranked: ModelSelect) -> bool:
     database = query.model._meta.database
 
     def explain() -> bool:
-        lines = [line for (line,) in database.execute_sql("EXPLAIN " + sql, params).fetchall()]
+        lines = [line for (line,) in read_sql(database)("EXPLAIN " + sql, params).fetchall()]
         return any(TENANT_INDEX.fullmatch(name) for line in lines for name in INDEX_SCAN.findall(line))
 
     return _remembered(("graph", id(database), where, tuple(where_params)), explain)
@@ -211,8 +211,13 @@ def plan_settings(plan: SearchPlan, ef_search: int | None = None) -> str:
 
 def _run(database: Database, plan: SearchPlan, ef_search: int | None) -> list[Any]:
     sql, params = plan.query.sql()
-    cursor = database.execute_sql(plan_settings(plan, ef_search) + sql, params)
+    cursor = read_sql(database)(plan_settings(plan, ef_search) + sql, params)
     return list(plan.query._get_cursor_wrapper(cursor))
+
+
+def read_sql(database: Database) -> Any:
+    """How to send SQL that only reads: the kit database's `read_sql` (a replica may serve it), else `execute_sql`."""
+    return getattr(database, "read_sql", database.execute_sql)
 
 
 def _distance_of(row: Any) -> float:
