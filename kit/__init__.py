@@ -21,6 +21,7 @@ from kit.errors import (
     PoolSettingError,
     PoolTooLarge,
     SessionLost,
+    SessionStateRefused,
     VectorValueError,
 )
 
@@ -28,4 +29,5 @@ __version__ = "0.1.0"
 
 __all__ = ["ArgumentError", "ConfigError", "CopyRowError", "DatabaseUnavailable", "DecryptionError",
            "EmbeddedServerError", "FixtureError", "InsufficientCredits", "InvitationError", "KitError",
-           "MigrationError", "PoolExhausted", "PoolSettingError", "PoolTooLarge", "SessionLost", "VectorValueError"]
+           "MigrationError", "PoolExhausted", "PoolSettingError", "PoolTooLarge", "SessionLost", "SessionStateRefused",
+           "VectorValueError"]

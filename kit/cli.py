@@ -82,6 +82,24 @@ def _db_start(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _db_pgbouncer(settings: Settings, args: argparse.Namespace) -> int:
+    from kit import pgbouncer
+
+    if settings.database_url:
+        print(f"DATABASE_URL is set ({settings.safe_url}); `kit db pgbouncer` runs PgBouncer in front of the "
+              "embedded server only; for your own server, configure PgBouncer as its documentation says.",
+              file=sys.stderr)
+        return 1
+    if args.pgbouncer_command == "stop":
+        print("pgbouncer stopped" if pgbouncer.stop_pgbouncer(settings.data_dir) else "pgbouncer was not running")
+        return 0
+    url = pgbouncer.start_pgbouncer(settings.data_dir)
+    print(f"PgBouncer (pool_mode = transaction) running in front of the embedded PostgreSQL in "
+          f"{pgbouncer.pgbouncer_dir(settings.data_dir)}; use it with DATABASE_POOLER=pgbouncer:")
+    print(url)
+    return 0
+
+
 def _db_replica(settings: Settings, args: argparse.Namespace) -> int:
     from kit import replica
 
@@ -242,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="rows from which a tenant gets its own index (default: the search planner's threshold)")
     upkeep.set_defaults(action=_maintain)
     db = groups.add_parser("db", help="the database in use: DATABASE_URL or the embedded server")
-    commands = db.add_subparsers(dest="command", required=True, metavar="{url,status,start,stop,psql,replica}")
+    commands = db.add_subparsers(dest="command", required=True,
+                                 metavar="{url,status,start,stop,psql,replica,pgbouncer}")
     actions: dict[str, tuple[str, Callable[[Settings, argparse.Namespace], int]]] = {
         "url": ("print the URL in use (starts the embedded server if needed)", _db_url),
         "status": ("show which server is used and whether it is up", _db_status),
@@ -259,6 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
     replica.add_argument("replica_command", choices=("start", "stop"),
                          help="start (prints its URL on the last line) or stop it")
     replica.set_defaults(action=_db_replica)
+    bouncer = commands.add_parser("pgbouncer", help="PgBouncer in transaction mode in front of the embedded server")
+    bouncer.add_argument("pgbouncer_command", choices=("start", "stop"),
+                         help="start (prints its URL on the last line) or stop it")
+    bouncer.set_defaults(action=_db_pgbouncer)
     mig = groups.add_parser("migrate", help="apply pending migrations under a lock (and status, verify, ...)")
     mig.add_argument("--dir", type=Path, default=None, help="migrations directory (default: the project's)")
     mig.set_defaults(action=_migrate_apply)

@@ -9,6 +9,7 @@
 | DATABASE_POOL_TIMEOUT       | 10000     | ms a caller waits for a free connection; 0: without end     |
 | DATABASE_REPLICA_URLS       | unset     | comma-separated URLs of streaming replicas to read from     |
 | DATABASE_REPLICA_MAX_LAG    | 10000     | ms a replica may lag before reads skip it                   |
+| DATABASE_POOLER             | unset     | `pgbouncer`: DATABASE_URL is a transaction-pooling PgBouncer |
 | KIT_DATA_DIR                | see below | where the embedded server keeps its data                    |
 
 KIT_DATA_DIR unset: `.kit` in the project's root (`kit.project`; KIT_PROJECT_ROOT names it outright),
@@ -32,6 +33,7 @@ from kit.project import load_project
 __all__ = ["ConfigError", "KitError", "Settings", "check_database_url", "load_settings", "mask_password"]
 
 URL_SCHEMES = ("postgresql", "postgres")
+POOLERS = (None, "pgbouncer")
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class Settings:
     data_dir: Path = Path(".kit")
     replica_urls: tuple[str, ...] = ()
     replica_max_lag_ms: int = 10_000
+    pooler: str | None = None  # "pgbouncer": connections go through a transaction-pooling PgBouncer
 
     @property
     def safe_url(self) -> str | None:
@@ -128,6 +131,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(
             f"DATABASE_POOL_MIN ({pool_min}) must not be greater than DATABASE_POOL_MAX ({pool_max})"
         )
+    pooler = env.get("DATABASE_POOLER", "").strip().lower() or None
+    if pooler not in POOLERS:
+        raise ConfigError(f"DATABASE_POOLER must be pgbouncer or unset, got {env['DATABASE_POOLER']!r}")
     data_dir = load_project(env=env).data_dir
     replicas = [part.strip() for part in env.get("DATABASE_REPLICA_URLS", "").split(",")]
     replica_urls = tuple(check_database_url(part, f"DATABASE_REPLICA_URLS (URL {n})")
@@ -141,4 +147,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         data_dir=data_dir,
         replica_urls=replica_urls,
         replica_max_lag_ms=_integer(env, "DATABASE_REPLICA_MAX_LAG", Settings.replica_max_lag_ms),
+        pooler=pooler,
     )

@@ -79,6 +79,7 @@ from kit.errors import (
     PoolSettingError,
     PoolTooLarge,
     SessionLost,
+    SessionStateRefused,
 )
 from kit.pool import ConnectionPool, Hooks
 from kit.routing import Replica, Router, lsn_int, lsn_text
@@ -126,6 +127,14 @@ OPEN_TRANSACTION = "an open transaction (nothing of it was committed)"
 _SESSION_FUNCTIONS = [("advisory_lock", "advisory locks"), ("ADVISORY_LOCK", "advisory locks"),
                       ("set_config", "settings (set_config)"), ("SET_CONFIG", "settings (set_config)")]
 DRIVER_USE = "whatever was done on the driver connection directly"
+# What a statement leaves on a server connection that a transaction-pooling PgBouncer shares with other
+# clients once the transaction ends (cursors end with it; set_config may be local, so it is let through).
+POOLER_REFUSES = {"settings (SET)": "SET LOCAL inside database.atomic()",
+                  "LISTEN registrations": "a direct connection to the server for LISTEN",
+                  "prepared statements": "plain statements",
+                  "temporary tables": "CREATE TEMP TABLE ... ON COMMIT DROP inside database.atomic()",
+                  "loaded libraries": "a direct connection to the server",
+                  "advisory locks": "pg_advisory_xact_lock inside database.atomic()"}
 IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
 UNKNOWN = psycopg2.extensions.TRANSACTION_STATUS_UNKNOWN
 RESEND_WINDOW = 0.050  # seconds: a statement that failed later than this after sending may have been running;
@@ -200,9 +209,11 @@ class PooledDatabase(PostgresqlExtDatabase):
         max_size: int | None = None,
         max_idle: float | None = None,
         check_after: float = 30.0,
+        pooler: str | None = None,
         **kwargs: Any,
     ) -> None:
         self._budget_checked = False
+        self.pooler = pooler  # "pgbouncer": behind transaction pooling (session state refused, no reset)
         self._pool = ConnectionPool(self._hooks())
         self._pool.configure(min_size=min_size, max_size=_max_size(max_connections, max_size), timeout=timeout,
                              stale_timeout=stale_timeout, max_idle=max_idle, check_after=check_after)
@@ -219,6 +230,8 @@ class PooledDatabase(PostgresqlExtDatabase):
         """Point at `database` with `kwargs` for the driver; pool settings given change, the rest stay."""
         pool_settings = {name: kwargs.pop(name) for name in ("min_size", "max_size", "max_idle", "check_after")
                          if name in kwargs}
+        if "pooler" in kwargs:
+            self.pooler = kwargs.pop("pooler")
         if max_connections is not None or "max_size" in pool_settings:
             pool_settings["max_size"] = _max_size(max_connections, pool_settings.get("max_size"))
         for name, value in (("stale_timeout", stale_timeout), ("timeout", timeout)):
@@ -293,7 +306,7 @@ class PooledDatabase(PostgresqlExtDatabase):
         """Open a new driver connection; the pool's first also checks `min_size` against the server."""
         with __exception_wrapper__:  # driver errors as peewee's
             conn = super()._connect()
-        if not self._budget_checked:
+        if not self._budget_checked and not self.pooler:  # behind a pooler the server's limit is not ours
             try:
                 self._check_budget(conn)
             except BaseException:
@@ -329,8 +342,8 @@ class PooledDatabase(PostgresqlExtDatabase):
         return conn.get_transaction_status() == IDLE or self._adapter.is_connection_reusable(conn)
 
     def _reset_session(self, conn: Any) -> bool:
-        """Clear session state before the next borrower: DISCARD ALL; False if that fails."""
-        return _succeeds(conn, "DISCARD ALL")
+        """Clear session state before the next borrower: DISCARD ALL; False if that fails (none behind a pooler)."""
+        return bool(self.pooler) or _succeeds(conn, "DISCARD ALL")
 
     # -- statements -------------------------------------------------------------------------------
 
@@ -374,6 +387,8 @@ class PooledDatabase(PostgresqlExtDatabase):
         idle = not state.transactions and conn.get_transaction_status() == IDLE  # no transaction on the connection
         state_kind = kind if kind is not RAW_BEGIN and kind is not RAW_END else None
         if state_kind:
+            if self.pooler and state_kind in POOLER_REFUSES:
+                self._refuse(sql, state_kind)
             self._pool.note_session(conn, state_kind)
         sent = time.monotonic()
         try:
@@ -394,6 +409,15 @@ class PooledDatabase(PostgresqlExtDatabase):
         if kind is RAW_BEGIN or kind is RAW_END:
             state.raw_transaction = kind is RAW_BEGIN
         return cursor
+
+    def _refuse(self, sql: str, kind: str) -> None:
+        """Raise SessionStateRefused for a statement that would leave `kind` on a pooler's shared connection."""
+        if kind == "temporary tables" and re.search(r"on\s+commit\s+drop", sql, re.I) and self.in_transaction():
+            return
+        raise SessionStateRefused(
+            f"{kind} would outlive the transaction on a server connection PgBouncer shares with other clients "
+            f"(DATABASE_POOLER={self.pooler}, transaction pooling); use {POOLER_REFUSES[kind]}, or connect to "
+            "the server directly; nothing was sent")
 
     def begin(self, isolation_level: Any = None) -> None:
         """Start a transaction (peewee's BEGIN, sent by the same rules as any statement)."""
@@ -611,6 +635,7 @@ class Database(PooledDatabase):
             max_size=settings.pool_max,
             max_idle=settings.pool_idle_timeout_ms / 1000,
             timeout=settings.pool_timeout_ms / 1000,
+            pooler=settings.pooler,
             **_driver_params(url, CONNECT_TIMEOUT_S),
         )
         self.settings = settings
@@ -628,6 +653,7 @@ class Database(PooledDatabase):
                 mask_password(url), dsn=url, min_size=settings.pool_min, max_size=settings.pool_max,
                 max_idle=settings.pool_idle_timeout_ms / 1000,
                 timeout=None,  # a full replica pool sends the read to the primary rather than wait
+                pooler=settings.pooler,
                 **_driver_params(url, REPLICA_CONNECT_TIMEOUT_S))) for url in urls]
             self._router = Router(made, settings.replica_max_lag_ms / 1000)
 

@@ -39,6 +39,10 @@ class SessionLost(KitError, OperationalError):
     """The server ended a connection that held session state; the message names what was lost."""
 
 
+class SessionStateRefused(KitError, OperationalError):
+    """Behind a transaction-pooling PgBouncer: a statement that would leave session state on a shared connection."""
+
+
 class CopyRowError(KitError, ValueError):
     """A row given to binary COPY cannot be written; the message names the row index and the column."""
 

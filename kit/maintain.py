@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 
 from peewee import Database, Model
 
-from kit.migrate.lock import take_advisory_lock
+from kit.migrate.lock import check_held, hold_lock
 from kit.vector.indexes import VectorIndex
 from kit.vector.search import OWN_GRAPH_FROM
 from kit.vector.tenants import ensure_tenant_indexes
@@ -22,24 +22,27 @@ def maintain(database: Database, models: Iterable[type[Model]], say: Callable[[s
              min_rows: int = OWN_GRAPH_FROM) -> None:
     """Bring every model's run-time objects up to date (tenant indexes), saying what changed.
 
-    Runs take turns on a session advisory lock (index builds run outside transactions, so a
-    transaction-scoped one cannot cover them); a second run waits and says so, then finds little to do.
+    Runs take turns on an advisory lock held by a transaction of its own (`hold_lock`: index builds
+    run outside transactions, and this works behind PgBouncer too); a second run waits and says so,
+    then finds little to do.
     """
-    with database.connection_context():
-        take_advisory_lock(database, LOCK_KEY, "", "another kit maintain", say, poll=0.5)
-        try:
-            _maintain(database, models, say, min_rows)
-        finally:
-            database.execute_sql("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+    holder = hold_lock(database, LOCK_KEY, "another kit maintain", say)
+    try:
+        with database.connection_context():
+            _maintain(database, models, say, min_rows, lambda: check_held(holder, "the kit maintain lock"))
+    finally:
+        holder.close()
 
 
-def _maintain(database: Database, models: Iterable[type[Model]], say: Callable[[str], None], min_rows: int) -> None:
+def _maintain(database: Database, models: Iterable[type[Model]], say: Callable[[str], None], min_rows: int,
+              still_locked: Callable[[], None]) -> None:
     for model in models:
         tenant_name = getattr(model._meta, "tenant_index", None)
         if not tenant_name:
             continue
         tenant = model._meta.fields[tenant_name]
         for index in [i for i in model._meta.indexes if isinstance(i, VectorIndex)]:
+            still_locked()
             done = ensure_tenant_indexes(index.field, tenant, min_rows=min_rows, database=database)
             say(f"{model._meta.table_name}.{index.field.column_name}: tenant indexes: {len(done.created)} created, "
                 f"{len(done.dropped)} dropped, {len(done.kept)} kept (tenants of {min_rows:,} rows or more "

@@ -10,14 +10,25 @@
 
 A session lock and a transaction lock on the same key exclude each other, so runs of either kind
 apply each migration once.
+
+Behind a transaction-pooling PgBouncer a session lock means nothing (the next statement may run on
+another server connection, and the lock stays behind on the first). There, a lock that must span
+many transactions (plain `pw_migrate`'s run, `kit maintain`) is `hold_lock`: a transaction-scoped lock
+taken on a connection of its own whose transaction stays open, idle, while the work goes on (PgBouncer
+keeps a server connection for a client while its transaction is open). An idle transaction holds no
+snapshot, so CREATE INDEX CONCURRENTLY elsewhere does not wait for it.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
+import psycopg2
 from peewee import Database
+
+from kit.errors import SessionLost
 
 LOCK_KEY = 0x6B69745F6D6967  # "kit_mig"
 
@@ -61,3 +72,42 @@ def lock_transaction(database: Database, say: Callable[[str], None] = print) -> 
 def lock_session(database: Database, say: Callable[[str], None] = print) -> None:
     """Take the migration lock until this thread's connection closes (plain pw_migrate's whole run)."""
     _take(database, "", say)
+
+
+def hold_lock(database: Database, key: int, what: str, say: Callable[[str], None], poll: float = 0.5) -> Any:
+    """Take advisory lock `key` in an open transaction of a connection of its own; close that connection to release.
+
+    Waits (trying every `poll` seconds, outside any transaction between tries) and says "waiting for
+    `what`" while another holds it.
+    """
+    url = getattr(database, "url", None)
+    conn = (psycopg2.connect(url, application_name="kit-lock") if url else
+            psycopg2.connect(dbname=database.database, **database.connect_params))
+    try:
+        said = False
+        while True:
+            with conn.cursor() as cursor:
+                cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", (key,))
+                if cursor.fetchone()[0]:
+                    return conn  # the transaction stays open: the lock with it
+                if not said:
+                    cursor.execute(_HOLDER_SQL, (key,))
+                    holder = cursor.fetchone()
+                    say(f"waiting for {what} to finish (server pid {holder[0] if holder else '?'})")
+                    said = True
+            conn.rollback()
+            time.sleep(poll)
+    except BaseException:
+        conn.close()
+        raise
+
+
+def check_held(conn: Any, what: str) -> None:
+    """Raise SessionLost when the connection holding a `hold_lock` lock is gone (the lock went with it)."""
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except psycopg2.Error as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SessionLost(f"the connection holding {what} was lost ({first}); the run stopped, "
+                          "and what it had done so far stays done") from None

@@ -3,7 +3,9 @@
 `pw_migrate migrate` then behaves as `kit migrate` does where it matters: the run holds the migration
 lock (`kit.migrate.lock`, session scope, taken before peewee-migrate reads the history), so runs of
 either command at once apply each migration once; and each migration's transaction records the
-sha256 of its file beside its history row, as `kit migrate` does.
+sha256 of its file beside its history row, as `kit migrate` does. Behind a transaction-pooling
+PgBouncer (`DATABASE_POOLER=pgbouncer`) the run's lock is `hold_lock`'s instead, and each migration's
+transaction first checks that its holder is still there.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from kit.migrate import history
 from kit.migrate.autogen import register
 from kit.migrate.executor import require_extension
 from kit.migrate.loader import default_directory, load
-from kit.migrate.lock import lock_session
+from kit.migrate.lock import LOCK_KEY, check_held, hold_lock, lock_session
 from kit.models import project_models
 from kit.project import find_root
 
@@ -36,17 +38,20 @@ from kit.project import find_root
 class RecordingDatabase(DatabaseProxy):
     """The kit's database as peewee-migrate sees it: each transaction also records missing checksums."""
 
-    __slots__ = ("obj", "_callbacks", "_Model", "directory")
+    __slots__ = ("obj", "_callbacks", "_Model", "directory", "holder")
 
-    def __init__(self, target: Any, directory: Path) -> None:
+    def __init__(self, target: Any, directory: Path, holder: Any = None) -> None:
         super().__init__()
         self.initialize(target)
         self.directory = directory
+        self.holder = holder  # behind a pooler: the connection whose transaction holds the migration lock
 
     @contextlib.contextmanager
     def transaction(self, *args: Any, **kwargs: Any) -> Iterator[None]:
         """peewee-migrate's transaction around one migration, which also records its checksum before commit."""
         with self.obj.transaction(*args, **kwargs):
+            if self.holder is not None:
+                check_held(self.holder, "the migration lock")
             yield
             history.record_missing_checksums(self.obj, {f.name: f.checksum for f in load(self.directory)})
 
@@ -111,7 +116,16 @@ def database_for_pw_migrate() -> RecordingDatabase:
         os.environ.setdefault("KIT_PROJECT_ROOT", str(root))
     database.connect(reuse_if_open=True)  # configure now, so a bad setting is one sentence, not a traceback
     require_extension(database)
-    lock_session(database, say=lambda line: print(f"kit: {line}", file=sys.stderr))
+    say = lambda line: print(f"kit: {line}", file=sys.stderr)  # noqa: E731
+    holder = None
+    if database.pooler:  # a session lock means nothing behind transaction pooling
+        global _holder
+        holder = _holder = hold_lock(database, LOCK_KEY, "another migration run", say)  # until the process ends
+    else:
+        lock_session(database, say=say)
     with database.atomic():
         history.ensure_tables(database)
-    return RecordingDatabase(database, _directory())
+    return RecordingDatabase(database, _directory(), holder)
+
+
+_holder: Any = None  # the lock's connection, kept for the process's life (plain pw_migrate has no end hook)
