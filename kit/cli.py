@@ -221,11 +221,18 @@ def _maintain(settings: Settings, args: argparse.Namespace) -> int:
     from kit.maintain import maintain
     from kit.models import project_models
 
-    if args.min_rows is None:
-        maintain(database, project_models())
-    else:
-        maintain(database, project_models(), min_rows=args.min_rows)
+    options = {"retain": dict(args.retain or []), "drop": args.drop_retired}
+    if args.min_rows is not None:
+        options["min_rows"] = args.min_rows
+    maintain(database, project_models(), **options)
     return 0
+
+
+def _retention(text: str) -> tuple[str, int]:
+    table, _, months = text.partition("=")
+    if not table or not months.isdigit() or int(months) < 1:
+        raise argparse.ArgumentTypeError(f"must be TABLE=MONTHS (MONTHS a whole number, 1 or more), got {text!r}")
+    return table, int(months)
 
 
 def _rows(text: str) -> int:
@@ -255,9 +262,13 @@ def build_parser() -> argparse.ArgumentParser:
     init.set_defaults(action=_init, needs_settings=False)  # a new project needs no database
     groups.add_parser("models", help="print the reference of the models' columns (Markdown)"
                       ).set_defaults(action=_models, needs_settings=False)
-    upkeep = groups.add_parser("maintain", help="upkeep, safe from cron: a vector index of its own for each big tenant")
+    upkeep = groups.add_parser("maintain", help="upkeep, safe from cron: partitions, tenant vector indexes")
     upkeep.add_argument("--min-rows", type=_rows, default=None, metavar="N",
                         help="rows from which a tenant gets its own index (default: the search planner's threshold)")
+    upkeep.add_argument("--retain", type=_retention, action="append", metavar="TABLE=MONTHS",
+                        help="keep this many months of a partitioned table; older partitions are detached")
+    upkeep.add_argument("--drop-retired", action="store_true",
+                        help="drop the partitions --retain retires instead of detaching them")
     upkeep.set_defaults(action=_maintain)
     db = groups.add_parser("db", help="the database in use: DATABASE_URL or the embedded server")
     commands = db.add_subparsers(dest="command", required=True,

@@ -1,7 +1,10 @@
 """`kit maintain`: the upkeep a growing database needs, idempotent and safe to run from cron.
 
-Today: the partial vector index of each big tenant (`kit.vector.tenants`), for every model whose
-`Meta.tenant_index` names its tenant column (`document_chunks`: `organization`).
+- monthly partitions made ahead, for every model whose `Meta.partition_by` names its partition
+  column (`audit_logs`, `ai_usage`), and with a retention (`--retain TABLE=MONTHS`) the old ones
+  detached or dropped (`kit.partitions`);
+- the partial vector index of each big tenant (`kit.vector.tenants`), for every model whose
+  `Meta.tenant_index` names its tenant column (`document_chunks`: `organization`).
 """
 
 from __future__ import annotations
@@ -10,7 +13,9 @@ from collections.abc import Callable, Iterable
 
 from peewee import Database, Model
 
+from kit.errors import ArgumentError
 from kit.migrate.lock import check_held, hold_lock
+from kit.partitions import describe, ensure_partitions, is_partitioned, retire_partitions
 from kit.vector.indexes import VectorIndex
 from kit.vector.search import OWN_GRAPH_FROM
 from kit.vector.tenants import ensure_tenant_indexes
@@ -19,17 +24,33 @@ LOCK_KEY = 0x6B69745F6D6E74  # "kit_mnt": one run at a time (two CREATE INDEX CO
 
 
 def maintain(database: Database, models: Iterable[type[Model]], say: Callable[[str], None] = print,
-             min_rows: int = OWN_GRAPH_FROM) -> None:
+             min_rows: int = OWN_GRAPH_FROM, retain: dict[str, int] | None = None, drop: bool = False) -> None:
     """Bring every model's run-time objects up to date (tenant indexes), saying what changed.
 
     Runs take turns on an advisory lock held by a transaction of its own (`hold_lock`: index builds
     run outside transactions, and this works behind PgBouncer too); a second run waits and says so,
     then finds little to do.
     """
+    models = list(models)
+    partitioned = {m._meta.table_name: m for m in models if getattr(m._meta, "partition_by", None)}
+    unknown = sorted(set(retain or {}) - set(partitioned))
+    if unknown:
+        raise ArgumentError(f"--retain names {unknown[0]}, which is not a partitioned table "
+                            f"(those are: {', '.join(sorted(partitioned)) or 'none'}); nothing was done")
     holder = hold_lock(database, LOCK_KEY, "another kit maintain", say)
     try:
         with database.connection_context():
-            _maintain(database, models, say, min_rows, lambda: check_held(holder, "the kit maintain lock"))
+            still_locked = lambda: check_held(holder, "the kit maintain lock")  # noqa: E731
+            for table, model in partitioned.items():
+                if not is_partitioned(database, table):
+                    say(f"{table}: not partitioned yet (run the migrations); skipped")
+                    continue
+                still_locked()
+                done = ensure_partitions(database, table, model._meta.partition_by)
+                if table in (retain or {}):
+                    done.retired = retire_partitions(database, table, retain[table], drop=drop).retired
+                say(describe(done, table))
+            _maintain(database, models, say, min_rows, still_locked)
     finally:
         holder.close()
 

@@ -101,7 +101,7 @@ def test_every_spelling_of_a_password_is_masked(text):
 
 def test_pw_migrate_and_connection_errors_never_print_the_password(test_db_url, tmp_path):
     secret_url = test_db_url + ("&" if "?" in test_db_url else "?") + "password=hunter2secret"
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_"))}
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_")) or k == "DATABASE_POOLER"}
     root = Path(__file__).resolve().parent.parent
     shown = subprocess.run(["pw_migrate", "migrate", "--directory", str(root / "migrations")], cwd=root,
                            env={**environ, "DATABASE_URL": secret_url}, capture_output=True, text=True,
@@ -117,7 +117,7 @@ def test_pw_migrate_and_connection_errors_never_print_the_password(test_db_url, 
 
 def test_kit_db_psql_passes_the_password_by_environment_not_the_command_line(test_db_url):
     secret_url = test_db_url + ("&" if "?" in test_db_url else "?") + "password=hunter2secret"
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_"))}
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_")) or k == "DATABASE_POOLER"}
     psql = subprocess.Popen([sys.executable, "-m", "kit.cli", "db", "psql", "-Atc", "SELECT pg_sleep(1.5), 42"],
                             env={**environ, "DATABASE_URL": secret_url}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -137,7 +137,7 @@ def test_kit_db_psql_passes_the_password_by_environment_not_the_command_line(tes
 
 
 def kit_cli(*args: str, **env: str) -> subprocess.CompletedProcess:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_"))}
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_")) or k == "DATABASE_POOLER"}
     environ.update(env)
     return subprocess.run(
         [sys.executable, "-m", "kit.cli", *args], env=environ, capture_output=True, text=True, timeout=120
@@ -177,7 +177,7 @@ def test_unreachable_database_url_is_a_clear_error():
 
 def test_importing_the_kit_does_not_connect_or_start_a_server(tmp_path):
     code = "import kit, kit.db, kit.pool, kit.config, kit.embedded, kit.cli; print('imported')"
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_"))}
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_")) or k == "DATABASE_POOLER"}
     environ["KIT_DATA_DIR"] = str(tmp_path / "data")
     result = subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
@@ -198,7 +198,7 @@ def test_configured_database_shows_a_masked_url_and_connects_with_the_real_one(t
 
 def test_pw_migrate_reports_an_unreachable_database_in_one_sentence():
     root = Path(__file__).resolve().parent.parent
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_"))}
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_")) or k == "DATABASE_POOLER"}
     environ["DATABASE_URL"] = "postgresql://kit:topsecret@127.0.0.1:1/kit"
     result = subprocess.run(
         [sys.executable, "-m", "peewee_migrate", "migrate"], cwd=root, env=environ, capture_output=True,

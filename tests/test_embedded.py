@@ -30,7 +30,7 @@ def data_dir():
 
 
 def kit_cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_"))}
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_")) or k == "DATABASE_POOLER"}
     environ["KIT_DATA_DIR"] = str(data_dir)
     return subprocess.run(
         [sys.executable, "-m", "kit.cli", *args], env=environ, capture_output=True, text=True, timeout=180
@@ -129,7 +129,7 @@ def test_a_cluster_of_another_major_version_is_refused_clearly(tmp_path):
 
 
 def test_unavailable_embedded_server_says_what_to_do(tmp_path):
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_"))}
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_")) or k == "DATABASE_POOLER"}
     environ.update(KIT_DATA_DIR=str(tmp_path), PGSERVER_POSTGRES_VERSION="9")  # the package refuses to load
     result = subprocess.run(
         [sys.executable, "-m", "kit.cli", "db", "url"], env=environ, capture_output=True, text=True, timeout=60
@@ -176,7 +176,7 @@ def test_a_server_crash_mid_migrate_is_one_sentence_and_start_recovers(data_dir,
         "    migrator.sql('CREATE TABLE half_done (n int)')\n"
         "    migrator.sql('SELECT pg_sleep(30)')\n"
     )
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_"))}
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_")) or k == "DATABASE_POOLER"}
     environ["KIT_DATA_DIR"] = str(data_dir)
     run = subprocess.Popen([sys.executable, "-m", "kit.cli", "migrate", "--dir", str(migrations)], env=environ,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

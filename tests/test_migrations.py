@@ -40,7 +40,7 @@ def migrations(tmp_path) -> Path:
 
 def pw_migrate(db_url: str, cwd: Path) -> subprocess.Popen:
     """Plain `pw_migrate migrate` in `cwd` (which holds migrations/conf.py) against `db_url`."""
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_"))}
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_")) or k == "DATABASE_POOLER"}
     environ["DATABASE_URL"] = db_url
     return subprocess.Popen([sys.executable, "-m", "peewee_migrate", "migrate"], cwd=cwd, env=environ,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -55,7 +55,7 @@ def tables(db) -> set[str]:
 
 
 def kit_cli(db_url: str, cwd: Path, *args: str) -> subprocess.Popen:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_"))}
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_")) or k == "DATABASE_POOLER"}
     environ["DATABASE_URL"] = db_url
     return subprocess.Popen([sys.executable, "-m", "kit.cli", *args], cwd=cwd, env=environ,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -353,7 +353,7 @@ def test_resolve_names_the_tables_a_schema_migration_would_create(fresh_database
 
 
 def test_plain_pw_migrate_records_checksums_and_kit_migrate_adopts_history_without_them(fresh_database, migrations):
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_"))}
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_")) or k == "DATABASE_POOLER"}
     environ["DATABASE_URL"] = fresh_database.scratch_url
     result = subprocess.run([sys.executable, "-m", "peewee_migrate", "migrate"], cwd=migrations.parent, env=environ,
                             capture_output=True, text=True, timeout=300)
@@ -497,7 +497,7 @@ def test_a_failing_migration_under_pw_migrate_is_a_sentence_not_a_traceback(fres
     (migrations / "099_broken.py").write_text(
         "def migrate(migrator, database, *, fake=False):\n    migrator.sql('SELEC 1')\n\n\n"
         "def rollback(migrator, database, *, fake=False):\n    pass\n")
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_"))}
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_")) or k == "DATABASE_POOLER"}
     environ["DATABASE_URL"] = fresh_database.scratch_url
     result = subprocess.run([str(Path(sys.executable).parent / "pw_migrate"), "migrate", "--directory",
                              str(migrations)], env=environ, capture_output=True, text=True, timeout=300)

@@ -44,7 +44,7 @@ def test_outside_any_project_the_data_lives_in_one_place_per_user(tmp_path):
 def test_the_settings_and_directories_follow_the_project_not_the_current_directory(tmp_path):
     code = ("from kit.config import load_settings; from kit.migrate.loader import default_directory; "
             "from kit.seed import seeds_directory; print(load_settings().data_dir, default_directory(), seeds_directory())")
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_"))}
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_")) or k == "DATABASE_POOLER"}
     for cwd in (ROOT, ROOT / "tests", ROOT / "kit" / "models"):
         out = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=environ, capture_output=True, text=True,
                              check=True).stdout.split()
@@ -137,7 +137,7 @@ def test_from_a_built_wheel_kit_init_gives_a_project_that_works_from_any_directo
     (site / "kit_test_dependencies.pth").write_text(f"{dependencies}\n")  # the kit's dependencies, not the kit
     subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", str(wheel)],
                    check=True, capture_output=True, timeout=300)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_", "PYTHON"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_", "PYTHON")) or k == "DATABASE_POOLER"}
     env["PATH"] = f"{venv / 'bin'}:{env['PATH']}"
     installed = run([str(python), "-c", "import kit; print(kit.__file__)"], tmp_path, env).stdout
     assert installed.startswith(str(site)), installed  # the wheel's kit, not the repository's
@@ -179,7 +179,7 @@ def test_from_a_built_wheel_kit_init_gives_a_project_that_works_from_any_directo
 
 def test_the_seed_outside_any_project_says_it_cannot_check_migrations(tmp_path):
     (tmp_path / "f.yaml").write_text("users:\n  a: {name: A, email: a@example.com}\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_")) or k == "DATABASE_POOLER"}
     env["DATABASE_URL"] = "postgresql://nobody@127.0.0.1:9/none"  # never reached
     result = subprocess.run([sys.executable, "-m", "kit.seed", "f.yaml"], cwd=tmp_path, env=env, capture_output=True,
                             text=True, timeout=120)
@@ -208,7 +208,7 @@ def test_kit_init_never_overwrites_a_file(tmp_path):
 
 def test_a_bad_tool_kit_table_stops_every_command_with_one_sentence(tmp_path):
     (tmp_path / "pyproject.toml").write_text("[tool.kit]\nmodels = 'oops'\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_")) or k == "DATABASE_POOLER"}
     for args in (["kit", "migrate", "status"], ["kit", "--help"], ["kit.seed", "x.yaml"]):
         module, *rest = args
         result = subprocess.run([sys.executable, "-m", "kit.cli" if module == "kit" else module, *rest], cwd=tmp_path,

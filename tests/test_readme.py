@@ -64,7 +64,7 @@ def seeded(fresh_database):
 
 @pytest.mark.parametrize("start, code", blocks("python"), ids=lambda v: f"line{v}" if isinstance(v, int) else "")
 def test_every_python_block_runs_as_written_and_prints_what_its_comments_say(seeded, start, code):
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_"))}
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_")) or k == "DATABASE_POOLER"}
     environ["DATABASE_URL"] = seeded.scratch_url
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=environ, capture_output=True, text=True,
                             timeout=300)

@@ -283,7 +283,7 @@ def test_dump_writes_a_fixture_that_loads_back_to_the_same_rows(db, tmp_path):
 
 
 def seed_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_"))}
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_")) or k == "DATABASE_POOLER"}
     environ.update(env or {})
     return subprocess.run([sys.executable, "-m", "kit.seed", *args], cwd=cwd, env=environ, capture_output=True,
                           text=True, timeout=300)

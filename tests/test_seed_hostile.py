@@ -207,7 +207,7 @@ def test_a_dump_of_every_table_loads_back_unchanged_into_a_fresh_database(db, fr
 
 
 def seed_process(path: Path, url: str, *args: str) -> subprocess.Popen:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_"))}
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_")) or k == "DATABASE_POOLER"}
     environ.update(ENV, DATABASE_URL=url)
     return subprocess.Popen([sys.executable, "-m", "kit.seed", str(path), *args], env=environ, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -239,7 +239,7 @@ def peak_rss_of_seed(path: Path, url: str) -> tuple[int, str]:
     """Run the seed command in a child process; return its peak resident memory (bytes) and its output."""
     code = ("import resource, sys; from kit.seed import main; rc = main([sys.argv[1]]); "
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024); sys.exit(rc)")
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_"))}
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_")) or k == "DATABASE_POOLER"}
     environ.update(ENV, DATABASE_URL=url)
     result = subprocess.run([sys.executable, "-c", code, str(path)], env=environ, capture_output=True, text=True,
                             timeout=1200)

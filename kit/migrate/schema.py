@@ -57,7 +57,7 @@ SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
 FROM pg_attribute a
 JOIN pg_class c ON c.oid = a.attrelid
 LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'p')
+WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'p') AND NOT c.relispartition
   AND a.attnum > 0 AND NOT a.attisdropped
 """
 FOREIGN_KEYS_SQL = """
@@ -84,7 +84,7 @@ WHERE c.relnamespace = current_schema()::regnamespace AND p.proname = %s AND t.t
 TABLE_OPTIONS_SQL = """
 SELECT c.relname, COALESCE(c.reloptions, '{}')
 FROM pg_class c
-WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'p')
+WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'p') AND NOT c.relispartition
 """
 INDEXES_SQL = """
 SELECT t.relname, i.relname, ix.indisunique, ix.indisprimary, am.amname,
@@ -283,7 +283,7 @@ def _compare_checks(database: Database, model: type[Model]) -> list[str]:
         scratch = f"kit_check_probe_{table}"
         try:
             with database.atomic():
-                database.execute_sql(f'CREATE TEMP TABLE "{scratch}" (LIKE "{table}")')
+                database.execute_sql(f'CREATE TEMP TABLE "{scratch}" (LIKE "{table}") ON COMMIT DROP')
         except DatabaseError as exc:  # a read-only server, say: say so rather than guess
             probe.rollback()
             return [f"{table}: CHECK constraints not compared, no scratch table could be made "

@@ -24,6 +24,7 @@ class AiUsage(BaseModel):
 
     class Meta:
         table_name = "ai_usage"
+        partition_by = "created_at"  # monthly partitions (migration 008, `kit maintain`); key (id, created_at)
 
 
 class OrgCredit(TimestampedModel):

@@ -30,6 +30,7 @@ class AuditLog(BaseModel):
     class Meta:
         table_name = "audit_logs"
         append_only = True
+        partition_by = "created_at"  # monthly partitions (migration 008, `kit maintain`); key (id, created_at)
 
     @classmethod
     def record(cls, action: str, organization: Any = None, actor: Any = None, target: Any = None,

@@ -1,4 +1,4 @@
-"""Peewee migrations -- 008_example_projects.py.
+"""Peewee migrations -- 009_example_projects.py.
 
 Some examples (model - class or model name)::
 

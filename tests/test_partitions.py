@@ -1,0 +1,126 @@
+"""Monthly partitions of audit_logs and ai_usage: the migration keeps every row, append-only holds on each
+partition, `kit maintain` keeps partitions ahead and retires old ones, and time filters prune."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+import peewee
+import pytest
+
+from kit import migrate
+from kit.maintain import maintain
+from kit.models import ALL_MODELS
+from kit.partitions import ensure_partitions, month_partitions, retire_partitions
+
+ROOT = Path(__file__).resolve().parent.parent
+QUIET = {"say": lambda _: None}
+MONTHS = ["2026-08-15 10:00:00+00", "2026-09-30 23:59:59+00", "2026-10-01 00:00:00+00"]
+
+
+def rows(db, table: str) -> list[tuple]:
+    return db.execute_sql(f"SELECT id::text, created_at, to_jsonb(t) - 'id' - 'created_at' FROM {table} t "
+                          "ORDER BY id").fetchall()
+
+
+@pytest.fixture
+def before_008(fresh_database, tmp_path):
+    """A database migrated up to 007, holding audit and AI usage rows of three months."""
+    db = fresh_database
+    early = tmp_path / "migrations"
+    early.mkdir()
+    for path in sorted((ROOT / "migrations").glob("00[1-7]_*.py")):
+        shutil.copy(path, early / path.name)
+    migrate.apply(db, early, **QUIET)
+    org = db.execute_sql("INSERT INTO organizations (name, slug) VALUES ('Acme', 'acme') RETURNING id").fetchone()[0]
+    for n, at in enumerate(MONTHS * 10):
+        db.execute_sql("INSERT INTO audit_logs (organization_id, action, created_at, metadata) "
+                       "VALUES (%s, %s, %s, %s)", (org, f"act{n}", at, f'{{"n": {n}}}'))
+        db.execute_sql("INSERT INTO ai_usage (organization_id, model, input_tokens, created_at) VALUES (%s, 'm', %s, %s)",
+                       (org, n, at))
+    return db
+
+
+def refused(db, sql: str) -> str:
+    with pytest.raises(peewee.DatabaseError) as caught:
+        with db.atomic():
+            db.execute_sql(sql)
+    return str(caught.value)
+
+
+def test_the_migration_keeps_every_row_and_append_only_holds_on_every_partition(before_008):
+    db = before_008
+    kept = {table: rows(db, table) for table in ("audit_logs", "ai_usage")}
+    assert len(kept["audit_logs"]) == 30
+    migrate.apply(db, ROOT / "migrations", **QUIET)
+    for table in ("audit_logs", "ai_usage"):
+        assert rows(db, table) == kept[table]  # every row, every value
+        assert db.execute_sql("SELECT relkind FROM pg_class WHERE relname = %s", (table,)).fetchone()[0] == "p"
+        months = month_partitions(db, table)
+        assert {m.strftime("%Y-%m") for m in months} >= {"2026-08", "2026-09", "2026-10"}
+    assert db.execute_sql("SELECT count(*) FROM audit_logs_p202609").fetchone()[0] == 10  # 23:59:59 stays in September
+    # append-only: on the table and on each partition directly, whatever the statement
+    db.execute_sql("INSERT INTO audit_logs (action, created_at) VALUES ('far', '2040-01-01+00')")  # the default's
+    kept["audit_logs"] = rows(db, "audit_logs")
+    for target in ["audit_logs", "audit_logs_p202608", "audit_logs_default"]:
+        assert "append-only" in refused(db, f"UPDATE {target} SET action = 'x'")
+        assert "append-only" in refused(db, f"DELETE FROM {target}")
+        assert "append-only" in refused(db, f"TRUNCATE {target}")
+    # foreign keys came back: deleting the organization takes its AI usage with it
+    assert "foreign key" in refused(db, "INSERT INTO ai_usage (organization_id, model) VALUES (gen_random_uuid(), 'm')")
+    assert migrate.verify(db, ROOT / "migrations") == []  # no drift: the partitions are not extra tables
+    # rollback: plain tables again, with the same rows, and append-only still holds
+    assert migrate.rollback(db, ROOT / "migrations", **QUIET) == ["008_partition_audit_logs_and_ai_usage"]
+    for table in ("audit_logs", "ai_usage"):
+        assert rows(db, table) == kept[table]
+        assert db.execute_sql("SELECT relkind FROM pg_class WHERE relname = %s", (table,)).fetchone()[0] == "r"
+    assert "append-only" in refused(db, "DELETE FROM audit_logs")
+
+
+def test_partitions_are_made_ahead_idempotently_and_old_ones_retired(before_008):
+    db = before_008
+    migrate.apply(db, ROOT / "migrations", **QUIET)
+    later = datetime(2027, 5, 20, tzinfo=UTC)
+    made = ensure_partitions(db, "audit_logs", now=later)
+    assert made.created == ["audit_logs_p202705", "audit_logs_p202706", "audit_logs_p202707", "audit_logs_p202708"]
+    assert ensure_partitions(db, "audit_logs", now=later).created == []  # again: nothing to do
+    assert "append-only" in refused(db, "TRUNCATE audit_logs_p202706")  # new partitions refuse TRUNCATE too
+    # a row for a month with no partition lands in the default one, never lost; that month is then not made
+    db.execute_sql("INSERT INTO audit_logs (action, created_at) VALUES ('far', '2030-01-05+00')")
+    assert db.execute_sql("SELECT count(*) FROM audit_logs_default").fetchone()[0] == 1
+    waiting = ensure_partitions(db, "audit_logs", now=datetime(2030, 1, 1, tzinfo=UTC))
+    assert waiting.skipped == ["audit_logs_p203001"] and "audit_logs_p203002" in waiting.created
+    assert db.execute_sql("SELECT action FROM audit_logs WHERE created_at >= '2030-01-01+00'").fetchall() == [("far",)]
+    # retention: keep 3 months before 2026-11: August goes (detached, kept as a table), September stays
+    retired = retire_partitions(db, "audit_logs", keep=3, now=datetime(2026, 11, 2, tzinfo=UTC))
+    assert retired.retired == ["audit_logs_p202608"]
+    assert db.execute_sql("SELECT count(*) FROM audit_logs_p202608").fetchone()[0] == 10  # detached, not lost
+    assert db.execute_sql("SELECT count(*) FROM audit_logs").fetchone()[0] == 21
+    dropped = retire_partitions(db, "ai_usage", keep=2, drop=True, now=datetime(2026, 11, 2, tzinfo=UTC))
+    assert dropped.retired == ["ai_usage_p202608", "ai_usage_p202609"]
+    assert db.execute_sql("SELECT to_regclass('ai_usage_p202608')").fetchone()[0] is None
+
+
+def test_kit_maintain_keeps_partitions_ahead_and_checks_its_retention(before_008):
+    db = before_008
+    migrate.apply(db, ROOT / "migrations", **QUIET)
+    said: list[str] = []
+    maintain(db, ALL_MODELS, say=said.append, retain={"audit_logs": 120})
+    assert any(line.startswith("audit_logs: partitions: 0 created") for line in said), said
+    with pytest.raises(Exception, match="--retain names users, which is not a partitioned table"):
+        maintain(db, ALL_MODELS, say=said.append, retain={"users": 3})
+
+
+def test_a_time_filter_reads_only_the_partitions_it_needs(before_008):
+    db = before_008
+    migrate.apply(db, ROOT / "migrations", **QUIET)
+    plan = "\n".join(r[0] for r in db.execute_sql(
+        "EXPLAIN SELECT count(*) FROM audit_logs WHERE created_at >= '2026-09-01+00' "
+        "AND created_at < '2026-10-01+00'").fetchall())
+    assert "audit_logs_p202609" in plan
+    for other in ("audit_logs_p202608", "audit_logs_p202610", "audit_logs_default"):
+        assert other not in plan
+    assert db.execute_sql("SELECT count(*) FROM audit_logs WHERE created_at >= '2026-09-01+00' "
+                          "AND created_at < '2026-10-01+00'").fetchone()[0] == 10
