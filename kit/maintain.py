@@ -37,7 +37,8 @@ def maintain(database: Database, models: Iterable[type[Model]], say: Callable[[s
     if unknown:
         raise ArgumentError(f"--retain names {unknown[0]}, which is not a partitioned table "
                             f"(those are: {', '.join(sorted(partitioned)) or 'none'}); nothing was done")
-    holder = hold_lock(database, LOCK_KEY, "another kit maintain", say)
+    with database.connection_context():  # configured (from the environment) before the lock's own connection
+        holder = hold_lock(database, LOCK_KEY, "another kit maintain", say)
     try:
         with database.connection_context():
             still_locked = lambda: check_held(holder, "the kit maintain lock")  # noqa: E731

@@ -6,6 +6,7 @@ import time
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
+import pytest
 
 
 def with_dbname(url: str, name: str) -> str:
@@ -61,3 +62,15 @@ def kit_replica(*args: str):
     environ = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     return subprocess.run([sys.executable, "-m", "kit.cli", "db", "replica", *args], env=environ,
                           capture_output=True, text=True, timeout=300)
+
+
+def _pooler() -> str | None:
+    from kit.config import load_settings
+
+    return load_settings().pooler
+
+
+# For tests that watch or kill the server's own sessions behind a connection: through a transaction-pooling
+# PgBouncer a client connection has no server session of its own (PgBouncer lends one per transaction).
+observes_server_sessions = pytest.mark.skipif(
+    bool(_pooler()), reason="watches the server session behind a connection, which PgBouncer lends per transaction")

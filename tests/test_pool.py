@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from helpers import scalar, wait_until
+from helpers import observes_server_sessions, scalar, wait_until
 from peewee import ProgrammingError
 
 from kit.db import PooledDatabase, PoolExhausted, PoolTooLarge, database
@@ -41,6 +41,7 @@ def hold_connections(pool, count):
     return release, threads
 
 
+@observes_server_sessions
 def test_min_connections_open_at_first_use_and_stay(make_pool, monitor):
     pool = make_pool(min_size=3, max_size=5, max_idle=0.2)
     assert server_connections(monitor, pool) == 0, "a pool must not connect before its first query"
@@ -52,6 +53,7 @@ def test_min_connections_open_at_first_use_and_stay(make_pool, monitor):
     assert pool.pool_stats()["idle"] == 3
 
 
+@observes_server_sessions
 def test_idle_connections_above_min_close_after_idle_timeout(make_pool, monitor):
     pool = make_pool(min_size=1, max_size=6, max_idle=0.4)
     release, threads = hold_connections(pool, 5)
@@ -108,6 +110,7 @@ def test_connection_of_an_ended_thread_is_reclaimed(make_pool):
     assert time.monotonic() - started < 1.0
 
 
+@observes_server_sessions
 def test_killed_idle_connections_never_fail_a_caller(make_pool, monitor):
     pool = make_pool(min_size=3, max_size=5)
     with pool.connection_context():
@@ -215,6 +218,7 @@ def test_set_local_needs_no_reset(make_pool):
     assert pool.pool_stats()["resets"] == 0
 
 
+@observes_server_sessions
 def test_forked_child_never_reuses_the_parents_socket(make_pool, monitor):
     pool = make_pool(min_size=2, max_size=4)
     parent_pid = backend_pid(pool)  # held by this thread across the fork
@@ -331,6 +335,7 @@ def test_a_min_size_above_what_the_server_allows_is_one_sentence_not_an_outage(m
         monitor.cursor().execute(f"DROP ROLE {role}")
 
 
+@observes_server_sessions
 def test_the_environment_names_the_variable(monkeypatch, test_db_url):
     from kit.config import ConfigError, load_settings
     from kit.db import Database

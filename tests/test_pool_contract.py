@@ -13,7 +13,7 @@ import threading
 import time
 
 import pytest
-from helpers import scalar, wait_until
+from helpers import observes_server_sessions, scalar, wait_until
 from playhouse.pool import MaxConnectionsExceeded
 
 from kit.db import PooledDatabase, PoolExhausted, PoolSettingError
@@ -94,6 +94,7 @@ def test_max_size_one_never_lets_two_out_whatever_the_default_min(pooled):
     holder.release()
 
 
+@observes_server_sessions
 @pytest.mark.parametrize("unlimited", [0, None])
 def test_max_connections_zero_or_none_means_no_limit(pooled, monitor, unlimited):
     db = pooled(max_connections=unlimited)
@@ -123,6 +124,7 @@ def test_timeout_in_seconds_waits_then_fails(pooled):
     holder.release()
 
 
+@observes_server_sessions
 def test_stale_timeout_retires_connections_by_age(pooled, monitor):
     db = pooled(stale_timeout=0.3)
     with db.connection_context():
@@ -157,6 +159,7 @@ def test_init_updates_pool_parameters(pooled):
     assert (db.min_size, db.max_connections) == (1, 3)
 
 
+@observes_server_sessions
 def test_init_with_another_target_closes_what_the_pool_holds(pooled, monitor, test_db_url):
     db = pooled()
     with db.connection_context():
@@ -168,6 +171,7 @@ def test_init_with_another_target_closes_what_the_pool_holds(pooled, monitor, te
         assert pid(db) != first
 
 
+@observes_server_sessions
 def test_close_idle_closes_only_idle_connections(pooled, monitor):
     db = pooled()
     holder = Holder(db)
@@ -182,6 +186,7 @@ def test_close_idle_closes_only_idle_connections(pooled, monitor):
     holder.release()
 
 
+@observes_server_sessions
 def test_close_stale_closes_long_checked_out_connections(pooled, monitor):
     db = pooled()
     old = Holder(db)
@@ -209,6 +214,7 @@ def test_close_all_closes_everything_and_wakes_waiters(pooled, monitor):
     assert wait_until(lambda: on_server(monitor, db) == 0), on_server(monitor, db)
 
 
+@observes_server_sessions
 def test_manual_close_closes_for_good(pooled, monitor):
     db = pooled()
     assert db.manual_close() is False  # nothing open
@@ -219,6 +225,7 @@ def test_manual_close_closes_for_good(pooled, monitor):
     assert pid(db) != first
 
 
+@observes_server_sessions
 def test_dispose_after_fork_frees_every_place_in_the_child(pooled, monitor):
     db = pooled(max_connections=2)
     parent_pid = pid(db)  # the parent keeps this one checked out across the fork
@@ -240,6 +247,7 @@ def test_dispose_after_fork_frees_every_place_in_the_child(pooled, monitor):
     assert pid(db) == parent_pid  # the parent's session was never touched
 
 
+@observes_server_sessions
 def test_is_closed_hook_is_asked_on_checkout(pooled):
     refused = set()
 
@@ -255,6 +263,7 @@ def test_is_closed_hook_is_asked_on_checkout(pooled):
         assert pid(db) != first
 
 
+@observes_server_sessions
 def test_can_reuse_hook_is_asked_on_check_in(pooled, monitor):
     class NeverReused(PooledDatabase):
         def _can_reuse(self, conn):

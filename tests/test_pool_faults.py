@@ -16,7 +16,7 @@ import threading
 import time
 
 import pytest
-from helpers import scalar, wait_until
+from helpers import observes_server_sessions, scalar, wait_until
 from peewee import OperationalError
 
 from kit.db import PooledDatabase, SessionLost
@@ -53,6 +53,7 @@ def pid_of(db) -> int:
     return db.execute_sql("SELECT pg_backend_pid()").fetchone()[0]
 
 
+@observes_server_sessions
 def test_a_checkout_right_after_the_server_ended_the_session_never_fails(pool, monitor, table):
     errors = []
     for trial in range(TRIALS):
@@ -143,6 +144,7 @@ def test_session_state_lost_with_its_connection_is_an_error_naming_it(pool, moni
     pool.close()
 
 
+@observes_server_sessions
 def test_state_set_on_the_driver_connection_counts_as_session_state(pool, monitor):
     with pool.connection().cursor() as cur:
         cur.execute("SET search_path TO nowhere")
@@ -152,6 +154,7 @@ def test_state_set_on_the_driver_connection_counts_as_session_state(pool, monito
     pool.close()
 
 
+@observes_server_sessions
 def test_a_lost_session_is_found_at_begin(pool, monitor):
     pool.execute_sql("SELECT pg_advisory_lock(4343)")
     terminate(monitor, pid_of(pool))
@@ -178,6 +181,7 @@ def test_commit_after_the_connection_died_is_an_error_never_a_silent_success(poo
     pool.close()
 
 
+@observes_server_sessions
 def test_a_transaction_begun_as_sql_is_session_state_too(pool, monitor, table):
     pool.execute_sql("BEGIN")
     pool.execute_sql(f"INSERT INTO {table} VALUES (1)")

@@ -277,28 +277,41 @@ class _Sender(threading.Thread):
         except Exception as exc:  # noqa: BLE001 - handed to the writer's thread, which raises it
             self.error = exc
         finally:
-            self.cursor.close()
+            try:
+                self.cursor.close()
+            except Exception:  # noqa: BLE001 - a dead connection's cursor; the COPY's own error is kept
+                pass
             while not self._done:  # unblock the writer: take what it still queues until it ends
                 chunk = self.chunks.get()
                 self._done = chunk is _END or chunk is _ABORT
 
+    def _put(self, item: object) -> None:
+        """Queue `item` for the worker; never blocks on a worker that has ended (its error is raised later)."""
+        while self.is_alive():
+            try:
+                self.chunks.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
     def send(self, chunk: bytes) -> None:
         """Queue one encoded chunk; raise the COPY's error if it has failed already."""
-        if self.error is not None:
-            self.finish()
-        self.chunks.put(chunk)
+        if self.error is not None or not self.is_alive():
+            self.finish()  # raises the COPY's error
+            raise peewee.InterfaceError("the COPY statement ended before every row was sent; nothing of it counts")
+        self._put(chunk)
 
     def end(self) -> None:
         """Mark the end of the rows (once); the statement completes in the background."""
         if not self._ending:
             self._ending = True
-            self.chunks.put(_END)
+            self._put(_END)
 
     def finish(self, abort: bool = False) -> None:
         """End the COPY statement and wait for it; raise its error (unless aborting)."""
         if not self._ending:
             self._ending = True
-            self.chunks.put(_ABORT if abort else _END)
+            self._put(_ABORT if abort else _END)
         self.join()
         if self.error is not None and not abort and not isinstance(self.error, _Aborted):
             if not isinstance(self.error, psycopg2.Error):
