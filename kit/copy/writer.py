@@ -298,6 +298,8 @@ class _Sender(threading.Thread):
         """Queue one encoded chunk; raise the COPY's error if it has failed already."""
         if self.error is not None or not self.is_alive():
             self.finish()  # raises the COPY's error
+            if isinstance(self.error, _Aborted):
+                return  # never started, an earlier statement having failed: that one raises its error
             raise peewee.InterfaceError("the COPY statement ended before every row was sent; nothing of it counts")
         self._put(chunk)
 
