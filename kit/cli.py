@@ -85,35 +85,38 @@ def _db_start(settings: Settings, args: argparse.Namespace) -> int:
 def _db_pgbouncer(settings: Settings, args: argparse.Namespace) -> int:
     from kit import pgbouncer
 
-    if settings.database_url:
-        print(f"DATABASE_URL is set ({settings.safe_url}); `kit db pgbouncer` runs PgBouncer in front of the "
-              "embedded server only; for your own server, configure PgBouncer as its documentation says.",
-              file=sys.stderr)
-        return 1
-    if args.pgbouncer_command == "stop":
-        print("pgbouncer stopped" if pgbouncer.stop_pgbouncer(settings.data_dir) else "pgbouncer was not running")
-        return 0
-    url = pgbouncer.start_pgbouncer(settings.data_dir)
-    print(f"PgBouncer (pool_mode = transaction) running in front of the embedded PostgreSQL in "
-          f"{pgbouncer.pgbouncer_dir(settings.data_dir)}; use it with DATABASE_POOLER=pgbouncer:")
-    print(url)
-    return 0
+    return _companion(settings, "pgbouncer", args.pgbouncer_command, pgbouncer.start_pgbouncer,
+                      pgbouncer.stop_pgbouncer, (
+                          "runs PgBouncer in front of the embedded server only; for your own server, configure "
+                          "PgBouncer as its documentation says.",
+                          "pgbouncer stopped", "pgbouncer was not running",
+                          f"PgBouncer (pool_mode = transaction) running in front of the embedded PostgreSQL in "
+                          f"{pgbouncer.pgbouncer_dir(settings.data_dir)}; use it with DATABASE_POOLER=pgbouncer:"))
 
 
 def _db_replica(settings: Settings, args: argparse.Namespace) -> int:
     from kit import replica
 
+    return _companion(settings, "replica", args.replica_command, replica.start_replica, replica.stop_replica, (
+        "makes a replica of the embedded server only; for your own server, set one up as PostgreSQL documents.",
+        "replica stopped", "the replica was not running",
+        f"streaming replica of the embedded PostgreSQL {embedded.PG_MAJOR} running in "
+        f"{replica.replica_dir(settings.data_dir)}:"))
+
+
+def _companion(settings: Settings, name: str, action: str, start: Callable[[Path], str],
+               stop: Callable[[Path], bool], said: tuple[str, str, str, str]) -> int:
+    """`kit db NAME start|stop` for a development companion of the embedded server; refused with DATABASE_URL."""
+    elsewhere, stopped, not_running, started = said
     if settings.database_url:
-        print(f"DATABASE_URL is set ({settings.safe_url}); `kit db replica` makes a replica of the embedded "
-              "server only; for your own server, set one up as PostgreSQL documents.", file=sys.stderr)
+        print(f"DATABASE_URL is set ({settings.safe_url}); `kit db {name}` {elsewhere}", file=sys.stderr)
         return 1
-    if args.replica_command == "stop":
-        print("replica stopped" if replica.stop_replica(settings.data_dir) else "the replica was not running")
+    if action == "stop":
+        print(stopped if stop(settings.data_dir) else not_running)
         return 0
-    url = replica.start_replica(settings.data_dir)
-    print(f"streaming replica of the embedded PostgreSQL {embedded.PG_MAJOR} running in "
-          f"{replica.replica_dir(settings.data_dir)}:")
-    print(url)
+    url = start(settings.data_dir)
+    print(started)
+    print(url)  # the last line: what scripts read
     return 0
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import peewee as pw
 import psycopg2
 import pytest
-from helpers import observes_server_sessions
+from helpers import observes_server_sessions, query
 from peewee_migrate.router import Router
 
 from kit import migrate
@@ -487,11 +487,7 @@ def test_pw_migrate_s_run_lock_lost_with_its_connection_stops_the_run(fresh_data
     db = fresh_database
     lock_session(db, say=lambda _: None)  # what migrations/conf.py takes for a pw_migrate run
     pid = db.execute_sql("SELECT pg_backend_pid()").fetchone()[0]
-    killer = psycopg2.connect(db.scratch_url)
-    killer.autocommit = True
-    with killer.cursor() as cur:
-        cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
-    killer.close()
+    query(db.scratch_url, "SELECT pg_terminate_backend(%s)", (pid,))
     time.sleep(0.05)
     with pytest.raises(SessionLost, match="advisory locks"):
         db.execute_sql(f"SELECT count(*) FROM {history.HISTORY_TABLE}")  # the run's next statement
@@ -507,11 +503,7 @@ def test_a_run_lock_held_by_its_own_transaction_lost_with_its_connection_stops_t
         cur.execute("SELECT pg_backend_pid()")
         pid = cur.fetchone()[0]
     check_held(holder, "the migration lock")
-    killer = psycopg2.connect(fresh_database.scratch_url)
-    killer.autocommit = True
-    with killer.cursor() as cur:
-        cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
-    killer.close()
+    query(fresh_database.scratch_url, "SELECT pg_terminate_backend(%s)", (pid,))
     time.sleep(0.05)
     with pytest.raises(SessionLost, match="the connection holding the migration lock was lost"):
         check_held(holder, "the migration lock")
