@@ -166,7 +166,14 @@ def test_the_kit_maintain_command(passages):
     result = subprocess.run([sys.executable, "-m", "kit.cli", "maintain"], env=dict(os.environ, DATABASE_URL=passages),
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("document_chunks.embedding: tenant indexes: 0 created, 0 dropped, 0 kept")
+    lines = result.stdout.splitlines()
+    assert lines[:2] == ["audit_logs: partitions: 0 created", "ai_usage: partitions: 0 created"]  # made ahead
+    assert lines[2].startswith("document_chunks.embedding: tenant indexes: 0 created, 0 dropped, 0 kept")
+    for args, code, said in [(["--retain", "users=3"], 1, "--retain names users, which is not a partitioned table"),
+                             (["--retain", "audit_logs"], 2, "must be TABLE=MONTHS")]:
+        refused = subprocess.run([sys.executable, "-m", "kit.cli", "maintain", *args], capture_output=True,
+                                 env=dict(os.environ, DATABASE_URL=passages), text=True, timeout=60)
+        assert refused.returncode == code and said in refused.stderr and "Traceback" not in refused.stderr
     bad = subprocess.run([sys.executable, "-m", "kit.cli", "maintain", "--min-rows", "1"],
                          env=dict(os.environ, DATABASE_URL=passages), capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--min-rows: must be a whole number of rows, 2 or more, got '1'" in bad.stderr
