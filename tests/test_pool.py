@@ -129,6 +129,7 @@ def test_killed_idle_connections_never_fail_a_caller(make_pool, monitor):
     assert wait_until(lambda: server_connections(monitor, pool) == 3)
 
 
+@observes_server_sessions
 def test_killed_connection_kept_by_a_thread_is_replaced_before_the_next_statement(make_pool, monitor):
     pool = make_pool(min_size=1, max_size=2)
     old = backend_pid(pool)  # autoconnect: this thread keeps the connection
@@ -178,6 +179,7 @@ def test_open_and_failed_transactions_are_rolled_back_before_reuse(make_pool, mo
     assert scalar(monitor, f"SELECT count(*) FROM {table}") == 0
 
 
+@observes_server_sessions
 @pytest.mark.parametrize(
     "change, probe, default",
     [
@@ -312,6 +314,7 @@ def test_kit_database_is_the_pooled_jsonb_capable_class(test_db_url):
     assert database.execute_sql("SELECT '{\"a\": 1}'::jsonb ->> 'a'").fetchone()[0] == "1"
 
 
+@observes_server_sessions
 def test_a_min_size_above_what_the_server_allows_is_one_sentence_not_an_outage(make_pool, monitor, test_db_url):
     most = int(scalar(monitor, "SHOW max_connections"))
     pool = make_pool(min_size=most + 50, max_size=most + 60)

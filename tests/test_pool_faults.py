@@ -79,6 +79,7 @@ def test_a_checkout_right_after_the_server_ended_the_session_never_fails(pool, m
     assert stats["closed"] >= TRIALS  # every killed connection was dropped, found at checkout or on use
 
 
+@observes_server_sessions
 def test_a_kept_connection_without_session_state_survives_a_kill_just_before_its_statement(pool, monitor):
     pid_of(pool)  # autoconnect: this thread keeps its connection
     for _ in range(50):
@@ -126,6 +127,7 @@ SESSION_STATE = [
 ]
 
 
+@observes_server_sessions
 @pytest.mark.parametrize(("statement", "kind"), SESSION_STATE)
 @pytest.mark.parametrize("pause", [0.05, 0.0], ids=["backend-gone", "backend-exiting"])
 def test_session_state_lost_with_its_connection_is_an_error_naming_it(pool, monitor, statement, kind, pause):
