@@ -177,6 +177,7 @@ def test_open_and_failed_transactions_are_rolled_back_before_reuse(make_pool, mo
         assert backend_pid(pool) == first
         assert pool.execute_sql("SELECT 1").fetchone()[0] == 1
     assert scalar(monitor, f"SELECT count(*) FROM {table}") == 0
+    monitor.cursor().execute(f"DROP TABLE {table}")
 
 
 @observes_server_sessions
