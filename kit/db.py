@@ -703,7 +703,7 @@ class Database(PooledDatabase):
         if self._force.get() == REPLICA and named_cursor is None:
             replica = self._replica_for_read(writes_matter=False)
             if replica is not None:
-                return self._read_on(replica, sql, params)
+                return self._read_on(replica, sql, params, only_reads=False)
         self._unsynced.set(True)  # it may write: the next read waits for a replica to replay it
         return super().execute_sql(sql, params, named_cursor)
 
@@ -733,13 +733,19 @@ class Database(PooledDatabase):
             self._unsynced.set(False)
         return self._written.get()
 
-    def _read_on(self, replica: Replica, sql: str, params: Any) -> Any:
-        """Run a read on `replica`; should it fail there, on the primary (a read has no effect to repeat)."""
+    def _read_on(self, replica: Replica, sql: str, params: Any, only_reads: bool = True) -> Any:
+        """Run a read on `replica`; should it fail there, on the primary (a read has no effect to repeat).
+
+        `only_reads` False (raw SQL in `on_replica()`, which may be a write): only a full replica pool
+        sends it to the primary; any other failure is raised, so a write is refused as the standby refuses it.
+        """
         try:
             cursor = replica.database.execute_sql(sql, params)
         except (DatabaseError, InterfaceError, KitError) as exc:
             if replica.database.connection_lost() and not isinstance(exc, PoolExhausted):
                 self._router.failed(replica, exc)
+            if not only_reads and not isinstance(exc, PoolExhausted):
+                raise
             self._pool.count("replica_fallbacks")
             return PooledDatabase.execute_sql(self, sql, params)
         replica.reads += 1

@@ -98,8 +98,11 @@ def test_reads_go_to_the_replica_writes_transactions_and_raw_sql_to_the_primary(
     assert db.execute_sql("SELECT count(*) FROM routed_notes").fetchone()[0] == 1  # raw SQL: the primary
     with db.on_primary():
         assert Note.select().count() == 1
-    with db.on_replica():  # raw SQL too, forced
+    with db.on_replica():  # raw SQL too, forced; a write is refused as the standby refuses it, not re-sent
         assert db.execute_sql("SELECT pg_is_in_recovery()").fetchone()[0] is True
+        with pytest.raises(peewee.DatabaseError, match="read-only transaction"):
+            db.execute_sql("INSERT INTO routed_notes (body) VALUES ('forced')")
+    assert db.execute_sql("SELECT count(*) FROM routed_notes WHERE body = 'forced'").fetchone()[0] == 0
     assert db.execute_sql("SELECT pg_is_in_recovery()").fetchone()[0] is False
     # raw SQL that only reads is routed as a SELECT: here the raw SQL above may have written, so the
     # primary; in a context that wrote nothing, the replica
