@@ -59,6 +59,11 @@ def _bound(day: date) -> str:
     return f"{day.isoformat()} 00:00:00+00"
 
 
+def _range(month: date) -> str:
+    """The bounds of `month`'s partition."""
+    return f"FOR VALUES FROM ('{_bound(month)}') TO ('{_bound(_month(month, 1))}')"
+
+
 def partition_name(table: str, month: date) -> str:
     """The name of `table`'s partition for `month` (`audit_logs_p202611`)."""
     return f"{table}_p{month.year:04d}{month.month:02d}"
@@ -125,7 +130,7 @@ def ensure_partitions(database: Database, table: str, column: str = "created_at"
             if waiting:
                 done.skipped.append(name)
                 continue
-            _add_partition(database, table, name, f"FOR VALUES FROM ('{low}') TO ('{high}')")
+            _add_partition(database, table, name, _range(month))
         done.created.append(name)
     return done
 
@@ -187,27 +192,10 @@ def partition_table(database: Database, table: str, column: str = "created_at", 
     """
     if is_partitioned(database, table):
         return 0
-    if not database.in_transaction():
-        raise PartitionError("partition_table needs an open transaction (use database.atomic())")
-    database.execute_sql(f'LOCK TABLE "{table}" IN ACCESS EXCLUSIVE MODE')
-    saved = _definitions(database, table)
-    new = f"{table}_partitioned"
-    database.execute_sql(f'CREATE TABLE "{new}" (LIKE "{table}" INCLUDING DEFAULTS INCLUDING CONSTRAINTS '
-                         f'INCLUDING GENERATED INCLUDING STORAGE) PARTITION BY RANGE ("{column}")')
+    _require_transaction(database, "partition_table")
     months = _months_with_rows(database, table, column)
-    for month in months:
-        _add_partition(database, new, partition_name(table, month),
-                       f"FOR VALUES FROM ('{_bound(month)}') TO ('{_bound(_month(month, 1))}')")
-    _add_partition(database, new, f"{table}_default", "DEFAULT")
-    moved = database.execute_sql(f'INSERT INTO "{new}" SELECT * FROM "{table}"').rowcount
-    database.execute_sql(f'DROP TABLE "{table}"')
-    database.execute_sql(f'ALTER TABLE "{new}" RENAME TO "{table}"')
-    database.execute_sql(f'ALTER TABLE "{table}" ADD CONSTRAINT "{table}_pkey" PRIMARY KEY (id, "{column}")')
-    for statement in saved["indexes"] + saved["foreign"] + saved["triggers"]:
-        database.execute_sql(statement.replace("%", "%%"))
-    for month in months:  # the parent's TRUNCATE triggers exist only now: give them to each partition
-        _copy_truncate_triggers(database, table, partition_name(table, month))
-    _copy_truncate_triggers(database, table, f"{table}_default")
+    partitions = [(partition_name(table, month), _range(month)) for month in months] + [(f"{table}_default", "DEFAULT")]
+    moved = _rebuild(database, table, f'PARTITION BY RANGE ("{column}")', f'id, "{column}"', partitions)
     ensure_partitions(database, table, column, ahead, now)
     return moved
 
@@ -216,18 +204,36 @@ def unpartition_table(database: Database, table: str) -> int:
     """Make partitioned `table` a plain table again with `id` as its key, moving every row; return the rows moved."""
     if not is_partitioned(database, table):
         return 0
+    _require_transaction(database, "unpartition_table")
+    return _rebuild(database, table, "", "id", [])  # its partitions go with the old table
+
+
+def _require_transaction(database: Database, what: str) -> None:
     if not database.in_transaction():
-        raise PartitionError("unpartition_table needs an open transaction (use database.atomic())")
+        raise PartitionError(f"{what} needs an open transaction (use database.atomic())")
+
+
+def _rebuild(database: Database, table: str, partitioning: str, key: str, partitions: list[tuple[str, str]]) -> int:
+    """Re-create `table` (`partitioning`, primary key `key`, these partitions), moving every row; return the count.
+
+    Its indexes, foreign keys and triggers are made again on the new table; each partition gets the
+    parent's TRUNCATE triggers.
+    """
+    database.execute_sql(f'LOCK TABLE "{table}" IN ACCESS EXCLUSIVE MODE')
     saved = _definitions(database, table)
-    new = f"{table}_plain"
+    new = f"{table}_rebuilt"
     database.execute_sql(f'CREATE TABLE "{new}" (LIKE "{table}" INCLUDING DEFAULTS INCLUDING CONSTRAINTS '
-                         'INCLUDING GENERATED INCLUDING STORAGE)')
+                         f'INCLUDING GENERATED INCLUDING STORAGE) {partitioning}')
+    for name, bounds in partitions:
+        database.execute_sql(f'CREATE TABLE "{name}" PARTITION OF "{new}" {bounds}')
     moved = database.execute_sql(f'INSERT INTO "{new}" SELECT * FROM "{table}"').rowcount
-    database.execute_sql(f'DROP TABLE "{table}"')  # its partitions with it
+    database.execute_sql(f'DROP TABLE "{table}"')
     database.execute_sql(f'ALTER TABLE "{new}" RENAME TO "{table}"')
-    database.execute_sql(f'ALTER TABLE "{table}" ADD CONSTRAINT "{table}_pkey" PRIMARY KEY (id)')
+    database.execute_sql(f'ALTER TABLE "{table}" ADD CONSTRAINT "{table}_pkey" PRIMARY KEY ({key})')
     for statement in saved["indexes"] + saved["foreign"] + saved["triggers"]:
         database.execute_sql(statement.replace("%", "%%"))
+    for name, _ in partitions:  # the parent's TRUNCATE triggers exist only now
+        _copy_truncate_triggers(database, table, name)
     return moved
 
 
