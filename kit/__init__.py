@@ -3,6 +3,9 @@
 Importing the package never connects; the first query does (see `kit.db`). Every error the kit
 raises on purpose is a `kit.KitError` (its family is in `kit.errors`, all exported here), so
 `except KitError` catches anything the kit refused.
+
+`kit.tenant(org)` sets the organization every statement of the block is confined to (row-level
+security, `kit.tenancy`); `kit.all_tenants()` is the one door past it (the owner's connection).
 """
 
 from kit.errors import (
@@ -22,12 +25,15 @@ from kit.errors import (
     PoolTooLarge,
     SessionLost,
     SessionStateRefused,
+    TenantError,
+    TenantRequired,
     VectorValueError,
 )
+from kit.tenancy import all_tenants, current_tenant, tenant
 
 __version__ = "0.1.0"
 
 __all__ = ["ArgumentError", "ConfigError", "CopyRowError", "DatabaseUnavailable", "DecryptionError",
            "EmbeddedServerError", "FixtureError", "InsufficientCredits", "InvitationError", "KitError",
            "MigrationError", "PoolExhausted", "PoolSettingError", "PoolTooLarge", "SessionLost", "SessionStateRefused",
-           "VectorValueError"]
+           "TenantError", "TenantRequired", "VectorValueError", "all_tenants", "current_tenant", "tenant"]

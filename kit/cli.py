@@ -155,6 +155,8 @@ def _migrate_apply(settings: Settings, args: argparse.Namespace) -> int:
     from kit import migrate
     from kit.db import database
 
+    database.configure(settings=settings, owner=True)
+
     done = migrate.apply(database, args.dir)
     print(f"{len(done)} migration(s) applied" if done else "nothing to migrate: the database is up to date")
     return 0
@@ -163,6 +165,8 @@ def _migrate_apply(settings: Settings, args: argparse.Namespace) -> int:
 def _migrate_status(settings: Settings, args: argparse.Namespace) -> int:
     from kit import migrate
     from kit.db import database
+
+    database.configure(settings=settings, owner=True)
 
     states = migrate.status(database, args.dir)
     if not states:
@@ -182,6 +186,8 @@ def _migrate_verify(settings: Settings, args: argparse.Namespace) -> int:
     from kit import migrate
     from kit.db import database
 
+    database.configure(settings=settings, owner=True)
+
     problems = migrate.verify(database, args.dir)
     for problem in problems:
         print(f"  - {problem}")
@@ -196,6 +202,8 @@ def _migrate_rollback(settings: Settings, args: argparse.Namespace) -> int:
     from kit import migrate
     from kit.db import database
 
+    database.configure(settings=settings, owner=True)
+
     undone = migrate.rollback(database, args.dir, count=args.count)
     print(f"{len(undone)} migration(s) rolled back" if undone else "nothing to roll back")
     return 0
@@ -204,6 +212,8 @@ def _migrate_rollback(settings: Settings, args: argparse.Namespace) -> int:
 def _migrate_resolve(settings: Settings, args: argparse.Namespace) -> int:
     from kit import migrate
     from kit.db import database
+
+    database.configure(settings=settings, owner=True)
 
     print(migrate.resolve(database, args.dir, args.name, applied=args.applied))
     return 0
@@ -224,6 +234,7 @@ def _maintain(settings: Settings, args: argparse.Namespace) -> int:
     from kit.maintain import maintain
     from kit.models import project_models
 
+    database.configure(settings=settings, owner=True)  # upkeep is DDL: the owner's connection
     options = {"retain": dict(args.retain or []), "drop": args.drop_retired}
     if args.min_rows is not None:
         options["min_rows"] = args.min_rows

@@ -2,7 +2,8 @@
 
 | variable                    | default   | meaning                                                     |
 |-----------------------------|-----------|-------------------------------------------------------------|
-| DATABASE_URL                | unset     | postgresql:// or postgres:// URL; unset: the embedded server |
+| DATABASE_URL                | unset     | the run-time (app) role's URL; unset: the embedded server    |
+| DATABASE_OWNER_URL          | see below | the owner's URL: migrations, seeds, upkeep, `all_tenants()` |
 | DATABASE_POOL_MIN           | 2         | connections opened on first use and kept open               |
 | DATABASE_POOL_MAX           | 10        | most connections checked out at once                        |
 | DATABASE_POOL_IDLE_TIMEOUT  | 30000     | ms an idle connection above MIN is kept; 0: kept            |
@@ -11,6 +12,9 @@
 | DATABASE_REPLICA_MAX_LAG    | 10000     | ms a replica may lag before reads skip it                   |
 | DATABASE_POOLER             | unset     | `pgbouncer`: DATABASE_URL is a transaction-pooling PgBouncer |
 | KIT_DATA_DIR                | see below | where the embedded server keeps its data                    |
+
+DATABASE_OWNER_URL unset: DATABASE_URL (one role for everything); both unset: the embedded server's
+`kit_owner` and `kit_app` (`kit.roles`).
 
 KIT_DATA_DIR unset: `.kit` in the project's root (`kit.project`; KIT_PROJECT_ROOT names it outright),
 whatever the current directory inside it; outside any project, one per-user place (`~/.local/share/kit`).
@@ -41,6 +45,7 @@ class Settings:
     """The kit's validated settings."""
 
     database_url: str | None = None
+    owner_url: str | None = None  # DATABASE_OWNER_URL (None: DATABASE_URL, or the embedded server's owner)
     pool_min: int = 2
     pool_max: int = 10
     pool_idle_timeout_ms: int = 30_000
@@ -123,6 +128,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     url = env.get("DATABASE_URL", "").strip() or None
     if url is not None:
         url = check_database_url(url)
+    owner_url = env.get("DATABASE_OWNER_URL", "").strip() or None
+    if owner_url is not None:
+        owner_url = check_database_url(owner_url, "DATABASE_OWNER_URL")
+        if url is None:
+            raise ConfigError("DATABASE_OWNER_URL is set but DATABASE_URL is not: set both to the same server "
+                              "(the owner's and the application's roles), or neither for the embedded server")
+    elif url is not None:
+        owner_url = url  # one role for everything: an external server set up without the kit's roles
     pool_min = _integer(env, "DATABASE_POOL_MIN", Settings.pool_min)
     pool_max = _integer(env, "DATABASE_POOL_MAX", Settings.pool_max)
     if pool_max < 1:
@@ -140,6 +153,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                          for n, part in enumerate(replicas, 1) if part)
     return Settings(
         database_url=url,
+        owner_url=owner_url,
         pool_min=pool_min,
         pool_max=pool_max,
         pool_idle_timeout_ms=_integer(env, "DATABASE_POOL_IDLE_TIMEOUT", Settings.pool_idle_timeout_ms),

@@ -61,9 +61,12 @@ import psycopg2
 import psycopg2.extensions
 from peewee import (
     DatabaseError,
+    Delete,
+    Insert,
     InterfaceError,
     OperationalError,
     SelectBase,
+    Update,
     __exception_wrapper__,
     _ConnectionLocal,
 )
@@ -80,9 +83,13 @@ from kit.errors import (
     PoolTooLarge,
     SessionLost,
     SessionStateRefused,
+    TenantError,
+    TenantRequired,
 )
 from kit.pool import ConnectionPool, Hooks
+from kit.roles import APP, OWNER
 from kit.routing import Replica, Router, lsn_int, lsn_text
+from kit.tenancy import crossing_tenants, current_tenant, statement_prefix
 
 __all__ = [
     "Database",
@@ -98,6 +105,7 @@ __all__ = [
 
 APPLICATION_NAME = "kit"
 CONNECT_TIMEOUT_S = 10
+DOOR_POOL_MAX = 4  # owner connections `all_tenants()` may hold at once: a door for rare work, not a second pool
 REPLICA_CONNECT_TIMEOUT_S = 3  # a replica that does not answer is skipped soon, and the primary serves
 
 CONNECTION_BUDGET_SQL = """
@@ -137,6 +145,7 @@ POOLER_REFUSES = {"settings (SET)": "SET LOCAL inside database.atomic()",
                   "advisory locks": "pg_advisory_xact_lock inside database.atomic()"}
 IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
 UNKNOWN = psycopg2.extensions.TRANSACTION_STATUS_UNKNOWN
+_RLS_VIOLATION = re.compile(r'violates row-level security policy (?:\(USING expression\) )?for table "([^"]+)"')
 RESEND_WINDOW = 0.050  # seconds: a statement that failed later than this after sending may have been running;
 # wide enough for a loaded machine to notice a dead socket late (10 ms failed 1 in 1,200 kills under load)
 
@@ -193,6 +202,7 @@ class _ThreadState(_ConnectionLocal):
         """Forget this thread's connection."""
         super().reset()
         self.raw_transaction = False  # BEGIN sent as SQL, not through peewee's atomic()
+        self.tenant_used = False  # the open transaction has carried a tenant (`kit.tenancy`)
 
 
 class PooledDatabase(PostgresqlExtDatabase):
@@ -372,12 +382,19 @@ class PooledDatabase(PostgresqlExtDatabase):
         except Exception as exc:
             if start is not None:
                 self._notify_hooks(sql, params, start, exc)
+            if isinstance(exc, DatabaseError) and _RLS_VIOLATION.search(str(exc)):
+                table = _RLS_VIOLATION.search(str(exc))[1]
+                tenant = current_tenant()
+                raise TenantError(
+                    f"{table}: the row does not belong to the tenant context's organization "
+                    f"({f'kit.tenant({tenant})' if tenant else 'no kit.tenant(org) is set'}); nothing was written"
+                ) from exc
             raise
         if start is not None:
             self._notify_hooks(sql, params, start, None)
         return cursor
 
-    def _run(self, sql: str, params: Any, named_cursor: Any, kind: str | None) -> Any:
+    def _run(self, sql: str, params: Any, named_cursor: Any, kind: str | None, carries_tenant: bool = True) -> Any:
         state = self._state
         if named_cursor or state.closed or state.conn.closed:
             cursor = self.cursor(named_cursor)
@@ -390,9 +407,10 @@ class PooledDatabase(PostgresqlExtDatabase):
             if self.pooler and state_kind in POOLER_REFUSES:
                 self._refuse(sql, state_kind)
             self._pool.note_session(conn, state_kind)
+        prefix = self._tenant_prefix(state, idle and kind is not RAW_BEGIN, named_cursor) if carries_tenant else ""
         sent = time.monotonic()
         try:
-            cursor.execute(sql, params or ())
+            cursor.execute(prefix + sql, params or ())
         except psycopg2.Error as exc:
             if state.transactions or not _ended_by_server(exc, conn):
                 raise
@@ -405,10 +423,30 @@ class PooledDatabase(PostgresqlExtDatabase):
             cursor = self.cursor(named_cursor)
             if state_kind:
                 self._pool.note_session(state.conn, state_kind)
-            cursor.execute(sql, params or ())
+            cursor.execute(prefix + sql, params or ())
         if kind is RAW_BEGIN or kind is RAW_END:
             state.raw_transaction = kind is RAW_BEGIN
+            state.tenant_used = kind is RAW_BEGIN and bool(prefix)
         return cursor
+
+    def _tenant_prefix(self, state: _ThreadState, alone: bool, named_cursor: Any) -> str:
+        """What rides before a statement so it runs as this context's tenant (`kit.tenancy`); '' for nothing.
+
+        A statement that is its own transaction (`alone`) carries the tenant when there is one. Inside a
+        transaction that has carried a tenant, every statement carries the context's (or clears it), so
+        a savepoint rolled back or a block left can never leave another tenant's setting in force.
+        """
+        wanted = current_tenant()
+        if alone:
+            return statement_prefix(wanted) if wanted is not None else ""
+        if wanted is None and not state.tenant_used:
+            return ""
+        state.tenant_used = True
+        prefix = statement_prefix(wanted)
+        if named_cursor:  # DECLARE takes one statement: the setting goes first, in the same transaction
+            state.conn.cursor().execute(prefix)
+            return ""
+        return prefix
 
     def _refuse(self, sql: str, kind: str) -> None:
         """Raise SessionStateRefused for a statement that would leave `kind` on a pooler's shared connection."""
@@ -424,7 +462,7 @@ class PooledDatabase(PostgresqlExtDatabase):
         level = self._isolation_level if isolation_level is None else isolation_level
         sql = f"BEGIN TRANSACTION ISOLATION LEVEL {self._adapter.isolation_level_str(level)}" if level else "BEGIN"
         with __exception_wrapper__:
-            self._run(sql, None, None, None)
+            self._run(sql, None, None, None, carries_tenant=False)  # the transaction's statements carry it
 
     def commit(self) -> None:
         """COMMIT on this thread's connection; a connection lost before or during it is SessionLost."""
@@ -436,6 +474,7 @@ class PooledDatabase(PostgresqlExtDatabase):
         if conn.closed:
             raise SessionLost("the database connection was lost before COMMIT; the server rolled the transaction "
                               "back, so nothing of it was committed")
+        self._state.tenant_used = False
         try:
             with __exception_wrapper__:
                 conn.cursor().execute("COMMIT")
@@ -453,6 +492,7 @@ class PooledDatabase(PostgresqlExtDatabase):
         if self.is_closed():
             raise InterfaceError("Cannot rollback, database connection not open.")
         conn = self._state.conn
+        self._state.tenant_used = False
         if conn.closed:
             return
         try:
@@ -590,9 +630,10 @@ if hasattr(os, "register_at_fork"):
 # -- the kit's database, configured from the environment --------------------------------------------
 
 
-def resolve_url(settings: Settings) -> str:
-    """The URL in use: DATABASE_URL, else the embedded server's (started if it is not running)."""
-    return settings.database_url or embedded.start(settings.data_dir)
+def resolve_url(settings: Settings, role: str = APP) -> str:
+    """The URL in use for `role` (APP or OWNER): from the settings, else the embedded server's (started if needed)."""
+    given = settings.owner_url if role == OWNER else settings.database_url
+    return given or embedded.start(settings.data_dir, role)
 
 
 PRIMARY, REPLICA = "primary", "replica"
@@ -606,9 +647,20 @@ def _plain_read(query: Any) -> bool:
 
 
 class Database(PooledDatabase):
-    """The kit's pooled PostgreSQL database, configured from the environment on first use, reading from replicas."""
+    """The kit's pooled PostgreSQL database, configured from the environment on first use, reading from replicas.
+
+    It connects as the run-time role (DATABASE_URL), or as the owner (DATABASE_OWNER_URL) in the
+    commands that need it (`configure(owner=True)`: migrations, seeds, `kit maintain`). Inside
+    `kit.all_tenants()` a context's connections come from a second, small pool on the owner's URL:
+    the connection state and the pool a context uses are chosen by that context, so the rest of the
+    pooled contract (transactions, re-sends, `SessionLost`) holds there unchanged.
+    """
 
     def __init__(self) -> None:
+        self._owner_pool: ConnectionPool | None = None
+        self._owner_state = _ThreadState()
+        self._owner_url: str | None = None
+        self.owner = False  # True: the pool itself connects as the owner (migrations, seeds, upkeep)
         super().__init__(None)
         self._configure_lock = threading.Lock()
         self.settings: Settings | None = None
@@ -619,14 +671,25 @@ class Database(PooledDatabase):
         self._unsynced: ContextVar[bool] = ContextVar("kit_unsynced", default=False)  # wrote since then
 
     def configure(self, url: str | None = None, settings: Settings | None = None,
-                  replicas: Sequence[str] | None = None) -> str:
-        """Point the pool at `url` (default: from the settings), reading from `replicas` (default: the settings')."""
-        with self._configure_lock:
-            return self._configure(url, settings, replicas)
+                  replicas: Sequence[str] | None = None, *, owner: bool = False, owner_url: str | None = None) -> str:
+        """Point the pool at `url` (default: from the settings), reading from `replicas` (default: the settings').
 
-    def _configure(self, url: str | None, settings: Settings | None, replicas: Sequence[str] | None = None) -> str:
+        `owner`: connect as the owner role (`url` is then the owner's); `owner_url`: the owner's URL that
+        `all_tenants()` uses (default: the settings').
+        """
+        with self._configure_lock:
+            self.owner = owner
+            return self._configure(url, settings, replicas, owner_url)
+
+    def _configure(self, url: str | None, settings: Settings | None, replicas: Sequence[str] | None = None,
+                   owner_url: str | None = None) -> str:
         settings = settings or load_settings()
-        url = check_database_url(url, "url") if url else resolve_url(settings)
+        role = OWNER if self.owner else APP
+        url = check_database_url(url, "url") if url else resolve_url(settings, role)
+        self._owner_url = url if self.owner else (check_database_url(owner_url, "owner_url") if owner_url else None)
+        if self._owner_pool is not None:
+            self._owner_pool.close_all()
+            self._owner_pool = None
         self.connect_params = {}
         self.init(
             mask_password(url),  # what peewee and pw_migrate print; the real URL goes to the driver as dsn
@@ -656,6 +719,51 @@ class Database(PooledDatabase):
                 pooler=settings.pooler,
                 **_driver_params(url, REPLICA_CONNECT_TIMEOUT_S))) for url in urls]
             self._router = Router(made, settings.replica_max_lag_ms / 1000)
+
+    # -- all_tenants(): the owner's connections, for the contexts inside it -----------------------
+
+    @property
+    def _state(self) -> _ThreadState:
+        return self._owner_state if self._crossing() else self._app_state
+
+    @_state.setter
+    def _state(self, value: _ThreadState) -> None:
+        self._app_state = value
+
+    @property
+    def _pool(self) -> ConnectionPool:
+        return self._door_pool() if self._crossing() else self._app_pool
+
+    @_pool.setter
+    def _pool(self, value: ConnectionPool) -> None:
+        self._app_pool = value
+
+    def _crossing(self) -> bool:
+        """True when this context's statements go to the owner's pool (inside `all_tenants()`, run-time role)."""
+        return not self.owner and crossing_tenants()
+
+    def _door_pool(self) -> ConnectionPool:
+        """The owner's pool for `all_tenants()`, made on first use (DOOR_POOL_MAX connections at most)."""
+        if self._owner_pool is None:
+            self._configured()
+            with self._configure_lock:
+                if self._owner_pool is None:
+                    url = self._owner_url or resolve_url(self.settings, OWNER)
+                    params = {**self.connect_params, "dsn": url}
+                    pool = ConnectionPool(Hooks(open=lambda: self._open_as(params), close=self._close_raw,
+                                                is_closed=self._is_closed, ping=self._ping,
+                                                can_reuse=self._can_reuse, reset=self._reset_session))
+                    pool.configure(min_size=0, max_size=DOOR_POOL_MAX, timeout=self.timeout,
+                                   max_idle=self.settings.pool_idle_timeout_ms / 1000)
+                    self._owner_pool = pool
+        return self._owner_pool
+
+    def _open_as(self, params: dict[str, Any]) -> Any:
+        """Open a driver connection with `params` (the owner's), as peewee opens its own."""
+        with __exception_wrapper__:
+            conn = self._adapter.connect(self, **params)
+        conn.autocommit = True
+        return conn
 
     def _configured(self) -> None:
         """Configure from the environment if this is the first use."""
@@ -694,6 +802,9 @@ class Database(PooledDatabase):
         """Run a peewee query: a plain read outside a transaction on a fit replica, everything else on the primary."""
         self._configured()
         if not _plain_read(query):
+            if not isinstance(query, SelectBase) and current_tenant() is None and not self.owner \
+                    and not crossing_tenants():
+                _refuse_without_tenant(query)
             return super().execute(query, **context)
         sql, params = self.get_sql_context(**context).sql(query).query()
         return self.read_sql(sql, params)
@@ -718,7 +829,8 @@ class Database(PooledDatabase):
     def _replica_for_read(self, writes_matter: bool) -> Replica | None:
         """The replica this read may go to, or None for the primary (see `kit.routing`)."""
         router, state = self._router, self._state
-        if router is None or self._force.get() == PRIMARY or state.transactions or state.raw_transaction:
+        if router is None or self._force.get() == PRIMARY or state.transactions or state.raw_transaction \
+                or self._crossing():
             return None
         if not state.closed and self._pool.session_of(state.conn):
             return None  # this thread set session state up on the primary; its reads stay there
@@ -804,10 +916,20 @@ class Database(PooledDatabase):
         return closed
 
     def close_all(self) -> None:
-        """Close every connection, to the primary and to each replica."""
+        """Close every connection, to the primary (the owner's too) and to each replica."""
         super().close_all()
+        if self._owner_pool is not None:
+            self._owner_pool.close_all()
         for replica in self._router.replicas if self._router else ():
             replica.database.close_all()
+
+    def dispose(self) -> None:
+        """In a forked child: drop every inherited connection, the owner's pool's too."""
+        super().dispose()
+        if self._owner_pool is not None:
+            _silence(self._owner_pool.forget())
+            self._owner_pool = None
+        self._owner_state = _ThreadState()
 
     def pool_stats(self) -> dict[str, Any]:
         """The primary's counts, and with replicas `servers`: each one's state, lag, reads and pool counts."""
@@ -816,6 +938,20 @@ class Database(PooledDatabase):
             stats["servers"] = [{"server": "primary", **super().pool_stats()},
                                 *(replica.stats() for replica in self._router.replicas)]
         return stats
+
+
+def _refuse_without_tenant(query: Any) -> None:
+    """Raise TenantRequired for a write the tenant table's policies would refuse (or, for UPDATE/DELETE, skip)."""
+    meta = getattr(getattr(query, "model", None), "_meta", None)
+    name = getattr(meta, "tenant", None)
+    if not name or not isinstance(query, (Insert, Update, Delete)):
+        return
+    command = {Insert: "insert", Update: "update", Delete: "delete"}[next(
+        kind for kind in (Insert, Update, Delete) if isinstance(query, kind))]
+    if command in meta.tenant_open or (command == "insert" and meta.fields[name].null):
+        return  # open to every context, or a row of no organization may be allowed (the policy decides)
+    raise TenantRequired(f"{meta.table_name}: an {command} of an organization's rows needs a tenant context "
+                         "(with kit.tenant(org): ...), and none is set; nothing was sent")
 
 
 def _driver_params(url: str, connect_timeout: int) -> dict[str, Any]:

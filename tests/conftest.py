@@ -1,7 +1,10 @@
 """Test setup: a real PostgreSQL (DATABASE_URL, else the embedded server) and a database of the suite's own.
 
-The suite creates `kit_test_<pid>_<random>` on that server, migrates it with the project's migrations,
-points `kit.db.database` at it, and drops it at the end, so a developer's seeded data is never touched.
+The suite creates `kit_test_<pid>_<random>` on that server (as the superuser, which does nothing else),
+migrates it as the owner `kit_owner` with the project's migrations, points `kit.db.database` at it as
+the run-time role `kit_app`, as an application runs, and drops it at the end, so a developer's seeded
+data is never touched. What a test sets up beside the application (its own tables) it makes as the
+owner (`helpers.owner_tables`).
 """
 
 from __future__ import annotations
@@ -9,39 +12,74 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg2
 import pytest
 from helpers import admin_execute, with_dbname
 
-from kit import embedded, migrate
+from kit import embedded, migrate, roles
 from kit.config import load_settings
-from kit.db import PooledDatabase, database
+from kit.db import PooledDatabase, database, resolve_url
+from kit.roles import ADMIN, APP, OWNER
 
 ROOT = Path(__file__).resolve().parent.parent
 MIGRATIONS = ROOT / "migrations"
 
 
 @pytest.fixture(scope="session")
-def server_url() -> str:
-    """URL of the developer's database on the server under test (never written to by the suite)."""
+def admin_url() -> str:
+    """A superuser's URL on the server under test: makes and drops the suite's databases, nothing else."""
     settings = load_settings()
-    return settings.database_url or embedded.start(settings.data_dir)
+    return os.environ.get("KIT_TEST_ADMIN_URL") or embedded.start(settings.data_dir, ADMIN)
 
 
 @pytest.fixture(scope="session")
-def test_db_url(server_url: str):
-    """A fresh database for this test run, with pgvector installed, dropped afterwards."""
-    name = f"kit_test_{os.getpid()}_{secrets.token_hex(3)}"
-    admin_execute(server_url, f'CREATE DATABASE "{name}"')
-    url = with_dbname(server_url, name)
+def server_url() -> str:
+    """The run-time role's URL of the developer's database on the server under test (never written to)."""
+    return resolve_url(load_settings(), APP)
+
+
+@pytest.fixture(scope="session")
+def owner_server_url() -> str:
+    """The owner's URL of the developer's database on the server under test (never written to)."""
+    return resolve_url(load_settings(), OWNER)
+
+
+def make_database(admin_url: str, prefix: str) -> str:
+    """A new database owned by kit_owner, with the kit's roles and pgvector (as the embedded server makes it)."""
+    name = f"{prefix}_{os.getpid()}_{secrets.token_hex(3)}"
+    admin_execute(admin_url, f'CREATE DATABASE "{name}" OWNER {OWNER}')
+    roles.bootstrap(with_dbname(admin_url, name))
+    return name
+
+
+@pytest.fixture(scope="session")
+def test_db_url(admin_url: str, server_url: str, owner_server_url: str):
+    """A fresh database for this test run, migrated by the owner, used as the app role; dropped afterwards."""
+    name = make_database(admin_url, "kit_test")
+    url, owner = with_dbname(server_url, name), with_dbname(owner_server_url, name)
     try:
-        database.configure(url)
+        database.configure(owner, owner=True)
         migrate.apply(database, MIGRATIONS, say=lambda _: None)  # the schema, built the way operators build it
+        database.close_all()
+        database.configure(url, owner_url=owner)  # the suite runs as the application does: kit_app
         yield url
     finally:
         database.close_all()
-        admin_execute(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin_execute(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def owner_url(test_db_url: str, owner_server_url: str) -> str:
+    """The owner's URL of the suite's database (DDL, and what a test sets up beside the application)."""
+    return with_dbname(owner_server_url, urlsplit(test_db_url).path.lstrip("/"))
+
+
+@pytest.fixture(scope="session")
+def test_admin_url(test_db_url: str, admin_url: str) -> str:
+    """The superuser's URL of the suite's database: for watching and killing sessions from outside."""
+    return with_dbname(admin_url, urlsplit(test_db_url).path.lstrip("/"))
 
 
 @pytest.fixture(autouse=True)
@@ -52,9 +90,9 @@ def _use_test_database(test_db_url: str):
 
 
 @pytest.fixture
-def monitor(test_db_url: str):
-    """A plain psycopg2 connection for looking at the server from outside the pool."""
-    conn = psycopg2.connect(test_db_url, application_name="kit-test-monitor")
+def monitor(test_admin_url: str):
+    """A plain psycopg2 connection (the superuser's) for looking at the server from outside the pool."""
+    conn = psycopg2.connect(test_admin_url, application_name="kit-test-monitor")
     conn.autocommit = True
     yield conn
     conn.close()
@@ -78,18 +116,17 @@ def make_pool(test_db_url):
 
 
 @pytest.fixture
-def fresh_database(server_url: str):
-    """An empty database of its own (no extension, no tables) and a kit Database pointed at it."""
+def fresh_database(admin_url: str, owner_server_url: str):
+    """An empty database of its own (pgvector, no tables) and a kit Database on it as the owner, as migrations run."""
     from kit.db import Database
 
-    name = f"kit_scratch_{os.getpid()}_{secrets.token_hex(3)}"
-    admin_execute(server_url, f'CREATE DATABASE "{name}"')
+    name = make_database(admin_url, "kit_scratch")
     db = Database()
-    url = with_dbname(server_url, name)
-    db.configure(url)
+    url = with_dbname(owner_server_url, name)
+    db.configure(url, owner=True)
     db.scratch_url = url
     try:
         yield db
     finally:
         db.close_all()
-        admin_execute(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin_execute(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -74,3 +74,30 @@ def _pooler() -> str | None:
 # PgBouncer a client connection has no server session of its own (PgBouncer lends one per transaction).
 observes_server_sessions = pytest.mark.skipif(
     bool(_pooler()), reason="watches the server session behind a connection, which PgBouncer lends per transaction")
+
+
+def create_owned(*models) -> None:
+    """Create the models' tables as the owner and grant the app role its access, as a migration would."""
+    from kit import all_tenants
+    from kit.db import database
+    from kit.roles import model_access_statements
+
+    with all_tenants():
+        database.create_tables(models)
+        for model in models:
+            for statement in model_access_statements(model):
+                database.execute_sql(statement)
+
+
+def drop_owned(*models) -> None:
+    """Drop tables made by `create_owned`."""
+    from kit import all_tenants
+    from kit.db import database
+
+    with all_tenants():
+        database.drop_tables(models)
+
+
+def owner_query(url: str, sql: str, params=()):
+    """`query` as the owner of `url`'s database (kit_owner on the same server), for a test's own tables."""
+    return query(url.replace("kit_app@", "kit_owner@", 1), sql, params)

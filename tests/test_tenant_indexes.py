@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+from helpers import create_owned, drop_owned
 from peewee import AutoField, IntegerField, Model, fn
 
 from kit.db import database
@@ -51,12 +52,12 @@ def tenant_indexes() -> dict[str, bool]:
 
 @pytest.fixture()
 def passages(test_db_url):
-    database.create_tables([Passage])
+    create_owned(Passage)
     for org, rows in SIZES.items():
         load(org, rows)
     database.execute_sql("ANALYZE tenant_passages")
     yield test_db_url
-    database.drop_tables([Passage])
+    drop_owned(Passage)
 
 
 def explain(query) -> str:

@@ -9,6 +9,7 @@ import uuid
 import numpy as np
 import peewee
 import pytest
+from helpers import create_owned, drop_owned
 from peewee import SQL, BigAutoField, BooleanField, DateField, DecimalField, IntegerField, Model, TextField, UUIDField
 from playhouse.postgres_ext import BinaryJSONField, DateTimeTZField
 
@@ -47,9 +48,9 @@ class Numbered(Model):
 
 @pytest.fixture(autouse=True)
 def tables(test_db_url):
-    database.create_tables([Chunk, Numbered])
+    create_owned(Chunk, Numbered)
     yield
-    database.drop_tables([Chunk, Numbered])
+    drop_owned(Chunk, Numbered)
 
 
 def rows(n, rng=None):

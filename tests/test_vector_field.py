@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import create_owned, drop_owned
 from peewee import AutoField, IntegerField, Model, TextField, Tuple, fn
 
 from kit.db import database
@@ -46,9 +47,9 @@ class Copy(Model):
 
 @pytest.fixture(autouse=True)
 def tables(test_db_url):
-    database.create_tables([Item, PlainItem, Copy])
+    create_owned(Item, PlainItem, Copy)
     yield
-    database.drop_tables([Item, PlainItem, Copy])
+    drop_owned(Item, PlainItem, Copy)
 
 
 EDGE = np.array([0.0, -0.0, 1e-45, -3.4028235e38, 1.0, -1.5, 0.1, 123456.789], dtype=np.float32)

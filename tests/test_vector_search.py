@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import create_owned, drop_owned
 from peewee import AutoField, IntegerField, Model
 
 from kit.db import database
@@ -44,11 +45,11 @@ def points(test_db_url):
     data = clustered(20_000, rng)
     orgs = np.where(rng.random(20_000) < 0.01, 1, 2)
     orgs[np.flatnonzero(orgs == 2)[:10]] = 3
-    database.create_tables([Point])
+    create_owned(Point)
     copy_rows(Point, [{"org": int(o), "embedding": v} for o, v in zip(orgs, data, strict=True)])
     database.execute_sql("ANALYZE search_points")
     yield data, orgs
-    database.drop_tables([Point])
+    drop_owned(Point)
 
 
 def test_indexes_are_created_with_method_opclass_and_parameters(points):
@@ -235,7 +236,7 @@ def test_quantized_indexes_are_built_searched_reranked_and_checked_for_drift(poi
     data, orgs = points
     index = HNSWIndex(Quantized.embedding, metric="cosine", quantize=quantize)
     Quantized._meta.indexes = [index]
-    database.create_tables([Quantized])
+    create_owned(Quantized)
     try:
         copy_rows(Quantized, [{"org": int(o), "embedding": v} for o, v in zip(orgs, data, strict=True)])
         database.execute_sql("ANALYZE search_quantized")
@@ -271,7 +272,7 @@ def test_quantized_indexes_are_built_searched_reranked_and_checked_for_drift(poi
         assert small.plan.method == "exact"
         assert {r.id for r in small} == exact_neighbours(data, orgs, data[0], 10, org=1)
     finally:
-        database.drop_tables([Quantized])
+        drop_owned(Quantized)
         Quantized._meta.indexes = []
 
 

@@ -11,6 +11,7 @@ from math import sqrt
 
 import numpy as np
 import pytest
+from helpers import create_owned, drop_owned
 from peewee import Model
 from pgvector import Bit, HalfVector, SparseVector, Vector
 
@@ -49,9 +50,9 @@ Item.add_index(IVFFlatIndex(Item.binary_embedding, metric="hamming", lists=1))
 
 @pytest.fixture(autouse=True)
 def table(test_db_url):
-    database.create_tables([Item])
+    create_owned(Item)
     yield
-    database.drop_tables([Item])
+    drop_owned(Item)
 
 
 def create_items() -> None:

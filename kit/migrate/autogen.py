@@ -13,6 +13,8 @@ IVFFlat indexes, NULLS NOT DISTINCT). `register()` adds, without forking it:
   `kit_ops.set_constraints(...)`;
 - a new table with an `updated_at` column followed by `kit_ops.keep_updated_at(...)`, the trigger
   that keeps it current whoever writes the table;
+- every new table followed by `kit_ops.grant_access(...)` (the run-time roles' privileges), and one
+  whose model has `Meta.tenant` by `kit_ops.tenant_policies(...)` (its row-level security, `kit.roles`);
 - the imports these need at the top of each new migration file.
 
 `migrations/conf.py` calls it, so `pw_migrate create --auto kit.models` just works.
@@ -29,6 +31,7 @@ from peewee_migrate import auto
 from playhouse.postgres_ext import BinaryJSONField
 
 from kit.migrate.schema import constraint_sql
+from kit.roles import TenantRule, tenant_rule
 from kit.vector import FixedBitField, HalfVectorField, SparseVectorField, VectorField, VectorIndex
 
 IMPORTS = (
@@ -58,6 +61,20 @@ def index_to_code(index: pw.ModelIndex, table: str) -> str:
     options["name"] = index._name
     args.extend(f"{key}={value!r}" for key, value in options.items())
     return f"kit_ops.add_index(migrator, {', '.join(args)})"
+
+
+def access_to_code(model: Any) -> str:
+    """A `kit_ops.grant_access(...)` call giving the run-time roles what they need on the model's table."""
+    meta = model._meta
+    options = "".join(f", {name}=True" for name in ("append_only", "better_auth") if getattr(meta, name, False))
+    return f"kit_ops.grant_access(migrator, {meta.table_name!r}{options})"
+
+
+def policies_to_code(rule: TenantRule) -> str:
+    """A `kit_ops.tenant_policies(...)` call that makes the table's row-level security."""
+    options = "".join(f", {name}={getattr(rule, name)!r}" for name in ("parent", "open", "null", "better_auth")
+                      if getattr(rule, name))
+    return f"kit_ops.tenant_policies(migrator, {rule.table!r}, {rule.column!r}{options})"
 
 
 def _constraint_texts(field: Any) -> list[str]:
@@ -115,6 +132,10 @@ def register() -> None:
         lines = [code, *(index_to_code(i, meta.table_name) for i in objects)]
         if "updated_at" in meta.columns:
             lines.append(f"kit_ops.keep_updated_at(migrator, {meta.table_name!r})")
+        lines.append(access_to_code(model))
+        rule = tenant_rule(model)
+        if rule is not None:
+            lines.append(policies_to_code(rule))
         return "\n".join(lines)
 
     def add_index(index: Any) -> str:

@@ -7,6 +7,8 @@
     kit_ops.drop_index(migrator, "document_chunks", "document_chunks_embedding_hnsw_cosine_m16_efc64")
     kit_ops.set_constraints(migrator, "plans", "status", ["CHECK (status IN ('draft', 'live'))", "DEFAULT 'draft'"])
     kit_ops.keep_updated_at(migrator, "users", "organizations")
+    kit_ops.grant_access(migrator, "projects")                      # the run-time roles' privileges
+    kit_ops.tenant_policies(migrator, "projects", "organization_id")  # row-level security (`kit.roles`)
 
 Each updates the migrator's picture of the models (so later generated migrations diff against it)
 and queues the DDL, which runs with the migration's other operations, in its transaction.
@@ -19,6 +21,7 @@ from typing import Any
 from peewee import SQL, ModelIndex
 from peewee_migrate import Migrator
 
+from kit.roles import TenantRule, drop_policy_statements, grant_statements, policy_statements
 from kit.vector import HNSWIndex, IVFFlatIndex
 
 VECTOR_METHODS = {"hnsw": HNSWIndex, "ivfflat": IVFFlatIndex}
@@ -127,3 +130,28 @@ def drop_updated_at_triggers(migrator: Migrator, *tables: str) -> None:
     """Undo `keep_updated_at` for these tables (the shared function stays while any trigger uses it)."""
     for table in tables:
         migrator.sql(f'DROP TRIGGER IF EXISTS "{touch_trigger(table)}" ON "{table}"')
+
+
+def grant_access(migrator: Migrator, table: str, *, append_only: bool = False, better_auth: bool = False) -> None:
+    """Give the run-time roles their privileges on `table` (INSERT and SELECT only when append-only)."""
+    for statement in grant_statements(table, append_only, better_auth):
+        migrator.sql(statement)
+
+
+def revoke_access(migrator: Migrator, table: str) -> None:
+    """Take every privilege on `table` back from the run-time roles (undoes `grant_access`)."""
+    migrator.sql(grant_statements(table)[0])
+
+
+def tenant_policies(migrator: Migrator, table: str, column: str, *, parent: tuple[str, str] | None = None,
+                    open: tuple[str, ...] = (), null: tuple[str, ...] = (), better_auth: bool = False) -> None:
+    """Confine `table`'s rows to their organization with forced row-level security (`kit.roles`)."""
+    rule = TenantRule(table, column, tuple(parent) if parent else None, tuple(open), tuple(null), better_auth)
+    for statement in policy_statements(rule):
+        migrator.sql(statement)
+
+
+def drop_tenant_policies(migrator: Migrator, table: str) -> None:
+    """Undo `tenant_policies`: the table's policies dropped, its row-level security off."""
+    for statement in drop_policy_statements(table):
+        migrator.sql(statement)

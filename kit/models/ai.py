@@ -9,6 +9,7 @@ from peewee import BigIntegerField, Check, DecimalField, ForeignKeyField, Intege
 from kit.errors import InsufficientCredits
 from kit.models.auth import Organization, User
 from kit.models.base import BaseModel, TimestampedModel, id_of
+from kit.tenancy import tenant
 
 
 class AiUsage(BaseModel):
@@ -24,6 +25,7 @@ class AiUsage(BaseModel):
 
     class Meta:
         table_name = "ai_usage"
+        tenant = "organization"
         partition_by = "created_at"  # monthly partitions (migration 008, `kit maintain`); key (id, created_at)
 
 
@@ -35,6 +37,7 @@ class OrgCredit(TimestampedModel):
 
     class Meta:
         table_name = "org_credits"
+        tenant = "organization"
 
     @staticmethod
     def _amount(amount: int) -> int:
@@ -46,11 +49,13 @@ class OrgCredit(TimestampedModel):
     def grant(cls, organization: Any, amount: int) -> int:
         """Add `amount` credits (creating the balance if needed); return the new balance."""
         amount = cls._amount(amount)
-        query = cls.insert(organization=id_of(organization), balance=amount).on_conflict(
+        org_id = id_of(organization)
+        query = cls.insert(organization=org_id, balance=amount).on_conflict(
             conflict_target=[cls.organization],
             update={cls.balance: cls.balance + amount, cls.updated_at: fn.now()},
         ).returning(cls.balance)
-        return next(iter(query.execute())).balance
+        with tenant(org_id):
+            return next(iter(query.execute())).balance
 
     @classmethod
     def consume(cls, organization: Any, amount: int) -> int:
@@ -62,9 +67,10 @@ class OrgCredit(TimestampedModel):
             .where((cls.organization == org_id) & (cls.balance >= amount))
             .returning(cls.balance)
         )
-        rows = list(query.execute())
+        with tenant(org_id):
+            rows = list(query.execute())
+            have = None if rows else cls.select(cls.balance).where(cls.organization == org_id).scalar() or 0
         if not rows:
-            have = cls.select(cls.balance).where(cls.organization == org_id).scalar() or 0
             raise InsufficientCredits(f"organization {org_id} has {have} credits, {amount} were asked for")
         return rows[0].balance
 
@@ -72,4 +78,5 @@ class OrgCredit(TimestampedModel):
     def balance_of(cls, organization: Any) -> int:
         """The organization's current balance (0 when it has none)."""
         org_id = id_of(organization)
-        return cls.select(cls.balance).where(cls.organization == org_id).scalar() or 0
+        with tenant(org_id):
+            return cls.select(cls.balance).where(cls.organization == org_id).scalar() or 0

@@ -7,12 +7,14 @@ organization or user it mentions.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 from peewee import TextField, UUIDField
 from playhouse.postgres_ext import BinaryJSONField
 
 from kit.models.base import BaseModel, id_of
+from kit.tenancy import tenant
 
 
 class AuditLog(BaseModel):
@@ -30,6 +32,8 @@ class AuditLog(BaseModel):
     class Meta:
         table_name = "audit_logs"
         append_only = True
+        tenant = "organization_id"
+        tenant_null = ("insert",)  # an event of no organization is recorded; read through all_tenants()
         partition_by = "created_at"  # monthly partitions (migration 008, `kit maintain`); key (id, created_at)
 
     @classmethod
@@ -37,9 +41,16 @@ class AuditLog(BaseModel):
                **details: Any) -> AuditLog:
         """Append an entry; `target` is a model instance (type and id are taken from it) or None."""
         target_type = target._meta.table_name if target is not None and hasattr(target, "_meta") else None
+        org_id = id_of(organization, optional=True)
+        with tenant(org_id) if org_id is not None else nullcontext():
+            return cls._record(action, org_id, actor, target, target_type, details)
+
+    @classmethod
+    def _record(cls, action: str, org_id: Any, actor: Any, target: Any, target_type: str | None,
+                details: dict[str, Any]) -> AuditLog:
         return cls.create(
             action=action,
-            organization_id=id_of(organization, optional=True),
+            organization_id=org_id,
             actor_id=id_of(actor, "user", optional=True),
             target_type=target_type,
             target_id=str(target.id) if target_type else (str(target) if target is not None else None),

@@ -17,6 +17,7 @@ from playhouse.postgres_ext import DateTimeTZField
 
 from kit.errors import InvitationError
 from kit.models.base import BaseModel, JSONTextField, TimestampedModel, one_of, utcnow
+from kit.tenancy import all_tenants, tenant
 
 DEFAULT_ROLES = ("owner", "admin", "member")  # Better Auth's built-in roles; apps may define more
 INVITATION_STATUSES = ("pending", "accepted", "rejected", "canceled")
@@ -50,6 +51,7 @@ class User(TimestampedModel):
 
     class Meta:
         table_name = "users"
+        better_auth = True
 
 
 class Organization(TimestampedModel):
@@ -62,6 +64,9 @@ class Organization(TimestampedModel):
 
     class Meta:
         table_name = "organizations"
+        better_auth = True
+        tenant = "id"  # an organization is its own tenant: writable only as itself
+        tenant_open = ("select", "insert")  # found by slug before a request has a tenant; created by anyone
 
 
 class Session(TimestampedModel):
@@ -76,6 +81,7 @@ class Session(TimestampedModel):
 
     class Meta:
         table_name = "sessions"
+        better_auth = True
 
 
 class Account(TimestampedModel):
@@ -94,6 +100,7 @@ class Account(TimestampedModel):
 
     class Meta:
         table_name = "accounts"
+        better_auth = True
         indexes = ((("provider_id", "account_id"), True),)
 
 
@@ -106,6 +113,7 @@ class Verification(TimestampedModel):
 
     class Meta:
         table_name = "verifications"
+        better_auth = True
 
 
 class TwoFactor(BaseModel):
@@ -120,6 +128,7 @@ class TwoFactor(BaseModel):
 
     class Meta:
         table_name = "two_factors"
+        better_auth = True
 
 
 class Member(TimestampedModel):
@@ -131,6 +140,8 @@ class Member(TimestampedModel):
 
     class Meta:
         table_name = "members"
+        better_auth = True
+        tenant = "organization"
         indexes = ((("organization", "user"), True),)
 
     @property
@@ -160,11 +171,22 @@ class Invitation(TimestampedModel):
 
     class Meta:
         table_name = "invitations"
+        better_auth = True
+        tenant = "organization"
 
     @classmethod
     def accept(cls, invitation_id: Any, user: User | Any) -> Member:
-        """Accept for `user`, whose email must be the invited one: the membership is created once."""
-        with cls._meta.database.atomic():
+        """Accept for `user`, whose email must be the invited one: the membership is created once.
+
+        The invitee is not yet in the organization, so the invitation (found by its id, an unguessable
+        UUID sent to the invited address) names the tenant: that one lookup goes through
+        `all_tenants()`, the rest runs as the invitation's organization.
+        """
+        with all_tenants():
+            organization_id = cls.select(cls.organization).where(cls.id == invitation_id).scalar()
+        if organization_id is None:
+            raise InvitationError(f"invitation {invitation_id} does not exist")
+        with tenant(organization_id), cls._meta.database.atomic():
             invitation = cls.select().where(cls.id == invitation_id).for_update().get_or_none()
             if invitation is None:
                 raise InvitationError(f"invitation {invitation_id} does not exist")

@@ -11,32 +11,14 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import json
-import uuid
 from typing import Any
 
 from peewee import SQL, Check, Model, TextField, UUIDField
 from playhouse.postgres_ext import DateTimeTZField, TSVectorField
 
 from kit.db import database
-from kit.errors import ArgumentError
+from kit.tenancy import id_of  # noqa: F401 - re-exported: the models' own spelling
 from kit.vector import VectorModel
-
-
-def id_of(value: Any, what: str = "organization", optional: bool = False) -> uuid.UUID | None:
-    """The id of a row given as a model instance or its id (a UUID or UUID text); one sentence otherwise."""
-    if value is None and optional:
-        return None
-    found = getattr(value, "id", value)
-    if isinstance(found, uuid.UUID):
-        return found
-    if isinstance(found, str):
-        try:
-            return uuid.UUID(found)
-        except ValueError:
-            pass
-    shown = repr(value)[:60]
-    raise ArgumentError(f"{what}: expected the row (a model instance) or its id (a UUID), "
-                        f"got {type(value).__name__} {shown}")
 
 
 def utcnow() -> dt.datetime:
@@ -129,7 +111,11 @@ class BaseModel(VectorModel):
         database = database
         created_column = "created_at"  # set once, when the row is inserted (loaders leave it alone)
         updated_column = None  # set on every change
-        append_only = False  # True: rows are never updated or deleted
+        append_only = False  # True: rows are never updated or deleted (the application may INSERT and SELECT)
+        tenant = None  # the field naming the row's organization: row-level security (`kit.roles`)
+        tenant_open = ()  # commands every context may run on every row, whatever its tenant
+        tenant_null = ()  # commands allowed on rows whose tenant is NULL
+        better_auth = False  # one of Better Auth's tables: its role reaches every row
 
     @classmethod
     def select(cls, *fields: Any) -> Any:

@@ -11,6 +11,7 @@ from playhouse.postgres_ext import BinaryJSONField, DateTimeTZField
 
 from kit.models.auth import Organization
 from kit.models.base import BaseModel, TimestampedModel, id_of, one_of, utcnow
+from kit.tenancy import tenant
 
 INTERVALS = ("month", "year")
 SUBSCRIPTION_STATUSES = (
@@ -73,6 +74,7 @@ class Customer(TimestampedModel):
 
     class Meta:
         table_name = "customers"
+        tenant = "organization"
 
 
 class Subscription(TimestampedModel):
@@ -91,6 +93,7 @@ class Subscription(TimestampedModel):
 
     class Meta:
         table_name = "subscriptions"
+        tenant = "organization"
 
 
 class Usage(TimestampedModel):
@@ -103,6 +106,7 @@ class Usage(TimestampedModel):
 
     class Meta:
         table_name = "usage"
+        tenant = "organization"
         indexes = ((("organization", "metric", "period_start"), True),)
 
     @classmethod
@@ -111,14 +115,16 @@ class Usage(TimestampedModel):
         if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity < 0:
             raise ValueError(f"usage quantity must be a whole number >= 0, got {quantity!r}")
         period_start = period_start or utcnow().date().replace(day=1)
+        org_id = id_of(organization)
         query = cls.insert(
-            organization=id_of(organization), metric=metric, period_start=period_start,
+            organization=org_id, metric=metric, period_start=period_start,
             quantity=quantity,
         ).on_conflict(
             conflict_target=[cls.organization, cls.metric, cls.period_start],
             update={cls.quantity: cls.quantity + SQL("EXCLUDED.quantity"), cls.updated_at: fn.now()},
         ).returning(cls.quantity)
-        return next(iter(query.execute())).quantity
+        with tenant(org_id):
+            return next(iter(query.execute())).quantity
 
 
 class WebhookEvent(TimestampedModel):
@@ -160,12 +166,13 @@ class WebhookEvent(TimestampedModel):
 def current_plan(organization: Any) -> Plan | None:
     """The plan of the organization's live subscription (latest first), else the free plan, else None."""
     org_id = id_of(organization)
-    subscription = (
-        Subscription.select(Subscription.plan)
-        .where((Subscription.organization == org_id) & (Subscription.status.in_(LIVE_STATUSES)))
-        .order_by(Subscription.created_at.desc())
-        .first()
-    )
+    with tenant(org_id):
+        subscription = (
+            Subscription.select(Subscription.plan)
+            .where((Subscription.organization == org_id) & (Subscription.status.in_(LIVE_STATUSES)))
+            .order_by(Subscription.created_at.desc())
+            .first()
+        )
     if subscription is not None:
         return Plan.get_by_id(subscription.plan_id)
     return Plan.get_or_none(Plan.slug == FREE_PLAN_SLUG)

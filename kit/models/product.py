@@ -79,6 +79,8 @@ class Announcement(TimestampedModel):
 
     class Meta:
         table_name = "announcements"
+        tenant = "organization"
+        tenant_null = ("select",)  # an announcement for every organization: read by all, written by the owner
 
 
 class FeatureFlag(TimestampedModel):
@@ -92,6 +94,8 @@ class FeatureFlag(TimestampedModel):
 
     class Meta:
         table_name = "feature_flags"
+        tenant = "organization"
+        tenant_null = ("select",)  # a global flag: read by every organization, set by the owner
 
 
 # One flag per key and organization, and one global flag per key (NULLS NOT DISTINCT, PostgreSQL 15+).
@@ -111,6 +115,7 @@ class WebhookEndpoint(TimestampedModel):
 
     class Meta:
         table_name = "webhook_endpoints"
+        tenant = "organization"
 
 
 class WebhookDelivery(TimestampedModel):
@@ -127,3 +132,4 @@ class WebhookDelivery(TimestampedModel):
 
     class Meta:
         table_name = "webhook_deliveries"
+        tenant = "endpoint"  # the endpoint's organization

@@ -10,6 +10,7 @@ from playhouse.postgres_ext import BinaryJSONField
 from kit.errors import ArgumentError
 from kit.models.auth import Organization, User
 from kit.models.base import GeneratedTSVectorField, TimestampedModel, id_of, is_generated, one_of
+from kit.tenancy import tenant
 from kit.vector import HNSWIndex, VectorField, nearest
 from kit.vector.search import plan_search, plan_settings, read_sql
 
@@ -43,6 +44,7 @@ class DocumentSource(TimestampedModel):
 
     class Meta:
         table_name = "document_sources"
+        tenant = "organization"
 
 
 class DocumentChunk(TimestampedModel):
@@ -59,6 +61,7 @@ class DocumentChunk(TimestampedModel):
 
     class Meta:
         table_name = "document_chunks"
+        tenant = "organization"
         indexes = ((("source", "position"), True),)
         tenant_index = "organization"  # `kit maintain` gives each big organization an HNSW graph of its own
         # A 1536-d embedding is 6 KB, over the 2 KB at which PostgreSQL moves values out of the row
@@ -71,7 +74,8 @@ class DocumentChunk(TimestampedModel):
         """The `k` chunks of `organization` nearest to `embedding`, nearest first, each with `.distance`."""
         org_id = id_of(organization)
         query = cls.select().where((cls.organization == org_id) & cls.embedding.is_null(False))
-        return nearest(query, cls.embedding, embedding, k=k, metric=metric, ef_search=ef_search)
+        with tenant(org_id):
+            return nearest(query, cls.embedding, embedding, k=k, metric=metric, ef_search=ef_search)
 
 
     @classmethod
@@ -92,15 +96,16 @@ class DocumentChunk(TimestampedModel):
                                 f"({', '.join(TEXT_SEARCH_LANGUAGES)}), got {language!r}")
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ArgumentError(f"hybrid_search k must be a positive whole number, got {k!r}")
-        n = candidates or max(50, 5 * k)
-        chunks = cls.select(cls.id).where((cls.organization == org_id) & cls.embedding.is_null(False))
-        plan = plan_search(chunks, cls.embedding, embedding, k=n)
-        vector_sql, vector_params = plan.query.sql()
-        columns = ", ".join(
-            f'{field.send_function}(d."{field.column_name}") AS "{field.column_name}"'
-            if getattr(field, "send_function", "") else f'd."{field.column_name}"'
-            for field in cls._meta.sorted_fields if not is_generated(field))
-        sql = f"""
+        with tenant(org_id):  # the count, the plan's probes and the search, all as this organization
+            n = candidates or max(50, 5 * k)
+            chunks = cls.select(cls.id).where((cls.organization == org_id) & cls.embedding.is_null(False))
+            plan = plan_search(chunks, cls.embedding, embedding, k=n)
+            vector_sql, vector_params = plan.query.sql()
+            columns = ", ".join(
+                f'{field.send_function}(d."{field.column_name}") AS "{field.column_name}"'
+                if getattr(field, "send_function", "") else f'd."{field.column_name}"'
+                for field in cls._meta.sorted_fields if not is_generated(field))
+            sql = f"""
 WITH by_vector AS (SELECT v.id, row_number() OVER (ORDER BY v.distance) AS rank FROM ({vector_sql}) AS v),
 by_keyword AS (
     SELECT t.id, row_number() OVER (ORDER BY t.relevance DESC, t.id) AS rank FROM (
@@ -115,10 +120,10 @@ fused AS (
 SELECT {columns}, f.score::float8 AS score, f.vector_rank, f.keyword_rank
 FROM fused f JOIN document_chunks d ON d.id = f.id
 ORDER BY f.score DESC, d.id LIMIT %s"""
-        settings = plan_settings(plan)
-        params = [*vector_params, language, text, str(org_id), n, k]
-        query = cls.raw(settings + sql, *params)
-        return list(query._get_cursor_wrapper(read_sql(cls._meta.database)(settings + sql, params)))
+            settings = plan_settings(plan)
+            params = [*vector_params, language, text, str(org_id), n, k]
+            query = cls.raw(settings + sql, *params)
+            return list(query._get_cursor_wrapper(read_sql(cls._meta.database)(settings + sql, params)))
 
 
 # halfvec: half the size and build time of float32 at the same recall and speed, re-ranked exactly

@@ -18,3 +18,4 @@ class Project(TimestampedModel):
 
     class Meta:
         table_name = "projects"
+        tenant = "organization"  # row-level security: each organization sees its own projects only

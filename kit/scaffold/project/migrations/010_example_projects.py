@@ -1,4 +1,4 @@
-"""Peewee migrations -- 009_example_projects.py.
+"""Peewee migrations -- 010_example_projects.py.
 
 Some examples (model - class or model name)::
 
@@ -54,9 +54,12 @@ def migrate(migrator: Migrator, database: pw.Database, *, fake=False):
         class Meta:
             table_name = "projects"
     kit_ops.keep_updated_at(migrator, 'projects')
+    kit_ops.grant_access(migrator, 'projects')
+    kit_ops.tenant_policies(migrator, 'projects', 'organization_id')
 
 
 def rollback(migrator: Migrator, database: pw.Database, *, fake=False):
     """Drop the example table."""
 
+    kit_ops.drop_tenant_policies(migrator, 'projects')
     migrator.remove_model('projects')

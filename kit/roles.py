@@ -1,0 +1,222 @@
+"""The kit's database roles, what each may do, and the row-level security that keeps tenants apart.
+
+| role        | is                                      | runs                                               |
+|-------------|-----------------------------------------|----------------------------------------------------|
+| `kit_owner` | owns the database, its schema, tables   | migrations, seeds, `kit maintain`, `all_tenants()` |
+| `kit_app`   | owns nothing; DML on the kit's tables   | the application (DATABASE_URL)                     |
+| `kit_auth`  | owns nothing; DML on Better Auth's only | Better Auth (the TypeScript side)                  |
+
+None is a superuser, none may create roles or databases or replicate. `kit_owner` has BYPASSRLS:
+it owns the tables and could switch their row-level security off anyway, so this grants it nothing
+more, and it lets seeds, upkeep and `all_tenants()` (and binary COPY, which PostgreSQL refuses where
+row-level security applies) work across tenants. `kit_app` and `kit_auth` are subject to every policy.
+
+**Privileges are granted table by table**, never by default privileges: a table the owner makes is
+reachable by the application only once a migration grants it (`kit_ops.grant_access`, written by
+`pw_migrate create --auto`). So the monthly partitions `kit maintain` makes stay unreachable directly
+(their rows are reached through the parent, where its policies apply), and on `audit_logs` the
+application holds INSERT and SELECT only.
+
+**Row-level security**, from `Meta.tenant` (the field that names a row's organization):
+
+- `Meta.tenant = "organization"`: a row is the tenant's when `organization_id` is the setting
+  `kit.tenant` (`kit.tenancy`); a foreign key to another tenant model (`webhook_deliveries.endpoint`)
+  makes a row the tenant's when its parent row is visible; `"id"` on `organizations` itself;
+- `Meta.tenant_open`: commands any context may run on every row (`organizations`: select, so a
+  request can find its organization by slug before it has a tenant; insert, to create one);
+- `Meta.tenant_null`: commands allowed on rows whose tenant is NULL (global feature flags and
+  announcements are readable by every tenant; an audit entry about no organization can be recorded);
+- `Meta.better_auth`: Better Auth's tables, whose every row `kit_auth` may reach (sign-in lists a
+  user's organizations; accepting an invitation crosses tenants).
+
+Policies are FORCEd (they bind the table's owner too unless it has BYPASSRLS) and compare with the
+setting wrapped in `(SELECT ...)`, so it is evaluated once per statement, not once per row, and the
+tenant's b-tree index serves the filter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kit.tenancy import SETTING
+
+OWNER, APP, AUTH = "kit_owner", "kit_app", "kit_auth"
+ADMIN = "admin"  # the server's superuser: only bootstraps the roles
+RUN_TIME = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
+ATTRIBUTES = {OWNER: "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION BYPASSRLS", APP: RUN_TIME,
+              AUTH: RUN_TIME}
+PASSWORD_VARIABLES = {OWNER: "KIT_OWNER_PASSWORD", APP: "KIT_APP_PASSWORD", AUTH: "KIT_AUTH_PASSWORD"}
+COMMANDS = ("select", "insert", "update", "delete")
+TENANT = f"(SELECT nullif(current_setting('{SETTING}', true), '')::uuid)"  # NULL without a tenant: no row
+POLICY_PREFIX = "kit_tenant_"
+AUTH_POLICY = "kit_better_auth"
+
+
+@dataclass(frozen=True)
+class TenantRule:
+    """How a table's rows belong to organizations (from the model's `Meta.tenant` options)."""
+
+    table: str
+    column: str  # the tenant column, or the foreign key to the parent
+    parent: tuple[str, str] | None = None  # (parent table, its key) when the tenant is the parent's
+    open: tuple[str, ...] = ()  # commands every context may run on every row
+    null: tuple[str, ...] = ()  # commands allowed on rows whose tenant column is NULL
+    better_auth: bool = False  # kit_auth reaches every row
+
+
+def tenant_rule(model: Any) -> TenantRule | None:
+    """The model's tenant rule, or None when its rows belong to no organization."""
+    meta = model._meta
+    name = getattr(meta, "tenant", None)
+    if not name:
+        return None
+    field = meta.fields[name]
+    parent = None
+    related = getattr(field, "rel_model", None)
+    if related is not None and getattr(related._meta, "tenant", None) not in (None, "id"):
+        parent = (related._meta.table_name, field.rel_field.column_name)
+    return TenantRule(meta.table_name, field.column_name, parent, tuple(getattr(meta, "tenant_open", ())),
+                      tuple(getattr(meta, "tenant_null", ())), bool(getattr(meta, "better_auth", False)))
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _owned_by_tenant(rule: TenantRule) -> str:
+    """The condition that makes a row the current tenant's."""
+    table, column = _quote(rule.table), _quote(rule.column)
+    if rule.parent is None:
+        return f"{column} = {TENANT}"
+    parent, key = rule.parent
+    # The parent's own policies apply inside: its row is visible only to its tenant.
+    return f"EXISTS (SELECT 1 FROM {_quote(parent)} p WHERE p.{_quote(key)} = {table}.{column})"
+
+
+def policy_statements(rule: TenantRule) -> list[str]:
+    """The SQL that (re)creates a table's row-level security: enabled, forced, one policy per command."""
+    table = _quote(rule.table)
+    owned = _owned_by_tenant(rule)
+    out = [f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY", f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY"]
+    for command in COMMANDS:
+        rule_sql = "true" if command in rule.open else owned
+        if command in rule.null and command not in rule.open:
+            rule_sql = f"({owned}) OR {_quote(rule.column)} IS NULL"
+        clause = {"select": f"USING ({rule_sql})", "delete": f"USING ({rule_sql})",
+                  "insert": f"WITH CHECK ({rule_sql})",
+                  "update": f"USING ({rule_sql}) WITH CHECK ({rule_sql})"}[command]
+        name = _quote(POLICY_PREFIX + command)
+        out += [f"DROP POLICY IF EXISTS {name} ON {table}",
+                f"CREATE POLICY {name} ON {table} FOR {command.upper()} TO PUBLIC {clause}"]
+    out.append(f"DROP POLICY IF EXISTS {AUTH_POLICY} ON {table}")
+    if rule.better_auth:
+        out.append(f"CREATE POLICY {AUTH_POLICY} ON {table} FOR ALL TO {AUTH} USING (true) WITH CHECK (true)")
+    return out
+
+
+def drop_policy_statements(table: str) -> list[str]:
+    """The SQL that removes what `policy_statements` made."""
+    quoted = _quote(table)
+    return [*(f"DROP POLICY IF EXISTS {_quote(POLICY_PREFIX + c)} ON {quoted}" for c in COMMANDS),
+            f"DROP POLICY IF EXISTS {AUTH_POLICY} ON {quoted}",
+            f"ALTER TABLE {quoted} NO FORCE ROW LEVEL SECURITY", f"ALTER TABLE {quoted} DISABLE ROW LEVEL SECURITY"]
+
+
+def grant_statements(table: str, append_only: bool = False, better_auth: bool = False) -> list[str]:
+    """The SQL that gives the run-time roles what they need on `table` (and takes back anything more)."""
+    quoted = _quote(table)
+    app = "SELECT, INSERT" if append_only else "SELECT, INSERT, UPDATE, DELETE"
+    out = [f"REVOKE ALL ON {quoted} FROM {APP}, {AUTH}", f"GRANT {app} ON {quoted} TO {APP}"]
+    if better_auth:
+        out.append(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {quoted} TO {AUTH}")
+    return out
+
+
+def model_access_statements(model: Any) -> list[str]:
+    """Grants and row-level security for one model's table, as its Meta options say."""
+    meta = model._meta
+    out = grant_statements(meta.table_name, bool(getattr(meta, "append_only", False)),
+                           bool(getattr(meta, "better_auth", False)))
+    rule = tenant_rule(model)
+    return out + (policy_statements(rule) if rule is not None else [])
+
+
+# -- bootstrap: run by a superuser (or a role with CREATEROLE) once per server and database ---------------
+
+
+def bootstrap_statements(database: str, passwords: Mapping[str, str] | None = None) -> list[str]:
+    """The SQL (run in `database` as an admin) that makes the roles and hands the database to the owner."""
+    passwords = passwords or {}
+    out = []
+    for role, attributes in ATTRIBUTES.items():
+        password = passwords.get(role)
+        secret = " PASSWORD " + _literal(password) if password else ""
+        out.append(f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}') THEN "
+                   f"CREATE ROLE {role}; END IF; END $$")
+        out.append(f"ALTER ROLE {role} {attributes}{secret}")
+    quoted = _quote(database)
+    out += [
+        f"ALTER DATABASE {quoted} OWNER TO {OWNER}",
+        f"REVOKE ALL ON DATABASE {quoted} FROM PUBLIC",
+        f"GRANT CONNECT, TEMPORARY ON DATABASE {quoted} TO {APP}, {AUTH}",
+        "CREATE EXTENSION IF NOT EXISTS vector",  # pgvector is not a trusted extension: the admin installs it
+        f"ALTER SCHEMA public OWNER TO {OWNER}",
+        "REVOKE CREATE ON SCHEMA public FROM PUBLIC",
+        f"GRANT USAGE ON SCHEMA public TO {APP}, {AUTH}",
+        ADOPT,
+    ]
+    return out
+
+
+# Objects made in `public` by another role before the kit had roles (a database migrated as the
+# superuser) pass to the owner; an extension's own objects stay with it.
+ADOPT = f"""
+DO $$
+DECLARE found record;
+BEGIN
+    FOR found IN
+        SELECT c.oid::regclass AS name FROM pg_class c
+        WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+          AND c.relowner <> '{OWNER}'::regrole AND NOT c.relispartition
+          AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                          AND d.objid = c.oid AND d.deptype = 'e')
+    LOOP
+        EXECUTE format('ALTER TABLE %s OWNER TO {OWNER}', found.name);
+    END LOOP;
+    FOR found IN
+        SELECT p.oid::regprocedure AS name FROM pg_proc p
+        WHERE p.pronamespace = 'public'::regnamespace AND p.proowner <> '{OWNER}'::regrole
+          AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass
+                          AND d.objid = p.oid AND d.deptype = 'e')
+    LOOP
+        EXECUTE format('ALTER FUNCTION %s OWNER TO {OWNER}', found.name);
+    END LOOP;
+END $$
+"""
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def bootstrap(admin_url: str, passwords: Mapping[str, str] | None = None) -> None:
+    """Make the kit's roles and give the database `admin_url` names to the owner (idempotent)."""
+    import psycopg2
+    from psycopg2 import errors
+
+    conn = psycopg2.connect(admin_url, application_name="kit-roles")
+    try:
+        for attempt in (1, 2):  # two processes bootstrapping at once: the loser's CREATE ROLE fails once
+            try:
+                with conn, conn.cursor() as cursor:  # one transaction: all of it or nothing
+                    cursor.execute("SELECT current_database()")
+                    for statement in bootstrap_statements(cursor.fetchone()[0], passwords):
+                        cursor.execute(statement)
+                return
+            except (errors.UniqueViolation, errors.DuplicateObject):
+                if attempt == 2:
+                    raise
+    finally:
+        conn.close()
