@@ -89,7 +89,7 @@ from kit.errors import (
 from kit.pool import ConnectionPool, Hooks
 from kit.roles import APP, OWNER
 from kit.routing import Replica, Router, lsn_int, lsn_text
-from kit.tenancy import crossing_tenants, current_tenant, statement_prefix
+from kit.tenancy import crossing_tenants, current_tenant, on_leaving_all_tenants, statement_prefix
 
 __all__ = [
     "Database",
@@ -665,6 +665,7 @@ class Database(PooledDatabase):
         self._configure_lock = threading.Lock()
         self.settings: Settings | None = None
         self._router: Router | None = None
+        on_leaving_all_tenants(self._release_door)
         # What the current context (thread or asyncio task) asked for and wrote, for read routing:
         self._force: ContextVar[str | None] = ContextVar("kit_force", default=None)  # "primary"/"replica"
         self._written: ContextVar[int] = ContextVar("kit_written", default=0)  # WAL position reads must see
@@ -753,10 +754,19 @@ class Database(PooledDatabase):
                     pool = ConnectionPool(Hooks(open=lambda: self._open_as(params), close=self._close_raw,
                                                 is_closed=self._is_closed, ping=self._ping,
                                                 can_reuse=self._can_reuse, reset=self._reset_session))
-                    pool.configure(min_size=0, max_size=DOOR_POOL_MAX, timeout=self.timeout,
+                    pool.configure(min_size=0, max_size=DOOR_POOL_MAX, timeout=self._app_pool.timeout,
                                    max_idle=self.settings.pool_idle_timeout_ms / 1000)
                     self._owner_pool = pool
         return self._owner_pool
+
+    def _release_door(self) -> None:
+        """Give this thread's owner connection back when its context leaves `all_tenants()` (none is kept)."""
+        state = self._owner_state
+        if self._owner_pool is not None and not state.closed and not state.transactions \
+                and not state.raw_transaction:
+            conn = state.conn
+            state.reset()
+            self._owner_pool.putconn(conn)
 
     def _open_as(self, params: dict[str, Any]) -> Any:
         """Open a driver connection with `params` (the owner's), as peewee opens its own."""

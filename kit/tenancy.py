@@ -22,6 +22,7 @@ connection (DATABASE_OWNER_URL, a role that bypasses row-level security), so cod
 from __future__ import annotations
 
 import uuid
+import weakref
 from contextlib import ContextDecorator
 from contextvars import ContextVar, Token
 from typing import Any
@@ -70,9 +71,29 @@ def tenant(organization: Any) -> _Scoped:
     return _Scoped(_tenant, id_of(organization, "tenant"))
 
 
+class _AllTenants(_Scoped):
+    """`all_tenants()`: on leaving the outermost block, each database gives back the connection it lent."""
+
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
+        if not _door.get():
+            for hook in list(_on_leave):
+                release = hook()
+                if release is not None:
+                    release()
+
+
+_on_leave: list[weakref.WeakMethod[Any]] = []
+
+
+def on_leaving_all_tenants(release: Any) -> None:
+    """Call `release` (a bound method, held weakly) whenever a context leaves its outermost `all_tenants()`."""
+    _on_leave.append(weakref.WeakMethod(release))
+
+
 def all_tenants() -> _Scoped:
     """Within the block, every statement goes to the owner's connection, past row-level security."""
-    return _Scoped(_door, True)
+    return _AllTenants(_door, True)
 
 
 def current_tenant() -> uuid.UUID | None:

@@ -13,6 +13,7 @@ import numpy as np
 import peewee
 import pytest
 
+from kit import TenantRequired, all_tenants, tenant
 from kit.db import database
 from kit.models import (
     ALL_MODELS,
@@ -90,6 +91,11 @@ def test_uuid_keys_come_from_the_database_and_timestamps_are_aware():
 
 def test_updated_at_moves_on_every_save_and_update():
     o = org()
+    with tenant(o):
+        _updated_at_moves(o)
+
+
+def _updated_at_moves(o):
     first = Organization.get_by_id(o.id).updated_at
     time.sleep(0.01)
     o.name = "Renamed"
@@ -103,6 +109,11 @@ def test_updated_at_moves_on_every_save_and_update():
 
 def test_foreign_keys_cascade_or_set_null():
     o, u = org(), user()
+    with tenant(o):
+        _cascades(o, u)
+
+
+def _cascades(o, u):
     source = DocumentSource.create(organization=o, created_by=u, title="Guide")
     DocumentChunk.create(source=source, organization=o, position=0, content="hello", embedding=np.ones(1536))
     u.delete_instance()
@@ -114,30 +125,36 @@ def test_foreign_keys_cascade_or_set_null():
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: Member.create(organization=org(), user=user(), role=""),
-        lambda: Member.create(organization=org(), user=user(), role="admin,,member"),
-        lambda: Member.create(organization=org(), user=user(), role="admin, member"),
-        lambda: Member.create(organization=org(), user=user(), role="admin,"),
-        lambda: Member.create(organization=org(), user=user(), role="ad\x01min"),
-        lambda: Member.create(organization=org(), user=user(), role="x" * 201),
-        lambda: Invitation.create(organization=org(), email="a@b.c", role=" owner", inviter=user(),
-                                  expires_at=utcnow()),
-        lambda: Organization.create(name="Listy", slug=secrets.token_hex(4), metadata=["not", "an", "object"]),
-        lambda: Subscription.create(organization=org(), plan=Plan.create(slug=secrets.token_hex(3), name="P"),
-                                    status="on_fire"),
-        lambda: Plan.create(slug=secrets.token_hex(3), name="Negative", price=-1),
-        lambda: Plan.create(slug=secrets.token_hex(3), name="Listy", entitlements=["a"]),
-        lambda: FeatureFlag.create(key="x", rollout_percent=101),
+        lambda o: Member.create(organization=o, user=user(), role=""),
+        lambda o: Member.create(organization=o, user=user(), role="admin,,member"),
+        lambda o: Member.create(organization=o, user=user(), role="admin, member"),
+        lambda o: Member.create(organization=o, user=user(), role="admin,"),
+        lambda o: Member.create(organization=o, user=user(), role="ad\x01min"),
+        lambda o: Member.create(organization=o, user=user(), role="x" * 201),
+        lambda o: Invitation.create(organization=o, email="a@b.c", role=" owner", inviter=user(),
+                                    expires_at=utcnow()),
+        lambda o: Organization.create(name="Listy", slug=secrets.token_hex(4), metadata=["not", "an", "object"]),
+        lambda o: Subscription.create(organization=o, plan=Plan.create(slug=secrets.token_hex(3), name="P"),
+                                      status="on_fire"),
+        lambda o: Plan.create(slug=secrets.token_hex(3), name="Negative", price=-1),
+        lambda o: Plan.create(slug=secrets.token_hex(3), name="Listy", entitlements=["a"]),
+        lambda o: FeatureFlag.create(organization=o, key="x", rollout_percent=101),
     ],
 )
 def test_check_constraints_refuse_bad_values(make):
+    o = org()
     with pytest.raises(peewee.IntegrityError, match="check constraint"):
-        with database.atomic():
-            make()
+        with tenant(o), database.atomic():
+            make(o)
 
 
 def test_unique_constraints_hold():
     o, u = org(), user()
+    with tenant(o):
+        _unique_constraints_hold(o, u)
+
+
+def _unique_constraints_hold(o, u):
     Member.create(organization=o, user=u)
     with pytest.raises(peewee.IntegrityError), database.atomic():
         Member.create(organization=o, user=u)
@@ -145,21 +162,31 @@ def test_unique_constraints_hold():
     RoadmapVote.create(item=item, user=u)
     with pytest.raises(peewee.IntegrityError), database.atomic():
         RoadmapVote.create(item=item, user=u)
-    FeatureFlag.create(key=f"beta-{o.id}", enabled=True)
-    with pytest.raises(peewee.IntegrityError), database.atomic():
-        FeatureFlag.create(key=f"beta-{o.id}")  # one global flag per key: NULLS NOT DISTINCT
+    with all_tenants():  # a global flag is the owner's to set
+        FeatureFlag.create(key=f"beta-{o.id}", enabled=True)
+        with pytest.raises(peewee.IntegrityError), database.atomic():
+            FeatureFlag.create(key=f"beta-{o.id}")  # one global flag per key: NULLS NOT DISTINCT
     FeatureFlag.create(key=f"beta-{o.id}", organization=o)  # and one per organization
 
 
 def test_audit_log_is_append_only_in_the_database():
-    entry = AuditLog.record("member.invited", organization=org(), actor=user(), ip="10.0.0.1", note="hi")
+    o = org()
+    entry = AuditLog.record("member.invited", organization=o, actor=user(), ip="10.0.0.1", note="hi")
     assert entry.metadata == {"note": "hi"}
-    for statement in ("UPDATE audit_logs SET action = 'x' WHERE id = %s", "DELETE FROM audit_logs WHERE id = %s"):
-        with pytest.raises(peewee.DatabaseError, match="audit_logs is append-only"), database.atomic():
-            database.execute_sql(statement, (entry.id,))
-    with pytest.raises(peewee.DatabaseError, match="append-only"), database.atomic():
-        database.execute_sql("TRUNCATE audit_logs")
-    assert AuditLog.get_by_id(entry.id).action == "member.invited"
+    statements = ("UPDATE audit_logs SET action = 'x' WHERE id = %s", "DELETE FROM audit_logs WHERE id = %s")
+    with tenant(o):  # the application may not even ask: it holds INSERT and SELECT only
+        for statement in statements:
+            with pytest.raises(peewee.DatabaseError, match="permission denied for table audit_logs"), \
+                    database.atomic():
+                database.execute_sql(statement, (entry.id,))
+    with all_tenants():  # the owner may ask, and the table's triggers refuse
+        for statement in statements:
+            with pytest.raises(peewee.DatabaseError, match="audit_logs is append-only"), database.atomic():
+                database.execute_sql(statement, (entry.id,))
+        with pytest.raises(peewee.DatabaseError, match="append-only"), database.atomic():
+            database.execute_sql("TRUNCATE audit_logs")
+    with tenant(o):
+        assert AuditLog.get_by_id(entry.id).action == "member.invited"
 
 
 def test_credits_never_go_negative_under_concurrent_consumers():
@@ -190,17 +217,24 @@ def test_usage_increments_are_never_lost():
 
     results, errors = run_threads(20, bump)
     assert not errors
-    assert Usage.get(organization=o, metric="api_calls", period_start=period).quantity == 600
+    with tenant(o):
+        assert Usage.get(organization=o, metric="api_calls", period_start=period).quantity == 600
     assert max(max(r) for r in results) == 600
 
 
 def invite(o: Organization, email: str, **kw) -> Invitation:
-    return Invitation.create(organization=o, email=email, inviter=kw.pop("inviter", None) or user(),
-                             expires_at=kw.pop("expires_at", utcnow() + dt.timedelta(days=1)), **kw)
+    with tenant(o):
+        return Invitation.create(organization=o, email=email, inviter=kw.pop("inviter", None) or user(),
+                                 expires_at=kw.pop("expires_at", utcnow() + dt.timedelta(days=1)), **kw)
 
 
 def test_roles_are_what_better_auth_writes_several_and_custom():
     o = org()
+    with tenant(o):
+        _roles(o)
+
+
+def _roles(o):
     owner = Member.create(organization=o, user=user(), role="owner")
     both = Member.create(organization=o, user=user(), role="admin,member")
     custom = Member.create(organization=o, user=user(), role="billing manager")
@@ -218,7 +252,7 @@ def test_organization_metadata_is_json_text_for_other_clients_and_a_dict_here():
     raw = database.execute_sql("SELECT metadata, pg_typeof(metadata)::text FROM organizations WHERE id = %s",
                                (o.id,)).fetchone()
     assert raw == ('{"plan":"pro","n":2}', "text")  # what Better Auth reads: a JSON string
-    with pytest.raises(peewee.DatabaseError, match="check constraint"), database.atomic():
+    with pytest.raises(peewee.DatabaseError, match="check constraint"), tenant(o), database.atomic():
         database.execute_sql("UPDATE organizations SET metadata = 'not json' WHERE id = %s", (o.id,))
 
 
@@ -246,7 +280,8 @@ def test_invitation_is_accepted_only_by_the_invited_email():
     stranger = user()
     with pytest.raises(InvitationError, match="is for another email address"):
         Invitation.accept(invited.id, stranger)
-    assert Invitation.get_by_id(invited.id).status == "pending"
+    with tenant(o):
+        assert Invitation.get_by_id(invited.id).status == "pending"
     carol = User.create(name="Carol", email=f"Carol.{secrets.token_hex(3)}@Invited.org")
     mixed = invite(o, carol.email.lower(), role="admin,member")
     assert Invitation.accept(mixed.id, carol).roles == ("admin", "member")  # emails compare without case
@@ -258,9 +293,10 @@ def test_invitation_accepted_twice_at_once_creates_one_membership():
     results, errors = run_threads(8, Invitation.accept, invite_.id, u.id)
     assert not errors, errors
     assert len({m.id for m in results}) == 1
-    assert Member.select().where(Member.organization == o).count() == 1
-    assert Member.get(organization=o, user=u).role == "admin"
-    assert Invitation.get_by_id(invite_.id).status == "accepted"
+    with tenant(o):
+        assert Member.select().where(Member.organization == o).count() == 1
+        assert Member.get(organization=o, user=u).role == "admin"
+        assert Invitation.get_by_id(invite_.id).status == "accepted"
     twin = User.create(name="Twin", email=u.email.upper())  # the same address in other letters
     with pytest.raises(InvitationError, match="already accepted by someone else"):
         Invitation.accept(invite_.id, twin)
@@ -272,10 +308,14 @@ def test_expired_or_revoked_invitations_are_refused():
     with pytest.raises(InvitationError, match="expired at"):
         Invitation.accept(expired.id, u)
     revoked = invite(o, u.email)
-    assert Invitation.revoke(revoked.id) is True
+    with pytest.raises(TenantRequired, match="invitations: an update of an organization's rows needs a tenant"):
+        Invitation.revoke(revoked.id)  # revoking is done as the organization, and nothing says which
+    with tenant(o):
+        assert Invitation.revoke(revoked.id) is True
     with pytest.raises(InvitationError, match="was canceled; it cannot be accepted"):
         Invitation.accept(revoked.id, u)
-    assert Member.select().where(Member.organization == o).count() == 0
+    with tenant(o):
+        assert Member.select().where(Member.organization == o).count() == 0
 
 
 def test_webhook_event_recorded_twice_at_once_is_processed_once():
@@ -311,12 +351,14 @@ def test_entitlements_follow_the_current_plan():
                       entitlements={"sso": False, "api": True, "seats": 10, "documents": -1})
     o = org()
     assert current_plan(o).id == free.id
-    Subscription.create(organization=o, plan=pro, status="active")
+    with tenant(o):
+        Subscription.create(organization=o, plan=pro, status="active")
     assert current_plan(o).id == pro.id
     assert is_entitled(o, "api") and not is_entitled(o, "sso") and not is_entitled(o, "unknown")
     assert within_quota(o, "seats", 9) and not within_quota(o, "seats", 10)
     assert within_quota(o, "documents", 10**9)
-    Subscription.update(status="canceled").where(Subscription.organization == o).execute()
+    with tenant(o):
+        Subscription.update(status="canceled").where(Subscription.organization == o).execute()
     assert current_plan(o).id == free.id
 
 
@@ -325,11 +367,12 @@ def test_document_chunk_search_stays_in_the_organization():
     rng = np.random.default_rng(9)
     vectors = rng.standard_normal((40, 1536)).astype(np.float32)
     for owner, offset in ((mine, 0), (theirs, 20)):
-        source = DocumentSource.create(organization=owner, title="doc")
-        DocumentChunk.insert_many([
-            {"source": source, "organization": owner, "position": i, "content": f"chunk {offset + i}",
-             "embedding": vectors[offset + i]} for i in range(20)
-        ]).execute()
+        with tenant(owner):
+            source = DocumentSource.create(organization=owner, title="doc")
+            DocumentChunk.insert_many([
+                {"source": source, "organization": owner, "position": i, "content": f"chunk {offset + i}",
+                 "embedding": vectors[offset + i]} for i in range(20)
+            ]).execute()
     query = vectors[25]  # nearest overall belongs to the other organization
     found = DocumentChunk.search(query, organization=mine, k=5)
     assert len(found) == 5 and all(c.organization_id == mine.id for c in found)
