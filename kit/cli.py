@@ -1,4 +1,4 @@
-"""The `kit` command: `kit db url|status|start|stop|psql`, `kit migrate [status|verify|...]`, `kit maintain`.
+"""The `kit` command: `kit db url|status|start|stop|psql|roles|check|...`, `kit migrate [...]`, `kit maintain`.
 
 Exit codes: 0 done (for `status`: every migration applied and unchanged); 1 refused, or something to
 act on (`status`: a migration pending, edited or missing; `verify`: a problem found); 2 a setting is
@@ -17,15 +17,47 @@ import psycopg2.extensions
 
 from kit import embedded
 from kit.config import ConfigError, KitError, Settings, load_settings
+from kit.roles import APP, OWNER
 
 EXIT_CONFIG = 2
 
 
 def _db_url(settings: Settings, args: argparse.Namespace) -> int:
+    from kit.config import mask_password
     from kit.db import resolve_url
 
-    print(resolve_url(settings))
+    url = resolve_url(settings, OWNER if args.owner else APP)
+    print(url if args.show_password else mask_password(url))
     return 0
+
+
+def _db_roles(settings: Settings, args: argparse.Namespace) -> int:
+    from kit import roles
+    from kit.config import check_database_url, mask_password
+
+    admin = os.environ.get("DATABASE_ADMIN_URL", "").strip()
+    if not admin:
+        if settings.database_url:
+            print("kit: error: DATABASE_ADMIN_URL (a superuser's URL of the same database) is not set; "
+                  "`kit db roles` makes the kit's roles with it", file=sys.stderr)
+            return EXIT_CONFIG
+        admin = embedded.start(settings.data_dir, roles.ADMIN)
+    admin = check_database_url(admin, "DATABASE_ADMIN_URL")
+    passwords = {role: os.environ[name] for role, name in roles.PASSWORD_VARIABLES.items() if os.environ.get(name)}
+    roles.bootstrap(admin, passwords)
+    print(f"roles {roles.OWNER}, {roles.APP} and {roles.AUTH} ready; the database {mask_password(admin)} "
+          f"belongs to {roles.OWNER}")
+    return 0
+
+
+def _db_check(settings: Settings, args: argparse.Namespace) -> int:
+    from kit.check import check
+    from kit.models import project_models
+
+    findings = check(settings, project_models())
+    for finding in findings:
+        print(f"{'ok  ' if finding.ok else 'FAIL'} {finding.text}")
+    return 0 if all(f.ok for f in findings) else 1
 
 
 def _db_status(settings: Settings, args: argparse.Namespace) -> int:
@@ -134,7 +166,7 @@ def _db_psql(settings: Settings, args: argparse.Namespace) -> int:
 
     # The password goes to psql by environment (PGPASSWORD), never on its command line, which every
     # local user can read in `ps`; the rest of the URL goes as a key=value conninfo.
-    params = psycopg2.extensions.parse_dsn(resolve_url(settings))
+    params = psycopg2.extensions.parse_dsn(resolve_url(settings, OWNER if args.owner else APP))
     env = dict(os.environ)
     password = params.pop("password", None)
     if password is not None:
@@ -286,19 +318,25 @@ def build_parser() -> argparse.ArgumentParser:
     upkeep.set_defaults(action=_maintain)
     db = groups.add_parser("db", help="the database in use: DATABASE_URL or the embedded server")
     commands = db.add_subparsers(dest="command", required=True,
-                                 metavar="{url,status,start,stop,psql,replica,pgbouncer}")
+                                 metavar="{url,status,start,stop,psql,roles,check,replica,pgbouncer}")
     actions: dict[str, tuple[str, Callable[[Settings, argparse.Namespace], int]]] = {
         "url": ("print the URL in use (starts the embedded server if needed)", _db_url),
         "status": ("show which server is used and whether it is up", _db_status),
         "start": ("start the embedded server (kept running between runs)", _db_start),
         "stop": ("stop the embedded server", _db_stop),
         "psql": ("open psql on the database in use", _db_psql),
+        "roles": ("make the kit's roles (kit_owner, kit_app, kit_auth) with DATABASE_ADMIN_URL", _db_roles),
+        "check": ("check least privilege: the run-time role, row-level security, the pooler", _db_check),
     }
     for name, (help_text, action) in actions.items():
         sub = commands.add_parser(name, help=help_text)
         sub.set_defaults(action=action)
         if name == "psql":
             sub.add_argument("psql_args", nargs=argparse.REMAINDER, help="passed on to psql")
+            sub.add_argument("--owner", action="store_true", help="as the owner (DATABASE_OWNER_URL)")
+        if name == "url":
+            sub.add_argument("--owner", action="store_true", help="the owner's URL (DATABASE_OWNER_URL)")
+            sub.add_argument("--show-password", action="store_true", help="print the password (masked otherwise)")
     replica = commands.add_parser("replica", help="a streaming replica of the embedded server, for development")
     replica.add_argument("replica_command", choices=("start", "stop"),
                          help="start (prints its URL on the last line) or stop it")

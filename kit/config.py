@@ -62,7 +62,8 @@ class Settings:
 
 
 _USERINFO = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^\s:/@]*:)[^\s]*@", re.IGNORECASE)
-_PASSWORD_PARAM = re.compile(r"(?P<head>\bpassword\s*=\s*)(?:'(?:[^'\\]|\\.)*'?|[^\s&]*)", re.IGNORECASE)
+_PASSWORD_PARAM = re.compile(r"(?P<head>\b(?:ssl)?password\s*=\s*)(?:'(?:[^'\\]|\\.)*'?|[^\s&]*)", re.IGNORECASE)
+_NEXT_URL = re.compile(r"\s*,\s*(?=[a-z][a-z0-9+.-]*://)", re.IGNORECASE)  # where the next URL of a list starts
 
 
 def mask_password(text: str) -> str:
@@ -72,19 +73,20 @@ def mask_password(text: str) -> str:
     appears; the userinfo of a URL up to its last `@` (so `@`, `:` and `/` in a password stay hidden);
     and `password=` in a query string or a key=value DSN, quoted or not.
     """
-    found = _libpq_password(text)
-    if found and len(found) >= 4:  # shorter ones would garble the text; the patterns below still hide them
-        for spelling in {found, quote(found, safe=""), quote(found)}:
-            text = text.replace(spelling, "***")
+    for found in _libpq_passwords(text):
+        if len(found) >= 4:  # shorter ones would garble the text; the patterns below still hide them
+            for spelling in {found, quote(found, safe=""), quote(found)}:
+                text = text.replace(spelling, "***")
     text = _USERINFO.sub(lambda m: m["head"] + "***@", text)
     return _PASSWORD_PARAM.sub(lambda m: m["head"] + "***", text)
 
 
-def _libpq_password(dsn: str) -> str | None:
+def _libpq_passwords(dsn: str) -> list[str]:
     try:
-        return psycopg2.extensions.parse_dsn(dsn.strip()).get("password") or None
+        found = psycopg2.extensions.parse_dsn(dsn.strip())
     except (psycopg2.ProgrammingError, ValueError):
-        return None
+        return []
+    return [found[key] for key in ("password", "sslpassword") if found.get(key)]
 
 
 def _integer(env: Mapping[str, str], name: str, default: int) -> int:
@@ -101,13 +103,23 @@ def _integer(env: Mapping[str, str], name: str, default: int) -> int:
 
 
 def check_database_url(url: str, name: str = "DATABASE_URL") -> str:
-    """Validate a PostgreSQL URL and return it in the `postgresql://` form libpq and peewee accept."""
+    """Validate a PostgreSQL URL and return it in the `postgresql://` form libpq and peewee accept.
+
+    Every message quotes the URL masked, and nothing of a malformed one reaches a parser whose error
+    could quote a piece of its password.
+    """
     shown = mask_password(url)
+    authority = url.partition("://")[2]
+    # A parser's or libpq's error would quote a piece of a password holding '@', '/', '#' or '?' (each
+    # ends the part of a URL the password is in): say so without quoting it.
+    if authority.count("@") > 1 or ("@" in authority and re.search(r"[/?#]", authority.rpartition("@")[0])):
+        raise ConfigError(f"{name} is not a valid URL: its user or password holds an '@', '/', '#' or '?'; "
+                          f"percent-encode them (%40, %2F, %23, %3F): {shown}")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number
-    except ValueError as exc:
-        raise ConfigError(f"{name} is not a valid URL ({exc}): {shown}") from None
+    except ValueError:
+        raise ConfigError(f"{name} is not a valid URL (its port is not a number): {shown}") from None
     if parts.scheme not in URL_SCHEMES:
         found = f"{parts.scheme}://" if parts.scheme else "no scheme"
         raise ConfigError(
@@ -148,7 +160,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if pooler not in POOLERS:
         raise ConfigError(f"DATABASE_POOLER must be pgbouncer or unset, got {env['DATABASE_POOLER']!r}")
     data_dir = load_project(env=env).data_dir
-    replicas = [part.strip() for part in env.get("DATABASE_REPLICA_URLS", "").split(",")]
+    replicas = [part.strip() for part in _NEXT_URL.split(env.get("DATABASE_REPLICA_URLS", ""))]
     replica_urls = tuple(check_database_url(part, f"DATABASE_REPLICA_URLS (URL {n})")
                          for n, part in enumerate(replicas, 1) if part)
     return Settings(

@@ -22,6 +22,7 @@ import psycopg2
 
 from kit import embedded
 from kit.errors import KitError
+from kit.roles import ADMIN, APP, AUTH, OWNER
 
 DIRECTORY = "pgbouncer"
 PORT = 6432
@@ -32,7 +33,7 @@ INSTALL = ("PgBouncer is not installed; install it with `apt-get install pgbounc
 CONFIG = """\
 ; written by `kit db pgbouncer start`: transaction pooling in front of the embedded server
 [databases]
-* = host={socket_dir} port={server_port} user={user}
+* = host={socket_dir} port={server_port}
 
 [pgbouncer]
 pool_mode = transaction
@@ -40,7 +41,8 @@ listen_addr =
 listen_port = {port}
 unix_socket_dir = {directory}
 unix_socket_mode = 0700
-auth_type = any
+auth_type = trust
+auth_file = {directory}/users.txt
 max_client_conn = 4000
 default_pool_size = 40
 max_db_connections = 80
@@ -60,9 +62,10 @@ def pgbouncer_dir(data_dir: Path) -> Path:
     return Path(data_dir).absolute() / DIRECTORY
 
 
-def url(data_dir: Path, database: str = embedded.DATABASE_NAME) -> str:
-    """The URL of the development PgBouncer for `database`."""
-    return f"postgresql://{embedded.USER}@/{database}?host={pgbouncer_dir(data_dir)}&port={PORT}"
+def url(data_dir: Path, database: str = embedded.DATABASE_NAME, role: str = APP) -> str:
+    """The URL of the development PgBouncer for `database`, as `role` (each role has server connections of its own)."""
+    user = embedded.USER if role == ADMIN else role
+    return f"postgresql://{user}@/{database}?host={pgbouncer_dir(data_dir)}&port={PORT}"
 
 
 def _binary() -> str:
@@ -92,8 +95,9 @@ def start_pgbouncer(data_dir: Path) -> str:
     if _running_pid(directory) is None:
         directory.mkdir(mode=0o700, exist_ok=True)
         (directory / "pgbouncer.ini").write_text(CONFIG.format(
-            socket_dir=info.socket_dir, server_port=info.port or 5432, user=embedded.USER, port=PORT,
-            directory=directory))
+            socket_dir=info.socket_dir, server_port=info.port or 5432, port=PORT, directory=directory))
+        # trust: the socket (0700) is the boundary, as for the server; the names PgBouncer lets in
+        (directory / "users.txt").write_text("".join(f'"{name}" ""\n' for name in (embedded.USER, OWNER, APP, AUTH)))
         command = [binary, "-d", "-q"]
         if os.geteuid() == 0:  # it refuses to run as root: as the embedded server's own user
             owner = Path(embedded.pgdata_dir(data_dir)).stat().st_uid

@@ -36,7 +36,7 @@ tenant's b-tree index serves the filter.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +52,11 @@ COMMANDS = ("select", "insert", "update", "delete")
 TENANT = f"(SELECT nullif(current_setting('{SETTING}', true), '')::uuid)"  # NULL without a tenant: no row
 POLICY_PREFIX = "kit_tenant_"
 AUTH_POLICY = "kit_better_auth"
+POLICY_SQL = """
+SELECT c.relrowsecurity, c.relforcerowsecurity,
+       (SELECT array_agg(p.polname::text) FROM pg_policy p WHERE p.polrelid = c.oid)
+FROM pg_class c WHERE c.oid = to_regclass(%s)
+"""
 
 
 @dataclass(frozen=True)
@@ -141,6 +146,26 @@ def model_access_statements(model: Any) -> list[str]:
                            bool(getattr(meta, "better_auth", False)))
     rule = tenant_rule(model)
     return out + (policy_statements(rule) if rule is not None else [])
+
+
+def tenant_policy_problems(run: Callable[[str, tuple[Any, ...]], Any], models: Iterable[Any]) -> list[str]:
+    """What each tenant table lacks of its row-level security (`run(sql, params)` returns one row)."""
+    problems = []
+    for model in models:
+        rule = tenant_rule(model)
+        if rule is None:
+            continue
+        row = run(POLICY_SQL, (f'"{rule.table}"',))
+        if row is None:
+            continue  # not created yet: drift checks name a missing table
+        enabled, forced, policies = row
+        missing = sorted(f"{POLICY_PREFIX}{c}" for c in COMMANDS if f"{POLICY_PREFIX}{c}" not in (policies or []))
+        if not enabled or not forced or missing:
+            lacks = [*(["row-level security enabled"] if not enabled else []),
+                     *(["forced"] if not forced else []), *(["policies " + ", ".join(missing)] if missing else [])]
+            problems.append(f"tenant table {rule.table} (Meta.tenant = {model._meta.tenant!r}) lacks "
+                            f"{' and '.join(lacks)}: its rows are not confined to their organization")
+    return problems
 
 
 # -- bootstrap: run by a superuser (or a role with CREATEROLE) once per server and database ---------------

@@ -31,6 +31,7 @@ from kit.migrate import history, schema
 from kit.migrate.loader import MigrationFile, load
 from kit.migrate.lock import lock_transaction
 from kit.models import project_models
+from kit.roles import tenant_policy_problems
 
 IGNORED_MODELS = ["basemodel", "timestampedmodel", "vectormodel"]  # abstract bases in kit.models, not tables
 
@@ -131,6 +132,7 @@ def verify(database: Database, directory: Path, models: list[Any] | None = None)
             models = project_models()
         for drift in schema.compare(database, models):
             problems.append(f"schema drift: {drift}")
+        problems += tenant_policy_problems(lambda sql, params: database.execute_sql(sql, params).fetchone(), models)
     return problems
 
 
