@@ -960,7 +960,7 @@ def _refuse_without_tenant(query: Any) -> None:
         kind for kind in (Insert, Update, Delete) if isinstance(query, kind))]
     if command in meta.tenant_open or (command == "insert" and meta.fields[name].null):
         return  # open to every context, or a row of no organization may be allowed (the policy decides)
-    raise TenantRequired(f"{meta.table_name}: an {command} of an organization's rows needs a tenant context "
+    raise TenantRequired(f"{meta.table_name}: {command.upper()} of an organization's rows needs a tenant context "
                          "(with kit.tenant(org): ...), and none is set; nothing was sent")
 
 

@@ -308,7 +308,7 @@ def test_expired_or_revoked_invitations_are_refused():
     with pytest.raises(InvitationError, match="expired at"):
         Invitation.accept(expired.id, u)
     revoked = invite(o, u.email)
-    with pytest.raises(TenantRequired, match="invitations: an update of an organization's rows needs a tenant"):
+    with pytest.raises(TenantRequired, match="invitations: UPDATE of an organization's rows needs a tenant"):
         Invitation.revoke(revoked.id)  # revoking is done as the organization, and nothing says which
     with tenant(o):
         assert Invitation.revoke(revoked.id) is True

@@ -18,6 +18,7 @@ import decimal
 import itertools
 import queue
 import re
+import secrets
 import struct
 import threading
 import uuid
@@ -99,16 +100,36 @@ def copy_rows(model: type[Model], rows: Iterable[Mapping[Any, Any]], database: p
     the model declares one (`constraints=[SQL("DEFAULT ...")]`), else its Python default (as with
     insert_many), else whatever the database has. A bad row raises CopyRowError (or the database's
     error) naming the row's index, and nothing is written. `rows` may be a generator; it must not use
-    the database connection itself while copy_rows runs.
+    the database connection itself while copy_rows runs. Into a table whose row-level security
+    applies to the role (a tenant table, as the application), the rows are staged in a temporary
+    table and moved by one INSERT ... SELECT, which the policies check (`kit.roles`).
     """
     database = database or model._meta.database
     iterator = iter(rows)
     first = next(iterator, None)
     if first is None:
         return 0
-    with database.atomic(), CopyWriter(model, list(first.keys()), database, table) as writer:
-        writer.write(itertools.chain([first], iterator))
+    target = _qualified(table) if table else _qualified(
+        (model._meta.schema, model._meta.table_name) if model._meta.schema else model._meta.table_name)
+    with database.atomic():
+        if not _row_security_active(database, target):
+            with CopyWriter(model, list(first.keys()), database, table) as writer:
+                writer.write(itertools.chain([first], iterator))
+            return writer.count
+        # PostgreSQL refuses COPY FROM where row-level security applies: the rows go to a staging table
+        # of this transaction, then in by one INSERT, which the table's policies check row by row.
+        stage = f"kit_copy_{secrets.token_hex(6)}"
+        database.execute_sql(f'CREATE TEMP TABLE "{stage}" (LIKE {target} INCLUDING DEFAULTS) ON COMMIT DROP')
+        with CopyWriter(model, list(first.keys()), database, ("pg_temp", stage)) as writer:
+            writer.write(itertools.chain([first], iterator))
+        database.execute_sql(f"INSERT INTO {target} ({writer.columns}) SELECT {writer.columns} "
+                             f'FROM pg_temp."{stage}"')
     return writer.count
+
+
+def _row_security_active(database: peewee.Database, target: str) -> bool:
+    """Whether row-level security applies to this connection's role on the table."""
+    return bool(database.execute_sql("SELECT row_security_active(%s::regclass)", (target,)).fetchone()[0])
 
 
 class CopyWriter:
@@ -155,10 +176,10 @@ class CopyWriter:
                     "use insert_many for this table"
                 )
             cells.append(_cell_encoder(field, pg_type, scalar_encoders[pg_type]))
-        columns = ", ".join(f'"{f.column_name}"' for f in scalars + hooked)
+        self.columns = ", ".join(f'"{f.column_name}"' for f in scalars + hooked)  # in the order sent
         target = _qualified(table) if table else (
             f'"{model._meta.schema}"."{name}"' if model._meta.schema else f'"{name}"')
-        self.statement = f"COPY {target} ({columns}) FROM STDIN WITH (FORMAT BINARY)"
+        self.statement = f"COPY {target} ({self.columns}) FROM STDIN WITH (FORMAT BINARY)"
         self.layout = _Layout(model, given, scalars, cells, hooked)
         self._sender: _Sender | None = None  # the COPY statement being fed
         self._ended: list[_Sender] = []  # statements fed in full, perhaps still running

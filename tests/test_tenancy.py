@@ -1,0 +1,290 @@
+"""The attacker suite: the application's role (kit_app) against tenant isolation and least privilege.
+
+A database of its own, migrated and seeded by the owner (eight organizations with rows in every tenant
+table), plus a tenant model of the user's own. The attacker is a new organization that owns nothing:
+in its context, every read, update, delete, insert and COPY aimed at the others' rows (through the
+models, `execute_sql`, `read_sql` and search) must reach nothing; without a context, nothing either;
+and every way out of the role that a SQL injection would try is refused by the server.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import peewee
+import pytest
+from conftest import make_database
+from helpers import admin_execute, with_dbname
+from peewee import ForeignKeyField, TextField
+
+from kit import TenantError, TenantRequired, all_tenants, current_tenant, migrate, tenant
+from kit.config import load_settings
+from kit.copy import copy_rows
+from kit.db import Database
+from kit.fixtures import load, parse
+from kit.models import ALL_MODELS, DocumentChunk, Organization
+from kit.models.base import TimestampedModel
+from kit.roles import model_access_statements, tenant_rule
+from kit.vector import nearest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Note(TimestampedModel):
+    """A user's own tenant model: its policies come from `Meta.tenant`, as the kit's do."""
+
+    organization = ForeignKeyField(Organization, on_delete="CASCADE")
+    body = TextField()
+
+    class Meta:
+        table_name = "attack_notes"
+        tenant = "organization"
+
+
+MODELS = [*ALL_MODELS, Note]
+TENANT_MODELS = [m for m in MODELS if tenant_rule(m) is not None]
+
+
+@pytest.fixture(scope="module")
+def attacked(admin_url, server_url, owner_server_url):
+    """(app database, attacker organization id, victim organization id) on a seeded database of its own."""
+    name = make_database(admin_url, "kit_attack")
+    owner = Database()
+    owner.configure(with_dbname(owner_server_url, name), owner=True)
+    app = Database()
+    app.configure(with_dbname(server_url, name), owner_url=with_dbname(owner_server_url, name))
+    try:
+        migrate.apply(owner, ROOT / "migrations", say=lambda _: None)
+        load(parse(ROOT / "seeds" / "fixtures" / "dev.yaml"), owner)
+        with owner.bind_ctx(MODELS):
+            owner.create_tables([Note])
+            for statement in model_access_statements(Note):
+                owner.execute_sql(statement)
+            victim = Organization.get(Organization.slug == "acme").id
+            Note.insert_many([{"organization": o.id, "body": f"note of {o.slug}"}
+                              for o in Organization.select()]).execute()
+        owner.close_all()
+        with app.bind_ctx(MODELS):
+            attacker = Organization.create(name="Attacker", slug=f"attacker-{secrets.token_hex(3)}").id
+            yield app, attacker, victim
+    finally:
+        app.close_all()
+        owner.close_all()
+        admin_execute(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def visible(model, attacker) -> int:
+    """Rows the attacker may rightly see: those open to all, or shared ones with no tenant."""
+    rule = tenant_rule(model)
+    if "select" in rule.open:
+        return model.select().count()
+    column = model._meta.fields[model._meta.tenant]
+    with all_tenants():
+        return model.select().where(column == attacker).count() + (
+            model.select().where(column.is_null()).count() if "select" in rule.null else 0)
+
+
+def victim_row(model, victim) -> dict:
+    """A row of the victim's, as the owner reads it, with a fresh id: what an attacker would insert."""
+    with all_tenants():
+        rule = tenant_rule(model)
+        query = model.select()
+        if rule.parent is None:
+            query = query.where(model._meta.fields[model._meta.tenant] == victim)
+        row = query.dicts().first()
+    assert row is not None, f"the seed has no {model._meta.table_name} row of the victim's"
+    row = {k: v for k, v in row.items() if k not in ("id", "search_text")}
+    for unique in ("slug", "key", "event_id", "token", "email"):
+        if unique in row and isinstance(row[unique], str):
+            row[unique] = f"{row[unique]}-{secrets.token_hex(3)}"
+    return row
+
+
+@pytest.mark.parametrize("model", TENANT_MODELS, ids=lambda m: m._meta.table_name)
+def test_in_its_own_context_the_attacker_reaches_no_other_tenants_row(attacked, model):
+    db, attacker, victim = attacked
+    table = model._meta.table_name
+    with db.bind_ctx(MODELS):
+        allowed = visible(model, attacker)
+        with all_tenants():
+            everything = model.select().count()
+        assert everything > allowed or table == "organizations", f"{table}: the seed gives the victim no rows"
+        with tenant(attacker):
+            assert model.select().count() == allowed
+            assert db.execute_sql(f'SELECT count(*) FROM "{table}"').fetchone()[0] == allowed
+            assert db.read_sql(f'SELECT count(*) FROM "{table}"').fetchone()[0] == allowed
+            own = 1 if table == "organizations" else 0  # the attacker's own organization row
+            if model._meta.append_only:
+                for statement in (f'UPDATE "{table}" SET id = id', f'DELETE FROM "{table}"'):
+                    with pytest.raises(peewee.ProgrammingError, match="permission denied"), db.atomic():
+                        db.execute_sql(statement)
+            else:
+                assert db.execute_sql(f'UPDATE "{table}" SET id = id').rowcount == own
+                assert model.update(id=model.id).execute() == own
+                assert db.execute_sql(f'DELETE FROM "{table}" WHERE id <> %s', (attacker,)).rowcount == 0
+                assert model.delete().where(model.id != attacker).execute() == 0
+            if "insert" not in tenant_rule(model).open:
+                stolen = victim_row(model, victim)
+                with pytest.raises(TenantError, match=f"{table}: the row does not belong to the tenant context's"):
+                    model.insert(stolen).execute()
+                with pytest.raises(TenantError, match=f"{table}: the row does not belong"):
+                    copy_rows(model, [stolen], database=db)
+    with all_tenants(), db.bind_ctx(MODELS):
+        assert model.select().count() == everything  # nothing of anyone's was changed
+
+
+@pytest.mark.parametrize("model", TENANT_MODELS, ids=lambda m: m._meta.table_name)
+def test_without_a_context_tenant_tables_show_nothing_and_writes_are_refused(attacked, model):
+    db, attacker, victim = attacked
+    table = model._meta.table_name
+    rule = tenant_rule(model)
+    with db.bind_ctx(MODELS):
+        assert current_tenant() is None
+        shown = model.select().count()
+        with all_tenants():
+            expected = model.select().count() if "select" in rule.open else (
+                model.select().where(model._meta.fields[model._meta.tenant].is_null()).count()
+                if "select" in rule.null else 0)
+        assert shown == expected
+        if not model._meta.append_only and "update" not in rule.open:
+            with pytest.raises(TenantRequired, match=f"{table}: UPDATE of an organization's rows needs a tenant"):
+                model.update(id=model.id).execute()
+            with pytest.raises(TenantRequired, match=f"{table}: DELETE of an organization's rows"):
+                model.delete().execute()
+        if "insert" not in rule.open:
+            with pytest.raises((TenantRequired, TenantError), match=f"^{table}: "):
+                model.insert(victim_row(model, victim)).execute()
+
+
+def test_search_in_a_tenant_context_never_returns_another_tenants_chunk(attacked):
+    db, attacker, victim = attacked
+    with db.bind_ctx(MODELS):
+        with all_tenants():
+            target = DocumentChunk.select().where(DocumentChunk.organization == victim).first()
+        assert target is not None
+        query = np.asarray(target.embedding)
+        with tenant(attacker):
+            assert nearest(DocumentChunk.select(), DocumentChunk.embedding, query, k=5) == []
+            assert nearest(DocumentChunk.select(), DocumentChunk.embedding, query, k=5, exact=True) == []
+            assert DocumentChunk.search(query, organization=attacker) == []
+            assert DocumentChunk.hybrid_search(target.content, query, organization=attacker) == []
+        found = DocumentChunk.search(query, organization=victim, k=3)  # asked for the victim's, by the app itself
+        assert found and found[0].id == target.id
+
+
+ESCAPES = [
+    ("SET session_replication_role = replica", "permission denied"),
+    ("ALTER TABLE audit_logs DISABLE TRIGGER USER", "must be owner"),
+    ("ALTER TABLE document_chunks DISABLE ROW LEVEL SECURITY", "must be owner"),
+    ("ALTER TABLE document_chunks NO FORCE ROW LEVEL SECURITY", "must be owner"),
+    ("DROP POLICY kit_tenant_select ON document_chunks", "must be owner"),
+    ("COPY audit_logs FROM PROGRAM 'id'", "permission denied|must be superuser"),
+    ("COPY (SELECT 1) TO PROGRAM 'id'", "permission denied|must be superuser"),
+    ("COPY (SELECT 1) TO '/tmp/kit-attack'", "permission denied|must be superuser"),
+    ("SELECT pg_read_file('/etc/passwd')", "permission denied"),
+    ("SET ROLE kit_owner", "permission denied"),
+    ("SET SESSION AUTHORIZATION kit_owner", "permission denied"),
+    ("ALTER ROLE kit_app BYPASSRLS", "permission denied"),
+    ("CREATE FUNCTION public.escape() RETURNS int LANGUAGE sql SECURITY DEFINER AS 'SELECT 1'",
+     "permission denied for schema public"),
+    ("CREATE TABLE public.escape (n int)", "permission denied for schema public"),
+    ("TRUNCATE document_chunks", "permission denied"),
+    ("TRUNCATE audit_logs", "permission denied"),
+    ("UPDATE audit_logs SET action = 'x'", "permission denied"),
+    ("DELETE FROM audit_logs", "permission denied"),
+    ("SELECT * FROM migratehistory", "permission denied"),
+    ("CREATE SCHEMA escape", "permission denied for database"),
+    ("LOAD 'plpgsql'", "permission denied|access to library"),
+    ("CREATE ROLE escape", "permission denied"),
+]
+
+
+@pytest.mark.parametrize(("statement", "refusal"), ESCAPES, ids=[e[0][:40] for e in ESCAPES])
+def test_every_escape_from_the_app_role_is_refused_by_the_server(attacked, statement, refusal):
+    db = attacked[0]
+    with pytest.raises(peewee.DatabaseError, match=refusal), db.atomic():
+        db.execute_sql(statement)
+
+
+def test_row_security_cannot_be_switched_off_by_a_setting(attacked):
+    db, attacker, _ = attacked
+    with db.atomic():
+        db.execute_sql("SET LOCAL row_security = off")
+        with pytest.raises(peewee.DatabaseError, match="row-level security"):
+            db.execute_sql("SELECT count(*) FROM document_chunks")
+
+
+def test_a_partition_is_not_a_way_around_its_parents_policies(attacked):
+    db = attacked[0]
+    with db.bind_ctx(MODELS), all_tenants():
+        partition = db.execute_sql("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                                   "WHERE i.inhparent = 'audit_logs'::regclass LIMIT 1").fetchone()[0]
+    with pytest.raises(peewee.ProgrammingError, match="permission denied"), db.atomic():
+        db.execute_sql(f'SELECT count(*) FROM "{partition}"')
+
+
+def test_no_tenant_outlives_its_statement_or_transaction_on_a_pooled_connection(attacked):
+    db, attacker, victim = attacked
+    setting = "SELECT coalesce(current_setting('kit.tenant', true), ''), pg_backend_pid()"
+    with db.connection_context():
+        with tenant(victim):
+            assert db.execute_sql(setting).fetchone()[0] == str(victim)
+        assert db.execute_sql(setting).fetchone()[0] == ""  # the next statement, same connection: none
+        with db.atomic():
+            with tenant(victim):
+                db.execute_sql("SELECT 1")
+            assert db.execute_sql(setting).fetchone()[0] == ""  # left the block inside the transaction
+            with tenant(attacker):
+                db.execute_sql("SELECT 1")
+                try:
+                    with db.atomic(), tenant(victim):  # a savepoint rolled back takes its setting with it
+                        db.execute_sql("SELECT 1")
+                        raise RuntimeError
+                except RuntimeError:
+                    pass
+                assert db.execute_sql(setting).fetchone()[0] == str(attacker)
+        assert db.execute_sql(setting).fetchone()[0] == ""  # after COMMIT
+
+
+def test_no_tenant_leaks_across_threads_sharing_a_small_pool(attacked):
+    db, _, _ = attacked
+    with db.bind_ctx(MODELS), all_tenants():
+        organizations = [o.id for o in Organization.select().limit(6)]
+        expected = {o: Note.select().where(Note.organization == o).count() for o in organizations}
+    small = Database()
+    small.configure(db.url, settings=replace(load_settings(), pool_min=0, pool_max=3), owner_url=db._owner_url)
+    pids, leaks, errors = set(), [], []
+    lock = threading.Lock()
+
+    def work(n: int) -> None:
+        try:
+            for i in range(30):
+                org = organizations[(n + i) % len(organizations)]
+                with tenant(org), small.connection_context():
+                    rows = small.execute_sql("SELECT organization_id, pg_backend_pid() FROM attack_notes").fetchall()
+                    inside = small.execute_sql("SELECT count(*) FROM attack_notes").fetchone()[0]
+                    with small.atomic():
+                        small.execute_sql("SELECT count(*) FROM attack_notes")
+                with lock:
+                    pids.update(pid for _, pid in rows)
+                    leaks.extend(row for row in rows if uuid.UUID(str(row[0])) != org)
+                    if inside != expected[org]:
+                        leaks.append((org, inside))
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    small.close_all()
+    assert not errors, errors
+    assert leaks == []
+    # 240 tenant switches on at most three connections (a few more server ones behind PgBouncer): reused
+    assert 1 <= len(pids) <= 8
