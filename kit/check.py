@@ -22,7 +22,7 @@ import psycopg2
 from peewee import Model
 
 from kit.config import Settings, mask_password
-from kit.roles import tenant_policy_problems
+from kit.roles import LEAKPROOF_SQL, tenant_policy_problems
 
 ROLE_SQL = """
 SELECT r.rolname, r.rolsuper, r.rolbypassrls, r.rolcreaterole, r.rolcreatedb,
@@ -62,6 +62,10 @@ def check(settings: Settings, models: Iterable[type[Model]]) -> list[Finding]:
                 Finding(not owned, f"{role} owns {len(owned)} table(s): {', '.join(owned[:5])}" if owned
                         else f"{role} owns no table"),
             ]
+            leakproof = run(LEAKPROOF_SQL)[0]
+            findings.append(Finding(leakproof, "full-text matching is LEAKPROOF: hybrid search keeps its GIN index "
+                                    "under row-level security" if leakproof else "full-text matching is not "
+                                    "LEAKPROOF: hybrid search scans a tenant's rows (`kit db roles` as a superuser)"))
             problems = tenant_policy_problems(run, models)
             findings += [Finding(False, p) for p in problems] or [
                 Finding(True, "every tenant table has forced row-level security and its policies")]

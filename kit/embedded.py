@@ -34,7 +34,7 @@ import psycopg2
 from psycopg2 import errors
 
 from kit.errors import EmbeddedServerError
-from kit.roles import ADMIN, APP, OWNER, bootstrap
+from kit.roles import ADMIN, APP, LEAKPROOF_SQL, OWNER, bootstrap
 
 PG_MAJOR = 16
 DATABASE_NAME = "kit"
@@ -241,8 +241,17 @@ def _ensure_database(admin_url: str, name: str, pgdata: Path) -> None:
             ready = cur.fetchone()[0]
     finally:
         conn.close()
-    if not ready:  # a new database, or one made before the kit had roles: the roles, and the owner takes it
-        bootstrap(urlunsplit(urlsplit(admin_url)._replace(path="/" + name)))
+    target = urlunsplit(urlsplit(admin_url)._replace(path="/" + name))
+    if ready:
+        conn = psycopg2.connect(target, application_name="kit-embedded")
+        try:
+            with conn.cursor() as cur:
+                cur.execute(LEAKPROOF_SQL)
+                ready = cur.fetchone()[0]
+        finally:
+            conn.close()
+    if not ready:  # a new database, or one made before the kit had roles (or before this rule): bootstrap it
+        bootstrap(target)
 
 
 def stop(data_dir: Path) -> bool:

@@ -13,7 +13,7 @@ import secrets
 import numpy as np
 import pytest
 
-from kit import ArgumentError
+from kit import ArgumentError, all_tenants, tenant
 from kit.db import database
 from kit.fixtures import FixtureError, parse
 from kit.models import DocumentChunk, DocumentSource, Organization
@@ -39,16 +39,19 @@ def corpus(test_db_url):
     orgs = [Organization.create(name=f"Hybrid {i}", slug=f"hybrid-{secrets.token_hex(4)}") for i in range(2)]
     chunks = {}
     for org in orgs:
-        source = DocumentSource.create(organization=org, title="Handbook")
-        rows = [("answer", ANSWER, near("webhooks", 0.45)), ("paraphrase", PARAPHRASE, near("webhooks", 0.2)),
-                ("keywords", KEYWORDS_ONLY, near("cli", 0.3))]
-        rows += [(f"filler{i}", f"Notes about {topic} number {i}.", near(topic, 0.5))
-                 for i, topic in enumerate(["onboarding", "pricing", "security", "cli", "pricing"] * 4)]
-        for position, (label, text, embedding) in enumerate(rows):
-            chunks[(org.id, label)] = DocumentChunk.create(source=source, organization=org, position=position,
-                                                           content=text, embedding=embedding)
-    yield orgs, chunks
-    Organization.delete().where(Organization.id.in_([o.id for o in orgs])).execute()
+        with tenant(org):
+            source = DocumentSource.create(organization=org, title="Handbook")
+            rows = [("answer", ANSWER, near("webhooks", 0.45)), ("paraphrase", PARAPHRASE, near("webhooks", 0.2)),
+                    ("keywords", KEYWORDS_ONLY, near("cli", 0.3))]
+            rows += [(f"filler{i}", f"Notes about {topic} number {i}.", near(topic, 0.5))
+                     for i, topic in enumerate(["onboarding", "pricing", "security", "cli", "pricing"] * 4)]
+            for position, (label, text, embedding) in enumerate(rows):
+                chunks[(org.id, label)] = DocumentChunk.create(source=source, organization=org, position=position,
+                                                               content=text, embedding=embedding)
+    with tenant(orgs[0]):  # each test runs as the organization that holds the corpus
+        yield orgs, chunks
+    with all_tenants():
+        Organization.delete().where(Organization.id.in_([o.id for o in orgs])).execute()
 
 
 def rank_of(rows, chunk) -> int | None:
@@ -126,8 +129,10 @@ def test_bad_arguments_are_one_sentence(corpus):
 
 
 def test_the_keyword_side_uses_the_gin_index(corpus):
-    with database.atomic():
+    orgs, _ = corpus
+    with database.atomic():  # as the tenant, under row-level security, with the filter hybrid_search sends
         database.execute_sql("SET LOCAL enable_seqscan = off")  # a tiny table: ask whether the index can serve
         plan = "\n".join(r[0] for r in database.execute_sql(
-            "EXPLAIN SELECT id FROM document_chunks WHERE search_text @@ websearch_to_tsquery('english', 'x')"))
+            "EXPLAIN SELECT id FROM document_chunks WHERE organization_id = %s "
+            "AND search_text @@ websearch_to_tsquery('english', 'x')", (orgs[0].id,)))
     assert "document_chunks_search_text_gin" in plan
