@@ -134,8 +134,19 @@ def grant_statements(table: str, append_only: bool = False, better_auth: bool = 
     quoted = _quote(table)
     app = "SELECT, INSERT" if append_only else "SELECT, INSERT, UPDATE, DELETE"
     out = [f"REVOKE ALL ON {quoted} FROM {APP}, {AUTH}", f"GRANT {app} ON {quoted} TO {APP}"]
+    grantees = APP
     if better_auth:
         out.append(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {quoted} TO {AUTH}")
+        grantees = f"{APP}, {AUTH}"
+    # the sequences of its serial and identity columns: an INSERT draws from them
+    out.append(f"""DO $$ DECLARE found regclass; BEGIN
+    FOR found IN SELECT d.objid::regclass FROM pg_depend d JOIN pg_class s ON s.oid = d.objid
+                 WHERE d.classid = 'pg_class'::regclass AND d.refobjid = {_literal(quoted)}::regclass
+                   AND s.relkind = 'S' AND d.deptype IN ('a', 'i')
+    LOOP
+        EXECUTE 'GRANT USAGE, SELECT ON SEQUENCE ' || found::text || ' TO {grantees}';
+    END LOOP;
+END $$""")
     return out
 
 

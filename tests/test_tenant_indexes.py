@@ -13,6 +13,7 @@ import pytest
 from helpers import create_owned, drop_owned
 from peewee import AutoField, IntegerField, Model, fn
 
+from kit import all_tenants
 from kit.db import database
 from kit.maintain import maintain
 from kit.migrate.schema import compare
@@ -44,6 +45,12 @@ def load(org: int, rows: int) -> None:
     copy_rows(Passage, ({"org": org, "embedding": v} for v in RNG.standard_normal((rows, DIM)).astype(np.float32)))
 
 
+def upkeep(*args, **kwargs):
+    """`ensure_tenant_indexes` as `kit maintain` runs it: as the owner (index builds are DDL)."""
+    with all_tenants():
+        return ensure_tenant_indexes(*args, **kwargs)
+
+
 def tenant_indexes() -> dict[str, bool]:
     return dict(database.execute_sql(
         "SELECT i.relname, x.indisvalid FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
@@ -55,7 +62,8 @@ def passages(test_db_url):
     create_owned(Passage)
     for org, rows in SIZES.items():
         load(org, rows)
-    database.execute_sql("ANALYZE tenant_passages")
+    with all_tenants():  # only the owner may ANALYZE its table
+        database.execute_sql("ANALYZE tenant_passages")
     yield test_db_url
     drop_owned(Passage)
 
@@ -68,7 +76,7 @@ def explain(query) -> str:
 
 
 def test_big_tenants_get_their_own_graph_and_the_planner_uses_it(passages):
-    done = ensure_tenant_indexes(Passage.embedding, Passage.org, min_rows=500)
+    done = upkeep(Passage.embedding, Passage.org, min_rows=500)
     big = tenant_index_name(Passage.embedding, 1)
     assert done.created == [big] and done.dropped == [] and tenant_indexes() == {big: True}
     definition = database.execute_sql("SELECT indexdef FROM pg_indexes WHERE indexname = %s", (big,)).fetchone()[0]
@@ -79,7 +87,7 @@ def test_big_tenants_get_their_own_graph_and_the_planner_uses_it(passages):
     assert f"Index Scan using {big}" in explain(found.plan.query)
     assert compare(database, [Passage], report_extra=False) == []  # run-time indexes are not drift
     # run again: nothing to do
-    again = ensure_tenant_indexes(Passage.embedding, Passage.org, min_rows=500)
+    again = upkeep(Passage.embedding, Passage.org, min_rows=500)
     assert (again.created, again.dropped, again.kept) == ([], [], [big])
 
 
@@ -89,7 +97,7 @@ def test_nearest_ranks_a_mid_size_tenant_exactly_until_it_has_a_graph_of_its_own
     mine = Passage.select(Passage.id).where(Passage.org == 1)
     before = nearest(mine, Passage.embedding, q, k=10, exact_below=5000)
     assert before.plan.method == "exact" and before.plan.filter_rows == 4000
-    ensure_tenant_indexes(Passage.embedding, Passage.org)  # OWN_GRAPH_FROM (1,500): organization 1 only
+    upkeep(Passage.embedding, Passage.org)  # OWN_GRAPH_FROM (1,500): organization 1 only
     after = nearest(mine, Passage.embedding, q, k=10, exact_below=5000)
     assert after.plan.method.startswith("index")
     assert f"Index Scan using {tenant_index_name(Passage.embedding, 1)}" in explain(after.plan.query)
@@ -99,18 +107,18 @@ def test_nearest_ranks_a_mid_size_tenant_exactly_until_it_has_a_graph_of_its_own
 
 
 def test_a_tenant_is_dropped_only_below_half_the_threshold(passages):
-    ensure_tenant_indexes(Passage.embedding, Passage.org, min_rows=500)
+    upkeep(Passage.embedding, Passage.org, min_rows=500)
     load(3, 300)  # organization 3 grows to 600
     three = tenant_index_name(Passage.embedding, 3)
-    assert ensure_tenant_indexes(Passage.embedding, Passage.org, min_rows=500).created == [three]
+    assert upkeep(Passage.embedding, Passage.org, min_rows=500).created == [three]
     Passage.delete().where((Passage.org == 3) & (fn.mod(Passage.id, 2) == 0)).execute()  # ~300: above half, kept
-    assert three in ensure_tenant_indexes(Passage.embedding, Passage.org, min_rows=500).kept
+    assert three in upkeep(Passage.embedding, Passage.org, min_rows=500).kept
     Passage.delete().where((Passage.org == 3) & (fn.mod(Passage.id, 3) != 0)).execute()  # ~200: under half, dropped
-    assert ensure_tenant_indexes(Passage.embedding, Passage.org, min_rows=500).dropped == [three]
+    assert upkeep(Passage.embedding, Passage.org, min_rows=500).dropped == [three]
     assert three not in tenant_indexes()
 
 
-def test_a_build_killed_midway_is_rebuilt_by_the_next_run(passages):
+def test_a_build_killed_midway_is_rebuilt_by_the_next_run(passages, monitor):
     load(4, 30_000)  # big enough that the build can be caught in progress
     name = tenant_index_name(Passage.embedding, 4)
     failures = []
@@ -118,7 +126,7 @@ def test_a_build_killed_midway_is_rebuilt_by_the_next_run(passages):
     def build():
         try:
             with database.connection_context():
-                ensure_tenant_indexes(Passage.embedding, Passage.org, min_rows=500)
+                upkeep(Passage.embedding, Passage.org, min_rows=500)
         except Exception as exc:  # the terminated backend
             failures.append(exc)
 
@@ -127,16 +135,18 @@ def test_a_build_killed_midway_is_rebuilt_by_the_next_run(passages):
     killed = []
     deadline = time.monotonic() + 60
     while builder.is_alive() and not killed and time.monotonic() < deadline:
-        for (pid,) in database.execute_sql("SELECT pid FROM pg_stat_progress_create_index "
-                                           "WHERE relid = 'tenant_passages'::regclass AND phase LIKE 'building%%'"):
-            database.execute_sql("SELECT pg_terminate_backend(%s)", (pid,))
-            killed.append(pid)
+        with monitor.cursor() as cursor:  # the owner's build, seen and ended from outside
+            cursor.execute("SELECT pid FROM pg_stat_progress_create_index "
+                           "WHERE relid = 'tenant_passages'::regclass AND phase LIKE 'building%%'")
+            for (pid,) in cursor.fetchall():
+                cursor.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                killed.append(pid)
         time.sleep(0.005)
     builder.join()
     assert killed, "the build was never caught in progress"
     if failures:  # the kill reached the caller: an invalid index is left, and the next run rebuilds it
         assert False in tenant_indexes().values()
-        done = ensure_tenant_indexes(Passage.embedding, Passage.org, min_rows=500)
+        done = upkeep(Passage.embedding, Passage.org, min_rows=500)
         assert done.created
     # else the statement was re-sent on a new connection and the run saw the invalid index and rebuilt it
     assert all(tenant_indexes().values()) and name in tenant_indexes()
@@ -149,7 +159,8 @@ def test_two_maintain_runs_at_once_make_each_index_once(passages):
     def run():
         try:
             with database.connection_context():
-                maintain(database, [Passage], say=lambda _: None, min_rows=250)
+                with all_tenants():  # upkeep is the owner's
+                    maintain(database, [Passage], say=lambda _: None, min_rows=250)
         except Exception as exc:
             errors.append(exc)
 
@@ -163,8 +174,8 @@ def test_two_maintain_runs_at_once_make_each_index_once(passages):
                                 tenant_index_name(Passage.embedding, 3): True}
 
 
-def test_the_kit_maintain_command(passages):
-    result = subprocess.run([sys.executable, "-m", "kit.cli", "maintain"], env=dict(os.environ, DATABASE_URL=passages),
+def test_the_kit_maintain_command(passages, owner_url):
+    result = subprocess.run([sys.executable, "-m", "kit.cli", "maintain"], env=dict(os.environ, DATABASE_URL=passages, DATABASE_OWNER_URL=owner_url),
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -173,16 +184,17 @@ def test_the_kit_maintain_command(passages):
     for args, code, said in [(["--retain", "users=3"], 1, "--retain names users, which is not a partitioned table"),
                              (["--retain", "audit_logs"], 2, "must be TABLE=MONTHS")]:
         refused = subprocess.run([sys.executable, "-m", "kit.cli", "maintain", *args], capture_output=True,
-                                 env=dict(os.environ, DATABASE_URL=passages), text=True, timeout=60)
+                                 env=dict(os.environ, DATABASE_URL=passages, DATABASE_OWNER_URL=owner_url), text=True, timeout=60)
         assert refused.returncode == code and said in refused.stderr and "Traceback" not in refused.stderr
     bad = subprocess.run([sys.executable, "-m", "kit.cli", "maintain", "--min-rows", "1"],
-                         env=dict(os.environ, DATABASE_URL=passages), capture_output=True, text=True, timeout=60)
+                         env=dict(os.environ, DATABASE_URL=passages, DATABASE_OWNER_URL=owner_url), capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--min-rows: must be a whole number of rows, 2 or more, got '1'" in bad.stderr
 
 
 def test_maintain_covers_the_project_models_and_checks_its_argument(passages):
     said = []
-    maintain(database, [Passage], say=said.append, min_rows=500)
+    with all_tenants():
+        maintain(database, [Passage], say=said.append, min_rows=500)
     assert said == ["tenant_passages.embedding: tenant indexes: 1 created, 0 dropped, 0 kept "
                     "(tenants of 500 rows or more by org)"]
     with pytest.raises(ValueError, match="min_rows must be a whole number of rows, 2 or more"):
