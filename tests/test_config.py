@@ -99,8 +99,8 @@ def test_every_spelling_of_a_password_is_masked(text):
     assert ("db" in shown) or ("/tmp" in shown)  # the rest stays readable
 
 
-def test_pw_migrate_and_connection_errors_never_print_the_password(test_db_url, tmp_path):
-    secret_url = test_db_url + ("&" if "?" in test_db_url else "?") + "password=hunter2secret"
+def test_pw_migrate_and_connection_errors_never_print_the_password(owner_url, tmp_path):
+    secret_url = owner_url + ("&" if "?" in owner_url else "?") + "password=hunter2secret"  # migrations: the owner
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_")) or k == "DATABASE_POOLER"}
     root = Path(__file__).resolve().parent.parent
     shown = subprocess.run(["pw_migrate", "migrate", "--directory", str(root / "migrations")], cwd=root,

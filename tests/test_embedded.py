@@ -18,6 +18,7 @@ from helpers import scalar
 
 from kit import embedded
 from kit.db import PooledDatabase
+from kit.roles import ADMIN, OWNER
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,11 @@ def query(url: str, sql: str):
 
 def test_start_gives_postgres_16_with_pgvector_on_a_unix_socket(data_dir):
     url = embedded.start(data_dir)
-    assert url.startswith("postgresql://postgres@/kit?host=")
+    assert url.startswith("postgresql://kit_app@/kit?host=")  # the run-time role: no superuser, owns nothing
+    assert query(url, "SELECT NOT rolsuper AND NOT rolbypassrls FROM pg_roles WHERE rolname = current_user") is True
+    owner = embedded.start(data_dir, OWNER)
+    assert owner.startswith("postgresql://kit_owner@/kit?host=")
+    assert query(owner, "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'kit'") == "kit_owner"
     assert query(url, "SHOW server_version_num").startswith("16")
     assert query(url, "SHOW listen_addresses") == ""
     query(url, "CREATE EXTENSION IF NOT EXISTS vector; SELECT 1")
@@ -65,12 +70,12 @@ def test_start_again_reuses_the_running_server(data_dir):
 
 
 def test_data_persists_across_stop_and_start(data_dir):
-    url = embedded.start(data_dir)
+    url = embedded.start(data_dir, OWNER)
     query(url, "CREATE TABLE IF NOT EXISTS kept (note text); INSERT INTO kept VALUES ('still here'); SELECT 1")
     assert embedded.stop(data_dir) is True
     assert not embedded.status(data_dir).running
     assert embedded.stop(data_dir) is False
-    url = embedded.start(data_dir)
+    url = embedded.start(data_dir, OWNER)
     assert query(url, "SELECT note FROM kept") == "still here"
 
 
@@ -166,7 +171,7 @@ def test_another_local_user_can_never_connect(length):
 
 
 def test_a_server_crash_mid_migrate_is_one_sentence_and_start_recovers(data_dir, tmp_path):
-    url = embedded.start(data_dir)
+    url = embedded.start(data_dir, OWNER)
     query(url, "DROP TABLE IF EXISTS before_crash; CREATE TABLE before_crash (n int); INSERT INTO before_crash "
                "VALUES (1); SELECT 1")
     migrations = tmp_path / "migrations"
@@ -182,7 +187,7 @@ def test_a_server_crash_mid_migrate_is_one_sentence_and_start_recovers(data_dir,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not query(
-            url, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%%'"):
+            embedded.start(data_dir, ADMIN), "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%%'"):
         time.sleep(0.05)
     postmaster = int((embedded.pgdata_dir(data_dir) / "postmaster.pid").read_text().split()[0])
     os.kill(postmaster, signal.SIGKILL)  # the whole server, not one backend
@@ -192,6 +197,6 @@ def test_a_server_crash_mid_migrate_is_one_sentence_and_start_recovers(data_dir,
     assert "001_slow" in lines[0]
     started = kit_cli(data_dir, "db", "start")  # at once: the dead server's processes may still be around
     assert started.returncode == 0, started.stderr
-    url = started.stdout.strip().splitlines()[-1].split(": ", 1)[-1]
+    url = started.stdout.strip().splitlines()[-1].split(": ", 1)[-1].replace("kit_app@", "kit_owner@")
     assert query(url, "SELECT count(*) FROM before_crash") == 1  # recovered, committed data kept
     assert query(url, "SELECT to_regclass('half_done') IS NULL") is True

@@ -161,7 +161,7 @@ def test_connection_idle_past_check_after_is_pinged(make_pool):
 
 def test_open_and_failed_transactions_are_rolled_back_before_reuse(make_pool, monitor):
     table = f"pool_txn_{secrets.token_hex(3)}"
-    monitor.cursor().execute(f"CREATE TABLE {table} (n int)")
+    monitor.cursor().execute(f"CREATE TABLE {table} (n int); GRANT SELECT, INSERT ON {table} TO kit_app")
     pool = make_pool(min_size=1, max_size=1)
     with pool.connection_context():
         first = backend_pid(pool)
@@ -325,18 +325,19 @@ def test_a_min_size_above_what_the_server_allows_is_one_sentence_not_an_outage(m
     # nothing was left open, nobody else was crowded out (a closed connection's backend exits a moment later)
     assert wait_until(lambda: server_connections(monitor, pool) == 0), server_connections(monitor, pool)
     role = f"kit_limited_{secrets.token_hex(3)}"
-    monitor.cursor().execute(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 3")
+    monitor.cursor().execute(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 3; "
+                             f"GRANT CONNECT ON DATABASE {monitor.info.dbname} TO {role}")
     try:
-        limited = PooledDatabase(test_db_url.replace("postgres@", f"{role}@"), min_size=4, max_size=5,
+        limited = PooledDatabase(test_db_url.replace("kit_app@", f"{role}@"), min_size=4, max_size=5,
                                  application_name="kit-limited")
         with pytest.raises(PoolTooLarge, match=r"\(3: the role's CONNECTION LIMIT 3\)"):
             limited.connect()
-        limited.init(test_db_url.replace("postgres@", f"{role}@"), min_size=2)  # within the limit: fine
+        limited.init(test_db_url.replace("kit_app@", f"{role}@"), min_size=2)  # within the limit: fine
         limited.connect()
         assert limited.execute_sql("SELECT current_user").fetchone()[0] == role
         limited.close_all()
     finally:
-        monitor.cursor().execute(f"DROP ROLE {role}")
+        monitor.cursor().execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
 
 
 @observes_server_sessions

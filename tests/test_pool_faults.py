@@ -40,6 +40,7 @@ def table(monitor):
     name = f"fault_{secrets.token_hex(4)}"
     with monitor.cursor() as cur:
         cur.execute(f"CREATE TABLE {name} (trial int NOT NULL)")
+        cur.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {name} TO kit_app")  # the pools run as kit_app
     yield name
     with monitor.cursor() as cur:
         cur.execute(f"DROP TABLE {name}")
