@@ -187,7 +187,7 @@ def _migrate_apply(settings: Settings, args: argparse.Namespace) -> int:
     from kit import migrate
     from kit.db import database
 
-    database.configure(settings=settings, owner=True)
+    database.configure_owner(settings)
 
     done = migrate.apply(database, args.dir)
     print(f"{len(done)} migration(s) applied" if done else "nothing to migrate: the database is up to date")
@@ -198,7 +198,7 @@ def _migrate_status(settings: Settings, args: argparse.Namespace) -> int:
     from kit import migrate
     from kit.db import database
 
-    database.configure(settings=settings, owner=True)
+    database.configure_owner(settings)
 
     states = migrate.status(database, args.dir)
     if not states:
@@ -218,7 +218,7 @@ def _migrate_verify(settings: Settings, args: argparse.Namespace) -> int:
     from kit import migrate
     from kit.db import database
 
-    database.configure(settings=settings, owner=True)
+    database.configure_owner(settings)
 
     problems = migrate.verify(database, args.dir)
     for problem in problems:
@@ -234,7 +234,7 @@ def _migrate_rollback(settings: Settings, args: argparse.Namespace) -> int:
     from kit import migrate
     from kit.db import database
 
-    database.configure(settings=settings, owner=True)
+    database.configure_owner(settings)
 
     undone = migrate.rollback(database, args.dir, count=args.count)
     print(f"{len(undone)} migration(s) rolled back" if undone else "nothing to roll back")
@@ -245,7 +245,7 @@ def _migrate_resolve(settings: Settings, args: argparse.Namespace) -> int:
     from kit import migrate
     from kit.db import database
 
-    database.configure(settings=settings, owner=True)
+    database.configure_owner(settings)
 
     print(migrate.resolve(database, args.dir, args.name, applied=args.applied))
     return 0
@@ -266,7 +266,7 @@ def _maintain(settings: Settings, args: argparse.Namespace) -> int:
     from kit.maintain import maintain
     from kit.models import project_models
 
-    database.configure(settings=settings, owner=True)  # upkeep is DDL: the owner's connection
+    database.configure_owner(settings)  # upkeep is DDL: the owner's connection
     options = {"retain": dict(args.retain or []), "drop": args.drop_retired}
     if args.min_rows is not None:
         options["min_rows"] = args.min_rows

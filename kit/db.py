@@ -682,6 +682,15 @@ class Database(PooledDatabase):
             self.owner = owner
             return self._configure(url, settings, replicas, owner_url)
 
+    def configure_owner(self, settings: Settings | None = None) -> None:
+        """Connect as the owner (DATABASE_OWNER_URL), as migrations, seeds and upkeep do; a configured pool is kept.
+
+        Kept as it is when already configured: a test or an application that pointed the pool at a
+        database on purpose (`configure(url, owner=True)`) is not sent back to the environment's.
+        """
+        if self.deferred:
+            self.configure(settings=settings, owner=True)
+
     def _configure(self, url: str | None, settings: Settings | None, replicas: Sequence[str] | None = None,
                    owner_url: str | None = None) -> str:
         settings = settings or load_settings()

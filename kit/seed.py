@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.dump and not args.paths:
         parser.error("give at least one fixture PATH (or --dump TABLES --out FILE)")
     try:
-        database.configure(owner=True)  # seeds write every organization's rows: the owner's connection
+        database.configure_owner()  # seeds write every organization's rows: the owner's connection
         refuse_pending_migrations(database)
         if args.dump:
             tables = [t.strip() for t in args.dump.split(",") if t.strip()]

@@ -114,7 +114,7 @@ def database_for_pw_migrate() -> RecordingDatabase:
     root = find_root(_directory())  # `--directory` names the project, wherever pw_migrate runs from
     if root is not None:
         os.environ.setdefault("KIT_PROJECT_ROOT", str(root))
-    database.configure(owner=True)  # migrations run as the owner (DATABASE_OWNER_URL), never as the app role
+    database.configure_owner()  # migrations run as the owner (DATABASE_OWNER_URL), never as the app role
     database.connect(reuse_if_open=True)  # connect now, so a bad setting is one sentence, not a traceback
     require_extension(database)
     say = lambda line: print(f"kit: {line}", file=sys.stderr)  # noqa: E731
