@@ -63,7 +63,7 @@ class Settings:
 
 _USERINFO = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^\s:/@]*:)[^\s]*@", re.IGNORECASE)
 _PASSWORD_PARAM = re.compile(r"(?P<head>\b(?:ssl)?password\s*=\s*)(?:'(?:[^'\\]|\\.)*'?|[^\s&]*)", re.IGNORECASE)
-_NEXT_URL = re.compile(r"\s*,\s*(?=[a-z][a-z0-9+.-]*://)", re.IGNORECASE)  # where the next URL of a list starts
+_NEXT_URL = re.compile(r"[\s,]*,[\s,]*(?=[a-z][a-z0-9+.-]*://)", re.IGNORECASE)  # where a list's next URL starts
 
 
 def mask_password(text: str) -> str:
@@ -160,7 +160,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if pooler not in POOLERS:
         raise ConfigError(f"DATABASE_POOLER must be pgbouncer or unset, got {env['DATABASE_POOLER']!r}")
     data_dir = load_project(env=env).data_dir
-    replicas = [part.strip() for part in _NEXT_URL.split(env.get("DATABASE_REPLICA_URLS", ""))]
+    replicas = [part.strip() for part in _NEXT_URL.split(env.get("DATABASE_REPLICA_URLS", "").strip(" ,"))]
     replica_urls = tuple(check_database_url(part, f"DATABASE_REPLICA_URLS (URL {n})")
                          for n, part in enumerate(replicas, 1) if part)
     return Settings(

@@ -101,3 +101,8 @@ def drop_owned(*models) -> None:
 def owner_query(url: str, sql: str, params=()):
     """`query` as the owner of `url`'s database (kit_owner on the same server), for a test's own tables."""
     return query(url.replace("kit_app@", "kit_owner@", 1), sql, params)
+
+
+def as_admin(url: str) -> str:
+    """The same server and database as the superuser (the embedded server's, or PgBouncer's: a test's control)."""
+    return url.replace("kit_app@", "postgres@", 1).replace("kit_owner@", "postgres@", 1)

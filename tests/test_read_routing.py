@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 import peewee
 import pytest
-from helpers import kit_replica, query, wait_until, with_dbname
+from helpers import as_admin, kit_replica, owner_query, query, wait_until, with_dbname
 
 from kit.config import ConfigError, load_settings
 from kit.db import Database
@@ -29,11 +29,13 @@ def replica_url(test_db_url):
     started = kit_replica("start")
     assert started.returncode == 0, started.stderr
     url = with_dbname(started.stdout.strip().splitlines()[-1], urlsplit(test_db_url).path.lstrip("/"))
-    query(test_db_url, "CREATE TABLE IF NOT EXISTS routed_notes (id serial PRIMARY KEY, body text NOT NULL)")
+    owner_query(test_db_url, "CREATE TABLE IF NOT EXISTS routed_notes (id serial PRIMARY KEY, body text NOT NULL); "
+                             "GRANT SELECT, INSERT, UPDATE, DELETE ON routed_notes TO kit_app; "
+                             "GRANT USAGE ON SEQUENCE routed_notes_id_seq TO kit_app")
     assert wait_until(lambda: _has_table(url), timeout=20)
     yield url
     kit_replica("stop")
-    query(test_db_url, "DROP TABLE IF EXISTS routed_notes")
+    owner_query(test_db_url, "DROP TABLE IF EXISTS routed_notes")
 
 
 def _has_table(url: str) -> bool:
@@ -46,8 +48,8 @@ def _has_table(url: str) -> bool:
 @pytest.fixture
 def routed(test_db_url, replica_url):
     """A kit Database on the test database, reading from the replica; routed_notes empty and replayed."""
-    query(replica_url, "SELECT pg_wal_replay_resume()")
-    query(test_db_url, "TRUNCATE routed_notes RESTART IDENTITY")
+    query(as_admin(replica_url), "SELECT pg_wal_replay_resume()")
+    owner_query(test_db_url, "TRUNCATE routed_notes RESTART IDENTITY")
     assert wait_until(lambda: count_on(replica_url) == 0, timeout=20)
     db = Database()
     db.configure(test_db_url, replicas=[replica_url])
@@ -55,7 +57,7 @@ def routed(test_db_url, replica_url):
         with db.bind_ctx([Note]):
             yield db
     finally:
-        query(replica_url, "SELECT pg_wal_replay_resume()")
+        query(as_admin(replica_url), "SELECT pg_wal_replay_resume()")
         db.close_all()
 
 
@@ -79,7 +81,7 @@ def in_thread(fn):
 
 
 def paused(replica_url: str) -> None:
-    query(replica_url, "SELECT pg_wal_replay_pause()")
+    query(as_admin(replica_url), "SELECT pg_wal_replay_pause()")
     assert wait_until(lambda: query(replica_url, "SELECT pg_get_wal_replay_pause_state()")[0][0] == "paused")
 
 
@@ -132,7 +134,7 @@ def test_a_context_reads_its_own_writes_while_replay_is_paused_and_from_the_repl
             return Note.select().where(Note.body == "mine").count()
 
     assert in_thread(elsewhere) == 1
-    query(replica_url, "SELECT pg_wal_replay_resume()")
+    query(as_admin(replica_url), "SELECT pg_wal_replay_resume()")
     assert wait_until(lambda: count_on(replica_url, "mine") == 1, timeout=20)
     before = replica_stats(db)["reads"]
     assert Note.select().where(Note.body == "mine").count() == 1
@@ -178,7 +180,7 @@ def test_a_replica_lagging_past_the_limit_is_skipped_until_it_catches_up(replica
             query(test_db_url, "INSERT INTO routed_notes (body) VALUES ('lagged')")
             assert wait_until(lambda: db.check_replicas()[0]["state"] == "lagging", timeout=10)
             assert Note.select().count() == 1  # from the primary: the replica is past the limit
-            query(replica_url, "SELECT pg_wal_replay_resume()")
+            query(as_admin(replica_url), "SELECT pg_wal_replay_resume()")
             assert wait_until(lambda: db.check_replicas()[0]["state"] == "up", timeout=20)
             before = replica_stats(db)["reads"]
             assert Note.select().count() == 1 and replica_stats(db)["reads"] == before + 1

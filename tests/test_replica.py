@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import psycopg2
 import pytest
-from helpers import kit_replica, query, wait_until, with_dbname
+from helpers import as_admin, kit_replica, owner_query, query, wait_until, with_dbname
 
 from kit.config import load_settings
 
@@ -25,11 +25,11 @@ def replica(test_db_url):
     started = kit("start")
     assert started.returncode == 0, started.stderr
     url = with_dbname(started.stdout.strip().splitlines()[-1], urlsplit(test_db_url).path.lstrip("/"))
-    query(test_db_url, "CREATE TABLE IF NOT EXISTS replica_probe (n int)")
-    query(test_db_url, "TRUNCATE replica_probe")
+    owner_query(test_db_url, "CREATE TABLE IF NOT EXISTS replica_probe (n int); TRUNCATE replica_probe; "
+                             "GRANT SELECT, INSERT ON replica_probe TO kit_app")
     yield url
     kit("stop")
-    query(test_db_url, "DROP TABLE IF EXISTS replica_probe")
+    owner_query(test_db_url, "DROP TABLE IF EXISTS replica_probe")
 
 
 def seen(url: str, n: int) -> bool:
@@ -46,12 +46,12 @@ def test_the_replica_streams_refuses_writes_pauses_and_catches_up_after_a_stop(r
     with pytest.raises(psycopg2.errors.ReadOnlySqlTransaction):
         query(replica, "INSERT INTO replica_probe VALUES (2)")
     # replay paused: the primary's writes wait; resumed: they arrive
-    query(replica, "SELECT pg_wal_replay_pause()")
+    query(as_admin(replica), "SELECT pg_wal_replay_pause()")
     try:
         query(test_db_url, "INSERT INTO replica_probe VALUES (3)")
         assert not wait_until(lambda: seen(replica, 3), timeout=1)
     finally:
-        query(replica, "SELECT pg_wal_replay_resume()")
+        query(as_admin(replica), "SELECT pg_wal_replay_resume()")
     assert wait_until(lambda: seen(replica, 3), timeout=10)
     # stopped: unreachable; writes meanwhile arrive once it starts again
     stopped = kit("stop")
