@@ -102,6 +102,7 @@ def p50(sql: str, params: tuple = (), runs: int = 15) -> float:
 
 def main() -> None:
     """Run the benchmark and print partitioned against plain."""
+    database.configure_owner()  # its own tables: made, loaded and dropped as the owner (DDL)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=10_000_000)
     args = parser.parse_args()

@@ -85,6 +85,7 @@ def build(index: HNSWIndex) -> tuple[float, int]:
 
 def main() -> None:
     """Load, then build each index in turn, search through it, and print the table."""
+    database.configure_owner()  # its own tables: made, loaded and dropped as the owner (DDL)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--queries", type=int, default=200)

@@ -123,6 +123,7 @@ def tenants_pass(data, orgs, unit, rng, queries: int, unfiltered_p50: float, for
 
 def main() -> None:
     """Load, index, search every tenant three ways and print the table."""
+    database.configure_owner()  # its own tables: made, loaded and dropped as the owner (DDL)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=50_000)
     parser.add_argument("--queries", type=int, default=100)

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
 
-from kit import fixtures, migrate
+from kit import embedded, fixtures, migrate, roles
 from kit.config import load_settings
 from kit.db import Database, resolve_url
 
@@ -176,11 +176,14 @@ def main() -> None:
     args = parser.parse_args()
     sizes = {"users": int(10_000 * args.scale), "orgs": int(500 * args.scale), "members": 20, "chunks": 60}
     naive_sizes = {"users": 400, "orgs": 20, "members": 20, "chunks": 60}
-    server = resolve_url(load_settings())
+    settings = load_settings()  # a database of its own: made by the admin, migrated and seeded by the owner
+    server = os.environ.get("DATABASE_ADMIN_URL") or embedded.start(settings.data_dir, roles.ADMIN)
     name = f"kit_bench_seed_{os.getpid()}_{secrets.token_hex(2)}"
-    admin(server, f'CREATE DATABASE "{name}"')
+    admin(server, f'CREATE DATABASE "{name}" OWNER {roles.OWNER}')
+    roles.bootstrap(urlunsplit(urlsplit(server)._replace(path="/" + name)))
     db = Database()
-    db.configure(urlunsplit(urlsplit(server)._replace(path="/" + name)))
+    owner = resolve_url(settings, roles.OWNER)
+    db.configure(urlunsplit(urlsplit(owner)._replace(path="/" + name)), owner=True)
     workdir = Path(tempfile.mkdtemp(prefix="kit-seed-bench-"))
     try:
         migrate.apply(db, ROOT / "migrations", say=lambda _: None)

@@ -56,6 +56,7 @@ def timed(run) -> float:
 
 def main() -> None:
     """Load the same vectors into both tables; print COPY, exact scan and HNSW build times and ratios."""
+    database.configure_owner()  # its own tables: made, loaded and dropped as the owner (DDL)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=30_000)
     parser.add_argument("--skip-build", action="store_true", help="leave out the HNSW builds (about a minute)")

@@ -103,6 +103,7 @@ def reset(*models):
 
 def main() -> None:
     """Run the benchmark and print rows/s and ratios."""
+    database.configure_owner()  # its own tables: made, loaded and dropped as the owner (DDL)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3)

@@ -17,7 +17,7 @@ import psycopg2.extensions
 
 from kit import embedded
 from kit.config import ConfigError, KitError, Settings, load_settings
-from kit.roles import APP, OWNER
+from kit.roles import APP, AUTH, OWNER
 
 EXIT_CONFIG = 2
 
@@ -26,7 +26,15 @@ def _db_url(settings: Settings, args: argparse.Namespace) -> int:
     from kit.config import mask_password
     from kit.db import resolve_url
 
-    url = resolve_url(settings, OWNER if args.owner else APP)
+    if args.better_auth:
+        if settings.database_url:
+            print("kit: error: --better-auth prints the embedded server's kit_auth URL; with DATABASE_URL set, "
+                  f"Better Auth connects to that server as {AUTH} (its password: KIT_AUTH_PASSWORD at "
+                  "`kit db roles`)", file=sys.stderr)
+            return 1
+        url = embedded.start(settings.data_dir, AUTH)
+    else:
+        url = resolve_url(settings, OWNER if args.owner else APP)
     print(url if args.show_password else mask_password(url))
     return 0
 
@@ -71,8 +79,9 @@ def _db_status(settings: Settings, args: argparse.Namespace) -> int:
         print("start it with `kit db start` (any query also starts it)")
         return 3
     print(f"server:   running, pid {state.pid}, socket {state.socket_dir}")
-    print(f"url:      {embedded.url(state.socket_dir, state.port)}")
-    return _report_server(embedded.url(state.socket_dir, state.port))
+    url = embedded.url(state.socket_dir, state.port, embedded.DATABASE_NAME, APP)
+    print(f"url:      {url}")
+    return _report_server(url)
 
 
 def _report_server(url: str) -> int:
@@ -335,7 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("psql_args", nargs=argparse.REMAINDER, help="passed on to psql")
             sub.add_argument("--owner", action="store_true", help="as the owner (DATABASE_OWNER_URL)")
         if name == "url":
-            sub.add_argument("--owner", action="store_true", help="the owner's URL (DATABASE_OWNER_URL)")
+            which = sub.add_mutually_exclusive_group()
+            which.add_argument("--owner", action="store_true", help="the owner's URL (DATABASE_OWNER_URL)")
+            which.add_argument("--better-auth", action="store_true", help="the URL Better Auth uses (role kit_auth)")
             sub.add_argument("--show-password", action="store_true", help="print the password (masked otherwise)")
     replica = commands.add_parser("replica", help="a streaming replica of the embedded server, for development")
     replica.add_argument("replica_command", choices=("start", "stop"),

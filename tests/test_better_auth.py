@@ -52,7 +52,7 @@ def test_better_auth_runs_on_the_kit_schema_and_the_kit_reads_what_it_wrote(node
     monkeypatch.setenv("BETTER_AUTH_SECRET", SECRET)  # the seed encrypts alice's TOTP secret with the app's secret
     load(parse(ROOT / "seeds" / "fixtures" / "dev.yaml"), db)
 
-    done = run_check(node, db.scratch_url)
+    done = run_check(node, db.scratch_url.replace("kit_owner@", "kit_auth@"))  # Better Auth's own role
     assert done.returncode == 0, done.stderr
     wrote = json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -86,7 +86,7 @@ def test_better_auth_runs_on_the_kit_schema_and_the_kit_reads_what_it_wrote(node
 
     # The check above must be able to fail: Better Auth's own schema check names a column that is missing.
     db.execute_sql("ALTER TABLE two_factors DROP COLUMN locked_until")
-    refused = run_check(node, db.scratch_url, "schema")
+    refused = run_check(node, db.scratch_url.replace("kit_owner@", "kit_auth@"), "schema")
     assert refused.returncode == 1
     assert "two_factors.locked_until" in refused.stderr
 

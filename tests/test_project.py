@@ -84,7 +84,11 @@ def test_docker_compose_is_a_deployment_shape_not_a_demo():
     assert postgres["environment"]["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD:?")  # no password in the file
     assert "kit" not in {v for v in postgres["environment"].values() if "PASSWORD" in v}
     assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
-    assert migrate["command"][-1].endswith("kit migrate") and migrate["restart"] == "no"
+    assert migrate["command"][-1].endswith("kit db roles && kit migrate") and migrate["restart"] == "no"
+    roles = migrate["environment"]  # the superuser makes the roles; migrations run as the owner, apps as kit_app
+    assert roles["DATABASE_URL"].startswith("postgresql://kit_app:")
+    assert roles["DATABASE_OWNER_URL"].startswith("postgresql://kit_owner:")
+    assert all(roles[f"KIT_{r}_PASSWORD"].startswith(f"${{KIT_{r}_PASSWORD:?") for r in ("OWNER", "APP", "AUTH"))
     example = (ROOT / ".env.example").read_text()
     assert "POSTGRES_PASSWORD=\n" in example and ".env" in (ROOT / ".gitignore").read_text().split()
 
