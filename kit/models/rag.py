@@ -105,6 +105,8 @@ class DocumentChunk(TimestampedModel):
                 f'{field.send_function}(d."{field.column_name}") AS "{field.column_name}"'
                 if getattr(field, "send_function", "") else f'd."{field.column_name}"'
                 for field in cls._meta.sorted_fields if not is_generated(field))
+            # fused is MATERIALIZED so the last join is on a plain column: an inlined COALESCE is not LEAKPROOF,
+            # and under row-level security that join could not use the primary key (it read the whole tenant).
             sql = f"""
 WITH by_vector AS (SELECT v.id, row_number() OVER (ORDER BY v.distance) AS rank FROM ({vector_sql}) AS v),
 by_keyword AS (
@@ -113,7 +115,7 @@ by_keyword AS (
         FROM document_chunks c, websearch_to_tsquery(%s::regconfig, %s) AS q
         WHERE c.organization_id = %s AND c.search_text @@ q
         ORDER BY relevance DESC LIMIT %s) AS t),
-fused AS (
+fused AS MATERIALIZED (
     SELECT coalesce(v.id, w.id) AS id, v.rank AS vector_rank, w.rank AS keyword_rank,
            coalesce(1.0 / ({RRF_K} + v.rank), 0) + coalesce(1.0 / ({RRF_K} + w.rank), 0) AS score
     FROM by_vector v FULL OUTER JOIN by_keyword w ON w.id = v.id)
