@@ -9,7 +9,10 @@ and every way out of the role that a SQL injection would try is refused by the s
 
 from __future__ import annotations
 
+import os
 import secrets
+import subprocess
+import sys
 import threading
 import uuid
 from dataclasses import replace
@@ -290,10 +293,13 @@ def test_no_tenant_leaks_across_threads_sharing_a_small_pool(attacked):
     assert 1 <= len(pids) <= 24
 
 
-def explain(db, query) -> str:
+def explain(db, query, ordered: bool = False) -> str:
+    """The plan of `query`; `ordered`: as if the table were large (a sort costs more than a graph walk)."""
     sql, params = query.sql()
     with db.atomic():
         db.execute_sql("SET LOCAL hnsw.iterative_scan = relaxed_order")
+        if ordered:  # a seeded table is tiny: ask whether the graph can serve under the policies
+            db.execute_sql("SET LOCAL enable_sort = off")
         return "\n".join(r[0] for r in db.execute_sql("EXPLAIN " + sql, params).fetchall())
 
 
@@ -316,9 +322,9 @@ def test_every_search_plan_keeps_its_index_and_exact_recall_under_row_level_secu
         with tenant(victim):
             exact = nearest(mine, DocumentChunk.embedding, q, k=5)
             assert exact.plan.method == "exact" and [r.id for r in exact] == truth  # recall 1.0
-            assert "document_chunks_organization_id" in explain(db, exact.plan.query)  # the tenant's b-tree
+            assert "documentchunk_organization_id" in explain(db, exact.plan.query)  # the tenant's b-tree
             graph = nearest(mine, DocumentChunk.embedding, q, k=5, exact=False)
-            assert len(graph) == 5 and "document_chunks_embedding_hnsw" in explain(db, graph.plan.query)
+            assert len(graph) == 5 and "document_chunks_embedding_hnsw" in explain(db, graph.plan.query, True)
         with all_tenants():  # kit maintain's tenant graph, made by the owner
             made = ensure_tenant_indexes(DocumentChunk.embedding, DocumentChunk.organization, min_rows=len(rows))
         try:
@@ -326,8 +332,37 @@ def test_every_search_plan_keeps_its_index_and_exact_recall_under_row_level_secu
             forget()
             with tenant(victim):
                 own = nearest(mine, DocumentChunk.embedding, q, k=5, exact=False)
-                assert tenant_index_name(DocumentChunk.embedding, victim) in explain(db, own.plan.query)
+                assert tenant_index_name(DocumentChunk.embedding, victim) in explain(db, own.plan.query, True)
                 assert len(own) == 5
         finally:
             with all_tenants():
                 ensure_tenant_indexes(DocumentChunk.embedding, DocumentChunk.organization, min_rows=10**9)
+
+
+def kit_db_check(**environ: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_"))}
+    env.update(environ)
+    return subprocess.run([sys.executable, "-m", "kit.cli", "db", "check"], env=env, capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+
+
+def test_kit_db_check_passes_the_kit_s_own_setup_and_fails_a_superuser_run_time_role(test_db_url, owner_url,
+                                                                                      test_admin_url):
+    pooler = {"DATABASE_POOLER": os.environ["DATABASE_POOLER"]} if os.environ.get("DATABASE_POOLER") else {}
+    clean = kit_db_check(DATABASE_URL=test_db_url, DATABASE_OWNER_URL=owner_url, **pooler)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "ok   run-time role kit_app is not a superuser" in clean.stdout
+    assert "ok   every tenant table has forced row-level security and its policies" in clean.stdout
+    probe = f"kit_probe_{secrets.token_hex(3)}"
+    admin_execute(test_admin_url, f"CREATE ROLE {probe} LOGIN SUPERUSER")
+    try:
+        direct = test_admin_url.replace("postgres@", f"{probe}@", 1)  # the server itself, not a pooler
+        found = kit_db_check(DATABASE_URL=direct)
+        assert found.returncode == 1, found.stdout + found.stderr
+        assert f"FAIL run-time role {probe} is a superuser" in found.stdout
+        assert f"FAIL {probe} bypasses row-level security" in found.stdout
+        wrong = kit_db_check(DATABASE_URL=test_db_url.replace("kit_app@", "kit_owner@", 1),
+                             DATABASE_POOLER="" if pooler else "pgbouncer")  # the pooler setting is wrong
+        assert wrong.returncode == 1 and "FAIL kit_owner owns" in wrong.stdout and "FAIL DATABASE_POOLER" in wrong.stdout
+    finally:
+        admin_execute(test_admin_url, f"DROP ROLE {probe}")
