@@ -65,12 +65,13 @@ def seeded(fresh_database):
 @pytest.mark.parametrize("start, code", blocks("python"), ids=lambda v: f"line{v}" if isinstance(v, int) else "")
 def test_every_python_block_runs_as_written_and_prints_what_its_comments_say(seeded, start, code):
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_")) or k == "DATABASE_POOLER"}
-    environ["DATABASE_URL"] = seeded.scratch_url
+    environ["DATABASE_URL"] = seeded.scratch_url.replace("kit_owner@", "kit_app@")  # as an application runs
+    environ["DATABASE_OWNER_URL"] = seeded.scratch_url  # for kit.all_tenants()
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=environ, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0 and "Traceback" not in result.stderr, f"README line {start}:\n{result.stderr}"
     printed = [line for line in result.stdout.splitlines() if line.startswith("{")]
-    for promise, line in zip(shown_values(code), printed, strict=False):
+    for promise, line in zip(shown_values(code), printed, strict=True):
         actual = ast.literal_eval(line)
         assert {k: actual[k] for k in promise} == promise, f"README line {start}: prints {line}"
 
