@@ -92,12 +92,15 @@ def start_pgbouncer(data_dir: Path) -> str:
     embedded.start(data_dir)
     directory = pgbouncer_dir(data_dir)
     info = embedded.status(data_dir)
+    config = CONFIG.format(socket_dir=info.socket_dir, server_port=info.port or 5432, port=PORT, directory=directory)
+    # trust: the socket (0700) is the boundary, as for the server; the names PgBouncer lets in, each as itself
+    users = "".join(f'"{name}" ""\n' for name in (embedded.USER, OWNER, APP, AUTH))
+    if _running_pid(directory) is not None and not _configured_as(directory, config, users):
+        stop_pgbouncer(data_dir)  # started with another configuration (an older kit's): it would not apply this one
     if _running_pid(directory) is None:
         directory.mkdir(mode=0o700, exist_ok=True)
-        (directory / "pgbouncer.ini").write_text(CONFIG.format(
-            socket_dir=info.socket_dir, server_port=info.port or 5432, port=PORT, directory=directory))
-        # trust: the socket (0700) is the boundary, as for the server; the names PgBouncer lets in
-        (directory / "users.txt").write_text("".join(f'"{name}" ""\n' for name in (embedded.USER, OWNER, APP, AUTH)))
+        (directory / "pgbouncer.ini").write_text(config)
+        (directory / "users.txt").write_text(users)
         command = [binary, "-d", "-q"]
         if os.geteuid() == 0:  # it refuses to run as root: as the embedded server's own user
             owner = Path(embedded.pgdata_dir(data_dir)).stat().st_uid
@@ -125,6 +128,14 @@ def start_pgbouncer(data_dir: Path) -> str:
                 raise PgBouncerError(f"PgBouncer in {directory} does not answer ({reason}); "
                                      f"see {directory / 'pgbouncer.log'}") from None
             time.sleep(0.1)
+
+
+def _configured_as(directory: Path, config: str, users: str) -> bool:
+    """Whether the running PgBouncer's files say what this kit would write."""
+    try:
+        return (directory / "pgbouncer.ini").read_text() == config and (directory / "users.txt").read_text() == users
+    except OSError:
+        return False
 
 
 def stop_pgbouncer(data_dir: Path) -> bool:
