@@ -200,6 +200,7 @@ def test_close_stale_closes_long_checked_out_connections(pooled, monitor):
     assert db.pool_stats()["idle"] == 1
 
 
+@observes_server_sessions  # behind PgBouncer the server connections stay in its pool after the clients close
 def test_close_all_closes_everything_and_wakes_waiters(pooled, monitor):
     db = pooled(max_connections=1, timeout=5)
     db.connect()

@@ -7,7 +7,7 @@ organization or user it mentions.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+import uuid
 from typing import Any
 
 from peewee import TextField, UUIDField
@@ -42,13 +42,7 @@ class AuditLog(BaseModel):
         """Append an entry; `target` is a model instance (type and id are taken from it) or None."""
         target_type = target._meta.table_name if target is not None and hasattr(target, "_meta") else None
         org_id = id_of(organization, optional=True)
-        with tenant(org_id) if org_id is not None else nullcontext():
-            return cls._record(action, org_id, actor, target, target_type, details)
-
-    @classmethod
-    def _record(cls, action: str, org_id: Any, actor: Any, target: Any, target_type: str | None,
-                details: dict[str, Any]) -> AuditLog:
-        return cls.create(
+        entry = cls(
             action=action,
             organization_id=org_id,
             actor_id=id_of(actor, "user", optional=True),
@@ -58,3 +52,12 @@ class AuditLog(BaseModel):
             user_agent=details.pop("user_agent", None),
             metadata=details,
         )
+        if org_id is not None:
+            with tenant(org_id):
+                entry.save(force_insert=True)
+            return entry
+        # An entry of no organization is recorded, but it is not the application's to read back (the
+        # policies let every tenant insert it, none select it), so it is sent without RETURNING.
+        entry.id = uuid.uuid4()
+        cls.insert({cls._meta.fields[name]: value for name, value in entry.__data__.items()}).returning().execute()
+        return entry
