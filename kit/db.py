@@ -145,6 +145,10 @@ POOLER_REFUSES = {"settings (SET)": "SET LOCAL inside database.atomic()",
                   "advisory locks": "pg_advisory_xact_lock inside database.atomic()"}
 IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
 UNKNOWN = psycopg2.extensions.TRANSACTION_STATUS_UNKNOWN
+# Statements PostgreSQL runs only outside a transaction block: no tenant setting rides before them.
+_NO_TRANSACTION_BLOCK = re.compile(r"\s*(?:vacuum|create\s+database|drop\s+database|alter\s+system|"
+                                   r"(?:create\s+(?:unique\s+)?|drop\s+|reindex\s+)\S*\s*(?:index\s+)?concurrently)\b",
+                                   re.I)
 _RLS_VIOLATION = re.compile(r'violates row-level security policy (?:\(USING expression\) )?for table "([^"]+)"')
 RESEND_WINDOW = 0.050  # seconds: a statement that failed later than this after sending may have been running;
 # wide enough for a loaded machine to notice a dead socket late (10 ms failed 1 in 1,200 kills under load)
@@ -407,7 +411,7 @@ class PooledDatabase(PostgresqlExtDatabase):
             if self.pooler and state_kind in POOLER_REFUSES:
                 self._refuse(sql, state_kind)
             self._pool.note_session(conn, state_kind)
-        prefix = self._tenant_prefix(state, idle and kind is not RAW_BEGIN, named_cursor) if carries_tenant else ""
+        prefix = self._tenant_prefix(state, sql, idle and kind is not RAW_BEGIN, named_cursor) if carries_tenant else ""
         sent = time.monotonic()
         try:
             cursor.execute(prefix + sql, params or ())
@@ -429,7 +433,7 @@ class PooledDatabase(PostgresqlExtDatabase):
             state.tenant_used = kind is RAW_BEGIN and bool(prefix)
         return cursor
 
-    def _tenant_prefix(self, state: _ThreadState, alone: bool, named_cursor: Any) -> str:
+    def _tenant_prefix(self, state: _ThreadState, sql: str, alone: bool, named_cursor: Any) -> str:
         """What rides before a statement so it runs as this context's tenant (`kit.tenancy`); '' for nothing.
 
         A statement that is its own transaction (`alone`) carries the tenant when there is one. Inside a
@@ -438,7 +442,9 @@ class PooledDatabase(PostgresqlExtDatabase):
         """
         wanted = current_tenant()
         if alone:
-            return statement_prefix(wanted) if wanted is not None else ""
+            if wanted is None or _NO_TRANSACTION_BLOCK.match(sql):
+                return ""  # with the prefix it would be in a transaction block, which such a statement refuses
+            return statement_prefix(wanted)
         if wanted is None and not state.tenant_used:
             return ""
         state.tenant_used = True

@@ -382,3 +382,30 @@ def test_an_audit_entry_of_no_organization_is_recorded_by_the_app_and_read_back_
         with all_tenants():
             stored = AuditLog.get_by_id(entry.id)
         assert (stored.ip, stored.metadata, stored.organization_id) == ("10.0.0.9", {"method": "password"}, None)
+
+
+def test_policies_and_generated_migration_code_follow_the_models_meta_options():
+    from kit.migrate.autogen import access_to_code, policies_to_code
+    from kit.models import AuditLog, WebhookDelivery
+    from kit.roles import policy_statements
+
+    organizations = "\n".join(policy_statements(tenant_rule(Organization)))
+    assert 'FOR SELECT TO PUBLIC USING (true)' in organizations and 'FOR INSERT TO PUBLIC WITH CHECK (true)' in organizations
+    assert '"kit_tenant_update" ON "organizations" FOR UPDATE TO PUBLIC USING ("id" = (SELECT nullif(' in organizations
+    assert "FORCE ROW LEVEL SECURITY" in organizations and "TO kit_auth USING (true)" in organizations
+    deliveries = "\n".join(policy_statements(tenant_rule(WebhookDelivery)))
+    assert 'EXISTS (SELECT 1 FROM "webhook_endpoints" p WHERE p."id" = "webhook_deliveries"."endpoint_id")' in deliveries
+    audit = policy_statements(tenant_rule(AuditLog))
+    assert [s for s in audit if "IS NULL" in s] == [s for s in audit if "FOR INSERT" in s]  # NULL rows: insert only
+    assert access_to_code(AuditLog) == "kit_ops.grant_access(migrator, 'audit_logs', append_only=True)"
+    assert access_to_code(Note) == "kit_ops.grant_access(migrator, 'attack_notes')"
+    assert policies_to_code(tenant_rule(Note)) == "kit_ops.tenant_policies(migrator, 'attack_notes', 'organization_id')"
+    assert policies_to_code(tenant_rule(WebhookDelivery)) == (
+        "kit_ops.tenant_policies(migrator, 'webhook_deliveries', 'endpoint_id', parent=('webhook_endpoints', 'id'))")
+
+
+def test_a_statement_that_refuses_a_transaction_block_runs_inside_a_tenant_context(attacked):
+    db, attacker, _ = attacked
+    with tenant(attacker):
+        db.execute_sql("VACUUM attack_notes")  # no setting rides before it: it would be a transaction block
+        assert db.execute_sql("SELECT count(*) FROM attack_notes").fetchone()[0] == 0
