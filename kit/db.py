@@ -676,6 +676,7 @@ class Database(PooledDatabase):
         self._force: ContextVar[str | None] = ContextVar("kit_force", default=None)  # "primary"/"replica"
         self._written: ContextVar[int] = ContextVar("kit_written", default=0)  # WAL position reads must see
         self._unsynced: ContextVar[bool] = ContextVar("kit_unsynced", default=False)  # wrote since then
+        self._primary_seen = 0  # the highest WAL position of the primary this process has seen
 
     def configure(self, url: str | None = None, settings: Settings | None = None,
                   replicas: Sequence[str] | None = None, *, owner: bool = False, owner_url: str | None = None) -> str:
@@ -866,7 +867,9 @@ class Database(PooledDatabase):
         if self._unsynced.get():
             with __exception_wrapper__:
                 cursor = PooledDatabase.execute_sql(self, "SELECT pg_current_wal_insert_lsn()::text")
-            self._written.set(max(self._written.get(), lsn_int(cursor.fetchone()[0])))
+            position = lsn_int(cursor.fetchone()[0])
+            self._primary_seen = max(self._primary_seen, position)
+            self._written.set(max(self._written.get(), position))
             self._unsynced.set(False)
         return self._written.get()
 
@@ -917,8 +920,19 @@ class Database(PooledDatabase):
 
     @contextmanager
     def reads_after(self, position: str | None) -> Iterator[None]:
-        """Within the block, this context's reads see at least WAL `position` (from `write_position()`)."""
-        token = self._written.set(max(self._written.get(), lsn_int(position)))
+        """Within the block, this context's reads see at least WAL `position` (from `write_position()`).
+
+        A position is checked (`ArgumentError` unless it is `X/Y` in hex) and capped to the primary's
+        current one: a client that carries positions cannot send every read to the primary by
+        naming one from the future.
+        """
+        wanted = lsn_int(position)
+        if wanted > self._primary_seen:  # past what this process has seen: ask the primary (one round trip)
+            with __exception_wrapper__:
+                cursor = PooledDatabase.execute_sql(self, "SELECT pg_current_wal_insert_lsn()::text")
+            self._primary_seen = max(self._primary_seen, lsn_int(cursor.fetchone()[0]))
+            wanted = min(wanted, self._primary_seen)
+        token = self._written.set(max(self._written.get(), wanted))
         try:
             yield
         finally:

@@ -23,6 +23,7 @@ The rules, as `Database` applies them (see the README's "Read replicas"):
 from __future__ import annotations
 
 import itertools
+import re
 import threading
 import time
 from collections.abc import Iterable
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kit.config import mask_password
+from kit.errors import ArgumentError
 
 __all__ = ["CHECK_EVERY", "PROBE_SQL", "Replica", "Router", "lsn_int", "lsn_text"]
 
@@ -48,12 +50,18 @@ SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text,
 UP, LAGGING, DOWN, PROMOTED = "up", "lagging", "down", "not in recovery"
 
 
+_LSN = re.compile(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})")
+
+
 def lsn_int(text: str | None) -> int:
-    """A WAL position written `X/Y` as a number (0 for None)."""
+    """A WAL position written `X/Y` as a number (0 for None); ArgumentError for anything else."""
     if not text:
         return 0
-    high, _, low = text.partition("/")
-    return (int(high, 16) << 32) | int(low, 16)
+    found = _LSN.fullmatch(text) if isinstance(text, str) else None
+    if found is None:
+        raise ArgumentError(f"read position: expected a WAL position as write_position() gives it (X/Y, each "
+                            f"1 to 8 hex digits), got {type(text).__name__} {str(text)[:40]!r}")
+    return (int(found[1], 16) << 32) | int(found[2], 16)
 
 
 def lsn_text(value: int) -> str:

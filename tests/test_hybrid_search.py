@@ -9,6 +9,7 @@ match is off topic. Hybrid must put the answer first where each ranking alone pu
 from __future__ import annotations
 
 import secrets
+import time
 
 import numpy as np
 import pytest
@@ -122,8 +123,12 @@ def test_bad_arguments_are_one_sentence(corpus):
         DocumentChunk.hybrid_search("x", near("cli", 1), organization=orgs[0], language="klingon")
     with pytest.raises(ArgumentError, match="text must be a string, got int"):
         DocumentChunk.hybrid_search(5, near("cli", 1), organization=orgs[0])
-    with pytest.raises(ArgumentError, match="k must be a positive whole number"):
+    with pytest.raises(ArgumentError, match="hybrid_search k must be a whole number of rows from 1 to 1,000"):
         DocumentChunk.hybrid_search("x", near("cli", 1), organization=orgs[0], k=0)
+    with pytest.raises(ArgumentError, match="hybrid_search candidates must be a whole number of rows from 5 to"):
+        DocumentChunk.hybrid_search("x", near("cli", 1), organization=orgs[0], k=5, candidates=-1)
+    with pytest.raises(ArgumentError, match="k must be a whole number of rows from 1 to 1,000, got '9223372036"):
+        DocumentChunk.hybrid_search("x", near("cli", 1), organization=orgs[0], k=2**63)
     with pytest.raises(ArgumentError):
         DocumentChunk.hybrid_search("x", near("cli", 1), organization="not-an-org")
 
@@ -136,3 +141,15 @@ def test_the_keyword_side_uses_the_gin_index(corpus):
             "EXPLAIN SELECT id FROM document_chunks WHERE organization_id = %s "
             "AND search_text @@ websearch_to_tsquery('english', 'x')", (orgs[0].id,)))
     assert "document_chunks_search_text_gin" in plan
+
+
+@pytest.mark.parametrize("text", [" ".join(f"-w{i}" for i in range(5000)),  # 30 KB of negated words
+                                  " ".join(f"word{i}" for i in range(5000)) + "x" * 5000,  # 40 KB of plain words
+                                  " ".join(["a"] * 65)])  # short, but more words than a query has
+def test_a_hostile_text_is_refused_before_any_sql_in_one_sentence(corpus, text):
+    orgs, _ = corpus
+    start = time.perf_counter()
+    with pytest.raises(ArgumentError, match="hybrid_search text must be a search box's query, at most 1,000 "
+                                            "characters and 64 words; got .*nothing was sent"):
+        DocumentChunk.hybrid_search(text, near("cli", 1), organization=orgs[0])
+    assert time.perf_counter() - start < 0.1

@@ -236,3 +236,27 @@ def test_replica_settings_are_checked_in_one_sentence_without_secrets():
         load_settings({"DATABASE_REPLICA_MAX_LAG": "soon"})
     settings = load_settings({"DATABASE_REPLICA_URLS": "postgresql://a/b,,postgres://c/d "})
     assert settings.replica_urls == ("postgresql://a/b", "postgresql://c/d")
+
+
+def test_a_read_position_is_checked_and_never_past_the_primarys(test_db_url):
+    from kit import ArgumentError
+    from kit.routing import lsn_int
+
+    db = Database()
+    db.configure(test_db_url)
+    try:
+        for bad in ("garbage", "1/2/3", "FFFFFFFFF/0", "", 42):
+            if bad == "":
+                with db.reads_after(bad):  # none: nothing to wait for
+                    assert db._written.get() == 0
+                continue
+            with pytest.raises(ArgumentError, match="read position: expected a WAL position"), db.reads_after(bad):
+                pass
+        with db.reads_after("FFFFFFFF/FFFFFFFF"):  # from the future: capped to where the primary is
+            capped = db._written.get()
+            now = lsn_int(db.execute_sql("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0])
+        assert 0 < capped <= now
+        with db.reads_after("0/1"):
+            assert db._written.get() == 1  # a position from the past is kept as it is
+    finally:
+        db.close_all()

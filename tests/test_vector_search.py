@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from helpers import create_owned, drop_owned
 from peewee import AutoField, IntegerField, Model
 
-from kit import all_tenants
+from kit import ArgumentError, all_tenants
 from kit.db import database
 from kit.vector import HalfVectorField, HNSWIndex, IVFFlatIndex, VectorField, VectorModel, copy_rows, nearest
 
@@ -183,14 +185,20 @@ def test_unfiltered_search_matches_exact_search(points):
 
 
 def test_nearest_checks_its_arguments(points):
-    with pytest.raises(ValueError, match="k must be a positive whole number"):
-        nearest(Point.select(), Point.embedding, np.ones(DIM), k=0)
-    with pytest.raises(ValueError, match="unknown metric 'dot'"):
-        nearest(Point.select(), Point.embedding, np.ones(DIM), metric="dot")
-    with pytest.raises(ValueError, match="exact_below must be a whole number"):
-        nearest(Point.select(), Point.embedding, np.ones(DIM), exact_below=-1)
-    with pytest.raises(ValueError, match="exact must be True, False or None"):
-        nearest(Point.select(), Point.embedding, np.ones(DIM), exact="yes")
+    """Each argument is bounded before any SQL, refused in one sentence (`kit.ArgumentError`, a ValueError)."""
+    bad = [({"k": 0}, "k must be a whole number of rows from 1 to 1,000, got '0'"),
+           ({"k": 2**63}, "k must be a whole number of rows from 1 to 1,000, got '9223372036854775808'"),
+           ({"k": "5"}, "k must be a whole number of rows"),
+           ({"metric": "dot"}, "metric must be one of l2, cosine, inner_product, l1 for embedding, got 'dot'"),
+           ({"exact_below": -1}, "exact_below must be a whole number of rows 0 or more"),
+           ({"exact": "yes"}, "exact must be True, False or None"),
+           ({"ef_search": "1; DROP TABLE x", "exact": True}, "ef_search must be a whole number of candidates from 1"),
+           ({"ef_search": 5000}, "ef_search must be a whole number of candidates from 1 to 1,000"),
+           ({"rerank": 10**6, "quantize": "binary"}, "rerank must be a whole number of candidates per row from 1 to 100")]
+    for kwargs, said in bad:
+        with pytest.raises(ArgumentError, match=re.escape(said)) as caught:
+            nearest(Point.select(), Point.embedding, np.ones(DIM), **kwargs)
+        assert isinstance(caught.value, ValueError) and "\n" not in str(caught.value)
 
 
 def test_index_declarations_are_checked():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from peewee import Check, ForeignKeyField, IntegerField, TextField
@@ -12,7 +13,7 @@ from kit.models.auth import Organization, User
 from kit.models.base import GeneratedTSVectorField, TimestampedModel, id_of, is_generated, one_of
 from kit.tenancy import tenant
 from kit.vector import HNSWIndex, VectorField, nearest
-from kit.vector.search import plan_search, plan_settings, read_sql
+from kit.vector.search import MAX_K, bounded, plan_search, plan_settings, read_sql
 
 EMBEDDING_DIMENSIONS = 1536
 SOURCE_KINDS = ("upload", "url", "text", "integration")
@@ -28,6 +29,12 @@ TEXT_SEARCH_LANGUAGES = (
 SEARCH_TEXT_SQL = ("to_tsvector(CASE language "
                    + " ".join(f"WHEN '{name}' THEN '{name}'::regconfig" for name in TEXT_SEARCH_LANGUAGES)
                    + " END, content)")
+# The keyword side's input is bounded before any SQL: websearch_to_tsquery's parse and the match grow
+# with the query's terms (9 KB of negated words held a backend 5 s and 300 MiB; 36 KB failed to
+# allocate), and what a person types into a search box is a few words.
+MAX_QUERY_CHARS = 1_000
+MAX_QUERY_WORDS = 64
+WORD = re.compile(r"\w+")
 RRF_K = 60  # reciprocal rank fusion's constant: score = sum of 1 / (RRF_K + rank) over the rankings
 
 
@@ -94,8 +101,15 @@ class DocumentChunk(TimestampedModel):
         if language not in TEXT_SEARCH_LANGUAGES:
             raise ArgumentError(f"hybrid_search language must be one of PostgreSQL's text search configurations "
                                 f"({', '.join(TEXT_SEARCH_LANGUAGES)}), got {language!r}")
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ArgumentError(f"hybrid_search k must be a positive whole number, got {k!r}")
+        words = len(WORD.findall(text)) if len(text) <= MAX_QUERY_CHARS else None  # a long text is not scanned
+        if words is None or words > MAX_QUERY_WORDS:
+            counted = f" and {words} words" if words is not None else ""
+            raise ArgumentError(f"hybrid_search text must be a search box's query, at most {MAX_QUERY_CHARS:,} "
+                                f"characters and {MAX_QUERY_WORDS} words; got {len(text):,} characters{counted}; "
+                                "nothing was sent")
+        bounded("hybrid_search k", k, 1, MAX_K, "rows")
+        if candidates is not None:
+            bounded("hybrid_search candidates", candidates, k, MAX_K, "rows")
         with tenant(org_id):  # the count, the plan's probes and the search, all as this organization
             n = candidates or max(50, 5 * k)
             chunks = cls.select(cls.id).where((cls.organization == org_id) & cls.embedding.is_null(False))

@@ -28,12 +28,18 @@ from typing import Any
 
 from peewee import SQL, Database, Expression, ModelSelect, Value
 
+from kit.errors import ArgumentError
 from kit.vector.fields import Distances
 from kit.vector.indexes import VectorIndex, checked_settings, settings_sql
 from kit.vector.quantize import QUANTIZATIONS, check_quantize, quantized_distance
 
 DEFAULT_EF_SEARCH = 40  # pgvector's default hnsw.ef_search
 MAX_EF_SEARCH = 1000  # pgvector's largest hnsw.ef_search
+# A search's arguments are bounded before any SQL: a nearest-neighbour search returns a page of rows,
+# not a table (an HNSW scan walks no more than MAX_EF_SEARCH candidates), so k, the candidates a
+# quantized plan reranks and ef_search stay within what one index scan serves.
+MAX_K = MAX_EF_SEARCH
+MAX_RERANK = 100
 AS_INDEXED = "as indexed"  # quantize: as the vector index the model declares for the field and metric
 EXACT_BELOW = 3_000  # rows; where the exact scan stops being faster (`benchmarks/search.py`, README)
 OWN_GRAPH_FROM = 1_500  # rows; from here a tenant's own graph (`kit maintain`) beats the exact scan
@@ -73,14 +79,14 @@ def plan_search(
     rerank: int | None = None,
 ) -> SearchPlan:
     """The plan for the `k` rows of `query` nearest to `embedding`: counts a filter's rows (one probe query)."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive whole number, got {k!r}")
-    if isinstance(exact_below, bool) or not isinstance(exact_below, int) or exact_below < 0:
-        raise ValueError(f"exact_below must be a whole number of rows, 0 or more, got {exact_below!r}")
+    bounded("k", k, 1, MAX_K, "rows")
+    bounded("exact_below", exact_below, 0, None, "rows")
     if exact not in (None, True, False):
-        raise ValueError(f"exact must be True, False or None (choose by the filter's size), got {exact!r}")
-    if rerank is not None and (isinstance(rerank, bool) or not isinstance(rerank, int) or rerank < 1):
-        raise ValueError(f"rerank must be a positive whole number of candidates per row, got {rerank!r}")
+        raise ArgumentError(f"exact must be True, False or None (choose by the filter's size), got {exact!r}")
+    if rerank is not None:
+        bounded("rerank", rerank, 1, MAX_RERANK, "candidates per row")
+    if metric not in getattr(field, "metrics", {metric: None}):
+        raise ArgumentError(f"metric must be one of {', '.join(field.metrics)} for {field.name}, got {metric!r}")
     quantize = indexed_quantize(field, metric) if quantize == AS_INDEXED else quantize
     check_quantize(field, quantize, "nearest")
     # converted once (however often the query is rendered), checked against the column
@@ -112,6 +118,14 @@ def plan_search(
     # Ordering by the output name sends the query vector once.
     ranked = query.select_extend(distance.alias("distance")).order_by(SQL('"distance"')).limit(k)
     return SearchPlan(method, filter_rows, ranked, candidates)
+
+
+def bounded(name: str, value: Any, low: int, high: int | None, unit: str) -> int:
+    """`value` if it is a whole number from `low` to `high` (None: no top); ArgumentError, one sentence, else."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        span = f"from {low:,} to {high:,}" if high is not None else f"{low:,} or more"
+        raise ArgumentError(f"{name} must be a whole number of {unit} {span}, got {str(value)[:40]!r}")
+    return value
 
 
 def indexed_quantize(field: Distances, metric: str) -> str | None:
@@ -185,6 +199,8 @@ def nearest(
     fewer than `k` rows come back only when the query selects fewer than `k`.
     """
     database: Database = query.model._meta.database
+    if ef_search is not None:
+        bounded("ef_search", ef_search, 1, MAX_EF_SEARCH, "candidates")  # checked on every plan, exact too
     plan = plan_search(query, field, embedding, k, metric, exact, exact_below, quantize, rerank)
     rows = _run(database, plan, ef_search)
     if len(rows) < k and plan.method != "exact":  # the index scan gave up: rank exactly
@@ -228,5 +244,5 @@ def _distance_of(row: Any) -> float:
     return row.distance
 
 
-__all__ = ["DEFAULT_EF_SEARCH", "EXACT_BELOW", "OWN_GRAPH_FROM", "Neighbours", "SearchPlan", "count_up_to", "forget",
-           "has_own_graph", "nearest", "plan_search", "plan_settings"]
+__all__ = ["DEFAULT_EF_SEARCH", "EXACT_BELOW", "MAX_K", "OWN_GRAPH_FROM", "Neighbours", "SearchPlan", "bounded",
+           "count_up_to", "forget", "has_own_graph", "nearest", "plan_search", "plan_settings"]
