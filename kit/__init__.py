@@ -25,6 +25,7 @@ from kit.errors import (
     PoolTooLarge,
     SessionLost,
     SessionStateRefused,
+    StatementTimeout,
     TenantError,
     TenantRequired,
     VectorValueError,
@@ -36,4 +37,5 @@ __version__ = "0.1.0"
 __all__ = ["ArgumentError", "ConfigError", "CopyRowError", "DatabaseUnavailable", "DecryptionError",
            "EmbeddedServerError", "FixtureError", "InsufficientCredits", "InvitationError", "KitError",
            "MigrationError", "PoolExhausted", "PoolSettingError", "PoolTooLarge", "SessionLost", "SessionStateRefused",
-           "TenantError", "TenantRequired", "VectorValueError", "all_tenants", "current_tenant", "tenant"]
+           "StatementTimeout", "TenantError", "TenantRequired", "VectorValueError", "all_tenants", "current_tenant",
+           "tenant"]

@@ -11,6 +11,7 @@
 | DATABASE_REPLICA_URLS       | unset     | comma-separated URLs of streaming replicas to read from     |
 | DATABASE_REPLICA_MAX_LAG    | 10000     | ms a replica may lag before reads skip it                   |
 | DATABASE_POOLER             | unset     | `pgbouncer`: DATABASE_URL is a transaction-pooling PgBouncer |
+| DATABASE_STATEMENT_TIMEOUT  | 30000     | ms any statement of the application may run; 0: no limit    |
 | KIT_DATA_DIR                | see below | where the embedded server keeps its data                    |
 
 DATABASE_OWNER_URL unset: DATABASE_URL (one role for everything); both unset: the embedded server's
@@ -54,6 +55,7 @@ class Settings:
     replica_urls: tuple[str, ...] = ()
     replica_max_lag_ms: int = 10_000
     pooler: str | None = None  # "pgbouncer": connections go through a transaction-pooling PgBouncer
+    statement_timeout_ms: int = 30_000  # the application's statements (not the owner's commands); 0: none
 
     @property
     def safe_url(self) -> str | None:
@@ -174,4 +176,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         replica_urls=replica_urls,
         replica_max_lag_ms=_integer(env, "DATABASE_REPLICA_MAX_LAG", Settings.replica_max_lag_ms),
         pooler=pooler,
+        statement_timeout_ms=_integer(env, "DATABASE_STATEMENT_TIMEOUT", Settings.statement_timeout_ms),
     )

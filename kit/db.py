@@ -83,6 +83,7 @@ from kit.errors import (
     PoolTooLarge,
     SessionLost,
     SessionStateRefused,
+    StatementTimeout,
     TenantError,
     TenantRequired,
 )
@@ -146,9 +147,11 @@ POOLER_REFUSES = {"settings (SET)": "SET LOCAL inside database.atomic()",
 IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
 UNKNOWN = psycopg2.extensions.TRANSACTION_STATUS_UNKNOWN
 # Statements PostgreSQL runs only outside a transaction block: no tenant setting rides before them.
-_NO_TRANSACTION_BLOCK = re.compile(r"\s*(?:vacuum|create\s+database|drop\s+database|alter\s+system|"
+_NO_TRANSACTION_BLOCK = re.compile(r"\s*(?:vacuum|discard\s+all|create\s+database|drop\s+database|alter\s+system|"
+                                   r"(?:create|drop)\s+tablespace|reindex\s+(?:system|database)|"
                                    r"(?:create\s+(?:unique\s+)?|drop\s+|reindex\s+)\S*\s*(?:index\s+)?concurrently)\b",
                                    re.I)
+_TIMED_OUT = "canceling statement due to statement timeout"
 _RLS_VIOLATION = re.compile(r'violates row-level security policy (?:\(USING expression\) )?for table "([^"]+)"')
 RESEND_WINDOW = 0.050  # seconds: a statement that failed later than this after sending may have been running;
 # wide enough for a loaded machine to notice a dead socket late (10 ms failed 1 in 1,200 kills under load)
@@ -224,9 +227,11 @@ class PooledDatabase(PostgresqlExtDatabase):
         max_idle: float | None = None,
         check_after: float = 30.0,
         pooler: str | None = None,
+        statement_timeout: float | None = None,
         **kwargs: Any,
     ) -> None:
         self._budget_checked = False
+        self.statement_timeout = statement_timeout  # seconds each statement may run (None: the server's)
         self.pooler = pooler  # "pgbouncer": behind transaction pooling (session state refused, no reset)
         self._pool = ConnectionPool(self._hooks())
         self._pool.configure(min_size=min_size, max_size=_max_size(max_connections, max_size), timeout=timeout,
@@ -246,6 +251,8 @@ class PooledDatabase(PostgresqlExtDatabase):
                          if name in kwargs}
         if "pooler" in kwargs:
             self.pooler = kwargs.pop("pooler")
+        if "statement_timeout" in kwargs:
+            self.statement_timeout = kwargs.pop("statement_timeout")
         if max_connections is not None or "max_size" in pool_settings:
             pool_settings["max_size"] = _max_size(max_connections, pool_settings.get("max_size"))
         for name, value in (("stale_timeout", stale_timeout), ("timeout", timeout)):
@@ -386,6 +393,8 @@ class PooledDatabase(PostgresqlExtDatabase):
         except Exception as exc:
             if start is not None:
                 self._notify_hooks(sql, params, start, exc)
+            if isinstance(exc, DatabaseError) and _TIMED_OUT in str(exc):
+                raise StatementTimeout(self._timeout_sentence()) from exc
             if isinstance(exc, DatabaseError) and _RLS_VIOLATION.search(str(exc)):
                 table = _RLS_VIOLATION.search(str(exc))[1]
                 tenant = current_tenant()
@@ -398,7 +407,7 @@ class PooledDatabase(PostgresqlExtDatabase):
             self._notify_hooks(sql, params, start, None)
         return cursor
 
-    def _run(self, sql: str, params: Any, named_cursor: Any, kind: str | None, carries_tenant: bool = True) -> Any:
+    def _run(self, sql: str, params: Any, named_cursor: Any, kind: str | None, prefixed: bool = True) -> Any:
         state = self._state
         if named_cursor or state.closed or state.conn.closed:
             cursor = self.cursor(named_cursor)
@@ -411,7 +420,7 @@ class PooledDatabase(PostgresqlExtDatabase):
             if self.pooler and state_kind in POOLER_REFUSES:
                 self._refuse(sql, state_kind)
             self._pool.note_session(conn, state_kind)
-        prefix = self._tenant_prefix(state, sql, idle and kind is not RAW_BEGIN, named_cursor) if carries_tenant else ""
+        prefix = self._prefix(state, sql, idle and kind is not RAW_BEGIN, named_cursor) if prefixed else ""
         sent = time.monotonic()
         try:
             cursor.execute(prefix + sql, params or ())
@@ -433,26 +442,42 @@ class PooledDatabase(PostgresqlExtDatabase):
             state.tenant_used = kind is RAW_BEGIN and bool(prefix)
         return cursor
 
-    def _tenant_prefix(self, state: _ThreadState, sql: str, alone: bool, named_cursor: Any) -> str:
-        """What rides before a statement so it runs as this context's tenant (`kit.tenancy`); '' for nothing.
+    def _prefix(self, state: _ThreadState, sql: str, alone: bool, named_cursor: Any) -> str:
+        """What rides before a statement, in the same round trip: its time limit and its tenant; '' for nothing.
 
-        A statement that is its own transaction (`alone`) carries the tenant when there is one. Inside a
+        The time limit (`statement_timeout`) is a SET LOCAL before every statement, so it holds behind a
+        transaction-pooling PgBouncer and no savepoint rolled back can drop it. A statement that is its
+        own transaction (`alone`) carries the tenant when there is one (`kit.tenancy`). Inside a
         transaction that has carried a tenant, every statement carries the context's (or clears it), so
         a savepoint rolled back or a block left can never leave another tenant's setting in force.
         """
         wanted = current_tenant()
+        limit = self._limit_prefix()
         if alone:
-            if wanted is None or _NO_TRANSACTION_BLOCK.match(sql):
-                return ""  # with the prefix it would be in a transaction block, which such a statement refuses
-            return statement_prefix(wanted)
+            if _NO_TRANSACTION_BLOCK.match(sql):
+                return ""  # with a prefix it would be in a transaction block, which such a statement refuses
+            return limit + (statement_prefix(wanted) if wanted is not None else "")
         if wanted is None and not state.tenant_used:
-            return ""
-        state.tenant_used = True
-        prefix = statement_prefix(wanted)
-        if named_cursor:  # DECLARE takes one statement: the setting goes first, in the same transaction
+            prefix = limit
+        else:
+            state.tenant_used = True
+            prefix = limit + statement_prefix(wanted)
+        if named_cursor and prefix:  # DECLARE takes one statement: the settings go first, in the same transaction
             state.conn.cursor().execute(prefix)
             return ""
         return prefix
+
+    def _limit_prefix(self) -> str:
+        """The statement's time limit, sent before it as a SET LOCAL ('' for none): it holds behind PgBouncer too."""
+        if not self.statement_timeout:
+            return ""
+        return f"SET LOCAL statement_timeout = {max(1, round(self.statement_timeout * 1000))};"
+
+    def _timeout_sentence(self) -> str:
+        """The one sentence a statement cancelled by its time limit is reported with."""
+        limit = f"{round(self.statement_timeout * 1000):,} ms" if self.statement_timeout else "the server's"
+        return (f"the statement ran past its time limit ({limit}, DATABASE_STATEMENT_TIMEOUT) and the server "
+                "cancelled it; nothing of it was committed")
 
     def _refuse(self, sql: str, kind: str) -> None:
         """Raise SessionStateRefused for a statement that would leave `kind` on a pooler's shared connection."""
@@ -468,7 +493,7 @@ class PooledDatabase(PostgresqlExtDatabase):
         level = self._isolation_level if isolation_level is None else isolation_level
         sql = f"BEGIN TRANSACTION ISOLATION LEVEL {self._adapter.isolation_level_str(level)}" if level else "BEGIN"
         with __exception_wrapper__:
-            self._run(sql, None, None, None, carries_tenant=False)  # the transaction's statements carry it
+            self._run(sql, None, None, None, prefixed=False)  # the transaction's statements carry what they need
 
     def commit(self) -> None:
         """COMMIT on this thread's connection; a connection lost before or during it is SessionLost."""
@@ -716,6 +741,8 @@ class Database(PooledDatabase):
             max_idle=settings.pool_idle_timeout_ms / 1000,
             timeout=settings.pool_timeout_ms / 1000,
             pooler=settings.pooler,
+            # the application's statements are bounded; the owner's commands (DDL, loads) bound their own waits
+            statement_timeout=None if self.owner else (settings.statement_timeout_ms / 1000 or None),
             **_driver_params(url, CONNECT_TIMEOUT_S),
         )
         self.settings = settings
@@ -733,7 +760,7 @@ class Database(PooledDatabase):
                 mask_password(url), dsn=url, min_size=settings.pool_min, max_size=settings.pool_max,
                 max_idle=settings.pool_idle_timeout_ms / 1000,
                 timeout=None,  # a full replica pool sends the read to the primary rather than wait
-                pooler=settings.pooler,
+                pooler=settings.pooler, statement_timeout=settings.statement_timeout_ms / 1000 or None,
                 **_driver_params(url, REPLICA_CONNECT_TIMEOUT_S))) for url in urls]
             self._router = Router(made, settings.replica_max_lag_ms / 1000)
 

@@ -43,6 +43,10 @@ class SessionStateRefused(KitError, OperationalError):
     """Behind a transaction-pooling PgBouncer: a statement that would leave session state on a shared connection."""
 
 
+class StatementTimeout(KitError, OperationalError):
+    """A statement ran past its time limit and was cancelled by the server; the message names the limit."""
+
+
 class CopyRowError(KitError, ValueError):
     """A row given to binary COPY cannot be written; the message names the row index and the column."""
 

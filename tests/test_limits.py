@@ -1,0 +1,91 @@
+"""Bounded time: every statement of the application has a limit, held by the server, reported in one sentence."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import replace
+
+import pytest
+
+from kit import ConfigError, StatementTimeout
+from kit.config import load_settings
+from kit.db import Database
+
+
+@pytest.fixture
+def limited(test_db_url):
+    """The kit's database on the suite's, with a statement time limit of 300 ms."""
+    db = Database()
+    db.configure(test_db_url, settings=replace(load_settings(), statement_timeout_ms=300, pool_max=4, pool_min=0))
+    yield db
+    db.close_all()
+
+
+def test_a_statement_past_the_limit_is_cancelled_by_the_server_and_said_in_one_sentence(limited):
+    said = "the statement ran past its time limit (300 ms, DATABASE_STATEMENT_TIMEOUT) and the server cancelled it"
+    for in_transaction in (False, True):
+        start = time.perf_counter()
+        with pytest.raises(StatementTimeout, match=said.replace("(", r"\(").replace(")", r"\)")):
+            if in_transaction:
+                with limited.atomic():
+                    limited.execute_sql("SELECT 1")
+                    limited.execute_sql("SELECT pg_sleep(5)")
+            else:
+                limited.execute_sql("SELECT pg_sleep(5)")
+        assert time.perf_counter() - start < 2.0
+        assert limited.execute_sql("SELECT 1").fetchone()[0] == 1  # the connection serves the next statement
+
+
+def test_a_savepoint_rolled_back_does_not_lift_the_limit(limited):
+    with limited.atomic():
+        try:
+            with limited.atomic():
+                limited.execute_sql("SET LOCAL statement_timeout = 0")  # lifted inside the savepoint ...
+                raise RuntimeError
+        except RuntimeError:
+            pass
+        with pytest.raises(StatementTimeout):
+            limited.execute_sql("SELECT pg_sleep(5)")  # ... and every statement carries the limit again
+
+
+def test_the_owner_s_commands_are_not_cut_by_the_application_s_limit(test_db_url, owner_url):
+    owner = Database()
+    owner.configure(owner_url, settings=replace(load_settings(), statement_timeout_ms=300), owner=True)
+    try:
+        assert owner.execute_sql("SELECT pg_sleep(0.5), 1").fetchone()[1] == 1
+    finally:
+        owner.close_all()
+
+
+def test_slow_statements_at_once_leave_the_pool_serving_others(limited):
+    """Four connections, all held by statements that would run for minutes: each is cut at the limit."""
+    done, errors = [], []
+
+    def hog() -> None:
+        try:
+            with limited.connection_context():
+                limited.execute_sql("SELECT pg_sleep(120)")
+        except StatementTimeout:
+            done.append(True)
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    hogs = [threading.Thread(target=hog) for _ in range(4)]
+    for thread in hogs:
+        thread.start()
+    time.sleep(0.05)
+    start = time.perf_counter()
+    with limited.connection_context():
+        assert limited.execute_sql("SELECT 42").fetchone()[0] == 42  # a connection comes free within the limit
+    assert time.perf_counter() - start < 2.0
+    for thread in hogs:
+        thread.join(10)
+    assert errors == [] and len(done) == 4
+
+
+def test_the_limit_is_read_from_the_environment_in_one_sentence():
+    assert load_settings({}).statement_timeout_ms == 30_000
+    assert load_settings({"DATABASE_STATEMENT_TIMEOUT": "0"}).statement_timeout_ms == 0
+    with pytest.raises(ConfigError, match="DATABASE_STATEMENT_TIMEOUT must be a whole number, got 'soon'"):
+        load_settings({"DATABASE_STATEMENT_TIMEOUT": "soon"})
