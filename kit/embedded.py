@@ -36,7 +36,7 @@ import psycopg2
 from psycopg2 import errors
 
 from kit.errors import EmbeddedServerError
-from kit.roles import ADMIN, APP, LEAKPROOF_SQL, OWNER, bootstrap
+from kit.roles import ADMIN, APP, BOOTSTRAPPED_SQL, OWNER, bootstrap
 
 PG_MAJOR = 16
 DATABASE_NAME = "kit"
@@ -297,7 +297,7 @@ def _ensure_database(admin_url: str, name: str, pgdata: Path) -> None:
         conn = psycopg2.connect(target, application_name="kit-embedded")
         try:
             with conn.cursor() as cur:
-                cur.execute(LEAKPROOF_SQL)
+                cur.execute(BOOTSTRAPPED_SQL)
                 ready = cur.fetchone()[0]
         finally:
             conn.close()

@@ -49,6 +49,7 @@ ATTRIBUTES = {OWNER: "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION BY
               AUTH: RUN_TIME}
 PASSWORD_VARIABLES = {OWNER: "KIT_OWNER_PASSWORD", APP: "KIT_APP_PASSWORD", AUTH: "KIT_AUTH_PASSWORD"}
 COMMANDS = ("select", "insert", "update", "delete")
+CHECK_CLIENT_MS = 1000  # client_connection_check_interval of every kit role
 TENANT = f"(SELECT nullif(current_setting('{SETTING}', true), '')::uuid)"  # NULL without a tenant: no row
 POLICY_PREFIX = "kit_tenant_"
 AUTH_POLICY = "kit_better_auth"
@@ -192,6 +193,9 @@ def bootstrap_statements(database: str, passwords: Mapping[str, str] | None = No
         out.append(f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}') THEN "
                    f"CREATE ROLE {role}; END IF; END $$")
         out.append(f"ALTER ROLE {role} {attributes}{secret}")
+        # A backend whose client is gone (killed, its network lost) stops within a second instead of
+        # running its statement to the end with its locks held.
+        out.append(f"ALTER ROLE {role} SET client_connection_check_interval = '{CHECK_CLIENT_MS}ms'")
     quoted = _quote(database)
     out += [
         f"ALTER DATABASE {quoted} OWNER TO {OWNER}",
@@ -220,6 +224,13 @@ DO $$ BEGIN
 END $$
 """
 LEAKPROOF_SQL = "SELECT proleakproof FROM pg_proc WHERE oid = 'pg_catalog.ts_match_vq(tsvector, tsquery)'::regprocedure"
+# Whether this database was bootstrapped by this version of the rules (the embedded server checks it at start).
+BOOTSTRAPPED_SQL = f"""
+SELECT ({LEAKPROOF_SQL}) AND EXISTS (
+    SELECT 1 FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole
+    WHERE r.rolname = '{APP}' AND s.setdatabase = 0
+      AND 'client_connection_check_interval={CHECK_CLIENT_MS}ms' = ANY (s.setconfig))
+"""
 
 
 # Objects made in `public` by another role before the kit had roles (a database migrated as the

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import replace
 
 import pytest
+from helpers import observes_server_sessions, scalar, wait_until
 
 from kit import ConfigError, StatementTimeout
 from kit.config import load_settings
@@ -89,3 +93,27 @@ def test_the_limit_is_read_from_the_environment_in_one_sentence():
     assert load_settings({"DATABASE_STATEMENT_TIMEOUT": "0"}).statement_timeout_ms == 0
     with pytest.raises(ConfigError, match="DATABASE_STATEMENT_TIMEOUT must be a whole number, got 'soon'"):
         load_settings({"DATABASE_STATEMENT_TIMEOUT": "soon"})
+
+
+@observes_server_sessions
+def test_a_backend_whose_client_was_killed_stops_within_seconds(test_db_url, monitor):
+    """client_connection_check_interval (a default of every kit role): a killed client's query does not run on."""
+    tag = f"orphan-{os.getpid()}-{time.monotonic_ns()}"
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import psycopg2, sys; c = psycopg2.connect(sys.argv[1], application_name=sys.argv[2]); "
+        "c.cursor().execute('SELECT pg_sleep(120)')"), test_db_url, tag])
+    backend = None
+    deadline = time.monotonic() + 20
+    while backend is None and time.monotonic() < deadline:
+        with monitor.cursor() as cursor:
+            cursor.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s AND state = 'active'", (tag,))
+            found = cursor.fetchone()
+        backend = found[0] if found else None
+        time.sleep(0.05)
+    assert backend is not None, "the child's query never started"
+    child.kill()  # SIGKILL: the socket closes, nobody says goodbye
+    child.wait()
+    killed = time.monotonic()
+    assert wait_until(lambda: scalar(monitor, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
+                                     (backend,)) == 0, timeout=10)
+    assert time.monotonic() - killed < 3.0  # not the 120 s its statement asked for
