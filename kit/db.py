@@ -420,7 +420,8 @@ class PooledDatabase(PostgresqlExtDatabase):
             if self.pooler and state_kind in POOLER_REFUSES:
                 self._refuse(sql, state_kind)
             self._pool.note_session(conn, state_kind)
-        prefix = self._prefix(state, sql, idle and kind is not RAW_BEGIN, named_cursor) if prefixed else ""
+        prefix = self._prefix(state, sql, idle and kind is not RAW_BEGIN, kind is RAW_BEGIN, named_cursor) \
+            if prefixed else ""
         sent = time.monotonic()
         try:
             cursor.execute(prefix + sql, params or ())
@@ -442,27 +443,28 @@ class PooledDatabase(PostgresqlExtDatabase):
             state.tenant_used = kind is RAW_BEGIN and bool(prefix)
         return cursor
 
-    def _prefix(self, state: _ThreadState, sql: str, alone: bool, named_cursor: Any) -> str:
+    def _prefix(self, state: _ThreadState, sql: str, alone: bool, begins: bool, named_cursor: Any) -> str:
         """What rides before a statement, in the same round trip: its time limit and its tenant; '' for nothing.
 
-        The time limit (`statement_timeout`) is a SET LOCAL before every statement, so it holds behind a
-        transaction-pooling PgBouncer and no savepoint rolled back can drop it. A statement that is its
-        own transaction (`alone`) carries the tenant when there is one (`kit.tenancy`). Inside a
+        The time limit (`statement_timeout`, a SET LOCAL) comes with every statement that is its own
+        transaction (`alone`) and with the BEGIN of a transaction (peewee's, `begin()`, or one sent as
+        SQL, `begins`): it holds behind a transaction-pooling PgBouncer, no savepoint rolled back can
+        drop it, and a SET LOCAL of the caller's inside the transaction still decides. A statement
+        that is its own transaction carries the tenant when there is one (`kit.tenancy`). Inside a
         transaction that has carried a tenant, every statement carries the context's (or clears it), so
         a savepoint rolled back or a block left can never leave another tenant's setting in force.
         """
         wanted = current_tenant()
-        limit = self._limit_prefix()
         if alone:
             if _NO_TRANSACTION_BLOCK.match(sql):
                 return ""  # with a prefix it would be in a transaction block, which such a statement refuses
-            return limit + (statement_prefix(wanted) if wanted is not None else "")
+            return self._limit_prefix() + (statement_prefix(wanted) if wanted is not None else "")
+        limit = self._limit_prefix() if begins else ""
         if wanted is None and not state.tenant_used:
-            prefix = limit
-        else:
-            state.tenant_used = True
-            prefix = limit + statement_prefix(wanted)
-        if named_cursor and prefix:  # DECLARE takes one statement: the settings go first, in the same transaction
+            return limit
+        state.tenant_used = True
+        prefix = limit + statement_prefix(wanted)
+        if named_cursor:  # DECLARE takes one statement: the settings go first, in the same transaction
             state.conn.cursor().execute(prefix)
             return ""
         return prefix
@@ -492,8 +494,9 @@ class PooledDatabase(PostgresqlExtDatabase):
         """Start a transaction (peewee's BEGIN, sent by the same rules as any statement)."""
         level = self._isolation_level if isolation_level is None else isolation_level
         sql = f"BEGIN TRANSACTION ISOLATION LEVEL {self._adapter.isolation_level_str(level)}" if level else "BEGIN"
-        with __exception_wrapper__:
-            self._run(sql, None, None, None, prefixed=False)  # the transaction's statements carry what they need
+        with __exception_wrapper__:  # the limit comes with the BEGIN, before any savepoint; the tenant per statement
+            self._run(sql + ";" + self._limit_prefix() if self.statement_timeout else sql, None, None, None,
+                      prefixed=False)
 
     def commit(self) -> None:
         """COMMIT on this thread's connection; a connection lost before or during it is SessionLost."""

@@ -44,7 +44,8 @@ def bouncer_url(test_db_url):
 @pytest.fixture
 def pooled(bouncer_url):
     db = Database()
-    db.configure(bouncer_url, settings=replace(load_settings(), pooler="pgbouncer"))
+    # no time limit of the kit's: a setting left on a server connection would show as it is
+    db.configure(bouncer_url, settings=replace(load_settings(), pooler="pgbouncer", statement_timeout_ms=0))
     yield db
     db.close_all()
 

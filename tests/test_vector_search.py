@@ -297,5 +297,5 @@ def test_quantize_is_checked():
         HNSWIndex(Point.embedding, quantize="pq")
     with pytest.raises(ValueError, match="quantize='halfvec' applies to vector columns, not halfvec"):
         HNSWIndex(Point.half, quantize="halfvec")
-    with pytest.raises(ValueError, match="rerank must be a positive whole number"):
+    with pytest.raises(ValueError, match="rerank must be a whole number of candidates per row from 1 to 100"):
         nearest(Point.select(), Point.embedding, np.ones(DIM), rerank=0)
