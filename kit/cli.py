@@ -20,6 +20,7 @@ from kit.config import ConfigError, KitError, Settings, load_settings
 from kit.roles import APP, AUTH, OWNER
 
 EXIT_CONFIG = 2
+MAX_RETAIN_MONTHS = 1200  # a century: more is a typo, and would reach back before any date partitions hold
 
 
 def _db_url(settings: Settings, args: argparse.Namespace) -> int:
@@ -275,8 +276,14 @@ def _maintain(settings: Settings, args: argparse.Namespace) -> int:
     from kit.maintain import maintain
     from kit.models import project_models
 
+    retain = dict(args.retain or [])
+    if len(retain) < len(args.retain or []):
+        twice = next(t for t, _ in args.retain if [r[0] for r in args.retain].count(t) > 1)
+        print(f"kit: error: --retain names {twice} more than once; give each table one retention; nothing was done",
+              file=sys.stderr)
+        return EXIT_CONFIG
     database.configure_owner(settings)  # upkeep is DDL: the owner's connection
-    options = {"retain": dict(args.retain or []), "drop": args.drop_retired}
+    options = {"retain": retain, "drop": args.drop_retired}
     if args.min_rows is not None:
         options["min_rows"] = args.min_rows
     maintain(database, project_models(), **options)
@@ -285,8 +292,9 @@ def _maintain(settings: Settings, args: argparse.Namespace) -> int:
 
 def _retention(text: str) -> tuple[str, int]:
     table, _, months = text.partition("=")
-    if not table or not months.isdigit() or int(months) < 1:
-        raise argparse.ArgumentTypeError(f"must be TABLE=MONTHS (MONTHS a whole number, 1 or more), got {text!r}")
+    if not table or not months.isdigit() or not 1 <= int(months) <= MAX_RETAIN_MONTHS:
+        raise argparse.ArgumentTypeError(f"must be TABLE=MONTHS (MONTHS a whole number from 1 to "
+                                         f"{MAX_RETAIN_MONTHS:,}), got {text[:60]!r}")
     return table, int(months)
 
 

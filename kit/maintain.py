@@ -38,6 +38,9 @@ def maintain(database: Database, models: Iterable[type[Model]], say: Callable[[s
         raise ArgumentError(f"--retain names {unknown[0]}, which is not a partitioned table "
                             f"(those are: {', '.join(sorted(partitioned)) or 'none'}); nothing was done")
     with database.connection_context():  # configured (from the environment) before the lock's own connection
+        if database.execute_sql("SELECT pg_is_in_recovery()").fetchone()[0]:
+            raise ArgumentError(f"{database.database} is a read-only replica: kit maintain changes the schema, "
+                                "so run it against the primary; nothing was done")
         holder = hold_lock(database, LOCK_KEY, "another kit maintain", say)
     try:
         with database.connection_context():

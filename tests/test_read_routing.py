@@ -260,3 +260,16 @@ def test_a_read_position_is_checked_and_never_past_the_primarys(test_db_url):
             assert db._written.get() == 1  # a position from the past is kept as it is
     finally:
         db.close_all()
+
+
+def test_kit_maintain_against_a_replica_is_refused_in_one_sentence(replica_url):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_"))}
+    env.update(DATABASE_URL=replica_url, DATABASE_OWNER_URL=replica_url.replace("kit_app@", "kit_owner@", 1))
+    refused = subprocess.run([sys.executable, "-m", "kit.cli", "maintain"], env=env, capture_output=True, text=True,
+                             timeout=60)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+    assert "is a read-only replica: kit maintain changes the schema, so run it against the primary" in refused.stderr

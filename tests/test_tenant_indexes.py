@@ -182,7 +182,10 @@ def test_the_kit_maintain_command(passages, owner_url):
     assert lines[:2] == ["audit_logs: partitions: 0 created", "ai_usage: partitions: 0 created"]  # made ahead
     assert lines[2].startswith("document_chunks.embedding: tenant indexes: 0 created, 0 dropped, 0 kept")
     for args, code, said in [(["--retain", "users=3"], 1, "--retain names users, which is not a partitioned table"),
-                             (["--retain", "audit_logs"], 2, "must be TABLE=MONTHS")]:
+                             (["--retain", "audit_logs"], 2, "must be TABLE=MONTHS"),
+                             (["--retain", "audit_logs=30000"], 2, "MONTHS a whole number from 1 to 1,200"),
+                             (["--retain", "audit_logs=24", "--retain", "audit_logs=1"], 2,
+                              "--retain names audit_logs more than once; give each table one retention")]:
         refused = subprocess.run([sys.executable, "-m", "kit.cli", "maintain", *args], capture_output=True,
                                  env=dict(os.environ, DATABASE_URL=passages, DATABASE_OWNER_URL=owner_url), text=True, timeout=60)
         assert refused.returncode == code and said in refused.stderr and "Traceback" not in refused.stderr
