@@ -249,10 +249,12 @@ class PooledDatabase(PostgresqlExtDatabase):
         """Point at `database` with `kwargs` for the driver; pool settings given change, the rest stay."""
         pool_settings = {name: kwargs.pop(name) for name in ("min_size", "max_size", "max_idle", "check_after")
                          if name in kwargs}
+        before = (getattr(self, "pooler", None), getattr(self, "statement_timeout", None))
         if "pooler" in kwargs:
             self.pooler = kwargs.pop("pooler")
         if "statement_timeout" in kwargs:
             self.statement_timeout = kwargs.pop("statement_timeout")
+        limit_changed = before != (self.pooler, self.statement_timeout)  # a connection's startup default
         if max_connections is not None or "max_size" in pool_settings:
             pool_settings["max_size"] = _max_size(max_connections, pool_settings.get("max_size"))
         for name, value in (("stale_timeout", stale_timeout), ("timeout", timeout)):
@@ -262,7 +264,8 @@ class PooledDatabase(PostgresqlExtDatabase):
             super().init(database, **kwargs)
             return
         self._pool.configure(**pool_settings)
-        target_changed = database != self.database or any(self.connect_params.get(k) != v for k, v in kwargs.items())
+        target_changed = limit_changed or database != self.database or any(
+            self.connect_params.get(k) != v for k, v in kwargs.items())
         super().init(database, **kwargs)
         if target_changed:
             self._budget_checked = False  # another server or role: check min_size again
@@ -326,7 +329,10 @@ class PooledDatabase(PostgresqlExtDatabase):
     def _open_connection(self) -> Any:
         """Open a new driver connection; the pool's first also checks `min_size` against the server."""
         with __exception_wrapper__:  # driver errors as peewee's
-            conn = super()._connect()
+            conn = self._adapter.connect(self, **self._with_limit(self.connect_params))
+        if self._isolation_level:
+            conn.set_isolation_level(self._isolation_level)
+        conn.autocommit = True  # as peewee's _connect leaves it
         if not self._budget_checked and not self.pooler:  # behind a pooler the server's limit is not ours
             try:
                 self._check_budget(conn)
@@ -470,10 +476,24 @@ class PooledDatabase(PostgresqlExtDatabase):
         return prefix
 
     def _limit_prefix(self) -> str:
-        """The statement's time limit, sent before it as a SET LOCAL ('' for none): it holds behind PgBouncer too."""
-        if not self.statement_timeout:
+        """The time limit sent before a statement as a SET LOCAL, behind a pooler only ('' otherwise).
+
+        Behind a transaction-pooling PgBouncer a server connection is another client's between
+        transactions, so the limit rides with the statements. Connected to the server itself, it is
+        the connection's own default from its start (`_with_limit`), which costs nothing per statement
+        and which RESET/DISCARD ALL return to.
+        """
+        if not self.statement_timeout or not self.pooler:
             return ""
         return f"SET LOCAL statement_timeout = {max(1, round(self.statement_timeout * 1000))};"
+
+    def _with_limit(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Driver parameters with the time limit as the connection's startup default (not behind a pooler)."""
+        if not self.statement_timeout or self.pooler:
+            return params
+        given = params.get("options") or psycopg2.extensions.parse_dsn(params.get("dsn") or "").get("options", "")
+        limit = f"-c statement_timeout={max(1, round(self.statement_timeout * 1000))}"
+        return {**params, "options": f"{given} {limit}".strip()}
 
     def _timeout_sentence(self) -> str:
         """The one sentence a statement cancelled by its time limit is reported with."""
@@ -817,7 +837,7 @@ class Database(PooledDatabase):
     def _open_as(self, params: dict[str, Any]) -> Any:
         """Open a driver connection with `params` (the owner's), as peewee opens its own."""
         with __exception_wrapper__:
-            conn = self._adapter.connect(self, **params)
+            conn = self._adapter.connect(self, **self._with_limit(params))
         conn.autocommit = True
         return conn
 
