@@ -59,7 +59,7 @@ def kit_replica(*args: str):
     import subprocess
     import sys
 
-    environ = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    environ = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DATABASE_OWNER_URL")}
     return subprocess.run([sys.executable, "-m", "kit.cli", "db", "replica", *args], env=environ,
                           capture_output=True, text=True, timeout=300)
 

@@ -262,6 +262,7 @@ def test_a_read_position_is_checked_and_never_past_the_primarys(test_db_url):
         db.close_all()
 
 
+@needs_embedded
 def test_kit_maintain_against_a_replica_is_refused_in_one_sentence(replica_url):
     import os
     import subprocess
