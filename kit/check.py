@@ -22,6 +22,7 @@ import psycopg2
 from peewee import Model
 
 from kit.config import Settings, mask_password
+from kit.errors import DatabaseUnavailable
 from kit.roles import LEAKPROOF_SQL, tenant_policy_problems
 
 ROLE_SQL = """
@@ -31,6 +32,9 @@ SELECT r.rolname, r.rolsuper, r.rolbypassrls, r.rolcreaterole, r.rolcreatedb,
           AND c.relnamespace = 'public'::regnamespace)
 FROM pg_roles r WHERE r.rolname = current_user
 """
+CHECK_TIMEOUT_MS = 10_000  # each question is a catalog read: bounded like any statement the kit sends
+
+
 @dataclass(frozen=True)
 class Finding:
     """One rule's outcome: `ok`, and a line that says what was found."""
@@ -45,7 +49,12 @@ def check(settings: Settings, models: Iterable[type[Model]]) -> list[Finding]:
     from kit.roles import APP
 
     url = resolve_url(settings, APP)
-    conn = psycopg2.connect(url, connect_timeout=10, application_name="kit-check")
+    try:
+        conn = psycopg2.connect(url, connect_timeout=10, application_name="kit-check",
+                                options=f"-c statement_timeout={CHECK_TIMEOUT_MS}")
+    except psycopg2.Error as exc:
+        reason = mask_password(str(exc).strip().splitlines()[0]) if str(exc).strip() else type(exc).__name__
+        raise DatabaseUnavailable(f"could not connect to the database at {mask_password(url)}: {reason}") from None
     try:
         conn.autocommit = True
         with conn.cursor() as cursor:

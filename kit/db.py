@@ -401,8 +401,9 @@ class PooledDatabase(PostgresqlExtDatabase):
                 self._notify_hooks(sql, params, start, exc)
             if isinstance(exc, DatabaseError) and _TIMED_OUT in str(exc):
                 raise StatementTimeout(self._timeout_sentence()) from exc
-            if isinstance(exc, DatabaseError) and _RLS_VIOLATION.search(str(exc)):
-                table = _RLS_VIOLATION.search(str(exc))[1]
+            violated = _RLS_VIOLATION.search(str(exc)) if isinstance(exc, DatabaseError) else None
+            if violated:
+                table = violated[1]
                 tenant = current_tenant()
                 raise TenantError(
                     f"{table}: the row does not belong to the tenant context's organization "

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import uuid
 import weakref
-from contextlib import ContextDecorator
+from contextlib import ContextDecorator, suppress
 from contextvars import ContextVar, Token
 from typing import Any
 
@@ -81,6 +81,9 @@ class _AllTenants(_Scoped):
                 release = hook()
                 if release is not None:
                     release()
+                    continue
+                with suppress(ValueError):  # its database is gone: forget the hook
+                    _on_leave.remove(hook)
 
 
 _on_leave: list[weakref.WeakMethod[Any]] = []

@@ -35,6 +35,7 @@ FRONT_ENDS = {
     "kit migrate status": [sys.executable, "-m", "kit.cli", "migrate", "status"],
     "pw_migrate migrate": [sys.executable, "-m", "peewee_migrate", "migrate"],
     "python -m kit.seed": [sys.executable, "-m", "kit.seed", "fixtures/dev.yaml"],
+    "kit db check": [sys.executable, "-m", "kit.cli", "db", "check"],
     "kit db url": [sys.executable, "-m", "kit.cli", "db", "url"],
 }
 

@@ -409,3 +409,18 @@ def test_a_statement_that_refuses_a_transaction_block_runs_inside_a_tenant_conte
     with tenant(attacker):
         db.execute_sql("VACUUM attack_notes")  # no setting rides before it: it would be a transaction block
         assert db.execute_sql("SELECT count(*) FROM attack_notes").fetchone()[0] == 0
+
+
+def test_databases_that_are_gone_leave_no_hook_behind():
+    import gc
+
+    from kit import tenancy
+
+    before = len(tenancy._on_leave)
+    made = [Database() for _ in range(50)]
+    assert len(tenancy._on_leave) == before + 50
+    del made
+    gc.collect()
+    with all_tenants():
+        pass
+    assert len(tenancy._on_leave) <= before
