@@ -6,7 +6,8 @@ pooled-database contract on top of it.
 
 Settings (checked whenever they are set; a bad one is one sentence naming it, `PoolSettingError`):
 
-- `max_size`: most connections checked out at once. None or 0: no limit.
+- `max_size`: most connections open at once: checked out, idle, being opened, or on their way back
+  (a check-in's rollback or reset is a round trip, and the server still holds it). None or 0: no limit.
 - `min_size`: connections opened at first use and kept open, idle or not (at most `max_size`).
 - `timeout`: what a caller does when `max_size` connections are checked out. None: `PoolExhausted`
   at once; 0: wait as long as it takes; n > 0: wait up to n seconds, then `PoolExhausted`.
@@ -113,6 +114,7 @@ class ConnectionPool:
         self._idle: list[tuple[float, int, _Slot]] = []  # a heap: opened longest ago first
         self._in_use: dict[int, _Slot] = {}  # id(conn) -> slot
         self._opening = 0
+        self._returning = 0  # popped from _in_use by putconn, not yet idle or closed (a reset is a round trip)
         self._generation = 0
         self._reaper: threading.Thread | None = None
         self._stats = dict.fromkeys(("waits", "timeouts", "opened", "closed", "checks", "resets", "resent"), 0)
@@ -176,7 +178,7 @@ class ConnectionPool:
         slot = self._open_reserved()
         with self._lock:
             self._check_out(slot)
-            extra = max(0, self.min_size - len(self._in_use) - len(self._idle) - self._opening)
+            extra = max(0, self.min_size - self._open_count())
             self._opening += extra
         self._open_idle(extra)
         self._start_reaper()
@@ -186,8 +188,13 @@ class ConnectionPool:
         waited = "" if self.timeout is None else f" for {self.timeout:g}s"
         return f"connection pool exhausted: all {self.max_size} connections stayed checked out{waited}"
 
+    def _open_count(self) -> int:
+        """Connections the pool has open or is opening: out, idle, coming back, being opened (under `_lock`)."""
+        return len(self._in_use) + len(self._idle) + self._returning + self._opening
+
     def _has_room(self) -> bool:
-        return self.max_size is None or len(self._in_use) + self._opening < self.max_size
+        # A connection on its way back (being rolled back or reset) still counts: the server has it.
+        return self.max_size is None or self._open_count() < self.max_size
 
     def _take_idle(self, verified: bool = False) -> _Slot | None:
         """The oldest usable idle connection, checked out; unusable ones on the way are closed."""
@@ -272,11 +279,13 @@ class ConnectionPool:
                 self._wake()
                 return
             slot.owner = None
+            self._returning += 1
         now = time.monotonic()
         keep = (not discard and slot.generation == self._generation
                 and (self.stale_timeout is None or now - slot.opened <= self.stale_timeout)
                 and self.hooks.can_reuse(conn) and (not slot.needs_reset or self._reset(slot)))
         with self._lock:
+            self._returning -= 1
             if keep:
                 slot.last_used = now
                 heapq.heappush(self._idle, (slot.opened, next(self._counter), slot))

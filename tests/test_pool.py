@@ -377,3 +377,30 @@ def test_zero_in_the_environment_means_wait_without_end_and_keep_idle_connection
         assert got == [True]
     finally:
         db.close_all()
+
+
+def test_a_connection_being_reset_on_its_way_back_still_counts_against_max_size(make_pool, monitor):
+    """A check-in's reset is a round trip: a caller arriving meanwhile waits for it rather than opening one more."""
+    resetting = threading.Event()
+
+    class SlowReset(PooledDatabase):
+        def _reset_session(self, conn):
+            resetting.set()
+            time.sleep(0.5)
+            return super()._reset_session(conn)
+
+    pool = make_pool(max_size=1, timeout=10, cls=SlowReset)
+
+    def first():
+        with pool.connection_context():
+            pool.execute_sql("SET SESSION work_mem = '9MB'")  # session state: a reset on check-in
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    assert resetting.wait(10)
+    with pool.connection_context():
+        assert pool.execute_sql("SHOW work_mem").fetchone()[0] != "9MB"
+        assert server_connections(monitor, pool) == 1
+    thread.join()
+    stats = pool.pool_stats()
+    assert stats["opened"] == 1 and stats["resets"] == 1 and stats["waits"] == 1
