@@ -19,6 +19,7 @@ from kit.errors import (
     InsufficientCredits,
     InvitationError,
     KitError,
+    LockBusy,
     MigrationError,
     PoolExhausted,
     PoolSettingError,
@@ -36,6 +37,6 @@ __version__ = "0.1.0"
 
 __all__ = ["ArgumentError", "ConfigError", "CopyRowError", "DatabaseUnavailable", "DecryptionError",
            "EmbeddedServerError", "FixtureError", "InsufficientCredits", "InvitationError", "KitError",
-           "MigrationError", "PoolExhausted", "PoolSettingError", "PoolTooLarge", "SessionLost", "SessionStateRefused",
-           "StatementTimeout", "TenantError", "TenantRequired", "VectorValueError", "all_tenants", "current_tenant",
-           "tenant"]
+           "LockBusy", "MigrationError", "PoolExhausted", "PoolSettingError", "PoolTooLarge", "SessionLost",
+           "SessionStateRefused", "StatementTimeout", "TenantError", "TenantRequired", "VectorValueError",
+           "all_tenants", "current_tenant", "tenant"]

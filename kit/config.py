@@ -12,6 +12,8 @@
 | DATABASE_REPLICA_MAX_LAG    | 10000     | ms a replica may lag before reads skip it                   |
 | DATABASE_POOLER             | unset     | `pgbouncer`: DATABASE_URL is a transaction-pooling PgBouncer |
 | DATABASE_STATEMENT_TIMEOUT  | 30000     | ms any statement of the application may run; 0: no limit    |
+| DATABASE_LOCK_TIMEOUT       | 2000      | ms a schema change waits for a lock before it backs off     |
+| DATABASE_LOCK_BUDGET        | 60000     | ms a schema change keeps retrying before it gives up        |
 | KIT_DATA_DIR                | see below | where the embedded server keeps its data                    |
 
 DATABASE_OWNER_URL unset: DATABASE_URL (one role for everything); both unset: the embedded server's
@@ -56,6 +58,8 @@ class Settings:
     replica_max_lag_ms: int = 10_000
     pooler: str | None = None  # "pgbouncer": connections go through a transaction-pooling PgBouncer
     statement_timeout_ms: int = 30_000  # the application's statements (not the owner's commands); 0: none
+    lock_timeout_ms: int = 2_000  # one lock wait of a schema change (kit.ddl); everyone queued behind waits as long
+    lock_budget_ms: int = 60_000  # how long a schema change retries after lock timeouts
 
     @property
     def safe_url(self) -> str | None:
@@ -165,6 +169,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     replicas = [part.strip() for part in _NEXT_URL.split(env.get("DATABASE_REPLICA_URLS", "").strip(" ,"))]
     replica_urls = tuple(check_database_url(part, f"DATABASE_REPLICA_URLS (URL {n})")
                          for n, part in enumerate(replicas, 1) if part)
+    lock_timeout_ms = _integer(env, "DATABASE_LOCK_TIMEOUT", Settings.lock_timeout_ms)
+    lock_budget_ms = _integer(env, "DATABASE_LOCK_BUDGET", Settings.lock_budget_ms)
+    if lock_timeout_ms < 1:
+        raise ConfigError("DATABASE_LOCK_TIMEOUT must be at least 1 ms: a schema change waiting for a lock without "
+                          "end stalls everyone queued behind it")
+    if lock_budget_ms < lock_timeout_ms:
+        raise ConfigError(f"DATABASE_LOCK_BUDGET ({lock_budget_ms} ms) must be at least DATABASE_LOCK_TIMEOUT "
+                          f"({lock_timeout_ms} ms)")
     return Settings(
         database_url=url,
         owner_url=owner_url,
@@ -177,4 +189,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         replica_max_lag_ms=_integer(env, "DATABASE_REPLICA_MAX_LAG", Settings.replica_max_lag_ms),
         pooler=pooler,
         statement_timeout_ms=_integer(env, "DATABASE_STATEMENT_TIMEOUT", Settings.statement_timeout_ms),
+        lock_timeout_ms=lock_timeout_ms,
+        lock_budget_ms=lock_budget_ms,
     )

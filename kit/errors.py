@@ -89,3 +89,15 @@ class TenantError(KitError, DatabaseError):
 
 class TenantRequired(TenantError):
     """A write to a tenant table was sent with no tenant context (`kit.tenant(org)`); nothing was sent."""
+
+
+class LockBusy(KitError, OperationalError):
+    """A schema change could not get its lock within the retry budget; nothing of it was done."""
+
+    def __init__(self, what: str, attempts: int, waited: float, blockers: list, policy: object) -> None:
+        self.what, self.attempts, self.waited, self.blockers = what, attempts, waited, blockers
+        held = "; ".join(b.describe() for b in blockers) or "a session that ended before it could be named"
+        super().__init__(
+            f"{what}: gave up after {attempts} attempts over {waited:,.1f} s, each waiting at most "
+            f"{policy.timeout:g} s (DATABASE_LOCK_TIMEOUT) for a lock held by {held}; nothing of it was done: "
+            f"end that transaction, or run it again when traffic is lower (DATABASE_LOCK_BUDGET)")

@@ -15,7 +15,7 @@ from peewee import Database, Model
 
 from kit.errors import ArgumentError
 from kit.migrate.lock import check_held, hold_lock
-from kit.partitions import describe, ensure_partitions, is_partitioned, retire_partitions
+from kit.partitions import default_warning, describe, ensure_partitions, is_partitioned, retire_partitions
 from kit.vector.indexes import VectorIndex
 from kit.vector.search import OWN_GRAPH_FROM
 from kit.vector.tenants import ensure_tenant_indexes
@@ -50,10 +50,15 @@ def maintain(database: Database, models: Iterable[type[Model]], say: Callable[[s
                     say(f"{table}: not partitioned yet (run the migrations); skipped")
                     continue
                 still_locked()
-                done = ensure_partitions(database, table, model._meta.partition_by)
-                if table in (retain or {}):
-                    done.retired = retire_partitions(database, table, retain[table], drop=drop).retired
+                column, keep = model._meta.partition_by, (retain or {}).get(table)
+                done = ensure_partitions(database, table, column, keep=keep)
+                if keep is not None:
+                    retired = retire_partitions(database, table, keep, drop=drop, column=column)
+                    done.retired, done.in_default = retired.retired, retired.in_default
                 say(describe(done, table))
+                warning = default_warning(done, table)
+                if warning:
+                    say(warning)
             _maintain(database, models, say, min_rows, still_locked)
     finally:
         holder.close()

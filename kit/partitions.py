@@ -10,10 +10,16 @@ key in every unique index); ids stay `gen_random_uuid()`.
   moving every row, re-creating its indexes, foreign keys and triggers on the new table;
   `unpartition_table` undoes it.
 - `ensure_partitions` creates the partitions from the current month to `ahead` months on (idempotent:
-  `kit maintain` runs it from cron). A month whose rows already sit in the default partition is not
-  created (PostgreSQL would refuse); it is reported, and those rows stay where they are, still found.
-- `retire_partitions` detaches (or drops) the monthly partitions wholly older than `keep` months.
-  A detached partition is a plain table of the same name: archive it, then drop it.
+  `kit maintain` runs it from cron), each made beside the table and attached; a month whose rows sit
+  in the default partition (cron missed it, or a row came early) gets its partition with those rows
+  moved into it. Only months from `PAST_MONTHS` back to `ahead` on ever get one, so an outlier date
+  (1990, year 1) stays in the default partition instead of making hundreds of partitions.
+- `retire_partitions` detaches (or drops) the monthly partitions wholly older than `keep` months, and
+  retires the default partition's rows that old too. A detached partition is a plain table of the
+  same name: archive it, then drop it.
+
+Every change is one transaction under brief, retried lock waits (`kit.ddl`): while one waits, the
+traffic queued behind it waits at most `DATABASE_LOCK_TIMEOUT`.
 
 Triggers: row-level triggers of the parent (such as the append-only ones) apply to every partition by
 themselves; statement-level TRUNCATE triggers do not, so each partition gets the parent's.
@@ -27,12 +33,14 @@ from datetime import UTC, date, datetime
 
 from peewee import Database
 
+from kit.ddl import LockPolicy, run_ddl
 from kit.errors import KitError
 
 __all__ = ["PartitionError", "Upkeep", "ensure_partitions", "month_partitions", "partition_table",
            "retire_partitions", "unpartition_table"]
 
 AHEAD_MONTHS = 3  # partitions made ahead of the current month
+PAST_MONTHS = 120  # the oldest month that may get a partition: a row dated 1990 (or year 1) stays in the default
 _NAME = re.compile(r"_p(\d{4})(\d{2})$")
 
 
@@ -45,8 +53,12 @@ class Upkeep:
     """What `ensure_partitions` / `retire_partitions` did to one table."""
 
     created: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)  # months whose rows sit in the default partition
+    moved: list[str] = field(default_factory=list)  # made for rows that sat in the default partition
+    rows_moved: int = 0
+    skipped: list[str] = field(default_factory=list)  # a table of the name exists outside the partitions
     retired: list[str] = field(default_factory=list)
+    rows_retired: int = 0
+    in_default: dict[date, int] = field(default_factory=dict)  # rows left in the default partition, by month
 
 
 def _month(value: date | datetime, shift: int = 0) -> date:
@@ -111,33 +123,89 @@ def _copy_truncate_triggers(database: Database, table: str, name: str) -> None:
                                         definition, count=1).replace("%", "%%"))
 
 
+def _months_in_default(database: Database, table: str, column: str) -> dict[date, int]:
+    """The months of the rows in `table`'s default partition, with how many rows each has."""
+    rows = database.execute_sql(
+        f'SELECT date_trunc(\'month\', "{column}" AT TIME ZONE \'UTC\')::date, count(*) FROM "{table}_default" '
+        "GROUP BY 1").fetchall()
+    return {_month(month): count for month, count in rows}
+
+
+def _window(now: datetime | None, ahead: int) -> tuple[date, date]:
+    """The first and last months that may get a partition of their own: outliers never make more."""
+    start = _month(now or datetime.now(UTC))
+    return _month(start, -PAST_MONTHS), _month(start, ahead)
+
+
 def ensure_partitions(database: Database, table: str, column: str = "created_at", ahead: int = AHEAD_MONTHS,
-                      now: datetime | None = None) -> Upkeep:
-    """Create `table`'s monthly partitions from this month to `ahead` months on; return what was done."""
+                      now: datetime | None = None, keep: int | None = None,
+                      policy: LockPolicy | None = None) -> Upkeep:
+    """Create `table`'s monthly partitions from this month to `ahead` months on, and give each month whose
+    rows wait in the default partition (within the window, and within `keep` months if given) a partition
+    with those rows moved into it; return what was done.
+
+    Each month is one transaction under brief, retried lock waits (`kit.ddl`): a new month is made beside
+    the table and attached (the parent is never locked against reads or writes; the default partition
+    is, for its check that none of its rows belong to the month); a month of default rows is moved with
+    the default partition locked for the move. Either way a blocked attempt stalls others at most
+    `DATABASE_LOCK_TIMEOUT`, and a given-up one leaves nothing behind (`LockBusy`).
+    """
     done = Upkeep()
     start = _month(now or datetime.now(UTC))
+    low, high = _window(now, ahead)
+    if keep is not None:
+        low = max(low, _month(start, -(keep - 1)))
     have = month_partitions(database, table)
-    for shift in range(ahead + 1):
-        month = _month(start, shift)
-        if month in have:
-            continue
+    waiting = _months_in_default(database, table, column)
+    months = {_month(start, shift) for shift in range(ahead + 1)} | {m for m in waiting if low <= m <= high}
+    for month in sorted(months - set(have)):
         name = partition_name(table, month)
-        low, high = _bound(month), _bound(_month(month, 1))
-        with database.atomic():
-            waiting = database.execute_sql(
-                f'SELECT EXISTS (SELECT 1 FROM "{table}_default" WHERE "{column}" >= %s AND "{column}" < %s)',
-                (low, high)).fetchone()[0]
-            if waiting:
-                done.skipped.append(name)
-                continue
-            _add_partition(database, table, name, _range(month))
-        done.created.append(name)
+        if database.execute_sql("SELECT to_regclass(%s)", (f'"{name}"',)).fetchone()[0] is not None:
+            done.skipped.append(name)  # a table of that name outside the partitions: a retired month kept
+            continue
+        moved = run_ddl(database, f"{table}: making partition {name}",
+                        lambda month=month, name=name: _make_partition(database, table, column, name, month,
+                                                                       month in waiting), policy=policy)
+        (done.moved if month in waiting else done.created).append(name)
+        done.rows_moved += moved
+    done.in_default = _months_in_default(database, table, column)
     return done
 
 
+def _make_partition(database: Database, table: str, column: str, name: str, month: date, move: bool) -> int:
+    """Make `name` beside `table`, move `month`'s rows out of the default partition if `move`, and attach it."""
+    default = f"{table}_default"
+    database.execute_sql(f'CREATE TABLE "{name}" (LIKE "{table}" INCLUDING DEFAULTS INCLUDING CONSTRAINTS '
+                         f"INCLUDING GENERATED INCLUDING STORAGE)")
+    moved = 0
+    if move:
+        low, high = _bound(month), _bound(_month(month, 1))
+        where = f'"{column}" >= %s AND "{column}" < %s'
+        database.execute_sql(f'LOCK TABLE "{default}" IN ACCESS EXCLUSIVE MODE')  # no row of the month slips in
+        moved = database.execute_sql(f'INSERT INTO "{name}" SELECT * FROM "{default}" WHERE {where}',
+                                     (low, high)).rowcount
+        _delete_from_default(database, default, where, (low, high))
+    database.execute_sql(f'ALTER TABLE "{table}" ATTACH PARTITION "{name}" {_range(month)}')
+    _copy_truncate_triggers(database, table, name)
+    return moved
+
+
+def _delete_from_default(database: Database, default: str, where: str, params: tuple) -> None:
+    """Delete rows of the default partition (moved or retired), its append-only triggers set aside meanwhile.
+
+    Inside the caller's transaction, with the partition locked: no other session ever sees the
+    triggers off, and the rows leave only with the transaction that put them elsewhere.
+    """
+    database.execute_sql(f'ALTER TABLE "{default}" DISABLE TRIGGER USER')
+    database.execute_sql(f'DELETE FROM "{default}" WHERE {where}', params)
+    database.execute_sql(f'ALTER TABLE "{default}" ENABLE TRIGGER USER')
+
+
 def retire_partitions(database: Database, table: str, keep: int, drop: bool = False,
-                      now: datetime | None = None) -> Upkeep:
-    """Detach (or with `drop`, drop) `table`'s monthly partitions that end before the last `keep` months."""
+                      now: datetime | None = None, column: str = "created_at",
+                      policy: LockPolicy | None = None) -> Upkeep:
+    """Detach (or with `drop`, drop) `table`'s monthly partitions that end before the last `keep` months,
+    and retire the default partition's rows that old too (moved to `<table>_default_before_YYYYMM`, or deleted)."""
     if keep < 1:
         raise PartitionError(f"{table}: keep at least 1 month of partitions, got {keep}")
     done = Upkeep()
@@ -145,12 +213,37 @@ def retire_partitions(database: Database, table: str, keep: int, drop: bool = Fa
     for month, name in sorted(month_partitions(database, table).items()):
         if month >= oldest_kept:
             continue
-        with database.atomic():
-            database.execute_sql(f'ALTER TABLE "{table}" DETACH PARTITION "{name}"')
-            if drop:
-                database.execute_sql(f'DROP TABLE "{name}"')
+        run_ddl(database, f"{table}: retiring partition {name}",
+                lambda name=name: _detach(database, table, name, drop), policy=policy)
         done.retired.append(name)
+    if any(month < oldest_kept for month in _months_in_default(database, table, column)):
+        archive = f"{table}_default_before_{oldest_kept.year:04d}{oldest_kept.month:02d}"
+        done.rows_retired = run_ddl(
+            database, f"{table}: retiring rows of {table}_default",
+            lambda: _retire_default_rows(database, table, column, oldest_kept, None if drop else archive),
+            policy=policy)
+        done.retired.append(f"{done.rows_retired} rows of {table}_default" + ("" if drop else f" (into {archive})"))
+    done.in_default = _months_in_default(database, table, column)
     return done
+
+
+def _detach(database: Database, table: str, name: str, drop: bool) -> None:
+    database.execute_sql(f'ALTER TABLE "{table}" DETACH PARTITION "{name}"')
+    if drop:
+        database.execute_sql(f'DROP TABLE "{name}"')
+
+
+def _retire_default_rows(database: Database, table: str, column: str, before: date, archive: str | None) -> int:
+    """Move (to `archive`, a plain table) or delete the default partition's rows dated before `before`."""
+    default = f"{table}_default"
+    database.execute_sql(f'LOCK TABLE "{default}" IN ACCESS EXCLUSIVE MODE')
+    where, params = f'"{column}" < %s', (_bound(before),)
+    if archive is not None:
+        database.execute_sql(f'CREATE TABLE IF NOT EXISTS "{archive}" (LIKE "{table}" INCLUDING DEFAULTS)')
+        database.execute_sql(f'INSERT INTO "{archive}" SELECT * FROM "{default}" WHERE {where}', params)
+    count = database.execute_sql(f'SELECT count(*) FROM "{default}" WHERE {where}', params).fetchone()[0]
+    _delete_from_default(database, default, where, params)
+    return count
 
 
 def _definitions(database: Database, table: str) -> dict[str, list[str]]:
@@ -172,15 +265,12 @@ def _definitions(database: Database, table: str) -> dict[str, list[str]]:
     return {"indexes": indexes, "foreign": foreign, "triggers": triggers}
 
 
-def _months_with_rows(database: Database, table: str, column: str) -> list[date]:
-    low, high = database.execute_sql(f'SELECT min("{column}"), max("{column}") FROM "{table}"').fetchone()
-    if low is None:
-        return []
-    months, month = [], _month(low)
-    while month <= _month(high):
-        months.append(month)
-        month = _month(month, 1)
-    return months
+def _months_with_rows(database: Database, table: str, column: str, window: tuple[date, date]) -> list[date]:
+    """The months within `window` that hold rows of `table` (rows of others go to the default partition)."""
+    rows = database.execute_sql(
+        f'SELECT DISTINCT date_trunc(\'month\', "{column}" AT TIME ZONE \'UTC\')::date FROM "{table}" '
+        f'WHERE "{column}" >= %s AND "{column}" < %s', (_bound(window[0]), _bound(_month(window[1], 1)))).fetchall()
+    return sorted(_month(month) for (month,) in rows)
 
 
 def partition_table(database: Database, table: str, column: str = "created_at", ahead: int = AHEAD_MONTHS,
@@ -193,7 +283,7 @@ def partition_table(database: Database, table: str, column: str = "created_at", 
     if is_partitioned(database, table):
         return 0
     _require_transaction(database, "partition_table")
-    months = _months_with_rows(database, table, column)
+    months = _months_with_rows(database, table, column, _window(now, ahead))
     partitions = [(partition_name(table, month), _range(month)) for month in months] + [(f"{table}_default", "DEFAULT")]
     moved = _rebuild(database, table, f'PARTITION BY RANGE ("{column}")', f'id, "{column}"', partitions)
     ensure_partitions(database, table, column, ahead, now)
@@ -240,10 +330,27 @@ def _rebuild(database: Database, table: str, partitioning: str, key: str, partit
 def describe(upkeep: Upkeep, table: str) -> str:
     """One line saying what upkeep did to `table`."""
     parts = [f"{len(upkeep.created)} created"]
+    if upkeep.moved:
+        parts.append(f"{len(upkeep.moved)} made for {upkeep.rows_moved:,} rows moved out of {table}_default "
+                     f"({', '.join(upkeep.moved)})")
     if upkeep.retired:
         parts.append(f"{len(upkeep.retired)} retired ({', '.join(upkeep.retired)})")
     if upkeep.skipped:
-        parts.append(f"{len(upkeep.skipped)} not created, their rows being in {table}_default "
-                     f"({', '.join(upkeep.skipped)})")
+        parts.append(f"{len(upkeep.skipped)} not made, a table of the name being outside the partitions "
+                     f"(a retired month? archive or drop it: {', '.join(upkeep.skipped)})")
     return f"{table}: partitions: " + ", ".join(parts)
+
+
+def _label(month: date) -> str:
+    return f"{month.year:04d}-{month.month:02d}"
+
+
+def default_warning(upkeep: Upkeep, table: str) -> str | None:
+    """A warning when rows are left in the default partition (read by every query, pruned by none)."""
+    if not upkeep.in_default:
+        return None
+    months = sorted(upkeep.in_default)
+    return (f"warning: {table}_default holds {sum(upkeep.in_default.values()):,} rows dated "
+            f"{_label(months[0])} to {_label(months[-1])}, outside the months given partitions ({PAST_MONTHS} back to "
+            f"{AHEAD_MONTHS} ahead): every query reads them; check those dates, and --retain retires the old ones")
 

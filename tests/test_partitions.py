@@ -88,17 +88,26 @@ def test_partitions_are_made_ahead_idempotently_and_old_ones_retired(before_008)
     assert made.created == ["audit_logs_p202705", "audit_logs_p202706", "audit_logs_p202707", "audit_logs_p202708"]
     assert ensure_partitions(db, "audit_logs", now=later).created == []  # again: nothing to do
     assert "append-only" in refused(db, "TRUNCATE audit_logs_p202706")  # new partitions refuse TRUNCATE too
-    # a row for a month with no partition lands in the default one, never lost; that month is then not made
+    # a row for a month with no partition lands in the default one, never lost; that month's partition
+    # is then made with the row moved into it, and the default partition is append-only again after
     db.execute_sql("INSERT INTO audit_logs (action, created_at) VALUES ('far', '2030-01-05+00')")
     assert db.execute_sql("SELECT count(*) FROM audit_logs_default").fetchone()[0] == 1
     waiting = ensure_partitions(db, "audit_logs", now=datetime(2030, 1, 1, tzinfo=UTC))
-    assert waiting.skipped == ["audit_logs_p203001"] and "audit_logs_p203002" in waiting.created
-    assert db.execute_sql("SELECT action FROM audit_logs WHERE created_at >= '2030-01-01+00'").fetchall() == [("far",)]
+    assert waiting.moved == ["audit_logs_p203001"] and waiting.rows_moved == 1
+    assert "audit_logs_p203002" in waiting.created and waiting.in_default == {}
+    assert db.execute_sql("SELECT action FROM audit_logs_p203001").fetchall() == [("far",)]
+    assert db.execute_sql("SELECT count(*) FROM audit_logs_default").fetchone()[0] == 0
+    assert {row[0] for row in db.execute_sql("SELECT tgenabled FROM pg_trigger WHERE NOT tgisinternal AND tgrelid IN "
+                                              "('audit_logs_default'::regclass, 'audit_logs_p203001'::regclass)")} == {"O"}
+    db.execute_sql("INSERT INTO audit_logs (action, created_at) VALUES ('farther', '2040-01-05+00')")
+    for target in ["audit_logs_default", "audit_logs_p203001"]:
+        assert "append-only" in refused(db, f"DELETE FROM {target}")
+        assert "append-only" in refused(db, f"TRUNCATE {target}")
     # retention: keep 3 months before 2026-11: August goes (detached, kept as a table), September stays
     retired = retire_partitions(db, "audit_logs", keep=3, now=datetime(2026, 11, 2, tzinfo=UTC))
     assert retired.retired == ["audit_logs_p202608"]
     assert db.execute_sql("SELECT count(*) FROM audit_logs_p202608").fetchone()[0] == 10  # detached, not lost
-    assert db.execute_sql("SELECT count(*) FROM audit_logs").fetchone()[0] == 21
+    assert db.execute_sql("SELECT count(*) FROM audit_logs").fetchone()[0] == 22
     dropped = retire_partitions(db, "ai_usage", keep=2, drop=True, now=datetime(2026, 11, 2, tzinfo=UTC))
     assert dropped.retired == ["ai_usage_p202608", "ai_usage_p202609"]
     assert db.execute_sql("SELECT to_regclass('ai_usage_p202608')").fetchone()[0] is None
@@ -125,3 +134,48 @@ def test_a_time_filter_reads_only_the_partitions_it_needs(before_008):
         assert other not in plan
     assert db.execute_sql("SELECT count(*) FROM audit_logs WHERE created_at >= '2026-09-01+00' "
                           "AND created_at < '2026-10-01+00'").fetchone()[0] == 10
+
+
+def count(db, table: str) -> int:
+    return db.execute_sql(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+def test_outlier_dates_make_no_partitions_and_are_warned_of_then_retired(before_008):
+    db = before_008
+    for at in ["1990-03-01+00", "0001-01-01+00", "9999-12-01+00"]:  # the seed accepts each of them
+        db.execute_sql("INSERT INTO audit_logs (action, created_at) VALUES ('odd', %s)", (at,))
+    migrate.apply(db, ROOT / "migrations", **QUIET)  # year 1 once failed it (out of shared memory)
+    months = month_partitions(db, "audit_logs")
+    assert len(months) <= 3 + 1 + 3 + 1 + 3  # the rows' three months, this month and three ahead (overlapping)
+    assert count(db, "audit_logs_default") == 3 and count(db, "audit_logs") == 33
+    said: list[str] = []
+    maintain(db, ALL_MODELS, say=said.append)
+    warning = [line for line in said if line.startswith("warning: audit_logs_default holds 3 rows")]
+    assert warning and "0001-01 to 9999-12" in warning[0], said
+    # retention retires the old ones (moved to a table of their own, or dropped); the future one stays
+    maintain(db, ALL_MODELS, say=said.append, retain={"audit_logs": 240})
+    assert count(db, "audit_logs_default") == 1 and count(db, "audit_logs") == 31
+    archive = [name for (name,) in db.execute_sql("SELECT relname FROM pg_class WHERE relname LIKE "
+                                                 "'audit_logs_default_before_%%'")]
+    assert len(archive) == 1 and count(db, archive[0]) == 2
+    assert any("2 rows of audit_logs_default" in line for line in said), said
+
+
+def test_months_cron_missed_get_their_partitions_with_their_rows_moved(before_008):
+    db = before_008
+    migrate.apply(db, ROOT / "migrations", **QUIET)
+    last = max(month_partitions(db, "audit_logs"))
+    # four months past the last partition, rows land in the default partition, as when cron stopped
+    for shift in range(1, 5):
+        month = last.replace(year=last.year + (last.month + shift - 1) // 12, month=(last.month + shift - 1) % 12 + 1)
+        for day in (1, 15):
+            db.execute_sql("INSERT INTO audit_logs (action, created_at) VALUES ('late', %s)", (f"{month}T0{day % 9}:00+00",))
+    before = rows(db, "audit_logs")
+    assert count(db, "audit_logs_default") == 8
+    now = datetime(last.year + (last.month + 3) // 12, (last.month + 3) % 12 + 1, 10, tzinfo=UTC)
+    done = ensure_partitions(db, "audit_logs", now=now)
+    assert len(done.moved) == 4 and done.rows_moved == 8 and done.in_default == {}
+    assert count(db, "audit_logs_default") == 0
+    assert rows(db, "audit_logs") == before  # every row, every value
+    for name in done.moved:
+        assert count(db, name) == 2

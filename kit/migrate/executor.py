@@ -26,6 +26,7 @@ from peewee_migrate import Migrator
 from peewee_migrate.router import Router
 
 from kit.config import KitError
+from kit.ddl import limit_lock_waits, run_ddl
 from kit.errors import MigrationError
 from kit.migrate import history, schema
 from kit.migrate.loader import MigrationFile, load
@@ -157,17 +158,28 @@ def apply(database: Database, directory: Path, say: Callable[[str], None] = prin
 
 
 def _apply_one(database: Database, router: Router, file: MigrationFile, say: Callable[[str], None]) -> bool:
-    """Apply one migration in its own locked transaction; False when another run applied it meanwhile."""
+    """Apply one migration in its own locked transaction; False when another run applied it meanwhile.
+
+    Its lock waits are brief and retried (`kit.ddl.run_ddl`): a retry starts the transaction again
+    from the migration lock, with peewee-migrate's picture of the schema rebuilt from the history.
+    """
     name = file.name
+
+    def attempt() -> bool:
+        with database.atomic():
+            lock_transaction(database, say)
+            if name in {entry.name for entry in history.applied(database)}:
+                router.run_one(name, router.migrator, fake=True)  # follow the other run's schema
+                return False
+            limit_lock_waits(database)  # after the migration lock: another run may hold that one long
+            router.run_one(name, router.migrator, fake=False)
+            history.record_checksum(database, name, file.checksum)
+        return True
+
     with _reported(database, f"applying {name}"):
         try:
-            with database.atomic():
-                lock_transaction(database, say)
-                if name in {entry.name for entry in history.applied(database)}:
-                    router.run_one(name, router.migrator, fake=True)  # follow the other run's schema
-                    return False
-                router.run_one(name, router.migrator, fake=False)
-                history.record_checksum(database, name, file.checksum)
+            applied = run_ddl(database, f"applying {name}", attempt, transaction=False, say=say,
+                              on_retry=lambda: router.__dict__.pop("migrator", None))
         except peewee.DatabaseError as exc:
             if isinstance(exc, KitError) or not database.is_connection_usable():
                 raise
@@ -176,8 +188,9 @@ def _apply_one(database: Database, router: Router, file: MigrationFile, say: Cal
             if 'extension "vector"' in first:
                 hint = " (this server lacks pgvector: install it, or use the pgvector/pgvector:pg16 image)"
             raise MigrationError(f"{name} failed and was rolled back, nothing of it remains: {first}{hint}") from exc
-    say(f"applied {name}")
-    return True
+    if applied:
+        say(f"applied {name}")
+    return applied
 
 
 def rollback(database: Database, directory: Path, count: int = 1, say: Callable[[str], None] = print) -> list[str]:
@@ -188,15 +201,23 @@ def rollback(database: Database, directory: Path, count: int = 1, say: Callable[
             history.ensure_tables(database)
         router = _router(database, directory)
         undone = []
-        for _ in range(count):
+
+        def attempt() -> str | None:
             with database.atomic():
                 lock_transaction(database, say)
                 done = router.done
                 if not done:
-                    break
-                name = done[-1]
+                    return None
+                limit_lock_waits(database)
                 router.rollback()
-                database.execute_sql(f"DELETE FROM {history.CHECKSUM_TABLE} WHERE name = %s", (name,))
+                database.execute_sql(f"DELETE FROM {history.CHECKSUM_TABLE} WHERE name = %s", (done[-1],))
+                return done[-1]
+
+        for _ in range(count):
+            name = run_ddl(database, "rolling back", attempt, transaction=False, say=say,
+                           on_retry=lambda: router.__dict__.pop("migrator", None))
+            if name is None:
+                break
             say(f"rolled back {name}")
             undone.append(name)
         return undone

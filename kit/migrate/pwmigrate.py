@@ -5,7 +5,8 @@ lock (`kit.migrate.lock`, session scope, taken before peewee-migrate reads the h
 either command at once apply each migration once; and each migration's transaction records the
 sha256 of its file beside its history row, as `kit migrate` does. Behind a transaction-pooling
 PgBouncer (`DATABASE_POOLER=pgbouncer`) the run's lock is `hold_lock`'s instead, and each migration's
-transaction first checks that its holder is still there.
+transaction first checks that its holder is still there. Each migration waits for locks briefly and
+is retried after a lock timeout (`kit.ddl`), as under `kit migrate`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from peewee_migrate.router import BaseRouter
 
 from kit.config import KitError, mask_password
 from kit.db import database
+from kit.ddl import limit_lock_waits, run_ddl
 from kit.migrate import history
 from kit.migrate.autogen import register
 from kit.migrate.executor import require_extension
@@ -52,6 +54,7 @@ class RecordingDatabase(DatabaseProxy):
         with self.obj.transaction(*args, **kwargs):
             if self.holder is not None:
                 check_held(self.holder, "the migration lock")
+            limit_lock_waits(self.obj)  # each migration's lock waits are brief; `_retry_lock_timeouts` retries
             yield
             history.record_missing_checksums(self.obj, {f.name: f.checksum for f in load(self.directory)})
 
@@ -74,6 +77,32 @@ def _scan_project_models() -> None:
 
     create.kit_models = True  # type: ignore[attr-defined]
     BaseRouter.create = create  # type: ignore[method-assign]
+
+
+def _retry_lock_timeouts() -> None:
+    """Make each migration pw_migrate applies or rolls back retry after a lock timeout, as `kit migrate` does."""
+    original = BaseRouter.run_one
+    if getattr(original, "kit_retries", False):
+        return
+
+    def run_one(self: BaseRouter, name: str, migrator: Any, *, fake: bool = True, downgrade: bool = False,
+                force: bool = False) -> str:
+        if fake or not isinstance(self.database, RecordingDatabase):
+            return original(self, name, migrator, fake=fake, downgrade=downgrade, force=force)
+
+        def rebuild() -> None:  # the failed attempt changed peewee-migrate's picture of the schema: redo it
+            fresh = self.migrator_class(self.database)
+            for done in self.done:
+                original(self, done, fresh)
+            migrator.orm, migrator.__ops__ = fresh.orm, []
+
+        say = lambda line: print(f"kit: {line}", file=sys.stderr)  # noqa: E731
+        return run_ddl(self.database.obj, f"{'rolling back' if downgrade else 'applying'} {name}",
+                       lambda: original(self, name, migrator, fake=False, downgrade=downgrade, force=force),
+                       transaction=False, on_retry=rebuild, say=say)
+
+    run_one.kit_retries = True  # type: ignore[attr-defined]
+    BaseRouter.run_one = run_one  # type: ignore[method-assign]
 
 
 class _OneLine(logging.Filter):
@@ -110,6 +139,7 @@ def database_for_pw_migrate() -> RecordingDatabase:
     """Connect, check pgvector, take the migration lock for this run and return the database pw_migrate uses."""
     register()  # teach `pw_migrate create --auto` the kit's fields and indexes
     _scan_project_models()
+    _retry_lock_timeouts()
     _one_line_errors()
     root = find_root(_directory())  # `--directory` names the project, wherever pw_migrate runs from
     if root is not None:
