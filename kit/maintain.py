@@ -51,9 +51,9 @@ def maintain(database: Database, models: Iterable[type[Model]], say: Callable[[s
                     continue
                 still_locked()
                 column, keep = model._meta.partition_by, (retain or {}).get(table)
-                done = ensure_partitions(database, table, column, keep=keep)
+                done = ensure_partitions(database, table, column, keep=keep, say=say)
                 if keep is not None:
-                    retired = retire_partitions(database, table, keep, drop=drop, column=column)
+                    retired = retire_partitions(database, table, keep, drop=drop, column=column, say=say)
                     done.retired, done.in_default = retired.retired, retired.in_default
                 say(describe(done, table))
                 warning = default_warning(done, table)

@@ -28,6 +28,7 @@ themselves; statement-level TRUNCATE triggers do not, so each partition gets the
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
@@ -139,7 +140,7 @@ def _window(now: datetime | None, ahead: int) -> tuple[date, date]:
 
 def ensure_partitions(database: Database, table: str, column: str = "created_at", ahead: int = AHEAD_MONTHS,
                       now: datetime | None = None, keep: int | None = None,
-                      policy: LockPolicy | None = None) -> Upkeep:
+                      policy: LockPolicy | None = None, say: Callable[[str], None] | None = None) -> Upkeep:
     """Create `table`'s monthly partitions from this month to `ahead` months on, and give each month whose
     rows wait in the default partition (within the window, and within `keep` months if given) a partition
     with those rows moved into it; return what was done.
@@ -165,7 +166,7 @@ def ensure_partitions(database: Database, table: str, column: str = "created_at"
             continue
         moved = run_ddl(database, f"{table}: making partition {name}",
                         lambda month=month, name=name: _make_partition(database, table, column, name, month,
-                                                                       month in waiting), policy=policy)
+                                                                       month in waiting), policy=policy, say=say)
         (done.moved if month in waiting else done.created).append(name)
         done.rows_moved += moved
     done.in_default = _months_in_default(database, table, column)
@@ -203,7 +204,7 @@ def _delete_from_default(database: Database, default: str, where: str, params: t
 
 def retire_partitions(database: Database, table: str, keep: int, drop: bool = False,
                       now: datetime | None = None, column: str = "created_at",
-                      policy: LockPolicy | None = None) -> Upkeep:
+                      policy: LockPolicy | None = None, say: Callable[[str], None] | None = None) -> Upkeep:
     """Detach (or with `drop`, drop) `table`'s monthly partitions that end before the last `keep` months,
     and retire the default partition's rows that old too (moved to `<table>_default_before_YYYYMM`, or deleted)."""
     if keep < 1:
@@ -214,14 +215,14 @@ def retire_partitions(database: Database, table: str, keep: int, drop: bool = Fa
         if month >= oldest_kept:
             continue
         run_ddl(database, f"{table}: retiring partition {name}",
-                lambda name=name: _detach(database, table, name, drop), policy=policy)
+                lambda name=name: _detach(database, table, name, drop), policy=policy, say=say)
         done.retired.append(name)
     if any(month < oldest_kept for month in _months_in_default(database, table, column)):
         archive = f"{table}_default_before_{oldest_kept.year:04d}{oldest_kept.month:02d}"
         done.rows_retired = run_ddl(
             database, f"{table}: retiring rows of {table}_default",
             lambda: _retire_default_rows(database, table, column, oldest_kept, None if drop else archive),
-            policy=policy)
+            policy=policy, say=say)
         done.retired.append(f"{done.rows_retired} rows of {table}_default" + ("" if drop else f" (into {archive})"))
     done.in_default = _months_in_default(database, table, column)
     return done

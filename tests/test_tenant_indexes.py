@@ -202,3 +202,28 @@ def test_maintain_covers_the_project_models_and_checks_its_argument(passages):
                     "(tenants of 500 rows or more by org)"]
     with pytest.raises(ValueError, match="min_rows must be a whole number of rows, 2 or more"):
         ensure_tenant_indexes(Passage.embedding, Passage.org, min_rows=1)
+
+
+def test_a_build_waiting_on_an_old_transaction_gives_up_within_the_budget_and_leaves_no_invalid_index(
+        passages, monkeypatch):
+    import psycopg2
+
+    from kit import LockBusy
+
+    monkeypatch.setenv("DATABASE_LOCK_TIMEOUT", "500")
+    monkeypatch.setenv("DATABASE_LOCK_BUDGET", "2000")
+    old = psycopg2.connect(passages, application_name="kit-test-old-snapshot")
+    with old.cursor() as cursor:  # a transaction with a snapshot: CONCURRENTLY waits for it to end
+        cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        cursor.execute("SELECT pg_backend_pid(), count(*) FROM pg_class")
+        pid = cursor.fetchone()[0]
+    started = time.monotonic()
+    try:
+        with pytest.raises(LockBusy) as caught:
+            upkeep(Passage.embedding, Passage.org, min_rows=500)
+        assert time.monotonic() - started < 2.0 + 3  # the budget, plus the build before its last wait
+        assert f"pid {pid} (application 'kit-test-old-snapshot'" in str(caught.value)
+    finally:
+        old.close()
+    assert tenant_indexes() == {}  # the invalid index was dropped
+    assert list(upkeep(Passage.embedding, Passage.org, min_rows=500).created)  # and builds once it is gone
