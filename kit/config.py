@@ -12,6 +12,7 @@
 | DATABASE_REPLICA_MAX_LAG    | 10000     | ms a replica may lag before reads skip it                   |
 | DATABASE_POOLER             | unset     | `pgbouncer`: DATABASE_URL is a transaction-pooling PgBouncer |
 | DATABASE_STATEMENT_TIMEOUT  | 30000     | ms any statement of the application may run; 0: no limit    |
+| DATABASE_SEARCH_TIMEOUT     | 5000      | ms a vector or hybrid search may run (outside a transaction)   |
 | DATABASE_LOCK_TIMEOUT       | 2000      | ms a schema change waits for a lock before it backs off     |
 | DATABASE_LOCK_BUDGET        | 60000     | ms a schema change keeps retrying before it gives up        |
 | KIT_DATA_DIR                | see below | where the embedded server keeps its data                    |
@@ -58,6 +59,7 @@ class Settings:
     replica_max_lag_ms: int = 10_000
     pooler: str | None = None  # "pgbouncer": connections go through a transaction-pooling PgBouncer
     statement_timeout_ms: int = 30_000  # the application's statements (not the owner's commands); 0: none
+    search_timeout_ms: int = 5_000  # a search (kit.vector.search, hybrid_search) outside a transaction; 0: none
     lock_timeout_ms: int = 2_000  # one lock wait of a schema change (kit.ddl); everyone queued behind waits as long
     lock_budget_ms: int = 60_000  # how long a schema change retries after lock timeouts
 
@@ -189,6 +191,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         replica_max_lag_ms=_integer(env, "DATABASE_REPLICA_MAX_LAG", Settings.replica_max_lag_ms),
         pooler=pooler,
         statement_timeout_ms=_integer(env, "DATABASE_STATEMENT_TIMEOUT", Settings.statement_timeout_ms),
+        search_timeout_ms=_integer(env, "DATABASE_SEARCH_TIMEOUT", Settings.search_timeout_ms),
         lock_timeout_ms=lock_timeout_ms,
         lock_budget_ms=lock_budget_ms,
     )

@@ -117,3 +117,37 @@ def test_a_backend_whose_client_was_killed_stops_within_seconds(test_db_url, mon
     assert wait_until(lambda: scalar(monitor, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
                                      (backend,)) == 0, timeout=10)
     assert time.monotonic() - killed < 3.0  # not the 120 s its statement asked for
+
+
+def test_a_search_has_its_own_tighter_limit_outside_a_transaction(test_db_url):
+    import numpy as np
+    from helpers import create_owned, drop_owned
+    from peewee import AutoField, Model
+
+    from kit.db import database as db
+    from kit.vector import VectorField, copy_rows, nearest
+
+    class Slow(Model):
+        id = AutoField()
+        embedding = VectorField(256)
+
+        class Meta:
+            database = db
+            table_name = "limits_slow_search"
+
+    create_owned(Slow)
+    kept = db.settings
+    try:
+        vectors = np.random.default_rng(3).standard_normal((40_000, 256)).astype(np.float32)
+        copy_rows(Slow, ({"embedding": v} for v in vectors))
+        db.settings = replace(kept, search_timeout_ms=1)
+        said = r"the search ran past its time limit \(1 ms, DATABASE_SEARCH_TIMEOUT\) and the server cancelled it"
+        with pytest.raises(StatementTimeout, match=said):
+            nearest(Slow.select(Slow.id), Slow.embedding, vectors[0], k=5, exact=True)
+        with db.atomic():  # inside a transaction: the statement limit only (a SET LOCAL would outlive the search)
+            assert len(nearest(Slow.select(Slow.id), Slow.embedding, vectors[0], k=5, exact=True)) == 5
+        db.settings = replace(kept, search_timeout_ms=0)
+        assert len(nearest(Slow.select(Slow.id), Slow.embedding, vectors[0], k=5, exact=True)) == 5
+    finally:
+        db.settings = kept
+        drop_owned(Slow)

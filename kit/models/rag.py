@@ -13,7 +13,7 @@ from kit.models.auth import Organization, User
 from kit.models.base import GeneratedTSVectorField, TimestampedModel, id_of, is_generated, one_of
 from kit.tenancy import tenant
 from kit.vector import HNSWIndex, VectorField, nearest
-from kit.vector.search import MAX_K, bounded, plan_search, plan_settings, read_sql
+from kit.vector.search import MAX_K, bounded, plan_search, plan_settings, read_sql, search_limit
 
 EMBEDDING_DIMENSIONS = 1536
 SOURCE_KINDS = ("upload", "url", "text", "integration")
@@ -136,10 +136,11 @@ fused AS MATERIALIZED (
 SELECT {columns}, f.score::float8 AS score, f.vector_rank, f.keyword_rank
 FROM fused f JOIN document_chunks d ON d.id = f.id
 ORDER BY f.score DESC, d.id LIMIT %s"""
-            settings = plan_settings(plan)
             params = [*vector_params, language, text, str(org_id), n, k]
-            query = cls.raw(settings + sql, *params)
-            return list(query._get_cursor_wrapper(read_sql(cls._meta.database)(settings + sql, params)))
+            with search_limit(cls._meta.database) as limit:
+                settings = limit + plan_settings(plan)
+                query = cls.raw(settings + sql, *params)
+                return list(query._get_cursor_wrapper(read_sql(cls._meta.database)(settings + sql, params)))
 
 
 # halfvec: half the size and build time of float32 at the same recall and speed, re-ranked exactly

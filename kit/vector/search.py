@@ -20,15 +20,17 @@ tenant crossing the threshold meanwhile gets the other plan a little later, and 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from peewee import SQL, Database, Expression, ModelSelect, Value
 
-from kit.errors import ArgumentError
+from kit.errors import ArgumentError, StatementTimeout
 from kit.vector.fields import Distances
 from kit.vector.indexes import VectorIndex, checked_settings, settings_sql
 from kit.vector.quantize import QUANTIZATIONS, check_quantize, quantized_distance
@@ -227,8 +229,31 @@ def plan_settings(plan: SearchPlan, ef_search: int | None = None) -> str:
 
 def _run(database: Database, plan: SearchPlan, ef_search: int | None) -> list[Any]:
     sql, params = plan.query.sql()
-    cursor = read_sql(database)(plan_settings(plan, ef_search) + sql, params)
-    return list(plan.query._get_cursor_wrapper(cursor))
+    with search_limit(database) as limit:
+        cursor = read_sql(database)(limit + plan_settings(plan, ef_search) + sql, params)
+        return list(plan.query._get_cursor_wrapper(cursor))
+
+
+@contextlib.contextmanager
+def search_limit(database: Database) -> Iterator[str]:
+    """The SET LOCAL that gives a search its own, tighter time limit (`DATABASE_SEARCH_TIMEOUT`), to send first.
+
+    A search is the statement a user's input shapes most, so it gets less time than others: a hostile
+    or unlucky one ends in one sentence (`StatementTimeout` naming the variable) and gives its
+    connection back. Only outside a transaction: there the setting ends with the search's implicit
+    transaction, where inside one it would cut the caller's later statements too (they keep
+    `DATABASE_STATEMENT_TIMEOUT`).
+    """
+    settings = getattr(database, "settings", None)
+    milliseconds = settings.search_timeout_ms if settings is not None else 0
+    if not milliseconds or database.in_transaction():
+        yield ""
+        return
+    try:
+        yield f"SET LOCAL statement_timeout = {milliseconds}; "
+    except StatementTimeout as exc:
+        raise StatementTimeout(f"the search ran past its time limit ({milliseconds:,} ms, DATABASE_SEARCH_TIMEOUT) "
+                               "and the server cancelled it") from exc
 
 
 def read_sql(database: Database) -> Any:
@@ -245,4 +270,5 @@ def _distance_of(row: Any) -> float:
 
 
 __all__ = ["DEFAULT_EF_SEARCH", "EXACT_BELOW", "MAX_K", "OWN_GRAPH_FROM", "Neighbours", "SearchPlan", "bounded",
-           "count_up_to", "forget", "has_own_graph", "nearest", "plan_search", "plan_settings"]
+           "count_up_to", "forget", "has_own_graph", "nearest", "plan_search", "plan_settings",
+           "search_limit"]
