@@ -240,6 +240,44 @@ def _migrate_verify(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _migrate_lint(settings: Settings, args: argparse.Namespace) -> int:
+    from kit.db import database
+    from kit.migrate.executor import _router, status
+    from kit.migrate.lint import check, has_rows
+    from kit.migrate.render import PYTHON_STEP, render
+
+    database.configure_owner(settings)
+    with database.connection_context():
+        states = status(database, args.dir)
+        known = [s.name for s in states]
+        names = [_by_prefix(name, known) for name in args.names] or [s.name for s in states if s.state == "pending"]
+        router = _router(database, args.dir)
+        findings = 0
+        for name in names:
+            statements = render(router, name)
+            for step in (s for s in statements if s.startswith(PYTHON_STEP)):
+                print(f"  {name}: not checked: a Python step ({step[len(PYTHON_STEP):]})")
+            for finding in check(name, statements, has_rows(database)):
+                findings += 1
+                print(f"  - {finding.describe()}")
+    if findings:
+        print(f"lint: {findings} finding(s) in {len(names)} migration(s)")
+        return 1
+    print(f"lint: {len(names)} migration(s) checked, nothing that stalls traffic on a table with rows")
+    return 0
+
+
+def _by_prefix(name: str, known: list[str]) -> str:
+    """The migration `name` stands for (`005` for `005_add_x`), or one sentence."""
+    from kit.errors import MigrationError
+
+    matches = [k for k in known if k == name] or [k for k in known if k.startswith(name)]
+    if len(matches) != 1:
+        raise MigrationError(f"{name} names {'no' if not matches else 'more than one'} migration "
+                             f"(known: {', '.join(known) or 'none'})")
+    return matches[0]
+
+
 def _migrate_rollback(settings: Settings, args: argparse.Namespace) -> int:
     from kit import migrate
     from kit.db import database
@@ -367,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     mig = groups.add_parser("migrate", help="apply pending migrations under a lock (and status, verify, ...)")
     mig.add_argument("--dir", type=Path, default=None, help="migrations directory (default: the project's)")
     mig.set_defaults(action=_migrate_apply)
-    steps = mig.add_subparsers(dest="command", metavar="{status,verify,rollback,resolve}")
+    steps = mig.add_subparsers(dest="command", metavar="{status,verify,lint,rollback,resolve}")
     where = argparse.ArgumentParser(add_help=False)  # --dir also after the step: `kit migrate status --dir X`
     where.add_argument("--dir", type=Path, default=argparse.SUPPRESS, help="migrations directory (./migrations)")
     steps.add_parser("status", parents=[where], help="applied, pending, edited, missing"
@@ -375,6 +413,10 @@ def build_parser() -> argparse.ArgumentParser:
     steps.add_parser("verify", parents=[where],
                      help="exit 1 on edited, missing, out-of-order migrations or schema drift",
                      ).set_defaults(action=_migrate_verify)
+    lint = steps.add_parser("lint", parents=[where],
+                            help="exit 1 when a migration (default: the pending ones) would stall traffic")
+    lint.add_argument("names", nargs="*", metavar="NAME", help="migrations to check (or the start of their names)")
+    lint.set_defaults(action=_migrate_lint)
     back = steps.add_parser("rollback", parents=[where], help="roll back the latest migration(s)")
     back.add_argument("--count", type=int, default=1)
     back.set_defaults(action=_migrate_rollback)

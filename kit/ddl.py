@@ -13,12 +13,10 @@ role, how long its transaction has been open), found while the attempt waited.
   retried; with `transaction=False` the attempt opens its own and calls `limit_lock_waits` in it.
 - `limit_lock_waits(database)`: the current transaction's (or with `session=True`, the session's)
   lock timeout; the attempt's backend is watched for blockers.
+- `run_concurrently(database, what, sql)`: a CONCURRENTLY statement, its waits bounded by the budget.
 
-Used by `kit migrate` and plain `pw_migrate` (each migration), `kit maintain` (each partition made,
-moved or retired) and tenant-index upkeep. CREATE INDEX CONCURRENTLY is the exception that proves
-the rule: its lock (SHARE UPDATE EXCLUSIVE) conflicts with no reads or writes, so its waits stall
-nobody; they are bounded by the budget instead of the short timeout, so a long build is not thrown
-away every few seconds.
+Used by `kit migrate` and plain `pw_migrate` (each migration and each step after it), `kit maintain`
+(each partition made, moved or retired) and tenant-index upkeep.
 """
 
 from __future__ import annotations
@@ -37,7 +35,7 @@ from peewee import Database
 from kit.config import load_settings
 from kit.errors import LockBusy
 
-__all__ = ["Blocker", "LockBusy", "LockPolicy", "limit_lock_waits", "run_ddl", "side_connection"]
+__all__ = ["Blocker", "LockBusy", "LockPolicy", "limit_lock_waits", "run_concurrently", "run_ddl", "side_connection"]
 
 T = TypeVar("T")
 WATCH_EVERY = 0.1  # seconds between looks at what blocks a waiting attempt
@@ -217,3 +215,26 @@ def run_ddl(database: Database, what: str, attempt: Callable[[], T], *, policy: 
                 time.sleep(pause)
                 if on_retry is not None:
                     on_retry()
+
+
+def run_concurrently(database: Database, what: str, sql: str, params: Any = None) -> None:
+    """Run a CONCURRENTLY statement (outside any transaction) with its lock waits bounded by the whole budget.
+
+    Its lock (SHARE UPDATE EXCLUSIVE) conflicts with no reads or writes, so its waits stall nobody and
+    the short timeout would only throw a long build away; but one waiting on an old transaction for
+    ever would hang the command. Given up: `LockBusy` naming that transaction. Behind PgBouncer a
+    session setting would reach other clients: there, no limit is set.
+    """
+    if getattr(database, "pooler", None):
+        database.execute_sql(sql, params)
+        return
+    budget = LockPolicy.from_environment().budget
+
+    def attempt() -> None:
+        limit_lock_waits(database, session=True)
+        try:
+            database.execute_sql(sql, params)
+        finally:
+            database.execute_sql("RESET lock_timeout")
+
+    run_ddl(database, what, attempt, policy=LockPolicy(timeout=budget, budget=budget), transaction=False)

@@ -9,6 +9,10 @@ IVFFlat indexes, NULLS NOT DISTINCT). `register()` adds, without forking it:
   always written (its default is a GIN index);
 - index objects (`Model.add_index(...)`) written as `kit_ops.add_index(...)` calls
   (`kit.migrate.operations`), after the table they belong to, and dropped with `kit_ops.drop_index`;
+- on a table that exists (and may hold rows), the safe forms `kit migrate lint` asks for: new
+  indexes `kit_ops.add_index(..., concurrently=True)`, new columns `kit_ops.add_fields(...)` (a
+  foreign key NOT VALID then validated, a NOT NULL column filled in batches), NOT NULL
+  `kit_ops.add_not_null(...)`; what runs after the transaction is `kit.migrate.steps`;
 - a changed CHECK or database default on an existing column (which it does not see) written as
   `kit_ops.set_constraints(...)`;
 - a new table with an `updated_at` column followed by `kit_ops.keep_updated_at(...)`, the trigger
@@ -42,8 +46,8 @@ IMPORTS = (
 _registered = False
 
 
-def index_to_code(index: pw.ModelIndex, table: str) -> str:
-    """A `kit_ops.add_index(...)` call that recreates `index`."""
+def index_to_code(index: pw.ModelIndex, table: str, concurrently: bool = False) -> str:
+    """A `kit_ops.add_index(...)` call that recreates `index` (`concurrently`: on a table that may hold rows)."""
     args = [repr(table)]
     fields = [e for e in index._expressions if isinstance(e, pw.Field)]
     if isinstance(index, VectorIndex):
@@ -59,6 +63,8 @@ def index_to_code(index: pw.ModelIndex, table: str) -> str:
         if index._using:
             options["method"] = index._using
     options["name"] = index._name
+    if concurrently:
+        options["concurrently"] = True
     args.extend(f"{key}={value!r}" for key, value in options.items())
     return f"kit_ops.add_index(migrator, {', '.join(args)})"
 
@@ -138,10 +144,28 @@ def register() -> None:
             lines.append(policies_to_code(rule))
         return "\n".join(lines)
 
-    def add_index(index: Any) -> str:
+    def add_index(index: Any) -> str:  # an index added to a table that exists, and may hold rows
         if index in index._model._meta.indexes and _is_index_object(index):
-            return index_to_code(index, index._model._meta.table_name)
-        return original_add_index(index)
+            return index_to_code(index, index._model._meta.table_name, concurrently=True)
+        code = original_add_index(index)
+        return code.replace("migrator.add_index(", "kit_ops.add_index(migrator, ", 1)[:-1] + ", concurrently=True)"
+
+    original_change_fields = auto.change_fields
+    original_create_fields = auto.create_fields
+    original_change_not_null = auto.change_not_null
+
+    def create_fields(model: Any, *fields: Any, **kwargs: Any) -> str:  # columns added to a table that exists
+        return original_create_fields(model, *fields, **kwargs).replace("migrator.add_fields(",
+                                                                        "kit_ops.add_fields(migrator, ", 1)
+
+    def change_fields(model: Any, *fields: Any) -> str:
+        code = original_change_fields(model, *fields)
+        return code.replace("migrator.change_fields(", "kit_ops.change_fields(migrator, ", 1)
+
+    def change_not_null(model: Any, name: str, *, null: bool) -> str:
+        if null:
+            return original_change_not_null(model, name, null=null)
+        return f"kit_ops.add_not_null(migrator, {model._meta.table_name!r}, {name!r})"
 
     def drop_index(index: Any) -> str:
         if index in index._model._meta.indexes and _is_index_object(index):
@@ -161,6 +185,9 @@ def register() -> None:
         return changes
 
     auto.create_model = create_model
+    auto.create_fields = create_fields
+    auto.change_fields = change_fields
+    auto.change_not_null = change_not_null
     auto.add_index = add_index
     auto.drop_index = drop_index
     auto.diff_model_fields = diff_model_fields

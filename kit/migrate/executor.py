@@ -30,7 +30,8 @@ from kit.ddl import limit_lock_waits, run_ddl
 from kit.errors import MigrationError
 from kit.migrate import history, schema
 from kit.migrate.loader import MigrationFile, load
-from kit.migrate.lock import lock_transaction
+from kit.migrate.lock import LOCK_KEY, hold_lock, lock_transaction
+from kit.migrate.steps import applying, forget_steps, run_steps, unfinished
 from kit.models import project_models
 from kit.roles import tenant_policy_problems
 
@@ -126,8 +127,12 @@ def verify(database: Database, directory: Path, models: list[Any] | None = None)
             problems.append(f"{item.name} is out of order: it {item.detail}; rename it to sort after the "
                             "applied migrations")
     pending = [s.name for s in states if s.state == "pending"]
+    steps = unfinished(database)
     if pending:
         problems.append(f"{len(pending)} migration(s) pending ({', '.join(pending)}): run `kit migrate`")
+    elif steps:
+        problems.append(f"{len(steps)} step(s) after a migration's transaction not done "
+                        f"(first: {steps[0].describe()}): run `kit migrate` to finish them")
     else:
         if models is None:
             models = project_models()
@@ -153,8 +158,25 @@ def apply(database: Database, directory: Path, say: Callable[[str], None] = prin
                 raise MigrationError(f"refusing to migrate: {reasons}. Run `kit migrate verify` for how to fix each.")
             for name in history.record_missing_checksums(database, {n: f.checksum for n, f in files.items()}):
                 say(f"adopted {name} (applied without a checksum): checksum recorded")
+        _finish_steps(database, say)  # a run killed after a migration committed left its steps to do
         router = _router(database, directory)
-        return [name for name in router.diff if _apply_one(database, router, files[name], say)]
+        applied = []
+        for name in router.diff:
+            if _apply_one(database, router, files[name], say):
+                applied.append(name)
+                _finish_steps(database, say)
+        return applied
+
+
+def _finish_steps(database: Database, say: Callable[[str], None]) -> None:
+    """Run the steps after the migrations' transactions not done yet, under the migration lock."""
+    if not unfinished(database):
+        return
+    holder = hold_lock(database, LOCK_KEY, "another migration run", say)
+    try:
+        run_steps(database, say)
+    finally:
+        holder.close()
 
 
 def _apply_one(database: Database, router: Router, file: MigrationFile, say: Callable[[str], None]) -> bool:
@@ -172,7 +194,8 @@ def _apply_one(database: Database, router: Router, file: MigrationFile, say: Cal
                 router.run_one(name, router.migrator, fake=True)  # follow the other run's schema
                 return False
             limit_lock_waits(database)  # after the migration lock: another run may hold that one long
-            router.run_one(name, router.migrator, fake=False)
+            with applying(name):  # the steps it records after its transaction are its own
+                router.run_one(name, router.migrator, fake=False)
             history.record_checksum(database, name, file.checksum)
         return True
 
@@ -211,6 +234,7 @@ def rollback(database: Database, directory: Path, count: int = 1, say: Callable[
                 limit_lock_waits(database)
                 router.rollback()
                 database.execute_sql(f"DELETE FROM {history.CHECKSUM_TABLE} WHERE name = %s", (done[-1],))
+                forget_steps(database, done[-1])
                 return done[-1]
 
         for _ in range(count):

@@ -14,6 +14,7 @@ from peewee import Database
 
 HISTORY_TABLE = "migratehistory"
 CHECKSUM_TABLE = "kit_migration_checksums"
+STEPS_TABLE = "kit_migration_steps"  # kit.migrate.steps: what runs after a migration's transaction
 
 
 @dataclass(frozen=True)

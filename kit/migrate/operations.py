@@ -4,6 +4,10 @@
                       quantize="halfvec")
     kit_ops.add_index(migrator, "feature_flags", "organization", "key", unique=True, nulls_distinct=False,
                       name="feature_flags_organization_key")
+    kit_ops.add_index(migrator, "orders", "placed_at", concurrently=True)   # a table with rows: CONCURRENTLY
+    kit_ops.add_fields(migrator, "orders", owner=pw.ForeignKeyField(...))  # foreign key NOT VALID, then validated
+    kit_ops.add_not_null(migrator, "orders", "owner")                     # a validated CHECK, then SET NOT NULL
+    kit_ops.add_check(migrator, "orders", "total_positive", "total > 0")  # NOT VALID, then validated
     kit_ops.drop_index(migrator, "document_chunks", "document_chunks_embedding_hnsw_cosine_m16_efc64")
     kit_ops.set_constraints(migrator, "plans", "status", ["CHECK (status IN ('draft', 'live'))", "DEFAULT 'draft'"])
     kit_ops.keep_updated_at(migrator, "users", "organizations")
@@ -11,16 +15,21 @@
     kit_ops.tenant_policies(migrator, "projects", "organization_id")  # row-level security (`kit.roles`)
 
 Each updates the migrator's picture of the models (so later generated migrations diff against it)
-and queues the DDL, which runs with the migration's other operations, in its transaction.
+and queues the DDL, which runs with the migration's other operations, in its transaction; the safe
+forms (`kit.migrate.safe`) also queue steps that run after it commits (`kit.migrate.steps`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from peewee import SQL, ModelIndex
+from peewee import SQL, ForeignKeyField, ModelIndex
 from peewee_migrate import Migrator
 
+from kit.migrate.render import rendered
+from kit.migrate.safe import safe_forms
+from kit.migrate.steps import defer
 from kit.roles import TenantRule, drop_policy_statements, grant_statements, policy_statements
 from kit.vector import HNSWIndex, IVFFlatIndex
 
@@ -31,20 +40,72 @@ def build_index(model: Any, fields: tuple[str, ...], *, name: str | None = None,
                 nulls_distinct: bool | None = None, method: str | None = None, metric: str | None = None,
                 quantize: str | None = None, **parameters: int) -> ModelIndex:
     """The index object for `model` described by the arguments of `add_index`."""
-    resolved = [model._meta.fields[f] for f in fields]
+    resolved = [model._meta.fields.get(f) or model._meta.columns[f] for f in fields]  # a field's name or column
     if method in VECTOR_METHODS:
         return VECTOR_METHODS[method](resolved[0], metric=metric or "cosine", name=name, quantize=quantize,
                                       **parameters)
     return ModelIndex(model, resolved, unique=unique, nulls_distinct=nulls_distinct, name=name, using=method)
 
 
-def add_index(migrator: Migrator, table: str, *fields: str, **options: Any) -> None:
-    """Create an index that `migrator.add_index` cannot express (vector, NULLS NOT DISTINCT, USING)."""
+def add_index(migrator: Migrator, table: str, *fields: str, concurrently: bool = False, **options: Any) -> None:
+    """Create an index `migrator.add_index` cannot express (vector, NULLS NOT DISTINCT, USING); `concurrently`:
+    built CONCURRENTLY after the migration's transaction (`kit.migrate.steps`), for a table with rows."""
     model = migrator.orm[table]
     index = build_index(model, fields, **options)
     model._meta.indexes.append(index)
     sql, params = migrator.__migrator__.make_context().sql(index).query()
-    migrator.sql(sql, *params)
+    if concurrently:
+        _safely(migrator, lambda: migrator.sql(sql, *params))
+    else:
+        migrator.sql(sql, *params)
+
+
+def add_fields(migrator: Migrator, table: str, **fields: Any) -> None:
+    """`migrator.add_fields` in forms that do not stall a table with rows (`kit.migrate.safe`): a foreign key
+    NOT VALID then validated, indexes CONCURRENTLY, a NOT NULL column filled in batches then checked."""
+    _safely(migrator, lambda: migrator.add_fields(table, **fields))
+
+
+def change_fields(migrator: Migrator, table: str, **fields: Any) -> None:
+    """`migrator.change_fields`, minus the ALTER ... TYPE to the same type it sends when only NULL or an index
+    changed (an exclusive lock for nothing: the `add_not_null` / index lines written beside it do the work)."""
+    from peewee_migrate.auto import compare_fields
+
+    model = migrator.orm[table]
+    for name, field in fields.items():
+        old = model._meta.fields.get(name)
+        model._meta.add_field(name, field)  # the picture of the model, as migrator.change_fields would leave it
+        same_column = (old is not None and field.column_name == old.column_name
+                       and not isinstance(field, ForeignKeyField) and not isinstance(old, ForeignKeyField)
+                       and set(compare_fields(field, old)) <= {"null", "index", "unique"})
+        if same_column:
+            field.null = old.null  # the add_not_null / drop_not_null line that follows changes it
+        else:
+            _safely(migrator, lambda name=name, field=field: migrator.change_fields(table, **{name: field}))
+
+
+def add_not_null(migrator: Migrator, table: str, *names: str) -> None:
+    """`migrator.add_not_null` without a scan under an exclusive lock: a CHECK validated first, after commit."""
+    _safely(migrator, lambda: migrator.add_not_null(table, *names))
+
+
+def add_check(migrator: Migrator, table: str, name: str, expression: str) -> None:
+    """Add CHECK (`expression`) named `name`: NOT VALID now (new rows obey at once), validated after the transaction."""
+    _safely(migrator, lambda: migrator.sql(f'ALTER TABLE "{table}" ADD CONSTRAINT "{name}" CHECK ({expression})'
+                                           .replace("%", "%%")))
+
+
+def _safely(migrator: Migrator, queue: Callable[[], Any]) -> None:
+    """Queue what `queue` queues on `migrator`, rewritten into its safe forms (now, and steps after commit)."""
+    first = len(migrator.__ops__)
+    queue()
+    queued = migrator.__ops__[first:]
+    del migrator.__ops__[first:]
+    now, later = safe_forms([item for op in queued for item in rendered(op, migrator.__database__)])
+    for sql, params in now:
+        migrator.sql(sql, *params)
+    for step in later:
+        defer(migrator, step)
 
 
 def drop_index(migrator: Migrator, table: str, name: str) -> None:

@@ -33,6 +33,7 @@ from kit.migrate.autogen import register
 from kit.migrate.executor import require_extension
 from kit.migrate.loader import default_directory, load
 from kit.migrate.lock import LOCK_KEY, check_held, hold_lock, lock_session
+from kit.migrate.steps import applying, forget_steps, run_steps
 from kit.models import project_models
 from kit.project import find_root
 
@@ -73,10 +74,31 @@ def _scan_project_models() -> None:
         return
 
     def create(self: BaseRouter, name: str = "auto", *, auto: Any = False) -> str | None:
-        return original(self, name, auto=project_models() if auto is True else auto)
+        made = original(self, name, auto=project_models() if auto is True else auto)
+        if made:
+            _report_created(self, made)
+        return made
 
     create.kit_models = True  # type: ignore[attr-defined]
     BaseRouter.create = create  # type: ignore[method-assign]
+
+
+def _report_created(router: BaseRouter, name: str) -> None:
+    """Say which file `pw_migrate create` wrote and what `kit migrate lint` finds in it (on stderr)."""
+    from kit.migrate.lint import check, has_rows
+    from kit.migrate.render import render
+
+    say = lambda line: print(f"kit: {line}", file=sys.stderr)  # noqa: E731
+    say(f"wrote {Path(router.migrate_dir) / name}.py")
+    try:
+        findings = check(name, render(router, name), has_rows(database))
+    except Exception as exc:  # noqa: BLE001 - the file is written either way; say why it was not checked
+        say(f"not linted ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})")
+        return
+    for finding in findings:
+        say(f"lint: {finding.describe()}")
+    if not findings:
+        say("lint: nothing that stalls traffic on a table with rows")
 
 
 def _retry_lock_timeouts() -> None:
@@ -96,10 +118,18 @@ def _retry_lock_timeouts() -> None:
                 original(self, done, fresh)
             migrator.orm, migrator.__ops__ = fresh.orm, []
 
+        def attempt() -> str:
+            with applying(name):
+                return original(self, name, migrator, fake=False, downgrade=downgrade, force=force)
+
         say = lambda line: print(f"kit: {line}", file=sys.stderr)  # noqa: E731
-        return run_ddl(self.database.obj, f"{'rolling back' if downgrade else 'applying'} {name}",
-                       lambda: original(self, name, migrator, fake=False, downgrade=downgrade, force=force),
+        done = run_ddl(self.database.obj, f"{'rolling back' if downgrade else 'applying'} {name}", attempt,
                        transaction=False, on_retry=rebuild, say=say)
+        if downgrade:
+            forget_steps(self.database.obj, name)
+        else:
+            run_steps(self.database.obj, say)  # the run holds the migration lock throughout
+        return done
 
     run_one.kit_retries = True  # type: ignore[attr-defined]
     BaseRouter.run_one = run_one  # type: ignore[method-assign]
@@ -156,6 +186,7 @@ def database_for_pw_migrate() -> RecordingDatabase:
         lock_session(database, say=say)
     with database.atomic():
         history.ensure_tables(database)
+    run_steps(database, say)  # a run killed after a migration committed left its steps to do
     return RecordingDatabase(database, _directory(), holder)
 
 

@@ -17,12 +17,12 @@ from typing import Any
 import peewee
 from peewee import Database, DatabaseError, ForeignKeyField, Model
 
-from kit.migrate.history import CHECKSUM_TABLE, HISTORY_TABLE
+from kit.migrate.history import CHECKSUM_TABLE, HISTORY_TABLE, STEPS_TABLE
 from kit.migrate.operations import TOUCH_FUNCTION
 from kit.vector import VectorIndex
 from kit.vector.tenants import TENANT_INDEX
 
-IGNORED_TABLES = {HISTORY_TABLE, CHECKSUM_TABLE}
+IGNORED_TABLES = {HISTORY_TABLE, CHECKSUM_TABLE, STEPS_TABLE}
 ON_DELETE = {None: "a", "NO ACTION": "a", "RESTRICT": "r", "CASCADE": "c", "SET NULL": "n", "SET DEFAULT": "d"}
 ON_DELETE_NAMES = {"a": "NO ACTION", "r": "RESTRICT", "c": "CASCADE", "n": "SET NULL", "d": "SET DEFAULT"}
 TYPE_NAMES = {

@@ -23,7 +23,7 @@ from typing import Any
 
 from peewee import Database, Field
 
-from kit.ddl import LockPolicy, limit_lock_waits, run_ddl
+from kit.ddl import run_concurrently
 from kit.errors import KitError, LockBusy
 from kit.vector.fields import Distances
 from kit.vector.indexes import HNSWIndex, VectorIndex
@@ -82,7 +82,7 @@ def ensure_tenant_indexes(vector: Distances, tenant: Field, min_rows: int = OWN_
     done = TenantIndexes(kept=sorted(existing & keep))
     # Those of small tenants, and any left invalid by an interrupted build (the planner never uses them).
     for name in sorted({name for name, _, _ in found} - (existing & keep) - building):
-        _concurrently(database, f"{table}: dropping index {name}", f'DROP INDEX CONCURRENTLY IF EXISTS "{name}"')
+        run_concurrently(database, f"{table}: dropping index {name}", f'DROP INDEX CONCURRENTLY IF EXISTS "{name}"')
         if name in existing:
             done.dropped.append(name)
     for name, value in sorted(wanted.items()):
@@ -94,10 +94,10 @@ def ensure_tenant_indexes(vector: Distances, tenant: Field, min_rows: int = OWN_
         index.concurrently = True  # writes go on while it builds (outside any transaction block)
         for _attempt in range(2):
             try:
-                _concurrently(database, f"{table}: building tenant index {name}",
+                run_concurrently(database, f"{table}: building tenant index {name}",
                               *database.get_sql_context().sql(index).query())
             except LockBusy:
-                _concurrently(database, f"{table}: dropping invalid index {name}",
+                run_concurrently(database, f"{table}: dropping invalid index {name}",
                               f'DROP INDEX CONCURRENTLY IF EXISTS "{name}"')
                 raise
             # A build interrupted (a killed backend, a re-sent statement) leaves an invalid index behind,
@@ -106,7 +106,7 @@ def ensure_tenant_indexes(vector: Distances, tenant: Field, min_rows: int = OWN_
                                          (f'"{name}"',)).fetchone()[0]
             if valid:
                 break
-            _concurrently(database, f"{table}: dropping invalid index {name}",
+            run_concurrently(database, f"{table}: dropping invalid index {name}",
                           f'DROP INDEX CONCURRENTLY IF EXISTS "{name}"')
         else:
             raise KitError(f"the tenant index {name} on {table} could not be built (twice interrupted); "
@@ -115,28 +115,6 @@ def ensure_tenant_indexes(vector: Distances, tenant: Field, min_rows: int = OWN_
     if done.created or done.dropped:
         forget()  # this process plans by them at once; others within COUNT_TTL
     return done
-
-
-def _concurrently(database: Database, what: str, sql: str, params: Any = None) -> None:
-    """Run a CONCURRENTLY statement with its lock waits bounded by the whole budget, not the short timeout.
-
-    Its lock (SHARE UPDATE EXCLUSIVE) conflicts with no reads or writes, so its waits stall nobody; but
-    one waiting on an old transaction for ever would hang `kit maintain`. Given up: `LockBusy` naming
-    that transaction. Behind PgBouncer a session setting would reach other clients: there, none.
-    """
-    if getattr(database, "pooler", None):
-        database.execute_sql(sql, params)
-        return
-    budget = LockPolicy.from_environment().budget
-
-    def attempt() -> None:
-        limit_lock_waits(database, session=True)
-        try:
-            database.execute_sql(sql, params)
-        finally:
-            database.execute_sql("RESET lock_timeout")
-
-    run_ddl(database, what, attempt, policy=LockPolicy(timeout=budget, budget=budget), transaction=False)
 
 
 __all__ = ["TENANT_INDEX", "TenantIndexes", "declared_index", "ensure_tenant_indexes", "tenant_index_name"]
