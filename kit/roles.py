@@ -207,8 +207,21 @@ def bootstrap_statements(database: str, passwords: Mapping[str, str] | None = No
         f"GRANT USAGE ON SCHEMA public TO {APP}, {AUTH}",
         ADOPT,
         LEAKPROOF,
+        READ_ALL_STATS,
     ]
     return out
+
+
+# The owner's commands name the session that blocks a schema change (`kit.ddl`): pid, application, role,
+# how long its transaction has been open. PostgreSQL shows those of another role's sessions only to a
+# member of pg_read_all_stats (read-only statistics, no data). Granted when the admin may grant it.
+READ_ALL_STATS = f"""
+DO $$ BEGIN
+    IF pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER WITH ADMIN OPTION') THEN
+        GRANT pg_read_all_stats TO {OWNER};
+    END IF;
+END $$
+"""
 
 
 # Full-text matching (`tsvector @@ tsquery`) is not marked LEAKPROOF in PostgreSQL's catalog, so under
@@ -226,7 +239,7 @@ END $$
 LEAKPROOF_SQL = "SELECT proleakproof FROM pg_proc WHERE oid = 'pg_catalog.ts_match_vq(tsvector, tsquery)'::regprocedure"
 # Whether this database was bootstrapped by this version of the rules (the embedded server checks it at start).
 BOOTSTRAPPED_SQL = f"""
-SELECT ({LEAKPROOF_SQL}) AND EXISTS (
+SELECT ({LEAKPROOF_SQL}) AND pg_has_role('{OWNER}', 'pg_read_all_stats', 'MEMBER') AND EXISTS (
     SELECT 1 FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole
     WHERE r.rolname = '{APP}' AND s.setdatabase = 0
       AND 'client_connection_check_interval={CHECK_CLIENT_MS}ms' = ANY (s.setconfig))

@@ -140,14 +140,17 @@ def test_a_schema_change_that_cannot_get_its_lock_gives_up_naming_the_holder_wit
     db = migrated
     monkeypatch.setenv("DATABASE_LOCK_BUDGET", "3000")
     name = newest_partition_dropped(db)
-    holder, pid = hold_read_lock(db.scratch_url, 8)
+    app_url = db.scratch_url.replace("kit_owner@", "kit_app@", 1)  # the application's role, not the owner's
+    assert app_url != db.scratch_url
+    holder, pid = hold_read_lock(app_url, 8)
     started = time.monotonic()
     with pytest.raises(LockBusy) as caught:
         maintain(db, ALL_MODELS, **QUIET)
     assert time.monotonic() - started < 5
     message = str(caught.value)
     assert f"pid {pid} (application 'kit-test-holder'" in message, message
-    assert "idle in transaction" in message and "its transaction open" in message
+    # another role's session, described in full: the owner reads pg_stat_activity as pg_read_all_stats
+    assert "role kit_app, idle in transaction, its transaction open" in message
     assert message.startswith(f"audit_logs: making partition {name}: gave up after ")
     assert "\n" not in message and caught.value.blockers[0].pid == pid
     # nothing half-done: neither the partition nor a table beside it

@@ -201,3 +201,8 @@ def test_the_generator_writes_safe_forms_that_lint_clean_and_apply_without_stall
                           "AND attname = 'total'").fetchone()[0] is True
     assert db.execute_sql("SELECT count(*) FROM pg_constraint WHERE conrelid = 'orders'::regclass "
                           "AND contype = 'c'").fetchone()[0] == 0  # the NOT NULL check served and went
+
+
+def test_docs_name_every_rule():
+    text = (ROOT / "docs" / "migrations.md").read_text()
+    assert [rule.name for rule in RULES if f"| `{rule.name}` |" not in text] == []
