@@ -170,3 +170,32 @@ def test_a_blocker_is_described_without_its_query():
     said = Blocker(41, "web", "kit_app", "idle in transaction", 42.4).describe()
     assert said == "pid 41 (application 'web', role kit_app, idle in transaction, its transaction open 42 s)"
     assert Blocker(7, "", "", None, None).describe() == "pid 7 (no application name)"
+
+
+def test_plain_pw_migrate_behind_a_long_transaction_retries_and_never_stalls_the_writer(migrated, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    db = migrated
+    directory = tmp_path / "migrations"
+    shutil.copytree(ROOT / "migrations", directory)
+    (directory / "099_alter_audit_logs.py").write_text(
+        "def migrate(migrator, database, *, fake=False):\n"
+        "    migrator.sql('ALTER TABLE audit_logs ADD COLUMN note text')\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_")) or k == "DATABASE_POOLER"}
+    env.update(DATABASE_URL=db.scratch_url, DATABASE_LOCK_TIMEOUT=str(int(LOCK_TIMEOUT * 1000)),
+               DATABASE_LOCK_BUDGET="40000")
+
+    def pw_migrate():
+        done = subprocess.run([sys.executable, "-m", "peewee_migrate", "migrate"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stderr
+
+    writer, took, said = under_contention(db, pw_migrate)
+    assert not writer.errors and writer.written > 100
+    assert writer.longest <= LOCK_TIMEOUT + 0.5, f"the writer stalled {writer.longest:.2f} s"
+    assert took >= HOLD - 1 and "applying 099_alter_audit_logs: waited 1 s for a lock held by pid" in said, said
+    assert db.execute_sql("SELECT count(*) FROM information_schema.columns WHERE table_name = 'audit_logs' "
+                          "AND column_name = 'note'").fetchone()[0] == 1
