@@ -873,6 +873,14 @@ class Database(PooledDatabase):
         """The URL the pool connects to, password included (None until configured)."""
         return self.connect_params.get("dsn") if not self.deferred else None
 
+    @property
+    def current_url(self) -> str | None:
+        """The URL this context's statements go to: the owner's inside `all_tenants()`, else `url`."""
+        if self._crossing():
+            self._configured()
+            return self._owner_url or resolve_url(self.settings, OWNER)
+        return self.url
+
     # -- read routing ----------------------------------------------------------------------------
 
     def execute(self, query: Any, **context: Any) -> Any:

@@ -48,6 +48,12 @@ FROM pg_stat_activity a WHERE a.pid = ANY (pg_blocking_pids(%s))
 """
 
 
+_FIND_SQL = """
+SELECT pid FROM pg_stat_activity
+WHERE usename = current_user AND state = 'active' AND pid <> pg_backend_pid() AND strpos(query, %s) > 0 LIMIT 1
+"""
+
+
 @dataclass(frozen=True)
 class LockPolicy:
     """How long one lock wait may last and how long retries may go on, in seconds."""
@@ -97,8 +103,11 @@ class _Watch:
     blockers: dict[int, Blocker] = field(default_factory=dict)
     stop: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
+    find: str | None = None  # behind a pooler: the statement whose backend to watch (its pid is not ours to ask)
+    cancel_after: float | None = None  # seconds of waiting for a lock after which that backend is cancelled
+    cancelled: bool = False
 
-    def watch(self, pid: int) -> None:
+    def watch(self, pid: int | None) -> None:
         """Start looking at what blocks backend `pid` (once per attempt)."""
         self.pid = pid
         if self.thread is None:
@@ -113,13 +122,25 @@ class _Watch:
         try:
             conn.autocommit = True
             with conn.cursor() as cursor:
+                waiting_since = None
                 while not self.stop.wait(WATCH_EVERY):
+                    if self.pid is None and self.find:
+                        cursor.execute(_FIND_SQL, (self.find,))
+                        found = cursor.fetchone()
+                        self.pid = found[0] if found else None
                     if self.pid is None:
                         continue
                     cursor.execute(_BLOCKERS_SQL, (self.pid,))
-                    for row in cursor.fetchall():
+                    rows = cursor.fetchall()
+                    for row in rows:
                         self.blockers[row[0]] = Blocker(row[0], row[1], row[2], row[3],
                                                         None if row[4] is None else float(row[4]))
+                    if self.cancel_after is not None:
+                        waiting_since = (waiting_since or time.monotonic()) if rows else None
+                        if waiting_since and time.monotonic() - waiting_since > self.cancel_after:
+                            self.cancelled = True
+                            cursor.execute("SELECT pg_cancel_backend(%s)", (self.pid,))
+                            return
         except psycopg2.Error:
             pass
         finally:
@@ -136,12 +157,17 @@ _current = threading.local()
 
 
 def side_connection(database: Database, application_name: str) -> Any:
-    """A psycopg2 connection of its own to `database`'s server, as its own role (a lock holder, a watcher)."""
-    url = getattr(database, "url", None)
+    """A psycopg2 connection of its own to where this context's statements go (a lock holder, a watcher)."""
+    return connector(database, application_name)()
+
+
+def connector(database: Database, application_name: str) -> Callable[[], Any]:
+    """What opens `side_connection`, resolved now: inside `all_tenants()` the owner's URL, whichever thread opens it."""
+    url = getattr(database, "current_url", None) or getattr(database, "url", None)
     if url:
-        return psycopg2.connect(url, application_name=application_name)
-    return psycopg2.connect(dbname=database.database, **{**database.connect_params,
-                                                          "application_name": application_name})
+        return lambda: psycopg2.connect(url, application_name=application_name)
+    params = {**database.connect_params, "application_name": application_name}
+    return lambda: psycopg2.connect(dbname=database.database, **params)
 
 
 def limit_lock_waits(database: Database, timeout: float | None = None, *, session: bool = False) -> None:
@@ -166,7 +192,7 @@ def _is_lock_timeout(exc: BaseException) -> bool:
 @contextlib.contextmanager
 def _watching(database: Database, policy: LockPolicy) -> Iterator[_Watch]:
     outer = getattr(_current, "watch", None), getattr(_current, "policy", None)
-    watch = _Watch(lambda: side_connection(database, "kit-lock-watch"))
+    watch = _Watch(connector(database, "kit-lock-watch"))
     _current.watch, _current.policy = watch, policy
     try:
         yield watch
@@ -223,13 +249,13 @@ def run_concurrently(database: Database, what: str, sql: str, params: Any = None
     Its lock (SHARE UPDATE EXCLUSIVE) conflicts with no reads or writes, so its waits stall nobody and
     the short timeout would only throw a long build away; but one waiting on an old transaction for
     ever would hang the command. Given up: `LockBusy` naming that transaction. Behind PgBouncer a
-    session setting would reach other clients: there, no limit is set.
+    session setting would reach other clients: there the watcher cancels the statement instead, once
+    it has waited for locks the whole budget.
     """
-    if getattr(database, "pooler", None):
-        database.execute_sql(sql, params)
-        return
     budget = LockPolicy.from_environment().budget
-
+    if getattr(database, "pooler", None):
+        _cancelled_after(database, what, sql, params, budget)
+        return
     def attempt() -> None:
         limit_lock_waits(database, session=True)
         try:
@@ -238,3 +264,18 @@ def run_concurrently(database: Database, what: str, sql: str, params: Any = None
             database.execute_sql("RESET lock_timeout")
 
     run_ddl(database, what, attempt, policy=LockPolicy(timeout=budget, budget=budget), transaction=False)
+
+
+def _cancelled_after(database: Database, what: str, sql: str, params: Any, budget: float) -> None:
+    """Run `sql`, cancelled from a connection of its own once it has waited for locks `budget` seconds."""
+    policy = LockPolicy(timeout=budget, budget=budget)
+    started = time.monotonic()
+    with _watching(database, policy) as watch:
+        watch.find, watch.cancel_after = sql.split("%s")[0], budget  # the text up to its first parameter
+        watch.watch(None)
+        try:
+            database.execute_sql(sql, params)
+        except Exception:
+            if watch.cancelled:
+                raise LockBusy(what, 1, time.monotonic() - started, list(watch.blockers.values()), policy) from None
+            raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from urllib.parse import urlsplit, urlunsplit
 
@@ -106,3 +107,26 @@ def owner_query(url: str, sql: str, params=()):
 def as_admin(url: str) -> str:
     """The same server and database as the superuser (the embedded server's, or PgBouncer's: a test's control)."""
     return url.replace("kit_app@", "postgres@", 1).replace("kit_owner@", "postgres@", 1)
+
+
+class Writer(threading.Thread):
+    """Records an audit row every 20 ms on a connection of its own; `longest` is the slowest insert."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.conn = psycopg2.connect(url, application_name="kit-test-writer")
+        self.conn.autocommit = True
+        self.stop, self.longest, self.written, self.errors = threading.Event(), 0.0, 0, []
+
+    def run(self) -> None:
+        with self.conn.cursor() as cursor:
+            while not self.stop.is_set():
+                started = time.monotonic()
+                try:
+                    cursor.execute("INSERT INTO audit_logs (action) VALUES ('tick')")
+                    self.written += 1
+                except psycopg2.Error as exc:  # reported by the test
+                    self.errors.append(exc)
+                self.longest = max(self.longest, time.monotonic() - started)
+                time.sleep(0.02)
+        self.conn.close()

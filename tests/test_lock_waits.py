@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psycopg2
 import pytest
+from helpers import Writer
 
 from kit import LockBusy, migrate
 from kit.ddl import Blocker, LockPolicy
@@ -32,29 +33,6 @@ def migrated(fresh_database, monkeypatch):
     monkeypatch.setenv("DATABASE_LOCK_BUDGET", "40000")
     migrate.apply(fresh_database, ROOT / "migrations", **QUIET)
     return fresh_database
-
-
-class Writer(threading.Thread):
-    """Records an audit row every 20 ms on a connection of its own; `longest` is the slowest insert."""
-
-    def __init__(self, url: str) -> None:
-        super().__init__(daemon=True)
-        self.conn = psycopg2.connect(url, application_name="kit-test-writer")
-        self.conn.autocommit = True
-        self.stop, self.longest, self.written, self.errors = threading.Event(), 0.0, 0, []
-
-    def run(self) -> None:
-        with self.conn.cursor() as cursor:
-            while not self.stop.is_set():
-                started = time.monotonic()
-                try:
-                    cursor.execute("INSERT INTO audit_logs (action) VALUES ('tick')")
-                    self.written += 1
-                except psycopg2.Error as exc:  # reported by the test
-                    self.errors.append(exc)
-                self.longest = max(self.longest, time.monotonic() - started)
-                time.sleep(0.02)
-        self.conn.close()
 
 
 def hold_read_lock(url: str, seconds: float) -> tuple[threading.Thread, int]:

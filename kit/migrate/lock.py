@@ -28,6 +28,7 @@ from typing import Any
 import psycopg2
 from peewee import Database
 
+from kit.ddl import side_connection
 from kit.errors import SessionLost
 
 LOCK_KEY = 0x6B69745F6D6967  # "kit_mig"
@@ -80,9 +81,7 @@ def hold_lock(database: Database, key: int, what: str, say: Callable[[str], None
     Waits (trying every `poll` seconds, outside any transaction between tries) and says "waiting for
     `what`" while another holds it.
     """
-    url = getattr(database, "url", None)
-    conn = (psycopg2.connect(url, application_name="kit-lock") if url else
-            psycopg2.connect(dbname=database.database, **database.connect_params))
+    conn = side_connection(database, "kit-lock")
     try:
         said = False
         while True:
