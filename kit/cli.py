@@ -242,40 +242,20 @@ def _migrate_verify(settings: Settings, args: argparse.Namespace) -> int:
 
 def _migrate_lint(settings: Settings, args: argparse.Namespace) -> int:
     from kit.db import database
-    from kit.migrate.executor import _router, status
-    from kit.migrate.lint import check, has_rows
-    from kit.migrate.render import PYTHON_STEP, render
+    from kit.migrate.lint import lint
 
     database.configure_owner(settings)
     with database.connection_context():
-        states = status(database, args.dir)
-        known = [s.name for s in states]
-        names = [_by_prefix(name, known) for name in args.names] or [s.name for s in states if s.state == "pending"]
-        router = _router(database, args.dir)
-        findings = 0
-        for name in names:
-            statements = render(router, name)
-            for step in (s for s in statements if s.startswith(PYTHON_STEP)):
-                print(f"  {name}: not checked: a Python step ({step[len(PYTHON_STEP):]})")
-            for finding in check(name, statements, has_rows(database)):
-                findings += 1
-                print(f"  - {finding.describe()}")
-    if findings:
-        print(f"lint: {findings} finding(s) in {len(names)} migration(s)")
+        report = lint(database, args.dir, args.names)
+    for name, step in report.unchecked:
+        print(f"  {name}: not checked: a Python step ({step})")
+    for finding in report.findings:
+        print(f"  - {finding.describe()}")
+    if report.findings:
+        print(f"lint: {len(report.findings)} finding(s) in {len(report.names)} migration(s)")
         return 1
-    print(f"lint: {len(names)} migration(s) checked, nothing that stalls traffic on a table with rows")
+    print(f"lint: {len(report.names)} migration(s) checked, nothing that stalls traffic on a table with rows")
     return 0
-
-
-def _by_prefix(name: str, known: list[str]) -> str:
-    """The migration `name` stands for (`005` for `005_add_x`), or one sentence."""
-    from kit.errors import MigrationError
-
-    matches = [k for k in known if k == name] or [k for k in known if k.startswith(name)]
-    if len(matches) != 1:
-        raise MigrationError(f"{name} names {'no' if not matches else 'more than one'} migration "
-                             f"(known: {', '.join(known) or 'none'})")
-    return matches[0]
 
 
 def _migrate_rollback(settings: Settings, args: argparse.Namespace) -> int:

@@ -109,7 +109,7 @@ def with_rows(fresh_database, tmp_path):
 
 
 def test_the_kit_s_own_migrations_lint_clean_on_a_new_database(fresh_database):
-    assert lint(fresh_database, ROOT / "migrations") == []  # all pending: no table holds rows yet
+    assert lint(fresh_database, ROOT / "migrations").findings == []  # all pending: no table holds rows yet
 
 
 def test_a_pending_migration_is_rendered_and_flagged_on_a_table_with_rows(with_rows):
@@ -120,11 +120,30 @@ def test_a_pending_migration_is_rendered_and_flagged_on_a_table_with_rows(with_r
         "    migrator.sql('ALTER TABLE organizations ADD CONSTRAINT named CHECK (name <> \\'\\')')\n"
         "    migrator.sql('ALTER TABLE organizations ADD CONSTRAINT checked CHECK (slug <> \\'\\') NOT VALID')\n"
         "    migrator.sql('CREATE INDEX flags_x ON feature_flags (key)')\n")  # no rows
-    found = lint(db, directory)
+    found = lint(db, directory).findings
     assert [(f.migration, f.rule.name, f.table) for f in found] == [
         ("099_bad", "require-concurrent-index-creation", "organizations"),
         ("099_bad", "constraint-missing-not-valid", "organizations"),
     ]
+    # the command: a line a finding, exit 1; a name it does not know: one sentence, exit 1, no traceback
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_")) or k == "DATABASE_POOLER"}
+    env["DATABASE_URL"] = db.scratch_url
+
+    def kit(*args):
+        return subprocess.run([sys.executable, "-m", "kit.cli", "migrate", "lint", "--dir", str(directory), *args],
+                              env=env, capture_output=True, text=True, timeout=120)
+
+    done = kit()
+    assert done.returncode == 1 and done.stdout.splitlines()[-1] == "lint: 2 finding(s) in 1 migration(s)"
+    assert "  - 099_bad: require-concurrent-index-creation on organizations: " in done.stdout
+    assert kit("008").stdout.count("not checked: a Python step (partition_table)") == 2
+    unknown = kit("0999")
+    assert unknown.returncode == 1 and "Traceback" not in unknown.stderr
+    assert unknown.stderr.startswith("kit: error: no migration named 0999 in ")
 
 
 def _orders(version: int):
@@ -169,7 +188,7 @@ def test_the_generator_writes_safe_forms_that_lint_clean_and_apply_without_stall
     code = (directory / f"{name}.py").read_text()
     assert "kit_ops.add_fields(migrator," in code and "kit_ops.add_not_null(migrator, 'orders', 'total')" in code
     assert "concurrently=True" in code, code
-    assert lint(db, directory) == []  # the generated migration, pending, on a table of 200,000 rows
+    assert lint(db, directory).findings == []  # the generated migration, pending, on a table of 200,000 rows
 
     writer = psycopg2.connect(db.scratch_url, application_name="kit-test-writer")
     writer.autocommit = True

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from peewee import Database
 
+from kit.errors import MigrationError
 from kit.migrate.render import AFTER_COMMIT, PYTHON_STEP, render
 
 
@@ -160,17 +161,32 @@ def has_rows(database: Database) -> Callable[[str], bool]:
     return holds
 
 
-def lint(database: Database, directory: Path, names: list[str] | None = None) -> list[Finding]:
-    """Findings of `names` (default: the pending migrations) against the tables of `database` as they are."""
-    from kit.migrate.executor import _router, status
+@dataclass
+class Report:
+    """What `lint` found: the migrations checked, the findings, and the steps it could not check."""
 
+    names: list[str]
+    findings: list[Finding]
+    unchecked: list[tuple[str, str]]  # (migration, the step: a Python function, or one that reads the schema)
+
+
+def lint(database: Database, directory: Path, names: list[str] | None = None) -> Report:
+    """Check `names` (default: the pending migrations; a name may be its start) against the tables as they are."""
+    from kit.migrate.executor import _by_prefix, _router, status
+
+    states = status(database, directory)
+    known = [s.name for s in states]
+    names = [_by_prefix(name, known) for name in names or []] or [s.name for s in states if s.state == "pending"]
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise MigrationError(f"no migration named {unknown[0]} in {directory} (known: {', '.join(known) or 'none'})")
     router = _router(database, directory)
-    if names is None:
-        names = [s.name for s in status(database, directory) if s.state == "pending"]
-    found = []
+    report = Report(names, [], [])
     for name in names:
-        found += check(name, render(router, name), has_rows(database))
-    return found
+        statements = render(router, name)
+        report.unchecked += [(name, s[len(PYTHON_STEP):]) for s in statements if s.startswith(PYTHON_STEP)]
+        report.findings += check(name, statements, has_rows(database))
+    return report
 
 
-__all__ = ["RULES", "Finding", "Rule", "check", "has_rows", "lint"]
+__all__ = ["RULES", "Finding", "Report", "Rule", "check", "has_rows", "lint"]
