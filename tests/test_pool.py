@@ -197,7 +197,7 @@ def test_session_state_does_not_leak_to_the_next_borrower(make_pool, change, pro
         first = backend_pid(pool)
         before = pool.execute_sql(probe).fetchone()[0]
         pool.execute_sql(change)
-        assert pool.execute_sql(probe).fetchone()[0] != before or default is not None
+        assert pool.execute_sql(probe).fetchone()[0] != before  # the change took effect, or the test proves nothing
     with pool.connection_context():
         assert backend_pid(pool) == first, "the same server connection must be reused"
         after = pool.execute_sql(probe).fetchone()[0]
