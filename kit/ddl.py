@@ -33,7 +33,7 @@ import psycopg2
 from peewee import Database
 
 from kit.config import load_settings
-from kit.errors import LockBusy
+from kit.errors import KitError, LockBusy
 
 __all__ = ["Blocker", "LockBusy", "LockPolicy", "limit_lock_waits", "run_concurrently", "run_ddl", "side_connection"]
 
@@ -183,6 +183,8 @@ def limit_lock_waits(database: Database, timeout: float | None = None, *, sessio
 
 def _is_lock_timeout(exc: BaseException) -> bool:
     """True for "canceling statement due to lock timeout" (SQLSTATE 55P03), however peewee wrapped it."""
+    if isinstance(exc, KitError):  # an inner change's LockBusy (or any refusal) is final, not a wait to retry
+        return False
     for error in (exc, exc.__cause__, getattr(exc, "orig", None)):
         if getattr(error, "pgcode", None) == "55P03":
             return True
@@ -256,6 +258,7 @@ def run_concurrently(database: Database, what: str, sql: str, params: Any = None
     if getattr(database, "pooler", None):
         _cancelled_after(database, what, sql, params, budget)
         return
+
     def attempt() -> None:
         limit_lock_waits(database, session=True)
         try:
