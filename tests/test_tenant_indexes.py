@@ -119,7 +119,7 @@ def test_a_tenant_is_dropped_only_below_half_the_threshold(passages):
 
 
 def test_a_build_killed_midway_is_rebuilt_by_the_next_run(passages, monitor):
-    load(4, 30_000)  # big enough that the build can be caught in progress
+    load(4, 10_000)  # big enough that the build (seconds) can be caught in progress
     name = tenant_index_name(Passage.embedding, 4)
     failures = []
 

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import time
 import uuid
+from dataclasses import replace
 
 import numpy as np
 import peewee
 import pytest
-from helpers import create_owned, drop_owned
+from helpers import create_owned, drop_owned, owner_query
 from peewee import SQL, BigAutoField, BooleanField, DateField, DecimalField, IntegerField, Model, TextField, UUIDField
 from playhouse.postgres_ext import BinaryJSONField, DateTimeTZField
 
 import kit.copy.writer as bulk
-from kit.db import database
+from kit import StatementTimeout
+from kit.config import load_settings
+from kit.db import Database, database
 from kit.vector import CopyRowError, HalfVectorField, VectorField, VectorModel, copy_rows, fetch_matrix
 
 DIM = 16
@@ -211,3 +215,45 @@ def test_rows_keyed_by_field_objects_and_defaults_from_python_or_the_database():
     assert copy_rows(Chunk, mixed) == 2
     with pytest.raises(CopyRowError, match=r"^row 1: every row must give the same fields as row 0; missing body"):
         copy_rows(Chunk, [{"seq": 20, "body": "x"}, {Chunk.seq: 21}])
+
+
+@pytest.fixture
+def slow_rows(owner_url):
+    """bulk_chunks made to take 2 ms a row, as a table with a heavy index or trigger would."""
+    owner_query(owner_url, "CREATE OR REPLACE FUNCTION bulk_slow() RETURNS trigger LANGUAGE plpgsql AS "
+                           "$$ BEGIN PERFORM pg_sleep(0.002); RETURN NEW; END $$")
+    owner_query(owner_url, "CREATE TRIGGER bulk_slow BEFORE INSERT ON bulk_chunks FOR EACH ROW "
+                           "EXECUTE FUNCTION bulk_slow()")
+
+
+@pytest.fixture
+def limited(test_db_url):
+    """The kit's database on the suite's, with a statement time limit of one second."""
+    db = Database()
+    db.configure(test_db_url, settings=replace(load_settings(), statement_timeout_ms=1000, pool_max=2, pool_min=0))
+    yield db
+    db.close_all()
+
+
+def test_a_load_longer_than_the_statement_limit_goes_in_whole_as_several_statements(monkeypatch, slow_rows, limited):
+    monkeypatch.setattr(bulk, "CHUNK_ROWS", 50)  # 0.1 s of the server's time a chunk
+    _, data = rows(1500)  # 3 s in all: three times the limit
+    start = time.monotonic()
+    with limited.atomic():
+        with bulk.CopyWriter(Chunk, ["seq", "body", "price", "embedding"], limited) as writer:
+            writer.write(data)
+    assert time.monotonic() - start > 3.0  # the rows did take longer than the limit, in one transaction
+    assert writer.statements >= 4  # each statement ran about a quarter of the limit, then the next began
+    assert Chunk.select().count() == 1500
+    assert copy_rows(Chunk, [{**r, "seq": r["seq"] + 10_000} for r in data], limited) == 1500
+
+
+def test_rows_too_slow_for_the_limit_even_one_chunk_at_a_time_are_one_sentence_and_nothing_written(
+        slow_rows, limited):
+    _, data = rows(800)  # one chunk of 1.6 s: no statement boundary can help
+    said = (r"^row \d+: a COPY statement ran past its time limit \(1,000 ms, DATABASE_STATEMENT_TIMEOUT\) and the "
+            r"server cancelled it: .*; nothing was written$")
+    with pytest.raises(StatementTimeout, match=said):
+        copy_rows(Chunk, data, limited)
+    assert Chunk.select().count() == 0
+    assert limited.execute_sql("SELECT 1").fetchone()[0] == 1

@@ -3,7 +3,11 @@
     copy_rows(DocumentChunk, rows)                # rows: dicts of field values, as for insert_many
 
 Rows are encoded a column at a time in the caller's thread while a worker thread hands the previous
-chunk to psycopg2. Scalar columns use the encoders of `kit.copy.encoders`; a field that knows its own
+chunk to psycopg2. A load is one transaction of one or more COPY statements. Under a statement time
+limit (`DATABASE_STATEMENT_TIMEOUT`) each statement is sized from the server's pace on the statement
+before it, to take about a quarter of the limit (the first is one chunk, each at most four times the
+last), so a load of any size goes in as statements that each finish well within the limit.
+Scalar columns use the encoders of `kit.copy.encoders`; a field that knows its own
 binary form (pgvector's) encodes its whole column itself through the hook below.
 
 The hook: a field with `copy_cells(values) -> list` (each value's complete field: length prefix and
@@ -21,6 +25,7 @@ import re
 import secrets
 import struct
 import threading
+import time
 import uuid
 import zoneinfo
 from collections.abc import Callable, Iterable, Mapping
@@ -29,13 +34,15 @@ from typing import Any
 
 import peewee
 import psycopg2
+import psycopg2.errors
 from peewee import Field, Model
 
 from kit.copy.encoders import COPY_HEADER, COPY_TRAILER, NULL, encoders
-from kit.errors import CopyRowError
+from kit.errors import CopyRowError, StatementTimeout
 
 CHUNK_BYTES = 8 << 20  # rows are encoded and queued for sending about this much at a time
 CHUNK_ROWS = 2_000  # or this many rows, whichever comes first: the server starts on a table early
+STATEMENT_SHARE = 4  # under a time limit, a COPY statement is sized to take 1/4 of it at the server's last pace
 
 
 def _plain(value: Any) -> Any:
@@ -181,6 +188,10 @@ class CopyWriter:
             f'"{model._meta.schema}"."{name}"' if model._meta.schema else f'"{name}"')
         self.statement = f"COPY {target} ({self.columns}) FROM STDIN WITH (FORMAT BINARY)"
         self.layout = _Layout(model, given, scalars, cells, hooked)
+        self.time_limit: float | None = getattr(self.database, "statement_timeout", None)  # seconds, or no limit
+        self.statements = 0  # COPY statements begun
+        self._budget = 0  # rows the current statement may take (sized when it begins)
+        self._paced: _Sender | None = None  # the latest statement known to have finished: the server's pace
         self._sender: _Sender | None = None  # the COPY statement being fed
         self._ended: list[_Sender] = []  # statements fed in full, perhaps still running
 
@@ -189,14 +200,31 @@ class CopyWriter:
         iterator = iter(rows)
         while chunk := list(islice(iterator, self.layout.rows_per_chunk)):
             payload = self.layout.encode(chunk, self.count)
+            if self._sender is not None and self._sender.rows and self._sender.rows + len(chunk) > self._budget:
+                self.end()  # the next rows go in a statement of their own, under the time limit anew
             if self._sender is None:
-                self._sender = _Sender(self.database.cursor(), self.statement, self.count, self._last())
+                self._budget = self._next_budget(len(chunk))
+                self._sender = _Sender(self.database.cursor(), self.statement, self.count, self._last(),
+                                       self.time_limit)
+                self.statements += 1
             try:
                 self._sender.send(payload)
             except Exception as exc:
                 exc.copy_writer = self  # type: ignore[attr-defined]
                 raise
+            self._sender.rows += len(chunk)
             self.count += len(chunk)
+
+    def _next_budget(self, chunk_rows: int) -> int | float:
+        """Rows the next COPY statement may take: all of them without a time limit, else a quarter of it."""
+        if not self.time_limit:
+            return float("inf")
+        paced = next((s for s in reversed(self._ended) if s.finished is not None), self._paced)
+        if paced is None:
+            return chunk_rows if not self._ended else self._budget  # no pace known yet: no bigger than before
+        self._paced = paced
+        pace = paced.rows / max(paced.finished - paced.started, 1e-6)  # rows a second at the server
+        return max(1, min(4 * max(self._budget, chunk_rows), int(pace * self.time_limit / STATEMENT_SHARE)))
 
     def _last(self) -> _Sender | None:
         """The last COPY statement queued on the connection so far (this writer's, or an earlier one's)."""
@@ -227,6 +255,8 @@ class CopyWriter:
                 for rest in ended:
                     rest.finish(abort=True)
                 raise
+        if ended:
+            self._paced = ended[-1]  # every statement is in: the last one's pace sizes the next write's
 
     def abort(self) -> None:
         """Stop sending and wait for the worker threads: the transaction is left to be rolled back."""
@@ -263,11 +293,16 @@ class _Sender(threading.Thread):
     It starts its statement once the `previous` one on the connection has finished.
     """
 
-    def __init__(self, cursor: Any, statement: str, start: int, previous: _Sender | None) -> None:
+    def __init__(self, cursor: Any, statement: str, start: int, previous: _Sender | None,
+                 time_limit: float | None = None) -> None:
         super().__init__(name="kit-copy", daemon=True)
         self.cursor, self.statement, self.start_row, self.previous = cursor, statement, start, previous
+        self.time_limit = time_limit
         self.chunks: queue.Queue = queue.Queue(QUEUED_CHUNKS)
         self.error: Exception | None = None
+        self.rows = 0  # rows queued for this statement
+        self.started: float | None = None  # when the statement was sent (monotonic)
+        self.finished: float | None = None  # when the server completed it (monotonic; None on error)
         self._header_sent = self._done = self._ending = False
         self.start()
 
@@ -294,7 +329,9 @@ class _Sender(threading.Thread):
                 if self.previous.error is not None:  # the transaction has failed: do not start
                     self.error = _Aborted()
                     return
+            self.started = time.monotonic()
             self.cursor.copy_expert(self.statement, self, size=CHUNK_BYTES)
+            self.finished = time.monotonic()
         except Exception as exc:  # noqa: BLE001 - handed to the writer's thread, which raises it
             self.error = exc
         finally:
@@ -339,17 +376,23 @@ class _Sender(threading.Thread):
         if self.error is not None and not abort and not isinstance(self.error, _Aborted):
             if not isinstance(self.error, psycopg2.Error):
                 raise self.error
-            raise _copy_error(self.error, self.start_row) from self.error
+            raise _copy_error(self.error, self.start_row, self.time_limit) from self.error
 
 
 _COPY_LINE = re.compile(r"COPY [^,]+, line (\d+)")
 
 
-def _copy_error(exc: psycopg2.Error, start: int) -> Exception:
+def _copy_error(exc: psycopg2.Error, start: int, time_limit: float | None = None) -> Exception:
     """The database's error as peewee's, with the row number (counted across COPY statements) first."""
     context = getattr(exc.diag, "context", None) or ""
     match = _COPY_LINE.search(context)
     where = f"row {start + int(match.group(1)) - 1}: " if match else ""
+    if isinstance(exc, psycopg2.errors.QueryCanceled) and "statement timeout" in str(exc):
+        limit = f"{round(time_limit * 1000):,} ms" if time_limit else "the server's"
+        return StatementTimeout(
+            f"{where}a COPY statement ran past its time limit ({limit}, DATABASE_STATEMENT_TIMEOUT) and the "
+            "server cancelled it: the rows were too slow to write even a few thousand at a time (each "
+            "statement gets a quarter of the limit); nothing was written")
     message = (exc.diag.message_primary or str(exc)).strip()
     detail = f" ({exc.diag.message_detail})" if exc.diag.message_detail else ""
     return _peewee_error(exc)(f"{where}{message}{detail}")
