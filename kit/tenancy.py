@@ -27,7 +27,9 @@ from contextlib import ContextDecorator, suppress
 from contextvars import ContextVar, Token
 from typing import Any
 
-from kit.errors import ArgumentError
+from peewee import Delete, Insert, Update
+
+from kit.errors import ArgumentError, TenantRequired
 
 SETTING = "kit.tenant"  # the transaction-local setting the policies read
 _tenant: ContextVar[uuid.UUID | None] = ContextVar("kit_tenant", default=None)
@@ -113,3 +115,17 @@ def statement_prefix(value: uuid.UUID | None) -> str:
     """The SQL sent before a statement so that it runs as `value`'s tenant ('' clears the setting)."""
     text = str(value) if value is not None else ""  # a UUID's text: nothing in it needs quoting
     return f"SELECT set_config('{SETTING}', '{text}', true);"
+
+
+def require_tenant(query: Any) -> None:
+    """Raise TenantRequired for a write the tenant table's policies would refuse (or, for UPDATE/DELETE, skip)."""
+    meta = getattr(getattr(query, "model", None), "_meta", None)
+    name = getattr(meta, "tenant", None)
+    if not name or not isinstance(query, (Insert, Update, Delete)):
+        return
+    command = {Insert: "insert", Update: "update", Delete: "delete"}[next(
+        kind for kind in (Insert, Update, Delete) if isinstance(query, kind))]
+    if command in meta.tenant_open or (command == "insert" and meta.fields[name].null):
+        return  # open to every context, or a row of no organization may be allowed (the policy decides)
+    raise TenantRequired(f"{meta.table_name}: {command.upper()} of an organization's rows needs a tenant context "
+                         "(with kit.tenant(org): ...), and none is set; nothing was sent")

@@ -1,7 +1,4 @@
-"""The pooled database: `PooledDatabase` (peewee's contract on the kit's pool) and `database`, the one every model uses.
-
-`from kit.db import database`. Nothing connects at import. The first query reads the settings
-(`kit.config`), starts or reuses the embedded server when DATABASE_URL is unset, and opens the pool.
+"""`PooledDatabase`: peewee's pooled PostgreSQL contract on the kit's pool, with the re-send rule.
 
 `PooledDatabase` keeps playhouse's `PooledPostgresqlExtDatabase` contract: the arguments
 `max_connections`, `stale_timeout` and `timeout` (None: fail at once when full; 0: wait without end;
@@ -46,68 +43,34 @@ once; it is not replaced under the caller. The statement after that runs on a ne
 
 from __future__ import annotations
 
-import os
+import logging
 import re
 import select
 import threading
 import time
-import weakref
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
 from typing import Any
 
 import psycopg2
 import psycopg2.extensions
-from peewee import (
-    DatabaseError,
-    Delete,
-    Insert,
-    InterfaceError,
-    OperationalError,
-    SelectBase,
-    Update,
-    __exception_wrapper__,
-    _ConnectionLocal,
-)
+from peewee import DatabaseError, InterfaceError, OperationalError, __exception_wrapper__, _ConnectionLocal
 from playhouse.postgres_ext import PostgresqlExtDatabase
 
-from kit import embedded
-from kit.config import Settings, check_database_url, load_settings, mask_password
-from kit.errors import (
-    ConfigError,
-    DatabaseUnavailable,
-    KitError,
-    PoolExhausted,
-    PoolSettingError,
-    PoolTooLarge,
-    SessionLost,
-    SessionStateRefused,
-    StatementTimeout,
-    TenantError,
-    TenantRequired,
+from kit.config import mask_password
+from kit.db.forks import silence, track
+from kit.db.statements import (
+    DRIVER_USE,
+    NO_TRANSACTION_BLOCK,
+    OPEN_TRANSACTION,
+    POOLER_REFUSES,
+    RAW_BEGIN,
+    RAW_END,
+    session_change,
 )
+from kit.errors import PoolSettingError, PoolTooLarge, SessionLost, SessionStateRefused, StatementTimeout, TenantError
 from kit.pool import ConnectionPool, Hooks
-from kit.roles import APP, OWNER
-from kit.routing import Replica, Router, lsn_int, lsn_text
-from kit.tenancy import crossing_tenants, current_tenant, on_leaving_all_tenants, statement_prefix
+from kit.tenancy import current_tenant, statement_prefix
 
-__all__ = [
-    "Database",
-    "DatabaseUnavailable",
-    "PoolExhausted",
-    "PoolSettingError",
-    "PoolTooLarge",
-    "PooledDatabase",
-    "SessionLost",
-    "database",
-    "resolve_url",
-]
-
-APPLICATION_NAME = "kit"
-CONNECT_TIMEOUT_S = 10
-DOOR_POOL_MAX = 4  # owner connections `all_tenants()` may hold at once: a door for rare work, not a second pool
-REPLICA_CONNECT_TIMEOUT_S = 3  # a replica that does not answer is skipped soon, and the primary serves
+log = logging.getLogger("kit.db")
 
 CONNECTION_BUDGET_SQL = """
 SELECT current_setting('max_connections')::int,
@@ -116,61 +79,13 @@ SELECT current_setting('max_connections')::int,
        r.rolconnlimit, r.rolname
 FROM pg_roles r WHERE r.rolname = current_user
 """
-
-# Statements that leave session state behind, by what they leave. SET LOCAL, SET TRANSACTION,
-# SET CONSTRAINTS and pg_advisory_xact_lock end with the transaction.
-_SESSION_STATEMENTS = [
-    (re.compile(r"\s*(?:set\s+(?!local\b|transaction\b|constraints\b)|reset\b)", re.I), "settings (SET)"),
-    (re.compile(r"\s*listen\b", re.I), "LISTEN registrations"),
-    (re.compile(r"\s*prepare\b", re.I), "prepared statements"),
-    (re.compile(r"\s*declare\b", re.I), "cursors"),
-    (re.compile(r"\s*create\s+(?:(?:global|local)\s+)?temp", re.I), "temporary tables"),
-    (re.compile(r"\s*load\b", re.I), "loaded libraries"),
-]
-_SESSION_STATEMENT = re.compile(
-    r"\s*(?:set|reset|listen|prepare|declare|create|load|begin|start|commit|end|rollback|abort)\b", re.I)
-_RAW_BEGIN = re.compile(r"\s*(?:begin|start\s+transaction)\b", re.I)
-_RAW_END = re.compile(r"\s*(?:commit|end|abort|rollback(?!\s+to\b))\b(?!\s+prepared)", re.I)
-RAW_BEGIN, RAW_END = "BEGIN", "END"  # what session_change returns for transaction control sent as SQL
-OPEN_TRANSACTION = "an open transaction (nothing of it was committed)"
-_SESSION_FUNCTIONS = [("advisory_lock", "advisory locks"), ("ADVISORY_LOCK", "advisory locks"),
-                      ("set_config", "settings (set_config)"), ("SET_CONFIG", "settings (set_config)")]
-DRIVER_USE = "whatever was done on the driver connection directly"
-# What a statement leaves on a server connection that a transaction-pooling PgBouncer shares with other
-# clients once the transaction ends (cursors end with it; set_config may be local, so it is let through).
-POOLER_REFUSES = {"settings (SET)": "SET LOCAL inside database.atomic()",
-                  "LISTEN registrations": "a direct connection to the server for LISTEN",
-                  "prepared statements": "plain statements",
-                  "temporary tables": "CREATE TEMP TABLE ... ON COMMIT DROP inside database.atomic()",
-                  "loaded libraries": "a direct connection to the server",
-                  "advisory locks": "pg_advisory_xact_lock inside database.atomic()"}
 IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
 UNKNOWN = psycopg2.extensions.TRANSACTION_STATUS_UNKNOWN
-# Statements PostgreSQL runs only outside a transaction block: no tenant setting rides before them.
-_NO_TRANSACTION_BLOCK = re.compile(r"\s*(?:vacuum|discard\s+all|create\s+database|drop\s+database|alter\s+system|"
-                                   r"(?:create|drop)\s+tablespace|reindex\s+(?:system|database)|"
-                                   r"(?:create\s+(?:unique\s+)?|drop\s+|reindex\s+)\S*\s*(?:index\s+)?concurrently)\b",
-                                   re.I)
 _TIMED_OUT = "canceling statement due to statement timeout"
 _RLS_VIOLATION = re.compile(r'violates row-level security policy (?:\(USING expression\) )?for table "([^"]+)"')
 RESEND_WINDOW = 0.050  # seconds: a statement that failed later than this after sending may have been running;
 # wide enough for a loaded machine to notice a dead socket late (10 ms failed 1 in 1,200 kills under load)
 
-
-def session_change(sql: str) -> str | None:
-    """What session state `sql` may leave behind (e.g. "advisory locks"), or None (cheap even for long SQL)."""
-    if _SESSION_STATEMENT.match(sql) is not None:
-        if _RAW_BEGIN.match(sql):
-            return RAW_BEGIN
-        if _RAW_END.match(sql):
-            return RAW_END
-        for pattern, kind in _SESSION_STATEMENTS:
-            if pattern.match(sql):
-                return kind
-    for needle, kind in _SESSION_FUNCTIONS:
-        if needle in sql:
-            return kind
-    return None
 
 
 def _socket_readable(conn: Any) -> bool:
@@ -185,6 +100,14 @@ def _ended_by_server(exc: Exception, conn: Any) -> bool:
     """True when a statement failed on a session the server had already ended (rule 3 in the docstring)."""
     return bool(conn.closed) and exc.pgcode is None and isinstance(exc, (psycopg2.OperationalError,
                                                                          psycopg2.InterfaceError))
+
+
+def never_ran(exc: Exception, conn: Any, *, idle: bool, holds_session: bool, seconds: float) -> bool:
+    """The re-send rule: True only when a failed statement cannot have taken effect (rules 1-4 above)."""
+    return (idle  # 1. outside any transaction, peewee's or the driver's
+            and not holds_session  # 2. no session state to lose (else SessionLost)
+            and _ended_by_server(exc, conn)  # 3. the driver found the session ended, with no result
+            and seconds <= RESEND_WINDOW)  # 4. and found it at once, not after the statement may have run
 
 
 def _succeeds(conn: Any, sql: str) -> bool:
@@ -238,7 +161,7 @@ class PooledDatabase(PostgresqlExtDatabase):
                              stale_timeout=stale_timeout, max_idle=max_idle, check_after=check_after)
         super().__init__(database, **kwargs)
         self._state = _ThreadState()
-        _pools.add(self)
+        track(self)
 
     def _hooks(self) -> Hooks:
         return Hooks(open=self._open_connection, close=self._close_raw, is_closed=self._is_closed,
@@ -433,14 +356,15 @@ class PooledDatabase(PostgresqlExtDatabase):
         try:
             cursor.execute(prefix + sql, params or ())
         except psycopg2.Error as exc:
-            if state.transactions or not _ended_by_server(exc, conn):
-                raise
-            if state.raw_transaction or self._pool.session_of(conn):
+            holds_session = state.raw_transaction or bool(self._pool.session_of(conn))
+            if holds_session and not state.transactions and _ended_by_server(exc, conn):
                 self._replace_dead(exc)  # raises SessionLost, naming what was lost
-            if not idle or time.monotonic() - sent > RESEND_WINDOW:
-                raise  # it may have been running; the dead connection is replaced at the next statement
+            if not never_ran(exc, conn, idle=idle, holds_session=holds_session, seconds=time.monotonic() - sent):
+                raise  # it may have run; a dead connection is replaced at the next statement
             self._replace_dead(exc)
             self._pool.count("resent")
+            log.info("statement re-sent on a new connection: the server had ended the session before it ran (%s)",
+                     _first_line(exc))
             cursor = self.cursor(named_cursor)
             if state_kind:
                 self._pool.note_session(state.conn, state_kind)
@@ -463,7 +387,7 @@ class PooledDatabase(PostgresqlExtDatabase):
         """
         wanted = current_tenant()
         if alone:
-            if _NO_TRANSACTION_BLOCK.match(sql):
+            if NO_TRANSACTION_BLOCK.match(sql):
                 return ""  # with a prefix it would be in a transaction block, which such a statement refuses
             return self._limit_prefix() + (statement_prefix(wanted) if wanted is not None else "")
         limit = self._limit_prefix() if begins else ""
@@ -566,6 +490,7 @@ class PooledDatabase(PostgresqlExtDatabase):
         self._pool.putconn(dead, discard=True)
         if lost:
             reason = f" ({_first_line(cause)})" if cause is not None else ""
+            log.warning("connection lost with session state (%s)%s", ", ".join(sorted(lost)), reason)
             raise SessionLost(
                 f"the database connection was lost{reason} and with it this session's {', '.join(sorted(lost))}; "
                 "nothing was re-sent: set that state up again on the next statement's new connection"
@@ -639,13 +564,14 @@ class PooledDatabase(PostgresqlExtDatabase):
         conns = self._pool.forget()
         if not self._state.closed:
             conns.append(self._state.conn)
-        _silence(conns)
+        silence(conns)
         self._state = _ThreadState()
         self._lock = threading.Lock()
 
     def pool_stats(self) -> dict[str, Any]:
         """Counts: in_use, idle, min, max, and since start waits, timeouts, opened, closed, checks, resets."""
         return self._pool.stats()
+
 
 
 def _max_size(max_connections: Any, max_size: Any) -> Any:
@@ -656,411 +582,3 @@ def _max_size(max_connections: Any, max_size: Any) -> Any:
         raise PoolSettingError(f"max_connections ({max_connections}) and max_size ({max_size}) disagree; give one")
     return max_size
 
-
-def _silence(conns: list[Any]) -> None:
-    """Point each connection's socket at /dev/null, so nothing of it reaches the server (after fork)."""
-    devnull = os.open(os.devnull, os.O_RDWR)
-    try:
-        for conn in conns:
-            try:
-                os.dup2(devnull, conn.fileno())
-            except (OSError, ValueError, psycopg2.Error):
-                pass
-    finally:
-        os.close(devnull)
-
-
-_pools: weakref.WeakSet[PooledDatabase] = weakref.WeakSet()
-
-
-def _dispose_in_child() -> None:
-    for db in list(_pools):
-        db.dispose()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_dispose_in_child)
-
-
-# -- the kit's database, configured from the environment --------------------------------------------
-
-
-def resolve_url(settings: Settings, role: str = APP) -> str:
-    """The URL in use for `role` (APP or OWNER): from the settings, else the embedded server's (started if needed)."""
-    given = settings.owner_url if role == OWNER else settings.database_url
-    return given or embedded.start(settings.data_dir, role)
-
-
-PRIMARY, REPLICA = "primary", "replica"
-
-
-def _plain_read(query: Any) -> bool:
-    """True for a peewee SELECT that cannot write: no FOR UPDATE/SHARE, no data-modifying WITH."""
-    if not isinstance(query, SelectBase) or getattr(query, "_for_update", None) is not None:
-        return False
-    return all(isinstance(cte._query, SelectBase) for cte in query._cte_list or ())
-
-
-class Database(PooledDatabase):
-    """The kit's pooled PostgreSQL database, configured from the environment on first use, reading from replicas.
-
-    It connects as the run-time role (DATABASE_URL), or as the owner (DATABASE_OWNER_URL) in the
-    commands that need it (`configure(owner=True)`: migrations, seeds, `kit maintain`). Inside
-    `kit.all_tenants()` a context's connections come from a second, small pool on the owner's URL:
-    the connection state and the pool a context uses are chosen by that context, so the rest of the
-    pooled contract (transactions, re-sends, `SessionLost`) holds there unchanged.
-    """
-
-    def __init__(self) -> None:
-        self._owner_pool: ConnectionPool | None = None
-        self._owner_state = _ThreadState()
-        self._owner_url: str | None = None
-        self.owner = False  # True: the pool itself connects as the owner (migrations, seeds, upkeep)
-        super().__init__(None)
-        self._configure_lock = threading.Lock()
-        self.settings: Settings | None = None
-        self._router: Router | None = None
-        on_leaving_all_tenants(self._release_door)
-        # What the current context (thread or asyncio task) asked for and wrote, for read routing:
-        self._force: ContextVar[str | None] = ContextVar("kit_force", default=None)  # "primary"/"replica"
-        self._written: ContextVar[int] = ContextVar("kit_written", default=0)  # WAL position reads must see
-        self._unsynced: ContextVar[bool] = ContextVar("kit_unsynced", default=False)  # wrote since then
-        self._primary_seen = 0  # the highest WAL position of the primary this process has seen
-
-    def configure(self, url: str | None = None, settings: Settings | None = None,
-                  replicas: Sequence[str] | None = None, *, owner: bool = False, owner_url: str | None = None) -> str:
-        """Point the pool at `url` (default: from the settings), reading from `replicas` (default: the settings').
-
-        `owner`: connect as the owner role (`url` is then the owner's); `owner_url`: the owner's URL that
-        `all_tenants()` uses (default: the settings').
-        """
-        with self._configure_lock:
-            self.owner = owner
-            return self._configure(url, settings, replicas, owner_url)
-
-    def configure_owner(self, settings: Settings | None = None) -> None:
-        """Connect as the owner (DATABASE_OWNER_URL), as migrations, seeds and upkeep do; a configured pool is kept.
-
-        Kept as it is when already configured: a test or an application that pointed the pool at a
-        database on purpose (`configure(url, owner=True)`) is not sent back to the environment's.
-        """
-        if self.deferred:
-            self.configure(settings=settings, owner=True)
-
-    def _configure(self, url: str | None, settings: Settings | None, replicas: Sequence[str] | None = None,
-                   owner_url: str | None = None) -> str:
-        settings = settings or load_settings()
-        role = OWNER if self.owner else APP
-        url = check_database_url(url, "url") if url else resolve_url(settings, role)
-        self._owner_url = url if self.owner else (check_database_url(owner_url, "owner_url") if owner_url else None)
-        if self._owner_pool is not None:
-            self._owner_pool.close_all()
-            self._owner_pool = None
-        self.connect_params = {}
-        self.init(
-            mask_password(url),  # what peewee and pw_migrate print; the real URL goes to the driver as dsn
-            dsn=url,
-            min_size=settings.pool_min,
-            max_size=settings.pool_max,
-            max_idle=settings.pool_idle_timeout_ms / 1000,
-            timeout=settings.pool_timeout_ms / 1000,
-            pooler=settings.pooler,
-            # the application's statements are bounded; the owner's commands (DDL, loads) bound their own waits
-            statement_timeout=None if self.owner else (settings.statement_timeout_ms / 1000 or None),
-            **_driver_params(url, CONNECT_TIMEOUT_S),
-        )
-        self.settings = settings
-        urls = settings.replica_urls if replicas is None else [check_database_url(r, "replica URL") for r in replicas]
-        self._set_replicas(urls, settings)
-        return url
-
-    def _set_replicas(self, urls: Sequence[str], settings: Settings) -> None:
-        """Read from these replicas from now on (none: the primary serves every read)."""
-        old, self._router = self._router, None
-        for replica in old.replicas if old else ():
-            replica.database.close_all()
-        if urls:
-            made = [Replica(mask_password(url), PooledDatabase(
-                mask_password(url), dsn=url, min_size=settings.pool_min, max_size=settings.pool_max,
-                max_idle=settings.pool_idle_timeout_ms / 1000,
-                timeout=None,  # a full replica pool sends the read to the primary rather than wait
-                pooler=settings.pooler, statement_timeout=settings.statement_timeout_ms / 1000 or None,
-                **_driver_params(url, REPLICA_CONNECT_TIMEOUT_S))) for url in urls]
-            self._router = Router(made, settings.replica_max_lag_ms / 1000)
-
-    # -- all_tenants(): the owner's connections, for the contexts inside it -----------------------
-
-    @property
-    def _state(self) -> _ThreadState:
-        return self._owner_state if self._crossing() else self._app_state
-
-    @_state.setter
-    def _state(self, value: _ThreadState) -> None:
-        self._app_state = value
-
-    @property
-    def _pool(self) -> ConnectionPool:
-        return self._door_pool() if self._crossing() else self._app_pool
-
-    @_pool.setter
-    def _pool(self, value: ConnectionPool) -> None:
-        self._app_pool = value
-
-    def _crossing(self) -> bool:
-        """True when this context's statements go to the owner's pool (inside `all_tenants()`, run-time role)."""
-        return not self.owner and crossing_tenants()
-
-    def _door_pool(self) -> ConnectionPool:
-        """The owner's pool for `all_tenants()`, made on first use (DOOR_POOL_MAX connections at most)."""
-        if self._owner_pool is None:
-            self._configured()
-            with self._configure_lock:
-                if self._owner_pool is None:
-                    url = self._owner_url or resolve_url(self.settings, OWNER)
-                    params = {**self.connect_params, "dsn": url}
-                    pool = ConnectionPool(Hooks(open=lambda: self._open_as(params), close=self._close_raw,
-                                                is_closed=self._is_closed, ping=self._ping,
-                                                can_reuse=self._can_reuse, reset=self._reset_session))
-                    pool.configure(min_size=0, max_size=DOOR_POOL_MAX, timeout=self._app_pool.timeout,
-                                   max_idle=self.settings.pool_idle_timeout_ms / 1000)
-                    self._owner_pool = pool
-        return self._owner_pool
-
-    def _release_door(self) -> None:
-        """Give this thread's owner connection back when its context leaves `all_tenants()` (none is kept)."""
-        state = self._owner_state
-        if self._owner_pool is not None and not state.closed and not state.transactions \
-                and not state.raw_transaction:
-            conn = state.conn
-            state.reset()
-            self._owner_pool.putconn(conn)
-
-    def _open_as(self, params: dict[str, Any]) -> Any:
-        """Open a driver connection with `params` (the owner's), as peewee opens its own."""
-        with __exception_wrapper__:
-            conn = self._adapter.connect(self, **self._with_limit(params))
-        conn.autocommit = True
-        return conn
-
-    def _configured(self) -> None:
-        """Configure from the environment if this is the first use."""
-        if self.deferred:
-            with self._configure_lock:
-                if self.deferred:
-                    self._configure(None, None)
-
-    def connect(self, reuse_if_open: bool = False) -> bool:
-        """Check out a connection, configuring the pool first if this is the first use."""
-        self._configured()
-        try:
-            return super().connect(reuse_if_open)
-        except PoolExhausted as exc:  # say it in the settings' own words
-            raise PoolExhausted(f"{exc} (DATABASE_POOL_MAX={self.max_size}, "
-                                f"DATABASE_POOL_TIMEOUT={self.settings.pool_timeout_ms} ms)") from None
-        except PoolTooLarge as exc:
-            raise ConfigError(f"DATABASE_POOL_MIN={self.min_size} is too large: {exc}") from None
-        except KitError:
-            raise
-        except OperationalError as exc:
-            if not self._state.closed:
-                raise
-            raise DatabaseUnavailable(
-                f"could not connect to the database at {self.database}: {_first_line(exc)}"
-            ) from exc
-
-    @property
-    def url(self) -> str | None:
-        """The URL the pool connects to, password included (None until configured)."""
-        return self.connect_params.get("dsn") if not self.deferred else None
-
-    @property
-    def current_url(self) -> str | None:
-        """The URL this context's statements go to: the owner's inside `all_tenants()`, else `url`."""
-        if self._crossing():
-            self._configured()
-            return self._owner_url or resolve_url(self.settings, OWNER)
-        return self.url
-
-    # -- read routing ----------------------------------------------------------------------------
-
-    def execute(self, query: Any, **context: Any) -> Any:
-        """Run a peewee query: a plain read outside a transaction on a fit replica, everything else on the primary."""
-        self._configured()
-        if not _plain_read(query):
-            if not isinstance(query, SelectBase) and current_tenant() is None and not self.owner \
-                    and not crossing_tenants():
-                _refuse_without_tenant(query)
-            return super().execute(query, **context)
-        sql, params = self.get_sql_context(**context).sql(query).query()
-        return self.read_sql(sql, params)
-
-    def execute_sql(self, sql: str, params: Any = None, named_cursor: Any = None) -> Any:
-        """Run one statement on the primary (on a replica inside `on_replica()`, outside a transaction)."""
-        if self._force.get() == REPLICA and named_cursor is None:
-            replica = self._replica_for_read(writes_matter=False)
-            if replica is not None:
-                return self._read_on(replica, sql, params, only_reads=False)
-        self._unsynced.set(True)  # it may write: the next read waits for a replica to replay it
-        return super().execute_sql(sql, params, named_cursor)
-
-    def read_sql(self, sql: str, params: Any = None) -> Any:
-        """Run raw SQL that only reads, routed as a peewee SELECT is (a fit replica outside a transaction)."""
-        self._configured()
-        replica = self._replica_for_read(writes_matter=True)
-        if replica is not None:
-            return self._read_on(replica, sql, params)
-        return PooledDatabase.execute_sql(self, sql, params)
-
-    def _replica_for_read(self, writes_matter: bool) -> Replica | None:
-        """The replica this read may go to, or None for the primary (see `kit.routing`)."""
-        router, state = self._router, self._state
-        if router is None or self._force.get() == PRIMARY or state.transactions or state.raw_transaction \
-                or self._crossing():
-            return None
-        if not state.closed and self._pool.session_of(state.conn):
-            return None  # this thread set session state up on the primary; its reads stay there
-        return router.choose(self._written_position() if writes_matter else 0)
-
-    def _written_position(self) -> int:
-        """The WAL position this context's reads must see: taken from the primary after its last write."""
-        if self._unsynced.get():
-            with __exception_wrapper__:
-                cursor = PooledDatabase.execute_sql(self, "SELECT pg_current_wal_insert_lsn()::text")
-            position = lsn_int(cursor.fetchone()[0])
-            self._primary_seen = max(self._primary_seen, position)
-            self._written.set(max(self._written.get(), position))
-            self._unsynced.set(False)
-        return self._written.get()
-
-    def _read_on(self, replica: Replica, sql: str, params: Any, only_reads: bool = True) -> Any:
-        """Run a read on `replica`; should it fail there, on the primary (a read has no effect to repeat).
-
-        `only_reads` False (raw SQL in `on_replica()`, which may be a write): only a full replica pool
-        sends it to the primary; any other failure is raised, so a write is refused as the standby refuses it.
-        """
-        try:
-            cursor = replica.database.execute_sql(sql, params)
-        except (DatabaseError, InterfaceError, KitError) as exc:
-            if replica.database.connection_lost() and not isinstance(exc, PoolExhausted):
-                self._router.failed(replica, exc)
-            if not only_reads and not isinstance(exc, PoolExhausted):
-                raise
-            self._pool.count("replica_fallbacks")
-            return PooledDatabase.execute_sql(self, sql, params)
-        replica.reads += 1
-        return cursor
-
-    @contextmanager
-    def on_primary(self) -> Iterator[None]:
-        """Within the block, every statement of this context goes to the primary."""
-        token = self._force.set(PRIMARY)
-        try:
-            yield
-        finally:
-            self._force.reset(token)
-
-    @contextmanager
-    def on_replica(self) -> Iterator[None]:
-        """Within the block, every statement outside a transaction (raw SQL too) goes to a replica when one is fit.
-
-        This context's own recent writes are not waited for; replicas down or past the lag limit are
-        still skipped (the primary serves when none is left).
-        """
-        token = self._force.set(REPLICA)
-        try:
-            yield
-        finally:
-            self._force.reset(token)
-
-    def write_position(self) -> str | None:
-        """The WAL position after this context's last write (`X/Y`), for `reads_after` elsewhere; None if none."""
-        position = self._written_position()
-        return lsn_text(position) if position else None
-
-    @contextmanager
-    def reads_after(self, position: str | None) -> Iterator[None]:
-        """Within the block, this context's reads see at least WAL `position` (from `write_position()`).
-
-        A position is checked (`ArgumentError` unless it is `X/Y` in hex) and capped to the primary's
-        current one: a client that carries positions cannot send every read to the primary by
-        naming one from the future.
-        """
-        wanted = lsn_int(position)
-        if wanted > self._primary_seen:  # past what this process has seen: ask the primary (one round trip)
-            with __exception_wrapper__:
-                cursor = PooledDatabase.execute_sql(self, "SELECT pg_current_wal_insert_lsn()::text")
-            self._primary_seen = max(self._primary_seen, lsn_int(cursor.fetchone()[0]))
-            wanted = min(wanted, self._primary_seen)
-        token = self._written.set(max(self._written.get(), wanted))
-        try:
-            yield
-        finally:
-            self._written.reset(token)
-
-    def check_replicas(self) -> list[dict[str, Any]]:
-        """Ask every replica for its state now (those skipped as down too); return what `pool_stats` says of them."""
-        router = self._router
-        for replica in router.replicas if router else ():
-            router.probe(replica)
-        return [replica.stats() for replica in router.replicas] if router else []
-
-    # -- the replicas' connections go and come with the primary's -------------------------------
-
-    def close(self) -> bool:
-        """Return this thread's connections (the primary's and any replica's) to their pools."""
-        closed = super().close()
-        for replica in self._router.replicas if self._router else ():
-            replica.database.close()
-        return closed
-
-    def close_all(self) -> None:
-        """Close every connection, to the primary (the owner's too) and to each replica."""
-        super().close_all()
-        if self._owner_pool is not None:
-            self._owner_pool.close_all()
-        for replica in self._router.replicas if self._router else ():
-            replica.database.close_all()
-
-    def dispose(self) -> None:
-        """In a forked child: drop every inherited connection, the owner's pool's too."""
-        super().dispose()
-        if self._owner_pool is not None:
-            _silence(self._owner_pool.forget())
-            self._owner_pool = None
-        self._owner_state = _ThreadState()
-
-    def pool_stats(self) -> dict[str, Any]:
-        """The primary's counts, and with replicas `servers`: each one's state, lag, reads and pool counts."""
-        stats = super().pool_stats()
-        if self._router is not None:
-            stats["servers"] = [{"server": "primary", **super().pool_stats()},
-                                *(replica.stats() for replica in self._router.replicas)]
-        return stats
-
-
-def _refuse_without_tenant(query: Any) -> None:
-    """Raise TenantRequired for a write the tenant table's policies would refuse (or, for UPDATE/DELETE, skip)."""
-    meta = getattr(getattr(query, "model", None), "_meta", None)
-    name = getattr(meta, "tenant", None)
-    if not name or not isinstance(query, (Insert, Update, Delete)):
-        return
-    command = {Insert: "insert", Update: "update", Delete: "delete"}[next(
-        kind for kind in (Insert, Update, Delete) if isinstance(query, kind))]
-    if command in meta.tenant_open or (command == "insert" and meta.fields[name].null):
-        return  # open to every context, or a row of no organization may be allowed (the policy decides)
-    raise TenantRequired(f"{meta.table_name}: {command.upper()} of an organization's rows needs a tenant context "
-                         "(with kit.tenant(org): ...), and none is set; nothing was sent")
-
-
-def _driver_params(url: str, connect_timeout: int) -> dict[str, Any]:
-    """Driver parameters the URL leaves out: the kit's application_name and a connect timeout."""
-    given = psycopg2.extensions.parse_dsn(url)
-    params: dict[str, Any] = {}
-    if "application_name" not in given:
-        params["application_name"] = APPLICATION_NAME
-    if "connect_timeout" not in given:
-        params["connect_timeout"] = connect_timeout
-    return params
-
-
-database = Database()

@@ -1,0 +1,34 @@
+"""The pooled database: `database`, the one every model uses, and `PooledDatabase`, peewee's pooled contract.
+
+`from kit.db import database`. Nothing connects at import. The first query reads the settings
+(`kit.config`), starts or reuses the embedded server when DATABASE_URL is unset, and opens the pool.
+
+The package, one job a module, each importing only those above it:
+
+- `statements`: what a statement leaves on its connection (session state by kind; what PgBouncer refuses).
+- `forks`: a forked child drops every inherited connection without touching its socket.
+- `pooled`: `PooledDatabase`, peewee's `PooledPostgresqlExtDatabase` contract on `kit.pool`, with the
+  re-send rule (when a statement may go again on a new connection), `SessionLost` and the time limit.
+- `reads`: read routing to replicas, read-your-writes, `on_primary` / `on_replica` / `reads_after`.
+- `configured`: `Database` configured from the environment (roles, the owner's door for
+  `all_tenants()`, replicas) and the `database` instance.
+"""
+
+from kit.db.configured import Database, database, resolve_url
+from kit.db.pooled import PooledDatabase
+from kit.db.statements import POOLER_REFUSES, session_change
+from kit.errors import DatabaseUnavailable, PoolExhausted, PoolSettingError, PoolTooLarge, SessionLost
+
+__all__ = [
+    "POOLER_REFUSES",
+    "Database",
+    "DatabaseUnavailable",
+    "PoolExhausted",
+    "PoolSettingError",
+    "PoolTooLarge",
+    "PooledDatabase",
+    "SessionLost",
+    "database",
+    "resolve_url",
+    "session_change",
+]

@@ -1,0 +1,264 @@
+"""`Database`, configured from the environment on first use, and `database`, the one every model uses.
+
+It connects as the run-time role (DATABASE_URL) or, in the commands that need it, as the owner
+(DATABASE_OWNER_URL); inside `kit.all_tenants()` a context's connections come from a small second
+pool on the owner's URL; reads are routed to replicas (`kit.db.reads`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+from peewee import OperationalError, __exception_wrapper__
+
+from kit import embedded
+from kit.config import Settings, check_database_url, load_settings, mask_password
+from kit.db.forks import silence
+from kit.db.pooled import PooledDatabase, _first_line, _ThreadState
+from kit.db.reads import ReadRouting
+from kit.errors import ConfigError, DatabaseUnavailable, KitError, PoolExhausted, PoolTooLarge
+from kit.pool import ConnectionPool, Hooks
+from kit.roles import APP, OWNER
+from kit.routing import Replica, Router
+from kit.tenancy import crossing_tenants, on_leaving_all_tenants
+
+APPLICATION_NAME = "kit"
+CONNECT_TIMEOUT_S = 10
+DOOR_POOL_MAX = 4  # owner connections `all_tenants()` may hold at once: a door for rare work, not a second pool
+REPLICA_CONNECT_TIMEOUT_S = 3  # a replica that does not answer is skipped soon, and the primary serves
+
+
+def resolve_url(settings: Settings, role: str = APP) -> str:
+    """The URL in use for `role` (APP or OWNER): from the settings, else the embedded server's (started if needed)."""
+    given = settings.owner_url if role == OWNER else settings.database_url
+    return given or embedded.start(settings.data_dir, role)
+
+
+
+class Database(ReadRouting):
+    """The kit's pooled PostgreSQL database, configured from the environment on first use, reading from replicas.
+
+    It connects as the run-time role (DATABASE_URL), or as the owner (DATABASE_OWNER_URL) in the
+    commands that need it (`configure(owner=True)`: migrations, seeds, `kit maintain`). Inside
+    `kit.all_tenants()` a context's connections come from a second, small pool on the owner's URL:
+    the connection state and the pool a context uses are chosen by that context, so the rest of the
+    pooled contract (transactions, re-sends, `SessionLost`) holds there unchanged.
+    """
+
+    def __init__(self) -> None:
+        self._owner_pool: ConnectionPool | None = None
+        self._owner_state = _ThreadState()
+        self._owner_url: str | None = None
+        self.owner = False  # True: the pool itself connects as the owner (migrations, seeds, upkeep)
+        super().__init__(None)
+        self._configure_lock = threading.Lock()
+        self.settings: Settings | None = None
+        self._init_routing()
+        on_leaving_all_tenants(self._release_door)
+
+    def configure(self, url: str | None = None, settings: Settings | None = None,
+                  replicas: Sequence[str] | None = None, *, owner: bool = False, owner_url: str | None = None) -> str:
+        """Point the pool at `url` (default: from the settings), reading from `replicas` (default: the settings').
+
+        `owner`: connect as the owner role (`url` is then the owner's); `owner_url`: the owner's URL that
+        `all_tenants()` uses (default: the settings').
+        """
+        with self._configure_lock:
+            self.owner = owner
+            return self._configure(url, settings, replicas, owner_url)
+
+    def configure_owner(self, settings: Settings | None = None) -> None:
+        """Connect as the owner (DATABASE_OWNER_URL), as migrations, seeds and upkeep do; a configured pool is kept.
+
+        Kept as it is when already configured: a test or an application that pointed the pool at a
+        database on purpose (`configure(url, owner=True)`) is not sent back to the environment's.
+        """
+        if self.deferred:
+            self.configure(settings=settings, owner=True)
+
+    def _configure(self, url: str | None, settings: Settings | None, replicas: Sequence[str] | None = None,
+                   owner_url: str | None = None) -> str:
+        settings = settings or load_settings()
+        role = OWNER if self.owner else APP
+        url = check_database_url(url, "url") if url else resolve_url(settings, role)
+        self._owner_url = url if self.owner else (check_database_url(owner_url, "owner_url") if owner_url else None)
+        if self._owner_pool is not None:
+            self._owner_pool.close_all()
+            self._owner_pool = None
+        self.connect_params = {}
+        self.init(
+            mask_password(url),  # what peewee and pw_migrate print; the real URL goes to the driver as dsn
+            dsn=url,
+            min_size=settings.pool_min,
+            max_size=settings.pool_max,
+            max_idle=settings.pool_idle_timeout_ms / 1000,
+            timeout=settings.pool_timeout_ms / 1000,
+            pooler=settings.pooler,
+            # the application's statements are bounded; the owner's commands (DDL, loads) bound their own waits
+            statement_timeout=None if self.owner else (settings.statement_timeout_ms / 1000 or None),
+            **_driver_params(url, CONNECT_TIMEOUT_S),
+        )
+        self.settings = settings
+        urls = settings.replica_urls if replicas is None else [check_database_url(r, "replica URL") for r in replicas]
+        self._set_replicas(urls, settings)
+        return url
+
+    def _set_replicas(self, urls: Sequence[str], settings: Settings) -> None:
+        """Read from these replicas from now on (none: the primary serves every read)."""
+        old, self._router = self._router, None
+        for replica in old.replicas if old else ():
+            replica.database.close_all()
+        if urls:
+            made = [Replica(mask_password(url), PooledDatabase(
+                mask_password(url), dsn=url, min_size=settings.pool_min, max_size=settings.pool_max,
+                max_idle=settings.pool_idle_timeout_ms / 1000,
+                timeout=None,  # a full replica pool sends the read to the primary rather than wait
+                pooler=settings.pooler, statement_timeout=settings.statement_timeout_ms / 1000 or None,
+                **_driver_params(url, REPLICA_CONNECT_TIMEOUT_S))) for url in urls]
+            self._router = Router(made, settings.replica_max_lag_ms / 1000)
+
+    # -- all_tenants(): the owner's connections, for the contexts inside it -----------------------
+
+    @property
+    def _state(self) -> _ThreadState:
+        return self._owner_state if self._crossing() else self._app_state
+
+    @_state.setter
+    def _state(self, value: _ThreadState) -> None:
+        self._app_state = value
+
+    @property
+    def _pool(self) -> ConnectionPool:
+        return self._door_pool() if self._crossing() else self._app_pool
+
+    @_pool.setter
+    def _pool(self, value: ConnectionPool) -> None:
+        self._app_pool = value
+
+    def _crossing(self) -> bool:
+        """True when this context's statements go to the owner's pool (inside `all_tenants()`, run-time role)."""
+        return not self.owner and crossing_tenants()
+
+    def _door_pool(self) -> ConnectionPool:
+        """The owner's pool for `all_tenants()`, made on first use (DOOR_POOL_MAX connections at most)."""
+        if self._owner_pool is None:
+            self._configured()
+            with self._configure_lock:
+                if self._owner_pool is None:
+                    url = self._owner_url or resolve_url(self.settings, OWNER)
+                    params = {**self.connect_params, "dsn": url}
+                    pool = ConnectionPool(Hooks(open=lambda: self._open_as(params), close=self._close_raw,
+                                                is_closed=self._is_closed, ping=self._ping,
+                                                can_reuse=self._can_reuse, reset=self._reset_session))
+                    pool.configure(min_size=0, max_size=DOOR_POOL_MAX, timeout=self._app_pool.timeout,
+                                   max_idle=self.settings.pool_idle_timeout_ms / 1000)
+                    self._owner_pool = pool
+        return self._owner_pool
+
+    def _release_door(self) -> None:
+        """Give this thread's owner connection back when its context leaves `all_tenants()` (none is kept)."""
+        state = self._owner_state
+        if self._owner_pool is not None and not state.closed and not state.transactions \
+                and not state.raw_transaction:
+            conn = state.conn
+            state.reset()
+            self._owner_pool.putconn(conn)
+
+    def _open_as(self, params: dict[str, Any]) -> Any:
+        """Open a driver connection with `params` (the owner's), as peewee opens its own."""
+        with __exception_wrapper__:
+            conn = self._adapter.connect(self, **self._with_limit(params))
+        conn.autocommit = True
+        return conn
+
+    def _configured(self) -> None:
+        """Configure from the environment if this is the first use."""
+        if self.deferred:
+            with self._configure_lock:
+                if self.deferred:
+                    self._configure(None, None)
+
+    def connect(self, reuse_if_open: bool = False) -> bool:
+        """Check out a connection, configuring the pool first if this is the first use."""
+        self._configured()
+        try:
+            return super().connect(reuse_if_open)
+        except PoolExhausted as exc:  # say it in the settings' own words
+            raise PoolExhausted(f"{exc} (DATABASE_POOL_MAX={self.max_size}, "
+                                f"DATABASE_POOL_TIMEOUT={self.settings.pool_timeout_ms} ms)") from None
+        except PoolTooLarge as exc:
+            raise ConfigError(f"DATABASE_POOL_MIN={self.min_size} is too large: {exc}") from None
+        except KitError:
+            raise
+        except OperationalError as exc:
+            if not self._state.closed:
+                raise
+            raise DatabaseUnavailable(
+                f"could not connect to the database at {self.database}: {_first_line(exc)}"
+            ) from exc
+
+    @property
+    def url(self) -> str | None:
+        """The URL the pool connects to, password included (None until configured)."""
+        return self.connect_params.get("dsn") if not self.deferred else None
+
+    @property
+    def current_url(self) -> str | None:
+        """The URL this context's statements go to: the owner's inside `all_tenants()`, else `url`."""
+        if self._crossing():
+            self._configured()
+            return self._owner_url or resolve_url(self.settings, OWNER)
+        return self.url
+
+    # -- read routing ----------------------------------------------------------------------------
+
+    # -- the replicas' connections go and come with the primary's -------------------------------
+
+    def close(self) -> bool:
+        """Return this thread's connections (the primary's and any replica's) to their pools."""
+        closed = super().close()
+        for replica in self._router.replicas if self._router else ():
+            replica.database.close()
+        return closed
+
+    def close_all(self) -> None:
+        """Close every connection, to the primary (the owner's too) and to each replica."""
+        super().close_all()
+        if self._owner_pool is not None:
+            self._owner_pool.close_all()
+        for replica in self._router.replicas if self._router else ():
+            replica.database.close_all()
+
+    def dispose(self) -> None:
+        """In a forked child: drop every inherited connection, the owner's pool's too."""
+        super().dispose()
+        if self._owner_pool is not None:
+            silence(self._owner_pool.forget())
+            self._owner_pool = None
+        self._owner_state = _ThreadState()
+
+    def pool_stats(self) -> dict[str, Any]:
+        """The primary's counts, and with replicas `servers`: each one's state, lag, reads and pool counts."""
+        stats = super().pool_stats()
+        if self._router is not None:
+            stats["servers"] = [{"server": "primary", **super().pool_stats()},
+                                *(replica.stats() for replica in self._router.replicas)]
+        return stats
+
+
+def _driver_params(url: str, connect_timeout: int) -> dict[str, Any]:
+    """Driver parameters the URL leaves out: the kit's application_name and a connect timeout."""
+    given = psycopg2.extensions.parse_dsn(url)
+    params: dict[str, Any] = {}
+    if "application_name" not in given:
+        params["application_name"] = APPLICATION_NAME
+    if "connect_timeout" not in given:
+        params["connect_timeout"] = connect_timeout
+    return params
+
+
+database = Database()
