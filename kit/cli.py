@@ -125,7 +125,7 @@ def _db_start(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _db_pgbouncer(settings: Settings, args: argparse.Namespace) -> int:
-    from kit import pgbouncer
+    from kit.devservers import pgbouncer
 
     return _companion(settings, "pgbouncer", args.pgbouncer_command, pgbouncer.start_pgbouncer,
                       pgbouncer.stop_pgbouncer, (
@@ -137,7 +137,7 @@ def _db_pgbouncer(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _db_replica(settings: Settings, args: argparse.Namespace) -> int:
-    from kit import replica
+    from kit.devservers import replica
 
     return _companion(settings, "replica", args.replica_command, replica.start_replica, replica.stop_replica, (
         "makes a replica of the embedded server only; for your own server, set one up as PostgreSQL documents.",

@@ -1,27 +1,8 @@
 """Settings read from the environment, validated once, with errors that name the variable.
 
-| variable                    | default   | meaning                                                     |
-|-----------------------------|-----------|-------------------------------------------------------------|
-| DATABASE_URL                | unset     | the run-time (app) role's URL; unset: the embedded server    |
-| DATABASE_OWNER_URL          | see below | the owner's URL: migrations, seeds, upkeep, `all_tenants()` |
-| DATABASE_POOL_MIN           | 2         | connections opened on first use and kept open               |
-| DATABASE_POOL_MAX           | 10        | most connections checked out at once                        |
-| DATABASE_POOL_IDLE_TIMEOUT  | 30000     | ms an idle connection above MIN is kept; 0: kept            |
-| DATABASE_POOL_TIMEOUT       | 10000     | ms a caller waits for a free connection; 0: without end     |
-| DATABASE_REPLICA_URLS       | unset     | comma-separated URLs of streaming replicas to read from     |
-| DATABASE_REPLICA_MAX_LAG    | 10000     | ms a replica may lag before reads skip it                   |
-| DATABASE_POOLER             | unset     | `pgbouncer`: DATABASE_URL is a transaction-pooling PgBouncer |
-| DATABASE_STATEMENT_TIMEOUT  | 30000     | ms any statement of the application may run; 0: no limit    |
-| DATABASE_SEARCH_TIMEOUT     | 5000      | ms a vector or hybrid search may run (outside a transaction)   |
-| DATABASE_LOCK_TIMEOUT       | 2000      | ms a schema change waits for a lock before it backs off     |
-| DATABASE_LOCK_BUDGET        | 60000     | ms a schema change keeps retrying before it gives up        |
-| KIT_DATA_DIR                | see below | where the embedded server keeps its data                    |
-
-DATABASE_OWNER_URL unset: DATABASE_URL (one role for everything); both unset: the embedded server's
-`kit_owner` and `kit_app` (`kit.roles`).
-
-KIT_DATA_DIR unset: `.kit` in the project's root (`kit.project`; KIT_PROJECT_ROOT names it outright),
-whatever the current directory inside it; outside any project, one per-user place (`~/.local/share/kit`).
+`VARIABLES` is the one list of the environment variables the kit reads, with their defaults and
+meanings; `variables_markdown()` renders it for docs/configuration.md (checked by the suite), so the
+table lives here and nowhere else. Defaults shown come from `Settings`.
 """
 
 from __future__ import annotations
@@ -67,6 +48,71 @@ class Settings:
     def safe_url(self) -> str | None:
         """The database URL with its password masked, for messages and logs."""
         return mask_password(self.database_url) if self.database_url else None
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One environment variable: its name, the `Settings` field it sets (if one), its default and meaning."""
+
+    name: str
+    field: str | None
+    default: str  # in words, where the field's own default does not say it all ("" to show the field's)
+    meaning: str
+
+
+VARIABLES = (
+    Variable("DATABASE_URL", "database_url", "unset: the embedded server (as `kit_app`)",
+             "the application's role: a `postgresql://` or `postgres://` URL; the unix-socket form "
+             "`postgresql://user@/db?host=/path` works too"),
+    Variable("DATABASE_OWNER_URL", "owner_url", "`DATABASE_URL`; both unset: the embedded server's `kit_owner`",
+             "the owner's URL: `pw_migrate`, `kit migrate`, `python -m kit.seed`, `kit maintain` and "
+             "`kit.all_tenants()` connect with it ([tenancy](tenancy.md))"),
+    Variable("DATABASE_ADMIN_URL", None, "unset",
+             "a superuser's URL, read by `kit db roles` only, to make the kit's roles on a server of yours; "
+             "`KIT_OWNER_PASSWORD`, `KIT_APP_PASSWORD`, `KIT_AUTH_PASSWORD` set their passwords"),
+    Variable("DATABASE_POOL_MIN", "pool_min", "", "connections opened on first use and kept open"),
+    Variable("DATABASE_POOL_MAX", "pool_max", "", "most connections open at once"),
+    Variable("DATABASE_POOL_IDLE_TIMEOUT", "pool_idle_timeout_ms", "",
+             "ms an idle connection above MIN is kept before it is closed; `0`: kept"),
+    Variable("DATABASE_POOL_TIMEOUT", "pool_timeout_ms", "",
+             "ms a caller waits for a free connection before `PoolExhausted`; `0`: waits without end"),
+    Variable("DATABASE_REPLICA_URLS", "replica_urls", "unset",
+             "comma-separated URLs of streaming replicas; reads go to them ([replicas](replicas.md)); each has "
+             "its own pool, sized by MIN and MAX"),
+    Variable("DATABASE_REPLICA_MAX_LAG", "replica_max_lag_ms", "",
+             "ms a replica may lag behind the primary before reads skip it"),
+    Variable("DATABASE_STATEMENT_TIMEOUT", "statement_timeout_ms", "",
+             "ms any statement of the application may run before the server cancels it "
+             "(`kit.StatementTimeout`, one sentence); `0`: no limit. The owner's commands are not cut by it "
+             "([limits](limits.md))"),
+    Variable("DATABASE_SEARCH_TIMEOUT", "search_timeout_ms", "",
+             "ms a vector search (`nearest`, `search`) or `hybrid_search` outside a transaction may run; "
+             "`0`: none ([limits](limits.md))"),
+    Variable("DATABASE_LOCK_TIMEOUT", "lock_timeout_ms", "",
+             "ms one lock wait of a schema change may last (`kit migrate`, `pw_migrate migrate`, "
+             "`kit maintain`); then the attempt is rolled back whole and retried ([limits](limits.md))"),
+    Variable("DATABASE_LOCK_BUDGET", "lock_budget_ms", "",
+             "ms a schema change keeps retrying; then `kit.LockBusy`, naming the session that blocks it"),
+    Variable("DATABASE_POOLER", "pooler", "unset",
+             "`pgbouncer`: `DATABASE_URL` is a PgBouncer in transaction mode ([pgbouncer](pgbouncer.md))"),
+    Variable("KIT_DATA_DIR", "data_dir", "`.kit` in the project root; outside any project `~/.local/share/kit`",
+             "where the embedded server keeps its data"),
+    Variable("KIT_MIGRATIONS_DIR", None, "the project's", "overrides `[tool.kit] migrations`"),
+    Variable("KIT_SEEDS_DIR", None, "the project's", "overrides `[tool.kit] seeds`"),
+    Variable("KIT_PROJECT_ROOT", None, "found from the current directory",
+             "the project root, named outright (`pw_migrate --directory DIR` sets it from `DIR`)"),
+    Variable("BETTER_AUTH_SECRET", None, "Better Auth's development default",
+             "the secret seeds encrypt two-factor values with, as Better Auth does ([better-auth](better-auth.md))"),
+)
+
+
+def variables_markdown() -> str:
+    """The environment variables as a Markdown table (docs/configuration.md holds it verbatim)."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for variable in VARIABLES:
+        default = variable.default or f"`{getattr(Settings, variable.field)}`"
+        rows.append(f"| `{variable.name}` | {default} | {variable.meaning} |")
+    return "\n".join(rows) + "\n"
 
 
 _USERINFO = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^\s:/@]*:)[^\s]*@", re.IGNORECASE)

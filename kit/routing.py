@@ -1,6 +1,6 @@
 """Read routing over streaming replicas: which server a read may go to (`kit.db.Database` runs it there).
 
-The rules, as `Database` applies them (see the README's "Read replicas"):
+The rules, as `Database` applies them (see docs/replicas.md):
 
 - Only reads that cannot write are routed: peewee SELECT queries (`Model.select()`, `.get()`,
   `.count()`, iteration) without FOR UPDATE/SHARE, outside any transaction, on a thread whose

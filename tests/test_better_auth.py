@@ -1,7 +1,7 @@
 """The real Better Auth (the version pinned in interop/better-auth) on the kit's auth tables.
 
 `interop/better-auth/check.mjs` runs Better Auth with its schema validation on, configured exactly as
-the README tells an app to, against a database migrated and seeded by the kit; then the kit's models
+docs/better-auth.md tells an app to, against a database migrated and seeded by the kit; then the kit's models
 read what Better Auth wrote, and `kit migrate verify` must stay clean.
 """
 
@@ -132,8 +132,8 @@ def test_password_hashes_verify_and_refuse():
     assert not betterauth.verify_password("no-colon", "x")
 
 
-def test_the_readme_shows_the_configuration_the_suite_runs():
-    readme = (ROOT / "README.md").read_text()
-    blocks = readme.split("```js\n")[1:]
-    assert blocks, "README has no ```js block"
+def test_the_docs_show_the_configuration_the_suite_runs():
+    page = (ROOT / "docs" / "better-auth.md").read_text()
+    blocks = page.split("```js\n")[1:]
+    assert blocks, "docs/better-auth.md has no ```js block"
     assert blocks[0].split("```")[0] == (INTEROP / "auth.mjs").read_text()

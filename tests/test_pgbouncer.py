@@ -14,9 +14,9 @@ from helpers import with_dbname
 
 from kit.config import ConfigError, load_settings
 from kit.db import Database
+from kit.devservers.pgbouncer import _binary
 from kit.errors import SessionStateRefused
 from kit.migrate.lock import check_held, hold_lock
-from kit.pgbouncer import _binary
 
 pytestmark = [
     pytest.mark.skipif(bool(load_settings().database_url),

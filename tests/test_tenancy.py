@@ -424,3 +424,14 @@ def test_databases_that_are_gone_leave_no_hook_behind():
     with all_tenants():
         pass
     assert len(tenancy._on_leave) <= before
+
+
+def test_a_process_whose_first_query_is_inside_all_tenants_runs_it(test_db_url, owner_url):
+    """Configuring the pool on first use inside the door once waited for its own lock for ever."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_")) or k == "DATABASE_POOLER"}
+    env.update(DATABASE_URL=test_db_url, DATABASE_OWNER_URL=owner_url)
+    code = ("import kit\nfrom kit.models import Organization\n"
+            "with kit.all_tenants():\n    print(Organization.select().count() >= 0)\n")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60,
+                            cwd=ROOT)
+    assert result.returncode == 0 and result.stdout.strip() == "True", result.stderr

@@ -139,6 +139,10 @@ class Database(ReadRouting):
     def _pool(self, value: ConnectionPool) -> None:
         self._app_pool = value
 
+    def _own_pool(self) -> ConnectionPool:
+        """The run-time role's pool, which `init()` configures (never the owner's door, even inside it)."""
+        return self._app_pool
+
     def _crossing(self) -> bool:
         """True when this context's statements go to the owner's pool (inside `all_tenants()`, run-time role)."""
         return not self.owner and crossing_tenants()

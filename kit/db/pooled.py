@@ -163,6 +163,10 @@ class PooledDatabase(PostgresqlExtDatabase):
         self._state = _ThreadState()
         track(self)
 
+    def _own_pool(self) -> ConnectionPool:
+        """The pool `init()` configures: this database's own, whatever pool the current context uses."""
+        return self._pool
+
     def _hooks(self) -> Hooks:
         return Hooks(open=self._open_connection, close=self._close_raw, is_closed=self._is_closed,
                      ping=self._ping, can_reuse=self._can_reuse, reset=self._reset_session)
@@ -186,13 +190,13 @@ class PooledDatabase(PostgresqlExtDatabase):
         if not hasattr(self, "database"):  # still in __init__: the pool was configured there
             super().init(database, **kwargs)
             return
-        self._pool.configure(**pool_settings)
+        self._own_pool().configure(**pool_settings)
         target_changed = limit_changed or database != self.database or any(
             self.connect_params.get(k) != v for k, v in kwargs.items())
         super().init(database, **kwargs)
         if target_changed:
             self._budget_checked = False  # another server or role: check min_size again
-            self._pool.invalidate()
+            self._own_pool().invalidate()
 
     # -- peewee's pool attributes -----------------------------------------------------------------
 
