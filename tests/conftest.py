@@ -82,8 +82,19 @@ def test_admin_url(test_db_url: str, admin_url: str) -> str:
     return with_dbname(admin_url, urlsplit(test_db_url).path.lstrip("/"))
 
 
+def pytest_collection_modifyitems(items) -> None:
+    """Tests under tests/unit/ form the unit tier (`pytest -m unit`): pure rules, no server."""
+    for item in items:
+        if "unit" in Path(str(item.fspath)).parts:
+            item.add_marker(pytest.mark.unit)
+
+
 @pytest.fixture(autouse=True)
-def _use_test_database(test_db_url: str):
+def _use_test_database(request):
+    if request.node.get_closest_marker("unit"):
+        yield  # the unit tier needs no server
+        return
+    request.getfixturevalue("test_db_url")
     yield
     if not database.is_closed() and not database.in_transaction():
         database.close()
