@@ -22,7 +22,10 @@ import psycopg2
 from peewee import Model
 
 from kit.config import Settings, mask_password
-from kit.errors import DatabaseUnavailable
+from kit.errors import (
+    DatabaseUnavailable,
+    describe,
+)
 from kit.roles import LEAKPROOF_SQL, tenant_policy_problems
 
 ROLE_SQL = """
@@ -53,7 +56,7 @@ def check(settings: Settings, models: Iterable[type[Model]]) -> list[Finding]:
         conn = psycopg2.connect(url, connect_timeout=10, application_name="kit-check",
                                 options=f"-c statement_timeout={CHECK_TIMEOUT_MS}")
     except psycopg2.Error as exc:
-        reason = mask_password(str(exc).strip().splitlines()[0]) if str(exc).strip() else type(exc).__name__
+        reason = describe(exc)
         raise DatabaseUnavailable(f"could not connect to the database at {mask_password(url)}: {reason}") from None
     try:
         conn.autocommit = True

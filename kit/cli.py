@@ -17,6 +17,7 @@ import psycopg2.extensions
 
 from kit import embedded
 from kit.config import ConfigError, KitError, Settings, load_settings
+from kit.errors import describe
 from kit.roles import APP, AUTH, OWNER
 
 EXIT_CONFIG = 2
@@ -91,7 +92,7 @@ def _report_server(url: str) -> int:
     try:
         conn = psycopg2.connect(url, connect_timeout=5, application_name="kit-status")
     except psycopg2.Error as exc:
-        reason = str(exc).strip().splitlines()[0]
+        reason = describe(exc)
         print(f"reachable: no ({reason})")
         return 1
     try:

@@ -35,7 +35,10 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg2
 from psycopg2 import errors
 
-from kit.errors import EmbeddedServerError
+from kit.errors import (
+    EmbeddedServerError,
+    describe,
+)
 from kit.roles import ADMIN, APP, BOOTSTRAPPED_SQL, OWNER, bootstrap
 
 PG_MAJOR = 16
@@ -167,7 +170,7 @@ def start(data_dir: Path, role: str = APP) -> str:
                 continue
             raise EmbeddedServerError(
                 f"No DATABASE_URL is set and the embedded PostgreSQL in {pgdata} failed to start "
-                f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}){where}: "
+                f"({type(exc).__name__}: {describe(exc) if str(exc).strip() else ''}){where}: "
                 f"{HOW_TO_FIX}."
             ) from None
     _ensure_database(url(info.socket_dir, info.port, ADMIN_DATABASE), DATABASE_NAME, pgdata)
@@ -268,7 +271,7 @@ def _connect_when_ready(admin_url: str, pgdata: Path) -> psycopg2.extensions.con
             return psycopg2.connect(admin_url, application_name="kit-embedded")
         except psycopg2.OperationalError as exc:
             if time.monotonic() > deadline:
-                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                reason = describe(exc)
                 raise EmbeddedServerError(
                     f"the embedded PostgreSQL in {pgdata} did not accept connections within "
                     f"{READY_TIMEOUT_S:g}s ({reason}); see {pgdata / 'log'}, then `kit db stop` and start it again"

@@ -7,12 +7,30 @@ errors also derive from the peewee class code already catches (`OperationalError
 
 from __future__ import annotations
 
+from typing import Any
+
 from peewee import DatabaseError, OperationalError
 from playhouse.pool import MaxConnectionsExceeded
 
 
+def describe(exc: BaseException) -> str:
+    """An exception as one line for a message: its first line, every password masked (its type if it says nothing)."""
+    from kit.config import mask_password  # config imports this module
+
+    text = str(exc).strip()
+    return mask_password(text.splitlines()[0]) if text else type(exc).__name__
+
+
 class KitError(Exception):
-    """An error the kit reports to a person as one clear sentence (no traceback)."""
+    """An error the kit reports to a person as one clear sentence (no traceback).
+
+    What the sentence names is also there for code, as the attributes each class declares, given as
+    keywords (`SessionLost(..., lost=frozenset({"advisory locks"}))`: `exc.lost`).
+    """
+
+    def __init__(self, *args: Any, **data: Any) -> None:
+        super().__init__(*args)
+        self.__dict__.update(data)
 
 
 class ConfigError(KitError):
@@ -34,9 +52,13 @@ class PoolTooLarge(KitError):
 class DatabaseUnavailable(KitError, OperationalError):
     """The database could not be reached; the message names the (password-masked) URL."""
 
+    url: str | None = None  # password masked
+
 
 class SessionLost(KitError, OperationalError):
     """The server ended a connection that held session state; the message names what was lost."""
+
+    lost: frozenset[str] = frozenset()  # the kinds of session state lost ("advisory locks", ...)
 
 
 class SessionStateRefused(KitError, OperationalError):
@@ -46,9 +68,14 @@ class SessionStateRefused(KitError, OperationalError):
 class StatementTimeout(KitError, OperationalError):
     """A statement ran past its time limit and was cancelled by the server; the message names the limit."""
 
+    limit_ms: int | None = None  # the limit it ran past (None: the server's own)
+    variable: str = "DATABASE_STATEMENT_TIMEOUT"  # the setting that sets it
+
 
 class CopyRowError(KitError, ValueError):
     """A row given to binary COPY cannot be written; the message names the row index and the column."""
+
+    row: int | None = None  # the index of the row, counted from 0 across the load
 
 
 class ArgumentError(KitError, ValueError):

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import math
 import threading
 import time
@@ -45,6 +46,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kit.errors import PoolExhausted, PoolSettingError
+
+log = logging.getLogger("kit.pool")
 
 __all__ = ["ConnectionPool", "Hooks", "PoolExhausted", "PoolSettingError"]
 
@@ -291,11 +294,14 @@ class ConnectionPool:
                 heapq.heappush(self._idle, (slot.opened, next(self._counter), slot))
             else:
                 self._discard(slot)
+                if not discard:
+                    log.debug("a connection given back was closed, not kept (stale, invalidated, or unusable)")
             self._wake()
 
     def _reset(self, slot: _Slot) -> bool:
         """Reset the session outside the pool's lock (a round trip); False to close it instead."""
         if not self.hooks.reset(slot.conn):
+            log.warning("a connection's session reset failed on check-in; it is closed instead")
             return False
         slot.session.clear()
         slot.needs_reset = False
@@ -402,6 +408,13 @@ class ConnectionPool:
         """Add one to the `event` counter in `stats()` (e.g. "resent", kept by the database class)."""
         with self._lock:
             self._stats[event] = self._stats.get(event, 0) + 1
+
+    def snapshot(self) -> tuple[list[tuple[float, int, Any]], dict[int, tuple[float, Any, float]]]:
+        """Idle connections (opened, order, conn) oldest first; checked-out ones by key (opened, conn, out)."""
+        with self._lock:
+            idle = [(slot.opened, order, slot.conn) for _, order, slot in sorted(self._idle, key=lambda e: e[:2])]
+            out = {key: (slot.opened, slot.conn, slot.checked_out) for key, slot in self._in_use.items()}
+        return idle, out
 
     def stats(self) -> dict[str, Any]:
         """Counts: in_use, idle, min, max, and since start waits, timeouts, opened, closed, checks, resets, resent."""

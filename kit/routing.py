@@ -23,6 +23,7 @@ The rules, as `Database` applies them (see docs/replicas.md):
 from __future__ import annotations
 
 import itertools
+import logging
 import re
 import threading
 import time
@@ -30,8 +31,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kit.config import mask_password
-from kit.errors import ArgumentError
+from kit.errors import ArgumentError, describe
+
+log = logging.getLogger("kit.routing")
 
 __all__ = ["CHECK_EVERY", "PROBE_SQL", "Replica", "Router", "lsn_int", "lsn_text"]
 
@@ -138,8 +140,8 @@ class Router:
         replica.state, replica.checked = DOWN, now
         replica.retry_at = now + min(RETRY_AFTER * 2 ** replica.failures, RETRY_MAX)
         replica.failures += 1
-        text = str(exc).strip()
-        replica.last_error = mask_password(text.splitlines()[0]) if text else type(exc).__name__
+        replica.last_error = describe(exc)
+        log.warning("replica %s skipped for %.0f s: %s", replica.name, replica.retry_at - now, replica.last_error)
         try:  # its connection for this thread is of no further use
             replica.database.manual_close()
         except Exception:

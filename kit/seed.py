@@ -16,6 +16,7 @@ import peewee
 from kit import fixtures, migrate
 from kit.config import ConfigError, KitError
 from kit.db import database
+from kit.errors import describe
 from kit.migrate.loader import default_directory
 from kit.models import project_models
 from kit.project import load_project
@@ -127,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("kit.seed: interrupted; the transaction was rolled back, nothing was written", file=sys.stderr)
         return 130
     except peewee.DatabaseError as exc:  # not about one row: say what the database said, in one line
-        print(f"kit.seed: error: the database said: {str(exc).strip().splitlines()[0]}; nothing was written",
+        print(f"kit.seed: error: the database said: {describe(exc)}; nothing was written",
               file=sys.stderr)
         return 1
 

@@ -327,3 +327,18 @@ def test_every_argument_is_checked_in_one_sentence(test_db_url, kwargs, message)
 def test_numbers_given_as_strings_are_accepted_as_peewee_does(pooled):
     db = pooled(max_connections="3", stale_timeout="60", timeout="1.5")
     assert (db._max_connections, db._stale_timeout, db._wait_timeout) == (3, 60, 1.5)
+
+
+def test_connections_and_in_use_read_as_peewee_s_pool_names_them(pooled):
+    """Third-party code and peewee's own tests read `_connections` (the idle heap) and `_in_use` (key -> PoolConnection)."""
+    db = pooled(max_connections=3)
+    assert db._connections == [] and db._in_use == {}
+    db.connect()
+    conn = db.connection()
+    (entry,) = db._in_use.values()
+    assert entry.connection is conn and entry.checked_out > 0 and db._connections == []
+    db.close()
+    assert db._in_use == {} and [c for _, _, c in db._connections] == [conn]
+    db._connections.clear()  # a copy to read: clearing it changes nothing in the pool
+    assert len(db._connections) == 1
+    db.close_all()

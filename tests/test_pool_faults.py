@@ -81,13 +81,16 @@ def test_a_checkout_right_after_the_server_ended_the_session_never_fails(pool, m
 
 
 @observes_server_sessions
-def test_a_kept_connection_without_session_state_survives_a_kill_just_before_its_statement(pool, monitor):
+def test_a_kept_connection_without_session_state_survives_a_kill_just_before_its_statement(pool, monitor, caplog):
     pid_of(pool)  # autoconnect: this thread keeps its connection
+    caplog.set_level("INFO", logger="kit.db")
     for _ in range(50):
         victim = pid_of(pool)
         terminate(monitor, victim)
         assert pid_of(pool) != victim  # at once, no sleep, no error
     pool.close()
+    resent = [r for r in caplog.records if r.name == "kit.db" and r.getMessage().startswith("statement re-sent")]
+    assert len(resent) == pool.pool_stats()["resent"] > 0  # each re-send is one log line an operator can see
 
 
 def test_a_statement_the_server_was_running_is_not_resent(pool, monitor):

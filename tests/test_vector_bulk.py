@@ -257,3 +257,16 @@ def test_rows_too_slow_for_the_limit_even_one_chunk_at_a_time_are_one_sentence_a
         copy_rows(Chunk, data, limited)
     assert Chunk.select().count() == 0
     assert limited.execute_sql("SELECT 1").fetchone()[0] == 1
+
+
+def test_errors_carry_what_their_sentences_name(slow_rows, limited):
+    _, data = rows(3)
+    data[2]["price"] = "not a number"
+    with pytest.raises(CopyRowError) as bad:
+        copy_rows(Chunk, data)
+    assert bad.value.row == 2 and str(bad.value).startswith("row 2: ")
+    _, data = rows(800)
+    with pytest.raises(StatementTimeout) as slow:
+        copy_rows(Chunk, data, limited)
+    assert slow.value.limit_ms == 1000 and slow.value.variable == "DATABASE_STATEMENT_TIMEOUT"
+    assert str(slow.value).startswith(f"row {slow.value.row}: ")

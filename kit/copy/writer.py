@@ -61,7 +61,7 @@ def _resolve_fields(model: type[Model], keys: Iterable[Any]) -> list[Field]:
         else:
             field = model._meta.fields.get(key) or model._meta.combined.get(key)
             if field is None:
-                raise CopyRowError(f"row 0: {model._meta.table_name} has no field {key!r}")
+                raise CopyRowError(f"row 0: {model._meta.table_name} has no field {key!r}", row=0)
         fields.append(field)
     return fields
 
@@ -176,7 +176,7 @@ class CopyWriter:
         for field in scalars:
             pg_type = types.get(field.column_name)
             if pg_type is None:
-                raise CopyRowError(f"row 0: {name} has no column {field.column_name!r} in the database")
+                raise CopyRowError(f"row 0: {name} has no column {field.column_name!r} in the database", row=0)
             if pg_type not in scalar_encoders:
                 raise CopyRowError(
                     f"copy_rows cannot write {name}.{field.column_name} (type {pg_type}) in binary; "
@@ -386,13 +386,15 @@ def _copy_error(exc: psycopg2.Error, start: int, time_limit: float | None = None
     """The database's error as peewee's, with the row number (counted across COPY statements) first."""
     context = getattr(exc.diag, "context", None) or ""
     match = _COPY_LINE.search(context)
-    where = f"row {start + int(match.group(1)) - 1}: " if match else ""
+    row = start + int(match.group(1)) - 1 if match else None
+    where = f"row {row}: " if match else ""
     if isinstance(exc, psycopg2.errors.QueryCanceled) and "statement timeout" in str(exc):
         limit = f"{round(time_limit * 1000):,} ms" if time_limit else "the server's"
         return StatementTimeout(
             f"{where}a COPY statement ran past its time limit ({limit}, DATABASE_STATEMENT_TIMEOUT) and the "
             "server cancelled it: the rows were too slow to write even a few thousand at a time (each "
-            "statement gets a quarter of the limit); nothing was written")
+            "statement gets a quarter of the limit); nothing was written",
+            limit_ms=round(time_limit * 1000) if time_limit else None, row=row)
     message = (exc.diag.message_primary or str(exc)).strip()
     detail = f" ({exc.diag.message_detail})" if exc.diag.message_detail else ""
     return _peewee_error(exc)(f"{where}{message}{detail}")
@@ -466,8 +468,7 @@ class _Layout:
                     raise CopyRowError(
                         f"row {start + offset}: every row must give the same fields as row 0"
                         + (f"; missing {', '.join(missing)}" if missing else "")
-                        + (f"; unexpected {', '.join(extra)}" if extra else "")
-                    )
+                        + (f"; unexpected {', '.join(extra)}" if extra else ""), row=start + offset)
                 row = named
             rows.append(row)
         return rows
@@ -494,8 +495,8 @@ class _Layout:
                     except (TypeError, ValueError, OverflowError, AttributeError, decimal.InvalidOperation,
                             struct.error) as exc:
                         raise CopyRowError(
-                            f"row {start + offset}: {table}.{field.column_name}: {exc} (value {repr(value)[:60]})"
-                        ) from None
+                            f"row {start + offset}: {table}.{field.column_name}: {exc} (value {repr(value)[:60]})",
+                            row=start + offset) from None
                 raise
         for field in self.hooked:
             values = self._column(rows, field)
@@ -503,5 +504,5 @@ class _Layout:
                 columns.append(field.copy_cells(values))
             except ValueError as exc:
                 offset = getattr(exc, "offset", 0)
-                raise CopyRowError(f"row {start + offset}: {exc}") from None
+                raise CopyRowError(f"row {start + offset}: {exc}", row=start + offset) from None
         return b"".join(itertools.chain.from_iterable(zip(*columns, strict=True)))

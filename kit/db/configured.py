@@ -18,9 +18,16 @@ from peewee import OperationalError, __exception_wrapper__
 from kit import embedded
 from kit.config import Settings, check_database_url, load_settings, mask_password
 from kit.db.forks import silence
-from kit.db.pooled import PooledDatabase, _first_line, _ThreadState
+from kit.db.pooled import PooledDatabase, _ThreadState
 from kit.db.reads import ReadRouting
-from kit.errors import ConfigError, DatabaseUnavailable, KitError, PoolExhausted, PoolTooLarge
+from kit.errors import (
+    ConfigError,
+    DatabaseUnavailable,
+    KitError,
+    PoolExhausted,
+    PoolTooLarge,
+    describe,
+)
 from kit.pool import ConnectionPool, Hooks
 from kit.roles import APP, OWNER
 from kit.routing import Replica, Router
@@ -202,7 +209,7 @@ class Database(ReadRouting):
             if not self._state.closed:
                 raise
             raise DatabaseUnavailable(
-                f"could not connect to the database at {self.database}: {_first_line(exc)}"
+                f"could not connect to the database at {self.database}: {describe(exc)}"
             ) from exc
 
     @property

@@ -53,9 +53,9 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 from peewee import DatabaseError, InterfaceError, OperationalError, __exception_wrapper__, _ConnectionLocal
+from playhouse.pool import PoolConnection
 from playhouse.postgres_ext import PostgresqlExtDatabase
 
-from kit.config import mask_password
 from kit.db.forks import silence, track
 from kit.db.statements import (
     DRIVER_USE,
@@ -66,7 +66,15 @@ from kit.db.statements import (
     RAW_END,
     session_change,
 )
-from kit.errors import PoolSettingError, PoolTooLarge, SessionLost, SessionStateRefused, StatementTimeout, TenantError
+from kit.errors import (
+    PoolSettingError,
+    PoolTooLarge,
+    SessionLost,
+    SessionStateRefused,
+    StatementTimeout,
+    TenantError,
+    describe,
+)
 from kit.pool import ConnectionPool, Hooks
 from kit.tenancy import current_tenant, statement_prefix
 
@@ -120,9 +128,6 @@ def _succeeds(conn: Any, sql: str) -> bool:
         return False
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return mask_password(text.splitlines()[0]) if text else type(exc).__name__
 
 
 class _ThreadState(_ConnectionLocal):
@@ -219,6 +224,16 @@ class PooledDatabase(PostgresqlExtDatabase):
     def timeout(self) -> float | None:
         """Seconds a caller waits when the pool is full (None: not at all; 0: without end)."""
         return self._pool.timeout
+
+    @property
+    def _connections(self) -> list[tuple[float, int, Any]]:
+        """The idle connections as peewee's pool lists them, (timestamp, counter, connection); a copy to read."""
+        return self._pool.snapshot()[0]
+
+    @property
+    def _in_use(self) -> dict[int, PoolConnection]:
+        """The checked-out connections as peewee's pool maps them, key to `PoolConnection`; a copy to read."""
+        return {key: PoolConnection(*entry) for key, entry in self._pool.snapshot()[1].items()}
 
     _max_connections = max_connections
     _stale_timeout = property(lambda self: self._pool.stale_timeout, doc="Age limit in seconds (peewee's name).")
@@ -327,7 +342,7 @@ class PooledDatabase(PostgresqlExtDatabase):
             if start is not None:
                 self._notify_hooks(sql, params, start, exc)
             if isinstance(exc, DatabaseError) and _TIMED_OUT in str(exc):
-                raise StatementTimeout(self._timeout_sentence()) from exc
+                raise StatementTimeout(self._timeout_sentence(), limit_ms=self._limit_ms()) from exc
             violated = _RLS_VIOLATION.search(str(exc)) if isinstance(exc, DatabaseError) else None
             if violated:
                 table = violated[1]
@@ -342,33 +357,20 @@ class PooledDatabase(PostgresqlExtDatabase):
         return cursor
 
     def _run(self, sql: str, params: Any, named_cursor: Any, kind: str | None, prefixed: bool = True) -> Any:
+        """Send one statement with its prefix; re-send it once where `never_ran` proves it had no effect."""
         state = self._state
-        if named_cursor or state.closed or state.conn.closed:
-            cursor = self.cursor(named_cursor)
-        else:
-            cursor = state.conn.cursor()
+        cursor = self._statement_cursor(state, named_cursor)
         conn = state.conn
         idle = not state.transactions and conn.get_transaction_status() == IDLE  # no transaction on the connection
         state_kind = kind if kind is not RAW_BEGIN and kind is not RAW_END else None
-        if state_kind:
-            if self.pooler and state_kind in POOLER_REFUSES:
-                self._refuse(sql, state_kind)
-            self._pool.note_session(conn, state_kind)
+        self._note_state(conn, sql, state_kind)
         prefix = self._prefix(state, sql, idle and kind is not RAW_BEGIN, kind is RAW_BEGIN, named_cursor) \
             if prefixed else ""
         sent = time.monotonic()
         try:
             cursor.execute(prefix + sql, params or ())
         except psycopg2.Error as exc:
-            holds_session = state.raw_transaction or bool(self._pool.session_of(conn))
-            if holds_session and not state.transactions and _ended_by_server(exc, conn):
-                self._replace_dead(exc)  # raises SessionLost, naming what was lost
-            if not never_ran(exc, conn, idle=idle, holds_session=holds_session, seconds=time.monotonic() - sent):
-                raise  # it may have run; a dead connection is replaced at the next statement
-            self._replace_dead(exc)
-            self._pool.count("resent")
-            log.info("statement re-sent on a new connection: the server had ended the session before it ran (%s)",
-                     _first_line(exc))
+            self._after_failure(exc, state, conn, idle, time.monotonic() - sent)  # raises unless it never ran
             cursor = self.cursor(named_cursor)
             if state_kind:
                 self._pool.note_session(state.conn, state_kind)
@@ -377,6 +379,31 @@ class PooledDatabase(PostgresqlExtDatabase):
             state.raw_transaction = kind is RAW_BEGIN
             state.tenant_used = kind is RAW_BEGIN and bool(prefix)
         return cursor
+
+    def _statement_cursor(self, state: _ThreadState, named_cursor: Any) -> Any:
+        """A cursor for the next statement: on this thread's connection, one opened or replaced first if need be."""
+        if named_cursor or state.closed or state.conn.closed:
+            return self.cursor(named_cursor)
+        return state.conn.cursor()
+
+    def _note_state(self, conn: Any, sql: str, state_kind: str | None) -> None:
+        """Record the session state `sql` leaves on `conn` (refused first behind a pooler, where it would leak)."""
+        if state_kind:
+            if self.pooler and state_kind in POOLER_REFUSES:
+                self._refuse(sql, state_kind)
+            self._pool.note_session(conn, state_kind)
+
+    def _after_failure(self, exc: psycopg2.Error, state: _ThreadState, conn: Any, idle: bool, seconds: float) -> None:
+        """Decide on a failed statement: SessionLost, raised as it is, or (returning) a new connection to re-send on."""
+        holds_session = state.raw_transaction or bool(self._pool.session_of(conn))
+        if holds_session and not state.transactions and _ended_by_server(exc, conn):
+            self._replace_dead(exc)  # raises SessionLost, naming what was lost
+        if not never_ran(exc, conn, idle=idle, holds_session=holds_session, seconds=seconds):
+            raise exc  # it may have run; a dead connection is replaced at the next statement
+        self._replace_dead(exc)
+        self._pool.count("resent")
+        log.info("statement re-sent on a new connection: the server had ended the session before it ran (%s)",
+                 describe(exc))
 
     def _prefix(self, state: _ThreadState, sql: str, alone: bool, begins: bool, named_cursor: Any) -> str:
         """What rides before a statement, in the same round trip: its time limit and its tenant; '' for nothing.
@@ -424,6 +451,10 @@ class PooledDatabase(PostgresqlExtDatabase):
         limit = f"-c statement_timeout={max(1, round(self.statement_timeout * 1000))}"
         return {**params, "options": f"{given} {limit}".strip()}
 
+    def _limit_ms(self) -> int | None:
+        """The statement time limit in ms (None: the server's)."""
+        return max(1, round(self.statement_timeout * 1000)) if self.statement_timeout else None
+
     def _timeout_sentence(self) -> str:
         """The one sentence a statement cancelled by its time limit is reported with."""
         limit = f"{round(self.statement_timeout * 1000):,} ms" if self.statement_timeout else "the server's"
@@ -465,7 +496,7 @@ class PooledDatabase(PostgresqlExtDatabase):
             if not conn.closed:
                 raise
             raise SessionLost(
-                f"the database connection was lost during COMMIT ({_first_line(exc)}); if the server ended the "
+                f"the database connection was lost during COMMIT ({describe(exc)}); if the server ended the "
                 "session (stopped, killed it) nothing was committed, after a crash or a network failure the "
                 "outcome is unknown: check before doing it again"
             ) from exc
@@ -493,12 +524,12 @@ class PooledDatabase(PostgresqlExtDatabase):
         state.raw_transaction = False
         self._pool.putconn(dead, discard=True)
         if lost:
-            reason = f" ({_first_line(cause)})" if cause is not None else ""
+            reason = f" ({describe(cause)})" if cause is not None else ""
             log.warning("connection lost with session state (%s)%s", ", ".join(sorted(lost)), reason)
             raise SessionLost(
                 f"the database connection was lost{reason} and with it this session's {', '.join(sorted(lost))}; "
-                "nothing was re-sent: set that state up again on the next statement's new connection"
-            ) from cause
+                "nothing was re-sent: set that state up again on the next statement's new connection",
+                lost=frozenset(lost)) from cause
         state.conn = self._pool.getconn(verified=True)  # not another idle one that died alike
 
     def connection_lost(self) -> bool:

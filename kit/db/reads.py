@@ -7,6 +7,7 @@ by WAL position); `on_primary()`, `on_replica()` and `reads_after()` override th
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -15,9 +16,11 @@ from typing import Any
 from peewee import DatabaseError, InterfaceError, SelectBase, __exception_wrapper__
 
 from kit.db.pooled import PooledDatabase
-from kit.errors import KitError, PoolExhausted
+from kit.errors import KitError, PoolExhausted, describe
 from kit.routing import Replica, Router, lsn_int, lsn_text
 from kit.tenancy import crossing_tenants, current_tenant, require_tenant
+
+log = logging.getLogger("kit.db")
 
 PRIMARY, REPLICA = "primary", "replica"
 
@@ -106,6 +109,7 @@ class ReadRouting(PooledDatabase):
             if not only_reads and not isinstance(exc, PoolExhausted):
                 raise
             self._pool.count("replica_fallbacks")
+            log.info("a read went to the primary: replica %s could not serve it (%s)", replica.name, describe(exc))
             return PooledDatabase.execute_sql(self, sql, params)
         replica.reads += 1
         return cursor

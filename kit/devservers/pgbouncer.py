@@ -21,7 +21,10 @@ from pathlib import Path
 import psycopg2
 
 from kit import embedded
-from kit.errors import KitError
+from kit.errors import (
+    KitError,
+    describe,
+)
 from kit.roles import ADMIN, APP, AUTH, OWNER
 
 DIRECTORY = "pgbouncer"
@@ -124,7 +127,7 @@ def start_pgbouncer(data_dir: Path) -> str:
             return found
         except psycopg2.OperationalError as exc:
             if time.monotonic() > deadline:
-                reason = str(exc).strip().splitlines()[0]
+                reason = describe(exc)
                 raise PgBouncerError(f"PgBouncer in {directory} does not answer ({reason}); "
                                      f"see {directory / 'pgbouncer.log'}") from None
             time.sleep(0.1)

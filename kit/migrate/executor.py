@@ -27,7 +27,10 @@ from peewee_migrate.router import Router
 
 from kit.config import KitError
 from kit.ddl import limit_lock_waits, run_ddl
-from kit.errors import MigrationError
+from kit.errors import (
+    MigrationError,
+    describe,
+)
 from kit.migrate import history, schema
 from kit.migrate.loader import MigrationFile, load
 from kit.migrate.lock import LOCK_KEY, hold_lock, lock_transaction
@@ -68,9 +71,6 @@ def _router(database: Database, directory: Path) -> Router:
     return Router(database, migrate_dir=directory, ignore=IGNORED_MODELS)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 @contextlib.contextmanager
@@ -82,7 +82,7 @@ def _reported(database: Database, doing: str) -> Iterator[None]:
         if isinstance(exc, KitError) or database.is_connection_usable():
             raise
         raise MigrationError(
-            f"lost the connection to the database while {doing} ({_first_line(exc)}); the server rolled back the "
+            f"lost the connection to the database while {doing} ({describe(exc)}); the server rolled back the "
             "transaction in progress, so nothing of it remains: run the command again once the server is back"
         ) from exc
 
@@ -206,7 +206,7 @@ def _apply_one(database: Database, router: Router, file: MigrationFile, say: Cal
         except peewee.DatabaseError as exc:
             if isinstance(exc, KitError) or not database.is_connection_usable():
                 raise
-            first = _first_line(exc)
+            first = describe(exc)
             hint = ""
             if 'extension "vector"' in first:
                 hint = " (this server lacks pgvector: install it, or use the pgvector/pgvector:pg16 image)"

@@ -29,7 +29,10 @@ import psycopg2
 from peewee import Database
 
 from kit.ddl import side_connection
-from kit.errors import SessionLost
+from kit.errors import (
+    SessionLost,
+    describe,
+)
 
 LOCK_KEY = 0x6B69745F6D6967  # "kit_mig"
 
@@ -107,6 +110,6 @@ def check_held(conn: Any, what: str) -> None:
         with conn.cursor() as cursor:
             cursor.execute("SELECT 1")
     except psycopg2.Error as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = describe(exc)
         raise SessionLost(f"the connection holding {what} was lost ({first}); the run stopped, "
                           "and what it had done so far stays done") from None

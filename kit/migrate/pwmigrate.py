@@ -28,6 +28,7 @@ from peewee_migrate.router import BaseRouter
 from kit.config import KitError, mask_password
 from kit.db import database
 from kit.ddl import limit_lock_waits, run_ddl
+from kit.errors import describe
 from kit.migrate import history
 from kit.migrate.autogen import register
 from kit.migrate.executor import require_extension
@@ -93,7 +94,7 @@ def _report_created(router: BaseRouter, name: str) -> None:
     try:
         findings = check(name, render(router, name), has_rows(database))
     except Exception as exc:  # noqa: BLE001 - the file is written either way; say why it was not checked
-        say(f"not linted ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})")
+        say(f"not linted ({describe(exc)})")
         return
     for finding in findings:
         say(f"lint: {finding.describe()}")
@@ -142,7 +143,7 @@ class _OneLine(logging.Filter):
         """Fold the exception into the message, without the traceback."""
         if record.exc_info and record.exc_info[1] is not None:
             error = record.exc_info[1]
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            first = describe(error)
             record.msg = f"{record.getMessage()}: {first}; its transaction was rolled back"
             record.args, record.exc_info, record.exc_text = (), None, None
         return True
@@ -157,7 +158,7 @@ def _one_line_errors() -> None:
 
     def hook(kind: type[BaseException], error: BaseException, trace: Any) -> None:
         if isinstance(error, KitError | peewee.DatabaseError):
-            first = str(error).strip().splitlines()[0] if str(error).strip() else kind.__name__
+            first = describe(error)
             print(f"pw_migrate: error: {mask_password(first)}", file=sys.stderr)
             return
         default(kind, error, trace)

@@ -17,6 +17,7 @@ from typing import Any
 import peewee
 from peewee import Database, DatabaseError, ForeignKeyField, Model
 
+from kit.errors import describe
 from kit.migrate.history import CHECKSUM_TABLE, HISTORY_TABLE, STEPS_TABLE
 from kit.migrate.operations import TOUCH_FUNCTION
 from kit.vector import VectorIndex
@@ -287,14 +288,14 @@ def _compare_checks(database: Database, model: type[Model]) -> list[str]:
         except DatabaseError as exc:  # a read-only server, say: say so rather than guess
             probe.rollback()
             return [f"{table}: CHECK constraints not compared, no scratch table could be made "
-                    f"({str(exc).strip().splitlines()[0]})"]
+                    f"({describe(exc)})"]
         for expression in _model_checks(model):
             try:
                 with database.atomic():
                     database.execute_sql(f'ALTER TABLE "{scratch}" ADD CHECK ({expression})'.replace("%", "%%"))
             except DatabaseError as exc:
                 problems.append(f"{table}: the model's CHECK ({expression}) is not valid here: "
-                                f"{str(exc).strip().splitlines()[0]}")
+                                f"{describe(exc)}")
         want = sorted(r[0] for r in database.execute_sql(CHECKS_SQL, (f'"{scratch}"',)).fetchall())
         probe.rollback()
     for check in sorted(set(live) - set(want)):

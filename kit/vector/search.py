@@ -253,7 +253,8 @@ def search_limit(database: Database) -> Iterator[str]:
         yield f"SET LOCAL statement_timeout = {milliseconds}; "
     except StatementTimeout as exc:
         raise StatementTimeout(f"the search ran past its time limit ({milliseconds:,} ms, DATABASE_SEARCH_TIMEOUT) "
-                               "and the server cancelled it") from exc
+                               "and the server cancelled it", limit_ms=milliseconds,
+                               variable="DATABASE_SEARCH_TIMEOUT") from exc
 
 
 def read_sql(database: Database) -> Any:

@@ -61,60 +61,84 @@ def declared_index(vector: Distances) -> VectorIndex:
     return found[0]
 
 
+@dataclass
+class TenantIndexPlan:
+    """What upkeep should do to one table's tenant indexes: drop these, build those (name to tenant value)."""
+
+    drop: list[str]  # small tenants' indexes, and any left invalid by an interrupted build
+    build: dict[str, Any]
+    kept: list[str]
+    valid: set[str]  # of `drop`, those that were in use (reported as dropped)
+
+
+def plan_tenant_indexes(counts: dict[Any, int], found: list[tuple[str, bool, bool]], vector: Field,
+                        min_rows: int) -> TenantIndexPlan:
+    """Decide from the tenants' row counts and the indexes found (name, valid, being built): a planner, no SQL."""
+    wanted = {tenant_index_name(vector, value): value for value, rows in counts.items() if rows >= min_rows}
+    keep = {tenant_index_name(vector, value) for value in counts}  # big, or not yet under half
+    existing = {name for name, valid, _ in found if valid}
+    building = {name for name, _, busy in found if busy}  # another run is building it: leave it be
+    return TenantIndexPlan(
+        drop=sorted({name for name, _, _ in found} - (existing & keep) - building),
+        build={name: value for name, value in sorted(wanted.items()) if name not in existing | building},
+        kept=sorted(existing & keep), valid=existing)
+
+
 def ensure_tenant_indexes(vector: Distances, tenant: Field, min_rows: int = OWN_GRAPH_FROM,
                           database: Database | None = None) -> TenantIndexes:
     """Create the partial indexes of tenants with `min_rows` rows or more; drop those under half of it."""
     if isinstance(min_rows, bool) or not isinstance(min_rows, int) or min_rows < 2:
         raise ValueError(f"min_rows must be a whole number of rows, 2 or more, got {min_rows!r}")
     database = database or vector.model._meta.database
-    model, base = vector.model, declared_index(vector)
+    base = declared_index(vector)
     if not isinstance(base, HNSWIndex):
         raise ValueError(f"tenant indexes copy an HNSW index; {vector.label}'s is {base.method}")
-    table = model._meta.table_name
+    table = vector.model._meta.table_name
     counts = dict(database.execute_sql(
         f'SELECT "{tenant.column_name}", count(*) FROM "{table}" WHERE "{vector.column_name}" IS NOT NULL '
         f'GROUP BY 1 HAVING count(*) >= %s', (max(1, min_rows // 2),)).fetchall())
-    wanted = {tenant_index_name(vector, value): value for value, rows in counts.items() if rows >= min_rows}
-    keep = {tenant_index_name(vector, value) for value in counts}  # big, or not yet under half
     found = database.execute_sql(TENANT_INDEXES_SQL, (f'"{table}"', f"^{TENANT_INDEX.pattern}$")).fetchall()
-    existing = {name for name, valid, _ in found if valid}
-    building = {name for name, valid, busy in found if busy}  # another run is building it: leave it be
-    done = TenantIndexes(kept=sorted(existing & keep))
-    # Those of small tenants, and any left invalid by an interrupted build (the planner never uses them).
-    for name in sorted({name for name, _, _ in found} - (existing & keep) - building):
-        run_concurrently(database, f"{table}: dropping index {name}", f'DROP INDEX CONCURRENTLY IF EXISTS "{name}"')
-        if name in existing:
+    plan = plan_tenant_indexes(counts, found, vector, min_rows)
+    done = TenantIndexes(kept=plan.kept)
+    for name in plan.drop:
+        _drop(database, table, name, "dropping index")
+        if name in plan.valid:
             done.dropped.append(name)
-    for name, value in sorted(wanted.items()):
-        if name in existing or name in building:
-            continue
+    for name, value in plan.build.items():
         index = HNSWIndex(vector, metric=base.metric, m=base.parameters["m"],
                           ef_construction=base.parameters["ef_construction"], quantize=base.quantize,
                           name=name, where=tenant == value)
-        index.concurrently = True  # writes go on while it builds (outside any transaction block)
-        for _attempt in range(2):
-            try:
-                run_concurrently(database, f"{table}: building tenant index {name}",
-                              *database.get_sql_context().sql(index).query())
-            except LockBusy:
-                run_concurrently(database, f"{table}: dropping invalid index {name}",
-                              f'DROP INDEX CONCURRENTLY IF EXISTS "{name}"')
-                raise
-            # A build interrupted (a killed backend, a re-sent statement) leaves an invalid index behind,
-            # which IF NOT EXISTS would then accept: check, and build it once more.
-            valid = database.execute_sql("SELECT indisvalid FROM pg_index WHERE indexrelid = %s::regclass",
-                                         (f'"{name}"',)).fetchone()[0]
-            if valid:
-                break
-            run_concurrently(database, f"{table}: dropping invalid index {name}",
-                          f'DROP INDEX CONCURRENTLY IF EXISTS "{name}"')
-        else:
-            raise KitError(f"the tenant index {name} on {table} could not be built (twice interrupted); "
-                           f"run `kit maintain` again")
+        _build(database, table, name, index)
         done.created.append(name)
     if done.created or done.dropped:
         forget()  # this process plans by them at once; others within COUNT_TTL
     return done
 
 
-__all__ = ["TENANT_INDEX", "TenantIndexes", "declared_index", "ensure_tenant_indexes", "tenant_index_name"]
+def _drop(database: Database, table: str, name: str, doing: str) -> None:
+    run_concurrently(database, f"{table}: {doing} {name}", f'DROP INDEX CONCURRENTLY IF EXISTS "{name}"')
+
+
+def _build(database: Database, table: str, name: str, index: HNSWIndex) -> None:
+    """Build one tenant index without blocking writes; once more if an interruption left it invalid."""
+    index.concurrently = True  # writes go on while it builds (outside any transaction block)
+    for _attempt in range(2):
+        try:
+            run_concurrently(database, f"{table}: building tenant index {name}",
+                             *database.get_sql_context().sql(index).query())
+        except LockBusy:
+            _drop(database, table, name, "dropping invalid index")
+            raise
+        # A build interrupted (a killed backend, a re-sent statement) leaves an invalid index behind,
+        # which IF NOT EXISTS would then accept: check, and build it once more.
+        valid = database.execute_sql("SELECT indisvalid FROM pg_index WHERE indexrelid = %s::regclass",
+                                     (f'"{name}"',)).fetchone()[0]
+        if valid:
+            return
+        _drop(database, table, name, "dropping invalid index")
+    raise KitError(f"the tenant index {name} on {table} could not be built (twice interrupted); "
+                   f"run `kit maintain` again")
+
+
+__all__ = ["TENANT_INDEX", "TenantIndexPlan", "TenantIndexes", "declared_index", "ensure_tenant_indexes",
+           "plan_tenant_indexes", "tenant_index_name"]
