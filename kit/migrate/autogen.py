@@ -21,6 +21,7 @@ IVFFlat indexes, NULLS NOT DISTINCT). `register()` adds, without forking it:
   whose model has `Meta.tenant` by `kit_ops.tenant_policies(...)` (its row-level security, `kit.roles`);
 - the imports these need at the top of each new migration file.
 
+Models bound to another database than PostgreSQL are left to peewee-migrate as it is (`on_postgresql`).
 `migrations/conf.py` calls it, so `pw_migrate create --auto kit.models` just works.
 """
 
@@ -83,6 +84,18 @@ def policies_to_code(rule: TenantRule) -> str:
     return f"kit_ops.tenant_policies(migrator, {rule.table!r}, {rule.column!r}{options})"
 
 
+def on_postgresql(model: Any) -> bool:
+    """Whether the kit's additions apply to `model`: bound to PostgreSQL, or unbound (migrated by the kit's database).
+
+    A model bound to another database (SQLite, MySQL) gets peewee-migrate's own output, untouched: the
+    kit's operations (triggers, policies, CONCURRENTLY) are PostgreSQL's.
+    """
+    database = model._meta.database
+    if isinstance(database, pw.DatabaseProxy):
+        database = database.obj
+    return database is None or isinstance(database, pw.PostgresqlDatabase)
+
+
 def _constraint_texts(field: Any) -> list[str]:
     """A field's column constraints (CHECKs, DEFAULT) as SQL texts."""
     return [constraint_sql(c) or str(c) for c in field.constraints or []]
@@ -127,6 +140,8 @@ def register() -> None:
     original_drop_index = auto.drop_index
 
     def create_model(model: Any, **kwargs: Any) -> str:
+        if not on_postgresql(model):
+            return original_create_model(model, **kwargs)
         meta = model._meta
         objects = [i for i in meta.indexes if _is_index_object(i)]
         saved = meta.indexes
@@ -145,6 +160,8 @@ def register() -> None:
         return "\n".join(lines)
 
     def add_index(index: Any) -> str:  # an index added to a table that exists, and may hold rows
+        if not on_postgresql(index._model):
+            return original_add_index(index)
         if index in index._model._meta.indexes and _is_index_object(index):
             return index_to_code(index, index._model._meta.table_name, concurrently=True)
         code = original_add_index(index)
@@ -155,20 +172,24 @@ def register() -> None:
     original_change_not_null = auto.change_not_null
 
     def create_fields(model: Any, *fields: Any, **kwargs: Any) -> str:  # columns added to a table that exists
+        if not on_postgresql(model):
+            return original_create_fields(model, *fields, **kwargs)
         return original_create_fields(model, *fields, **kwargs).replace("migrator.add_fields(",
                                                                         "kit_ops.add_fields(migrator, ", 1)
 
     def change_fields(model: Any, *fields: Any) -> str:
         code = original_change_fields(model, *fields)
+        if not on_postgresql(model):
+            return code
         return code.replace("migrator.change_fields(", "kit_ops.change_fields(migrator, ", 1)
 
     def change_not_null(model: Any, name: str, *, null: bool) -> str:
-        if null:
+        if null or not on_postgresql(model):
             return original_change_not_null(model, name, null=null)
         return f"kit_ops.add_not_null(migrator, {model._meta.table_name!r}, {name!r})"
 
     def drop_index(index: Any) -> str:
-        if index in index._model._meta.indexes and _is_index_object(index):
+        if on_postgresql(index._model) and index in index._model._meta.indexes and _is_index_object(index):
             return f"kit_ops.drop_index(migrator, {index._model._meta.table_name!r}, {index._name!r})"
         return original_drop_index(index)
 
@@ -176,6 +197,8 @@ def register() -> None:
 
     def diff_model_fields(model: Any, source: Any, **opts: Any) -> list[str]:
         changes = original_diff_model_fields(model, source, **opts)
+        if not on_postgresql(model):
+            return changes
         table = model._meta.table_name
         for field in model._meta.sorted_fields:  # a changed CHECK or DEFAULT on a column both have
             old = source._meta.fields.get(field.name)
