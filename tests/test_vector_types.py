@@ -1,8 +1,9 @@
 """pgvector-python's peewee test suite (tests/test_peewee.py), on the kit's fields; then what the kit adds.
 
 The cases and expected values are pgvector-python's. Where the kit returns numpy (dense vectors),
-the comparison is made on the array; sparse vectors come back as pgvector-python's SparseVector and bit
-strings as text, exactly as there.
+the comparison is made on the array; in list mode (`as_list=True`) with pgvector-python's assertions
+as written. Sparse vectors come back as pgvector-python's SparseVector and bit strings as text, exactly
+as there.
 """
 
 from __future__ import annotations
@@ -222,3 +223,38 @@ def test_the_migration_generator_knows_the_new_types_and_the_schema_check_agrees
     migrate.apply(db, directory, say=lambda _: None)
     assert compare(db, [Typed], report_extra=False) == []
     assert Router(db, migrate_dir=directory).create("again", auto=[Typed]) is None
+
+
+class ListItem(Model):
+    """pgvector-python's `Item` with the kit's dense fields in list mode (`as_list=True`)."""
+
+    embedding = VectorField(dimensions=3, null=True, as_list=True)
+    half_embedding = HalfVectorField(dimensions=3, null=True, as_list=True)
+
+    class Meta:
+        database = database
+        table_name = "pgvector_python_list_item"
+
+
+@pytest.fixture
+def list_items():
+    create_owned(ListItem)
+    yield
+    drop_owned(ListItem)
+
+
+def test_in_list_mode_vectors_come_back_as_pgvector_python_returns_them(list_items):
+    """pgvector-python's test_vector and test_halfvec, their assertions as written there."""
+    ListItem.create(id=1, embedding=[1, 2, 3])
+    item = ListItem.get_by_id(1)
+    assert item.embedding == [1, 2, 3]
+    ListItem.create(id=2, half_embedding=[1, 2, 3])
+    item = ListItem.get_by_id(2)
+    assert item.half_embedding == [1, 2, 3]
+    assert type(item.half_embedding) is list and all(type(v) is float for v in item.half_embedding)
+    ListItem.create(id=3, embedding=np.array([1, 1, 2], dtype=np.float32))  # numpy still goes in
+    distance = ListItem.embedding.l2_distance([1, 1, 1])
+    rows = list(ListItem.select(ListItem.id, distance.alias("distance")).where(distance.is_null(False))
+                .order_by(distance))
+    assert [(r.id, r.distance) for r in rows] == [(3, 1), (1, sqrt(5))]
+    assert ListItem.select(ListItem.embedding).where(ListItem.id == 3).get().embedding == [1, 1, 2]  # binary read

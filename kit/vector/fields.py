@@ -101,15 +101,19 @@ def checked_dimensions(owner: str, dimensions: Any, limit: int = MAX_DIMENSIONS,
 
 
 class VectorField(BinaryRead, VectorDistances, Field):
-    """A pgvector `vector(n)` column holding float32 numpy arrays (`vector` when `dimensions` is None)."""
+    """A pgvector `vector(n)` column holding float32 numpy arrays (`vector` when `dimensions` is None).
+
+    `as_list=True` reads values as lists of floats, as pgvector-python's field does (writes take either).
+    """
 
     field_type = "vector"
     send_function = "vector_send"
     dtype = np.dtype(np.float32)
     element = ">f4"  # the binary wire format's element type
 
-    def __init__(self, dimensions: int | None = None, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, dimensions: int | None = None, *args: Any, as_list: bool = False, **kwargs: Any) -> None:
         self.dimensions = checked_dimensions(type(self).__name__, dimensions)
+        self.as_list = as_list
         super().__init__(*args, **kwargs)
 
     def get_modifiers(self) -> list[int] | None:
@@ -211,15 +215,17 @@ class VectorField(BinaryRead, VectorDistances, Field):
             return None
         return wire.to_text(self.to_array(value).astype(np.float32, copy=False))
 
-    def python_value(self, value: Any) -> np.ndarray | None:
-        """A numpy array from the database: binary (`vector_send`) or pgvector text."""
+    def python_value(self, value: Any) -> np.ndarray | list[float] | None:
+        """A numpy array (a list with `as_list`) from the database: binary (`vector_send`) or pgvector text."""
         if value is None:
             return None
         if isinstance(value, (memoryview, bytes)):
-            return wire.from_binary(value, self.element, self.dtype)
-        if isinstance(value, np.ndarray):
-            return value
-        return wire.from_text(value, self.dtype)
+            array = wire.from_binary(value, self.element, self.dtype)
+        elif isinstance(value, np.ndarray):
+            array = value
+        else:
+            array = wire.from_text(value, self.dtype)
+        return array.tolist() if self.as_list else array
 
 
 class HalfVectorField(VectorField):
