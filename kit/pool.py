@@ -101,8 +101,9 @@ def _limit(name: str, value: Any, *, whole: bool = False, none_ok: bool = True) 
 class ConnectionPool:
     """Connections shared by threads: at most `max_size` out at once, `min_size` kept, the oldest reused first."""
 
-    def __init__(self, hooks: Hooks, **settings: Any) -> None:
+    def __init__(self, hooks: Hooks, clock: Callable[[], float] = time.monotonic, **settings: Any) -> None:
         self.hooks = hooks
+        self.clock = clock  # seconds, monotonic: ages, idleness and pings are measured by it (a test's own)
         self._lock = threading.Lock()  # guards the state below; C-level, cheap to take
         self._cond = threading.Condition(self._lock)  # callers waiting for a connection
         self._waiting = 0
@@ -165,7 +166,7 @@ class ConnectionPool:
                 if self._has_room() or self._reclaim_from_dead_threads():
                     self._opening += 1
                     break
-                now = time.monotonic()
+                now = time.monotonic()  # a caller's wait is real time, whatever clock ages connections
                 wait = self.wait_seconds
                 if deadline is None and wait:
                     deadline = now + wait
@@ -206,7 +207,7 @@ class ConnectionPool:
                 if not self._idle:
                     return None
                 slot = heapq.heappop(self._idle)[2]
-                now = slot.checked_out = time.monotonic()
+                now = slot.checked_out = self.clock()
                 slot.owner = threading.get_ident()
                 self._in_use[id(slot.conn)] = slot
             if (slot.generation == self._generation and not self.hooks.is_closed(slot.conn)
@@ -225,7 +226,7 @@ class ConnectionPool:
 
     def _check_out(self, slot: _Slot) -> None:
         slot.owner = threading.get_ident()
-        slot.checked_out = time.monotonic()
+        slot.checked_out = self.clock()
         self._in_use[id(slot.conn)] = slot
 
     def _open_reserved(self) -> _Slot:
@@ -240,7 +241,8 @@ class ConnectionPool:
         with self._lock:
             self._opening -= 1
             self._stats["opened"] += 1
-            return _Slot(conn, self._generation)
+            now = self.clock()
+            return _Slot(conn, self._generation, opened=now, last_used=now)
 
     def _open_idle(self, count: int) -> None:
         """Open `count` reserved connections straight into the idle heap (warming up to `min_size`)."""
@@ -283,7 +285,7 @@ class ConnectionPool:
                 return
             slot.owner = None
             self._returning += 1
-        now = time.monotonic()
+        now = self.clock()
         keep = (not discard and slot.generation == self._generation
                 and (self.stale_timeout is None or now - slot.opened <= self.stale_timeout)
                 and self.hooks.can_reuse(conn) and (not slot.needs_reset or self._reset(slot)))
@@ -341,7 +343,7 @@ class ConnectionPool:
     def close_stale(self, age: float = 600) -> int:
         """Close connections checked out more than `age` seconds ago (their users will fail); return how many."""
         with self._lock:
-            cutoff = time.monotonic() - age
+            cutoff = self.clock() - age
             stale = [s for s in self._in_use.values() if s.checked_out < cutoff]
             for slot in stale:
                 del self._in_use[id(slot.conn)]
@@ -387,7 +389,7 @@ class ConnectionPool:
         if not self.max_idle:
             return None
         with self._lock:
-            now = time.monotonic()
+            now = self.clock()
             by_idleness = sorted(self._idle, key=lambda item: item[2].last_used)
             keep = len(self._idle) + len(self._in_use)
             expired = []

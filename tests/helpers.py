@@ -32,6 +32,11 @@ def scalar(conn, sql: str, params=()):
         return cur.fetchone()[0]
 
 
+def backend_pid(db) -> int:
+    """The server process behind `db`'s connection in this thread (one statement on it)."""
+    return db.execute_sql("SELECT pg_backend_pid()").fetchone()[0]
+
+
 def wait_until(predicate, timeout: float = 5.0, step: float = 0.02) -> bool:
     """Poll `predicate` until it is true or `timeout` seconds pass; return its last value."""
     deadline = time.monotonic() + timeout

@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from helpers import observes_server_sessions, scalar, wait_until
+from helpers import backend_pid, observes_server_sessions, scalar, wait_until
 from peewee import ProgrammingError
 
 from kit.db import PooledDatabase, PoolExhausted, PoolTooLarge, database
@@ -18,9 +18,6 @@ from kit.db import PooledDatabase, PoolExhausted, PoolTooLarge, database
 def server_connections(monitor, pool) -> int:
     return scalar(monitor, "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (pool.app_name,))
 
-
-def backend_pid(pool) -> int:
-    return pool.execute_sql("SELECT pg_backend_pid()").fetchone()[0]
 
 
 def hold_connections(pool, count):

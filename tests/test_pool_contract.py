@@ -13,7 +13,7 @@ import threading
 import time
 
 import pytest
-from helpers import observes_server_sessions, scalar, wait_until
+from helpers import backend_pid, observes_server_sessions, scalar, wait_until
 from playhouse.pool import MaxConnectionsExceeded
 
 from kit.db import PooledDatabase, PoolExhausted, PoolSettingError
@@ -28,9 +28,6 @@ def pooled(make_pool):
 def on_server(monitor, db) -> int:
     return scalar(monitor, "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (db.app_name,))
 
-
-def pid(db) -> int:
-    return db.execute_sql("SELECT pg_backend_pid()").fetchone()[0]
 
 
 def in_thread(fn):
@@ -63,7 +60,7 @@ class Holder:
 
     def _run(self):
         with self.db.connection_context():
-            self.pid = pid(self.db)
+            self.pid = backend_pid(self.db)
             self.ready.set()
             self.done.wait(30)
 
@@ -82,7 +79,7 @@ def test_max_connections_is_a_hard_limit_and_timeout_none_fails_at_once(pooled):
     assert isinstance(caught.value, MaxConnectionsExceeded)  # what peewee code catches
     assert db.pool_stats()["in_use"] == 1
     holder.release()
-    assert in_thread(lambda: pid(db)) == holder.pid  # free again: the same connection
+    assert in_thread(lambda: backend_pid(db)) == holder.pid  # free again: the same connection
 
 
 def test_max_size_one_never_lets_two_out_whatever_the_default_min(pooled):
@@ -110,7 +107,7 @@ def test_timeout_zero_waits_as_long_as_it_takes(pooled):
     holder = Holder(db)
     threading.Timer(0.6, holder.release).start()
     started = time.monotonic()
-    assert in_thread(lambda: pid(db)) == holder.pid
+    assert in_thread(lambda: backend_pid(db)) == holder.pid
     assert time.monotonic() - started >= 0.5
 
 
@@ -128,17 +125,17 @@ def test_timeout_in_seconds_waits_then_fails(pooled):
 def test_stale_timeout_retires_connections_by_age(pooled, monitor):
     db = pooled(stale_timeout=0.3)
     with db.connection_context():
-        first = pid(db)
+        first = backend_pid(db)
     with db.connection_context():
-        assert pid(db) == first  # young: reused
+        assert backend_pid(db) == first  # young: reused
     time.sleep(0.4)
     with db.connection_context():  # too old at checkout: closed, a new one opened
-        second = pid(db)
+        second = backend_pid(db)
     assert second != first
     time.sleep(0.4)
     db.close()  # nothing open; now check one in that is too old on return
     with db.connection_context():
-        third = pid(db)
+        third = backend_pid(db)
         time.sleep(0.4)
     assert third != second
     assert wait_until(lambda: on_server(monitor, db) == 0)  # closed on check-in, not kept
@@ -163,12 +160,12 @@ def test_init_updates_pool_parameters(pooled):
 def test_init_with_another_target_closes_what_the_pool_holds(pooled, monitor, test_db_url):
     db = pooled()
     with db.connection_context():
-        first = pid(db)
+        first = backend_pid(db)
     assert on_server(monitor, db) == 1
     db.init(test_db_url, application_name=db.app_name + "-b")
     assert wait_until(lambda: on_server(monitor, db) == 0)
     with db.connection_context():
-        assert pid(db) != first
+        assert backend_pid(db) != first
 
 
 @observes_server_sessions
@@ -205,7 +202,7 @@ def test_close_all_closes_everything_and_wakes_waiters(pooled, monitor):
     db = pooled(max_connections=1, timeout=5)
     db.connect()
     got = []
-    waiter = threading.Thread(target=lambda: got.append(in_thread(lambda: pid(db))))
+    waiter = threading.Thread(target=lambda: got.append(in_thread(lambda: backend_pid(db))))
     waiter.start()
     time.sleep(0.2)
     db.close_all()
@@ -219,17 +216,17 @@ def test_close_all_closes_everything_and_wakes_waiters(pooled, monitor):
 def test_manual_close_closes_for_good(pooled, monitor):
     db = pooled()
     assert db.manual_close() is False  # nothing open
-    first = pid(db)
+    first = backend_pid(db)
     assert db.manual_close() is True
     assert db.is_closed() and db.pool_stats() | {"in_use": 0, "idle": 0} == db.pool_stats()
     assert wait_until(lambda: scalar(monitor, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (first,)) == 0)
-    assert pid(db) != first
+    assert backend_pid(db) != first
 
 
 @observes_server_sessions
 def test_dispose_after_fork_frees_every_place_in_the_child(pooled, monitor):
     db = pooled(max_connections=2)
-    parent_pid = pid(db)  # the parent keeps this one checked out across the fork
+    parent_pid = backend_pid(db)  # the parent keeps this one checked out across the fork
     read, write = os.pipe()
     child = os.fork()
     if child == 0:  # pragma: no cover - runs in the child
@@ -245,7 +242,7 @@ def test_dispose_after_fork_frees_every_place_in_the_child(pooled, monitor):
     result = os.read(read, 1)
     os.waitpid(child, 0)
     assert result == b"\x00"
-    assert pid(db) == parent_pid  # the parent's session was never touched
+    assert backend_pid(db) == parent_pid  # the parent's session was never touched
 
 
 @observes_server_sessions
@@ -258,10 +255,10 @@ def test_is_closed_hook_is_asked_on_checkout(pooled):
 
     db = pooled(cls=Refusing)
     with db.connection_context():
-        first = pid(db)
+        first = backend_pid(db)
         refused.add(id(db.connection()))
     with db.connection_context():
-        assert pid(db) != first
+        assert backend_pid(db) != first
 
 
 @observes_server_sessions
@@ -274,7 +271,7 @@ def test_can_reuse_hook_is_asked_on_check_in(pooled, monitor):
     pids = []
     for _ in range(3):
         with db.connection_context():
-            pids.append(pid(db))
+            pids.append(backend_pid(db))
     assert len(set(pids)) == 3
     assert wait_until(lambda: on_server(monitor, db) == 0) and db.pool_stats()["closed"] == 3
 
@@ -287,7 +284,7 @@ def test_idle_connections_are_reused_oldest_first(pooled):
         time.sleep(0.01)
     for holder in reversed(holders):  # returned newest first, so the newest was idle longest
         holder.release()
-    assert in_thread(lambda: pid(db)) == holders[0].pid
+    assert in_thread(lambda: backend_pid(db)) == holders[0].pid
 
 
 def test_a_transaction_left_open_by_raw_sql_is_rolled_back_on_check_in(pooled, monitor):

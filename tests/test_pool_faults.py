@@ -16,7 +16,7 @@ import threading
 import time
 
 import pytest
-from helpers import observes_server_sessions, scalar, wait_until
+from helpers import backend_pid, observes_server_sessions, scalar, wait_until
 from peewee import OperationalError
 
 from kit.db import PooledDatabase, SessionLost
@@ -50,16 +50,13 @@ def terminate(monitor, pid: int) -> None:
     assert scalar(monitor, "SELECT pg_terminate_backend(%s)", (pid,)) is True
 
 
-def pid_of(db) -> int:
-    return db.execute_sql("SELECT pg_backend_pid()").fetchone()[0]
-
 
 @observes_server_sessions
 def test_a_checkout_right_after_the_server_ended_the_session_never_fails(pool, monitor, table):
     errors = []
     for trial in range(TRIALS):
         with pool.connection_context():
-            victim = pid_of(pool)
+            victim = backend_pid(pool)
         terminate(monitor, victim)
         try:
             with pool.connection_context():  # at once: the backend may still be on its way out
@@ -67,7 +64,7 @@ def test_a_checkout_right_after_the_server_ended_the_session_never_fails(pool, m
                     pool.execute_sql(f"INSERT INTO {table} VALUES (%s)", (trial,))
                 else:
                     assert pool.execute_sql("SELECT 1").fetchone()[0] == 1
-                assert pid_of(pool) != victim
+                assert backend_pid(pool) != victim
         except Exception as exc:  # collected, so the count of failures is what the assertion shows
             errors.append(f"trial {trial}: {type(exc).__name__}: {exc}")
     assert errors == []
@@ -82,12 +79,12 @@ def test_a_checkout_right_after_the_server_ended_the_session_never_fails(pool, m
 
 @observes_server_sessions
 def test_a_kept_connection_without_session_state_survives_a_kill_just_before_its_statement(pool, monitor, caplog):
-    pid_of(pool)  # autoconnect: this thread keeps its connection
+    backend_pid(pool)  # autoconnect: this thread keeps its connection
     caplog.set_level("INFO", logger="kit.db")
     for _ in range(50):
-        victim = pid_of(pool)
+        victim = backend_pid(pool)
         terminate(monitor, victim)
-        assert pid_of(pool) != victim  # at once, no sleep, no error
+        assert backend_pid(pool) != victim  # at once, no sleep, no error
     pool.close()
     resent = [r for r in caplog.records if r.name == "kit.db" and r.getMessage().startswith("statement re-sent")]
     assert len(resent) == pool.pool_stats()["resent"] > 0  # each re-send is one log line an operator can see
@@ -95,7 +92,7 @@ def test_a_kept_connection_without_session_state_survives_a_kill_just_before_its
 
 def test_a_statement_the_server_was_running_is_not_resent(pool, monitor):
     pool.execute_sql("SELECT 1")
-    victim = pid_of(pool)
+    victim = backend_pid(pool)
     threading.Timer(0.4, terminate, (monitor, victim)).start()
     started = time.monotonic()
     with pytest.raises(OperationalError) as caught:
@@ -103,7 +100,7 @@ def test_a_statement_the_server_was_running_is_not_resent(pool, monitor):
     assert time.monotonic() - started < 2.5  # not run a second time
     assert "server closed the connection" in str(caught.value)
     assert pool.pool_stats()["resent"] == 0
-    assert pid_of(pool) != victim  # the dead connection is replaced at the next statement
+    assert backend_pid(pool) != victim  # the dead connection is replaced at the next statement
     pool.close()
 
 
@@ -111,7 +108,7 @@ def test_nothing_inside_a_transaction_is_resent(pool, monitor, table):
     with pytest.raises(OperationalError):
         with pool.atomic():
             pool.execute_sql(f"INSERT INTO {table} VALUES (1)")
-            terminate(monitor, pid_of(pool))
+            terminate(monitor, backend_pid(pool))
             time.sleep(0.05)
             pool.execute_sql(f"INSERT INTO {table} VALUES (2)")
     assert scalar(monitor, f"SELECT count(*) FROM {table}") == 0
@@ -136,7 +133,7 @@ SESSION_STATE = [
 @pytest.mark.parametrize("pause", [0.05, 0.0], ids=["backend-gone", "backend-exiting"])
 def test_session_state_lost_with_its_connection_is_an_error_naming_it(pool, monitor, statement, kind, pause):
     pool.execute_sql(statement)  # this thread keeps the connection and its state
-    victim = pid_of(pool)
+    victim = backend_pid(pool)
     terminate(monitor, victim)
     time.sleep(pause)
     with pytest.raises(SessionLost) as caught:
@@ -144,7 +141,7 @@ def test_session_state_lost_with_its_connection_is_an_error_naming_it(pool, moni
     assert kind in str(caught.value) and "nothing was re-sent" in str(caught.value)
     assert isinstance(caught.value, OperationalError)
     # Told once; the next statement runs on a new connection with none of the old state.
-    assert pid_of(pool) != victim
+    assert backend_pid(pool) != victim
     assert pool.execute_sql("SHOW statement_timeout").fetchone()[0] == "0"
     assert scalar(monitor, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
     pool.close()
@@ -154,7 +151,7 @@ def test_session_state_lost_with_its_connection_is_an_error_naming_it(pool, moni
 def test_state_set_on_the_driver_connection_counts_as_session_state(pool, monitor):
     with pool.connection().cursor() as cur:
         cur.execute("SET search_path TO nowhere")
-    terminate(monitor, pid_of(pool))
+    terminate(monitor, backend_pid(pool))
     with pytest.raises(SessionLost, match="driver connection"):
         pool.execute_sql("SELECT 1")
     pool.close()
@@ -163,7 +160,7 @@ def test_state_set_on_the_driver_connection_counts_as_session_state(pool, monito
 @observes_server_sessions
 def test_a_lost_session_is_found_at_begin(pool, monitor):
     pool.execute_sql("SELECT pg_advisory_lock(4343)")
-    terminate(monitor, pid_of(pool))
+    terminate(monitor, backend_pid(pool))
     assert wait_until(lambda: scalar(monitor, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0)
     with pytest.raises(SessionLost, match="advisory locks"):
         with pool.atomic():  # BEGIN is a statement like any other
@@ -176,7 +173,7 @@ def test_commit_after_the_connection_died_is_an_error_never_a_silent_success(poo
     with pytest.raises(SessionLost, match="COMMIT") as caught:
         with pool.atomic():
             pool.execute_sql(f"INSERT INTO {table} VALUES (1)")
-            terminate(monitor, pid_of(pool))
+            terminate(monitor, backend_pid(pool))
             time.sleep(pause)
     if pause:  # the session had ended before COMMIT was sent: the kit knows nothing was committed
         assert "lost before COMMIT" in str(caught.value) and "nothing of it was committed" in str(caught.value)
@@ -191,24 +188,24 @@ def test_commit_after_the_connection_died_is_an_error_never_a_silent_success(poo
 def test_a_transaction_begun_as_sql_is_session_state_too(pool, monitor, table):
     pool.execute_sql("BEGIN")
     pool.execute_sql(f"INSERT INTO {table} VALUES (1)")
-    terminate(monitor, pid_of(pool))
+    terminate(monitor, backend_pid(pool))
     time.sleep(0.05)
     with pytest.raises(SessionLost, match="an open transaction"):
         pool.execute_sql("COMMIT")
     assert scalar(monitor, f"SELECT count(*) FROM {table}") == 0
     pool.execute_sql("BEGIN")
     pool.execute_sql("COMMIT")  # ended cleanly: a later loss of a clean connection is recovered silently
-    victim = pid_of(pool)
+    victim = backend_pid(pool)
     terminate(monitor, victim)
     time.sleep(0.05)
-    assert pid_of(pool) != victim
+    assert backend_pid(pool) != victim
     pool.close()
 
 
 def test_a_failed_statement_inside_a_transaction_is_the_error_the_caller_sees(pool, monitor, table):
     with pytest.raises(OperationalError, match="server closed the connection"):
         with pool.atomic():  # the rollback on the dead connection does not mask the statement's error
-            terminate(monitor, pid_of(pool))
+            terminate(monitor, backend_pid(pool))
             time.sleep(0.05)
             pool.execute_sql(f"INSERT INTO {table} VALUES (1)")
     pool.close()
