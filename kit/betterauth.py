@@ -26,8 +26,7 @@ from nacl.bindings import (
 )
 from nacl.exceptions import CryptoError
 
-from kit.config import ConfigError
-from kit.errors import DecryptionError
+from kit.errors import ConfigError, DecryptionError
 
 DEVELOPMENT_SECRET = "better-auth-secret-12345678901234567890"  # Better Auth's fallback when none is set
 NONCE_BYTES = 24

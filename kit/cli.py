@@ -16,8 +16,8 @@ from pathlib import Path
 import psycopg2.extensions
 
 from kit import embedded
-from kit.config import ConfigError, KitError, Settings, load_settings
-from kit.errors import describe
+from kit.config import Settings, load_settings
+from kit.errors import ConfigError, KitError, describe
 from kit.roles import APP, AUTH, OWNER
 
 EXIT_CONFIG = 2

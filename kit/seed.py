@@ -14,9 +14,8 @@ from pathlib import Path
 import peewee
 
 from kit import fixtures, migrate
-from kit.config import ConfigError, KitError
 from kit.db import database
-from kit.errors import describe
+from kit.errors import ConfigError, KitError, describe
 from kit.migrate.loader import default_directory
 from kit.models import project_models
 from kit.project import load_project

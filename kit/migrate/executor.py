@@ -25,9 +25,9 @@ from peewee import Database
 from peewee_migrate import Migrator
 from peewee_migrate.router import Router
 
-from kit.config import KitError
 from kit.ddl import limit_lock_waits, run_ddl
 from kit.errors import (
+    KitError,
     MigrationError,
     describe,
 )

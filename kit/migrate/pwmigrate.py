@@ -25,10 +25,10 @@ from peewee import DatabaseProxy
 from peewee_migrate.logs import logger as peewee_migrate_logger
 from peewee_migrate.router import BaseRouter
 
-from kit.config import KitError, mask_password
+from kit.config import mask_password
 from kit.db import database
 from kit.ddl import limit_lock_waits, run_ddl
-from kit.errors import describe
+from kit.errors import KitError, describe
 from kit.migrate import history
 from kit.migrate.autogen import register
 from kit.migrate.executor import require_extension

@@ -6,7 +6,7 @@ checksum, and `pw_migrate create --auto` learns the kit's fields and indexes.
 
 import sys
 
-from kit.config import KitError
+from kit.errors import KitError
 from kit.migrate.executor import IGNORED_MODELS
 from kit.migrate.pwmigrate import database_for_pw_migrate
 
