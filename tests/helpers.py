@@ -135,3 +135,16 @@ class Writer(threading.Thread):
                 self.longest = max(self.longest, time.monotonic() - started)
                 time.sleep(0.02)
         self.conn.close()
+
+
+def limited_database(url: str, statement_timeout_ms: int, pool_max: int = 4):
+    """A kit `Database` on `url` with its own statement time limit (close it with `close_all()`)."""
+    from dataclasses import replace
+
+    from kit.config import load_settings
+    from kit.db import Database
+
+    db = Database()
+    db.configure(url, settings=replace(load_settings(), statement_timeout_ms=statement_timeout_ms,
+                                       pool_max=pool_max, pool_min=0))
+    return db

@@ -10,7 +10,7 @@ import time
 from dataclasses import replace
 
 import pytest
-from helpers import observes_server_sessions, scalar, wait_until
+from helpers import limited_database, observes_server_sessions, scalar, wait_until
 
 from kit import ConfigError, StatementTimeout
 from kit.config import load_settings
@@ -20,8 +20,7 @@ from kit.db import Database
 @pytest.fixture
 def limited(test_db_url):
     """The kit's database on the suite's, with a statement time limit of 300 ms."""
-    db = Database()
-    db.configure(test_db_url, settings=replace(load_settings(), statement_timeout_ms=300, pool_max=4, pool_min=0))
+    db = limited_database(test_db_url, 300, pool_max=4)
     yield db
     db.close_all()
 

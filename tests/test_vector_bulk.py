@@ -6,19 +6,17 @@ import datetime as dt
 import decimal
 import time
 import uuid
-from dataclasses import replace
 
 import numpy as np
 import peewee
 import pytest
-from helpers import create_owned, drop_owned, owner_query
+from helpers import create_owned, drop_owned, limited_database, owner_query
 from peewee import SQL, BigAutoField, BooleanField, DateField, DecimalField, IntegerField, Model, TextField, UUIDField
 from playhouse.postgres_ext import BinaryJSONField, DateTimeTZField
 
 import kit.copy.writer as bulk
 from kit import StatementTimeout
-from kit.config import load_settings
-from kit.db import Database, database
+from kit.db import database
 from kit.vector import CopyRowError, HalfVectorField, VectorField, VectorModel, copy_rows, fetch_matrix
 
 DIM = 16
@@ -229,8 +227,7 @@ def slow_rows(owner_url):
 @pytest.fixture
 def limited(test_db_url):
     """The kit's database on the suite's, with a statement time limit of one second."""
-    db = Database()
-    db.configure(test_db_url, settings=replace(load_settings(), statement_timeout_ms=1000, pool_max=2, pool_min=0))
+    db = limited_database(test_db_url, 1000, pool_max=2)
     yield db
     db.close_all()
 
