@@ -163,3 +163,31 @@ def test_the_tool_kit_example_is_valid(tmp_path):
 def test_the_models_reference_is_current():
     written = (ROOT / "docs" / "models.md").read_text()
     assert written == markdown(project_models()), "docs/models.md is stale: run `kit models > docs/models.md`"
+
+
+def kit_constants() -> dict[str, object]:
+    """Every module-level `NAME = literal` in kit/, by name."""
+    found: dict[str, object] = {}
+    for path in (ROOT / "kit").rglob("*.py"):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                try:
+                    found[node.targets[0].id] = ast.literal_eval(node.value)
+                except ValueError:
+                    pass
+    return found
+
+
+QUOTED = re.compile(r"`([A-Z][A-Z0-9_]{3,})` \(([\d,.]+)( ms)?")
+
+
+def test_every_constant_the_docs_quote_has_the_value_the_code_has():
+    constants, checked = kit_constants(), 0
+    for page in PAGES:
+        for name_, shown, ms in QUOTED.findall(page.read_text()):
+            if name_ not in constants:
+                continue
+            value = float(shown.replace(",", "")) / (1000 if ms else 1)
+            assert value == pytest.approx(float(constants[name_])), f"{page.name}: {name_} is {constants[name_]}"
+            checked += 1
+    assert checked >= 4
