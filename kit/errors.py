@@ -109,6 +109,10 @@ class InsufficientCredits(KitError):
 class FixtureError(KitError):
     """A fixture cannot be parsed, resolved or loaded; the message starts with `file:line: table.label.column:`."""
 
+    file: object = None  # the fixture file (a Path), where one is to blame
+    line: int | None = None
+    path: str | None = None  # table.label.column
+
 
 class TenantError(KitError, DatabaseError):
     """A statement would reach rows of an organization other than the tenant context's; nothing was written."""

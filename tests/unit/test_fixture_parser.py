@@ -23,3 +23,11 @@ def test_a_bad_file_is_one_sentence_naming_where(tmp_path, text, said):
     with pytest.raises(FixtureError, match=f"^{str(path)}{said}" if said.startswith(":") else said) as raised:
         parse(path)
     assert "\n" not in str(raised.value) and "Traceback" not in str(raised.value)
+
+
+def test_the_error_carries_the_file_line_and_path_it_names(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("users:\n  a: {nope: 1}\n")
+    with pytest.raises(FixtureError) as raised:
+        parse(path)
+    assert (raised.value.file, raised.value.line, raised.value.path) == (path, 2, "users.a.nope")
