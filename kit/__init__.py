@@ -8,6 +8,9 @@ raises on purpose is a `kit.KitError` (its family is in `kit.errors`, all export
 security, `kit.tenancy`); `kit.all_tenants()` is the one door past it (the owner's connection).
 """
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 from kit.errors import (
     ArgumentError,
     ConfigError,
@@ -34,9 +37,17 @@ from kit.errors import (
 from kit.tenancy import all_tenants, current_tenant, tenant
 
 __version__ = "0.1.0"
+T = TypeVar("T")
+
+
+def retry_transaction(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run `fn` in one transaction, again on the failures after which nothing was committed (`kit.db.retry`)."""
+    from kit.db.retry import retry_transaction as run
+
+    return run(fn, *args, **kwargs)
 
 __all__ = ["ArgumentError", "ConfigError", "CopyRowError", "DatabaseUnavailable", "DecryptionError",
            "EmbeddedServerError", "FixtureError", "InsufficientCredits", "InvitationError", "KitError",
            "LockBusy", "MigrationError", "PoolExhausted", "PoolSettingError", "PoolTooLarge", "SessionLost",
            "SessionStateRefused", "StatementTimeout", "TenantError", "TenantRequired", "VectorValueError",
-           "all_tenants", "current_tenant", "tenant"]
+           "all_tenants", "current_tenant", "retry_transaction", "tenant"]

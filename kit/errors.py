@@ -50,15 +50,27 @@ class PoolTooLarge(KitError):
 
 
 class DatabaseUnavailable(KitError, OperationalError):
-    """The database could not be reached; the message names the (password-masked) URL."""
+    """The database could not be reached, or the connection to it was lost: the one family a handler maps to 503.
 
-    url: str | None = None  # password masked
+    Raised for a server that refuses or does not answer connections (stopped, restarting, recovering,
+    out of slots) and, as `SessionLost`, for a connection lost under a statement or a transaction.
+    Never a raw driver error: whatever path found the outage, sync or asyncio, it is this family.
+    """
+
+    url: str | None = None  # password masked, where the message names one
 
 
-class SessionLost(KitError, OperationalError):
-    """The server ended a connection that held session state; the message names what was lost."""
+class SessionLost(DatabaseUnavailable):
+    """The server ended a connection under a statement or a transaction; the message names what was lost.
+
+    `lost` names the session state lost with it ("open transaction", "advisory locks", ...).
+    `outcome_unknown` is True when what was sent may have taken effect (lost during COMMIT, or under a
+    statement that had been running): check before doing it again. When it is False nothing was
+    committed, and the work may be run again (`kit.retry_transaction` does so).
+    """
 
     lost: frozenset[str] = frozenset()  # the kinds of session state lost ("advisory locks", ...)
+    outcome_unknown: bool = False  # True: it may have been committed
 
 
 class SessionStateRefused(KitError, OperationalError):

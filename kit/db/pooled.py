@@ -57,6 +57,7 @@ from playhouse.pool import PoolConnection
 from playhouse.postgres_ext import PostgresqlExtDatabase
 
 from kit.db.forks import silence, track
+from kit.db.outcomes import is_outage
 from kit.db.statements import (
     DRIVER_USE,
     NO_TRANSACTION_BLOCK,
@@ -67,6 +68,8 @@ from kit.db.statements import (
     session_change,
 )
 from kit.errors import (
+    DatabaseUnavailable,
+    KitError,
     PoolSettingError,
     PoolTooLarge,
     SessionLost,
@@ -351,10 +354,22 @@ class PooledDatabase(PostgresqlExtDatabase):
                     f"{table}: the row does not belong to the tenant context's organization "
                     f"({f'kit.tenant({tenant})' if tenant else 'no kit.tenant(org) is set'}); nothing was written"
                 ) from exc
+            if not isinstance(exc, KitError) and isinstance(exc, (OperationalError, InterfaceError)) \
+                    and is_outage(exc, self.connection_lost()):
+                raise self._lost(exc) from exc
             raise
         if start is not None:
             self._notify_hooks(sql, params, start, None)
         return cursor
+
+    def _lost(self, exc: Exception) -> SessionLost:
+        """The one sentence for a statement whose connection was lost under it (inside a transaction or not)."""
+        if self._state.transactions or self._state.raw_transaction:
+            return SessionLost(f"the database connection was lost inside a transaction ({describe(exc)}); the "
+                               "server rolled it back, so nothing of it was committed",
+                               lost=frozenset({OPEN_TRANSACTION}))
+        return SessionLost(f"the database connection was lost while the statement ran ({describe(exc)}); it may "
+                           "have taken effect: check before sending it again", outcome_unknown=True)
 
     def _run(self, sql: str, params: Any, named_cursor: Any, kind: str | None, prefixed: bool = True) -> Any:
         """Send one statement with its prefix; re-send it once where `never_ran` proves it had no effect."""
@@ -487,7 +502,7 @@ class PooledDatabase(PostgresqlExtDatabase):
             self._ping(conn)  # fails on a dead connection (and closes it); harmless inside the transaction
         if conn.closed:
             raise SessionLost("the database connection was lost before COMMIT; the server rolled the transaction "
-                              "back, so nothing of it was committed")
+                              "back, so nothing of it was committed", lost=frozenset({OPEN_TRANSACTION}))
         self._state.tenant_used = False
         try:
             with __exception_wrapper__:
@@ -498,7 +513,7 @@ class PooledDatabase(PostgresqlExtDatabase):
             raise SessionLost(
                 f"the database connection was lost during COMMIT ({describe(exc)}); if the server ended the "
                 "session (stopped, killed it) nothing was committed, after a crash or a network failure the "
-                "outcome is unknown: check before doing it again"
+                "outcome is unknown: check before doing it again", outcome_unknown=True
             ) from exc
 
     def rollback(self) -> None:
@@ -530,7 +545,15 @@ class PooledDatabase(PostgresqlExtDatabase):
                 f"the database connection was lost{reason} and with it this session's {', '.join(sorted(lost))}; "
                 "nothing was re-sent: set that state up again on the next statement's new connection",
                 lost=frozenset(lost)) from cause
-        state.conn = self._pool.getconn(verified=True)  # not another idle one that died alike
+        try:
+            state.conn = self._pool.getconn(verified=True)  # not another idle one that died alike
+        except KitError:
+            state.reset()
+            raise
+        except (OperationalError, InterfaceError) as exc:
+            state.reset()
+            raise DatabaseUnavailable(f"the database connection was lost and no new one could be opened "
+                                      f"({describe(exc)}); nothing was re-sent") from exc
 
     def connection_lost(self) -> bool:
         """True when this thread has no usable connection: none could be opened, or the one it had died."""
