@@ -17,6 +17,7 @@ from peewee import SQL, Check, Model, TextField, UUIDField
 from playhouse.postgres_ext import DateTimeTZField, TSVectorField
 
 from kit.db import database
+from kit.db.bridge import ModelMetadata
 from kit.tenancy import id_of  # noqa: F401 - re-exported: the models' own spelling
 from kit.vector import VectorModel
 
@@ -109,6 +110,7 @@ class BaseModel(VectorModel):
 
     class Meta:
         database = database
+        model_metadata_class = ModelMetadata  # inside `kit.aio`'s run(), the asyncio database (`kit.db.bridge`)
         created_column = "created_at"  # set once, when the row is inserted (loaders leave it alone)
         updated_column = None  # set on every change
         append_only = False  # True: rows are never updated or deleted (the application may INSERT and SELECT)

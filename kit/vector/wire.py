@@ -3,8 +3,8 @@
 - Text in (query parameters, `insert_many`): `[x1,x2,...]`, each element a C99 hexadecimal float such
   as `+0x9a3f1cp-030`. pgvector parses elements with `strtof`, which reads hex floats exactly, so a
   float32 round-trips bit for bit; numpy writes the whole vector at once, with no per-float Python work.
-- Binary out (`vector_send` / `halfvec_send`, and binary COPY): uint16 dimensions, uint16 unused (0),
-  then the elements as big-endian float4 (vector) or float2 (halfvec).
+- Binary out (`vector_send` / `halfvec_send`, binary COPY, and both ways on the asyncio path): uint16
+  dimensions, uint16 unused (0), then the elements as big-endian float4 (vector) or float2 (halfvec).
 """
 
 from __future__ import annotations
@@ -21,7 +21,12 @@ _EXPONENTS = np.array([list(f"p{e:+04d}".encode()) for e in range(_EXP_MIN, 200)
 
 
 class VectorText(str):
-    """pgvector text made of characters that need no SQL escaping: psycopg2 quotes it without a scan."""
+    """pgvector text made of characters that need no SQL escaping: psycopg2 quotes it without a scan.
+
+    It carries its float32 array as `array`, which the asyncio database sends in binary instead.
+    """
+
+    array: np.ndarray | None = None
 
 
 psycopg2.extensions.register_adapter(VectorText, lambda text: psycopg2.extensions.AsIs(f"'{text}'"))
@@ -41,7 +46,15 @@ def to_text(values: np.ndarray) -> VectorText:
     chars[9:14] = _EXPONENTS.take(e - (24 + _EXP_MIN), axis=1)
     chars[14] = ord(",")
     chars[14, -1] = ord("]")
-    return VectorText("[" + chars.T.tobytes().decode("ascii"))
+    text = VectorText("[" + chars.T.tobytes().decode("ascii"))
+    text.array = values
+    return text
+
+
+def to_binary(values: np.ndarray, element: str) -> bytes:
+    """`vector_recv`/`halfvec_recv` input for a 1-D array; `element` is '>f4' or '>f2'."""
+    head = np.array([(values.shape[0], 0)], dtype=HEADER).tobytes()
+    return head + np.asarray(values).astype(element, copy=False).tobytes()
 
 
 def from_text(text: str, dtype: np.dtype) -> np.ndarray:

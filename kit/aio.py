@@ -1,0 +1,526 @@
+"""The asyncio database: `from kit.aio import database`, on peewee's own `playhouse.pwasyncio` (asyncpg).
+
+Every model (the kit's and a project's own, on `kit.models.BaseModel`) runs on it from `async def`,
+bound to nothing by hand, while the sync `kit.db.database` serves threads in the same process:
+
+    await database.get(Member.select().where(Member.id == member_id))
+    rows = await database.list(Document.select().limit(10))
+    async with database.atomic():
+        ...
+    await database.run(OrgCredit.consume, org, 1)  # any sync kit operation, run without blocking the loop
+
+How: `run()` (which every helper uses) marks its greenlet as this database's, and a model's
+`_meta.database` reads that mark (`kit.db.bridge`), so what runs inside sees this
+database; elsewhere it is still `kit.db.database`. A query made outside `run()` is bound here by the
+helpers (`get`, `list`, `first`, `scalar`, `count`, `exists`, `aexecute`).
+
+It keeps the sync pool's promises, with the same rules (`kit.db.pooled`, `kit.db.outcomes`):
+
+- Settings from the same environment: DATABASE_URL (else the embedded server), DATABASE_POOL_MIN/MAX,
+  DATABASE_POOL_IDLE_TIMEOUT, DATABASE_POOL_TIMEOUT, DATABASE_STATEMENT_TIMEOUT, DATABASE_POOLER.
+- A connection is held only while a statement runs or a transaction is open (or while it holds
+  session state): a request that awaits something else for ten seconds holds no connection.
+- A statement outside a transaction that found its session already ended by the server is re-sent
+  once on a new connection, within `RESEND_WINDOW`; one that may have run never is. Session state lost
+  with a connection is `SessionLost`; every outage is the `DatabaseUnavailable` family.
+- Each statement's time limit: the server's `statement_timeout` from the connection's start, and the
+  driver's `command_timeout` a second later, which also holds behind PgBouncer; past it,
+  `StatementTimeout`.
+- The tenant context (`kit.tenant(org)`): every statement runs as that organization, in the same
+  transaction as its setting.
+- Behind a transaction-pooling PgBouncer: asyncpg's prepared-statement cache is off, and what would
+  leave session state on a shared connection is refused (`SessionStateRefused`), as on the sync path.
+- Vectors travel in pgvector's binary format both ways (`kit.vector.wire`), numpy arrays in and out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import numpy as np
+from peewee import (
+    DatabaseError,
+    InterfaceError,
+    OperationalError,
+    SelectBase,
+    __exception_wrapper__,
+)
+from playhouse.pwasyncio import (
+    AsyncPgAtomic,
+    AsyncPostgresqlConnection,
+    AsyncPostgresqlDatabase,
+    CursorAdapter,
+    await_,
+    greenlet_spawn,
+)
+
+from kit.config import Settings, load_settings, mask_password
+from kit.db.bridge import leave, stand_in
+from kit.db.outcomes import is_outage, retryable, sqlstate
+from kit.db.pooled import RESEND_WINDOW
+from kit.db.retry import DEFAULT_TRIES, check_tries, refuse_nested, retry_delay
+from kit.db.statements import NO_TRANSACTION_BLOCK, OPEN_TRANSACTION, POOLER_REFUSES, RAW_BEGIN, RAW_END, session_change
+from kit.errors import (
+    DatabaseUnavailable,
+    KitError,
+    SessionLost,
+    SessionStateRefused,
+    StatementTimeout,
+    TenantError,
+    describe,
+)
+from kit.roles import APP
+from kit.tenancy import crossing_tenants, current_tenant, require_tenant, statement_prefix
+from kit.vector import wire
+
+log = logging.getLogger("kit.db")
+
+T = TypeVar("T")
+APPLICATION_NAME = "kit"
+CONNECT_TIMEOUT_S = 10
+COMMAND_GRACE_S = 1.0  # the driver's own limit waits this much past the server's, which speaks first
+STATEMENT_CACHE = 256  # asyncpg's prepared statements per connection (0 behind PgBouncer)
+_LEADING_SETTING = re.compile(r"\s*(?:SET\s+LOCAL\s[^;]*|SELECT\s+set_config\([^;]*\));\s*", re.I)
+_RLS_VIOLATION = re.compile(r'violates row-level security policy (?:\(USING expression\) )?for table "([^"]+)"')
+
+# -- the wire ------------------------------------------------------------------------------------
+
+def _vector_codec(element: str) -> tuple[Callable[[Any], bytes], Callable[[bytes], np.ndarray]]:
+    """asyncpg binary encoder and decoder for pgvector's `vector` ('>f4') or `halfvec` ('>f2')."""
+
+    def encode(value: Any) -> bytes:
+        array = getattr(value, "array", None)  # the kit's fields send text that carries its array
+        if array is None:
+            array = wire.from_text(value, np.float32) if isinstance(value, str) else np.asarray(value, np.float32)
+        return wire.to_binary(array, element)
+
+    def decode(data: bytes) -> np.ndarray:
+        return wire.from_binary(data, element, np.float32)
+
+    return encode, decode
+
+
+def _split_settings(sql: str) -> tuple[str, str]:
+    """Leading SET LOCAL / set_config statements the kit puts before a statement, and the statement."""
+    end = 0
+    while match := _LEADING_SETTING.match(sql, end):
+        end = match.end()
+    return sql[:end], sql[end:]
+
+
+def _rowcount(status: str | None, rows: int) -> int:
+    """The row count from a command tag ("UPDATE 3", "INSERT 0 3"), else the rows returned."""
+    tail = (status or "").rsplit(" ", 1)
+    return int(tail[1]) if len(tail) == 2 and tail[1].isdigit() else rows
+
+
+class KitConnection(AsyncPostgresqlConnection):
+    """One asyncpg connection as pwasyncio wraps it, plus the session state it holds and the statement cache."""
+
+    def __init__(self, conn: Any, session: set[str]) -> None:
+        super().__init__(conn)
+        self.session = session  # the server session's state, kept by the database as long as the session lives
+        self.raw_transaction = False  # BEGIN sent as SQL
+        self.tenant_set: str | None = None  # the tenant this transaction's setting names ('' cleared)
+
+    async def _execute(self, sql: str, params: Any = None) -> CursorAdapter:
+        """Run one statement through asyncpg's statement cache: one round trip once it is prepared."""
+        if params:
+            sql = self._translate_placeholders(sql)
+        records, status, _ = await self.conn._execute(sql, tuple(params or ()), 0, None, return_status=True)
+        status = status.decode() if isinstance(status, bytes) else status
+        description = [(k,) for k in records[0].keys()] if records else []
+        return CursorAdapter(records, rowcount=_rowcount(status, len(records)), description=description)
+
+    async def simple(self, sql: str) -> None:
+        """Send kit-made SQL without parameters (several statements allowed) in one round trip."""
+        await self._acquire_lock()
+        try:
+            await self.conn.execute(sql)
+        finally:
+            self._lock.release()
+
+
+class _Atomic(AsyncPgAtomic):
+    """pwasyncio's transaction, minding the tenant setting, which a rolled-back savepoint undoes."""
+
+    def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> Any:
+        conn = self.db._state.conn
+        try:
+            return super().__exit__(exc_type, exc_val, exc_tb)
+        finally:
+            if conn is not None:
+                conn.tenant_set = None  # sent again before the next statement that needs it
+                if not self.db._state.transactions and not conn.raw_transaction and not conn.session:
+                    try:
+                        await_(self.db.aclose())  # the outermost one ended: the connection goes back
+                    except Exception:  # a dead one: the pool drops it; the transaction's own error stands
+                        log.debug("releasing the connection after a transaction failed", exc_info=True)
+
+
+class AsyncDatabase(AsyncPostgresqlDatabase):
+    """The kit's asyncio PostgreSQL database: pwasyncio on asyncpg, configured from the environment on first use."""
+
+    def __init__(self, url: str | None = None, settings: Settings | None = None, stands_for: Any = None) -> None:
+        super().__init__(None)
+        if stands_for is None:
+            from kit.db.configured import database as stands_for
+        self.stands_for = stands_for  # models bound to this sync database run here inside run()
+        self._given_url, self._given_settings = url, settings
+        self.settings: Settings | None = None
+        self.url: str | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.counts = {"resent": 0, "session_lost": 0, "timeouts": 0}
+        self._sessions: dict[int, set[str]] = {}  # server process id: the session state its connection holds
+
+    # -- configuration and the pool -------------------------------------------------------------
+
+    def configure(self, url: str | None = None, settings: Settings | None = None) -> None:
+        """Point at `url` with `settings` (default: the environment's) from the next pool on."""
+        self._given_url, self._given_settings = url, settings
+        self.settings = None
+        self.url = None
+
+    def _configured(self) -> Settings:
+        """The settings, read and the URL resolved on first use."""
+        if self.settings is None:
+            from kit.db.configured import resolve_url
+
+            settings = self._given_settings or load_settings()
+            self.url = self._given_url or resolve_url(settings, APP)
+            self.database = mask_password(self.url)
+            self._pool_size, self._pool_min_size = settings.pool_max, settings.pool_min
+            self._acquire_timeout = settings.pool_timeout_ms / 1000 or None
+            self.settings = settings
+        return self.settings
+
+    @property
+    def pooler(self) -> str | None:
+        """"pgbouncer" behind a transaction-pooling PgBouncer, else None."""
+        return self._configured().pooler
+
+    @property
+    def statement_timeout(self) -> float | None:
+        """Seconds each statement may run (None: the server's own)."""
+        return self._configured().statement_timeout_ms / 1000 or None
+
+    async def _create_pool_async(self) -> Any:
+        import asyncpg
+
+        settings = self._configured()
+        limit = self.statement_timeout
+        server_settings = {"application_name": APPLICATION_NAME}
+        if limit and not self.pooler:  # behind PgBouncer a startup setting is refused; the driver's limit holds
+            server_settings["statement_timeout"] = str(max(1, round(limit * 1000)))
+        self._loop = asyncio.get_running_loop()
+        try:
+            return await asyncpg.create_pool(
+                dsn=self.url, min_size=min(self._pool_min_size, self._pool_size), max_size=self._pool_size,
+                max_inactive_connection_lifetime=settings.pool_idle_timeout_ms / 1000,
+                init=self._init_connection, reset=self._reset_connection, server_settings=server_settings,
+                statement_cache_size=0 if self.pooler else STATEMENT_CACHE,
+                command_timeout=limit + COMMAND_GRACE_S if limit else None, timeout=CONNECT_TIMEOUT_S)
+        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise DatabaseUnavailable(f"could not connect to the database at {self.database}: {describe(exc)}",
+                                      url=self.database) from exc
+
+    async def _init_connection(self, conn: Any) -> None:
+        """Set a new connection up: JSON codecs (pwasyncio's) and pgvector's binary format."""
+        await self.register_adapters(conn)
+        for name, element in (("vector", ">f4"), ("halfvec", ">f2")):
+            encode, decode = _vector_codec(element)
+            try:
+                await conn.set_type_codec(name, schema="public", encoder=encode, decoder=decode, format="binary")
+            except ValueError:  # pgvector not installed in this database (halfvec: before 0.7)
+                pass
+
+    async def _reset_connection(self, conn: Any) -> None:
+        """Clear what a borrower left on a connection: nothing to do unless it holds session state."""
+        if self._sessions.pop(conn.get_server_pid(), None) and not self.pooler:
+            await conn.execute("DISCARD ALL")
+
+    async def _ensure_pool(self) -> Any:
+        """The pool of the running event loop (a pool made on a loop since closed is dropped)."""
+        loop = asyncio.get_running_loop()
+        if self._pool is not None and self._loop is not loop:
+            old, self._pool = self._pool, None
+            if self._loop is None or self._loop.is_closed():
+                old.terminate()
+        return await super()._ensure_pool()
+
+    async def _pool_acquire(self, pool: Any) -> KitConnection:
+        try:
+            conn = await asyncio.wait_for(pool.acquire(), timeout=self._acquire_timeout)
+        except asyncio.TimeoutError:
+            self.counts["timeouts"] += 1
+            raise
+        return KitConnection(conn, self._sessions.setdefault(conn.get_server_pid(), set()))
+
+    async def aconnect(self) -> KitConnection:
+        """This task's connection, from the pool if it has none (failing to get one: DatabaseUnavailable)."""
+        try:
+            return await super().aconnect()
+        except KitError:
+            raise
+        except (OperationalError, InterfaceError, OSError) as exc:
+            if "acquiring connection" in str(exc):
+                from kit.errors import PoolExhausted
+
+                raise PoolExhausted(f"{exc} (DATABASE_POOL_MAX={self._pool_size}, DATABASE_POOL_TIMEOUT="
+                                    f"{self._configured().pool_timeout_ms} ms)") from None
+            raise DatabaseUnavailable(f"could not connect to the database at {self.database}: {describe(exc)}",
+                                      url=self.database) from exc
+
+    def pool_stats(self) -> dict[str, Any]:
+        """Counts: in_use, idle, min, max (the configured sizes before first use), resent, session_lost, timeouts."""
+        self._configured()
+        pool = self._pool
+        size = pool.get_size() if pool is not None else 0
+        idle = pool.get_idle_size() if pool is not None else 0
+        return {"in_use": size - idle, "idle": idle, "min": self._pool_min_size, "max": self._pool_size,
+                **self.counts}
+
+    # -- models: bound to this database inside run() -------------------------------------------
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run sync code (any kit operation, peewee queries) on this database without blocking the event loop."""
+        token = stand_in(self, self.stands_for)
+        try:
+            return await greenlet_spawn(fn, *args, **kwargs)
+        finally:
+            leave(token)
+
+    async def get(self, query: Any) -> Any:
+        """The one row of `query` (peewee's `DoesNotExist` when there is none)."""
+        return await self.run(query.bind(self).get)
+
+    async def first(self, query: Any, n: int = 1) -> Any:
+        """The first row of `query` (the first `n` when n > 1), or None."""
+        return await self.run(query.bind(self).first, n=n)
+
+    async def list(self, query: Any) -> list[Any]:
+        """Every row of `query`."""
+        return await self.run(list, query.bind(self))
+
+    async def scalar(self, query: Any) -> Any:
+        """The first column of the first row of `query`."""
+        return await self.run(query.bind(self).scalar)
+
+    async def count(self, query: Any) -> int:
+        """How many rows `query` returns."""
+        return await self.run(query.bind(self).count)
+
+    async def exists(self, query: Any) -> bool:
+        """Whether `query` returns a row."""
+        return await self.run(query.bind(self).exists)
+
+    def execute(self, query: Any, **context: Any) -> Any:
+        """Run a peewee query (a tenant table's write with no tenant context is refused first, as on the sync path)."""
+        if not isinstance(query, SelectBase) and current_tenant() is None and not crossing_tenants():
+            require_tenant(query)
+        return super().execute(query, **context)
+
+    def atomic(self, *args: Any, **kwargs: Any) -> _Atomic:
+        """A transaction (a savepoint inside one): `async with database.atomic():`, or `with` inside `run()`."""
+        return _Atomic(self, *args, **kwargs)
+
+    transaction = savepoint = atomic
+
+    async def retry_transaction(self, fn: Callable[..., T], *args: Any, tries: int = DEFAULT_TRIES,
+                                **kwargs: Any) -> T:
+        """Run sync `fn` in one transaction; again (up to `tries` runs) when nothing was committed (`kit.db.retry`)."""
+        check_tries(tries)
+
+        def whole() -> T:
+            if self.in_transaction():
+                refuse_nested("retry_transaction")
+            with self.atomic():
+                return fn(*args, **kwargs)
+
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self.run(whole)
+            except Exception as exc:
+                if attempt >= tries or not retryable(exc):
+                    raise
+                wait = retry_delay(attempt)
+                log.info("transaction run again (%d of %d) in %.0f ms: %s", attempt + 1, tries, wait * 1000,
+                         describe(exc))
+                await asyncio.sleep(wait)
+
+    # -- statements ------------------------------------------------------------------------------
+
+    async def aexecute_sql(self, sql: str, params: Any = None) -> CursorAdapter:
+        """Run one statement; re-sent once only when the server never ran it; failures in the kit's words."""
+        self._log_query(sql, params)
+        start = time.perf_counter() if self.query_hooks else None
+        try:
+            result = await self._send(sql, params)
+        except Exception as exc:
+            if start is not None:
+                self._notify_hooks(sql, params, start, exc)
+            raise self._translate(exc) from exc
+        if start is not None:
+            self._notify_hooks(sql, params, start, None)
+        return result
+
+    async def _send(self, sql: str, params: Any, resent: bool = False) -> CursorAdapter:
+        """Send `sql` with what must ride before it; on a session found ended before it ran, once more."""
+        conn = await self.aconnect()
+        in_transaction = bool(self._state.transactions) or conn.raw_transaction
+        kind = session_change(sql)
+        if kind is not None and kind is not RAW_BEGIN and kind is not RAW_END:
+            if self.pooler and kind in POOLER_REFUSES and not in_transaction:
+                raise SessionStateRefused(
+                    f"{kind} would outlive the transaction on a server connection PgBouncer shares with other "
+                    f"clients (DATABASE_POOLER={self.pooler}); use {POOLER_REFUSES[kind]}; nothing was sent")
+            conn.session.add(kind)
+        settings, body = _split_settings(sql)
+        sent = time.monotonic()
+        try:
+            if in_transaction:
+                result = await self._in_transaction(conn, settings, body, params)
+            else:
+                result = await self._alone(conn, settings, body, params, kind)
+        except Exception as exc:
+            if resent or not self._never_ran(exc, conn, in_transaction, time.monotonic() - sent):
+                await self._after_loss(conn, in_transaction)
+                raise
+            await self._drop(conn)
+            self.counts["resent"] += 1
+            log.info("statement re-sent on a new connection: the server had ended the session before it ran (%s)",
+                     describe(exc))
+            return await self._send(sql, params, resent=True)
+        if kind is RAW_BEGIN or kind is RAW_END:
+            conn.raw_transaction = kind is RAW_BEGIN
+            conn.tenant_set = None
+        if not self._state.transactions and not conn.raw_transaction and not conn.session:
+            await self.aclose()  # nothing to keep: the connection goes back until the next statement
+        return result
+
+    async def _in_transaction(self, conn: KitConnection, settings: str, body: str, params: Any) -> CursorAdapter:
+        """A statement inside a transaction: the tenant setting first when it changed, then the statement."""
+        wanted = current_tenant()
+        text = str(wanted) if wanted is not None else ""
+        if conn.tenant_set != text and (wanted is not None or conn.tenant_set):
+            settings = statement_prefix(wanted) + settings
+            conn.tenant_set = text
+        if settings:
+            await conn.simple(settings)
+        return await conn.execute(body, params)
+
+    async def _alone(self, conn: KitConnection, settings: str, body: str, params: Any,
+                     kind: str | None) -> CursorAdapter:
+        """A statement that is its own transaction; with settings to ride along, one transaction around them."""
+        wanted = current_tenant()
+        if wanted is not None:
+            settings = statement_prefix(wanted) + settings
+        limit = self.statement_timeout
+        if limit and self.pooler and settings:
+            settings = f"SET LOCAL statement_timeout = {max(1, round(limit * 1000))};" + settings
+        if not settings or kind is RAW_BEGIN or NO_TRANSACTION_BLOCK.match(body):
+            return await conn.execute(body, params)
+        await conn.simple("BEGIN;" + settings)
+        try:
+            result = await conn.execute(body, params)
+        except BaseException:
+            if not conn.stale():
+                await conn.simple("ROLLBACK")
+            raise
+        try:
+            await conn.simple("COMMIT")
+        except Exception as exc:
+            if conn.stale():
+                raise SessionLost(f"the database connection was lost during COMMIT ({describe(exc)}); the "
+                                  "outcome is unknown: check before doing it again", outcome_unknown=True) from exc
+            raise
+        return result
+
+    def _never_ran(self, exc: BaseException, conn: KitConnection, in_transaction: bool, seconds: float) -> bool:
+        """The re-send rule (`kit.db.pooled`): outside a transaction, no session state, session gone at once."""
+        return (not in_transaction and not conn.session and not isinstance(exc, KitError)
+                and conn.stale() and sqlstate(exc) in (None, "57P01", "57P02")
+                and seconds <= RESEND_WINDOW)
+
+    async def _after_loss(self, conn: KitConnection, in_transaction: bool) -> None:
+        """A dead connection is let go (not inside a transaction, which still needs to end on it)."""
+        if conn.stale() and not in_transaction:
+            await self._drop(conn)
+
+    async def _drop(self, conn: KitConnection) -> None:
+        """Forget this task's connection and give it back to the pool (which closes a dead one)."""
+        lost = set(conn.session) | ({OPEN_TRANSACTION} if conn.raw_transaction else set())
+        self._state.reset()
+        conn.session.clear()
+        if conn.conn is not None:
+            self._sessions.pop(conn.conn.get_server_pid(), None)
+        try:
+            await self._release_conn(conn)
+        except Exception:  # a dead connection may refuse even to be released
+            log.debug("releasing a dead connection failed", exc_info=True)
+        if lost:
+            self.counts["session_lost"] += 1
+            raise SessionLost(f"the database connection was lost and with it this session's "
+                              f"{', '.join(sorted(lost))}; nothing was re-sent: set that state up again on the "
+                              "next statement's new connection", lost=frozenset(lost))
+
+    def _translate(self, exc: BaseException) -> BaseException:
+        """A failure in the kit's words: a time limit, a tenant's row, an outage; anything else as it is."""
+        if isinstance(exc, KitError):
+            return exc
+        text = str(exc)
+        if isinstance(exc, asyncio.TimeoutError) or "canceling statement due to statement timeout" in text:
+            limit = self.statement_timeout
+            said = f"{round(limit * 1000):,} ms" if limit else "the server's"
+            return StatementTimeout(f"the statement ran past its time limit ({said}, DATABASE_STATEMENT_TIMEOUT) "
+                                    "and was cancelled; nothing of it was committed",
+                                    limit_ms=round(limit * 1000) if limit else None)
+        violated = _RLS_VIOLATION.search(text)
+        if violated:
+            tenant = current_tenant()
+            return TenantError(f"{violated[1]}: the row does not belong to the tenant context's organization "
+                               f"({f'kit.tenant({tenant})' if tenant else 'no kit.tenant(org) is set'}); "
+                               "nothing was written")
+        conn = self._state.conn if self._has_task() else None
+        closed = conn is None or conn.stale()
+        if is_outage(exc, closed) or type(exc).__name__ in ("ConnectionDoesNotExistError", "InterfaceError") \
+                and closed:
+            if self._has_task() and (self._state.transactions or (conn is not None and conn.raw_transaction)):
+                return SessionLost(f"the database connection was lost inside a transaction ({describe(exc)}); "
+                                   "the server rolled it back, so nothing of it was committed",
+                                   lost=frozenset({OPEN_TRANSACTION}))
+            return SessionLost(f"the database connection was lost while the statement ran ({describe(exc)}); it "
+                               "may have taken effect: check before sending it again", outcome_unknown=True)
+        if isinstance(exc, DatabaseError):
+            return exc
+        with_wrapper = _wrapped(exc)
+        return with_wrapper if with_wrapper is not None else exc
+
+    @staticmethod
+    def _has_task() -> bool:
+        try:
+            return asyncio.current_task() is not None
+        except RuntimeError:
+            return False
+
+
+def _wrapped(exc: BaseException) -> BaseException | None:
+    """A driver error as peewee's own class (IntegrityError, ...), as the sync path raises it; None if not one."""
+    try:
+        with __exception_wrapper__:
+            raise exc
+    except BaseException as new:  # noqa: BLE001 - the wrapper's translation is what is wanted
+        return new if new is not exc else None
+    return None
+
+
+database = AsyncDatabase()
+
+__all__ = ["AsyncDatabase", "database"]
