@@ -36,6 +36,7 @@ It keeps the sync pool's promises, with the same rules (`kit.db.pooled`, `kit.db
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import time
@@ -105,6 +106,51 @@ def _vector_codec(element: str) -> tuple[Callable[[Any], bytes], Callable[[bytes
     return encode, decode
 
 
+async def _settle() -> None:
+    """Yield to the event loop a few turns: a socket's pending data and close are read by then."""
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
+def _ended_by_command(exc: BaseException | None) -> bool:
+    """True when the server said it ended the session on a command (57P01, pg_terminate_backend or a stop)."""
+    for _ in range(8):
+        if exc is None:
+            return False
+        if getattr(exc, "sqlstate", None) == "57P01" or getattr(exc, "pgcode", None) == "57P01":
+            return True
+        exc = getattr(exc, "orig", None) or exc.__cause__ or exc.__context__
+    return False
+
+
+def _refused_by_driver(exc: BaseException) -> bool:
+    """True when asyncpg refused an operation before sending it (a client-side error: nothing reached the server)."""
+    import asyncpg
+
+    inner = getattr(exc, "orig", None) or exc
+    return isinstance(inner, (asyncpg.InterfaceError, asyncpg.InternalClientError))
+
+
+def _session_ended(code: str | None) -> bool:
+    """True for what asyncpg reports when the server had ended the session: no code, class 08, or a shutdown."""
+    return code is None or code.startswith("08") or code in ("57P01", "57P02")
+
+
+def _json_encoder(head: bytes) -> Callable[[Any], bytes]:
+    """asyncpg binary encoder for json (`head` b'') or jsonb (b'\\x01'): text, bytes, or a field's wrapped value."""
+
+    def encode(value: Any) -> bytes:
+        wrapped = getattr(value, "adapted", getattr(value, "value", value))  # the JSON fields' wrappers
+        if wrapped is not value:  # psycopg2's `Json` (`adapted`) or playhouse's (`value`), each with its dumps
+            dumps = getattr(value, "dumps", None)
+            value = dumps(wrapped) if callable(dumps) else json.dumps(wrapped)
+        elif not isinstance(value, (str, bytes)):
+            value = json.dumps(value)
+        return head + (value if isinstance(value, bytes) else value.encode())
+
+    return encode
+
+
 def _split_settings(sql: str) -> tuple[str, str]:
     """Leading SET LOCAL / set_config statements the kit puts before a statement, and the statement."""
     end = 0
@@ -147,7 +193,34 @@ class KitConnection(AsyncPostgresqlConnection):
 
 
 class _Atomic(AsyncPgAtomic):
-    """pwasyncio's transaction, minding the tenant setting, which a rolled-back savepoint undoes."""
+    """pwasyncio's transaction, minding the tenant setting (a rolled-back savepoint undoes it) and lost connections."""
+
+    def commit(self, begin: bool = True) -> None:
+        """COMMIT; a connection lost before it is SessionLost (nothing committed), during it with the outcome unknown."""
+        conn = self.db._state.conn
+        await_(_settle())  # let the driver read what the server sent while the transaction sat idle
+        if conn is None or conn.stale():
+            raise SessionLost("the database connection was lost before COMMIT; the server rolled the transaction "
+                              "back, so nothing of it was committed", lost=frozenset({OPEN_TRANSACTION}))
+        try:
+            super().commit(begin)
+        except Exception as exc:
+            if not conn.stale():
+                raise
+            if _ended_by_command(exc) or _refused_by_driver(exc):  # told to end (at an interrupt, never mid-COMMIT),
+                # or the driver refused to send COMMIT at all: either way the server rolled the transaction back
+                raise SessionLost(f"the database connection was lost at COMMIT ({describe(exc)}); the server "
+                                  "ended the session before committing, so nothing of it was committed",
+                                  lost=frozenset({OPEN_TRANSACTION})) from exc
+            raise SessionLost(f"the database connection was lost during COMMIT ({describe(exc)}); the outcome is "
+                              "unknown: check before doing it again", outcome_unknown=True) from exc
+
+    def rollback(self, begin: bool = True) -> None:
+        """Roll back; on a lost connection the server already has, and there is nothing to send."""
+        conn = self.db._state.conn
+        if conn is None or conn.stale():
+            return
+        super().rollback(begin)
 
     def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> Any:
         conn = self.db._state.conn
@@ -230,8 +303,10 @@ class AsyncDatabase(AsyncPostgresqlDatabase):
                                       url=self.database) from exc
 
     async def _init_connection(self, conn: Any) -> None:
-        """Set a new connection up: JSON codecs (pwasyncio's) and pgvector's binary format."""
-        await self.register_adapters(conn)
+        """Set a new connection up: JSON codecs and pgvector's binary format."""
+        for name, head in (("json", b""), ("jsonb", b"\x01")):  # jsonb's binary form: version 1, then the text
+            await conn.set_type_codec(name, schema="pg_catalog", format="binary", encoder=_json_encoder(head),
+                                      decoder=lambda data, n=len(head): json.loads(data[n:]))
         for name, element in (("vector", ">f4"), ("halfvec", ">f2")):
             encode, decode = _vector_codec(element)
             try:
@@ -254,15 +329,40 @@ class AsyncDatabase(AsyncPostgresqlDatabase):
         return await super()._ensure_pool()
 
     async def _pool_acquire(self, pool: Any) -> KitConnection:
-        try:
-            conn = await asyncio.wait_for(pool.acquire(), timeout=self._acquire_timeout)
-        except asyncio.TimeoutError:
-            self.counts["timeouts"] += 1
-            raise
-        return KitConnection(conn, self._sessions.setdefault(conn.get_server_pid(), set()))
+        import asyncpg
+
+        for _ in range(3):  # a connection lost as it is handed over is taken back by asyncpg: take another
+            try:
+                conn = await asyncio.wait_for(pool.acquire(), timeout=self._acquire_timeout)
+            except asyncio.TimeoutError:
+                self.counts["timeouts"] += 1
+                raise
+            try:
+                return KitConnection(conn, self._sessions.setdefault(conn.get_server_pid(), set()))
+            except asyncpg.InterfaceError:
+                continue
+        raise OperationalError("every connection the pool handed over was lost at once")
+
+    async def _pool_release(self, conn: KitConnection) -> None:
+        """Give a connection back; a dead one asyncpg has already taken back is let go without a word."""
+        if conn.conn is None:
+            return
+        if conn.stale():
+            try:
+                await self._pool.release(conn.conn)
+            except Exception:  # asyncpg released it itself when the connection was lost
+                pass
+            return
+        await super()._pool_release(conn)
 
     async def aconnect(self) -> KitConnection:
         """This task's connection, from the pool if it has none (failing to get one: DatabaseUnavailable)."""
+        held = self._state.conn
+        if held is not None and held.stale():  # found dead between statements: never replaced silently
+            if self._state.transactions:
+                raise SessionLost("the database connection was lost inside a transaction; the server rolled it "
+                                  "back, so nothing of it was committed", lost=frozenset({OPEN_TRANSACTION}))
+            await self._drop(held)  # raises SessionLost if it held session state
         try:
             return await super().aconnect()
         except KitError:
@@ -446,8 +546,7 @@ class AsyncDatabase(AsyncPostgresqlDatabase):
     def _never_ran(self, exc: BaseException, conn: KitConnection, in_transaction: bool, seconds: float) -> bool:
         """The re-send rule (`kit.db.pooled`): outside a transaction, no session state, session gone at once."""
         return (not in_transaction and not conn.session and not isinstance(exc, KitError)
-                and conn.stale() and sqlstate(exc) in (None, "57P01", "57P02")
-                and seconds <= RESEND_WINDOW)
+                and conn.stale() and _session_ended(sqlstate(exc)) and seconds <= RESEND_WINDOW)
 
     async def _after_loss(self, conn: KitConnection, in_transaction: bool) -> None:
         """A dead connection is let go (not inside a transaction, which still needs to end on it)."""
@@ -457,10 +556,11 @@ class AsyncDatabase(AsyncPostgresqlDatabase):
     async def _drop(self, conn: KitConnection) -> None:
         """Forget this task's connection and give it back to the pool (which closes a dead one)."""
         lost = set(conn.session) | ({OPEN_TRANSACTION} if conn.raw_transaction else set())
+        for pid, session in list(self._sessions.items()):
+            if session is conn.session:
+                del self._sessions[pid]
         self._state.reset()
         conn.session.clear()
-        if conn.conn is not None:
-            self._sessions.pop(conn.conn.get_server_pid(), None)
         try:
             await self._release_conn(conn)
         except Exception:  # a dead connection may refuse even to be released
