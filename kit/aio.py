@@ -151,6 +151,11 @@ def _json_encoder(head: bytes) -> Callable[[Any], bytes]:
     return encode
 
 
+def _json_decoder(skip: int) -> Callable[[bytes], Any]:
+    """asyncpg binary decoder for json (`skip` 0) or jsonb (1: its version byte)."""
+    return lambda data: json.loads(data[skip:])
+
+
 def _split_settings(sql: str) -> tuple[str, str]:
     """Leading SET LOCAL / set_config statements the kit puts before a statement, and the statement."""
     end = 0
@@ -196,7 +201,7 @@ class _Atomic(AsyncPgAtomic):
     """pwasyncio's transaction, minding the tenant setting (a rolled-back savepoint undoes it) and lost connections."""
 
     def commit(self, begin: bool = True) -> None:
-        """COMMIT; a connection lost before it is SessionLost (nothing committed), during it with the outcome unknown."""
+        """COMMIT; a connection lost before it: SessionLost (nothing committed); during it: outcome unknown."""
         conn = self.db._state.conn
         await_(_settle())  # let the driver read what the server sent while the transaction sat idle
         if conn is None or conn.stale():
@@ -306,7 +311,7 @@ class AsyncDatabase(AsyncPostgresqlDatabase):
         """Set a new connection up: JSON codecs and pgvector's binary format."""
         for name, head in (("json", b""), ("jsonb", b"\x01")):  # jsonb's binary form: version 1, then the text
             await conn.set_type_codec(name, schema="pg_catalog", format="binary", encoder=_json_encoder(head),
-                                      decoder=lambda data, n=len(head): json.loads(data[n:]))
+                                      decoder=_json_decoder(len(head)))
         for name, element in (("vector", ">f4"), ("halfvec", ">f2")):
             encode, decode = _vector_codec(element)
             try:
