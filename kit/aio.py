@@ -200,6 +200,26 @@ class KitConnection(AsyncPostgresqlConnection):
 class _Atomic(AsyncPgAtomic):
     """pwasyncio's transaction, minding the tenant setting (a rolled-back savepoint undoes it) and lost connections."""
 
+    def __enter__(self) -> _Atomic:
+        """BEGIN (a savepoint inside a transaction); one on a connection found dead goes again on a new one."""
+        outermost = not self.db._state.transactions
+        try:
+            return super().__enter__()
+        except KitError:
+            raise
+        except Exception as exc:
+            conn = self.db._state.conn
+            if not outermost or conn is None or not conn.stale():
+                raise self.db._translate(exc) from exc
+            await_(self.db._drop(conn))  # SessionLost if it held session state; else a new connection
+            try:
+                return super().__enter__()
+            except Exception as again:
+                if isinstance(again, KitError):
+                    raise
+                raise SessionLost(f"the database connection was lost at BEGIN ({describe(again)}); nothing of the "
+                                  "transaction was sent") from again
+
     def commit(self, begin: bool = True) -> None:
         """COMMIT; a connection lost before it: SessionLost (nothing committed); during it: outcome unknown."""
         conn = self.db._state.conn

@@ -58,6 +58,7 @@ from playhouse.postgres_ext import PostgresqlExtDatabase
 
 from kit.db.forks import silence, track
 from kit.db.outcomes import is_outage
+from kit.db.scope import current_scope
 from kit.db.statements import (
     DRIVER_USE,
     NO_TRANSACTION_BLOCK,
@@ -141,6 +142,7 @@ class _ThreadState(_ConnectionLocal):
         super().reset()
         self.raw_transaction = False  # BEGIN sent as SQL, not through peewee's atomic()
         self.tenant_used = False  # the open transaction has carried a tenant (`kit.tenancy`)
+        self.scope = None  # the request scope the connection was taken in (`kit.db.scope`)
 
 
 class PooledDatabase(PostgresqlExtDatabase):
@@ -258,6 +260,7 @@ class PooledDatabase(PostgresqlExtDatabase):
         conn = self._pool.getconn()
         try:
             state.set_connection(conn)
+            state.scope = current_scope()
             if self.server_version is None:
                 self._set_server_version(conn)
             self._initialize_connection(conn)
@@ -338,10 +341,13 @@ class PooledDatabase(PostgresqlExtDatabase):
         self._log_query(sql, params)
         start = time.perf_counter() if self.query_hooks else None
         kind = session_change(sql)
+        scope = current_scope()
         try:
             with __exception_wrapper__:
                 cursor = self._run(sql, params, named_cursor, kind)
         except Exception as exc:
+            if scope is not None:
+                self._release_in_scope(scope)
             if start is not None:
                 self._notify_hooks(sql, params, start, exc)
             if isinstance(exc, DatabaseError) and _TIMED_OUT in str(exc):
@@ -360,7 +366,29 @@ class PooledDatabase(PostgresqlExtDatabase):
             raise
         if start is not None:
             self._notify_hooks(sql, params, start, None)
+        if scope is not None and not named_cursor:
+            self._release_in_scope(scope)
         return cursor
+
+    def _release_in_scope(self, scope: object) -> None:
+        """Inside a request scope: give the connection back once no transaction or session state needs it."""
+        state = self._state
+        if state.closed or state.scope is not scope or state.transactions or state.raw_transaction \
+                or self._pool.session_of(state.conn):
+            return
+        conn = state.conn
+        state.reset()
+        self._pool.putconn(conn)
+
+    def _drop_leftover(self) -> None:
+        """A connection this thread kept from another request scope: rolled back and closed, never reused here."""
+        state = self._state
+        conn, held = state.conn, self._pool.session_of(state.conn) | (
+            {OPEN_TRANSACTION} if state.raw_transaction or state.transactions else set())
+        state.reset()
+        self._pool.putconn(conn, discard=True)
+        log.warning("a connection left by an earlier request on this thread was closed, not reused (it held %s)",
+                    ", ".join(sorted(held)) or "nothing named")
 
     def _lost(self, exc: Exception) -> SessionLost:
         """The one sentence for a statement whose connection was lost under it (inside a transaction or not)."""
@@ -374,6 +402,8 @@ class PooledDatabase(PostgresqlExtDatabase):
     def _run(self, sql: str, params: Any, named_cursor: Any, kind: str | None, prefixed: bool = True) -> Any:
         """Send one statement with its prefix; re-send it once where `never_ran` proves it had no effect."""
         state = self._state
+        if state.scope is not None and not state.closed and state.scope is not current_scope():
+            self._drop_leftover()
         cursor = self._statement_cursor(state, named_cursor)
         conn = state.conn
         idle = not state.transactions and conn.get_transaction_status() == IDLE  # no transaction on the connection
@@ -406,6 +436,11 @@ class PooledDatabase(PostgresqlExtDatabase):
         if state_kind:
             if self.pooler and state_kind in POOLER_REFUSES:
                 self._refuse(sql, state_kind)
+            if state_kind in POOLER_REFUSES and current_scope() is not None and not self.in_transaction():
+                raise SessionStateRefused(
+                    f"{state_kind} would outlive the statement, and inside a request scope (kit.web) a connection "
+                    f"is the request's only for a statement or a transaction; use {POOLER_REFUSES[state_kind]}; "
+                    "nothing was sent")
             self._pool.note_session(conn, state_kind)
 
     def _after_failure(self, exc: psycopg2.Error, state: _ThreadState, conn: Any, idle: bool, seconds: float) -> None:
@@ -489,12 +524,35 @@ class PooledDatabase(PostgresqlExtDatabase):
         """Start a transaction (peewee's BEGIN, sent by the same rules as any statement)."""
         level = self._isolation_level if isolation_level is None else isolation_level
         sql = f"BEGIN TRANSACTION ISOLATION LEVEL {self._adapter.isolation_level_str(level)}" if level else "BEGIN"
-        with __exception_wrapper__:  # the limit comes with the BEGIN, before any savepoint; the tenant per statement
-            self._run(sql + ";" + self._limit_prefix() if self.statement_timeout else sql, None, None, None,
-                      prefixed=False)
+        try:
+            with __exception_wrapper__:  # the limit rides with BEGIN, before any savepoint; the tenant per statement
+                self._run(sql + ";" + self._limit_prefix() if self.statement_timeout else sql, None, None, None,
+                          prefixed=False)
+        except Exception:
+            scope = current_scope()
+            if scope is not None:  # the transaction never began: nothing holds the connection
+                self._release_in_scope(scope)
+            raise
 
     def commit(self) -> None:
         """COMMIT on this thread's connection; a connection lost before or during it is SessionLost."""
+        self._commit()  # failed, it is peewee's rollback next, which gives the connection back
+        self._after_transaction()
+
+    def rollback(self) -> None:
+        """ROLLBACK on this thread's connection; on a lost connection the server already rolled back."""
+        try:
+            self._rollback()
+        finally:
+            self._after_transaction()
+
+    def _after_transaction(self) -> None:
+        """Inside a request scope, the connection goes back once the outermost transaction has ended."""
+        scope = current_scope()
+        if scope is not None and not self._state.transactions:
+            self._release_in_scope(scope)
+
+    def _commit(self) -> None:
         if self.is_closed():
             raise InterfaceError("Cannot commit, database connection not open.")
         conn = self._state.conn
@@ -516,8 +574,7 @@ class PooledDatabase(PostgresqlExtDatabase):
                 "outcome is unknown: check before doing it again", outcome_unknown=True
             ) from exc
 
-    def rollback(self) -> None:
-        """ROLLBACK on this thread's connection; on a lost connection the server already rolled back."""
+    def _rollback(self) -> None:
         if self.is_closed():
             raise InterfaceError("Cannot rollback, database connection not open.")
         conn = self._state.conn
