@@ -28,7 +28,19 @@ def leave(token: Token) -> None:
 
 
 class ModelMetadata(Metadata):
-    """peewee's model metadata, whose `database` is the asyncio database inside its `run()` (see the module)."""
+    """peewee's model metadata, whose `database` is the asyncio database inside its `run()` (see the module).
+
+    It also gives each field with a Python default the same default in the database as the field is
+    added (`kit.models.base.mirror_defaults`), for a project's own models as for the kit's.
+    """
+
+    def add_field(self, field_name: str, field: Any, set_attribute: bool = True) -> None:
+        """Add a field, its Python default mirrored as a database default."""
+        super().add_field(field_name, field, set_attribute)
+        if self.mirror is not None:
+            self.mirror(field)
+
+    mirror: Any = None  # set by kit.models.base: the function that adds a field's database default
 
     @property
     def database(self) -> Any:

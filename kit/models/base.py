@@ -73,14 +73,23 @@ def mirror_defaults(model: type[Model]) -> None:
     """Give every column whose field has a Python default the same default in the database.
 
     Rows written by other clients of the same tables (Better Auth, psql, another service) then get
-    the values the models would have given them.
+    the values the models would have given them. Every model on `BaseModel` gets this as its fields
+    are added (`ModelMetadata`); this is for other models.
     """
     for field in model._meta.sorted_fields:
-        if field.default is None or any(getattr(c, "sql", "").startswith("DEFAULT ") for c in field.constraints or []):
-            continue
-        literal = _sql_literal(field, field.default)
-        if literal is not None:
-            field.constraints = [*(field.constraints or []), SQL(f"DEFAULT {literal}")]
+        mirror_default(field)
+
+
+def mirror_default(field: Any) -> None:
+    """Give one field with a Python default the same default in the database (once)."""
+    if field.default is None or any(getattr(c, "sql", "").startswith("DEFAULT ") for c in field.constraints or []):
+        return
+    literal = _sql_literal(field, field.default)
+    if literal is not None:
+        field.constraints = [*(field.constraints or []), SQL(f"DEFAULT {literal}")]
+
+
+ModelMetadata.mirror = staticmethod(mirror_default)
 
 
 class GeneratedTSVectorField(TSVectorField):

@@ -49,7 +49,7 @@ def migrate(migrator: Migrator, database: pw.Database, *, fake=False):
         updated_at = pw_pext.DateTimeTZField(constraints=[pw.SQL('DEFAULT now()')])
         organization = pw.ForeignKeyField(column_name='organization_id', field='id', model=migrator.orm['organizations'], on_delete='CASCADE')
         name = pw.TextField()
-        stars = pw.IntegerField(constraints=[pw.SQL('CONSTRAINT "projects_stars_not_negative" CHECK (stars >= 0)')], default=0)
+        stars = pw.IntegerField(constraints=[pw.SQL('CONSTRAINT "projects_stars_not_negative" CHECK (stars >= 0)'), pw.SQL('DEFAULT 0')], default=0)
 
         class Meta:
             table_name = "projects"
