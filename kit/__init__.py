@@ -24,6 +24,7 @@ from kit.errors import (
     KitError,
     LockBusy,
     MigrationError,
+    NotMigrated,
     PoolExhausted,
     PoolSettingError,
     PoolTooLarge,
@@ -47,7 +48,7 @@ def retry_transaction(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return run(fn, *args, **kwargs)
 
 __all__ = ["ArgumentError", "ConfigError", "CopyRowError", "DatabaseUnavailable", "DecryptionError",
-           "EmbeddedServerError", "FixtureError", "InsufficientCredits", "InvitationError", "KitError",
-           "LockBusy", "MigrationError", "PoolExhausted", "PoolSettingError", "PoolTooLarge", "SessionLost",
+           "EmbeddedServerError", "FixtureError", "InsufficientCredits", "InvitationError", "KitError", "LockBusy",
+           "MigrationError", "NotMigrated", "PoolExhausted", "PoolSettingError", "PoolTooLarge", "SessionLost",
            "SessionStateRefused", "StatementTimeout", "TenantError", "TenantRequired", "VectorValueError",
            "all_tenants", "current_tenant", "retry_transaction", "tenant"]

@@ -425,7 +425,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from kit.migrate.loader import default_directory
 
             args.dir = default_directory()
-        return args.action(settings, args)
+        code = args.action(settings, args)
+        sys.stdout.flush()  # here, where a reader gone away is caught below, not at the interpreter's exit
+        return code
     except ConfigError as exc:
         print(f"kit: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -434,6 +436,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader went away (`kit db status | head -3`): what it wanted was written
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that the interpreter's last flush has nowhere to fail
+        return 0
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from peewee import DatabaseError, OperationalError
+from peewee import DatabaseError, OperationalError, ProgrammingError
 from playhouse.pool import MaxConnectionsExceeded
 
 
@@ -100,6 +100,10 @@ class VectorValueError(KitError, ValueError):
 
 class MigrationError(KitError):
     """A migration cannot be applied, verified or resolved; the message says which and what to do."""
+
+
+class NotMigrated(KitError, ProgrammingError):
+    """A statement found none of the kit's tables: the database was never migrated (or is not the one meant)."""
 
 
 class EmbeddedServerError(KitError):

@@ -220,3 +220,31 @@ def test_a_bad_tool_kit_table_stops_every_command_with_one_sentence(tmp_path):
         assert "Traceback" not in result.stderr, (args, result.stderr)
         if rest != ["--help"]:
             assert result.returncode == 2 and "models must be a list of module names" in result.stderr, args
+
+
+def test_a_closed_pipe_ends_a_command_quietly():
+    result = subprocess.run(f"{sys.executable} -m kit.cli db status | true", shell=True, cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in result.stderr and "BrokenPipeError" not in result.stderr, result.stderr
+
+
+def test_pool_stats_before_first_use_are_the_configured_sizes(monkeypatch):
+    from kit.db import Database
+
+    monkeypatch.setenv("DATABASE_POOL_MIN", "1")
+    monkeypatch.setenv("DATABASE_POOL_MAX", "7")
+    stats = Database().pool_stats()
+    assert (stats["min"], stats["max"], stats["in_use"], stats["opened"]) == (1, 7, 0, 0)
+
+
+def test_a_query_on_a_database_never_migrated_is_one_sentence_saying_so(fresh_database):
+    from kit import NotMigrated
+    from peewee import ProgrammingError
+
+    with pytest.raises(NotMigrated, match="never migrated; run `pw_migrate migrate`") as caught:
+        fresh_database.execute_sql("SELECT count(*) FROM organizations")
+    assert isinstance(caught.value, ProgrammingError)  # what code catching peewee's class expects
+    fresh_database.execute_sql("CREATE TABLE migratehistory (id serial)")
+    with pytest.raises(ProgrammingError) as caught:  # migrated: a missing table is the caller's own
+        fresh_database.execute_sql("SELECT count(*) FROM organizations")
+    assert not isinstance(caught.value, NotMigrated)

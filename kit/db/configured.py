@@ -9,26 +9,30 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import psycopg2
 import psycopg2.extensions
-from peewee import OperationalError, __exception_wrapper__
+from peewee import OperationalError, ProgrammingError, __exception_wrapper__
 
 from kit import embedded
 from kit.config import Settings, check_database_url, load_settings, mask_password
 from kit.db.forks import silence
+from kit.db.outcomes import sqlstate
 from kit.db.pooled import PooledDatabase, _ThreadState
 from kit.db.reads import ReadRouting
 from kit.errors import (
     ConfigError,
     DatabaseUnavailable,
     KitError,
+    NotMigrated,
     PoolExhausted,
     PoolTooLarge,
     describe,
 )
 from kit.pool import ConnectionPool, Hooks
+from kit.project import find_root
 from kit.roles import APP, OWNER
 from kit.routing import Replica, Router
 from kit.tenancy import crossing_tenants, on_leaving_all_tenants
@@ -212,6 +216,37 @@ class Database(ReadRouting):
                 f"could not connect to the database at {self.database}: {describe(exc)}"
             ) from exc
 
+    def execute(self, query: Any, **context: Any) -> Any:
+        """Run a peewee query (`ReadRouting.execute`); on a database never migrated, one sentence that says so."""
+        try:
+            return super().execute(query, **context)
+        except ProgrammingError as exc:
+            raise self._not_migrated(exc) from exc
+
+    def execute_sql(self, sql: str, params: Any = None, named_cursor: Any = None) -> Any:
+        """Run one statement (`ReadRouting.execute_sql`); on a database never migrated, one sentence that says so."""
+        try:
+            return super().execute_sql(sql, params, named_cursor)
+        except ProgrammingError as exc:
+            raise self._not_migrated(exc) from exc
+
+    def _not_migrated(self, exc: ProgrammingError) -> Exception:
+        """`NotMigrated` for a missing table in a database with no migration history; else `exc` as it is."""
+        if isinstance(exc, KitError) or sqlstate(exc) != "42P01" or self.in_transaction():
+            return exc
+        try:
+            history = super().execute_sql("SELECT to_regclass('migratehistory') IS NOT NULL").fetchone()[0]
+        except Exception:  # noqa: BLE001 - the original error is the one to report
+            return exc
+        if history:
+            return exc  # migrated: a table of the caller's that is missing, not the kit's
+        where = ""
+        if self.settings is not None and not self.settings.database_url and find_root() is None:
+            where = (f"; no project was found from {Path.cwd()}, so this is the per-user embedded server in "
+                     f"{self.settings.data_dir}: run from inside your project, or set DATABASE_URL")
+        return NotMigrated(f"the database at {self.database} has none of the kit's tables ({describe(exc)}): it was "
+                           f"never migrated; run `pw_migrate migrate`{where}")
+
     @property
     def url(self) -> str | None:
         """The URL the pool connects to, password included (None until configured)."""
@@ -253,8 +288,14 @@ class Database(ReadRouting):
         self._owner_state = _ThreadState()
 
     def pool_stats(self) -> dict[str, Any]:
-        """The primary's counts, and with replicas `servers`: each one's state, lag, reads and pool counts."""
+        """The primary's counts, and with replicas `servers`: each one's state, lag, reads and pool counts.
+
+        Before first use, `min` and `max` are the sizes the settings will configure (nothing is opened to say so).
+        """
         stats = super().pool_stats()
+        if self.deferred:
+            settings = self.settings or load_settings()
+            stats.update(min=settings.pool_min, max=settings.pool_max)
         if self._router is not None:
             stats["servers"] = [{"server": "primary", **super().pool_stats()},
                                 *(replica.stats() for replica in self._router.replicas)]
