@@ -238,8 +238,9 @@ def test_pool_stats_before_first_use_are_the_configured_sizes(monkeypatch):
 
 
 def test_a_query_on_a_database_never_migrated_is_one_sentence_saying_so(fresh_database):
-    from kit import NotMigrated
     from peewee import ProgrammingError
+
+    from kit import NotMigrated
 
     with pytest.raises(NotMigrated, match="never migrated; run `pw_migrate migrate`") as caught:
         fresh_database.execute_sql("SELECT count(*) FROM organizations")
