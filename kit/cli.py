@@ -290,6 +290,21 @@ def _init(settings: Settings | None, args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(settings: Settings | None, args: argparse.Namespace) -> int:
+    import runpy
+
+    from kit.project import find_root
+
+    script = Path(args.script).absolute()
+    if not script.is_file():
+        raise KitError(f"{args.script}: no such script")
+    root = find_root(script.parent) or find_root()
+    sys.argv = [str(script), *args.script_args]
+    sys.path[:0] = [str(script.parent), *([str(root)] if root else [])]  # the script's folder, then the project's
+    runpy.run_path(str(script), run_name="__main__")
+    return 0
+
+
 def _maintain(settings: Settings, args: argparse.Namespace) -> int:
     from kit.db import database
     from kit.maintain import maintain
@@ -338,10 +353,14 @@ def _models(settings: Settings | None, args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `kit` command."""
     parser = argparse.ArgumentParser(prog="kit", description="The kit's database tools.")
-    groups = parser.add_subparsers(dest="group", required=True, metavar="{init,models,db,migrate,maintain}")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="{init,run,models,db,migrate,maintain}")
     init = groups.add_parser("init", help="create a new project: pyproject.toml, migrations, seeds, models.py")
     init.add_argument("directory", nargs="?", default=".", type=Path, help="where (default: here)")
     init.set_defaults(action=_init, needs_settings=False)  # a new project needs no database
+    run = groups.add_parser("run", help="run a Python script with its project's root importable (models.py)")
+    run.add_argument("script", help="the script, anywhere inside the project (scripts/report.py)")
+    run.add_argument("script_args", nargs=argparse.REMAINDER, help="its arguments")
+    run.set_defaults(action=_run, needs_settings=False)
     groups.add_parser("models", help="print the reference of the models' columns (Markdown)"
                       ).set_defaults(action=_models, needs_settings=False)
     upkeep = groups.add_parser("maintain", help="upkeep, safe from cron: partitions, tenant vector indexes")

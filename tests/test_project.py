@@ -177,6 +177,10 @@ def test_from_a_built_wheel_kit_init_gives_a_project_that_works_from_any_directo
         shown = run([str(python), "count.py"], app / "scripts", env)
         assert shown.stdout.split() == ["6", "True"] and "creating" not in shown.stderr  # the same server
         assert not (app / "scripts" / ".kit").exists()
+        (app / "scripts" / "report.py").write_text(  # a script that imports the project's own models
+            "import sys\nfrom models import Task\nprint(Task.select().count(), sys.argv[1:])\n")
+        reported = run([str(venv / "bin" / "kit"), "run", "report.py", "--top", "3"], app / "scripts", env)
+        assert reported.stdout.split() == ["6", "['--top',", "'3']"], reported.stdout
     finally:
         subprocess.run([str(venv / "bin" / "kit"), "db", "stop"], cwd=app, env=env, capture_output=True, timeout=120)
 
