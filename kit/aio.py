@@ -353,15 +353,29 @@ class AsyncDatabase(AsyncPostgresqlDatabase):
                 old.terminate()
         return await super()._ensure_pool()
 
+    async def _acquire_conn_async(self) -> KitConnection:
+        """A connection from the pool (made on first use), waiting at most DATABASE_POOL_TIMEOUT for one."""
+        pool = self._pool
+        if pool is None or self._loop is not asyncio.get_running_loop():
+            try:
+                pool = await asyncio.wait_for(self._ensure_pool(), timeout=CONNECT_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                raise OperationalError(f"timed out connecting to the database ({CONNECT_TIMEOUT_S} s)") from None
+        conn = await self._pool_acquire(pool)
+        conn._pool = pool  # as pwasyncio tags it: a late release finds a pool replaced since
+        return conn
+
     async def _pool_acquire(self, pool: Any) -> KitConnection:
         import asyncpg
 
         for _ in range(3):  # a connection lost as it is handed over is taken back by asyncpg: take another
             try:
-                conn = await asyncio.wait_for(pool.acquire(), timeout=self._acquire_timeout)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(self._acquire_timeout):  # no task made per checkout, as wait_for does
+                    conn = await pool.acquire()
+            except TimeoutError:
                 self.counts["timeouts"] += 1
-                raise
+                raise OperationalError(f"Timed out acquiring connection from pool (after "
+                                       f"{self._acquire_timeout} s)") from None
             try:
                 return KitConnection(conn, self._sessions.setdefault(conn.get_server_pid(), set()))
             except asyncpg.InterfaceError:

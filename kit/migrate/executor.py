@@ -27,6 +27,7 @@ from peewee_migrate.router import Router
 
 from kit.ddl import limit_lock_waits, run_ddl
 from kit.errors import (
+    DatabaseUnavailable,
     KitError,
     MigrationError,
     describe,
@@ -79,8 +80,8 @@ def _reported(database: Database, doing: str) -> Iterator[None]:
     try:
         yield
     except (peewee.DatabaseError, peewee.InterfaceError) as exc:
-        if isinstance(exc, KitError) or database.is_connection_usable():
-            raise
+        if isinstance(exc, KitError) and not isinstance(exc, DatabaseUnavailable) or database.is_connection_usable():
+            raise  # a lost connection (DatabaseUnavailable, SessionLost) is said in the migration's words below
         raise MigrationError(
             f"lost the connection to the database while {doing} ({describe(exc)}); the server rolled back the "
             "transaction in progress, so nothing of it remains: run the command again once the server is back"
