@@ -517,7 +517,7 @@ def test_a_users_own_models_load_and_dump_like_the_kits(db, tmp_path):
         class Meta:
             table_name = "test_projects"
 
-    Project.bind(db)
+    Project.bind(db, bind_refs=False, bind_backrefs=False)  # not Organization: it stays on the suite's database
     db.create_tables([Project])
     models = [*ALL_MODELS, Project]
     path = write(tmp_path, "projects.yaml", """
