@@ -171,6 +171,42 @@ def test_concurrent_writers_always_read_their_own_writes(routed):
 
 
 @needs_embedded
+def test_writes_in_child_tasks_and_worker_threads_are_read_by_the_request_that_started_them(routed, replica_url):
+    import asyncio
+    import contextvars
+    from concurrent.futures import ThreadPoolExecutor
+
+    from kit.db.scope import request_scope
+
+    db = routed
+    paused(replica_url)
+
+    def write(body: str) -> None:
+        Note.create(body=body)
+        db.close()
+
+    def mine(body: str) -> int:
+        return Note.select().where(Note.body == body).count()
+
+    async def request(n: int) -> list[int]:
+        with request_scope():
+            assert mine("nothing yet") == 0  # a read before any write: the replica may serve it
+            await asyncio.gather(asyncio.to_thread(write, f"thread-{n}"))  # a worker thread (context copied)
+            await asyncio.gather(asyncio.create_task(asyncio.to_thread(write, f"task-{n}")))  # a child task's
+            loop = asyncio.get_running_loop()
+            with ThreadPoolExecutor(1) as pool:  # run_in_executor carries no context unless it is given one
+                await loop.run_in_executor(pool, contextvars.copy_context().run, write, f"executor-{n}")
+            return [mine(f"thread-{n}"), mine(f"task-{n}"), mine(f"executor-{n}")]
+
+    async def main() -> list[list[int]]:
+        return await asyncio.gather(*(request(n) for n in range(4)))
+
+    assert asyncio.run(main()) == [[1, 1, 1]] * 4  # every request read what its children wrote
+    assert count_on(replica_url, "thread-0") == 0  # ... which the paused replica does not have
+    assert in_thread(lambda: mine("thread-0")) == 0  # another context, which wrote nothing: the replica
+
+
+@needs_embedded
 def test_a_replica_lagging_past_the_limit_is_skipped_until_it_catches_up(replica_url, test_db_url, routed):
     db = Database()
     db.configure(test_db_url, settings=replace(load_settings(), replica_max_lag_ms=300), replicas=[replica_url])
@@ -248,16 +284,16 @@ def test_a_read_position_is_checked_and_never_past_the_primarys(test_db_url):
         for bad in ("garbage", "1/2/3", "FFFFFFFFF/0", "", 42):
             if bad == "":
                 with db.reads_after(bad):  # none: nothing to wait for
-                    assert db._written.get() == 0
+                    assert db._floor.get() == 0
                 continue
             with pytest.raises(ArgumentError, match="read position: expected a WAL position"), db.reads_after(bad):
                 pass
         with db.reads_after("FFFFFFFF/FFFFFFFF"):  # from the future: capped to where the primary is
-            capped = db._written.get()
+            capped = db._floor.get()
             now = lsn_int(db.execute_sql("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0])
         assert 0 < capped <= now
         with db.reads_after("0/1"):
-            assert db._written.get() == 1  # a position from the past is kept as it is
+            assert db._floor.get() == 1  # a position from the past is kept as it is
     finally:
         db.close_all()
 

@@ -16,6 +16,7 @@ from typing import Any
 from peewee import DatabaseError, InterfaceError, SelectBase, __exception_wrapper__
 
 from kit.db.pooled import PooledDatabase
+from kit.db.scope import written
 from kit.errors import KitError, PoolExhausted, describe
 from kit.routing import Replica, Router, lsn_int, lsn_text
 from kit.tenancy import crossing_tenants, current_tenant, require_tenant
@@ -42,8 +43,7 @@ class ReadRouting(PooledDatabase):
         """What the current context (thread or asyncio task) asked for and wrote, for read routing."""
         self._router = None
         self._force: ContextVar[str | None] = ContextVar("kit_force", default=None)  # "primary"/"replica"
-        self._written: ContextVar[int] = ContextVar("kit_written", default=0)  # WAL position reads must see
-        self._unsynced: ContextVar[bool] = ContextVar("kit_unsynced", default=False)  # wrote since then
+        self._floor: ContextVar[int] = ContextVar("kit_floor", default=0)  # a position from `reads_after()`
         self._primary_seen = 0  # the highest WAL position of the primary this process has seen
 
     def execute(self, query: Any, **context: Any) -> Any:
@@ -63,7 +63,7 @@ class ReadRouting(PooledDatabase):
             replica = self._replica_for_read(writes_matter=False)
             if replica is not None:
                 return self._read_on(replica, sql, params, only_reads=False)
-        self._unsynced.set(True)  # it may write: the next read waits for a replica to replay it
+        written().entry(self)[1] = True  # it may write: the next read waits for a replica to replay it
         return super().execute_sql(sql, params, named_cursor)
 
     def read_sql(self, sql: str, params: Any = None) -> Any:
@@ -85,15 +85,23 @@ class ReadRouting(PooledDatabase):
         return router.choose(self._written_position() if writes_matter else 0)
 
     def _written_position(self) -> int:
-        """The WAL position this context's reads must see: taken from the primary after its last write."""
-        if self._unsynced.get():
+        """The WAL position this context's reads must see: taken from the primary after its last write.
+
+        The writes counted are the context's and those of every task and thread started from it
+        (`kit.db.scope.Written`); the flag is cleared before the primary is asked, so a write made
+        meanwhile by another of them is asked for again.
+        """
+        record = written()
+        entry = record.entry(self)
+        if entry[1]:
+            entry[1] = False
             with __exception_wrapper__:
                 cursor = PooledDatabase.execute_sql(self, "SELECT pg_current_wal_insert_lsn()::text")
             position = lsn_int(cursor.fetchone()[0])
             self._primary_seen = max(self._primary_seen, position)
-            self._written.set(max(self._written.get(), position))
-            self._unsynced.set(False)
-        return self._written.get()
+            with record.lock:
+                entry[0] = max(entry[0], position)
+        return max(entry[0], self._floor.get())
 
     def _read_on(self, replica: Replica, sql: str, params: Any, only_reads: bool = True) -> Any:
         """Run a read on `replica`; should it fail there, on the primary (a read has no effect to repeat).
@@ -155,11 +163,11 @@ class ReadRouting(PooledDatabase):
                 cursor = PooledDatabase.execute_sql(self, "SELECT pg_current_wal_insert_lsn()::text")
             self._primary_seen = max(self._primary_seen, lsn_int(cursor.fetchone()[0]))
             wanted = min(wanted, self._primary_seen)
-        token = self._written.set(max(self._written.get(), wanted))
+        token = self._floor.set(max(self._floor.get(), wanted))
         try:
             yield
         finally:
-            self._written.reset(token)
+            self._floor.reset(token)
 
     def check_replicas(self) -> list[dict[str, Any]]:
         """Ask every replica for its state now (those skipped as down too); return what `pool_stats` says of them."""

@@ -19,6 +19,7 @@ holds connections this way always. `kit.web.KitMiddleware` opens one per request
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -26,13 +27,57 @@ from contextvars import ContextVar
 _scope: ContextVar[object | None] = ContextVar("kit_request_scope", default=None)
 
 
+class Written:
+    """What a context has written, per database, for read-your-writes (`kit.db.reads`).
+
+    One object, shared by reference with every task and thread started from the context (they run in
+    copies of it, which hold the same object): a write in a child task, `asyncio.to_thread` or a
+    framework's threadpool is waited for by the parent's later reads. A request scope starts a new
+    one; elsewhere a context makes its own at its first statement. A thread started with
+    `threading.Thread` or `loop.run_in_executor` carries no context, so it shares nothing (pass
+    `contextvars.copy_context().run` to share).
+    """
+
+    __slots__ = ("lock", "positions")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.positions: dict[int, list] = {}  # id(database): [WAL position reads must see, wrote since then]
+
+    def entry(self, database: object) -> list:
+        """`database`'s [position, unsynced] in this record."""
+        found = self.positions.get(id(database))
+        if found is None:
+            with self.lock:
+                found = self.positions.setdefault(id(database), [0, False])
+        return found
+
+
+_written: ContextVar[Written | None] = ContextVar("kit_written", default=None)
+
+
+def written() -> Written:
+    """This context's record of what it wrote (made on first use, then shared with what it starts)."""
+    record = _written.get()
+    if record is None:
+        record = Written()
+        _written.set(record)
+    return record
+
+
 @contextmanager
 def request_scope() -> Iterator[object]:
-    """A block in which the sync pool holds a connection only for a statement or a transaction (see the module)."""
+    """A block in which the sync pool holds a connection only for a statement or a transaction (see the module).
+
+    It also starts a new record of what the request writes (`Written`), shared by every task and
+    thread the request starts in its context.
+    """
     token = _scope.set(object())
+    written_token = _written.set(Written())
     try:
         yield _scope.get()
     finally:
+        _written.reset(written_token)
         _scope.reset(token)
 
 
