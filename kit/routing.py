@@ -35,7 +35,7 @@ from kit.errors import ArgumentError, describe
 
 log = logging.getLogger("kit.routing")
 
-__all__ = ["CHECK_EVERY", "PROBE_SQL", "Replica", "Router", "lsn_int", "lsn_text"]
+__all__ = ["CHECK_EVERY", "PROBE_SQL", "PROMOTED_SAYS", "STILL_A_REPLICA", "Replica", "Router", "lsn_int", "lsn_text"]
 
 CHECK_EVERY = 1.0  # seconds: how stale a replica's known state may be before a read re-reads it
 RECHECK_FOR_WRITES = 0.005  # seconds: a replica behind a context's write is asked again after this at most
@@ -50,6 +50,12 @@ SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text,
 """
 
 UP, LAGGING, DOWN, PROMOTED = "up", "lagging", "down", "not in recovery"
+# Sent before every read on a replica, in the same round trip: a server promoted since it was last
+# asked fails the read (then served by the primary) instead of answering from another timeline.
+# The cast is of a value the planner cannot fold, so it is evaluated only when not in recovery.
+STILL_A_REPLICA = ("SELECT CASE WHEN pg_is_in_recovery() THEN 0 "
+                   "ELSE ('kit: not in recovery: ' || pg_is_in_recovery()::text)::int END;")
+PROMOTED_SAYS = "kit: not in recovery"
 
 
 _LSN = re.compile(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})")
@@ -133,6 +139,14 @@ class Router:
             replica.checked, replica.failures, replica.last_error = time.monotonic(), 0, None
             replica.replayed, replica.lag = lsn_int(replayed), float(lag or 0)
             replica.state = (PROMOTED if not in_recovery else LAGGING if replica.lag > self.max_lag else UP)
+
+    def promoted(self, replica: Replica) -> None:
+        """Mark `replica` as promoted, found so by a read: skipped until a probe finds it in recovery again."""
+        with replica.lock:
+            replica.state = PROMOTED
+            replica.checked = time.monotonic()
+            replica.last_error = "promoted: it is not in recovery, so it is no longer the primary's replica"
+        log.warning("replica %s skipped: it was promoted (not in recovery)", replica.name)
 
     def failed(self, replica: Replica, exc: BaseException) -> None:
         """Skip `replica` for a while after it could not be reached (or lost its connection)."""

@@ -206,6 +206,28 @@ def test_writes_in_child_tasks_and_worker_threads_are_read_by_the_request_that_s
     assert in_thread(lambda: mine("thread-0")) == 0  # another context, which wrote nothing: the replica
 
 
+def test_a_replica_promoted_since_it_was_last_asked_is_never_read_as_the_primarys(test_db_url, caplog):
+    import logging
+    import time
+
+    from kit.routing import PROMOTED, UP
+
+    db = Database()
+    db.configure(test_db_url, replicas=[test_db_url])  # a "replica" that is not in recovery: promoted
+    try:
+        replica = db._router.replicas[0]
+        replica.state, replica.checked = UP, time.monotonic()  # as a probe a moment before the promotion left it
+        with caplog.at_level(logging.WARNING, logger="kit.routing"):
+            assert in_thread(lambda: db.read_sql("SELECT 42").fetchone()[0]) == 42  # served, by the primary
+            with db.on_replica():  # forced raw SQL too: the primary, as the promoted server ran nothing
+                assert in_thread(lambda: db.execute_sql("SELECT 43").fetchone()[0]) == 43
+        assert replica.state == PROMOTED and replica.reads == 0
+        assert db.pool_stats()["servers"][1]["last_error"].startswith("promoted")
+        assert any("was promoted" in r.getMessage() for r in caplog.records)
+    finally:
+        db.close_all()
+
+
 @needs_embedded
 def test_a_replica_lagging_past_the_limit_is_skipped_until_it_catches_up(replica_url, test_db_url, routed):
     db = Database()
