@@ -94,7 +94,7 @@ FROM pg_roles r WHERE r.rolname = current_user
 IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
 UNKNOWN = psycopg2.extensions.TRANSACTION_STATUS_UNKNOWN
 _TIMED_OUT = "canceling statement due to statement timeout"
-_RLS_VIOLATION = re.compile(r'violates row-level security policy (?:\(USING expression\) )?for table "([^"]+)"')
+RLS_VIOLATION = re.compile(r'violates row-level security policy (?:\(USING expression\) )?for table "([^"]+)"')
 RESEND_WINDOW = 0.050  # seconds: a statement that failed later than this after sending may have been running;
 # wide enough for a loaded machine to notice a dead socket late (10 ms failed 1 in 1,200 kills under load)
 
@@ -352,7 +352,7 @@ class PooledDatabase(PostgresqlExtDatabase):
                 self._notify_hooks(sql, params, start, exc)
             if isinstance(exc, DatabaseError) and _TIMED_OUT in str(exc):
                 raise StatementTimeout(self._timeout_sentence(), limit_ms=self._limit_ms()) from exc
-            violated = _RLS_VIOLATION.search(str(exc)) if isinstance(exc, DatabaseError) else None
+            violated = RLS_VIOLATION.search(str(exc)) if isinstance(exc, DatabaseError) else None
             if violated:
                 table = violated[1]
                 tenant = current_tenant()

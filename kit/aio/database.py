@@ -1,4 +1,4 @@
-"""The asyncio database: `from kit.aio import database`, on peewee's own `playhouse.pwasyncio` (asyncpg).
+"""`AsyncDatabase`: the asyncio database, on peewee's own `playhouse.pwasyncio` (asyncpg).
 
 Every model (the kit's and a project's own, on `kit.models.BaseModel`) runs on it from `async def`,
 bound to nothing by hand, while the sync `kit.db.database` serves threads in the same process:
@@ -36,14 +36,11 @@ It keeps the sync pool's promises, with the same rules (`kit.db.pooled`, `kit.db
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import re
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import numpy as np
 from peewee import (
     DatabaseError,
     InterfaceError,
@@ -52,18 +49,24 @@ from peewee import (
     __exception_wrapper__,
 )
 from playhouse.pwasyncio import (
-    AsyncPgAtomic,
-    AsyncPostgresqlConnection,
     AsyncPostgresqlDatabase,
     CursorAdapter,
-    await_,
     greenlet_spawn,
 )
 
+from kit.aio.connection import (
+    KitConnection,
+    json_decoder,
+    json_encoder,
+    session_ended,
+    split_settings,
+    vector_codec,
+)
+from kit.aio.transaction import Atomic
 from kit.config import Settings, load_settings, mask_password
 from kit.db.bridge import leave, stand_in
 from kit.db.outcomes import is_outage, retryable, sqlstate
-from kit.db.pooled import RESEND_WINDOW
+from kit.db.pooled import RESEND_WINDOW, RLS_VIOLATION
 from kit.db.retry import DEFAULT_TRIES, check_tries, refuse_nested, retry_delay
 from kit.db.statements import NO_TRANSACTION_BLOCK, OPEN_TRANSACTION, POOLER_REFUSES, RAW_BEGIN, RAW_END, session_change
 from kit.errors import (
@@ -77,7 +80,6 @@ from kit.errors import (
 )
 from kit.roles import APP
 from kit.tenancy import crossing_tenants, current_tenant, require_tenant, statement_prefix
-from kit.vector import wire
 
 log = logging.getLogger("kit.db")
 
@@ -86,179 +88,6 @@ APPLICATION_NAME = "kit"
 CONNECT_TIMEOUT_S = 10
 COMMAND_GRACE_S = 1.0  # the driver's own limit waits this much past the server's, which speaks first
 STATEMENT_CACHE = 256  # asyncpg's prepared statements per connection (0 behind PgBouncer)
-_LEADING_SETTING = re.compile(r"\s*(?:SET\s+LOCAL\s[^;]*|SELECT\s+set_config\([^;]*\));\s*", re.I)
-_RLS_VIOLATION = re.compile(r'violates row-level security policy (?:\(USING expression\) )?for table "([^"]+)"')
-
-# -- the wire ------------------------------------------------------------------------------------
-
-def _vector_codec(element: str) -> tuple[Callable[[Any], bytes], Callable[[bytes], np.ndarray]]:
-    """asyncpg binary encoder and decoder for pgvector's `vector` ('>f4') or `halfvec` ('>f2')."""
-
-    def encode(value: Any) -> bytes:
-        array = getattr(value, "array", None)  # the kit's fields send text that carries its array
-        if array is None:
-            array = wire.from_text(value, np.float32) if isinstance(value, str) else np.asarray(value, np.float32)
-        return wire.to_binary(array, element)
-
-    def decode(data: bytes) -> np.ndarray:
-        return wire.from_binary(data, element, np.float32)
-
-    return encode, decode
-
-
-async def _settle() -> None:
-    """Yield to the event loop a few turns: a socket's pending data and close are read by then."""
-    for _ in range(3):
-        await asyncio.sleep(0)
-
-
-def _ended_by_command(exc: BaseException | None) -> bool:
-    """True when the server said it ended the session on a command (57P01, pg_terminate_backend or a stop)."""
-    for _ in range(8):
-        if exc is None:
-            return False
-        if getattr(exc, "sqlstate", None) == "57P01" or getattr(exc, "pgcode", None) == "57P01":
-            return True
-        exc = getattr(exc, "orig", None) or exc.__cause__ or exc.__context__
-    return False
-
-
-def _refused_by_driver(exc: BaseException) -> bool:
-    """True when asyncpg refused an operation before sending it (a client-side error: nothing reached the server)."""
-    import asyncpg
-
-    inner = getattr(exc, "orig", None) or exc
-    return isinstance(inner, (asyncpg.InterfaceError, asyncpg.InternalClientError))
-
-
-def _session_ended(code: str | None) -> bool:
-    """True for what asyncpg reports when the server had ended the session: no code, class 08, or a shutdown."""
-    return code is None or code.startswith("08") or code in ("57P01", "57P02")
-
-
-def _json_encoder(head: bytes) -> Callable[[Any], bytes]:
-    """asyncpg binary encoder for json (`head` b'') or jsonb (b'\\x01'): text, bytes, or a field's wrapped value."""
-
-    def encode(value: Any) -> bytes:
-        wrapped = getattr(value, "adapted", getattr(value, "value", value))  # the JSON fields' wrappers
-        if wrapped is not value:  # psycopg2's `Json` (`adapted`) or playhouse's (`value`), each with its dumps
-            dumps = getattr(value, "dumps", None)
-            value = dumps(wrapped) if callable(dumps) else json.dumps(wrapped)
-        elif not isinstance(value, (str, bytes)):
-            value = json.dumps(value)
-        return head + (value if isinstance(value, bytes) else value.encode())
-
-    return encode
-
-
-def _json_decoder(skip: int) -> Callable[[bytes], Any]:
-    """asyncpg binary decoder for json (`skip` 0) or jsonb (1: its version byte)."""
-    return lambda data: json.loads(data[skip:])
-
-
-def _split_settings(sql: str) -> tuple[str, str]:
-    """Leading SET LOCAL / set_config statements the kit puts before a statement, and the statement."""
-    end = 0
-    while match := _LEADING_SETTING.match(sql, end):
-        end = match.end()
-    return sql[:end], sql[end:]
-
-
-def _rowcount(status: str | None, rows: int) -> int:
-    """The row count from a command tag ("UPDATE 3", "INSERT 0 3"), else the rows returned."""
-    tail = (status or "").rsplit(" ", 1)
-    return int(tail[1]) if len(tail) == 2 and tail[1].isdigit() else rows
-
-
-class KitConnection(AsyncPostgresqlConnection):
-    """One asyncpg connection as pwasyncio wraps it, plus the session state it holds and the statement cache."""
-
-    def __init__(self, conn: Any, session: set[str]) -> None:
-        super().__init__(conn)
-        self.session = session  # the server session's state, kept by the database as long as the session lives
-        self.raw_transaction = False  # BEGIN sent as SQL
-        self.tenant_set: str | None = None  # the tenant this transaction's setting names ('' cleared)
-
-    async def _execute(self, sql: str, params: Any = None) -> CursorAdapter:
-        """Run one statement through asyncpg's statement cache: one round trip once it is prepared."""
-        if params:
-            sql = self._translate_placeholders(sql)
-        records, status, _ = await self.conn._execute(sql, tuple(params or ()), 0, None, return_status=True)
-        status = status.decode() if isinstance(status, bytes) else status
-        description = [(k,) for k in records[0].keys()] if records else []
-        return CursorAdapter(records, rowcount=_rowcount(status, len(records)), description=description)
-
-    async def simple(self, sql: str) -> None:
-        """Send kit-made SQL without parameters (several statements allowed) in one round trip."""
-        await self._acquire_lock()
-        try:
-            await self.conn.execute(sql)
-        finally:
-            self._lock.release()
-
-
-class _Atomic(AsyncPgAtomic):
-    """pwasyncio's transaction, minding the tenant setting (a rolled-back savepoint undoes it) and lost connections."""
-
-    def __enter__(self) -> _Atomic:
-        """BEGIN (a savepoint inside a transaction); one on a connection found dead goes again on a new one."""
-        outermost = not self.db._state.transactions
-        try:
-            return super().__enter__()
-        except KitError:
-            raise
-        except Exception as exc:
-            conn = self.db._state.conn
-            if not outermost or conn is None or not conn.stale():
-                raise self.db._translate(exc) from exc
-            await_(self.db._drop(conn))  # SessionLost if it held session state; else a new connection
-            try:
-                return super().__enter__()
-            except Exception as again:
-                if isinstance(again, KitError):
-                    raise
-                raise SessionLost(f"the database connection was lost at BEGIN ({describe(again)}); nothing of the "
-                                  "transaction was sent") from again
-
-    def commit(self, begin: bool = True) -> None:
-        """COMMIT; a connection lost before it: SessionLost (nothing committed); during it: outcome unknown."""
-        conn = self.db._state.conn
-        await_(_settle())  # let the driver read what the server sent while the transaction sat idle
-        if conn is None or conn.stale():
-            raise SessionLost("the database connection was lost before COMMIT; the server rolled the transaction "
-                              "back, so nothing of it was committed", lost=frozenset({OPEN_TRANSACTION}))
-        try:
-            super().commit(begin)
-        except Exception as exc:
-            if not conn.stale():
-                raise
-            if _ended_by_command(exc) or _refused_by_driver(exc):  # told to end (at an interrupt, never mid-COMMIT),
-                # or the driver refused to send COMMIT at all: either way the server rolled the transaction back
-                raise SessionLost(f"the database connection was lost at COMMIT ({describe(exc)}); the server "
-                                  "ended the session before committing, so nothing of it was committed",
-                                  lost=frozenset({OPEN_TRANSACTION})) from exc
-            raise SessionLost(f"the database connection was lost during COMMIT ({describe(exc)}); the outcome is "
-                              "unknown: check before doing it again", outcome_unknown=True) from exc
-
-    def rollback(self, begin: bool = True) -> None:
-        """Roll back; on a lost connection the server already has, and there is nothing to send."""
-        conn = self.db._state.conn
-        if conn is None or conn.stale():
-            return
-        super().rollback(begin)
-
-    def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> Any:
-        conn = self.db._state.conn
-        try:
-            return super().__exit__(exc_type, exc_val, exc_tb)
-        finally:
-            if conn is not None:
-                conn.tenant_set = None  # sent again before the next statement that needs it
-                if not self.db._state.transactions and not conn.raw_transaction and not conn.session:
-                    try:
-                        await_(self.db.aclose())  # the outermost one ended: the connection goes back
-                    except Exception:  # a dead one: the pool drops it; the transaction's own error stands
-                        log.debug("releasing the connection after a transaction failed", exc_info=True)
 
 
 class AsyncDatabase(AsyncPostgresqlDatabase):
@@ -330,10 +159,10 @@ class AsyncDatabase(AsyncPostgresqlDatabase):
     async def _init_connection(self, conn: Any) -> None:
         """Set a new connection up: JSON codecs and pgvector's binary format."""
         for name, head in (("json", b""), ("jsonb", b"\x01")):  # jsonb's binary form: version 1, then the text
-            await conn.set_type_codec(name, schema="pg_catalog", format="binary", encoder=_json_encoder(head),
-                                      decoder=_json_decoder(len(head)))
+            await conn.set_type_codec(name, schema="pg_catalog", format="binary", encoder=json_encoder(head),
+                                      decoder=json_decoder(len(head)))
         for name, element in (("vector", ">f4"), ("halfvec", ">f2")):
-            encode, decode = _vector_codec(element)
+            encode, decode = vector_codec(element)
             try:
                 await conn.set_type_codec(name, schema="public", encoder=encode, decoder=decode, format="binary")
             except ValueError:  # pgvector not installed in this database (halfvec: before 0.7)
@@ -464,9 +293,9 @@ class AsyncDatabase(AsyncPostgresqlDatabase):
             require_tenant(query)
         return super().execute(query, **context)
 
-    def atomic(self, *args: Any, **kwargs: Any) -> _Atomic:
+    def atomic(self, *args: Any, **kwargs: Any) -> Atomic:
         """A transaction (a savepoint inside one): `async with database.atomic():`, or `with` inside `run()`."""
-        return _Atomic(self, *args, **kwargs)
+        return Atomic(self, *args, **kwargs)
 
     transaction = savepoint = atomic
 
@@ -521,7 +350,7 @@ class AsyncDatabase(AsyncPostgresqlDatabase):
                     f"{kind} would outlive the transaction on a server connection PgBouncer shares with other "
                     f"clients (DATABASE_POOLER={self.pooler}); use {POOLER_REFUSES[kind]}; nothing was sent")
             conn.session.add(kind)
-        settings, body = _split_settings(sql)
+        settings, body = split_settings(sql)
         sent = time.monotonic()
         try:
             if in_transaction:
@@ -585,7 +414,7 @@ class AsyncDatabase(AsyncPostgresqlDatabase):
     def _never_ran(self, exc: BaseException, conn: KitConnection, in_transaction: bool, seconds: float) -> bool:
         """The re-send rule (`kit.db.pooled`): outside a transaction, no session state, session gone at once."""
         return (not in_transaction and not conn.session and not isinstance(exc, KitError)
-                and conn.stale() and _session_ended(sqlstate(exc)) and seconds <= RESEND_WINDOW)
+                and conn.stale() and session_ended(sqlstate(exc)) and seconds <= RESEND_WINDOW)
 
     async def _after_loss(self, conn: KitConnection, in_transaction: bool) -> None:
         """A dead connection is let go (not inside a transaction, which still needs to end on it)."""
@@ -621,7 +450,7 @@ class AsyncDatabase(AsyncPostgresqlDatabase):
             return StatementTimeout(f"the statement ran past its time limit ({said}, DATABASE_STATEMENT_TIMEOUT) "
                                     "and was cancelled; nothing of it was committed",
                                     limit_ms=round(limit * 1000) if limit else None)
-        violated = _RLS_VIOLATION.search(text)
+        violated = RLS_VIOLATION.search(text)
         if violated:
             tenant = current_tenant()
             return TenantError(f"{violated[1]}: the row does not belong to the tenant context's organization "
@@ -660,6 +489,3 @@ def _wrapped(exc: BaseException) -> BaseException | None:
     return None
 
 
-database = AsyncDatabase()
-
-__all__ = ["AsyncDatabase", "database"]

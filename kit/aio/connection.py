@@ -1,0 +1,133 @@
+"""One asyncpg connection as the kit uses it: the wire (pgvector binary, JSON), the statement cache, and
+what the driver says when a session ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from playhouse.pwasyncio import (
+    AsyncPostgresqlConnection,
+    CursorAdapter,
+)
+
+from kit.vector import wire
+
+log = logging.getLogger("kit.db")
+
+_LEADING_SETTING = re.compile(r"\s*(?:SET\s+LOCAL\s[^;]*|SELECT\s+set_config\([^;]*\));\s*", re.I)
+
+# -- the wire ------------------------------------------------------------------------------------
+
+def vector_codec(element: str) -> tuple[Callable[[Any], bytes], Callable[[bytes], np.ndarray]]:
+    """asyncpg binary encoder and decoder for pgvector's `vector` ('>f4') or `halfvec` ('>f2')."""
+
+    def encode(value: Any) -> bytes:
+        array = getattr(value, "array", None)  # the kit's fields send text that carries its array
+        if array is None:
+            array = wire.from_text(value, np.float32) if isinstance(value, str) else np.asarray(value, np.float32)
+        return wire.to_binary(array, element)
+
+    def decode(data: bytes) -> np.ndarray:
+        return wire.from_binary(data, element, np.float32)
+
+    return encode, decode
+
+
+async def settle() -> None:
+    """Yield to the event loop a few turns: a socket's pending data and close are read by then."""
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
+def ended_by_command(exc: BaseException | None) -> bool:
+    """True when the server said it ended the session on a command (57P01, pg_terminate_backend or a stop)."""
+    for _ in range(8):
+        if exc is None:
+            return False
+        if getattr(exc, "sqlstate", None) == "57P01" or getattr(exc, "pgcode", None) == "57P01":
+            return True
+        exc = getattr(exc, "orig", None) or exc.__cause__ or exc.__context__
+    return False
+
+
+def refused_by_driver(exc: BaseException) -> bool:
+    """True when asyncpg refused an operation before sending it (a client-side error: nothing reached the server)."""
+    import asyncpg
+
+    inner = getattr(exc, "orig", None) or exc
+    return isinstance(inner, (asyncpg.InterfaceError, asyncpg.InternalClientError))
+
+
+def session_ended(code: str | None) -> bool:
+    """True for what asyncpg reports when the server had ended the session: no code, class 08, or a shutdown."""
+    return code is None or code.startswith("08") or code in ("57P01", "57P02")
+
+
+def json_encoder(head: bytes) -> Callable[[Any], bytes]:
+    """asyncpg binary encoder for json (`head` b'') or jsonb (b'\\x01'): text, bytes, or a field's wrapped value."""
+
+    def encode(value: Any) -> bytes:
+        wrapped = getattr(value, "adapted", getattr(value, "value", value))  # the JSON fields' wrappers
+        if wrapped is not value:  # psycopg2's `Json` (`adapted`) or playhouse's (`value`), each with its dumps
+            dumps = getattr(value, "dumps", None)
+            value = dumps(wrapped) if callable(dumps) else json.dumps(wrapped)
+        elif not isinstance(value, (str, bytes)):
+            value = json.dumps(value)
+        return head + (value if isinstance(value, bytes) else value.encode())
+
+    return encode
+
+
+def json_decoder(skip: int) -> Callable[[bytes], Any]:
+    """asyncpg binary decoder for json (`skip` 0) or jsonb (1: its version byte)."""
+    return lambda data: json.loads(data[skip:])
+
+
+def split_settings(sql: str) -> tuple[str, str]:
+    """Leading SET LOCAL / set_config statements the kit puts before a statement, and the statement."""
+    end = 0
+    while match := _LEADING_SETTING.match(sql, end):
+        end = match.end()
+    return sql[:end], sql[end:]
+
+
+def _rowcount(status: str | None, rows: int) -> int:
+    """The row count from a command tag ("UPDATE 3", "INSERT 0 3"), else the rows returned."""
+    tail = (status or "").rsplit(" ", 1)
+    return int(tail[1]) if len(tail) == 2 and tail[1].isdigit() else rows
+
+
+class KitConnection(AsyncPostgresqlConnection):
+    """One asyncpg connection as pwasyncio wraps it, plus the session state it holds and the statement cache."""
+
+    def __init__(self, conn: Any, session: set[str]) -> None:
+        super().__init__(conn)
+        self.session = session  # the server session's state, kept by the database as long as the session lives
+        self.raw_transaction = False  # BEGIN sent as SQL
+        self.tenant_set: str | None = None  # the tenant this transaction's setting names ('' cleared)
+
+    async def _execute(self, sql: str, params: Any = None) -> CursorAdapter:
+        """Run one statement through asyncpg's statement cache: one round trip once it is prepared."""
+        if params:
+            sql = self._translate_placeholders(sql)
+        records, status, _ = await self.conn._execute(sql, tuple(params or ()), 0, None, return_status=True)
+        status = status.decode() if isinstance(status, bytes) else status
+        description = [(k,) for k in records[0].keys()] if records else []
+        return CursorAdapter(records, rowcount=_rowcount(status, len(records)), description=description)
+
+    async def simple(self, sql: str) -> None:
+        """Send kit-made SQL without parameters (several statements allowed) in one round trip."""
+        await self._acquire_lock()
+        try:
+            await self.conn.execute(sql)
+        finally:
+            self._lock.release()
+
+

@@ -1,0 +1,87 @@
+"""`Atomic`: pwasyncio's transaction, minding the tenant setting and connections lost before or at COMMIT."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from playhouse.pwasyncio import (
+    AsyncPgAtomic,
+    await_,
+)
+
+from kit.aio.connection import ended_by_command, refused_by_driver, settle
+from kit.db.statements import OPEN_TRANSACTION
+from kit.errors import (
+    KitError,
+    SessionLost,
+    describe,
+)
+
+log = logging.getLogger("kit.db")
+
+
+class Atomic(AsyncPgAtomic):
+    """pwasyncio's transaction, minding the tenant setting (a rolled-back savepoint undoes it) and lost connections."""
+
+    def __enter__(self) -> Atomic:
+        """BEGIN (a savepoint inside a transaction); one on a connection found dead goes again on a new one."""
+        outermost = not self.db._state.transactions
+        try:
+            return super().__enter__()
+        except KitError:
+            raise
+        except Exception as exc:
+            conn = self.db._state.conn
+            if not outermost or conn is None or not conn.stale():
+                raise self.db._translate(exc) from exc
+            await_(self.db._drop(conn))  # SessionLost if it held session state; else a new connection
+            try:
+                return super().__enter__()
+            except Exception as again:
+                if isinstance(again, KitError):
+                    raise
+                raise SessionLost(f"the database connection was lost at BEGIN ({describe(again)}); nothing of the "
+                                  "transaction was sent") from again
+
+    def commit(self, begin: bool = True) -> None:
+        """COMMIT; a connection lost before it: SessionLost (nothing committed); during it: outcome unknown."""
+        conn = self.db._state.conn
+        await_(settle())  # let the driver read what the server sent while the transaction sat idle
+        if conn is None or conn.stale():
+            raise SessionLost("the database connection was lost before COMMIT; the server rolled the transaction "
+                              "back, so nothing of it was committed", lost=frozenset({OPEN_TRANSACTION}))
+        try:
+            super().commit(begin)
+        except Exception as exc:
+            if not conn.stale():
+                raise
+            if ended_by_command(exc) or refused_by_driver(exc):  # told to end (at an interrupt, never mid-COMMIT),
+                # or the driver refused to send COMMIT at all: either way the server rolled the transaction back
+                raise SessionLost(f"the database connection was lost at COMMIT ({describe(exc)}); the server "
+                                  "ended the session before committing, so nothing of it was committed",
+                                  lost=frozenset({OPEN_TRANSACTION})) from exc
+            raise SessionLost(f"the database connection was lost during COMMIT ({describe(exc)}); the outcome is "
+                              "unknown: check before doing it again", outcome_unknown=True) from exc
+
+    def rollback(self, begin: bool = True) -> None:
+        """Roll back; on a lost connection the server already has, and there is nothing to send."""
+        conn = self.db._state.conn
+        if conn is None or conn.stale():
+            return
+        super().rollback(begin)
+
+    def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> Any:
+        conn = self.db._state.conn
+        try:
+            return super().__exit__(exc_type, exc_val, exc_tb)
+        finally:
+            if conn is not None:
+                conn.tenant_set = None  # sent again before the next statement that needs it
+                if not self.db._state.transactions and not conn.raw_transaction and not conn.session:
+                    try:
+                        await_(self.db.aclose())  # the outermost one ended: the connection goes back
+                    except Exception:  # a dead one: the pool drops it; the transaction's own error stands
+                        log.debug("releasing the connection after a transaction failed", exc_info=True)
+
+
