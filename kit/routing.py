@@ -35,7 +35,7 @@ from kit.errors import ArgumentError, describe
 
 log = logging.getLogger("kit.routing")
 
-__all__ = ["CHECK_EVERY", "PROBE_SQL", "PROMOTED_SAYS", "STILL_A_REPLICA", "Replica", "Router", "lsn_int", "lsn_text"]
+__all__ = ["CHECK_EVERY", "HOT_STANDBY", "PROBE_SQL", "promoted", "Replica", "Router", "lsn_int", "lsn_text"]
 
 CHECK_EVERY = 1.0  # seconds: how stale a replica's known state may be before a read re-reads it
 RECHECK_FOR_WRITES = 0.005  # seconds: a replica behind a context's write is asked again after this at most
@@ -50,12 +50,15 @@ SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text,
 """
 
 UP, LAGGING, DOWN, PROMOTED = "up", "lagging", "down", "not in recovery"
-# Sent before every read on a replica, in the same round trip: a server promoted since it was last
-# asked fails the read (then served by the primary) instead of answering from another timeline.
-# The cast is of a value the planner cannot fold, so it is evaluated only when not in recovery.
-STILL_A_REPLICA = ("SELECT CASE WHEN pg_is_in_recovery() THEN 0 "
-                   "ELSE ('kit: not in recovery: ' || pg_is_in_recovery()::text)::int END;")
-PROMOTED_SAYS = "kit: not in recovery"
+# PostgreSQL 14+ reports `in_hot_standby` to the client with every answer after it changes (before
+# ReadyForQuery, checked when the statement has run), so a read that a server promoted since it was
+# last asked has answered is known as such at no cost: its answer is set aside and the primary reads.
+HOT_STANDBY = "in_hot_standby"
+
+
+def promoted(reported: str | None) -> bool:
+    """True when a server's reported `in_hot_standby` says it is no longer a standby (None: not reported)."""
+    return reported == "off"
 
 
 _LSN = re.compile(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})")

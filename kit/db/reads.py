@@ -18,7 +18,7 @@ from peewee import DatabaseError, InterfaceError, SelectBase, __exception_wrappe
 from kit.db.pooled import PooledDatabase
 from kit.db.scope import written
 from kit.errors import KitError, PoolExhausted, describe
-from kit.routing import PROMOTED_SAYS, STILL_A_REPLICA, Replica, Router, lsn_int, lsn_text
+from kit.routing import HOT_STANDBY, Replica, Router, lsn_int, lsn_text, promoted
 from kit.tenancy import crossing_tenants, current_tenant, require_tenant
 
 log = logging.getLogger("kit.db")
@@ -110,16 +110,21 @@ class ReadRouting(PooledDatabase):
         sends it to the primary; any other failure is raised, so a write is refused as the standby refuses it.
         """
         try:
-            cursor = replica.database.execute_sql(STILL_A_REPLICA + sql, params)
+            cursor = replica.database.execute_sql(sql, params)
         except (DatabaseError, InterfaceError, KitError) as exc:
-            if PROMOTED_SAYS in str(exc):
-                self._router.promoted(replica)
-            elif replica.database.connection_lost() and not isinstance(exc, PoolExhausted):
+            if replica.database.connection_lost() and not isinstance(exc, PoolExhausted):
                 self._router.failed(replica, exc)
-            if not only_reads and not isinstance(exc, PoolExhausted) and PROMOTED_SAYS not in str(exc):
-                raise  # (a promoted server ran nothing of it: the check before it failed first)
+            if not only_reads and not isinstance(exc, PoolExhausted):
+                raise
             self._pool.count("replica_fallbacks")
             log.info("a read went to the primary: replica %s could not serve it (%s)", replica.name, describe(exc))
+            return PooledDatabase.execute_sql(self, sql, params)
+        if promoted(cursor.connection.get_parameter_status(HOT_STANDBY)):  # answered from another timeline
+            self._router.promoted(replica)
+            if not only_reads:  # forced raw SQL, which may have written: never sent a second time
+                raise KitError(f"replica {replica.name} was promoted (it is not in recovery): the statement ran "
+                               "there, on a server that is no longer the primary's replica, and not on the primary")
+            self._pool.count("replica_fallbacks")
             return PooledDatabase.execute_sql(self, sql, params)
         replica.reads += 1
         return cursor
