@@ -106,9 +106,10 @@ class Replica:
 class Router:
     """Chooses the replica for a read, keeping each replica's health as reads find it."""
 
-    def __init__(self, replicas: Iterable[Replica], max_lag: float) -> None:
+    def __init__(self, replicas: Iterable[Replica], max_lag: float, wait_for_probes: bool = True) -> None:
         self.replicas = list(replicas)
         self.max_lag = max_lag
+        self.wait_for_probes = wait_for_probes  # False on an event loop: a replica being asked is not asked twice
         self._turn = itertools.count()
 
     def choose(self, after: int) -> Replica | None:
@@ -132,23 +133,34 @@ class Router:
         return replica.state == UP and replica.replayed >= after
 
     def probe(self, replica: Replica) -> None:
-        """Ask `replica` for its state now (on this thread's connection to it)."""
-        with replica.lock:
-            try:
-                in_recovery, replayed, lag = replica.database.execute_sql(PROBE_SQL).fetchone()
-            except Exception as exc:  # unreachable, or its connection died: skipped for a while
-                self.failed(replica, exc)
-                return
-            replica.checked, replica.failures, replica.last_error = time.monotonic(), 0, None
-            replica.replayed, replica.lag = lsn_int(replayed), float(lag or 0)
-            replica.state = (PROMOTED if not in_recovery else LAGGING if replica.lag > self.max_lag else UP)
+        """Ask `replica` for its state now (on this thread's connection to it).
+
+        Without `wait_for_probes` (the asyncio database, where every task shares one thread) a replica
+        another task is asking already is not asked again: what is known of it stands.
+        """
+        if not replica.lock.acquire(blocking=self.wait_for_probes):
+            return
+        try:
+            self._probe(replica)
+        finally:
+            replica.lock.release()
+
+    def _probe(self, replica: Replica) -> None:
+        """`probe`, under the replica's lock."""
+        try:
+            in_recovery, replayed, lag = replica.database.execute_sql(PROBE_SQL).fetchone()
+        except Exception as exc:  # unreachable, or its connection died: skipped for a while
+            self.failed(replica, exc)
+            return
+        replica.checked, replica.failures, replica.last_error = time.monotonic(), 0, None
+        replica.replayed, replica.lag = lsn_int(replayed), float(lag or 0)
+        replica.state = (PROMOTED if not in_recovery else LAGGING if replica.lag > self.max_lag else UP)
 
     def promoted(self, replica: Replica) -> None:
         """Mark `replica` as promoted, found so by a read: skipped until a probe finds it in recovery again."""
-        with replica.lock:
-            replica.state = PROMOTED
-            replica.checked = time.monotonic()
-            replica.last_error = "promoted: it is not in recovery, so it is no longer the primary's replica"
+        replica.state = PROMOTED
+        replica.checked = time.monotonic()
+        replica.last_error = "promoted: it is not in recovery, so it is no longer the primary's replica"
         log.warning("replica %s skipped: it was promoted (not in recovery)", replica.name)
 
     def failed(self, replica: Replica, exc: BaseException) -> None:

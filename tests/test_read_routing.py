@@ -232,6 +232,63 @@ def test_a_replica_promoted_since_it_was_last_asked_is_never_read_as_the_primary
 
 
 @needs_embedded
+def test_the_asyncio_database_reads_replicas_and_its_requests_own_writes_across_child_tasks(
+        routed, replica_url, test_db_url):
+    import asyncio
+
+    from kit.aio import AsyncDatabase
+    from kit.db.scope import request_scope
+
+    adb = AsyncDatabase(test_db_url, replace(load_settings(), pool_min=0, pool_max=4), replicas=[replica_url])
+    paused(replica_url)
+
+    def mine(body: str):
+        return Note.select().where(Note.body == body)
+
+    async def request(n: int) -> list[int]:
+        with request_scope():
+            before = await adb.count(mine(f"a-{n}"))  # nothing written yet: the replica may serve it
+            await asyncio.gather(adb.run(lambda: Note.insert(body=f"a-{n}").execute(adb)))  # in a child task
+            return [before, await adb.count(mine(f"a-{n}"))]
+
+    async def main():
+        try:
+            results = await asyncio.gather(*(request(n) for n in range(4)))
+            elsewhere = await adb.count(mine("a-0"))  # this context wrote nothing: the paused replica
+            in_transaction = await adb.run(lambda: adb.atomic()(lambda: mine("a-0").bind(adb).count())())
+            return results, elsewhere, in_transaction, adb.pool_stats()
+        finally:
+            await adb.close_pool()
+
+    results, elsewhere, in_transaction, stats = asyncio.run(main())
+    assert results == [[0, 1]] * 4 and elsewhere == 0 and in_transaction == 1
+    assert stats["servers"][1]["reads"] >= 1 and count_on(replica_url, "a-0") == 0  # the replica served reads
+
+
+def test_the_asyncio_database_never_reads_a_promoted_replica_as_the_primarys(test_db_url):
+    import asyncio
+    import time
+
+    from kit.aio import AsyncDatabase
+    from kit.routing import PROMOTED, UP
+
+    adb = AsyncDatabase(test_db_url, replace(load_settings(), pool_min=0), replicas=[test_db_url])
+
+    async def main():
+        try:
+            adb.pool_stats()  # configured: the router is made
+            replica = adb._router.replicas[0]
+            replica.state, replica.checked = UP, time.monotonic()  # as a probe a moment before the promotion
+            value = await adb.run(lambda: adb.read_sql("SELECT 42").fetchone()[0])
+            return value, replica
+        finally:
+            await adb.close_pool()
+
+    value, replica = asyncio.run(main())
+    assert value == 42 and replica.state == PROMOTED and replica.reads == 0
+
+
+@needs_embedded
 def test_a_replica_lagging_past_the_limit_is_skipped_until_it_catches_up(replica_url, test_db_url, routed):
     db = Database()
     db.configure(test_db_url, settings=replace(load_settings(), replica_max_lag_ms=300), replicas=[replica_url])

@@ -17,6 +17,7 @@ from playhouse.pwasyncio import (
     CursorAdapter,
 )
 
+from kit.routing import HOT_STANDBY
 from kit.vector import wire
 
 log = logging.getLogger("kit.db")
@@ -98,7 +99,7 @@ def split_settings(sql: str) -> tuple[str, str]:
     return sql[:end], sql[end:]
 
 
-def _rowcount(status: str | None, rows: int) -> int:
+def rowcount(status: str | None, rows: int) -> int:
     """The row count from a command tag ("UPDATE 3", "INSERT 0 3"), else the rows returned."""
     tail = (status or "").rsplit(" ", 1)
     return int(tail[1]) if len(tail) == 2 and tail[1].isdigit() else rows
@@ -120,7 +121,9 @@ class KitConnection(AsyncPostgresqlConnection):
         records, status, _ = await self.conn._execute(sql, tuple(params or ()), 0, None, return_status=True)
         status = status.decode() if isinstance(status, bytes) else status
         description = [(k,) for k in records[0].keys()] if records else []
-        return CursorAdapter(records, rowcount=_rowcount(status, len(records)), description=description)
+        cursor = CursorAdapter(records, rowcount=rowcount(status, len(records)), description=description)
+        cursor.hot_standby = getattr(self.conn.get_settings(), HOT_STANDBY, None)  # as the server reported it
+        return cursor
 
     async def simple(self, sql: str) -> None:
         """Send kit-made SQL without parameters (several statements allowed) in one round trip."""

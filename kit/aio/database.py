@@ -62,8 +62,9 @@ from kit.aio.connection import (
     split_settings,
     vector_codec,
 )
+from kit.aio.reads import AsyncReadRouting
 from kit.aio.transaction import Atomic
-from kit.config import Settings, load_settings, mask_password
+from kit.config import Settings, check_database_url, load_settings, mask_password
 from kit.db.bridge import leave, stand_in
 from kit.db.outcomes import is_outage, retryable, sqlstate
 from kit.db.pooled import RESEND_WINDOW, RLS_VIOLATION
@@ -72,6 +73,7 @@ from kit.db.statements import NO_TRANSACTION_BLOCK, OPEN_TRANSACTION, POOLER_REF
 from kit.errors import (
     DatabaseUnavailable,
     KitError,
+    PoolExhausted,
     SessionLost,
     SessionStateRefused,
     StatementTimeout,
@@ -90,10 +92,11 @@ COMMAND_GRACE_S = 1.0  # the driver's own limit waits this much past the server'
 STATEMENT_CACHE = 256  # asyncpg's prepared statements per connection (0 behind PgBouncer)
 
 
-class AsyncDatabase(AsyncPostgresqlDatabase):
+class AsyncDatabase(AsyncReadRouting, AsyncPostgresqlDatabase):
     """The kit's asyncio PostgreSQL database: pwasyncio on asyncpg, configured from the environment on first use."""
 
-    def __init__(self, url: str | None = None, settings: Settings | None = None, stands_for: Any = None) -> None:
+    def __init__(self, url: str | None = None, settings: Settings | None = None, stands_for: Any = None, *,
+                 replicas: Any = None) -> None:
         super().__init__(None)
         if stands_for is None:
             from kit.db.configured import database as stands_for
@@ -102,14 +105,15 @@ class AsyncDatabase(AsyncPostgresqlDatabase):
         self.settings: Settings | None = None
         self.url: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.counts = {"resent": 0, "session_lost": 0, "timeouts": 0}
+        self.counts = {"resent": 0, "session_lost": 0, "timeouts": 0, "replica_fallbacks": 0}
+        self._given_replicas: Any = replicas  # URLs to read from (None: DATABASE_REPLICA_URLS)
         self._sessions: dict[int, set[str]] = {}  # server process id: the session state its connection holds
 
     # -- configuration and the pool -------------------------------------------------------------
 
-    def configure(self, url: str | None = None, settings: Settings | None = None) -> None:
-        """Point at `url` with `settings` (default: the environment's) from the next pool on."""
-        self._given_url, self._given_settings = url, settings
+    def configure(self, url: str | None = None, settings: Settings | None = None, replicas: Any = None) -> None:
+        """Point at `url` with `settings` (default: the environment's), reading from `replicas` (default: theirs)."""
+        self._given_url, self._given_settings, self._given_replicas = url, settings, replicas
         self.settings = None
         self.url = None
 
@@ -124,6 +128,9 @@ class AsyncDatabase(AsyncPostgresqlDatabase):
             self._pool_size, self._pool_min_size = settings.pool_max, settings.pool_min
             self._acquire_timeout = settings.pool_timeout_ms / 1000 or None
             self.settings = settings
+            urls = settings.replica_urls if self._given_replicas is None else self._given_replicas
+            if urls and not self.is_replica:
+                self._set_replicas([check_database_url(u, "replica URL") for u in urls], settings)
         return self.settings
 
     @property
@@ -197,6 +204,8 @@ class AsyncDatabase(AsyncPostgresqlDatabase):
     async def _pool_acquire(self, pool: Any) -> KitConnection:
         import asyncpg
 
+        if self.is_replica and pool.get_idle_size() == 0 and pool.get_size() >= pool.get_max_size():
+            raise PoolExhausted(f"replica {self.database}: every connection is in use", pool_full=True)
         for _ in range(3):  # a connection lost as it is handed over is taken back by asyncpg: take another
             try:
                 async with asyncio.timeout(self._acquire_timeout):  # no task made per checkout, as wait_for does
@@ -237,8 +246,6 @@ class AsyncDatabase(AsyncPostgresqlDatabase):
             raise
         except (OperationalError, InterfaceError, OSError) as exc:
             if "acquiring connection" in str(exc):
-                from kit.errors import PoolExhausted
-
                 raise PoolExhausted(f"{exc} (DATABASE_POOL_MAX={self._pool_size}, DATABASE_POOL_TIMEOUT="
                                     f"{self._configured().pool_timeout_ms} ms)") from None
             raise DatabaseUnavailable(f"could not connect to the database at {self.database}: {describe(exc)}",
@@ -250,8 +257,17 @@ class AsyncDatabase(AsyncPostgresqlDatabase):
         pool = self._pool
         size = pool.get_size() if pool is not None else 0
         idle = pool.get_idle_size() if pool is not None else 0
-        return {"in_use": size - idle, "idle": idle, "min": self._pool_min_size, "max": self._pool_size,
-                **self.counts}
+        stats = {"in_use": size - idle, "idle": idle, "min": self._pool_min_size, "max": self._pool_size,
+                 **self.counts}
+        if self._router is not None:
+            stats["servers"] = [{"server": "primary", **stats}, *(r.stats() for r in self._router.replicas)]
+        return stats
+
+    async def close_pool(self) -> None:
+        """Close the pool (and each replica's), waiting for connections in use to come back."""
+        for replica in self._router.replicas if self._router is not None else ():
+            await replica.database.close_pool()
+        await super().close_pool()
 
     # -- models: bound to this database inside run() -------------------------------------------
 
@@ -325,8 +341,13 @@ class AsyncDatabase(AsyncPostgresqlDatabase):
 
     # -- statements ------------------------------------------------------------------------------
 
-    async def aexecute_sql(self, sql: str, params: Any = None) -> CursorAdapter:
-        """Run one statement; re-sent once only when the server never ran it; failures in the kit's words."""
+    async def aexecute_sql(self, sql: str, params: Any = None, writes: bool = True) -> CursorAdapter:
+        """Run one statement; re-sent once only when the server never ran it; failures in the kit's words.
+
+        `writes` False: a read (`kit.aio.reads`), which the context's next reads need not wait for.
+        """
+        if writes:
+            self._note_write(sql)
         self._log_query(sql, params)
         start = time.perf_counter() if self.query_hooks else None
         try:
