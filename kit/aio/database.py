@@ -85,6 +85,19 @@ from kit.tenancy import crossing_tenants, current_tenant, require_tenant, statem
 
 log = logging.getLogger("kit.db")
 
+class _OneLine(logging.Filter):
+    """asyncpg's pool logs a failed reconnect with its traceback; an operator gets the one line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Fold the exception into the message (password masked) and drop the traceback."""
+        if record.exc_info and record.exc_info[1] is not None:
+            record.msg, record.args = f"{record.getMessage()}: {describe(record.exc_info[1])}", None
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+logging.getLogger("asyncpg.pool").addFilter(_OneLine())
+
 T = TypeVar("T")
 APPLICATION_NAME = "kit"
 CONNECT_TIMEOUT_S = 10
