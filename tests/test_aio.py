@@ -307,3 +307,41 @@ def test_a_server_that_cannot_be_reached_is_one_sentence(monkeypatch):
 
     error = run(main())
     assert "could not connect to the database at postgresql://kit_app@127.0.0.1:1/nowhere" in str(error)
+
+
+def test_a_full_pool_waits_database_pool_timeout_then_is_pool_exhausted_in_the_settings_words(test_db_url):
+    from kit import PoolExhausted
+
+    db = AsyncDatabase(test_db_url, replace(load_settings(), pool_min=0, pool_max=1, pool_timeout_ms=300))
+
+    async def main():
+        async def hold():
+            async with db.atomic():
+                await db.run(lambda: db.execute_sql("SELECT pg_sleep(1)"))
+
+        holder = asyncio.create_task(hold())
+        await asyncio.sleep(0.2)
+        started = time.monotonic()
+        with pytest.raises(PoolExhausted) as caught:
+            await db.run(lambda: db.execute_sql("SELECT 1"))
+        waited = time.monotonic() - started
+        await holder
+        return caught.value, waited, db.pool_stats()
+
+    error, waited, stats = run(closing(db, main()))
+    assert 0.25 <= waited < 1.0 and stats["timeouts"] == 1
+    assert "DATABASE_POOL_MAX=1" in str(error) and "DATABASE_POOL_TIMEOUT=300 ms" in str(error)
+
+
+def test_idle_connections_close_after_database_pool_idle_timeout(test_db_url, monitor):
+    db = AsyncDatabase(test_db_url, replace(load_settings(), pool_min=0, pool_max=2, pool_idle_timeout_ms=300))
+
+    async def main():
+        pids = await asyncio.gather(*(db.run(lambda: db.execute_sql(
+            "SELECT pg_backend_pid() FROM pg_sleep(0.1)").fetchone()[0]) for _ in range(2)))
+        opened = db.pool_stats()["idle"]
+        await asyncio.sleep(1.0)
+        return opened, scalar(monitor, "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (list(pids),))
+
+    opened, left = run(closing(db, main()))
+    assert opened == 2 and left == 0  # closed by the pool once idle past the limit, not by close_pool
