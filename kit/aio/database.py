@@ -66,9 +66,9 @@ from kit.aio.reads import AsyncReadRouting
 from kit.aio.transaction import Atomic
 from kit.config import Settings, check_database_url, load_settings, mask_password
 from kit.db.bridge import leave, stand_in
-from kit.db.outcomes import is_outage, retryable, sqlstate
+from kit.db.outcomes import is_outage, sqlstate
 from kit.db.pooled import RESEND_WINDOW, RLS_VIOLATION
-from kit.db.retry import DEFAULT_TRIES, check_tries, refuse_nested, retry_delay
+from kit.db.retry import DEFAULT_TRIES, check_tries, refuse_nested, wait_before_next
 from kit.db.statements import NO_TRANSACTION_BLOCK, OPEN_TRANSACTION, POOLER_REFUSES, RAW_BEGIN, RAW_END, session_change
 from kit.errors import (
     DatabaseUnavailable,
@@ -84,6 +84,7 @@ from kit.roles import APP
 from kit.tenancy import crossing_tenants, current_tenant, require_tenant, statement_prefix
 
 log = logging.getLogger("kit.db")
+
 
 class _OneLine(logging.Filter):
     """asyncpg's pool logs a failed reconnect with its traceback; an operator gets the one line instead."""
@@ -345,11 +346,9 @@ class AsyncDatabase(AsyncReadRouting, AsyncPostgresqlDatabase):
             try:
                 return await self.run(whole)
             except Exception as exc:
-                if attempt >= tries or not retryable(exc):
+                wait = wait_before_next(exc, attempt, tries)
+                if wait is None:
                     raise
-                wait = retry_delay(attempt)
-                log.info("transaction run again (%d of %d) in %.0f ms: %s", attempt + 1, tries, wait * 1000,
-                         describe(exc))
                 await asyncio.sleep(wait)
 
     # -- statements ------------------------------------------------------------------------------

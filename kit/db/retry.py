@@ -51,6 +51,15 @@ def refuse_nested(name: str) -> None:
                         "transaction can be run again, so call it outside that one; nothing was run")
 
 
+def wait_before_next(exc: BaseException, attempt: int, tries: int) -> float | None:
+    """Seconds to wait before running the transaction again after `exc` ended run `attempt`; None: raise it."""
+    if attempt >= tries or not retryable(exc):
+        return None
+    wait = retry_delay(attempt)
+    log.info("transaction run again (%d of %d) in %.0f ms: %s", attempt + 1, tries, wait * 1000, describe(exc))
+    return wait
+
+
 def retry_transaction(fn: Callable[..., T], *args: Any, tries: int = DEFAULT_TRIES, database: Any = None,
                       **kwargs: Any) -> T:
     """Run `fn(*args, **kwargs)` in one transaction; run it again (up to `tries` runs) when nothing was committed."""
@@ -66,9 +75,7 @@ def retry_transaction(fn: Callable[..., T], *args: Any, tries: int = DEFAULT_TRI
             with database.atomic():
                 return fn(*args, **kwargs)
         except Exception as exc:
-            if attempt >= tries or not retryable(exc):
+            wait = wait_before_next(exc, attempt, tries)
+            if wait is None:
                 raise
-            wait = retry_delay(attempt)
-            log.info("transaction run again (%d of %d) in %.0f ms: %s", attempt + 1, tries, wait * 1000,
-                     describe(exc))
             time.sleep(wait)
