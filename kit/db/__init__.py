@@ -6,10 +6,16 @@
 The package, one job a module, each importing only those above it:
 
 - `statements`: what a statement leaves on its connection (session state by kind; what PgBouncer refuses).
+- `outcomes`: what a failure means to its caller: an outage (the `DatabaseUnavailable` family), or a
+  transaction that may be run again (`retryable`).
+- `scope`: the request scope (a connection per statement or transaction) and what a context wrote,
+  shared with the tasks and threads it starts (read-your-writes).
+- `bridge`: which database a model's statements go to (the asyncio one inside `kit.aio`'s `run()`).
 - `forks`: a forked child drops every inherited connection without touching its socket.
 - `pooled`: `PooledDatabase`, peewee's `PooledPostgresqlExtDatabase` contract on `kit.pool`, with the
   re-send rule (when a statement may go again on a new connection), `SessionLost` and the time limit.
 - `reads`: read routing to replicas, read-your-writes, `on_primary` / `on_replica` / `reads_after`.
+- `retry`: `retry_transaction`, a whole transaction run again where nothing of it was committed.
 - `configured`: `Database` configured from the environment (roles, the owner's door for
   `all_tenants()`, replicas) and the `database` instance.
 """
