@@ -10,7 +10,14 @@ in `kit.aio.database` and docs/web.md. The package, one job a module:
   re-send rule, `SessionLost`, time limits, the tenant context, `retry_transaction`.
 """
 
-from kit.aio.database import AsyncDatabase
+try:
+    import asyncpg  # noqa: F401 - checked here, so that its absence is one sentence
+    import greenlet  # noqa: F401
+except ImportError as exc:  # pragma: no cover - the dev install has both
+    raise ImportError(f"kit.aio needs asyncpg and greenlet, which are not installed ({exc.name} is missing): "
+                      "pip install 'kit[async]'") from None
+
+from kit.aio.database import AsyncDatabase  # noqa: E402 - after the check above
 
 database = AsyncDatabase()
 
