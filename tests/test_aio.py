@@ -345,3 +345,31 @@ def test_idle_connections_close_after_database_pool_idle_timeout(test_db_url, mo
 
     opened, left = run(closing(db, main()))
     assert opened == 2 and left == 0  # closed by the pool once idle past the limit, not by close_pool
+
+
+def test_the_bulk_paths_run_on_a_worker_thread_in_the_tasks_tenant_and_give_the_connection_back(adb):
+    from kit.db import database as sync
+
+    org = new_org()
+    vectors = np.random.default_rng(3).standard_normal((50, 1536)).astype(np.float32)
+
+    async def main():
+        with kit.tenant(org):
+            source = await adb.run(DocumentSource.create, organization=org, title="bulk", kind="text")
+            copied = await adb.copy_rows(DocumentChunk, [
+                {"source": source.id, "organization": org.id, "position": i, "content": f"c{i}", "embedding": v}
+                for i, v in enumerate(vectors)])
+            keys, matrix = await adb.fetch_matrix(DocumentChunk.select(DocumentChunk.position, DocumentChunk.embedding)
+                                                  .where(DocumentChunk.source == source)
+                                                  .order_by(DocumentChunk.position))
+        return copied, keys, matrix
+
+    before = sync.pool_stats()["in_use"]
+    copied, keys, matrix = run(closing(adb, main()))
+    assert copied == 50 and list(keys) == list(range(50)) and np.array_equal(matrix, vectors)
+    assert sync.pool_stats()["in_use"] == before  # the worker thread gave its connection back
+    from kit.vector import fetch_matrix
+
+    with kit.tenant(org):  # the sync path too: the tenant reaches the COPY (row-level security shows the rows)
+        assert len(fetch_matrix(DocumentChunk.select(DocumentChunk.position, DocumentChunk.embedding)
+                                .where(DocumentChunk.organization == org))[0]) == 50

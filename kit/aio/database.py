@@ -351,6 +351,31 @@ class AsyncDatabase(AsyncReadRouting, AsyncPostgresqlDatabase):
                     raise
                 await asyncio.sleep(wait)
 
+    # -- the bulk paths, on a thread ---------------------------------------------------------------
+
+    async def copy_rows(self, model: Any, rows: Any, **kwargs: Any) -> int:
+        """`kit.copy.copy_rows` (binary COPY, all or nothing) on a worker thread, in this context (tenant included).
+
+        Binary COPY is the sync pool's (psycopg2's COPY protocol); the event loop goes on meanwhile.
+        """
+        from kit.copy import copy_rows
+
+        return await asyncio.to_thread(self._on_sync_pool, copy_rows, model, rows, **kwargs)
+
+    async def fetch_matrix(self, query: Any) -> tuple[Any, Any]:
+        """`kit.vector.fetch_matrix` (binary COPY out into one matrix) on a worker thread, in this context."""
+        from kit.vector import fetch_matrix
+
+        return await asyncio.to_thread(self._on_sync_pool, fetch_matrix, query)
+
+    def _on_sync_pool(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run `fn` on this worker thread with the sync pool; the thread's connection goes back when it returns."""
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if not self.stands_for.in_transaction():
+                self.stands_for.close()
+
     # -- statements ------------------------------------------------------------------------------
 
     async def aexecute_sql(self, sql: str, params: Any = None, writes: bool = True) -> CursorAdapter:

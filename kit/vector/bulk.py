@@ -37,15 +37,17 @@ def fetch_matrix(query: Any, database: peewee.Database | None = None) -> tuple[A
         from kit.db import database
     sql, params = query.sql() if hasattr(query, "sql") else (query, ())
     with database.atomic():
+        # Through the database, so that the statement carries what rides with statements (the tenant
+        # context: row-level security then shows the COPY below the same rows, in the same transaction).
+        described = database.execute_sql(f"SELECT * FROM ({sql}) AS q LIMIT 0", params).description
         cursor = database.cursor()
         try:
             sql = cursor.mogrify(sql, params).decode("utf-8")
-            cursor.execute(f"SELECT * FROM ({sql}) AS q LIMIT 0")
-            if len(cursor.description) != 2:
+            if len(described) != 2:
                 raise ValueError(
-                    f"fetch_matrix expects a query selecting 2 columns (key, vector), got {len(cursor.description)}"
+                    f"fetch_matrix expects a query selecting 2 columns (key, vector), got {len(described)}"
                 )
-            key_oid = cursor.description[0].type_code
+            key_oid = described[0].type_code
             out = io.BytesIO()
             cursor.copy_expert(f"COPY ({sql}) TO STDOUT WITH (FORMAT BINARY)", out, size=1 << 20)
         finally:
