@@ -4,7 +4,7 @@ Every model (the kit's and a project's own, on `kit.models.BaseModel`) runs on i
 bound to nothing by hand, while the sync `kit.db.database` serves threads in the same process:
 
     await database.get(Member.select().where(Member.id == member_id))
-    rows = await database.list(Document.select().limit(10))
+    rows = await database.list(DocumentChunk.select().limit(10))
     async with database.atomic():
         ...
     await database.run(OrgCredit.consume, org, 1)  # any sync kit operation, run without blocking the loop
@@ -31,6 +31,7 @@ It keeps the sync pool's promises, with the same rules (`kit.db.pooled`, `kit.db
 - Behind a transaction-pooling PgBouncer: asyncpg's prepared-statement cache is off, and what would
   leave session state on a shared connection is refused (`SessionStateRefused`), as on the sync path.
 - Vectors travel in pgvector's binary format both ways (`kit.vector.wire`), numpy arrays in and out.
+- Reads go to replicas by the sync rules (`kit.aio.reads`); the bulk paths run on a worker thread.
 """
 
 from __future__ import annotations
