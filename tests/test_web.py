@@ -47,7 +47,7 @@ def service(test_db_url):
     port = free_port()
     env = {**os.environ, "DATABASE_URL": test_db_url, "DATABASE_POOL_MAX": "10", "DATABASE_POOL_MIN": "2"}
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "examples.fastapi_service.app:app", "--port", str(port),
-                             "--log-level", "warning"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             "--log-level", "warning", "--timeout-graceful-shutdown", "5"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
 
@@ -60,7 +60,12 @@ def service(test_db_url):
     assert wait_until(up, timeout=30) and proc.poll() is None, proc.stdout.read() if proc.poll() is not None else ""
     yield base
     proc.terminate()
-    out, _ = proc.communicate(timeout=10)
+    try:
+        out, _ = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:  # requests still waiting on the database: say so, with what it logged
+        proc.kill()
+        out, _ = proc.communicate(timeout=10)
+        out += "\n(uvicorn did not stop within 10 s of SIGTERM; killed)"
     Path(os.environ.get("KIT_TEST_SERVICE_LOG", "/dev/null")).write_text(out)
     assert "Traceback" not in out or "KeyboardInterrupt" in out, out[-3000:]
 

@@ -528,10 +528,14 @@ class PooledDatabase(PostgresqlExtDatabase):
             with __exception_wrapper__:  # the limit rides with BEGIN, before any savepoint; the tenant per statement
                 self._run(sql + ";" + self._limit_prefix() if self.statement_timeout else sql, None, None, None,
                           prefixed=False)
-        except Exception:
+        except Exception as exc:
             scope = current_scope()
             if scope is not None:  # the transaction never began: nothing holds the connection
                 self._release_in_scope(scope)
+            if not isinstance(exc, KitError) and isinstance(exc, (OperationalError, InterfaceError)) \
+                    and is_outage(exc, self.connection_lost()):
+                raise SessionLost(f"the database connection was lost at BEGIN ({describe(exc)}); nothing of the "
+                                  "transaction was sent") from exc
             raise
 
     def commit(self) -> None:

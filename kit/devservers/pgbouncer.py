@@ -50,6 +50,10 @@ max_client_conn = 4000
 default_pool_size = 40
 max_db_connections = 80
 server_reset_query =
+; after a server restart: try it again every second (default 15 s), and give up on a client waiting for a
+; server connection after 10 s (default 120 s), so a client's wait is bounded as its statements are
+server_login_retry = 1
+query_wait_timeout = 10
 ignore_startup_parameters = extra_float_digits,options
 logfile = {directory}/pgbouncer.log
 pidfile = {directory}/pgbouncer.pid
