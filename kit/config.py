@@ -43,6 +43,9 @@ class Settings:
     search_timeout_ms: int = 5_000  # a search (kit.vector.search, hybrid_search) outside a transaction; 0: none
     lock_timeout_ms: int = 2_000  # one lock wait of a schema change (kit.ddl); everyone queued behind waits as long
     lock_budget_ms: int = 60_000  # how long a schema change retries after lock timeouts
+    pool_leak_threshold_ms: int = 0  # a connection checked out longer is reported as leaked; 0: off
+    slow_query_ms: int = 0  # a statement that took longer is logged on `kit.slow`; 0: off
+    query_tags: bool = False  # statements carry a sqlcommenter comment (route, tenant, traceparent)
 
     @property
     def safe_url(self) -> str | None:
@@ -93,6 +96,15 @@ VARIABLES = (
              "`kit maintain`); then the attempt is rolled back whole and retried ([limits](limits.md))"),
     Variable("DATABASE_LOCK_BUDGET", "lock_budget_ms", "",
              "ms a schema change keeps retrying; then `kit.LockBusy`, naming the session that blocks it"),
+    Variable("DATABASE_POOL_LEAK_THRESHOLD", "pool_leak_threshold_ms", "`0`: off",
+             "ms a connection may stay checked out before it is reported once as a possible leak, with the stack "
+             "that took it ([observability](observability.md))"),
+    Variable("DATABASE_SLOW_QUERY_MS", "slow_query_ms", "`0`: off",
+             "a statement that took this many ms or more is logged once on `kit.slow`, with its summary, server, "
+             "tenant and route ([observability](observability.md))"),
+    Variable("DATABASE_QUERY_TAGS", "query_tags", "`0`: off",
+             "`1`: each statement carries a sqlcommenter comment with its route or job, tenant id and "
+             "`traceparent`, shown in `pg_stat_activity` ([observability](observability.md))"),
     Variable("DATABASE_POOLER", "pooler", "unset",
              "`pgbouncer`: `DATABASE_URL` is a PgBouncer in transaction mode ([pgbouncer](pgbouncer.md))"),
     Variable("KIT_DATA_DIR", "data_dir", "`.kit` in the project root; outside any project `~/.local/share/kit`",
@@ -154,6 +166,16 @@ def _integer(env: Mapping[str, str], name: str, default: int) -> int:
     if value < 0:
         raise ConfigError(f"{name} must not be negative, got {value}")
     return value
+
+
+def _switch(env: Mapping[str, str], name: str) -> bool:
+    """An on/off variable: 1/true/on or 0/false/off (unset: off); anything else is one sentence naming it."""
+    value = env.get(name, "").strip().lower()
+    if value in ("", "0", "false", "off", "no"):
+        return False
+    if value in ("1", "true", "on", "yes"):
+        return True
+    raise ConfigError(f"{name} must be 1 or 0 (on or off), got {env[name]!r}")
 
 
 def check_database_url(url: str, name: str = "DATABASE_URL") -> str:
@@ -240,4 +262,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         search_timeout_ms=_integer(env, "DATABASE_SEARCH_TIMEOUT", Settings.search_timeout_ms),
         lock_timeout_ms=lock_timeout_ms,
         lock_budget_ms=lock_budget_ms,
+        pool_leak_threshold_ms=_integer(env, "DATABASE_POOL_LEAK_THRESHOLD", Settings.pool_leak_threshold_ms),
+        slow_query_ms=_integer(env, "DATABASE_SLOW_QUERY_MS", Settings.slow_query_ms),
+        query_tags=_switch(env, "DATABASE_QUERY_TAGS"),
     )

@@ -17,6 +17,10 @@ Settings (checked whenever they are set; a bad one is one sentence naming it, `P
   idle connections are kept until closed by hand.
 - `check_after`: a connection idle this many seconds is tested with a round trip (`Hooks.ping`)
   before it is handed out; 0 tests every checkout.
+- `leak_after`: seconds a connection may stay checked out before it is reported as leaked: once per
+  checkout, a warning on `kit.pool` with how long it has been held, by which thread, and the stack
+  that took it (recorded at checkout only while this is set), and `stats()["leaks"]`. A connection
+  reported and then given back is logged again (it was slow, not lost). None or 0: off.
 
 What the pool does:
 
@@ -27,6 +31,8 @@ What the pool does:
   was opened before the last `invalidate()`, when `Hooks.can_reuse` says no (that hook rolls back a
   leftover transaction), or when it needs a session reset (`needs_reset`) and `Hooks.reset` fails.
 - A connection held by a thread that has ended is taken back when a caller would otherwise wait.
+- `ConnectionPool.observer`, when set (by `kit.telemetry`), is told how long each checkout waited,
+  each connection took to open and each was held; every pool is listed in `ConnectionPool.every`.
 - `close_idle`, `close_stale(age)` (checked out longer than `age` seconds) and `close_all` close
   connections now; those checked out by other threads fail on their next use. `forget` drops every
   connection without closing it (for a forked child) and returns them.
@@ -38,8 +44,10 @@ import heapq
 import itertools
 import logging
 import math
+import sys
 import threading
 import time
+import traceback
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -76,6 +84,8 @@ class _Slot:
     owner: int | None = None  # the ident of the thread that checked it out
     session: set[str] = field(default_factory=set)  # session state known to be on it, by kind
     needs_reset: bool = False
+    taken_by: traceback.StackSummary | None = None  # where it was checked out (with `leak_after` only)
+    reported: bool = False  # reported as leaked during this checkout
 
 
 def _limit(name: str, value: Any, *, whole: bool = False, none_ok: bool = True) -> float | int | None:
@@ -101,8 +111,13 @@ def _limit(name: str, value: Any, *, whole: bool = False, none_ok: bool = True) 
 class ConnectionPool:
     """Connections shared by threads: at most `max_size` out at once, `min_size` kept, the oldest reused first."""
 
-    def __init__(self, hooks: Hooks, clock: Callable[[], float] = time.monotonic, **settings: Any) -> None:
+    observer: Any = None  # told `waited(pool, s)`, `created(pool, s)`, `used(pool, s)` when set (kit.telemetry)
+    every: weakref.WeakSet[ConnectionPool] = weakref.WeakSet()  # every pool in the process, for metrics
+
+    def __init__(self, hooks: Hooks, clock: Callable[[], float] = time.monotonic, name: str = "kit",
+                 **settings: Any) -> None:
         self.hooks = hooks
+        self.name = name  # how metrics and log lines name the pool (its server, never a password)
         self.clock = clock  # seconds, monotonic: ages, idleness and pings are measured by it (a test's own)
         self._lock = threading.Lock()  # guards the state below; C-level, cheap to take
         self._cond = threading.Condition(self._lock)  # callers waiting for a connection
@@ -111,8 +126,10 @@ class ConnectionPool:
         self.min_size, self.max_size = 0, None
         self.timeout = self.stale_timeout = self.max_idle = None
         self.check_after: float = 30.0
+        self.leak_after: float | None = None
         self._reset_state()
         self.configure(**settings)
+        ConnectionPool.every.add(self)
 
     def _reset_state(self) -> None:
         self._idle: list[tuple[float, int, _Slot]] = []  # a heap: opened longest ago first
@@ -121,12 +138,13 @@ class ConnectionPool:
         self._returning = 0  # popped from _in_use by putconn, not yet idle or closed (a reset is a round trip)
         self._generation = 0
         self._reaper: threading.Thread | None = None
-        self._stats = dict.fromkeys(("waits", "timeouts", "opened", "closed", "checks", "resets", "resent"), 0)
+        self._stats = dict.fromkeys(("waits", "timeouts", "opened", "closed", "checks", "resets", "resent", "leaks"), 0)
 
     # -- settings ---------------------------------------------------------------------------------
 
     def configure(self, *, min_size: Any = ..., max_size: Any = ..., timeout: Any = ...,
-                  stale_timeout: Any = ..., max_idle: Any = ..., check_after: Any = ...) -> None:
+                  stale_timeout: Any = ..., max_idle: Any = ..., check_after: Any = ...,
+                  leak_after: Any = ...) -> None:
         """Change settings (those not given stay the same); all are checked before any is applied."""
         new_max = self.max_size if max_size is ... else (_limit("max_size", max_size, whole=True) or None)
         new_min = self.min_size if min_size is ... else _limit("min_size", min_size, whole=True, none_ok=False)
@@ -139,12 +157,15 @@ class ConnectionPool:
             "max_idle": self.max_idle if max_idle is ... else (_limit("max_idle", max_idle) or None),
             "check_after": self.check_after if check_after is ... else _limit("check_after", check_after,
                                                                                none_ok=False),
+            "leak_after": self.leak_after if leak_after is ... else (_limit("leak_after", leak_after) or None),
         }
         with self._lock:
             self.min_size, self.max_size = new_min, new_max
             for name, value in values.items():
                 setattr(self, name, value)
             self._cond.notify_all()  # a larger max_size or a shorter timeout concerns waiting callers
+        if self._in_use or self._idle:
+            self._start_reaper()
 
     @property
     def wait_seconds(self) -> float | None:
@@ -156,9 +177,12 @@ class ConnectionPool:
     def getconn(self, verified: bool = False) -> Any:
         """Check a connection out for the calling thread (waiting as `timeout` says); `verified`: pinged if idle."""
         deadline = None
+        began = time.perf_counter() if self.observer is not None else 0.0
         while True:
             slot = self._take_idle(verified)
             if slot is not None:
+                if began:
+                    self.observer.waited(self, time.perf_counter() - began)
                 return slot.conn
             with self._lock:
                 if self._idle:
@@ -186,6 +210,8 @@ class ConnectionPool:
             self._opening += extra
         self._open_idle(extra)
         self._start_reaper()
+        if began:
+            self.observer.waited(self, time.perf_counter() - began)
         return slot.conn
 
     def _exhausted_message(self) -> str:
@@ -210,6 +236,8 @@ class ConnectionPool:
                 now = slot.checked_out = self.clock()
                 slot.owner = threading.get_ident()
                 self._in_use[id(slot.conn)] = slot
+            if self.leak_after:
+                self._note_taker(slot)
             if (slot.generation == self._generation and not self.hooks.is_closed(slot.conn)
                     and (self.stale_timeout is None or now - slot.opened <= self.stale_timeout)
                     and (not verified and now - slot.last_used < self.check_after or self.ping(slot.conn))):
@@ -228,9 +256,21 @@ class ConnectionPool:
         slot.owner = threading.get_ident()
         slot.checked_out = self.clock()
         self._in_use[id(slot.conn)] = slot
+        if self.leak_after:
+            self._note_taker(slot)
+
+    @staticmethod
+    def _note_taker(slot: _Slot) -> None:
+        """Record where `slot` is being checked out (the caller's stack, without the pool's own frames)."""
+        frame = sys._getframe(1)
+        while frame is not None and frame.f_globals.get("__name__") == __name__:
+            frame = frame.f_back
+        slot.taken_by = traceback.StackSummary.extract(traceback.walk_stack(frame), limit=30, lookup_lines=False)
+        slot.reported = False
 
     def _open_reserved(self) -> _Slot:
         """Open a connection for a place already reserved in `_opening`."""
+        began = time.perf_counter() if self.observer is not None else 0.0
         try:
             conn = self.hooks.open()
         except BaseException:
@@ -238,6 +278,8 @@ class ConnectionPool:
                 self._opening -= 1
                 self._wake()
             raise
+        if began:
+            self.observer.created(self, time.perf_counter() - began)
         with self._lock:
             self._opening -= 1
             self._stats["opened"] += 1
@@ -286,6 +328,11 @@ class ConnectionPool:
             slot.owner = None
             self._returning += 1
         now = self.clock()
+        if slot.reported:
+            log.warning("a connection reported as leaked was given back after %.1f s", now - slot.checked_out)
+            slot.reported = False
+        if self.observer is not None:
+            self.observer.used(self, now - slot.checked_out)
         keep = (not discard and slot.generation == self._generation
                 and (self.stale_timeout is None or now - slot.opened <= self.stale_timeout)
                 and self.hooks.can_reuse(conn) and (not slot.needs_reset or self._reset(slot)))
@@ -379,10 +426,34 @@ class ConnectionPool:
     # -- idle timeout -----------------------------------------------------------------------------
 
     def _start_reaper(self) -> None:
-        if self.max_idle and (self._reaper is None or not self._reaper.is_alive()):
+        if (self.max_idle or self.leak_after) and (self._reaper is None or not self._reaper.is_alive()):
             self._reaper = threading.Thread(target=_reap_idle, args=(weakref.ref(self),), name="kit-pool-reaper",
                                             daemon=True)
             self._reaper.start()
+
+    def report_leaks(self) -> float | None:
+        """Report connections checked out longer than `leak_after`, once each; seconds until the next may be due."""
+        if not self.leak_after:
+            return None
+        with self._lock:
+            now = self.clock()
+            due = [slot for slot in self._in_use.values() if not slot.reported
+                   and now - slot.checked_out >= self.leak_after]
+            for slot in due:
+                slot.reported = True
+                self._stats["leaks"] += 1
+            waiting = [slot.checked_out + self.leak_after - now for slot in self._in_use.values() if not slot.reported]
+        for slot in due:
+            log.warning(self._leak_message(slot, now))
+        return max(min(waiting, default=self.leak_after), 0.01)
+
+    def _leak_message(self, slot: _Slot, now: float) -> str:
+        """The one log record of a leaked connection: how long, by which thread, and the stack that took it."""
+        thread = next((t.name for t in threading.enumerate() if t.ident == slot.owner), "a thread that has ended")
+        taken = "".join(slot.taken_by.format()) if slot.taken_by else "  (taken before leak_after was set)\n"
+        return (f"possible connection leak: a connection of pool {self.name} has been checked out for "
+                f"{now - slot.checked_out:.1f} s (leak_after {self.leak_after:g} s) by thread {thread}; it was "
+                f"taken at:\n{taken.rstrip()}")
 
     def close_expired(self) -> float | None:
         """Close idle connections above `min_size` idle for `max_idle`; seconds until the next may expire."""
@@ -419,20 +490,21 @@ class ConnectionPool:
         return idle, out
 
     def stats(self) -> dict[str, Any]:
-        """Counts: in_use, idle, min, max, and since start waits, timeouts, opened, closed, checks, resets, resent."""
+        """Counts: in_use, idle, waiting, min, max, and since start waits, timeouts, opened, closed, checks, resets,
+        resent, leaks."""
         with self._lock:
-            return {"in_use": len(self._in_use), "idle": len(self._idle), "min": self.min_size,
-                    "max": self.max_size, **self._stats}
+            return {"in_use": len(self._in_use), "idle": len(self._idle), "waiting": self._waiting,
+                    "min": self.min_size, "max": self.max_size, **self._stats}
 
 
 def _reap_idle(ref: weakref.ref) -> None:
-    """Background loop: close idle connections above min_size once they pass max_idle."""
+    """Background loop: close idle connections above min_size past max_idle, report those past leak_after."""
     while True:
         pool = ref()
         if pool is None:
             return
-        wait = pool.close_expired()
+        waits = [wait for wait in (pool.close_expired(), pool.report_leaks()) if wait is not None]
         del pool
-        if wait is None:
+        if not waits:
             return
-        time.sleep(min(wait, 5.0))
+        time.sleep(min(*waits, 5.0))

@@ -35,6 +35,7 @@ from kit.pool import ConnectionPool, Hooks
 from kit.project import find_root
 from kit.roles import APP, OWNER
 from kit.routing import Replica, Router
+from kit.telemetry import watch as telemetry_watch
 from kit.tenancy import crossing_tenants, on_leaving_all_tenants
 
 APPLICATION_NAME = "kit"
@@ -108,12 +109,14 @@ class Database(ReadRouting):
             max_size=settings.pool_max,
             max_idle=settings.pool_idle_timeout_ms / 1000,
             timeout=settings.pool_timeout_ms / 1000,
+            leak_after=settings.pool_leak_threshold_ms / 1000 or None,
             pooler=settings.pooler,
             # the application's statements are bounded; the owner's commands (DDL, loads) bound their own waits
             statement_timeout=None if self.owner else (settings.statement_timeout_ms / 1000 or None),
             **_driver_params(url, CONNECT_TIMEOUT_S),
         )
         self.settings = settings
+        telemetry_watch.configure(slow_after=settings.slow_query_ms / 1000 or None, tags=settings.query_tags)
         urls = settings.replica_urls if replicas is None else [check_database_url(r, "replica URL") for r in replicas]
         self._set_replicas(urls, settings)
         return url
@@ -129,6 +132,7 @@ class Database(ReadRouting):
                 max_idle=settings.pool_idle_timeout_ms / 1000,
                 timeout=None,  # a full replica pool sends the read to the primary rather than wait
                 pooler=settings.pooler, statement_timeout=settings.statement_timeout_ms / 1000 or None,
+                role="replica", leak_after=settings.pool_leak_threshold_ms / 1000 or None,
                 **_driver_params(url, REPLICA_CONNECT_TIMEOUT_S))) for url in urls]
             self._router = Router(made, settings.replica_max_lag_ms / 1000)
 
@@ -170,7 +174,9 @@ class Database(ReadRouting):
                                                 is_closed=self._is_closed, ping=self._ping,
                                                 can_reuse=self._can_reuse, reset=self._reset_session))
                     pool.configure(min_size=0, max_size=DOOR_POOL_MAX, timeout=self._app_pool.timeout,
-                                   max_idle=self.settings.pool_idle_timeout_ms / 1000)
+                                   max_idle=self.settings.pool_idle_timeout_ms / 1000,
+                                   leak_after=self._app_pool.leak_after)
+                    pool.name = f"{self.target.pool_name()} (owner, all_tenants)"
                     self._owner_pool = pool
         return self._owner_pool
 
@@ -189,6 +195,12 @@ class Database(ReadRouting):
             conn = self._adapter.connect(self, **self._with_limit(params))
         conn.autocommit = True
         return conn
+
+    @property
+    def target(self) -> Any:
+        """The server statements go to (configured from the environment first, on first use)."""
+        self._configured()
+        return PooledDatabase.target.fget(self)
 
     def _configured(self) -> None:
         """Configure from the environment if this is the first use."""

@@ -80,6 +80,8 @@ from kit.errors import (
     describe,
 )
 from kit.pool import ConnectionPool, Hooks
+from kit.telemetry import watch as _watch
+from kit.telemetry.watch import Target, note_resent
 from kit.tenancy import current_tenant, statement_prefix
 
 log = logging.getLogger("kit.db")
@@ -159,16 +161,21 @@ class PooledDatabase(PostgresqlExtDatabase):
         max_size: int | None = None,
         max_idle: float | None = None,
         check_after: float = 30.0,
+        leak_after: float | None = None,
         pooler: str | None = None,
         statement_timeout: float | None = None,
+        role: str = "primary",
         **kwargs: Any,
     ) -> None:
         self._budget_checked = False
+        self.role = role  # "primary" or "replica": how spans, metrics and log lines name this server
+        self._target: Target | None = None
         self.statement_timeout = statement_timeout  # seconds each statement may run (None: the server's)
         self.pooler = pooler  # "pgbouncer": behind transaction pooling (session state refused, no reset)
         self._pool = ConnectionPool(self._hooks())
         self._pool.configure(min_size=min_size, max_size=_max_size(max_connections, max_size), timeout=timeout,
-                             stale_timeout=stale_timeout, max_idle=max_idle, check_after=check_after)
+                             stale_timeout=stale_timeout, max_idle=max_idle, check_after=check_after,
+                             leak_after=leak_after)
         super().__init__(database, **kwargs)
         self._state = _ThreadState()
         track(self)
@@ -184,8 +191,8 @@ class PooledDatabase(PostgresqlExtDatabase):
     def init(self, database: str | None, max_connections: int | None = None, stale_timeout: float | None = None,
              timeout: float | None = None, **kwargs: Any) -> None:
         """Point at `database` with `kwargs` for the driver; pool settings given change, the rest stay."""
-        pool_settings = {name: kwargs.pop(name) for name in ("min_size", "max_size", "max_idle", "check_after")
-                         if name in kwargs}
+        pool_settings = {name: kwargs.pop(name) for name in ("min_size", "max_size", "max_idle", "check_after",
+                                                             "leak_after") if name in kwargs}
         before = (getattr(self, "pooler", None), getattr(self, "statement_timeout", None))
         if "pooler" in kwargs:
             self.pooler = kwargs.pop("pooler")
@@ -197,16 +204,34 @@ class PooledDatabase(PostgresqlExtDatabase):
         for name, value in (("stale_timeout", stale_timeout), ("timeout", timeout)):
             if value is not None:
                 pool_settings[name] = value
+        self._target = None  # the server may change: named again on next use
         if not hasattr(self, "database"):  # still in __init__: the pool was configured there
             super().init(database, **kwargs)
+            self._pool.name = self.target.pool_name()
             return
         self._own_pool().configure(**pool_settings)
         target_changed = limit_changed or database != self.database or any(
             self.connect_params.get(k) != v for k, v in kwargs.items())
         super().init(database, **kwargs)
+        self._own_pool().name = self.target.pool_name()
         if target_changed:
             self._budget_checked = False  # another server or role: check min_size again
             self._own_pool().invalidate()
+
+    @property
+    def target(self) -> Target:
+        """The server this database's statements go to, as telemetry names it (host, port, database; no password)."""
+        target = self._target
+        if target is None:
+            params = {key: value for key, value in self.connect_params.items() if value is not None}
+            dsn = params.pop("dsn", None)
+            given = {**(psycopg2.extensions.parse_dsn(dsn) if dsn else {}), **params}
+            port = str(given.get("port") or 5432).split(",")[0]
+            self._target = target = Target(
+                namespace=given.get("dbname") or given.get("database") or (None if dsn else self.database),
+                address=str(given.get("host") or "localhost"), port=int(port) if port.isdigit() else None,
+                role=self.role)
+        return target
 
     # -- peewee's pool attributes -----------------------------------------------------------------
 
@@ -338,6 +363,12 @@ class PooledDatabase(PostgresqlExtDatabase):
 
     def execute_sql(self, sql: str, params: Any = None, named_cursor: Any = None) -> Any:
         """Run one statement; re-sent once only when the server never ran it (see the docstring)."""
+        watch = _watch.active
+        if watch is None:
+            return self._execute_sql(sql, params, named_cursor)
+        return watch.statement(self.target, sql, lambda text: self._execute_sql(text, params, named_cursor))
+
+    def _execute_sql(self, sql: str, params: Any, named_cursor: Any) -> Any:
         self._log_query(sql, params)
         start = time.perf_counter() if self.query_hooks else None
         kind = session_change(sql)
@@ -392,6 +423,7 @@ class PooledDatabase(PostgresqlExtDatabase):
 
     def _lost(self, exc: Exception) -> SessionLost:
         """The one sentence for a statement whose connection was lost under it (inside a transaction or not)."""
+        self._pool.count("session_lost")
         if self._state.transactions or self._state.raw_transaction:
             return SessionLost(f"the database connection was lost inside a transaction ({describe(exc)}); the "
                                "server rolled it back, so nothing of it was committed",
@@ -452,6 +484,7 @@ class PooledDatabase(PostgresqlExtDatabase):
             raise exc  # it may have run; a dead connection is replaced at the next statement
         self._replace_dead(exc)
         self._pool.count("resent")
+        note_resent()
         log.info("statement re-sent on a new connection: the server had ended the session before it ran (%s)",
                  describe(exc))
 
@@ -526,8 +559,8 @@ class PooledDatabase(PostgresqlExtDatabase):
         sql = f"BEGIN TRANSACTION ISOLATION LEVEL {self._adapter.isolation_level_str(level)}" if level else "BEGIN"
         try:
             with __exception_wrapper__:  # the limit rides with BEGIN, before any savepoint; the tenant per statement
-                self._run(sql + ";" + self._limit_prefix() if self.statement_timeout else sql, None, None, None,
-                          prefixed=False)
+                self._watched(sql + ";" + self._limit_prefix() if self.statement_timeout else sql,
+                              lambda text: self._run(text, None, None, None, prefixed=False))
         except Exception as exc:
             scope = current_scope()
             if scope is not None:  # the transaction never began: nothing holds the connection
@@ -568,7 +601,7 @@ class PooledDatabase(PostgresqlExtDatabase):
         self._state.tenant_used = False
         try:
             with __exception_wrapper__:
-                conn.cursor().execute("COMMIT")
+                self._watched("COMMIT", conn.cursor().execute)
         except (OperationalError, InterfaceError) as exc:
             if not conn.closed:
                 raise
@@ -587,10 +620,15 @@ class PooledDatabase(PostgresqlExtDatabase):
             return
         try:
             with __exception_wrapper__:
-                conn.cursor().execute("ROLLBACK")
+                self._watched("ROLLBACK", conn.cursor().execute)
         except (OperationalError, InterfaceError):
             if not conn.closed:
                 raise
+
+    def _watched(self, sql: str, run: Any) -> Any:
+        """`run(sql)`, watched as a statement when something observes (`kit.telemetry`)."""
+        watch = _watch.active
+        return run(sql) if watch is None else watch.statement(self.target, sql, run)
 
     def _replace_dead(self, cause: BaseException | None) -> None:
         """Swap this thread's dead connection for a new one, or raise SessionLost if it held session state."""
@@ -600,6 +638,7 @@ class PooledDatabase(PostgresqlExtDatabase):
         state.raw_transaction = False
         self._pool.putconn(dead, discard=True)
         if lost:
+            self._pool.count("session_lost")
             reason = f" ({describe(cause)})" if cause is not None else ""
             log.warning("connection lost with session state (%s)%s", ", ".join(sorted(lost)), reason)
             raise SessionLost(

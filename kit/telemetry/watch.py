@@ -1,0 +1,266 @@
+"""The statement watch: what the databases do around each statement when something observes them.
+
+Every statement of the sync and the asyncio database goes through `watch.active` when it is set, and
+past it at the cost of one global read when it is not (nothing observes: the default). What is
+switched on decides what the watch does:
+
+- **spans and metrics** (`kit.telemetry.otel.KitInstrumentor`): a CLIENT span per statement named by
+  its summary, with OpenTelemetry's database attributes, and `db.client.operation.duration`;
+- **the slow-query log** (DATABASE_SLOW_QUERY_MS): a statement that took longer is logged once, on
+  `kit.slow`, with its duration, summary, server, tenant and route;
+- **query tags** (DATABASE_QUERY_TAGS=1): the sync path's statements carry a sqlcommenter comment
+  with the route or job, the tenant's id and the span's `traceparent`, which `pg_stat_activity`, the
+  server's own slow-query log and pganalyze show. The asyncio path sends none: asyncpg prepares each
+  distinct text, so a comment that changes with every trace would cost a round trip a statement.
+
+What never leaves the process through any of them: a parameter value (spans and metrics name the
+statement by its summary, the keyword and first table; `db.query.text`, off unless asked, is
+peewee's parameterized text), an error message (a PostgreSQL message can quote a value: errors are
+named by class and SQLSTATE) and a password (a server is named by host, port and database).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from kit.telemetry.sql import summarize
+from kit.telemetry.tags import comment, labels
+from kit.tenancy import current_tenant
+
+log = logging.getLogger("kit.slow")
+T = TypeVar("T")
+
+active: Watch | None = None  # read by the databases before each statement; None: nothing observes
+
+
+@dataclass(frozen=True)
+class Target:
+    """The server a database's statements go to, as spans and metrics name it (never with a password)."""
+
+    namespace: str | None
+    address: str | None
+    port: int | None
+    role: str = "primary"  # "primary" or "replica"
+    name: str | None = None  # a replica's name
+    attributes: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        found = {"db.system.name": "postgresql", "db.namespace": self.namespace, "server.address": self.address,
+                 "server.port": self.port, "kit.server.role": self.role, "kit.replica.name": self.name}
+        self.attributes.update({key: value for key, value in found.items() if value is not None})
+
+    def pool_name(self) -> str:
+        """The pool's name in metrics (`db.client.connection.pool.name`): `host:port/database`, a replica's marked."""
+        name = f"{self.address}:{self.port}/{self.namespace or ''}"
+        return name if self.role == "primary" else f"{name} ({self.role})"
+
+    def describe(self) -> str:
+        """The server in words for a log line: `primary kit at /tmp:5432`."""
+        where = f"{self.address}:{self.port}" if self.port else (self.address or "the default server")
+        return f"{self.name or self.role} {self.namespace or ''} at {where}".replace("  ", " ")
+
+
+class _Statement:
+    """One statement under watch: its span, start and whether it was re-sent."""
+
+    __slots__ = ("operation", "resent", "span", "start", "summary", "table")
+
+    def __init__(self) -> None:
+        self.resent = False
+
+
+_current: ContextVar[_Statement | None] = ContextVar("kit_statement", default=None)
+
+
+def note_resent() -> None:
+    """Mark the statement being watched as re-sent on a new connection (the re-send rule's)."""
+    statement = _current.get()
+    if statement is not None:
+        statement.resent = True
+
+
+class Instruments:
+    """What OpenTelemetry gives the watch: a tracer, the duration histogram, and whether to record query text."""
+
+    def __init__(self, tracer: Any, duration: Any, query_text: bool = False) -> None:
+        from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
+
+        self.tracer, self.duration, self.query_text = tracer, duration, query_text
+        self.client, self.internal = SpanKind.CLIENT, SpanKind.INTERNAL
+        self.failed = lambda name: Status(StatusCode.ERROR, name)
+        self.in_context = set_span_in_context
+
+
+class Watch:
+    """What happens around each statement: spans, the duration metric, the slow-query log, query tags."""
+
+    def __init__(self, instruments: Instruments | None = None, slow_after: float | None = None,
+                 tags: bool = False) -> None:
+        self.instruments = instruments
+        self.slow_after = slow_after  # seconds
+        self.tags = tags
+
+    # -- the sync and the asyncio path ------------------------------------------------------------
+
+    def statement(self, target: Target, sql: str, run: Callable[[str], T]) -> T:
+        """Run `run(text)` as one watched statement; `text` is `sql` with its tags when they are on."""
+        statement = self._open(target, sql)
+        token = _current.set(statement)
+        try:
+            result = run(sql + self._comment(statement) if self.tags else sql)
+        except BaseException as exc:
+            self._close(target, statement, exc)
+            raise
+        finally:
+            _current.reset(token)
+        self._close(target, statement, None)
+        return result
+
+    async def astatement(self, target: Target, sql: str, send: Callable[[], Awaitable[T]]) -> T:
+        """Await `send()` as one watched statement (no tags: see the module docstring)."""
+        statement = self._open(target, sql)
+        token = _current.set(statement)
+        try:
+            result = await send()
+        except BaseException as exc:
+            self._close(target, statement, exc)
+            raise
+        finally:
+            _current.reset(token)
+        self._close(target, statement, None)
+        return result
+
+    # -- its parts --------------------------------------------------------------------------------
+
+    def _open(self, target: Target, sql: str) -> _Statement:
+        statement = _Statement()
+        statement.operation, statement.summary, statement.table = summarize(sql)
+        statement.span = None
+        instruments = self.instruments
+        if instruments is not None:
+            attributes = {**target.attributes, "db.operation.name": statement.operation,
+                          "db.query.summary": statement.summary}
+            if statement.table:
+                attributes["db.collection.name"] = statement.table
+            tenant = current_tenant()
+            if tenant is not None:
+                attributes["kit.tenant.id"] = str(tenant)
+            for name, value in labels().items():
+                attributes[f"kit.{name}"] = value
+            if instruments.query_text:
+                attributes["db.query.text"] = sql
+            statement.span = instruments.tracer.start_span(statement.summary, kind=instruments.client,
+                                                           attributes=attributes)
+        statement.start = time.perf_counter()
+        return statement
+
+    def _close(self, target: Target, statement: _Statement, exc: BaseException | None) -> None:
+        seconds = time.perf_counter() - statement.start
+        instruments, span = self.instruments, statement.span
+        error = None if exc is None else type(exc).__qualname__
+        if instruments is not None:
+            attributes = {**target.attributes, "db.operation.name": statement.operation,
+                          "db.query.summary": statement.summary}
+            if error is not None:
+                attributes["error.type"] = error
+                code = _sqlstate(exc)
+                if code:
+                    attributes["db.response.status_code"] = code
+            instruments.duration.record(seconds, attributes)
+            if span is not None:
+                if statement.resent:
+                    span.set_attribute("kit.statement.resent", True)
+                if error is not None:
+                    span.set_attributes({key: attributes[key] for key in ("error.type", "db.response.status_code")
+                                         if key in attributes})
+                    span.set_status(instruments.failed(error))
+                span.end()
+        if self.slow_after is not None and seconds >= self.slow_after:
+            self._log_slow(target, statement, seconds, error)
+
+    def _comment(self, statement: _Statement) -> str:
+        """The sqlcommenter comment for this statement: route or job, tenant id, traceparent."""
+        pairs = labels()
+        tenant = current_tenant()
+        if tenant is not None:
+            pairs["tenant"] = str(tenant)
+        span = statement.span
+        if span is not None:
+            context = span.get_span_context()
+            if context.is_valid:
+                pairs["traceparent"] = f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+        return comment(pairs)
+
+    @staticmethod
+    def _log_slow(target: Target, statement: _Statement, seconds: float, error: str | None) -> None:
+        """The one log line of a statement over the slow-query threshold."""
+        tagged = labels()
+        tenant = current_tenant()
+        log.warning("slow statement: %s took %.0f ms on %s (tenant %s, %s)%s", statement.summary, seconds * 1000,
+                    target.describe(), tenant or "none",
+                    ", ".join(f"{key} {value}" for key, value in tagged.items()) or "no route or job",
+                    f", failed: {error}" if error else "",
+                    extra={"duration_ms": round(seconds * 1000, 1), "summary": statement.summary,
+                           "tenant": str(tenant) if tenant else None, **tagged, "server": target.describe()})
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a driver error, or of the one it wraps (peewee and the kit wrap them)."""
+    seen = 0
+    while exc is not None and seen < 4:
+        code = getattr(exc, "pgcode", None) or getattr(exc, "sqlstate", None)
+        if isinstance(code, str):
+            return code
+        exc = exc.__cause__ or (exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None)
+        seen += 1
+    return None
+
+
+# -- what is switched on ----------------------------------------------------------------------------
+
+_on: dict[str, Any] = {"instruments": None, "slow_after": None, "tags": False}
+
+
+def configure(*, slow_after: float | None = ..., tags: bool = ...) -> None:  # type: ignore[assignment]
+    """Switch the slow-query log (seconds, None: off) and query tags on or off (those not given stay)."""
+    if slow_after is not ...:
+        _on["slow_after"] = slow_after
+    if tags is not ...:
+        _on["tags"] = tags
+    _rebuild()
+
+
+def instrument(instruments: Instruments | None) -> None:
+    """Give the watch OpenTelemetry's tracer and meters (None: take them away)."""
+    _on["instruments"] = instruments
+    _rebuild()
+
+
+def _rebuild() -> None:
+    global active
+    watch = Watch(_on["instruments"], _on["slow_after"], _on["tags"])
+    active = watch if (watch.instruments or watch.slow_after is not None or watch.tags) else None
+
+
+@contextmanager
+def operation(name: str, **attributes: Any) -> Iterator[None]:
+    """A span around one unit of the kit's own work (a migration, a seed load, a `kit maintain` run) when traced."""
+    instruments = _on["instruments"]
+    if instruments is None:
+        yield
+        return
+    given = {key: value for key, value in attributes.items() if value is not None}
+    with instruments.tracer.start_as_current_span(name, kind=instruments.internal, attributes=given,
+                                                  record_exception=False, set_status_on_exception=False) as span:
+        try:
+            yield
+        except BaseException as exc:
+            span.set_attribute("error.type", type(exc).__qualname__)
+            span.set_status(instruments.failed(type(exc).__qualname__))
+            raise
