@@ -42,6 +42,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import psycopg2.extensions
 from peewee import (
     DatabaseError,
     InterfaceError,
@@ -82,6 +83,8 @@ from kit.errors import (
     describe,
 )
 from kit.roles import APP
+from kit.telemetry import watch as _watch
+from kit.telemetry.watch import Target, async_databases, note_resent
 from kit.tenancy import crossing_tenants, current_tenant, require_tenant, statement_prefix
 
 log = logging.getLogger("kit.db")
@@ -123,6 +126,8 @@ class AsyncDatabase(AsyncReadRouting, AsyncPostgresqlDatabase):
         self.counts = {"resent": 0, "session_lost": 0, "timeouts": 0, "replica_fallbacks": 0}
         self._given_replicas: Any = replicas  # URLs to read from (None: DATABASE_REPLICA_URLS)
         self._sessions: dict[int, set[str]] = {}  # server process id: the session state its connection holds
+        self._target: Target | None = None
+        async_databases.add(self)
 
     # -- configuration and the pool -------------------------------------------------------------
 
@@ -131,6 +136,7 @@ class AsyncDatabase(AsyncReadRouting, AsyncPostgresqlDatabase):
         self._given_url, self._given_settings, self._given_replicas = url, settings, replicas
         self.settings = None
         self.url = None
+        self._target = None
 
     def _configured(self) -> Settings:
         """The settings, read and the URL resolved on first use."""
@@ -147,6 +153,18 @@ class AsyncDatabase(AsyncReadRouting, AsyncPostgresqlDatabase):
             if urls and not self.is_replica:
                 self._set_replicas([check_database_url(u, "replica URL") for u in urls], settings)
         return self.settings
+
+    @property
+    def target(self) -> Target:
+        """The server this database's statements go to, as telemetry names it (host, port, database; no password)."""
+        if self._target is None:
+            self._configured()
+            given = psycopg2.extensions.parse_dsn(self.url)
+            port = str(given.get("port") or 5432).split(",")[0]
+            self._target = Target(namespace=given.get("dbname"), address=str(given.get("host") or "localhost"),
+                                  port=int(port) if port.isdigit() else None,
+                                  role="replica" if self.is_replica else "primary")
+        return self._target
 
     @property
     def pooler(self) -> str | None:
@@ -386,6 +404,12 @@ class AsyncDatabase(AsyncReadRouting, AsyncPostgresqlDatabase):
         """
         if writes:
             self._note_write(sql)
+        watch = _watch.active
+        if watch is None:
+            return await self._aexecute(sql, params)
+        return await watch.astatement(self.target, sql, lambda: self._aexecute(sql, params))
+
+    async def _aexecute(self, sql: str, params: Any) -> CursorAdapter:
         self._log_query(sql, params)
         start = time.perf_counter() if self.query_hooks else None
         try:
@@ -422,6 +446,7 @@ class AsyncDatabase(AsyncReadRouting, AsyncPostgresqlDatabase):
                 raise
             await self._drop(conn)
             self.counts["resent"] += 1
+            note_resent()
             log.info("statement re-sent on a new connection: the server had ended the session before it ran (%s)",
                      describe(exc))
             return await self._send(sql, params, resent=True)

@@ -207,16 +207,21 @@ class PooledDatabase(PostgresqlExtDatabase):
         self._target = None  # the server may change: named again on next use
         if not hasattr(self, "database"):  # still in __init__: the pool was configured there
             super().init(database, **kwargs)
-            self._pool.name = self.target.pool_name()
+            self._name_pool()
             return
         self._own_pool().configure(**pool_settings)
         target_changed = limit_changed or database != self.database or any(
             self.connect_params.get(k) != v for k, v in kwargs.items())
         super().init(database, **kwargs)
-        self._own_pool().name = self.target.pool_name()
+        self._name_pool()
         if target_changed:
             self._budget_checked = False  # another server or role: check min_size again
             self._own_pool().invalidate()
+
+    def _name_pool(self) -> None:
+        """Name the pool after its server, for metrics and log lines (a deferred database's later)."""
+        if not self.deferred:
+            self._own_pool().name = PooledDatabase.target.fget(self).pool_name()
 
     @property
     def target(self) -> Target:

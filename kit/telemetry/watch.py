@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -37,6 +38,7 @@ log = logging.getLogger("kit.slow")
 T = TypeVar("T")
 
 active: Watch | None = None  # read by the databases before each statement; None: nothing observes
+async_databases: weakref.WeakSet[Any] = weakref.WeakSet()  # `kit.aio` databases, whose pools metrics report
 
 
 @dataclass(frozen=True)
