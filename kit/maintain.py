@@ -16,6 +16,7 @@ from peewee import Database, Model
 from kit.errors import ArgumentError
 from kit.migrate.lock import check_held, hold_lock
 from kit.partitions import default_warning, describe, ensure_partitions, is_partitioned, retire_partitions
+from kit.telemetry import operation
 from kit.vector.indexes import VectorIndex
 from kit.vector.search import OWN_GRAPH_FROM
 from kit.vector.tenants import ensure_tenant_indexes
@@ -31,7 +32,12 @@ def maintain(database: Database, models: Iterable[type[Model]], say: Callable[[s
     run outside transactions, and this works behind PgBouncer too); a second run waits and says so,
     then finds little to do.
     """
-    models = list(models)
+    with operation("kit.maintain"):
+        _run(database, list(models), say, min_rows, retain, drop)
+
+
+def _run(database: Database, models: list[type[Model]], say: Callable[[str], None], min_rows: int,
+         retain: dict[str, int] | None, drop: bool) -> None:
     partitioned = {m._meta.table_name: m for m in models if getattr(m._meta, "partition_by", None)}
     unknown = sorted(set(retain or {}) - set(partitioned))
     if unknown:

@@ -17,6 +17,9 @@ Errors: `DatabaseUnavailable` (and its `SessionLost`), `PoolExhausted` and `Stat
 503 with `Retry-After` and one sentence (`kit.errors.describe`, no secret), so a client or a load
 balancer tries again; the rest of the kit's errors are the application's to map.
 
+Each request is tagged with its route template (`kit.telemetry.tag`): the slow-query log, the spans
+and, when DATABASE_QUERY_TAGS=1, the statements' comments name it.
+
 Sizing (docs/web.md has the arithmetic): per process, the sync pool serves at most as many
 statements at once as the framework has threads (anyio's 40 by default), the asyncio pool as many
 as there are tasks; DATABASE_POOL_MAX bounds each. Every process (each uvicorn worker) has its own
@@ -29,6 +32,7 @@ from typing import Any
 
 from kit.db.scope import request_scope
 from kit.errors import DatabaseUnavailable, PoolExhausted, StatementTimeout, describe
+from kit.telemetry import tag
 
 RETRY_AFTER_S = 1  # what a 503 tells the client to wait before trying again
 UNAVAILABLE = (DatabaseUnavailable, PoolExhausted, StatementTimeout)  # the failures that are a 503
@@ -45,8 +49,22 @@ class KitMiddleware:
         if scope.get("type") not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        with request_scope():
+        with request_scope(), tag(route=_route(scope)):
             await self.app(scope, receive, send)
+
+
+def _route(scope: dict[str, Any]) -> str:
+    """The request's route as its template (`GET /orgs/{org_id}`), never the path with its ids in it."""
+    method = scope.get("method", "WS")
+    router = getattr(scope.get("app"), "router", None)
+    for route in getattr(router, "routes", ()):
+        try:
+            found, _ = route.matches(scope)
+        except Exception:  # a route that cannot judge this request is not it
+            continue
+        if found.name == "FULL":
+            return f"{method} {getattr(route, 'path', '') or getattr(route, 'path_format', '')}"
+    return f"{method} (no route)"
 
 
 def unavailable_response(exc: BaseException) -> tuple[int, dict[str, str], dict[str, str]]:

@@ -38,6 +38,7 @@ from kit.migrate.lock import LOCK_KEY, hold_lock, lock_transaction
 from kit.migrate.steps import applying, forget_steps, run_steps, unfinished
 from kit.models import project_models
 from kit.roles import tenant_policy_problems
+from kit.telemetry import operation
 
 IGNORED_MODELS = ["basemodel", "timestampedmodel", "vectormodel"]  # abstract bases in kit.models, not tables
 
@@ -200,7 +201,7 @@ def _apply_one(database: Database, router: Router, file: MigrationFile, say: Cal
             history.record_checksum(database, name, file.checksum)
         return True
 
-    with _reported(database, f"applying {name}"):
+    with _reported(database, f"applying {name}"), operation("kit.migrate.apply", **{"kit.migration.name": name}):
         try:
             applied = run_ddl(database, f"applying {name}", attempt, transaction=False, say=say,
                               on_retry=lambda: router.__dict__.pop("migrator", None))

@@ -37,6 +37,7 @@ from kit.migrate.lock import LOCK_KEY, check_held, hold_lock, lock_session
 from kit.migrate.steps import applying, forget_steps, run_steps
 from kit.models import project_models
 from kit.project import find_root
+from kit.telemetry import operation
 
 
 class RecordingDatabase(DatabaseProxy):
@@ -124,8 +125,9 @@ def _retry_lock_timeouts() -> None:
                 return original(self, name, migrator, fake=False, downgrade=downgrade, force=force)
 
         say = lambda line: print(f"kit: {line}", file=sys.stderr)  # noqa: E731
-        done = run_ddl(self.database.obj, f"{'rolling back' if downgrade else 'applying'} {name}", attempt,
-                       transaction=False, on_retry=rebuild, say=say)
+        with operation("kit.migrate.rollback" if downgrade else "kit.migrate.apply", **{"kit.migration.name": name}):
+            done = run_ddl(self.database.obj, f"{'rolling back' if downgrade else 'applying'} {name}", attempt,
+                           transaction=False, on_retry=rebuild, say=say)
         if downgrade:
             forget_steps(self.database.obj, name)
         else:

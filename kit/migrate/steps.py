@@ -31,6 +31,7 @@ from kit.ddl import run_concurrently, run_ddl
 from kit.errors import MigrationError
 from kit.migrate.history import STEPS_TABLE
 from kit.migrate.safe import Later
+from kit.telemetry import operation
 
 __all__ = ["STEPS_TABLE", "Deferred", "Step", "applying", "defer", "forget_steps", "run_steps",
            "unfinished"]
@@ -116,20 +117,26 @@ def run_steps(database: Database, say: Callable[[str], None] = print) -> int:
     """Run the steps not done, in order, each marked done as it ends; return how many ran."""
     steps = unfinished(database)
     for step in steps:
-        what = f"{step.migration}: a step after its transaction"
-        if step.kind == "index":
-            _build_index(database, what, step)
-        elif step.kind == "backfill":
-            rows = _backfill(database, what, step)
-            say(f"{step.migration}: backfilled {rows:,} rows")
-        elif step.kind == "sql":
-            run_ddl(database, what, lambda step=step: database.execute_sql(step.sql, step.params))
-        else:
-            raise MigrationError(f"{step.migration}: a step of unknown kind {step.kind!r} is recorded in "
-                                 f"{STEPS_TABLE} (id {step.id}); this kit cannot run it")
-        database.execute_sql(f"UPDATE {STEPS_TABLE} SET done_at = now() WHERE id = %s", (step.id,))
-        say(f"{step.describe()} (done after its transaction)")
+        with operation("kit.migrate.step", **{"kit.migration.name": step.migration, "kit.migration.step": step.kind}):
+            _run_step(database, step, say)
     return len(steps)
+
+
+def _run_step(database: Database, step: Step, say: Callable[[str], None]) -> None:
+    """Run one step after its migration's transaction and mark it done."""
+    what = f"{step.migration}: a step after its transaction"
+    if step.kind == "index":
+        _build_index(database, what, step)
+    elif step.kind == "backfill":
+        rows = _backfill(database, what, step)
+        say(f"{step.migration}: backfilled {rows:,} rows")
+    elif step.kind == "sql":
+        run_ddl(database, what, lambda step=step: database.execute_sql(step.sql, step.params))
+    else:
+        raise MigrationError(f"{step.migration}: a step of unknown kind {step.kind!r} is recorded in "
+                             f"{STEPS_TABLE} (id {step.id}); this kit cannot run it")
+    database.execute_sql(f"UPDATE {STEPS_TABLE} SET done_at = now() WHERE id = %s", (step.id,))
+    say(f"{step.describe()} (done after its transaction)")
 
 
 def _build_index(database: Database, what: str, step: Step) -> None:
