@@ -148,3 +148,15 @@ class LockBusy(KitError, OperationalError):
             f"{what}: gave up after {attempts} attempts over {waited:,.1f} s, each waiting at most "
             f"{policy.timeout:g} s (DATABASE_LOCK_TIMEOUT) for a lock held by {held}; nothing of it was done: "
             f"end that transaction, or run it again when traffic is lower (DATABASE_LOCK_BUDGET)")
+
+
+def sqlstate(exc: BaseException | None) -> str | None:
+    """The SQLSTATE of a driver error, looked for through peewee's wrapping and the exception's causes."""
+    seen = 0
+    while exc is not None and seen < 8:
+        code = getattr(exc, "pgcode", None) or getattr(exc, "sqlstate", None)
+        if isinstance(code, str) and code:
+            return code
+        exc = getattr(exc, "orig", None) or exc.__cause__ or exc.__context__  # peewee keeps the driver's as `orig`
+        seen += 1
+    return None

@@ -24,22 +24,10 @@ violation, or anything else. Those are the caller's to decide.
 
 from __future__ import annotations
 
-from kit.errors import DatabaseUnavailable, SessionLost
+from kit.errors import DatabaseUnavailable, SessionLost, sqlstate
 
 OUTAGE_STATES = frozenset({"57P01", "57P02", "57P03"})  # admin shutdown, crash shutdown, cannot connect now
 RUN_AGAIN_STATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock detected
-
-
-def sqlstate(exc: BaseException | None) -> str | None:
-    """The SQLSTATE of a driver error, looked for through peewee's wrapping and the exception's causes."""
-    seen = 0
-    while exc is not None and seen < 8:
-        code = getattr(exc, "pgcode", None) or getattr(exc, "sqlstate", None)
-        if isinstance(code, str) and code:
-            return code
-        exc = getattr(exc, "orig", None) or exc.__cause__ or exc.__context__  # peewee keeps the driver's as `orig`
-        seen += 1
-    return None
 
 
 def is_outage(exc: BaseException, connection_closed: bool) -> bool:

@@ -30,6 +30,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from kit.errors import sqlstate
 from kit.telemetry.sql import summarize
 from kit.telemetry.tags import comment, labels
 from kit.tenancy import current_tenant
@@ -171,7 +172,7 @@ class Watch:
                           "db.query.summary": statement.summary}
             if error is not None:
                 attributes["error.type"] = error
-                code = _sqlstate(exc)
+                code = sqlstate(exc)
                 if code:
                     attributes["db.response.status_code"] = code
             instruments.duration.record(seconds, attributes)
@@ -210,18 +211,6 @@ class Watch:
                     f", failed: {error}" if error else "",
                     extra={"duration_ms": round(seconds * 1000, 1), "summary": statement.summary,
                            "tenant": str(tenant) if tenant else None, **tagged, "server": target.describe()})
-
-
-def _sqlstate(exc: BaseException) -> str | None:
-    """The SQLSTATE of a driver error, or of the one it wraps (peewee and the kit wrap them)."""
-    seen = 0
-    while exc is not None and seen < 4:
-        code = getattr(exc, "pgcode", None) or getattr(exc, "sqlstate", None)
-        if isinstance(code, str):
-            return code
-        exc = exc.__cause__ or (exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None)
-        seen += 1
-    return None
 
 
 # -- what is switched on ----------------------------------------------------------------------------
