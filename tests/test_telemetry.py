@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import peewee
 import pytest
-from helpers import backend_pid, wait_until
+from helpers import backend_pid, observes_server_sessions, wait_until
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
@@ -135,6 +135,7 @@ def test_a_search_is_traced_with_its_tenant_as_an_id(spans):
     assert "Traced" not in dumped(spans)  # the tenant is named by id, never by name
 
 
+@observes_server_sessions
 def test_a_statement_re_sent_after_its_backend_was_killed_is_marked_and_counted(spans, otel, monitor):
     database.execute_sql("SELECT 1")
     pid = backend_pid(database)

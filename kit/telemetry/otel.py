@@ -93,6 +93,7 @@ class KitInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """OpenTelemetry instrumentation of the kit: spans and metrics for statements, commands and pools."""
 
     _on = False
+    _observed: set[int] = set()  # the meters the pool gauges are registered with (once each)
 
     def instrumentation_dependencies(self) -> Collection[str]:
         """The packages this instruments (checked by `opentelemetry-instrument` before `instrument()`)."""
@@ -104,7 +105,8 @@ class KitInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         duration = meter.create_histogram("db.client.operation.duration", unit="s",
                                           description="Duration of database client operations.",
                                           explicit_bucket_boundaries_advisory=TIME_BUCKETS)
-        if not KitInstrumentor._on:  # observable instruments stay registered: they report while instrumented
+        if id(meter) not in KitInstrumentor._observed:  # observable instruments stay: they report while on
+            KitInstrumentor._observed.add(id(meter))
             self._observe_pools(meter)
         KitInstrumentor._on = True
         ConnectionPool.observer = _PoolObserver(*(

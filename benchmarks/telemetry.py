@@ -1,0 +1,138 @@
+"""Observability overhead: the kit's statements with OpenTelemetry on and off, in one run.
+
+Two operations on the sync pool (DATABASE_URL or the embedded default, seeded with fixtures/dev.yaml):
+- checkout: `SELECT 1` on a connection checked out and given back each time (`connection_context()`)
+- read:     one organization by its id, a model read (every column)
+
+Modes, their rounds interleaved so that the machine's drift hits each alike:
+- off:         nothing observes (the default): one global read per statement
+- on:          `KitInstrumentor` with the SDK, every span recorded and exported to an in-memory
+               exporter through a `BatchSpanProcessor` (as production exports), every metric recorded
+- on, 10%:     the same with a `ParentBased(TraceIdRatioBased(0.1))` sampler, the usual production setting
+- tags + slow: no OpenTelemetry; query tags (a sqlcommenter comment) and the slow-query log on
+
+And, in a child process with `opentelemetry` made unimportable: "off" again, to show that without
+OpenTelemetry installed the kit runs at today's speed. Prints median ops/s and each mode's ratio to off.
+Run: `python benchmarks/telemetry.py [--ops N] [--rounds R]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+OPS = 3000
+ROUNDS = 7
+
+
+def operations() -> dict[str, Callable[[], object]]:
+    """The two timed operations, on the kit's own `database`."""
+    from kit.db import database
+    from kit.models import Organization
+
+    org_id = Organization.select(Organization.id).first().id
+    database.close()
+
+    def checkout() -> object:
+        with database.connection_context():
+            return database.execute_sql("SELECT 1").fetchone()
+
+    def read() -> object:
+        return Organization.get_by_id(org_id)
+
+    return {"checkout": checkout, "read": read}
+
+
+def rate(op: Callable[[], object], ops: int) -> float:
+    """Ops per second of `op` run `ops` times."""
+    start = time.perf_counter()
+    for _ in range(ops):
+        op()
+    return ops / (time.perf_counter() - start)
+
+
+def modes() -> dict[str, Callable[[bool], None]]:
+    """Each mode as a switch: called with True before its round, False after."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    from kit.telemetry import watch
+    from kit.telemetry.otel import KitInstrumentor
+
+    def instrumented(sampler: object | None) -> Callable[[bool], None]:
+        exporter = InMemorySpanExporter()
+        tracer_provider = TracerProvider(**({"sampler": sampler} if sampler else {}))
+        tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
+        meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+
+        def switch(on: bool) -> None:
+            if on:
+                KitInstrumentor().instrument(tracer_provider=tracer_provider, meter_provider=meter_provider)
+            else:
+                KitInstrumentor().uninstrument()
+                tracer_provider.force_flush()
+                exporter.clear()
+        return switch
+
+    def tags_and_slow(on: bool) -> None:
+        watch.configure(slow_after=10.0 if on else None, tags=on)
+
+    return {"off": lambda on: None, "on": instrumented(None), "on, 10%": instrumented(ParentBased(TraceIdRatioBased(0.1))),
+            "tags + slow": tags_and_slow}
+
+
+def child_off(ops: int, rounds: int) -> dict[str, float]:
+    """Median ops/s of "off" in a child process where `opentelemetry` cannot be imported."""
+    code = ("import sys; sys.modules['opentelemetry'] = None\n"
+            f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+            "import statistics, telemetry\n"
+            "ops = telemetry.operations()\n"
+            f"print({{name: statistics.median(telemetry.rate(op, {ops}) for _ in range({rounds})) "
+            "for name, op in ops.items()})\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return eval(done.stdout.strip().splitlines()[-1])  # noqa: S307 - our own child's dict of floats
+
+
+def main() -> None:
+    """Run every mode's rounds interleaved and print medians and ratios."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ops", type=int, default=OPS)
+    parser.add_argument("--rounds", type=int, default=ROUNDS)
+    args = parser.parse_args()
+    ops, switches = operations(), modes()
+    for op in ops.values():
+        rate(op, args.ops // 4)  # warm up: the pool, the caches
+    results: dict[tuple[str, str], list[float]] = {}
+    for _ in range(args.rounds):
+        for mode, switch in switches.items():
+            switch(True)
+            try:
+                for name, op in ops.items():
+                    results.setdefault((mode, name), []).append(rate(op, args.ops))
+            finally:
+                switch(False)
+    without = child_off(args.ops, args.rounds)
+    print(f"{args.ops} ops x {args.rounds} rounds, median ops/s, ratio to off (in this run)")
+    print(f"{'mode':<28}" + "".join(f"{name:>22}" for name in ops))
+    off = {name: statistics.median(results[("off", name)]) for name in ops}
+    for mode in switches:
+        cells = []
+        for name in ops:
+            median = statistics.median(results[(mode, name)])
+            cells.append(f"{median:>10,.0f} ({median / off[name]:.3f})")
+        print(f"{mode:<28}" + "".join(f"{cell:>22}" for cell in cells))
+    print(f"{'off, OpenTelemetry absent':<28}" + "".join(
+        f"{f'{without[name]:>10,.0f} ({without[name] / off[name]:.3f})':>22}" for name in ops))
+
+
+if __name__ == "__main__":
+    main()
