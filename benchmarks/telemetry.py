@@ -86,8 +86,8 @@ def modes() -> dict[str, Callable[[bool], None]]:
     def tags_and_slow(on: bool) -> None:
         watch.configure(slow_after=10.0 if on else None, tags=on)
 
-    return {"off": lambda on: None, "on": instrumented(None), "on, 10%": instrumented(ParentBased(TraceIdRatioBased(0.1))),
-            "tags + slow": tags_and_slow}
+    return {"off": lambda on: None, "on": instrumented(None),
+            "on, 10%": instrumented(ParentBased(TraceIdRatioBased(0.1))), "tags + slow": tags_and_slow}
 
 
 def child_off(ops: int, rounds: int) -> dict[str, float]:

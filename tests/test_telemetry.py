@@ -225,8 +225,8 @@ def test_a_seed_load_is_a_span_over_its_statements(fresh_database, spans):
 
 
 @needs_embedded
-def test_a_replica_read_says_it_was_served_by_the_replica(spans, _replica_fixture, test_db_url):
-    replica_url = _replica_fixture
+def test_a_replica_read_says_it_was_served_by_the_replica(spans, request, test_db_url):
+    replica_url = request.getfixturevalue("_replica_fixture")
     from kit.db import Database
 
     db = Database()
