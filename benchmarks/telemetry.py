@@ -9,10 +9,12 @@ Modes, their rounds interleaved so that the machine's drift hits each alike:
 - on:          `KitInstrumentor` with the SDK, every span recorded and exported to an in-memory
                exporter through a `BatchSpanProcessor` (as production exports), every metric recorded
 - on, 10%:     the same with a `ParentBased(TraceIdRatioBased(0.1))` sampler, the usual production setting
+- on, no-op:   `KitInstrumentor` with the API's no-op providers: the kit's own work, without the SDK's
 - tags + slow: no OpenTelemetry; query tags (a sqlcommenter comment) and the slow-query log on
 
-And, in a child process with `opentelemetry` made unimportable: "off" again, to show that without
-OpenTelemetry installed the kit runs at today's speed. Prints median ops/s and each mode's ratio to off.
+And "off" in fresh child processes, alternately with OpenTelemetry importable and made unimportable,
+to show that without OpenTelemetry installed the kit runs at the same speed. Prints median ops/s and
+each mode's ratio to off.
 Run: `python benchmarks/telemetry.py [--ops N] [--rounds R]`.
 """
 
@@ -58,28 +60,34 @@ def rate(op: Callable[[], object], ops: int) -> float:
 
 def modes() -> dict[str, Callable[[bool], None]]:
     """Each mode as a switch: called with True before its round, False after."""
+    from opentelemetry.metrics import NoOpMeterProvider
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
     from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+    from opentelemetry.trace import NoOpTracerProvider
 
     from kit.telemetry import watch
     from kit.telemetry.otel import KitInstrumentor
 
-    def instrumented(sampler: object | None) -> Callable[[bool], None]:
+    def instrumented(sampler: object | None, sdk: bool = True) -> Callable[[bool], None]:
         exporter = InMemorySpanExporter()
-        tracer_provider = TracerProvider(**({"sampler": sampler} if sampler else {}))
-        tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
-        meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+        if sdk:
+            tracer_provider = TracerProvider(**({"sampler": sampler} if sampler else {}))
+            tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
+            meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+        else:  # the API's no-op providers: what the kit itself adds, without the SDK's work
+            tracer_provider, meter_provider = NoOpTracerProvider(), NoOpMeterProvider()
 
         def switch(on: bool) -> None:
             if on:
                 KitInstrumentor().instrument(tracer_provider=tracer_provider, meter_provider=meter_provider)
             else:
                 KitInstrumentor().uninstrument()
-                tracer_provider.force_flush()
+                if sdk:
+                    tracer_provider.force_flush()
                 exporter.clear()
         return switch
 
@@ -87,17 +95,18 @@ def modes() -> dict[str, Callable[[bool], None]]:
         watch.configure(slow_after=10.0 if on else None, tags=on)
 
     return {"off": lambda on: None, "on": instrumented(None),
-            "on, 10%": instrumented(ParentBased(TraceIdRatioBased(0.1))), "tags + slow": tags_and_slow}
+            "on, 10%": instrumented(ParentBased(TraceIdRatioBased(0.1))),
+            "on, no-op providers": instrumented(None, sdk=False), "tags + slow": tags_and_slow}
 
 
-def child_off(ops: int, rounds: int) -> dict[str, float]:
-    """Median ops/s of "off" in a child process where `opentelemetry` cannot be imported."""
-    code = ("import sys; sys.modules['opentelemetry'] = None\n"
-            f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
-            "import statistics, telemetry\n"
+def child_off(ops: int, absent: bool) -> dict[str, float]:
+    """Ops/s of "off" in a fresh child process, with `opentelemetry` unimportable when `absent`."""
+    code = (("import sys; sys.modules['opentelemetry'] = None\n" if absent else "")
+            + f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+            "import telemetry\n"
             "ops = telemetry.operations()\n"
-            f"print({{name: statistics.median(telemetry.rate(op, {ops}) for _ in range({rounds})) "
-            "for name, op in ops.items()})\n")
+            f"[telemetry.rate(op, {ops // 4}) for op in ops.values()]\n"  # warm up, as the parent does
+            f"print({{name: telemetry.rate(op, {ops}) for name, op in ops.items()}})\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return eval(done.stdout.strip().splitlines()[-1])  # noqa: S307 - our own child's dict of floats
 
@@ -120,7 +129,10 @@ def main() -> None:
                     results.setdefault((mode, name), []).append(rate(op, args.ops))
             finally:
                 switch(False)
-    without = child_off(args.ops, args.rounds)
+    children: dict[bool, list[dict[str, float]]] = {False: [], True: []}
+    for _ in range(args.rounds):  # fresh processes, alternating: installed (not instrumented), then absent
+        for absent in (False, True):
+            children[absent].append(child_off(args.ops, absent))
     print(f"{args.ops} ops x {args.rounds} rounds, median ops/s, ratio to off (in this run)")
     print(f"{'mode':<28}" + "".join(f"{name:>22}" for name in ops))
     off = {name: statistics.median(results[("off", name)]) for name in ops}
@@ -130,8 +142,14 @@ def main() -> None:
             median = statistics.median(results[(mode, name)])
             cells.append(f"{median:>10,.0f} ({median / off[name]:.3f})")
         print(f"{mode:<28}" + "".join(f"{cell:>22}" for cell in cells))
-    print(f"{'off, OpenTelemetry absent':<28}" + "".join(
-        f"{f'{without[name]:>10,.0f} ({without[name] / off[name]:.3f})':>22}" for name in ops))
+    print("fresh processes, median ops/s; ratio: absent to installed")
+    for absent, label in ((False, "off, OpenTelemetry installed"), (True, "off, OpenTelemetry absent")):
+        cells = []
+        for name in ops:
+            median = statistics.median(run[name] for run in children[absent])
+            base = statistics.median(run[name] for run in children[False])
+            cells.append(f"{median:>10,.0f} ({median / base:.3f})")
+        print(f"{label:<28}" + "".join(f"{cell:>22}" for cell in cells))
 
 
 if __name__ == "__main__":

@@ -2,14 +2,13 @@
 
 OpenTelemetry's database conventions name a span by its query summary, `{operation} {target}`, and
 put the same words on the duration metric, so they must never carry a value: only the leading
-keyword and the first table the statement names are read from the text, never a literal. peewee's
-SQL repeats, so the answer is cached by text.
+keyword and the first table the statement names are read from the text, never a literal. The
+watch remembers the answer per text and server (`kit.telemetry.watch.shape_of`).
 """
 
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 
 _LEADING = re.compile(r"\s*(?:/\*.*?\*/\s*|--[^\n]*\n\s*)*([A-Za-z]+)", re.S)
 _NAME = r'((?:"[^"]+"|[A-Za-z_][\w$]*)(?:\.(?:"[^"]+"|[A-Za-z_][\w$]*))?)'
@@ -28,7 +27,6 @@ KEYWORDS = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "WITH", "BEGIN", "
                       "START", "END", "ABORT", "DO", "CALL", "REFRESH", "VALUES", "TABLE", "MERGE"})
 
 
-@lru_cache(maxsize=4096)
 def summarize(sql: str) -> tuple[str, str, str | None]:
     """(operation, summary, table) for one statement: `("SELECT", "SELECT organization", "organization")`."""
     found = _LEADING.match(sql)

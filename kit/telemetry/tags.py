@@ -34,6 +34,11 @@ def labels() -> dict[str, str]:
     return dict(_labels.get())
 
 
+def tagged_now() -> tuple[tuple[str, str], ...]:
+    """The current context's tags as (name, value) pairs (no copy: the cheap form, per statement)."""
+    return _labels.get()
+
+
 def comment(pairs: dict[str, str]) -> str:
     """The sqlcommenter comment for `pairs` (' /*key='value',...*/'; '' for none), with % doubled for the driver."""
     if not pairs:

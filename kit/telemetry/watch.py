@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 from kit.errors import sqlstate
 from kit.telemetry.sql import summarize
-from kit.telemetry.tags import comment, labels
+from kit.telemetry.tags import comment, labels, tagged_now
 from kit.tenancy import current_tenant
 
 log = logging.getLogger("kit.slow")
@@ -52,6 +52,7 @@ class Target:
     role: str = "primary"  # "primary" or "replica"
     name: str | None = None  # a replica's name
     attributes: dict[str, Any] = field(default_factory=dict, compare=False)
+    shapes: dict[str, Shape] = field(default_factory=dict, compare=False, repr=False)  # by SQL text
 
     def __post_init__(self) -> None:
         found = {"db.system.name": "postgresql", "db.namespace": self.namespace, "server.address": self.address,
@@ -69,13 +70,39 @@ class Target:
         return f"{self.name or self.role} {self.namespace or ''} at {where}".replace("  ", " ")
 
 
+class Shape:
+    """What is known of one SQL text on one server, worked out once: its summary and attribute sets."""
+
+    __slots__ = ("metric", "operation", "span", "summary")
+
+    def __init__(self, target: Target, sql: str) -> None:
+        self.operation, self.summary, table = summarize(sql)
+        self.metric = {**target.attributes, "db.operation.name": self.operation, "db.query.summary": self.summary}
+        self.span = {**self.metric, "db.collection.name": table} if table else self.metric
+
+
+SHAPES_KEPT = 4096  # SQL texts remembered per server; past it the memory starts again
+
+
+def shape_of(target: Target, sql: str) -> Shape:
+    """The shape of `sql` on `target`, remembered."""
+    shape = target.shapes.get(sql)
+    if shape is None:
+        if len(target.shapes) >= SHAPES_KEPT:
+            target.shapes.clear()
+        shape = target.shapes[sql] = Shape(target, sql)
+    return shape
+
+
 class _Statement:
-    """One statement under watch: its span, start and whether it was re-sent."""
+    """One statement under watch: its shape, span, start and whether it was re-sent."""
 
-    __slots__ = ("operation", "resent", "span", "start", "summary", "table")
+    __slots__ = ("resent", "shape", "span", "start")
 
-    def __init__(self) -> None:
+    def __init__(self, shape: Shape) -> None:
+        self.shape = shape
         self.resent = False
+        self.span = None
 
 
 _current: ContextVar[_Statement | None] = ContextVar("kit_statement", default=None)
@@ -142,23 +169,18 @@ class Watch:
     # -- its parts --------------------------------------------------------------------------------
 
     def _open(self, target: Target, sql: str) -> _Statement:
-        statement = _Statement()
-        statement.operation, statement.summary, statement.table = summarize(sql)
-        statement.span = None
+        statement = _Statement(shape_of(target, sql))
         instruments = self.instruments
         if instruments is not None:
-            attributes = {**target.attributes, "db.operation.name": statement.operation,
-                          "db.query.summary": statement.summary}
-            if statement.table:
-                attributes["db.collection.name"] = statement.table
-            tenant = current_tenant()
-            if tenant is not None:
-                attributes["kit.tenant.id"] = str(tenant)
-            for name, value in labels().items():
-                attributes[f"kit.{name}"] = value
-            if instruments.query_text:
-                attributes["db.query.text"] = sql
-            statement.span = instruments.tracer.start_span(statement.summary, kind=instruments.client,
+            attributes = statement.shape.span  # the SDK copies what it is given
+            tenant, tagged = current_tenant(), tagged_now()
+            if tenant is not None or tagged or instruments.query_text:
+                attributes = {**attributes, **{f"kit.{name}": value for name, value in tagged}}
+                if tenant is not None:
+                    attributes["kit.tenant.id"] = str(tenant)
+                if instruments.query_text:
+                    attributes["db.query.text"] = sql
+            statement.span = instruments.tracer.start_span(statement.shape.summary, kind=instruments.client,
                                                            attributes=attributes)
         statement.start = time.perf_counter()
         return statement
@@ -168,10 +190,9 @@ class Watch:
         instruments, span = self.instruments, statement.span
         error = None if exc is None else type(exc).__qualname__
         if instruments is not None:
-            attributes = {**target.attributes, "db.operation.name": statement.operation,
-                          "db.query.summary": statement.summary}
+            attributes = statement.shape.metric
             if error is not None:
-                attributes["error.type"] = error
+                attributes = {**attributes, "error.type": error}
                 code = sqlstate(exc)
                 if code:
                     attributes["db.response.status_code"] = code
@@ -205,11 +226,11 @@ class Watch:
         """The one log line of a statement over the slow-query threshold."""
         tagged = labels()
         tenant = current_tenant()
-        log.warning("slow statement: %s took %.0f ms on %s (tenant %s, %s)%s", statement.summary, seconds * 1000,
+        log.warning("slow statement: %s took %.0f ms on %s (tenant %s, %s)%s", statement.shape.summary, seconds * 1000,
                     target.describe(), tenant or "none",
                     ", ".join(f"{key} {value}" for key, value in tagged.items()) or "no route or job",
                     f", failed: {error}" if error else "",
-                    extra={"duration_ms": round(seconds * 1000, 1), "summary": statement.summary,
+                    extra={"duration_ms": round(seconds * 1000, 1), "summary": statement.shape.summary,
                            "tenant": str(tenant) if tenant else None, **tagged, "server": target.describe()})
 
 
