@@ -111,7 +111,7 @@ def _limit(name: str, value: Any, *, whole: bool = False, none_ok: bool = True) 
 class ConnectionPool:
     """Connections shared by threads: at most `max_size` out at once, `min_size` kept, the oldest reused first."""
 
-    observer: Any = None  # told `waited(pool, s)`, `created(pool, s)`, `used(pool, s)` when set (kit.telemetry)
+    observer: Any = None  # told `waited(name, s)`, `created(name, s)`, `used(name, s)` when set (kit.telemetry)
     every: weakref.WeakSet[ConnectionPool] = weakref.WeakSet()  # every pool in the process, for metrics
 
     def __init__(self, hooks: Hooks, clock: Callable[[], float] = time.monotonic, name: str = "kit",
@@ -182,7 +182,7 @@ class ConnectionPool:
             slot = self._take_idle(verified)
             if slot is not None:
                 if began:
-                    self.observer.waited(self, time.perf_counter() - began)
+                    self.observer.waited(self.name, time.perf_counter() - began)
                 return slot.conn
             with self._lock:
                 if self._idle:
@@ -211,7 +211,7 @@ class ConnectionPool:
         self._open_idle(extra)
         self._start_reaper()
         if began:
-            self.observer.waited(self, time.perf_counter() - began)
+            self.observer.waited(self.name, time.perf_counter() - began)
         return slot.conn
 
     def _exhausted_message(self) -> str:
@@ -279,7 +279,7 @@ class ConnectionPool:
                 self._wake()
             raise
         if began:
-            self.observer.created(self, time.perf_counter() - began)
+            self.observer.created(self.name, time.perf_counter() - began)
         with self._lock:
             self._opening -= 1
             self._stats["opened"] += 1
@@ -332,7 +332,7 @@ class ConnectionPool:
             log.warning("a connection reported as leaked was given back after %.1f s", now - slot.checked_out)
             slot.reported = False
         if self.observer is not None:
-            self.observer.used(self, now - slot.checked_out)
+            self.observer.used(self.name, now - slot.checked_out)
         keep = (not discard and slot.generation == self._generation
                 and (self.stale_timeout is None or now - slot.opened <= self.stale_timeout)
                 and self.hooks.can_reuse(conn) and (not slot.needs_reset or self._reset(slot)))

@@ -403,3 +403,36 @@ def test_one_request_through_a_real_http_server_is_one_trace_from_handler_to_ser
     assert kit_spans[0].parent.span_id == server_span.context.span_id
     if os.environ.get("KIT_TRACE_OUT"):  # how docs/observability.md's trace was made
         Path(os.environ["KIT_TRACE_OUT"]).write_text(json.dumps([json.loads(s.to_json()) for s in done], indent=1))
+
+
+def test_the_asyncio_pool_reports_a_leak_once_and_times_its_checkouts(otel, test_db_url, caplog):
+    from dataclasses import replace
+
+    from kit.aio import AsyncDatabase
+    from kit.config import load_settings
+
+    caplog.set_level(logging.WARNING, logger="kit.db")
+    adb = AsyncDatabase(test_db_url, replace(load_settings(), pool_leak_threshold_ms=300))
+
+    async def forgets_to_release() -> None:
+        await adb.aconnect()  # taken, and kept past the threshold twice over
+        await asyncio.sleep(0.8)
+        await adb.aclose()
+
+    async def main() -> None:
+        try:
+            await asyncio.create_task(forgets_to_release(), name="leaky-task")
+            async with adb.atomic():
+                await adb.aexecute_sql("SELECT 1")
+        finally:
+            await adb.close_pool()
+
+    asyncio.run(main())
+    reports = [r.getMessage() for r in caplog.records if "possible connection leak" in r.getMessage()]
+    assert len(reports) == 1 and adb.counts["leaks"] == 1
+    assert "by task leaky-task" in reports[0] and "in forgets_to_release" in reports[0]
+    found = metrics(otel[1])
+    for metric in ("db.client.connection.wait_time", "db.client.connection.use_time"):
+        assert any(p.attributes["db.client.connection.pool.name"] == adb.pool_name for p in found[metric]), metric
+    names = [s.name for s in statements(otel[0])][-3:]
+    assert names == ["BEGIN", "SELECT", "COMMIT"]

@@ -113,6 +113,10 @@ class KitConnection(AsyncPostgresqlConnection):
         self.session = session  # the server session's state, kept by the database as long as the session lives
         self.raw_transaction = False  # BEGIN sent as SQL
         self.tenant_set: str | None = None  # the tenant this transaction's setting names ('' cleared)
+        self.taken = 0.0  # when it was checked out (time.monotonic())
+        self.taken_by: Any = None  # the stack that checked it out (with a leak threshold only)
+        self.leak_timer: Any = None  # reports it as leaked unless it comes back first
+        self.reported = False
 
     async def _execute(self, sql: str, params: Any = None) -> CursorAdapter:
         """Run one statement through asyncpg's statement cache: one round trip once it is prepared."""

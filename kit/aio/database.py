@@ -38,7 +38,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -82,6 +84,7 @@ from kit.errors import (
     TenantError,
     describe,
 )
+from kit.pool import ConnectionPool
 from kit.roles import APP
 from kit.telemetry import watch as _watch
 from kit.telemetry.watch import Target, async_databases, note_resent
@@ -123,7 +126,9 @@ class AsyncDatabase(AsyncReadRouting, AsyncPostgresqlDatabase):
         self.settings: Settings | None = None
         self.url: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.counts = {"resent": 0, "session_lost": 0, "timeouts": 0, "replica_fallbacks": 0}
+        self.counts = {"resent": 0, "session_lost": 0, "timeouts": 0, "replica_fallbacks": 0, "leaks": 0}
+        self._waiting = 0  # tasks waiting for a connection
+        self._leak_after: float | None = None
         self._given_replicas: Any = replicas  # URLs to read from (None: DATABASE_REPLICA_URLS)
         self._sessions: dict[int, set[str]] = {}  # server process id: the session state its connection holds
         self._target: Target | None = None
@@ -148,6 +153,7 @@ class AsyncDatabase(AsyncReadRouting, AsyncPostgresqlDatabase):
             self.database = mask_password(self.url)
             self._pool_size, self._pool_min_size = settings.pool_max, settings.pool_min
             self._acquire_timeout = settings.pool_timeout_ms / 1000 or None
+            self._leak_after = settings.pool_leak_threshold_ms / 1000 or None
             self.settings = settings
             urls = settings.replica_urls if self._given_replicas is None else self._given_replicas
             if urls and not self.is_replica:
@@ -165,6 +171,11 @@ class AsyncDatabase(AsyncReadRouting, AsyncPostgresqlDatabase):
                                   port=int(port) if port.isdigit() else None,
                                   role="replica" if self.is_replica else "primary")
         return self._target
+
+    @property
+    def pool_name(self) -> str:
+        """The pool's name in metrics and log lines: its server's, marked as the asyncio pool's."""
+        return f"{self.target.pool_name()} (asyncio)"
 
     @property
     def pooler(self) -> str | None:
@@ -239,7 +250,9 @@ class AsyncDatabase(AsyncReadRouting, AsyncPostgresqlDatabase):
 
         if self.is_replica and pool.get_idle_size() == 0 and pool.get_size() >= pool.get_max_size():
             raise PoolExhausted(f"replica {self.database}: every connection is in use", pool_full=True)
+        began = time.monotonic()
         for _ in range(3):  # a connection lost as it is handed over is taken back by asyncpg: take another
+            self._waiting += 1
             try:
                 async with asyncio.timeout(self._acquire_timeout):  # no task made per checkout, as wait_for does
                     conn = await pool.acquire()
@@ -247,11 +260,53 @@ class AsyncDatabase(AsyncReadRouting, AsyncPostgresqlDatabase):
                 self.counts["timeouts"] += 1
                 raise OperationalError(f"Timed out acquiring connection from pool (after "
                                        f"{self._acquire_timeout} s)") from None
+            finally:
+                self._waiting -= 1
             try:
-                return KitConnection(conn, self._sessions.setdefault(conn.get_server_pid(), set()))
+                held = KitConnection(conn, self._sessions.setdefault(conn.get_server_pid(), set()))
             except asyncpg.InterfaceError:
                 continue
+            held.taken = time.monotonic()
+            if ConnectionPool.observer is not None:
+                ConnectionPool.observer.waited(self.pool_name, held.taken - began)
+            if self._leak_after:
+                self._watch_for_leak(held)
+            return held
         raise OperationalError("every connection the pool handed over was lost at once")
+
+    def _watch_for_leak(self, held: KitConnection) -> None:
+        """Report `held` once if it is still checked out after the leak threshold, with the stack that took it."""
+        frame = sys._getframe(2)
+        while frame is not None and frame.f_globals.get("__name__", "").startswith(("kit.aio", "playhouse")):
+            frame = frame.f_back
+        held.taken_by = traceback.StackSummary.extract(traceback.walk_stack(frame), limit=30, lookup_lines=False)
+        held.leak_timer = asyncio.get_running_loop().call_later(self._leak_after, self._report_leak, held,
+                                                                 asyncio.current_task())
+
+    def _report_leak(self, held: KitConnection, task: Any) -> None:
+        held.reported = True
+        self.counts["leaks"] += 1
+        taken = "".join(held.taken_by.format()).rstrip()
+        log.warning("possible connection leak: a connection of pool %s has been checked out for %.1f s (leak_after "
+                    "%g s) by task %s; it was taken at:\n%s", self.pool_name, time.monotonic() - held.taken,
+                    self._leak_after, task.get_name() if task is not None else "(none)", taken)
+
+    def _settle_checkout(self, conn: KitConnection) -> None:
+        """What a connection's return ends: its leak watch, and the pool's use-time metric."""
+        if conn.leak_timer is not None:
+            conn.leak_timer.cancel()
+            conn.leak_timer = None
+            if conn.reported:
+                log.warning("a connection reported as leaked was given back after %.1f s",
+                            time.monotonic() - conn.taken)
+        if ConnectionPool.observer is not None and conn.taken:
+            ConnectionPool.observer.used(self.pool_name, time.monotonic() - conn.taken)
+            conn.taken = 0.0
+
+    async def _release_conn(self, conn: KitConnection) -> None:
+        """Give a connection back to its pool (closed if that pool is gone), ending its checkout's watch."""
+        self._settle_checkout(conn)
+        await super()._release_conn(conn)
 
     async def _pool_release(self, conn: KitConnection) -> None:
         """Give a connection back; a dead one asyncpg has already taken back is let go without a word."""
@@ -290,8 +345,8 @@ class AsyncDatabase(AsyncReadRouting, AsyncPostgresqlDatabase):
         pool = self._pool
         size = pool.get_size() if pool is not None else 0
         idle = pool.get_idle_size() if pool is not None else 0
-        stats = {"in_use": size - idle, "idle": idle, "min": self._pool_min_size, "max": self._pool_size,
-                 **self.counts}
+        stats = {"in_use": size - idle, "idle": idle, "waiting": self._waiting, "min": self._pool_min_size,
+                 "max": self._pool_size, **self.counts}
         if self._router is not None:
             stats["servers"] = [{"server": "primary", **stats}, *(r.stats() for r in self._router.replicas)]
         return stats

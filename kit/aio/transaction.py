@@ -17,6 +17,7 @@ from kit.errors import (
     SessionLost,
     describe,
 )
+from kit.telemetry import watch as _watch
 
 log = logging.getLogger("kit.db")
 
@@ -70,6 +71,29 @@ class Atomic(AsyncPgAtomic):
         if conn is None or conn.stale():
             return
         super().rollback(begin)
+
+    async def _abegin(self) -> Any:
+        """BEGIN, or a savepoint inside a transaction; watched as a statement when something observes."""
+        watch = _watch.active
+        if watch is None:
+            return await super()._abegin()
+        sql = "SAVEPOINT" if self.db._state.transactions else "BEGIN"
+        return await watch.astatement(self.db.target, sql, super()._abegin)
+
+    async def acommit(self, begin: bool = True) -> None:
+        """COMMIT, or a savepoint's RELEASE; watched as a statement when something observes."""
+        watch = _watch.active
+        if watch is None:
+            return await super().acommit(begin)
+        sql = "RELEASE SAVEPOINT" if self.db._state.transactions else "COMMIT"
+        return await watch.astatement(self.db.target, sql, lambda: super(Atomic, self).acommit(begin))
+
+    async def arollback(self, begin: bool = True) -> None:
+        """ROLLBACK, or to a savepoint; watched as a statement when something observes."""
+        watch = _watch.active
+        if watch is None:
+            return await super().arollback(begin)
+        return await watch.astatement(self.db.target, "ROLLBACK", lambda: super(Atomic, self).arollback(begin))
 
     def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> Any:
         conn = self.db._state.conn

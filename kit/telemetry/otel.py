@@ -14,8 +14,8 @@ What it records, by OpenTelemetry's database conventions:
 - per pool (`db.client.connection.pool.name`: `host:port/database`, a replica's and the owner's door
   marked, asyncio pools too): `db.client.connection.count` by `db.client.connection.state`
   (idle/used), `.max`, `.idle.min`, `.pending_requests`, `.timeouts`, and the histograms
-  `.wait_time`, `.use_time`, `.create_time` (s; the sync pools: asyncpg's pool does not say when
-  it opens a connection, and hands one over without a hook to time its use);
+  `.wait_time`, `.use_time`, `.create_time` (s; `.create_time` of the sync pools only: asyncpg's
+  pool opens its connections without a hook to time them);
 - the kit's own counters per pool: `kit.db.client.resends`, `kit.db.client.session_losses`,
   `kit.db.client.replica_fallbacks`, `kit.db.client.connection.leaks`.
 """
@@ -58,23 +58,22 @@ class _PoolObserver:
         self.wait, self.use, self.create = wait, use, create
         self._attributes: dict[str, dict[str, str]] = {}
 
-    def _of(self, pool: ConnectionPool) -> dict[str, str]:
-        name = pool.name
+    def _of(self, name: str) -> dict[str, str]:
         found = self._attributes.get(name)
         if found is None:
             found = self._attributes[name] = {"db.client.connection.pool.name": name}
         return found
 
-    def waited(self, pool: ConnectionPool, seconds: float) -> None:
-        """A checkout took `seconds` to get its connection."""
+    def waited(self, pool: str, seconds: float) -> None:
+        """A checkout of pool `pool` took `seconds` to get its connection."""
         self.wait.record(seconds, self._of(pool))
 
-    def created(self, pool: ConnectionPool, seconds: float) -> None:
-        """A connection took `seconds` to open."""
+    def created(self, pool: str, seconds: float) -> None:
+        """A connection of pool `pool` took `seconds` to open."""
         self.create.record(seconds, self._of(pool))
 
-    def used(self, pool: ConnectionPool, seconds: float) -> None:
-        """A connection came back after `seconds` checked out."""
+    def used(self, pool: str, seconds: float) -> None:
+        """A connection came back to pool `pool` after `seconds` checked out."""
         self.use.record(seconds, self._of(pool))
 
 
@@ -86,7 +85,7 @@ def _pools() -> Iterator[tuple[str, dict[str, Any]]]:
         if database._pool is not None:
             stats = database.pool_stats()
             stats.pop("servers", None)
-            yield f"{database.target.pool_name()} (asyncio)", stats
+            yield database.pool_name, stats
 
 
 class KitInstrumentor(BaseInstrumentor):  # type: ignore[misc]
