@@ -14,7 +14,8 @@ Modes, their rounds interleaved so that the machine's drift hits each alike:
 
 And "off" in fresh child processes, alternately with OpenTelemetry importable and made unimportable,
 to show that without OpenTelemetry installed the kit runs at the same speed. Prints median ops/s and
-each mode's ratio to off.
+each mode's ratio to off, and the CPU time this process spends per op beyond off's (steadier than
+wall time on a shared machine: it leaves out the server and the waits).
 Run: `python benchmarks/telemetry.py [--ops N] [--rounds R]`.
 """
 
@@ -111,6 +112,28 @@ def child_off(ops: int, absent: bool) -> dict[str, float]:
     return eval(done.stdout.strip().splitlines()[-1])  # noqa: S307 - our own child's dict of floats
 
 
+def watch_cost(switches: dict[str, Callable[[bool], None]], n: int = 20_000) -> dict[str, float]:
+    """µs of the watch around one statement that does nothing, per mode: the kit's part, with no server."""
+    import timeit
+
+    from kit.telemetry import watch
+    from kit.telemetry.watch import Target
+
+    target, costs = Target("kit", "db.internal", 5432), {}
+    for mode, switch in switches.items():
+        switch(True)
+        try:
+            active = watch.active
+            if active is None:
+                costs[mode] = 0.0
+                continue
+            costs[mode] = timeit.timeit(lambda active=active: active.statement(target, "SELECT 1", len),
+                                        number=n) / n * 1e6
+        finally:
+            switch(False)
+    return costs
+
+
 def main() -> None:
     """Run every mode's rounds interleaved and print medians and ratios."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -121,27 +144,34 @@ def main() -> None:
     for op in ops.values():
         rate(op, args.ops // 4)  # warm up: the pool, the caches
     results: dict[tuple[str, str], list[float]] = {}
+    spent: dict[tuple[str, str], list[float]] = {}  # this process's CPU µs per op
     for _ in range(args.rounds):
         for mode, switch in switches.items():
             switch(True)
             try:
                 for name, op in ops.items():
+                    cpu = time.process_time()
                     results.setdefault((mode, name), []).append(rate(op, args.ops))
+                    spent.setdefault((mode, name), []).append((time.process_time() - cpu) / args.ops * 1e6)
             finally:
                 switch(False)
     children: dict[bool, list[dict[str, float]]] = {False: [], True: []}
     for _ in range(args.rounds):  # fresh processes, alternating: installed (not instrumented), then absent
         for absent in (False, True):
             children[absent].append(child_off(args.ops, absent))
-    print(f"{args.ops} ops x {args.rounds} rounds, median ops/s, ratio to off (in this run)")
-    print(f"{'mode':<28}" + "".join(f"{name:>22}" for name in ops))
+    print(f"{args.ops} ops x {args.rounds} rounds, median ops/s (ratio to off in this run), and the client's "
+          "CPU µs per op beyond off's")
+    print(f"{'mode':<28}" + "".join(f"{name:>22}{'+CPU µs':>9}" for name in ops))
     off = {name: statistics.median(results[("off", name)]) for name in ops}
     for mode in switches:
         cells = []
         for name in ops:
             median = statistics.median(results[(mode, name)])
-            cells.append(f"{median:>10,.0f} ({median / off[name]:.3f})")
-        print(f"{mode:<28}" + "".join(f"{cell:>22}" for cell in cells))
+            extra = statistics.median(spent[(mode, name)]) - statistics.median(spent[("off", name)])
+            cells.append(f"{f'{median:>10,.0f} ({median / off[name]:.3f})':>22}{extra:>9.1f}")
+        print(f"{mode:<28}" + "".join(cells))
+    print("the watch around one statement that does nothing (no server), µs: " + ", ".join(
+        f"{mode} {cost:.1f}" for mode, cost in watch_cost(switches).items()))
     print("fresh processes, median ops/s; ratio: absent to installed")
     for absent, label in ((False, "off, OpenTelemetry installed"), (True, "off, OpenTelemetry absent")):
         cells = []
