@@ -172,3 +172,12 @@ def test_inside_an_open_transaction_it_refuses_and_runs_nothing(pool):
         with pytest.raises(ArgumentError, match="only the outermost"):
             retry_transaction(lambda: ran.append(1), database=pool)
     assert ran == []
+
+
+def test_a_database_never_initialized_is_a_plain_error_not_an_outage():
+    from peewee import InterfaceError
+
+    db = PooledDatabase(None)
+    with pytest.raises(InterfaceError, match="must be initialized") as raised:
+        db.execute_sql("SELECT 1")
+    assert not isinstance(raised.value, DatabaseUnavailable)  # not SessionLost's "it may have taken effect"

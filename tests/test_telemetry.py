@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import peewee
@@ -175,15 +176,17 @@ def test_the_duration_metric_and_the_pool_metrics_are_reported_per_pool(spans, o
         assert any(p.attributes.get("db.client.connection.pool.name") == name for p in found[metric]), metric
 
 
-def test_a_pool_name_and_a_span_never_hold_the_password(test_db_url, spans):
+def test_a_pool_name_a_span_and_a_metric_never_hold_the_password(test_db_url, spans, otel):
     password = "pw-" + secrets.token_hex(6)
-    url = test_db_url.replace("://", f"://nobody:{password}@", 1) if "@" not in test_db_url else test_db_url
-    db = PooledDatabase(None, dsn=url, password=password)
+    parts = urlsplit(test_db_url)
+    user = parts.netloc.rpartition("@")[0] or "kit_app"
+    url = urlunsplit(parts._replace(netloc=f"{user}:{password}@{parts.netloc.rpartition('@')[2]}"))
+    db = PooledDatabase(parts.path.lstrip("/"), dsn=url)  # the server trusts local sockets: the password is ignored
     try:
-        with pytest.raises(peewee.OperationalError):
-            db.execute_sql("SELECT 1")
+        assert db.execute_sql("SELECT %s::text", (SECRET,)).fetchone() == (SECRET,)
         assert password not in db._pool.name and password not in repr(db.target)
-        assert password not in dumped(spans)
+        assert statements(spans) and password not in dumped(spans)
+        assert password not in repr(metrics(otel[1]))
     finally:
         db.close_all()
 
@@ -225,7 +228,8 @@ def test_a_seed_load_is_a_span_over_its_statements(fresh_database, spans):
 
 
 @needs_embedded
-def test_a_replica_read_says_it_was_served_by_the_replica(spans, request, test_db_url):
+def test_a_replica_read_says_it_was_served_by_the_replica_whose_pool_has_its_own_metrics(spans, otel, request,
+                                                                                         test_db_url):
     replica_url = request.getfixturevalue("_replica_fixture")
     from kit.db import Database
 
@@ -237,10 +241,23 @@ def test_a_replica_read_says_it_was_served_by_the_replica(spans, request, test_d
             Organization.select().count()
         [span] = [s for s in statements(spans) if s.name == "SELECT organizations"]
         assert span.attributes["kit.server.role"] == "replica"
+        pools = {p.attributes["db.client.connection.pool.name"] for p in metrics(otel[1])["db.client.connection.count"]}
+        assert db._router.replicas[0].database._pool.name in pools and db._pool.name in pools
         assert span.attributes["server.port"] != database.target.port or \
             span.attributes["server.address"] != database.target.address
     finally:
         db.close_all()
+
+
+def test_a_kit_maintain_run_is_a_span_over_its_statements(fresh_database, spans):
+    from kit.maintain import maintain
+    from kit.models import ALL_MODELS
+
+    migrate.apply(fresh_database, ROOT / "migrations", say=lambda _: None)
+    spans.clear()
+    maintain(fresh_database, ALL_MODELS, say=lambda _: None)
+    [run] = [s for s in spans.get_finished_spans() if s.name == "kit.maintain"]
+    assert any(s.parent and s.parent.span_id == run.context.span_id for s in statements(spans))
 
 
 # -- without OpenTelemetry's SDK: the slow-query log, query tags and leaks --------------------------
@@ -350,6 +367,19 @@ def test_the_instrumentor_is_registered_under_opentelemetrys_entry_point():
 
     [found] = [e for e in entry_points(group="opentelemetry_instrumentor") if e.name == "kit"]
     assert found.load() is KitInstrumentor
+
+
+def test_opentelemetry_instrument_finds_the_kit_and_exports_its_spans(test_db_url):
+    env = {**os.environ, "DATABASE_URL": test_db_url, "OTEL_TRACES_EXPORTER": "console",
+           "OTEL_METRICS_EXPORTER": "none", "OTEL_LOGS_EXPORTER": "none", "OTEL_SERVICE_NAME": "kit-test"}
+    script = "from kit.db import database\nprint(database.execute_sql('SELECT 41 + 1').fetchone()[0])\n"
+    done = subprocess.run([str(Path(sys.executable).parent / "opentelemetry-instrument"), sys.executable, "-c",
+                           script], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("42\n")
+    exported = json.loads(done.stdout[3:])
+    assert exported["kind"] == "SpanKind.CLIENT" and exported["attributes"]["kit.server.role"] == "primary"
+    assert exported["resource"]["attributes"]["service.name"] == "kit-test"
 
 
 def test_without_opentelemetry_installed_the_kit_imports_and_runs(test_db_url, tmp_path):

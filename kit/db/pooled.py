@@ -397,7 +397,7 @@ class PooledDatabase(PostgresqlExtDatabase):
                     f"({f'kit.tenant({tenant})' if tenant else 'no kit.tenant(org) is set'}); nothing was written"
                 ) from exc
             if not isinstance(exc, KitError) and isinstance(exc, (OperationalError, InterfaceError)) \
-                    and is_outage(exc, self.connection_lost()):
+                    and not self.deferred and is_outage(exc, self.connection_lost()):
                 raise self._lost(exc) from exc
             raise
         if start is not None:
