@@ -54,10 +54,11 @@ def otel():
     spans, reader = InMemorySpanExporter(), InMemoryMetricReader()
     tracer_provider = TracerProvider()
     tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    meter_provider = MeterProvider(metric_readers=[reader])
     instrumentor = KitInstrumentor()
-    instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=MeterProvider(metric_readers=[reader]))
+    instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider)
     try:
-        yield spans, reader, tracer_provider.get_tracer("test"), tracer_provider
+        yield spans, reader, tracer_provider.get_tracer("test"), tracer_provider, meter_provider
     finally:
         instrumentor.uninstrument()
 
@@ -113,6 +114,19 @@ def test_raw_sql_and_a_failure_quoting_its_value_leave_no_value_in_spans_or_metr
     assert not bad.events  # no exception event: its message would carry the value
     assert SECRET not in dumped(spans)
     assert SECRET not in repr(metrics(otel[1]))
+
+
+def test_query_text_is_recorded_only_when_asked_and_it_is_the_parameterized_text(spans, otel):
+    KitInstrumentor().uninstrument()
+    KitInstrumentor().instrument(tracer_provider=otel[3], meter_provider=otel[4], capture_query_text=True)
+    try:
+        Organization.select().where(Organization.slug == SECRET).count()
+    finally:
+        KitInstrumentor().uninstrument()
+        KitInstrumentor().instrument(tracer_provider=otel[3], meter_provider=otel[4])
+    [span] = statements(spans)
+    assert '"organizations"' in span.attributes["db.query.text"] and "%s" in span.attributes["db.query.text"]
+    assert SECRET not in dumped(spans)
 
 
 def test_a_transaction_is_begin_statements_commit_under_the_callers_span(spans, otel):

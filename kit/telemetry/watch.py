@@ -22,6 +22,7 @@ named by class and SQLSTATE) and a password (a server is named by host, port and
 from __future__ import annotations
 
 import logging
+import os
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterator
@@ -50,13 +51,15 @@ class Target:
     address: str | None
     port: int | None
     role: str = "primary"  # "primary" or "replica"
-    name: str | None = None  # a replica's name
     attributes: dict[str, Any] = field(default_factory=dict, compare=False)
     shapes: dict[str, Shape] = field(default_factory=dict, compare=False, repr=False)  # by SQL text
 
     def __post_init__(self) -> None:
         found = {"db.system.name": "postgresql", "db.namespace": self.namespace, "server.address": self.address,
-                 "server.port": self.port, "kit.server.role": self.role, "kit.replica.name": self.name}
+                 "server.port": self.port, "kit.server.role": self.role}
+        if older_names_too():
+            found.update({"db.system": "postgresql", "db.name": self.namespace, "net.peer.name": self.address,
+                          "net.peer.port": self.port})
         self.attributes.update({key: value for key, value in found.items() if value is not None})
 
     def pool_name(self) -> str:
@@ -67,7 +70,7 @@ class Target:
     def describe(self) -> str:
         """The server in words for a log line: `primary kit at /tmp:5432`."""
         where = f"{self.address}:{self.port}" if self.port else (self.address or "the default server")
-        return f"{self.name or self.role} {self.namespace or ''} at {where}".replace("  ", " ")
+        return f"{self.role} {self.namespace or ''} at {where}".replace("  ", " ")
 
 
 class Shape:
@@ -79,6 +82,13 @@ class Shape:
         self.operation, self.summary, table = summarize(sql)
         self.metric = {**target.attributes, "db.operation.name": self.operation, "db.query.summary": self.summary}
         self.span = {**self.metric, "db.collection.name": table} if table else self.metric
+        if "db.system" in target.attributes:  # the older names too (`older_names_too`)
+            self.span = {**self.span, "db.operation": self.operation, **({"db.sql.table": table} if table else {})}
+
+
+def older_names_too() -> bool:
+    """True when OTEL_SEMCONV_STABILITY_OPT_IN has `database/dup`: spans carry the pre-1.26 names as well."""
+    return "database/dup" in {part.strip() for part in os.environ.get("OTEL_SEMCONV_STABILITY_OPT_IN", "").split(",")}
 
 
 SHAPES_KEPT = 4096  # SQL texts remembered per server; past it the memory starts again

@@ -119,3 +119,18 @@ def test_without_a_threshold_no_stack_is_recorded_and_nothing_is_reported():
     clock.now += 10_000
     assert pool.report_leaks() is None and pool.stats()["leaks"] == 0
     assert all(slot.taken_by is None for slot in pool._in_use.values())
+
+
+def test_database_dup_adds_the_older_attribute_names_to_spans(monkeypatch):
+    from kit.telemetry.watch import Shape
+
+    monkeypatch.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", "http, database/dup")
+    target = Target(namespace="kit", address="db.internal", port=5432)
+    shape = Shape(target, 'SELECT * FROM "members"')
+    assert {key: shape.span[key] for key in ("db.system", "db.name", "net.peer.name", "net.peer.port",
+                                             "db.operation", "db.sql.table")} == {
+        "db.system": "postgresql", "db.name": "kit", "net.peer.name": "db.internal", "net.peer.port": 5432,
+        "db.operation": "SELECT", "db.sql.table": "members"}
+    assert shape.span["db.system.name"] == "postgresql"  # the stable names stay
+    monkeypatch.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", "database")
+    assert "db.system" not in Shape(Target(namespace="kit", address="h", port=1), "SELECT 1").span
