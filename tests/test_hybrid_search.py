@@ -135,11 +135,12 @@ def test_bad_arguments_are_one_sentence(corpus):
 
 def test_the_keyword_side_uses_the_gin_index(corpus):
     orgs, _ = corpus
-    with database.atomic():  # as the tenant, under row-level security, with the filter hybrid_search sends
+    with tenant(orgs[0]), database.atomic():  # under row-level security, with the match hybrid_search sends
         database.execute_sql("SET LOCAL enable_seqscan = off")  # a tiny table: ask whether the index can serve
         plan = "\n".join(r[0] for r in database.execute_sql(
-            "EXPLAIN SELECT id FROM document_chunks WHERE organization_id = %s "
-            "AND search_text @@ websearch_to_tsquery('english', 'x')", (orgs[0].id,)))
+            "EXPLAIN SELECT id FROM document_chunks WHERE search_text @@ websearch_to_tsquery('english', 'x')"))
+    # Not with the organization's filter written out as well: the planner may then rightly prefer the
+    # organization's B-tree on a table this small (it did in one full run), which says nothing of the GIN.
     assert "document_chunks_search_text_gin" in plan
 
 

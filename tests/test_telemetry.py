@@ -150,6 +150,24 @@ def test_a_search_is_traced_with_its_tenant_as_an_id(spans):
     assert "Traced" not in dumped(spans)  # the tenant is named by id, never by name
 
 
+def test_a_bulk_copy_and_a_matrix_read_are_spans_over_their_statements(spans):
+    from kit.models import AuditLog
+    from kit.vector import copy_rows, fetch_matrix
+
+    org = Organization.create(name="Copied", slug=f"copied-{secrets.token_hex(4)}")
+    spans.clear()
+    with kit.tenant(org):
+        count = copy_rows(AuditLog, [{"organization_id": org.id, "action": f"a{i}", "target_type": SECRET}
+                                     for i in range(50)])
+        fetch_matrix(DocumentChunk.select(DocumentChunk.id, DocumentChunk.embedding)
+                     .where(DocumentChunk.organization == org.id))
+    assert count == 50
+    [copied] = [s for s in spans.get_finished_spans() if s.name == "kit.copy_rows"]
+    assert copied.attributes["db.collection.name"] == "audit_logs" and copied.attributes["kit.copy.rows"] == 50
+    assert [s for s in spans.get_finished_spans() if s.name == "kit.fetch_matrix"]
+    assert SECRET not in dumped(spans)
+
+
 @observes_server_sessions
 def test_a_statement_re_sent_after_its_backend_was_killed_is_marked_and_counted(spans, otel, monitor):
     database.execute_sql("SELECT 1")

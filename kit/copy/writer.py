@@ -39,6 +39,7 @@ from peewee import Field, Model
 
 from kit.copy.encoders import COPY_HEADER, COPY_TRAILER, NULL, encoders
 from kit.errors import CopyRowError, StatementTimeout
+from kit.telemetry import operation
 
 CHUNK_BYTES = 8 << 20  # rows are encoded and queued for sending about this much at a time
 CHUNK_ROWS = 2_000  # or this many rows, whichever comes first: the server starts on a table early
@@ -109,8 +110,20 @@ def copy_rows(model: type[Model], rows: Iterable[Mapping[Any, Any]], database: p
     error) naming the row's index, and nothing is written. `rows` may be a generator; it must not use
     the database connection itself while copy_rows runs. Into a table whose row-level security
     applies to the role (a tenant table, as the application), the rows are staged in a temporary
-    table and moved by one INSERT ... SELECT, which the policies check (`kit.roles`).
+    table and moved by one INSERT ... SELECT, which the policies check (`kit.roles`). Instrumented
+    (`kit.telemetry`), it is one `kit.copy_rows` span over its statements.
     """
+    name = model._meta.table_name if table is None else (table if isinstance(table, str) else ".".join(table))
+    with operation("kit.copy_rows", **{"db.collection.name": name}) as span:
+        count = _copy_rows(model, rows, database, table)
+        if span is not None:
+            span.set_attribute("kit.copy.rows", count)
+        return count
+
+
+def _copy_rows(model: type[Model], rows: Iterable[Mapping[Any, Any]], database: peewee.Database | None = None,
+               table: str | tuple[str, str] | None = None) -> int:
+    """The work of `copy_rows`, in one transaction."""
     database = database or model._meta.database
     iterator = iter(rows)
     first = next(iterator, None)

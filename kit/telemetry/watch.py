@@ -271,17 +271,20 @@ def _rebuild() -> None:
 
 
 @contextmanager
-def operation(name: str, **attributes: Any) -> Iterator[None]:
-    """A span around one unit of the kit's own work (a migration, a seed load, a `kit maintain` run) when traced."""
+def operation(name: str, **attributes: Any) -> Iterator[Any]:
+    """A span around one unit of the kit's own work (a migration, a seed load, a bulk copy) when traced.
+
+    Yields the span, to add what is known only at the end (`set_attribute`), or None when not traced.
+    """
     instruments = _on["instruments"]
     if instruments is None:
-        yield
+        yield None
         return
     given = {key: value for key, value in attributes.items() if value is not None}
     with instruments.tracer.start_as_current_span(name, kind=instruments.internal, attributes=given,
                                                   record_exception=False, set_status_on_exception=False) as span:
         try:
-            yield
+            yield span
         except BaseException as exc:
             span.set_attribute("error.type", type(exc).__qualname__)
             span.set_status(instruments.failed(type(exc).__qualname__))

@@ -17,6 +17,7 @@ import numpy as np
 import peewee
 
 from kit.copy.encoders import COPY_SIGNATURE
+from kit.telemetry import operation
 
 # -- fetch_matrix -------------------------------------------------------------------------------------
 
@@ -36,7 +37,7 @@ def fetch_matrix(query: Any, database: peewee.Database | None = None) -> tuple[A
     if database is None:
         from kit.db import database
     sql, params = query.sql() if hasattr(query, "sql") else (query, ())
-    with database.atomic():
+    with operation("kit.fetch_matrix"), database.atomic():
         # Through the database, so that the statement carries what rides with statements (the tenant
         # context: row-level security then shows the COPY below the same rows, in the same transaction).
         described = database.execute_sql(f"SELECT * FROM ({sql}) AS q LIMIT 0", params).description
