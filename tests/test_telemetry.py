@@ -358,6 +358,16 @@ def test_a_slow_statement_is_logged_once_with_its_summary_tenant_and_route(switc
     assert record.duration_ms >= 300 and record.tenant == str(org.id)
 
 
+def test_a_slow_statement_traced_names_its_trace(switched, caplog, spans):
+    switched(slow_after=0.1)
+    caplog.set_level(logging.WARNING, logger="kit.slow")
+    database.execute_sql("SELECT pg_sleep(0.15)")
+    [record] = [r for r in caplog.records if r.name == "kit.slow"]
+    [span] = statements(spans)
+    assert record.trace_id == f"{span.context.trace_id:032x}" and record.span_id == f"{span.context.span_id:016x}"
+    assert record.getMessage().endswith(f", trace {record.trace_id}")
+
+
 def test_a_leaked_connection_is_reported_once_with_the_stack_that_took_it(make_pool, caplog):
     db = make_pool(max_connections=2, leak_after=0.3)
     caplog.set_level(logging.WARNING, logger="kit.pool")

@@ -233,15 +233,19 @@ class Watch:
 
     @staticmethod
     def _log_slow(target: Target, statement: _Statement, seconds: float, error: str | None) -> None:
-        """The one log line of a statement over the slow-query threshold."""
+        """The one log line of a statement over the slow-query threshold (with its trace, when traced)."""
         tagged = labels()
         tenant = current_tenant()
-        log.warning("slow statement: %s took %.0f ms on %s (tenant %s, %s)%s", statement.shape.summary, seconds * 1000,
-                    target.describe(), tenant or "none",
+        context = statement.span.get_span_context() if statement.span is not None else None
+        trace = {"trace_id": f"{context.trace_id:032x}", "span_id": f"{context.span_id:016x}"} \
+            if context is not None and context.is_valid else {}
+        log.warning("slow statement: %s took %.0f ms on %s (tenant %s, %s)%s%s", statement.shape.summary,
+                    seconds * 1000, target.describe(), tenant or "none",
                     ", ".join(f"{key} {value}" for key, value in tagged.items()) or "no route or job",
-                    f", failed: {error}" if error else "",
+                    f", failed: {error}" if error else "", f", trace {trace['trace_id']}" if trace else "",
                     extra={"duration_ms": round(seconds * 1000, 1), "summary": statement.shape.summary,
-                           "tenant": str(tenant) if tenant else None, **tagged, "server": target.describe()})
+                           "tenant": str(tenant) if tenant else None, **tagged, "server": target.describe(),
+                           **trace})
 
 
 # -- what is switched on ----------------------------------------------------------------------------
