@@ -77,11 +77,21 @@ class _PoolObserver:
         self.use.record(seconds, self._of(pool))
 
 
+def _alive(found: Any) -> list[Any]:
+    """A copy of a weak set that another thread may add to meanwhile (a copy made then is tried again)."""
+    for _ in range(5):
+        try:
+            return list(found)
+        except RuntimeError:  # "set changed size during iteration"
+            continue
+    return []
+
+
 def _pools() -> Iterator[tuple[str, dict[str, Any]]]:
     """Every pool in the process, sync and asyncio, as (name, stats)."""
-    for pool in list(ConnectionPool.every):
+    for pool in _alive(ConnectionPool.every):
         yield pool.name, pool.stats()
-    for database in list(watch.async_databases):
+    for database in _alive(watch.async_databases):
         if database._pool is not None:
             stats = database.pool_stats()
             stats.pop("servers", None)

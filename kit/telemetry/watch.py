@@ -105,14 +105,22 @@ def shape_of(target: Target, sql: str) -> Shape:
 
 
 class _Statement:
-    """One statement under watch: its shape, span, start and whether it was re-sent."""
+    """One statement under watch: its shape, span, start and whether it was re-sent; the block it runs in."""
 
-    __slots__ = ("resent", "shape", "span", "start")
+    __slots__ = ("resent", "shape", "span", "start", "target", "token", "watch")
 
-    def __init__(self, shape: Shape) -> None:
-        self.shape = shape
+    def __init__(self, watch: Watch, target: Target, shape: Shape) -> None:
+        self.watch, self.target, self.shape = watch, target, shape
         self.resent = False
         self.span = None
+
+    def __enter__(self) -> _Statement:
+        self.token = _current.set(self)
+        return self
+
+    def __exit__(self, kind: Any, exc: BaseException | None, traceback: Any) -> None:
+        _current.reset(self.token)
+        self.watch._close(self.target, self, exc)
 
 
 _current: ContextVar[_Statement | None] = ContextVar("kit_statement", default=None)
@@ -150,36 +158,18 @@ class Watch:
 
     def statement(self, target: Target, sql: str, run: Callable[[str], T]) -> T:
         """Run `run(text)` as one watched statement; `text` is `sql` with its tags when they are on."""
-        statement = self._open(target, sql)
-        token = _current.set(statement)
-        try:
-            result = run(sql + self._comment(statement) if self.tags else sql)
-        except BaseException as exc:
-            self._close(target, statement, exc)
-            raise
-        finally:
-            _current.reset(token)
-        self._close(target, statement, None)
-        return result
+        with self._open(target, sql) as statement:
+            return run(sql + self._comment(statement) if self.tags else sql)
 
     async def astatement(self, target: Target, sql: str, send: Callable[[], Awaitable[T]]) -> T:
         """Await `send()` as one watched statement (no tags: see the module docstring)."""
-        statement = self._open(target, sql)
-        token = _current.set(statement)
-        try:
-            result = await send()
-        except BaseException as exc:
-            self._close(target, statement, exc)
-            raise
-        finally:
-            _current.reset(token)
-        self._close(target, statement, None)
-        return result
+        with self._open(target, sql):
+            return await send()
 
     # -- its parts --------------------------------------------------------------------------------
 
     def _open(self, target: Target, sql: str) -> _Statement:
-        statement = _Statement(shape_of(target, sql))
+        statement = _Statement(self, target, shape_of(target, sql))
         instruments = self.instruments
         if instruments is not None:
             attributes = statement.shape.span  # the SDK copies what it is given
