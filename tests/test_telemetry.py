@@ -334,6 +334,20 @@ def _running(monitor, marker: str) -> list[str]:
         return [row[0] for row in cursor.fetchall()]
 
 
+def test_begin_and_commit_carry_the_same_tags_encoded_once(switched, monitor):
+    switched(tags=True)
+    with tag(route="GET /a b"), database.atomic():
+        pid = database.execute_sql("SELECT pg_backend_pid()").fetchone()[0]
+    last = _last_query(monitor, pid)  # an idle session shows the last statement it ran
+    assert last.startswith("COMMIT /*route='GET%20%2Fa%20b'*/"), last
+
+
+def _last_query(monitor, pid: int) -> str:
+    with monitor.cursor() as cursor:
+        cursor.execute("SELECT query FROM pg_stat_activity WHERE pid = %s", (pid,))
+        return cursor.fetchone()[0]
+
+
 def test_without_tags_no_comment_is_sent(switched, monitor):
     found: list[str] = []
     worker = threading.Thread(target=lambda: (database.execute_sql("SELECT pg_sleep(0.5)"), database.close()))

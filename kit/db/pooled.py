@@ -606,7 +606,7 @@ class PooledDatabase(PostgresqlExtDatabase):
         self._state.tenant_used = False
         try:
             with __exception_wrapper__:
-                self._watched("COMMIT", conn.cursor().execute)
+                self._watched("COMMIT", lambda text: conn.cursor().execute(text, ()))  # (): a tag's %% is undoubled
         except (OperationalError, InterfaceError) as exc:
             if not conn.closed:
                 raise
@@ -625,7 +625,7 @@ class PooledDatabase(PostgresqlExtDatabase):
             return
         try:
             with __exception_wrapper__:
-                self._watched("ROLLBACK", conn.cursor().execute)
+                self._watched("ROLLBACK", lambda text: conn.cursor().execute(text, ()))
         except (OperationalError, InterfaceError):
             if not conn.closed:
                 raise
