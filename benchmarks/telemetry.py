@@ -9,6 +9,7 @@ Modes, their rounds interleaved so that the machine's drift hits each alike:
 - on:          `KitInstrumentor` with the SDK, every span recorded and exported to an in-memory
                exporter through a `BatchSpanProcessor` (as production exports), every metric recorded
 - on, 10%:     the same with a `ParentBased(TraceIdRatioBased(0.1))` sampler, the usual production setting
+- no pool timings: 10% sampled, and `pool_timings=False` (no per-checkout histograms)
 - on, no-op:   `KitInstrumentor` with the API's no-op providers: the kit's own work, without the SDK's
 - tags + slow: no OpenTelemetry; query tags (a sqlcommenter comment) and the slow-query log on
 
@@ -73,7 +74,7 @@ def modes() -> dict[str, Callable[[bool], None]]:
     from kit.telemetry import watch
     from kit.telemetry.otel import KitInstrumentor
 
-    def instrumented(sampler: object | None, sdk: bool = True) -> Callable[[bool], None]:
+    def instrumented(sampler: object | None, sdk: bool = True, **options: bool) -> Callable[[bool], None]:
         exporter = InMemorySpanExporter()
         if sdk:
             tracer_provider = TracerProvider(**({"sampler": sampler} if sampler else {}))
@@ -84,7 +85,8 @@ def modes() -> dict[str, Callable[[bool], None]]:
 
         def switch(on: bool) -> None:
             if on:
-                KitInstrumentor().instrument(tracer_provider=tracer_provider, meter_provider=meter_provider)
+                KitInstrumentor().instrument(tracer_provider=tracer_provider, meter_provider=meter_provider,
+                                             **options)
             else:
                 KitInstrumentor().uninstrument()
                 if sdk:
@@ -97,6 +99,7 @@ def modes() -> dict[str, Callable[[bool], None]]:
 
     return {"off": lambda on: None, "on": instrumented(None),
             "on, 10%": instrumented(ParentBased(TraceIdRatioBased(0.1))),
+            "on, 10%, no pool timings": instrumented(ParentBased(TraceIdRatioBased(0.1)), pool_timings=False),
             "on, no-op providers": instrumented(None, sdk=False), "tags + slow": tags_and_slow}
 
 
@@ -161,7 +164,7 @@ def main() -> None:
             children[absent].append(child_off(args.ops, absent))
     print(f"{args.ops} ops x {args.rounds} rounds, median ops/s (ratio to off in this run), and the client's "
           "CPU µs per op beyond off's")
-    print(f"{'mode':<28}" + "".join(f"{name:>22}{'+CPU µs':>9}" for name in ops))
+    print(f"{'mode':<30}" + "".join(f"{name:>22}{'+CPU µs':>9}" for name in ops))
     off = {name: statistics.median(results[("off", name)]) for name in ops}
     for mode in switches:
         cells = []
@@ -169,7 +172,7 @@ def main() -> None:
             median = statistics.median(results[(mode, name)])
             extra = statistics.median(spent[(mode, name)]) - statistics.median(spent[("off", name)])
             cells.append(f"{f'{median:>10,.0f} ({median / off[name]:.3f})':>22}{extra:>9.1f}")
-        print(f"{mode:<28}" + "".join(cells))
+        print(f"{mode:<30}" + "".join(cells))
     print("the watch around one statement that does nothing (no server), µs: " + ", ".join(
         f"{mode} {cost:.1f}" for mode, cost in watch_cost(switches).items()))
     print("fresh processes, median ops/s; ratio: absent to installed")
@@ -179,7 +182,7 @@ def main() -> None:
             median = statistics.median(run[name] for run in children[absent])
             base = statistics.median(run[name] for run in children[False])
             cells.append(f"{median:>10,.0f} ({median / base:.3f})")
-        print(f"{label:<28}" + "".join(f"{cell:>22}" for cell in cells))
+        print(f"{label:<30}" + "".join(f"{cell:>22}" for cell in cells))
 
 
 if __name__ == "__main__":

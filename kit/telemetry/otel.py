@@ -3,8 +3,10 @@
 `opentelemetry-instrument python app.py` finds it under the `opentelemetry_instrumentor` entry point
 (`kit`); by hand, `KitInstrumentor().instrument(tracer_provider=..., meter_provider=...)`. Options:
 `capture_query_text=True` adds `db.query.text` (peewee's parameterized text; off by default, as a
-caller's raw SQL may hold literals). It needs `pip install "kit[otel]"` (opentelemetry-api and
-opentelemetry-instrumentation); the SDK and exporters are the application's choice.
+caller's raw SQL may hold literals); `pool_timings=False` leaves out the three per-checkout
+histograms below (two SDK records a checkout: a real cost, measured in benchmarks/telemetry.py).
+It needs `pip install "kit[otel]"` (opentelemetry-api and opentelemetry-instrumentation); the SDK
+and exporters are the application's choice.
 
 What it records, by OpenTelemetry's database conventions:
 
@@ -118,7 +120,7 @@ class KitInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             KitInstrumentor._observed.add(id(meter))
             self._observe_pools(meter)
         KitInstrumentor._on = True
-        ConnectionPool.observer = _PoolObserver(*(
+        ConnectionPool.observer = None if not kwargs.get("pool_timings", True) else _PoolObserver(*(
             meter.create_histogram(f"db.client.connection.{name}", unit="s", description=text,
                                    explicit_bucket_boundaries_advisory=TIME_BUCKETS)
             for name, text in (("wait_time", "The time it took to obtain an open connection from the pool."),
