@@ -190,7 +190,9 @@ def _alive(monitor, pid: int) -> bool:
 
 
 def test_the_duration_metric_and_the_pool_metrics_are_reported_per_pool(spans, otel):
+    database.close_all()  # the next statement opens a connection (create_time), waits for it, gives it back
     Organization.select().count()
+    database.close()
     found = metrics(otel[1])
     durations = [p for p in found["db.client.operation.duration"]
                  if p.attributes.get("db.query.summary") == "SELECT organizations"]
