@@ -138,7 +138,8 @@ class ConnectionPool:
         self._returning = 0  # popped from _in_use by putconn, not yet idle or closed (a reset is a round trip)
         self._generation = 0
         self._reaper: threading.Thread | None = None
-        self._stats = dict.fromkeys(("waits", "timeouts", "opened", "closed", "checks", "resets", "resent", "leaks"), 0)
+        self._stats = dict.fromkeys(("waits", "timeouts", "opened", "closed", "checks", "resets", "resent", "leaks",
+                                      "session_lost", "replica_fallbacks"), 0)
 
     # -- settings ---------------------------------------------------------------------------------
 
@@ -491,7 +492,7 @@ class ConnectionPool:
 
     def stats(self) -> dict[str, Any]:
         """Counts: in_use, idle, waiting, min, max, and since start waits, timeouts, opened, closed, checks, resets,
-        resent, leaks."""
+        resent, leaks, session_lost, replica_fallbacks (the last two counted by the database class)."""
         with self._lock:
             return {"in_use": len(self._in_use), "idle": len(self._idle), "waiting": self._waiting,
                     "min": self.min_size, "max": self.max_size, **self._stats}

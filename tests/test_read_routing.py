@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import replace
 from urllib.parse import urlsplit
 
@@ -12,6 +13,7 @@ from helpers import as_admin, kit_replica, owner_query, query, wait_until, with_
 
 from kit.config import ConfigError, load_settings
 from kit.db import Database
+from kit.routing import CHECK_EVERY
 
 needs_embedded = pytest.mark.skipif(bool(load_settings().database_url),
                                     reason="`kit db replica` makes a replica of the embedded server only")
@@ -316,12 +318,15 @@ def test_reads_fail_over_to_the_primary_when_the_replica_stops_and_come_back_whe
     assert Note.select().count() == 1 and replica_stats(db)["reads"] >= 1  # this thread holds a replica connection
     stopped = kit_replica("stop")
     assert stopped.returncode == 0, stopped.stderr
+    known_for = time.monotonic() - db._router.replicas[0].checked  # how old the replica's known state is now
     try:
         for _ in range(20):  # the held connection is dead, then the replica refuses: never an error
             assert Note.select().count() == 1
         stats = replica_stats(db)
         assert stats["state"] == "down" and stats["last_error"]
-        assert db.pool_stats()["replica_fallbacks"] >= 1
+        # The first read tries the dead connection and falls back to the primary (counted), unless the stop
+        # took longer than CHECK_EVERY: then a probe before that read found the replica down first.
+        assert db.pool_stats().get("replica_fallbacks", 0) >= 1 or known_for >= CHECK_EVERY
     finally:
         started = kit_replica("start")
         assert started.returncode == 0, started.stderr

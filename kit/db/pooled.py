@@ -732,7 +732,7 @@ class PooledDatabase(PostgresqlExtDatabase):
         self._lock = threading.Lock()
 
     def pool_stats(self) -> dict[str, Any]:
-        """Counts: in_use, idle, min, max, and since start waits, timeouts, opened, closed, checks, resets."""
+        """Counts: in_use, idle, waiting, min, max, and since start the events `kit.pool.ConnectionPool.stats` names."""
         return self._pool.stats()
 
 
