@@ -165,11 +165,8 @@ class AsyncDatabase(AsyncReadRouting, AsyncPostgresqlDatabase):
         """The server this database's statements go to, as telemetry names it (host, port, database; no password)."""
         if self._target is None:
             self._configured()
-            given = psycopg2.extensions.parse_dsn(self.url)
-            port = str(given.get("port") or 5432).split(",")[0]
-            self._target = Target(namespace=given.get("dbname"), address=str(given.get("host") or "localhost"),
-                                  port=int(port) if port.isdigit() else None,
-                                  role="replica" if self.is_replica else "primary")
+            self._target = Target.of(psycopg2.extensions.parse_dsn(self.url),
+                                     "replica" if self.is_replica else "primary")
         return self._target
 
     @property

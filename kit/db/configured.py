@@ -36,6 +36,7 @@ from kit.project import find_root
 from kit.roles import APP, OWNER
 from kit.routing import Replica, Router
 from kit.telemetry import watch as telemetry_watch
+from kit.telemetry.watch import Target
 from kit.tenancy import crossing_tenants, on_leaving_all_tenants
 
 APPLICATION_NAME = "kit"
@@ -197,7 +198,7 @@ class Database(ReadRouting):
         return conn
 
     @property
-    def target(self) -> Any:
+    def target(self) -> Target:
         """The server statements go to (configured from the environment first, on first use)."""
         self._configured()
         return PooledDatabase.target.fget(self)

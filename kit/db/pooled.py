@@ -231,11 +231,7 @@ class PooledDatabase(PostgresqlExtDatabase):
             params = {key: value for key, value in self.connect_params.items() if value is not None}
             dsn = params.pop("dsn", None)
             given = {**(psycopg2.extensions.parse_dsn(dsn) if dsn else {}), **params}
-            port = str(given.get("port") or 5432).split(",")[0]
-            self._target = target = Target(
-                namespace=given.get("dbname") or given.get("database") or (None if dsn else self.database),
-                address=str(given.get("host") or "localhost"), port=int(port) if port.isdigit() else None,
-                role=self.role)
+            self._target = target = Target.of(given, self.role, None if dsn else self.database)
         return target
 
     # -- peewee's pool attributes -----------------------------------------------------------------

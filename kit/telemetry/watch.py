@@ -62,6 +62,14 @@ class Target:
                           "net.peer.port": self.port})
         self.attributes.update({key: value for key, value in found.items() if value is not None})
 
+    @classmethod
+    def of(cls, given: dict[str, Any], role: str = "primary", database: str | None = None) -> Target:
+        """The server libpq's parameters name (`host`, `port`, `dbname`; the first of several), never a password."""
+        port = str(given.get("port") or 5432).split(",")[0]
+        return cls(namespace=given.get("dbname") or given.get("database") or database,
+                   address=str(given.get("host") or "localhost"), port=int(port) if port.isdigit() else None,
+                   role=role)
+
     def pool_name(self) -> str:
         """The pool's name in metrics (`db.client.connection.pool.name`): `host:port/database`, a replica's marked."""
         name = f"{self.address}:{self.port}/{self.namespace or ''}"

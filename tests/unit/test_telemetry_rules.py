@@ -134,3 +134,12 @@ def test_database_dup_adds_the_older_attribute_names_to_spans(monkeypatch):
     assert shape.span["db.system.name"] == "postgresql"  # the stable names stay
     monkeypatch.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", "database")
     assert "db.system" not in Shape(Target(namespace="kit", address="h", port=1), "SELECT 1").span
+
+
+def test_a_target_from_libpq_parameters_takes_the_first_host_and_port_and_no_password():
+    target = Target.of({"host": "a.internal,b.internal", "port": "6432,5432", "dbname": "kit", "password": "pw"},
+                       "replica")
+    assert (target.address, target.port, target.namespace, target.role) == ("a.internal,b.internal", 6432, "kit",
+                                                                          "replica")
+    assert "pw" not in repr(target) and "pw" not in target.pool_name()
+    assert Target.of({}, database="given").pool_name() == "localhost:5432/given"
