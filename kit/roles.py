@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kit.tenancy import SETTING
+from kit.tenancy import BOUND, SETTING, TRANSACTION_STAMP
 
 OWNER, APP, AUTH = "kit_owner", "kit_app", "kit_auth"
 ADMIN = "admin"  # the server's superuser: only bootstraps the roles
@@ -50,7 +50,11 @@ ATTRIBUTES = {OWNER: "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION BY
 PASSWORD_VARIABLES = {OWNER: "KIT_OWNER_PASSWORD", APP: "KIT_APP_PASSWORD", AUTH: "KIT_AUTH_PASSWORD"}
 COMMANDS = ("select", "insert", "update", "delete")
 CHECK_CLIENT_MS = 1000  # client_connection_check_interval of every kit role
-TENANT = f"(SELECT nullif(current_setting('{SETTING}', true), '')::uuid)"  # NULL without a tenant: no row
+# The tenant the current transaction was given (`kit.tenancy.statement_prefix`); NULL without one, and NULL
+# for a value set in another transaction or for the session: no row.
+BOUND_SETTING = (f"CASE WHEN current_setting('{BOUND}', true) = {TRANSACTION_STAMP} "
+                 f"THEN current_setting('{SETTING}', true) END")
+TENANT = f"(SELECT nullif({BOUND_SETTING}, '')::uuid)"
 POLICY_PREFIX = "kit_tenant_"
 AUTH_POLICY = "kit_better_auth"
 POLICY_SQL = """

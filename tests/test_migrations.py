@@ -300,7 +300,7 @@ def test_schema_drift_is_named(fresh_database, migrations):
 
 def test_a_failing_migration_leaves_no_partial_schema_and_no_record(fresh_database, migrations):
     db = fresh_database
-    (migrations / "010_broken.py").write_text(textwrap.dedent('''
+    (migrations / "990_broken.py").write_text(textwrap.dedent('''
         def migrate(migrator, database, *, fake=False):
             migrator.sql("CREATE TABLE half_done (id int)")
             migrator.sql("ALTER TABLE half_done ADD COLUMN oops no_such_type")
@@ -308,12 +308,12 @@ def test_a_failing_migration_leaves_no_partial_schema_and_no_record(fresh_databa
         def rollback(migrator, database, *, fake=False):
             migrator.sql("DROP TABLE half_done")
     '''))
-    with pytest.raises(MigrationError, match=r"010_broken failed and was rolled back, nothing of it remains") as caught:
+    with pytest.raises(MigrationError, match=r"990_broken failed and was rolled back, nothing of it remains") as caught:
         migrate.apply(db, migrations, **QUIET)
     assert 'type "no_such_type" does not exist' in str(caught.value)
     assert "half_done" not in tables(db)
     assert [e.name for e in history.applied(db)] == PROJECT
-    assert db.execute_sql(f"SELECT count(*) FROM {history.CHECKSUM_TABLE} WHERE name = '010_broken'").fetchone()[0] == 0
+    assert db.execute_sql(f"SELECT count(*) FROM {history.CHECKSUM_TABLE} WHERE name = '990_broken'").fetchone()[0] == 0
 
 
 def test_resolve_records_a_hand_applied_migration_only_when_its_objects_exist(fresh_database, migrations):
@@ -354,8 +354,8 @@ def test_resolve_names_the_tables_a_schema_migration_would_create(fresh_database
     with pytest.raises(MigrationError) as caught:
         migrate.resolve(db, migrations, "002_schema", applied=True)
     assert "table users is missing from the database" in str(caught.value)
-    with pytest.raises(MigrationError, match=r"no migration named 010_nope .*known: 001_enable_vector, 002_schema"):
-        migrate.resolve(db, migrations, "010_nope", applied=True)
+    with pytest.raises(MigrationError, match=r"no migration named 990_nope .*known: 001_enable_vector, 002_schema"):
+        migrate.resolve(db, migrations, "990_nope", applied=True)
     with pytest.raises(MigrationError, match="002_schema is not recorded as applied"):
         migrate.resolve(db, migrations, "002_schema", applied=False)
 

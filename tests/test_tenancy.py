@@ -247,7 +247,7 @@ def test_no_tenant_outlives_its_statement_or_transaction_on_a_pooled_connection(
             with tenant(attacker):
                 db.execute_sql("SELECT 1")
                 try:
-                    with db.atomic(), tenant(victim):  # a savepoint rolled back takes its setting with it
+                    with db.atomic(), tenant(victim, switch=True):  # a savepoint rolled back takes its setting
                         db.execute_sql("SELECT 1")
                         raise RuntimeError
                 except RuntimeError:

@@ -70,6 +70,7 @@ from kit.aio.reads import AsyncReadRouting
 from kit.aio.transaction import Atomic
 from kit.config import Settings, check_database_url, load_settings, mask_password
 from kit.db.bridge import leave, stand_in
+from kit.db.clean import leaves_nothing
 from kit.db.outcomes import is_outage, sqlstate
 from kit.db.pooled import RESEND_WINDOW, RLS_VIOLATION
 from kit.db.retry import DEFAULT_TRIES, check_tries, refuse_nested, wait_before_next
@@ -131,6 +132,7 @@ class AsyncDatabase(AsyncReadRouting, AsyncPostgresqlDatabase):
         self._leak_after: float | None = None
         self._given_replicas: Any = replicas  # URLs to read from (None: DATABASE_REPLICA_URLS)
         self._sessions: dict[int, set[str]] = {}  # server process id: the session state its connection holds
+        self._unclean: set[int] = set()  # server process ids that ran what `kit.db.clean` cannot prove stateless
         self._target: Target | None = None
         async_databases.add(self)
 
@@ -217,9 +219,13 @@ class AsyncDatabase(AsyncReadRouting, AsyncPostgresqlDatabase):
                 pass
 
     async def _reset_connection(self, conn: Any) -> None:
-        """Clear what a borrower left on a connection: nothing to do unless it holds session state."""
-        if self._sessions.pop(conn.get_server_pid(), None) and not self.pooler:
+        """Clear what a borrower left on a connection: DISCARD ALL when it ran anything not proven stateless."""
+        pid = conn.get_server_pid()
+        held, unclean = self._sessions.pop(pid, None), pid in self._unclean
+        self._unclean.discard(pid)
+        if (held or unclean) and not self.pooler:
             await conn.execute("DISCARD ALL")
+            conn._drop_local_statement_cache()  # DISCARD ALL deallocated asyncpg's prepared statements too
 
     async def _ensure_pool(self) -> Any:
         """The pool of the running event loop (a pool made on a loop since closed is dropped)."""
@@ -485,6 +491,8 @@ class AsyncDatabase(AsyncReadRouting, AsyncPostgresqlDatabase):
                     f"{kind} would outlive the transaction on a server connection PgBouncer shares with other "
                     f"clients (DATABASE_POOLER={self.pooler}); use {POOLER_REFUSES[kind]}; nothing was sent")
             conn.session.add(kind)
+        if not leaves_nothing(sql):
+            self._unclean.add(conn.conn.get_server_pid())
         settings, body = split_settings(sql)
         sent = time.monotonic()
         try:

@@ -56,6 +56,7 @@ from peewee import DatabaseError, InterfaceError, OperationalError, __exception_
 from playhouse.pool import PoolConnection
 from playhouse.postgres_ext import PostgresqlExtDatabase
 
+from kit.db.clean import leaves_nothing
 from kit.db.forks import silence, track
 from kit.db.outcomes import is_outage
 from kit.db.scope import current_scope
@@ -145,6 +146,12 @@ class _ThreadState(_ConnectionLocal):
         self.raw_transaction = False  # BEGIN sent as SQL, not through peewee's atomic()
         self.tenant_used = False  # the open transaction has carried a tenant (`kit.tenancy`)
         self.scope = None  # the request scope the connection was taken in (`kit.db.scope`)
+
+    def let_go(self) -> None:
+        """Forget the connection but not the open `connection_context()` blocks, which end as they began."""
+        blocks = self.ctx
+        self.reset()
+        self.ctx = blocks
 
 
 class PooledDatabase(PostgresqlExtDatabase):
@@ -365,18 +372,19 @@ class PooledDatabase(PostgresqlExtDatabase):
     def execute_sql(self, sql: str, params: Any = None, named_cursor: Any = None) -> Any:
         """Run one statement; re-sent once only when the server never ran it (see the docstring)."""
         watch = _watch.active
+        clean = leaves_nothing(sql)  # decided on the caller's text, before any tag is appended
         if watch is None:
-            return self._execute_sql(sql, params, named_cursor)
-        return watch.statement(self.target, sql, lambda text: self._execute_sql(text, params, named_cursor))
+            return self._execute_sql(sql, params, named_cursor, clean)
+        return watch.statement(self.target, sql, lambda text: self._execute_sql(text, params, named_cursor, clean))
 
-    def _execute_sql(self, sql: str, params: Any, named_cursor: Any) -> Any:
+    def _execute_sql(self, sql: str, params: Any, named_cursor: Any, clean: bool) -> Any:
         self._log_query(sql, params)
         start = time.perf_counter() if self.query_hooks else None
         kind = session_change(sql)
         scope = current_scope()
         try:
             with __exception_wrapper__:
-                cursor = self._run(sql, params, named_cursor, kind)
+                cursor = self._run(sql, params, named_cursor, kind, clean=clean)
         except Exception as exc:
             if scope is not None:
                 self._release_in_scope(scope)
@@ -405,11 +413,10 @@ class PooledDatabase(PostgresqlExtDatabase):
     def _release_in_scope(self, scope: object) -> None:
         """Inside a request scope: give the connection back once no transaction or session state needs it."""
         state = self._state
-        if state.closed or state.scope is not scope or state.transactions or state.raw_transaction \
-                or self._pool.session_of(state.conn):
-            return
+        if state.closed or state.scope is not scope or state.transactions or state.raw_transaction:
+            return  # what it holds of the session is reset on its way back (`kit.db.clean`)
         conn = state.conn
-        state.reset()
+        state.let_go()
         self._pool.putconn(conn)
 
     def _drop_leftover(self) -> None:
@@ -417,7 +424,7 @@ class PooledDatabase(PostgresqlExtDatabase):
         state = self._state
         conn, held = state.conn, self._pool.session_of(state.conn) | (
             {OPEN_TRANSACTION} if state.raw_transaction or state.transactions else set())
-        state.reset()
+        state.let_go()
         self._pool.putconn(conn, discard=True)
         log.warning("a connection left by an earlier request on this thread was closed, not reused (it held %s)",
                     ", ".join(sorted(held)) or "nothing named")
@@ -432,8 +439,13 @@ class PooledDatabase(PostgresqlExtDatabase):
         return SessionLost(f"the database connection was lost while the statement ran ({describe(exc)}); it may "
                            "have taken effect: check before sending it again", outcome_unknown=True)
 
-    def _run(self, sql: str, params: Any, named_cursor: Any, kind: str | None, prefixed: bool = True) -> Any:
-        """Send one statement with its prefix; re-send it once where `never_ran` proves it had no effect."""
+    def _run(self, sql: str, params: Any, named_cursor: Any, kind: str | None, prefixed: bool = True,
+             clean: bool = True) -> Any:
+        """Send one statement with its prefix; re-send it once where `never_ran` proves it had no effect.
+
+        `clean` False (`kit.db.clean`: not proven to leave nothing on the session): the connection is
+        reset before its next borrower gets it.
+        """
         state = self._state
         if state.scope is not None and not state.closed and state.scope is not current_scope():
             self._drop_leftover()
@@ -442,6 +454,8 @@ class PooledDatabase(PostgresqlExtDatabase):
         idle = not state.transactions and conn.get_transaction_status() == IDLE  # no transaction on the connection
         state_kind = kind if kind is not RAW_BEGIN and kind is not RAW_END else None
         self._note_state(conn, sql, state_kind)
+        if not clean:
+            self._pool.note_session(conn, None)
         prefix = self._prefix(state, sql, idle and kind is not RAW_BEGIN, kind is RAW_BEGIN, named_cursor) \
             if prefixed else ""
         sent = time.monotonic()
@@ -450,7 +464,7 @@ class PooledDatabase(PostgresqlExtDatabase):
         except psycopg2.Error as exc:
             self._after_failure(exc, state, conn, idle, time.monotonic() - sent)  # raises unless it never ran
             cursor = self.cursor(named_cursor)
-            if state_kind:
+            if state_kind or not clean:
                 self._pool.note_session(state.conn, state_kind)
             cursor.execute(prefix + sql, params or ())
         if kind is RAW_BEGIN or kind is RAW_END:

@@ -13,12 +13,15 @@ import decimal
 import json
 from typing import Any
 
-from peewee import SQL, Check, Model, TextField, UUIDField
+from peewee import SQL, Check, Model, ModelRaw, ModelSelect, TextField, UUIDField
 from playhouse.postgres_ext import DateTimeTZField, TSVectorField
 
 from kit.db import database
 from kit.db.bridge import ModelMetadata
-from kit.tenancy import id_of  # noqa: F401 - re-exported: the models' own spelling
+from kit.tenancy import (
+    context_key,
+    id_of,  # noqa: F401 - re-exported: the models' own spelling
+)
 from kit.vector import VectorModel
 
 
@@ -111,6 +114,43 @@ def is_generated(field: Any) -> bool:
     return getattr(field, "generated", False)
 
 
+class _RowsOfOneContext:
+    """A query whose remembered rows belong to the tenant context they were read in.
+
+    peewee keeps a query's rows once it has run, and iterating it again serves them from memory. A
+    query object kept and iterated again in another tenant context (or through `all_tenants()`) runs
+    again there instead, so one organization's rows are never served to another's context.
+    """
+
+    _read_in: Any = None
+
+    def _forget_other_contexts_rows(self) -> None:
+        if self._cursor_wrapper is not None and self._read_in != context_key():
+            self._cursor_wrapper = None
+
+    def _ensure_execution(self) -> None:
+        self._forget_other_contexts_rows()
+        super()._ensure_execution()
+
+    def __iter__(self) -> Any:
+        self._forget_other_contexts_rows()
+        return super().__iter__()
+
+    def _execute(self, database: Any) -> Any:
+        self._forget_other_contexts_rows()
+        rows = super()._execute(database)
+        self._read_in = context_key()
+        return rows
+
+
+class KitSelect(_RowsOfOneContext, ModelSelect):
+    """peewee's model SELECT, its remembered rows bound to the tenant context they were read in."""
+
+
+class KitRaw(_RowsOfOneContext, ModelRaw):
+    """peewee's raw model query, its remembered rows bound to the tenant context they were read in."""
+
+
 class BaseModel(VectorModel):
     """A row with a database-made UUID key and a creation time."""
 
@@ -132,10 +172,13 @@ class BaseModel(VectorModel):
     def select(cls, *fields: Any) -> Any:
         """Like `Model.select`; the default columns leave out generated ones (full-text vectors)."""
         if fields:
-            return super().select(*fields)
-        query = super().select()
-        query._returning = [f for f in query._returning if not is_generated(f)]
-        return query
+            return KitSelect(cls, fields)
+        return KitSelect(cls, [f for f in cls._meta.sorted_fields if not is_generated(f)], is_default=True)
+
+    @classmethod
+    def raw(cls, sql: str, *params: Any) -> Any:
+        """Like `Model.raw`, its rows bound to the tenant context they were read in."""
+        return KitRaw(cls, sql, params)
 
 
 class TimestampedModel(BaseModel):

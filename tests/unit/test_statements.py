@@ -60,3 +60,55 @@ def test_every_kind_pgbouncer_refuses_says_what_to_use_instead():
 ])
 def test_statements_that_refuse_a_transaction_block(sql, alone):
     assert bool(NO_TRANSACTION_BLOCK.match(sql)) is alone
+
+
+# -- leaves_nothing: the fail-closed rule that decides a connection's reset (kit.db.clean) ---------------
+
+from kit.db.clean import leaves_nothing  # noqa: E402
+
+CLEAN = [
+    "SELECT 1",
+    "select 1 ;",
+    'SELECT "t1"."id" FROM "members" AS "t1" WHERE ("t1"."id" = %s) LIMIT %s',
+    'INSERT INTO "members" ("id", "a") VALUES (%s, %s) RETURNING "members"."id"',
+    'INSERT INTO public."t" ("a") VALUES (%s)',
+    'UPDATE "t" SET "a" = %s WHERE ("t"."id" = %s)',
+    'DELETE FROM "t" WHERE ("t"."id" = %s)',
+    "with x as (select 1) select * from x",
+    'SELECT lower("x") FROM t WHERE a IN (%s, %s)',
+    "SELECT 'set_config(' ",  # a literal is a value, not a call
+    "SELECT 'it''s; SET x = 1'",
+    "SET LOCAL statement_timeout = 5",
+    "SET LOCAL statement_timeout = 5000; SET LOCAL hnsw.ef_search = 40; SELECT 1",
+    "SAVEPOINT s1", "RELEASE SAVEPOINT s1", "ROLLBACK TO SAVEPOINT s1", "BEGIN", "COMMIT",
+    "SELECT CAST(%s AS vector(3))", "SELECT x::numeric(10,2)", "SELECT 1 FROM t FOR UPDATE", "SELECT (SELECT 1)",
+    "SELECT * FROM unnest(%s) AS u(a)", "SHOW work_mem", "SELECT pg_advisory_xact_lock(1)",
+    'SELECT vector_send("t1"."embedding") FROM "document_chunks" AS "t1"',
+    "SELECT count(*) FROM t WHERE x = $1",
+]
+NOT_CLEAN = [
+    "/* tag */ SET statement_timeout = 0", "SET statement_timeout = 0", "set\tstatement_timeout to 0",
+    "SELECT 1; SET statement_timeout = 0", "SELECT 1;SET x = 1", "SELECT 1 -- x",
+    "Set_Config('kit.tenant', 'x', false)", "SELECT Set_Config('kit.tenant', 'x', false)",
+    "SELECT SET_CONFIG('kit.tenant', 'x', false)", "SELECT set_config ('a', 'b', false)",
+    "SELECT set_config\n('a', 'b', false)", "SELECT pg_catalog.set_config('a', 'b', false)",
+    "SELECT \"set_config\"('a', 'b', false)", "SELECT U&\"\\0073et_config\"('a', 'b', false)",
+    "CREATE TABLE pg_temp.x (a int)", "CREATE TEMP TABLE x (a int)", "SELECT * INTO TEMP t FROM x",
+    "SELECT 1 INTO x", "WITH a AS (SELECT 1) SELECT * INTO t FROM a",
+    "SELECT pg_advisory_lock(1)", "select PG_TRY_ADVISORY_LOCK(1)", "SELECT pg_advisory_lock_shared(1)",
+    "LISTEN x", "PREPARE q AS SELECT 1", "DECLARE c CURSOR WITH HOLD FOR SELECT 1", "LOAD 'x'", "RESET ALL",
+    "select $$a$$", "SELECT $f$x$f$", "select E'\\\\'", "SELECT E'\\'; SET x = 1; --'", "SELECT 'a",
+    "COMMIT PREPARED 'x'", "SELECT dblink('a')", "DO $$ BEGIN PERFORM set_config('a', 'b', false); END $$",
+    "CALL p()", "COPY t FROM STDIN", "SELECT my_function()", "", ";",
+    "SET SESSION statement_timeout = 0", "SET search_path = pg_temp, public", "DISCARD PLANS",
+]
+
+
+@pytest.mark.parametrize("sql", CLEAN)
+def test_statements_proven_to_leave_nothing(sql):
+    assert leaves_nothing(sql)
+
+
+@pytest.mark.parametrize("sql", NOT_CLEAN)
+def test_any_spelling_not_proven_clean_is_reset(sql):
+    assert not leaves_nothing(sql)

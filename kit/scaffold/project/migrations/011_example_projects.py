@@ -1,4 +1,4 @@
-"""Peewee migrations -- 010_example_projects.py.
+"""Peewee migrations -- 011_example_projects.py.
 
 Some examples (model - class or model name)::
 

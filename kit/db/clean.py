@@ -1,0 +1,129 @@
+"""Whether a statement provably leaves nothing on its session: the rule that decides a connection's reset.
+
+`leaves_nothing(sql)` is True only for what the kit can prove leaves no session state: statements
+(each of them, where `;` separates several) with no comment, each starting with a data command
+(SELECT, INSERT, UPDATE, DELETE, WITH, VALUES, TABLE) or with transaction control whose effect ends
+with the transaction (SAVEPOINT, SET LOCAL ...), that call no function outside `FUNCTIONS` (pure
+functions, and reads of state) and select INTO nothing. Everything else is False: an unknown
+function, a comment (`/* c */ SET ...`), a second statement that is not clean (`SELECT 1; SET ...`),
+any spelling of SET, set_config, a temporary table, an advisory lock, dollar quoting or a backslash.
+The rule fails closed: a statement it cannot prove clean costs its connection a reset (DISCARD ALL)
+before the next borrower gets it, never a leak.
+
+It reads the statement's text as the server will (string literals, quoted identifiers), so a value
+inside a literal never counts as a call, and a quoted or schema-qualified name still does
+(`"set_config"(...)`, `pg_catalog.set_config(...)`). Parameters are values, never SQL. Pure, cached by
+text (the same statements come back), no server needed.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+# Data commands, and transaction control whose effect ends with the transaction.
+FIRST_WORDS = frozenset({"select", "insert", "update", "delete", "with", "values", "table", "show", "explain",
+                         "savepoint",
+                         "release", "rollback", "commit", "end", "abort", "begin", "start"})
+SET_FORMS = frozenset({"local", "transaction", "constraints"})  # SET LOCAL / TRANSACTION / CONSTRAINTS
+# Words SQL's grammar puts before "(" that are no call.
+KEYWORDS = frozenset("""
+all and any array as between by case cast coalesce conflict cross cube distinct do else end except exists explain
+extract filter for from full greatest group grouping having ilike in inner intersect is join lateral least like limit
+not nullif offset on only or order over overlay partition position primary returning rollup row rows select set
+sets similar some substring then trim union using values when where window with within
+""".split())
+# Type names that take a modifier: `varchar(20)`, `numeric(10, 2)`, `vector(3)`.
+TYPES = frozenset("""
+bit char character decimal float halfvec interval numeric sparsevec time timestamp timestamptz varbit varchar
+vector varying
+""".split())
+# Functions that change nothing on the session: pure ones, and reads of state.
+FUNCTIONS = frozenset("""
+abs age array_agg array_append array_length array_position array_positions array_prepend array_remove
+array_to_string avg binary_quantize bool_and bool_or btrim cardinality ceil ceiling char_length
+character_length concat concat_ws cosine_distance count cume_dist current_setting date_part date_trunc
+decode dense_rank encode every exp first_value floor format gen_random_uuid generate_series
+hamming_distance inner_product jaccard_distance json_agg json_build_array json_build_object
+json_object_agg jsonb_agg jsonb_array_elements jsonb_array_elements_text jsonb_array_length
+jsonb_build_array jsonb_build_object jsonb_each jsonb_each_text jsonb_extract_path jsonb_extract_path_text
+jsonb_object_agg jsonb_object_keys jsonb_set jsonb_strip_nulls jsonb_typeof l1_distance l2_distance
+l2_norm l2_normalize lag last_value lead left length ln log lower lpad ltrim make_date make_interval
+make_timestamptz max md5 min mod now nth_value ntile octet_length percent_rank percentile_cont
+percentile_disc pg_advisory_xact_lock pg_advisory_xact_lock_shared pg_backend_pid pg_column_size
+pg_current_wal_insert_lsn pg_current_wal_lsn pg_get_constraintdef pg_get_indexdef pg_get_triggerdef
+pg_get_viewdef pg_has_role pg_indexes_size pg_is_in_recovery pg_last_wal_replay_lsn pg_relation_size
+pg_size_pretty pg_sleep pg_table_size pg_total_relation_size pg_try_advisory_xact_lock
+pg_try_advisory_xact_lock_shared pg_wal_lsn_diff phraseto_tsquery plainto_tsquery power quote_ident quote_literal
+random rank regexp_match regexp_matches regexp_replace regexp_split_to_array repeat replace reverse right
+round row_number row_to_json rpad rtrim setweight sign split_part sqrt statement_timestamp string_agg
+string_to_array strpos subvector sum timezone to_char to_date to_json to_jsonb to_number to_regclass
+to_timestamp to_tsquery to_tsvector transaction_timestamp trunc ts_headline ts_rank ts_rank_cd unnest upper
+vector_dims vector_norm version websearch_to_tsquery bit_send halfvec_send sparsevec_send vector_send
+current_database current_schema format_type has_table_privilege row_security_active obj_description
+col_description
+""".split())
+# A literal, a quoted identifier, or one of what ends the proof at once (comments, dollar quoting).
+_TOKENS = re.compile(r"""(?P<literal>[EeUuBbXxNn]?'(?:[^']|'')*')|(?P<quoted>"(?:[^"]|"")*")"""
+                     r"""|(?P<stop>--|/\*|\$\$|\$[A-Za-z_]\w*\$)""")
+_WORDS = re.compile(r'"(?:[^"]|"")*"|[A-Za-z_][A-Za-z0-9_$]*|\(|\.|[^\sA-Za-z_"(.]+')
+
+
+@lru_cache(maxsize=4096)
+def leaves_nothing(sql: str) -> bool:
+    """True only when `sql` provably leaves no session state behind (see the module); False when unsure."""
+    text = _without_literals(sql) if "\\" not in sql else None  # a backslash may escape a quote: no proof
+    if text is None:
+        return False
+    pieces = [piece for piece in text.split(";") if piece.strip()]
+    return bool(pieces) and all(_one_leaves_nothing(piece) for piece in pieces)
+
+
+def _one_leaves_nothing(body: str) -> bool:
+    """`leaves_nothing` for one statement, its literals already blanked."""
+    words = _WORDS.findall(body)
+    if not words:
+        return False
+    first = words[0].lower()
+    if first == "set":
+        return len(words) > 1 and words[1].lower() in SET_FORMS
+    if first not in FIRST_WORDS:
+        return False
+    if first in ("begin", "start", "commit", "end", "abort", "rollback", "release", "savepoint"):
+        return all(w.lower() != "prepared" and w != "(" for w in words)  # COMMIT PREPARED is not a session's
+    return _calls_are_known(words, first)
+
+
+def _without_literals(sql: str) -> str | None:
+    """`sql` with each string literal blanked and each quoted identifier kept; None where the proof stops."""
+    out, end = [], 0
+    for found in _TOKENS.finditer(sql):
+        if found.lastgroup == "stop":
+            return None
+        out.append(sql[end:found.start()])
+        out.append("''" if found.lastgroup == "literal" else found.group())
+        end = found.end()
+    out.append(sql[end:])
+    text = "".join(out)
+    return None if "'" in text.replace("''", "") or text.count('"') % 2 else text  # an unclosed quote
+
+
+def _calls_are_known(words: list[str], first: str) -> bool:
+    """True when every name before "(" is a known function, keyword or type; INTO only in INSERT INTO."""
+    for i, word in enumerate(words):
+        lowered = word.lower()
+        if lowered == "into" and (i == 0 or words[i - 1].lower() != "insert"):
+            return False  # SELECT ... INTO makes a table; INSERT INTO writes rows
+        if word != "(" or i == 0:
+            continue
+        name = words[i - 1]
+        if name in ("(", ".") or not (name[0].isalpha() or name[0] in '_"'):
+            continue  # a parenthesis after a parenthesis, an operator or a value
+        before = words[i - 2].lower() if i >= 2 else ""
+        if before in ("into", "as") or (before == "." and i >= 4 and words[i - 4].lower() == "into"):
+            continue  # INSERT INTO t (columns), AS alias (columns)
+        bare = name.strip('"') if name.startswith('"') else name.lower()
+        if bare in FUNCTIONS or (not name.startswith('"') and (bare in KEYWORDS or bare in TYPES)):
+            continue
+        return False
+    return True

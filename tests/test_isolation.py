@@ -1,0 +1,247 @@
+"""Isolation by construction: no spelling, decorator, nesting or door lets one request's state reach another.
+
+The attacker is the application's role (kit_app) on a pool of one connection, so the next request gets
+the very server session the attacker used. Each class of session state is tried in several spellings
+(comments in front, a second statement, other letter cases, schema-qualified and quoted calls); the
+next request, on both engines, must see none of it. What holds behind a transaction-pooling
+PgBouncer (where no reset runs between clients) is the tenant, bound to its transaction, and the time
+limit, sent with every statement: those classes are checked there too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from test_tenancy import MODELS, attacked  # noqa: F401 - the seeded database of the attacker suite
+
+from kit import TenantError, all_tenants, current_tenant, tenant
+from kit.config import load_settings
+from kit.db import Database
+from kit.db.scope import request_scope
+from kit.models import DocumentChunk, Member, OrgCredit
+
+LIMIT_MS = 4321  # the statement limit of the pool under attack: a leaked `statement_timeout = 0` shows
+
+
+def one_connection_pool(db: Database) -> Database:
+    """A database on the same server and roles as `db`, with one connection and a known statement limit."""
+    small = Database()
+    settings = replace(load_settings(), pool_min=0, pool_max=1, statement_timeout_ms=LIMIT_MS)
+    small.configure(db.url, settings=settings, owner_url=db._owner_url)
+    return small
+
+
+def tenant_spellings(victim) -> list[str]:
+    return [f"SELECT Set_Config('kit.tenant', '{victim}', false)",
+            f"/* c */ SET kit.tenant = '{victim}'",
+            f"SELECT 1; SELECT pg_catalog.set_config('kit.tenant', '{victim}', false)",
+            # both settings planted for the session: the binding names the attacker's transaction, not the next
+            f"SELECT set_config('kit.tenant', '{victim}', false), "
+            "set_config('kit.tenant_xact', extract(epoch FROM transaction_timestamp())::text, false)"]
+
+
+LIMIT_SPELLINGS = ["/* tag */ SET statement_timeout = 0", "SELECT 1; SET statement_timeout = 0",
+                   "select SET_CONFIG('statement_timeout', '0', false)", "SET SESSION statement_timeout TO 0"]
+TEMP_SPELLINGS = ["CREATE TABLE pg_temp.members (id uuid)", "SELECT 1 AS id INTO TEMP members",
+                  "/* c */ CREATE TEMP TABLE members (id uuid)", "SELECT 1; CREATE TEMPORARY TABLE members (id int)"]
+LOCK_SPELLINGS = ["SELECT PG_ADVISORY_LOCK(4242)", "/* c */ SELECT pg_try_advisory_lock(4242)",
+                  "SELECT 1 FROM pg_catalog.pg_advisory_lock_shared(4242)"]
+PATH_SPELLINGS = ["/* c */ SET search_path = pg_temp", "SELECT set_config('search_path', 'pg_catalog', false)"]
+
+
+def spellings(victim) -> list[tuple[str, str]]:
+    """(class, statement) for every spelling the attacker tries."""
+    return ([("tenant", s) for s in tenant_spellings(victim)] + [("limit", s) for s in LIMIT_SPELLINGS]
+            + [("temp", s) for s in TEMP_SPELLINGS] + [("lock", s) for s in LOCK_SPELLINGS]
+            + [("path", s) for s in PATH_SPELLINGS])
+
+
+BY_CONSTRUCTION_BEHIND_A_POOLER = {"tenant", "limit"}
+
+# What the next request reads: (its SQL, what it must be). Run with no tenant context.
+AFTER = {
+    "tenant": ("SELECT count(*) FROM members", 0),
+    "limit": ("SELECT current_setting('statement_timeout')", f"{LIMIT_MS}ms"),
+    "temp": ("SELECT count(*) FROM pg_class WHERE relpersistence = 't' AND pg_table_is_visible(oid)", 0),
+    "lock": ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()", 0),
+    "path": ("SELECT current_setting('search_path')", None),  # compared with what a fresh session has
+}
+
+
+def attack(db: Database, statement: str, scoped: bool) -> int:
+    """Run the attacker's statement as one request (as a request scope does, or `connection_context`); its pid."""
+    if scoped:
+        with request_scope(), db.atomic():  # in a request scope state is only sent inside a transaction
+            db.execute_sql(statement)
+            return db.execute_sql("SELECT pg_backend_pid()").fetchone()[0]
+    with db.connection_context():
+        db.execute_sql(statement)
+        return db.execute_sql("SELECT pg_backend_pid()").fetchone()[0]
+
+
+@pytest.mark.parametrize("scoped", [False, True], ids=["connection_context", "request_scope"])
+def test_no_spelling_of_session_state_reaches_the_next_request(attacked, scoped):  # noqa: F811
+    db, _, victim = attacked
+    small = one_connection_pool(db)
+    try:
+        with small.connection_context():
+            fresh_path = small.execute_sql("SELECT current_setting('search_path')").fetchone()[0]
+        leaks = []
+        for kind, statement in spellings(victim):
+            if db.pooler and kind not in BY_CONSTRUCTION_BEHIND_A_POOLER:
+                continue
+            try:
+                pid = attack(small, statement, scoped)
+            except Exception as exc:  # noqa: BLE001 - a refusal (behind a pooler, or in a scope) is no leak
+                if not type(exc).__name__ == "SessionStateRefused":
+                    raise
+                continue
+            sql, expected = AFTER[kind]
+            with small.connection_context():
+                found = small.execute_sql(sql).fetchone()[0]
+                same = small.execute_sql("SELECT pg_backend_pid()").fetchone()[0] == pid
+            if not db.pooler:
+                assert same, "the pool of one opened another connection: the test proves nothing"
+            if found != (fresh_path if kind == "path" else expected):
+                leaks.append((statement, found))
+        assert leaks == []
+    finally:
+        small.close_all()
+
+
+def test_a_session_tenant_matches_no_row_even_on_the_same_connection(attacked):  # noqa: F811
+    """The policies accept the tenant only in the transaction the kit sent it for, whoever kept the session."""
+    db, _, victim = attacked
+    with db.connection_context():
+        for statement in tenant_spellings(victim):
+            if db.pooler and "SET kit" in statement:
+                continue  # refused before it is sent behind PgBouncer
+            db.execute_sql(statement)
+            assert db.execute_sql("SELECT count(*) FROM members").fetchone()[0] == 0
+            with db.atomic():
+                assert db.execute_sql("SELECT count(*) FROM members").fetchone()[0] == 0
+        with tenant(victim):  # the kit's own setting still works on that very session
+            assert db.execute_sql("SELECT count(*) FROM members").fetchone()[0] > 0
+
+
+def test_the_asyncio_database_resets_what_it_cannot_prove_clean(attacked):  # noqa: F811
+    from kit.aio import AsyncDatabase
+
+    db, _, victim = attacked
+    settings = replace(load_settings(), pool_min=1, pool_max=1, statement_timeout_ms=LIMIT_MS)
+    adb = AsyncDatabase(db.url, settings)
+
+    async def main():
+        leaks = []
+        for kind, statement in spellings(victim):
+            if db.pooler and kind not in BY_CONSTRUCTION_BEHIND_A_POOLER:
+                continue
+            try:
+                await asyncio.create_task(adb.aexecute_sql(statement))  # one request: a task of its own
+            except Exception as exc:  # noqa: BLE001 - refused: by the kit, or by the server (one statement a message)
+                if type(exc).__name__ != "SessionStateRefused" and "multiple commands" not in str(exc):
+                    raise
+                continue
+            sql, expected = AFTER[kind]
+            if kind == "path":
+                continue  # asyncpg resets search_path with the rest; read by the sync test
+            found = (await asyncio.create_task(adb.aexecute_sql(sql))).fetchone()[0]
+            if found != expected:
+                leaks.append((statement, found))
+        await adb.close_pool()
+        return leaks
+
+    assert asyncio.run(main()) == []
+
+
+# -- tenant contexts that cannot cross -----------------------------------------------------------------
+
+
+def test_the_tenant_decorator_keeps_concurrent_threads_apart(attacked):  # noqa: F811
+    db, _, victim = attacked
+    barrier = threading.Barrier(4)
+    results, errors = [], []
+
+    @tenant(victim)
+    def job() -> int:
+        barrier.wait(10)  # all four inside the same decorated function at once
+        with db.connection_context():
+            return db.execute_sql("SELECT count(*) FROM members").fetchone()[0]
+
+    def worker() -> None:
+        try:
+            inside = job()
+            with db.connection_context():  # the thread's next job, with no tenant
+                after = db.execute_sql("SELECT count(*) FROM members").fetchone()[0]
+            results.append((inside, after, current_tenant()))
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == []
+    assert len(results) == 4 and all(inside > 0 and after == 0 and left is None for inside, after, left in results)
+
+
+def test_a_block_left_in_another_context_is_refused_in_one_sentence():
+    import contextvars
+
+    block = tenant("00000000-0000-0000-0000-000000000001")
+    contextvars.copy_context().run(block.__enter__)  # entered in one context (a dependency's first half)
+    with pytest.raises(TenantError, match="left in a different context from the one that entered it"):
+        block.__exit__(None, None, None)  # left in another (its second half, on another thread)
+    assert current_tenant() is None
+
+
+def test_nesting_another_organization_is_refused_unless_said(attacked):  # noqa: F811
+    db, attacker, victim = attacked
+    with db.bind_ctx(MODELS):
+        with tenant(attacker):
+            with pytest.raises(TenantError, match=f"organization {victim} was given inside kit.tenant\\({attacker}\\)"):
+                with tenant(victim):
+                    pass
+            assert current_tenant() == attacker
+            with tenant(attacker):  # the same one nests
+                assert current_tenant() == attacker
+            with tenant(victim, switch=True):  # said explicitly
+                assert Member.select().count() > 0
+            with all_tenants(), tenant(victim):  # through the door, on purpose
+                assert current_tenant() == victim
+        with all_tenants():
+            everyone = Member.select().count()
+            with tenant(victim):  # the door is closed again inside a tenant block
+                confined = Member.select().count()
+        assert 0 < confined < everyone
+
+
+def test_a_kit_operation_given_another_organization_than_the_context_s_raises(attacked):  # noqa: F811
+    db, attacker, victim = attacked
+    with db.bind_ctx(MODELS), tenant(attacker):
+        for operation in (lambda: DocumentChunk.search(np.ones(1536), organization=victim),
+                          lambda: DocumentChunk.hybrid_search("x", np.ones(1536), organization=victim),
+                          lambda: OrgCredit.balance_of(victim)):
+            with pytest.raises(TenantError, match=f"inside kit.tenant\\({attacker}\\)"):
+                operation()
+
+
+def test_a_reused_query_object_never_serves_one_tenant_s_rows_to_another(attacked):  # noqa: F811
+    db, attacker, victim = attacked
+    with db.bind_ctx(MODELS):
+        admins = Member.select().where(Member.role.in_(["owner", "admin"]))
+        raw = Member.raw("SELECT * FROM members")
+        with tenant(victim):
+            theirs = list(admins)
+            assert theirs and len(list(raw)) > 0
+            assert list(admins) == theirs  # the same context: its remembered rows
+        with tenant(attacker):
+            assert list(admins) == [] and len(admins) == 0 and list(raw) == []
+        assert list(admins) == [] and list(raw) == []  # no context: nothing either
+        with all_tenants():
+            assert len(list(admins)) >= len(theirs)
