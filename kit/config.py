@@ -31,6 +31,7 @@ class Settings:
 
     database_url: str | None = None
     owner_url: str | None = None  # DATABASE_OWNER_URL (None: DATABASE_URL, or the embedded server's owner)
+    door_url: str | None = None  # DATABASE_DOOR_URL (None: the owner's URL when one is set, or the embedded door)
     pool_min: int = 2
     pool_max: int = 10
     pool_idle_timeout_ms: int = 30_000
@@ -68,11 +69,15 @@ VARIABLES = (
              "the application's role: a `postgresql://` or `postgres://` URL; the unix-socket form "
              "`postgresql://user@/db?host=/path` works too"),
     Variable("DATABASE_OWNER_URL", "owner_url", "`DATABASE_URL`; both unset: the embedded server's `kit_owner`",
-             "the owner's URL: `pw_migrate`, `kit migrate`, `python -m kit.seed`, `kit maintain` and "
-             "`kit.all_tenants()` connect with it ([tenancy](tenancy.md))"),
+             "the owner's URL: `pw_migrate`, `kit migrate`, `python -m kit.seed` and `kit maintain` connect "
+             "with it, never the application ([tenancy](tenancy.md))"),
+    Variable("DATABASE_DOOR_URL", "door_url", "`DATABASE_OWNER_URL` (`kit db check` fails on it); both unset: "
+             "the embedded server's `kit_door`",
+             "the door's URL: `kit.all_tenants()` connects with it, as `kit_door` (reads and writes past "
+             "row-level security, nothing more) ([tenancy](tenancy.md))"),
     Variable("DATABASE_ADMIN_URL", None, "unset",
              "a superuser's URL, read by `kit db roles` only, to make the kit's roles on a server of yours; "
-             "`KIT_OWNER_PASSWORD`, `KIT_APP_PASSWORD`, `KIT_AUTH_PASSWORD` set their passwords"),
+             "`KIT_OWNER_PASSWORD`, `KIT_APP_PASSWORD`, `KIT_DOOR_PASSWORD`, `KIT_AUTH_PASSWORD` set their passwords"),
     Variable("DATABASE_POOL_MIN", "pool_min", "", "connections opened on first use and kept open"),
     Variable("DATABASE_POOL_MAX", "pool_max", "", "most connections open at once"),
     Variable("DATABASE_POOL_IDLE_TIMEOUT", "pool_idle_timeout_ms", "",
@@ -224,6 +229,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                               "(the owner's and the application's roles), or neither for the embedded server")
     elif url is not None:
         owner_url = url  # one role for everything: an external server set up without the kit's roles
+    door_url = env.get("DATABASE_DOOR_URL", "").strip() or None
+    if door_url is not None:
+        door_url = check_database_url(door_url, "DATABASE_DOOR_URL")
+        if url is None:
+            raise ConfigError("DATABASE_DOOR_URL is set but DATABASE_URL is not: set both to the same server "
+                              "(the door's and the application's roles), or neither for the embedded server")
     pool_min = _integer(env, "DATABASE_POOL_MIN", Settings.pool_min)
     pool_max = _integer(env, "DATABASE_POOL_MAX", Settings.pool_max)
     if pool_max < 1:
@@ -250,6 +261,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     return Settings(
         database_url=url,
         owner_url=owner_url,
+        door_url=door_url,
         pool_min=pool_min,
         pool_max=pool_max,
         pool_idle_timeout_ms=_integer(env, "DATABASE_POOL_IDLE_TIMEOUT", Settings.pool_idle_timeout_ms),

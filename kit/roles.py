@@ -4,12 +4,17 @@
 |-------------|-----------------------------------------|----------------------------------------------------|
 | `kit_owner` | owns the database, its schema, tables   | migrations, seeds, `kit maintain`, `all_tenants()` |
 | `kit_app`   | owns nothing; DML on the kit's tables   | the application (DATABASE_URL)                     |
+| `kit_door`  | owns nothing; `kit_app`'s DML, BYPASSRLS | `all_tenants()` (DATABASE_DOOR_URL)               |
 | `kit_auth`  | owns nothing; DML on Better Auth's only | Better Auth (the TypeScript side)                  |
 
 None is a superuser, none may create roles or databases or replicate. `kit_owner` has BYPASSRLS:
 it owns the tables and could switch their row-level security off anyway, so this grants it nothing
-more, and it lets seeds, upkeep and `all_tenants()` (and binary COPY, which PostgreSQL refuses where
-row-level security applies) work across tenants. `kit_app` and `kit_auth` are subject to every policy.
+more, and it lets seeds and upkeep (and binary COPY, which PostgreSQL refuses where row-level
+security applies) work across tenants. `kit_door` is the application's door past the tenants: a
+member of `kit_app` (so exactly its table privileges, granted table by table: INSERT and SELECT on
+`audit_logs`) with BYPASSRLS, and nothing else: no ownership, so no DDL, no trigger control, no
+erasing the audit log. The application thus never holds the owner's password. `kit_app` and
+`kit_auth` are subject to every policy.
 
 **Privileges are granted table by table**, never by default privileges: a table the owner makes is
 reachable by the application only once a migration grants it (`kit_ops.grant_access`, written by
@@ -42,12 +47,13 @@ from typing import Any
 
 from kit.tenancy import BOUND, SETTING, TRANSACTION_STAMP
 
-OWNER, APP, AUTH = "kit_owner", "kit_app", "kit_auth"
+OWNER, APP, AUTH, DOOR = "kit_owner", "kit_app", "kit_auth", "kit_door"
 ADMIN = "admin"  # the server's superuser: only bootstraps the roles
 RUN_TIME = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
 ATTRIBUTES = {OWNER: "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION BYPASSRLS", APP: RUN_TIME,
-              AUTH: RUN_TIME}
-PASSWORD_VARIABLES = {OWNER: "KIT_OWNER_PASSWORD", APP: "KIT_APP_PASSWORD", AUTH: "KIT_AUTH_PASSWORD"}
+              AUTH: RUN_TIME, DOOR: "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION BYPASSRLS"}
+PASSWORD_VARIABLES = {OWNER: "KIT_OWNER_PASSWORD", APP: "KIT_APP_PASSWORD", AUTH: "KIT_AUTH_PASSWORD",
+                      DOOR: "KIT_DOOR_PASSWORD"}
 COMMANDS = ("select", "insert", "update", "delete")
 CHECK_CLIENT_MS = 1000  # client_connection_check_interval of every kit role
 # The tenant the current transaction was given (`kit.tenancy.statement_prefix`); NULL without one, and NULL
@@ -204,7 +210,8 @@ def bootstrap_statements(database: str, passwords: Mapping[str, str] | None = No
     out += [
         f"ALTER DATABASE {quoted} OWNER TO {OWNER}",
         f"REVOKE ALL ON DATABASE {quoted} FROM PUBLIC",
-        f"GRANT CONNECT, TEMPORARY ON DATABASE {quoted} TO {APP}, {AUTH}",
+        f"GRANT CONNECT, TEMPORARY ON DATABASE {quoted} TO {APP}, {AUTH}, {DOOR}",
+        f"GRANT {APP} TO {DOOR}",  # the door's privileges are the application's, table by table
         "CREATE EXTENSION IF NOT EXISTS vector",  # pgvector is not a trusted extension: the admin installs it
         f"ALTER SCHEMA public OWNER TO {OWNER}",
         "REVOKE CREATE ON SCHEMA public FROM PUBLIC",
@@ -244,6 +251,8 @@ LEAKPROOF_SQL = "SELECT proleakproof FROM pg_proc WHERE oid = 'pg_catalog.ts_mat
 # Whether this database was bootstrapped by this version of the rules (the embedded server checks it at start).
 BOOTSTRAPPED_SQL = f"""
 SELECT ({LEAKPROOF_SQL}) AND pg_has_role('{OWNER}', 'pg_read_all_stats', 'MEMBER') AND EXISTS (
+    SELECT 1 FROM pg_auth_members m WHERE m.roleid = (SELECT oid FROM pg_roles WHERE rolname = '{APP}')
+      AND m.member = (SELECT oid FROM pg_roles WHERE rolname = '{DOOR}')) AND EXISTS (
     SELECT 1 FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole
     WHERE r.rolname = '{APP}' AND s.setdatabase = 0
       AND 'client_connection_check_interval={CHECK_CLIENT_MS}ms' = ANY (s.setconfig))

@@ -14,6 +14,7 @@ import secrets
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import helpers
 import psycopg2
 import pytest
 from helpers import admin_execute, with_dbname
@@ -21,7 +22,7 @@ from helpers import admin_execute, with_dbname
 from kit import embedded, migrate, roles
 from kit.config import load_settings
 from kit.db import PooledDatabase, database, resolve_url
-from kit.roles import ADMIN, APP, OWNER
+from kit.roles import ADMIN, APP, DOOR, OWNER
 
 ROOT = Path(__file__).resolve().parent.parent
 MIGRATIONS = ROOT / "migrations"
@@ -41,6 +42,12 @@ def server_url() -> str:
 
 
 @pytest.fixture(scope="session")
+def door_server_url() -> str:
+    """The door's URL (`kit_door`, for `all_tenants()`) of the developer's database on the server under test."""
+    return resolve_url(load_settings(), DOOR)
+
+
+@pytest.fixture(scope="session")
 def owner_server_url() -> str:
     """The owner's URL of the developer's database on the server under test (never written to)."""
     return resolve_url(load_settings(), OWNER)
@@ -55,18 +62,22 @@ def make_database(admin_url: str, prefix: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def test_db_url(admin_url: str, server_url: str, owner_server_url: str):
+def test_db_url(admin_url: str, server_url: str, owner_server_url: str, door_server_url: str):
     """A fresh database for this test run, migrated by the owner, used as the app role; dropped afterwards."""
     name = make_database(admin_url, "kit_test")
     url, owner = with_dbname(server_url, name), with_dbname(owner_server_url, name)
+    helpers.SUITE_OWNER_URL[:] = [owner]
     try:
         database.configure(owner, owner=True)
         migrate.apply(database, MIGRATIONS, say=lambda _: None)  # the schema, built the way operators build it
         database.close_all()
-        database.configure(url, owner_url=owner)  # the suite runs as the application does: kit_app
+        door = with_dbname(door_server_url, name)
+        database.configure(url, door_url=door)  # the suite runs as the application does: kit_app
         yield url
     finally:
         database.close_all()
+        for owner_database in helpers._owner:
+            owner_database.close_all()
         admin_execute(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
@@ -74,6 +85,12 @@ def test_db_url(admin_url: str, server_url: str, owner_server_url: str):
 def owner_url(test_db_url: str, owner_server_url: str) -> str:
     """The owner's URL of the suite's database (DDL, and what a test sets up beside the application)."""
     return with_dbname(owner_server_url, urlsplit(test_db_url).path.lstrip("/"))
+
+
+@pytest.fixture(scope="session")
+def door_url(test_db_url: str, door_server_url: str) -> str:
+    """The door's URL of the suite's database (`kit_door`: what `all_tenants()` connects as)."""
+    return with_dbname(door_server_url, urlsplit(test_db_url).path.lstrip("/"))
 
 
 @pytest.fixture(scope="session")

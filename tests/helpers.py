@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
@@ -82,26 +83,46 @@ observes_server_sessions = pytest.mark.skipif(
     bool(_pooler()), reason="watches the server session behind a connection, which PgBouncer lends per transaction")
 
 
+SUITE_OWNER_URL: list[str] = []  # the owner's URL of the suite's database (set by conftest's test_db_url)
+_owner: list = []
+
+
+def owner_database():
+    """The suite's database as its owner (`kit_owner`): DDL, upkeep, the migration history, as the commands run."""
+    if not _owner:
+        from kit.db import Database
+
+        owner = Database()
+        owner.configure(SUITE_OWNER_URL[0], owner=True)
+        _owner.append(owner)
+    return _owner[0]
+
+
+@contextmanager
+def as_owner(*models):
+    """The block's statements of the kit's models and `models` go to the owner's connection; yields that database."""
+    from kit.models import ALL_MODELS
+
+    owner = owner_database()
+    with owner.bind_ctx([*ALL_MODELS, *models]):
+        yield owner
+
+
 def create_owned(*models) -> None:
     """Create the models' tables as the owner and grant the app role its access, as a migration would."""
-    from kit import all_tenants
-    from kit.db import database
     from kit.roles import model_access_statements
 
-    with all_tenants():
-        database.create_tables(models)
+    with as_owner(*models) as owner:
+        owner.create_tables(models)
         for model in models:
             for statement in model_access_statements(model):
-                database.execute_sql(statement)
+                owner.execute_sql(statement)
 
 
 def drop_owned(*models) -> None:
     """Drop tables made by `create_owned`."""
-    from kit import all_tenants
-    from kit.db import database
-
-    with all_tenants():
-        database.drop_tables(models)
+    with as_owner(*models) as owner:
+        owner.drop_tables(models)
 
 
 def owner_query(url: str, sql: str, params=()):

@@ -11,11 +11,14 @@ limit, sent with every statement: those classes are checked there too.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from dataclasses import replace
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
+from helpers import admin_execute
 from test_tenancy import MODELS, attacked  # noqa: F401 - the seeded database of the attacker suite
 
 from kit import TenantError, all_tenants, current_tenant, tenant
@@ -31,7 +34,7 @@ def one_connection_pool(db: Database) -> Database:
     """A database on the same server and roles as `db`, with one connection and a known statement limit."""
     small = Database()
     settings = replace(load_settings(), pool_min=0, pool_max=1, statement_timeout_ms=LIMIT_MS)
-    small.configure(db.url, settings=settings, owner_url=db._owner_url)
+    small.configure(db.url, settings=settings, door_url=db._door_url)
     return small
 
 
@@ -245,3 +248,107 @@ def test_a_reused_query_object_never_serves_one_tenant_s_rows_to_another(attacke
         assert list(admins) == [] and list(raw) == []  # no context: nothing either
         with all_tenants():
             assert len(list(admins)) >= len(theirs)
+
+
+# -- the door: across tenants, and nothing more -------------------------------------------------------
+
+DOOR_ESCAPES = [
+    ("ALTER TABLE audit_logs DISABLE TRIGGER USER", "must be owner"),
+    ("ALTER TABLE audit_logs DISABLE TRIGGER ALL", "must be owner"),
+    ("DELETE FROM audit_logs", "permission denied"),
+    ("UPDATE audit_logs SET action = 'x'", "permission denied"),
+    ("TRUNCATE audit_logs", "permission denied"),
+    ("DROP TABLE members CASCADE", "must be owner"),
+    ("ALTER TABLE members ADD COLUMN x int", "must be owner"),
+    ("ALTER TABLE document_chunks DISABLE ROW LEVEL SECURITY", "must be owner"),
+    ("DROP POLICY kit_tenant_select ON members", "must be owner"),
+    ("ALTER DATABASE {database} SET work_mem = '1GB'", "must be owner"),
+    ("CREATE TABLE public.door_made (a int)", "permission denied for schema public"),
+    ("SET ROLE kit_owner", "permission denied"),
+    ("GRANT kit_owner TO kit_door", "permission denied|must have admin option"),
+    ("ALTER ROLE kit_door SUPERUSER", "permission denied"),
+    ("SELECT * FROM migratehistory", "permission denied"),
+    ("COPY (SELECT 1) TO PROGRAM 'id'", "permission denied|must be superuser"),
+]
+
+
+@pytest.mark.parametrize(("statement", "refusal"), DOOR_ESCAPES, ids=[e[0][:40] for e in DOOR_ESCAPES])
+def test_the_door_crosses_tenants_and_can_do_nothing_more(attacked, statement, refusal):  # noqa: F811
+    import peewee
+
+    db = attacked[0]
+    with all_tenants():
+        assert db.execute_sql("SELECT current_user").fetchone()[0] == "kit_door"
+        assert db.execute_sql("SELECT count(DISTINCT organization_id) FROM members").fetchone()[0] > 1
+        if db.pooler and statement.startswith("SET "):
+            refusal = "would outlive the transaction on a server connection PgBouncer shares"
+        with pytest.raises(peewee.DatabaseError, match=refusal), db.atomic():
+            db.execute_sql(statement.format(database=db.execute_sql("SELECT current_database()").fetchone()[0]))
+
+
+# -- kit db check: behaviour, not names ---------------------------------------------------------------
+
+# (what the admin does, what undoes it, the line `kit db check` must print). {db}: the suite's database.
+MISCONFIGURATIONS = [
+    ("GRANT pg_execute_server_program TO kit_app", "REVOKE pg_execute_server_program FROM kit_app",
+     "FAIL kit_app is a member of pg_execute_server_program"),
+    ("GRANT kit_owner TO kit_app", "REVOKE kit_owner FROM kit_app", "FAIL kit_app can SET ROLE kit_owner"),
+    ('CREATE POLICY sneaky ON members FOR SELECT TO PUBLIC USING (true)', "DROP POLICY sneaky ON members",
+     "FAIL tenant table members's policies differ from what its model generates"),
+    ("ALTER POLICY kit_tenant_select ON members USING (true)", None,
+     "FAIL tenant table members's policies differ from what its model generates"),
+    ('ALTER ROLE kit_app IN DATABASE "{db}" SET search_path = pg_catalog',
+     'ALTER ROLE kit_app IN DATABASE "{db}" RESET search_path', "FAIL kit_app starts every connection with search_path"),
+    ("GRANT pg_read_server_files TO kit_door", "REVOKE pg_read_server_files FROM kit_door",
+     "FAIL kit_door is a member of pg_read_server_files"),
+    ("GRANT kit_owner TO kit_door", "REVOKE kit_owner FROM kit_door", "FAIL kit_door can SET ROLE kit_owner"),
+    ("GRANT pg_execute_server_program TO kit_auth", "REVOKE pg_execute_server_program FROM kit_auth",
+     "FAIL kit_auth is a member of pg_execute_server_program"),
+    ("GRANT kit_owner TO kit_auth", "REVOKE kit_owner FROM kit_auth", "FAIL kit_auth is a member of kit_owner"),
+    ('ALTER ROLE kit_auth IN DATABASE "{db}" SET row_security = off',
+     'ALTER ROLE kit_auth IN DATABASE "{db}" RESET row_security', "FAIL kit_auth starts every connection with"),
+]
+
+
+def check_env(test_db_url, owner_url, door_url, **changed) -> dict:
+    pooler = {"DATABASE_POOLER": os.environ["DATABASE_POOLER"]} if os.environ.get("DATABASE_POOLER") else {}
+    return {"DATABASE_URL": test_db_url, "DATABASE_OWNER_URL": owner_url, "DATABASE_DOOR_URL": door_url, **pooler,
+            **changed}
+
+
+@pytest.mark.parametrize(("do", "undo", "said"), MISCONFIGURATIONS, ids=[m[0][:45] for m in MISCONFIGURATIONS])
+def test_kit_db_check_fails_when_a_role_can_do_more_than_it_should(test_db_url, owner_url, door_url, test_admin_url,
+                                                                   do, undo, said):
+    from test_tenancy import kit_db_check
+
+    from kit.roles import TenantRule, policy_statements
+
+    name = urlsplit(test_db_url).path.lstrip("/")
+    policy = "POLICY" in do
+    run = owner_url if policy else test_admin_url  # policies are the owner's; roles and grants the admin's
+    admin_execute(run, do.format(db=name))
+    try:
+        found = kit_db_check(**check_env(test_db_url, owner_url, door_url))
+        assert found.returncode == 1, found.stdout + found.stderr
+        assert said in found.stdout, found.stdout
+        assert "Traceback" not in found.stderr
+    finally:
+        if undo is not None:
+            admin_execute(run, undo.format(db=name))
+        else:  # the members policies made again, as the migration makes them
+            admin_execute(owner_url, *policy_statements(TenantRule("members", "organization_id", better_auth=True)))
+    assert kit_db_check(**check_env(test_db_url, owner_url, door_url)).returncode == 0
+
+
+def test_kit_db_check_fails_a_superuser_owner_and_the_owner_as_the_door(test_db_url, owner_url, door_url,
+                                                                         test_admin_url):
+    from test_tenancy import kit_db_check
+
+    direct_admin = test_admin_url  # a superuser of the same server and database
+    found = kit_db_check(**check_env(test_db_url, direct_admin, door_url))
+    assert found.returncode == 1 and "FAIL the owner (DATABASE_OWNER_URL) connects as" in found.stdout, found.stdout
+    unset = {k: v for k, v in check_env(test_db_url, owner_url, door_url).items() if k != "DATABASE_DOOR_URL"}
+    found = kit_db_check(**unset)
+    assert found.returncode == 1, found.stdout
+    assert ("FAIL the door of all_tenants() (DATABASE_OWNER_URL, as DATABASE_DOOR_URL is unset) connects as kit_owner"
+            in found.stdout), found.stdout

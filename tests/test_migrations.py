@@ -14,10 +14,10 @@ from pathlib import Path
 import peewee as pw
 import psycopg2
 import pytest
-from helpers import observes_server_sessions, query
+from helpers import as_owner, observes_server_sessions, query
 from peewee_migrate.router import Router
 
-from kit import all_tenants, migrate
+from kit import migrate
 from kit.db import database
 from kit.migrate import MigrationError, autogen, history
 from kit.migrate.schema import compare
@@ -67,16 +67,16 @@ def kit_cli(db_url: str, cwd: Path, *args: str) -> subprocess.Popen:
 
 def test_generating_from_the_models_against_the_migrated_database_finds_no_changes(migrations):
     autogen.register()
-    router = Router(database, migrate_dir=migrations, ignore=migrate.executor.IGNORED_MODELS)
-    with all_tenants():  # the history is the owner's: migrations run as kit_owner
+    with as_owner() as owner:  # the history is the owner's: migrations run as kit_owner
+        router = Router(owner, migrate_dir=migrations, ignore=migrate.executor.IGNORED_MODELS)
         assert router.create("should_be_empty", auto=list(ALL_MODELS)) is None
     assert sorted(p.name for p in migrations.glob("0*.py")) == sorted(p.name for p in (ROOT / "migrations").glob("0*.py"))
 
 
 def test_the_migrated_test_database_matches_the_models():
     assert compare(database, ALL_MODELS) == []
-    with all_tenants():
-        assert migrate.verify(database, ROOT / "migrations") == []
+    with as_owner() as owner:
+        assert migrate.verify(owner, ROOT / "migrations") == []
 
 
 def test_migrate_all_rollback_all_migrate_all_on_an_empty_database(fresh_database, migrations):

@@ -54,13 +54,14 @@ TENANT_MODELS = [m for m in MODELS if tenant_rule(m) is not None]
 
 
 @pytest.fixture(scope="module")
-def attacked(admin_url, server_url, owner_server_url):
+def attacked(admin_url, server_url, owner_server_url, door_server_url):
     """(app database, attacker organization id, victim organization id) on a seeded database of its own."""
     name = make_database(admin_url, "kit_attack")
     owner = Database()
     owner.configure(with_dbname(owner_server_url, name), owner=True)
     app = Database()
-    app.configure(with_dbname(server_url, name), owner_url=with_dbname(owner_server_url, name))
+    app.configure(with_dbname(server_url, name), door_url=with_dbname(door_server_url, name))
+    app.test_owner_url = with_dbname(owner_server_url, name)  # for what only the owner may do (indexes)
     try:
         migrate.apply(owner, ROOT / "migrations", say=lambda _: None)
         load(parse(ROOT / "seeds" / "fixtures" / "dev.yaml"), owner)
@@ -262,7 +263,7 @@ def test_no_tenant_leaks_across_threads_sharing_a_small_pool(attacked):
         organizations = [o.id for o in Organization.select().limit(6)]
         expected = {o: Note.select().where(Note.organization == o).count() for o in organizations}
     small = Database()
-    small.configure(db.url, settings=replace(load_settings(), pool_min=0, pool_max=3), owner_url=db._owner_url)
+    small.configure(db.url, settings=replace(load_settings(), pool_min=0, pool_max=3), door_url=db._door_url)
     pids, leaks, errors = set(), [], []
     lock = threading.Lock()
 
@@ -327,7 +328,9 @@ def test_every_search_plan_keeps_its_index_and_exact_recall_under_row_level_secu
             assert "documentchunk_organization_id" in explain(db, exact.plan.query)  # the tenant's b-tree
             graph = nearest(mine, DocumentChunk.embedding, q, k=5, exact=False)
             assert len(graph) == 5 and "document_chunks_embedding_hnsw" in explain(db, graph.plan.query, True)
-        with all_tenants():  # kit maintain's tenant graph, made by the owner
+        owner = Database()
+        owner.configure(db.test_owner_url, owner=True)  # kit maintain's tenant graph, made by the owner
+        with owner.bind_ctx(MODELS):
             made = ensure_tenant_indexes(DocumentChunk.embedding, DocumentChunk.organization, min_rows=len(rows))
         try:
             assert tenant_index_name(DocumentChunk.embedding, victim) in made.created
@@ -337,8 +340,9 @@ def test_every_search_plan_keeps_its_index_and_exact_recall_under_row_level_secu
                 assert tenant_index_name(DocumentChunk.embedding, victim) in explain(db, own.plan.query, True)
                 assert len(own) == 5
         finally:
-            with all_tenants():
+            with owner.bind_ctx(MODELS):
                 ensure_tenant_indexes(DocumentChunk.embedding, DocumentChunk.organization, min_rows=10**9)
+            owner.close_all()
 
 
 def kit_db_check(**environ: str) -> subprocess.CompletedProcess:
@@ -349,12 +353,13 @@ def kit_db_check(**environ: str) -> subprocess.CompletedProcess:
 
 
 def test_kit_db_check_passes_the_kit_s_own_setup_and_fails_a_superuser_run_time_role(test_db_url, owner_url,
-                                                                                      test_admin_url):
+                                                                                      door_url, test_admin_url):
     pooler = {"DATABASE_POOLER": os.environ["DATABASE_POOLER"]} if os.environ.get("DATABASE_POOLER") else {}
-    clean = kit_db_check(DATABASE_URL=test_db_url, DATABASE_OWNER_URL=owner_url, **pooler)
+    clean = kit_db_check(DATABASE_URL=test_db_url, DATABASE_OWNER_URL=owner_url, DATABASE_DOOR_URL=door_url, **pooler)
     assert clean.returncode == 0, clean.stdout + clean.stderr
     assert "ok   run-time role kit_app is not a superuser" in clean.stdout
-    assert "ok   every tenant table has forced row-level security and its policies" in clean.stdout
+    assert "ok   every tenant table has forced row-level security and exactly the policies its model generates" \
+        in clean.stdout
     probe = f"kit_probe_{secrets.token_hex(3)}"
     admin_execute(test_admin_url, f"CREATE ROLE {probe} LOGIN SUPERUSER")
     try:

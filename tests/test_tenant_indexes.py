@@ -10,10 +10,9 @@ import time
 
 import numpy as np
 import pytest
-from helpers import create_owned, drop_owned
+from helpers import as_owner, create_owned, drop_owned
 from peewee import AutoField, IntegerField, Model, fn
 
-from kit import all_tenants
 from kit.db import database
 from kit.maintain import maintain
 from kit.migrate.schema import compare
@@ -47,7 +46,7 @@ def load(org: int, rows: int) -> None:
 
 def upkeep(*args, **kwargs):
     """`ensure_tenant_indexes` as `kit maintain` runs it: as the owner (index builds are DDL)."""
-    with all_tenants():
+    with as_owner(args[0].model):
         return ensure_tenant_indexes(*args, **kwargs)
 
 
@@ -62,8 +61,8 @@ def passages(test_db_url):
     create_owned(Passage)
     for org, rows in SIZES.items():
         load(org, rows)
-    with all_tenants():  # only the owner may ANALYZE its table
-        database.execute_sql("ANALYZE tenant_passages")
+    with as_owner(Passage) as owner:  # only the owner may ANALYZE its table
+        owner.execute_sql("ANALYZE tenant_passages")
     yield test_db_url
     drop_owned(Passage)
 
@@ -159,8 +158,8 @@ def test_two_maintain_runs_at_once_make_each_index_once(passages):
     def run():
         try:
             with database.connection_context():
-                with all_tenants():  # upkeep is the owner's
-                    maintain(database, [Passage], say=lambda _: None, min_rows=250)
+                with as_owner(Passage) as owner:  # upkeep is the owner's
+                    maintain(owner, [Passage], say=lambda _: None, min_rows=250)
         except Exception as exc:
             errors.append(exc)
 
@@ -196,8 +195,8 @@ def test_the_kit_maintain_command(passages, owner_url):
 
 def test_maintain_covers_the_project_models_and_checks_its_argument(passages):
     said = []
-    with all_tenants():
-        maintain(database, [Passage], say=said.append, min_rows=500)
+    with as_owner(Passage) as owner:
+        maintain(owner, [Passage], say=said.append, min_rows=500)
     assert said == ["tenant_passages.embedding: tenant indexes: 1 created, 0 dropped, 0 kept "
                     "(tenants of 500 rows or more by org)"]
     with pytest.raises(ValueError, match="min_rows must be a whole number of rows, 2 or more"):

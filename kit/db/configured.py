@@ -2,7 +2,7 @@
 
 It connects as the run-time role (DATABASE_URL) or, in the commands that need it, as the owner
 (DATABASE_OWNER_URL); inside `kit.all_tenants()` a context's connections come from a small second
-pool on the owner's URL; reads are routed to replicas (`kit.db.reads`).
+pool on the door's URL (DATABASE_DOOR_URL, `kit_door`); reads are routed to replicas (`kit.db.reads`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from kit.errors import (
 )
 from kit.pool import ConnectionPool, Hooks
 from kit.project import find_root
-from kit.roles import APP, OWNER
+from kit.roles import APP, DOOR, OWNER
 from kit.routing import Replica, Router
 from kit.telemetry import watch as telemetry_watch
 from kit.telemetry.watch import Target
@@ -46,8 +46,15 @@ REPLICA_CONNECT_TIMEOUT_S = 3  # a replica that does not answer is skipped soon,
 
 
 def resolve_url(settings: Settings, role: str = APP) -> str:
-    """The URL in use for `role` (APP or OWNER): from the settings, else the embedded server's (started if needed)."""
-    given = settings.owner_url if role == OWNER else settings.database_url
+    """The URL in use for `role` (APP, OWNER or DOOR): from the settings, else the embedded server's (started then).
+
+    The door without DATABASE_DOOR_URL on a server of one's own is the owner's URL, as before the door had a
+    role of its own (`kit db check` says so); on the embedded server it is always `kit_door`.
+    """
+    if role == DOOR:
+        given = settings.door_url or (settings.owner_url if settings.database_url else None)
+    else:
+        given = settings.owner_url if role == OWNER else settings.database_url
     return given or embedded.start(settings.data_dir, role)
 
 
@@ -57,15 +64,15 @@ class Database(ReadRouting):
 
     It connects as the run-time role (DATABASE_URL), or as the owner (DATABASE_OWNER_URL) in the
     commands that need it (`configure(owner=True)`: migrations, seeds, `kit maintain`). Inside
-    `kit.all_tenants()` a context's connections come from a second, small pool on the owner's URL:
+    `kit.all_tenants()` a context's connections come from a second, small pool on the door's URL:
     the connection state and the pool a context uses are chosen by that context, so the rest of the
     pooled contract (transactions, re-sends, `SessionLost`) holds there unchanged.
     """
 
     def __init__(self) -> None:
-        self._owner_pool: ConnectionPool | None = None
-        self._owner_state = _ThreadState()
-        self._owner_url: str | None = None
+        self._door_connections: ConnectionPool | None = None
+        self._door_state = _ThreadState()
+        self._door_url: str | None = None
         self.owner = False  # True: the pool itself connects as the owner (migrations, seeds, upkeep)
         super().__init__(None)
         self._configure_lock = threading.Lock()
@@ -74,15 +81,16 @@ class Database(ReadRouting):
         on_leaving_all_tenants(self._release_door)
 
     def configure(self, url: str | None = None, settings: Settings | None = None,
-                  replicas: Sequence[str] | None = None, *, owner: bool = False, owner_url: str | None = None) -> str:
+                  replicas: Sequence[str] | None = None, *, owner: bool = False, door_url: str | None = None,
+                  owner_url: str | None = None) -> str:
         """Point the pool at `url` (default: from the settings), reading from `replicas` (default: the settings').
 
-        `owner`: connect as the owner role (`url` is then the owner's); `owner_url`: the owner's URL that
-        `all_tenants()` uses (default: the settings').
+        `owner`: connect as the owner role (`url` is then the owner's); `door_url`: the URL `all_tenants()`
+        uses (default: the settings'); `owner_url`: the same, for code written before the door had a role.
         """
         with self._configure_lock:
             self.owner = owner
-            return self._configure(url, settings, replicas, owner_url)
+            return self._configure(url, settings, replicas, door_url or owner_url)
 
     def configure_owner(self, settings: Settings | None = None) -> None:
         """Connect as the owner (DATABASE_OWNER_URL), as migrations, seeds and upkeep do; a configured pool is kept.
@@ -94,14 +102,14 @@ class Database(ReadRouting):
             self.configure(settings=settings, owner=True)
 
     def _configure(self, url: str | None, settings: Settings | None, replicas: Sequence[str] | None = None,
-                   owner_url: str | None = None) -> str:
+                   door_url: str | None = None) -> str:
         settings = settings or load_settings()
         role = OWNER if self.owner else APP
         url = check_database_url(url, "url") if url else resolve_url(settings, role)
-        self._owner_url = url if self.owner else (check_database_url(owner_url, "owner_url") if owner_url else None)
-        if self._owner_pool is not None:
-            self._owner_pool.close_all()
-            self._owner_pool = None
+        self._door_url = url if self.owner else (check_database_url(door_url, "door_url") if door_url else None)
+        if self._door_connections is not None:
+            self._door_connections.close_all()
+            self._door_connections = None
         self.connect_params = {}
         self.init(
             mask_password(url),  # what peewee and pw_migrate print; the real URL goes to the driver as dsn
@@ -137,11 +145,11 @@ class Database(ReadRouting):
                 **_driver_params(url, REPLICA_CONNECT_TIMEOUT_S))) for url in urls]
             self._router = Router(made, settings.replica_max_lag_ms / 1000)
 
-    # -- all_tenants(): the owner's connections, for the contexts inside it -----------------------
+    # -- all_tenants(): the door's connections, for the contexts inside it -----------------------
 
     @property
     def _state(self) -> _ThreadState:
-        return self._owner_state if self._crossing() else self._app_state
+        return self._door_state if self._crossing() else self._app_state
 
     @_state.setter
     def _state(self, value: _ThreadState) -> None:
@@ -160,16 +168,16 @@ class Database(ReadRouting):
         return self._app_pool
 
     def _crossing(self) -> bool:
-        """True when this context's statements go to the owner's pool (inside `all_tenants()`, run-time role)."""
+        """True when this context's statements go to the door's pool (inside `all_tenants()`, run-time role)."""
         return not self.owner and crossing_tenants()
 
     def _door_pool(self) -> ConnectionPool:
-        """The owner's pool for `all_tenants()`, made on first use (DOOR_POOL_MAX connections at most)."""
-        if self._owner_pool is None:
+        """The door's pool for `all_tenants()`, made on first use (DOOR_POOL_MAX connections at most)."""
+        if self._door_connections is None:
             self._configured()
             with self._configure_lock:
-                if self._owner_pool is None:
-                    url = self._owner_url or resolve_url(self.settings, OWNER)
+                if self._door_connections is None:
+                    url = self._door_url or resolve_url(self.settings, DOOR)
                     params = {**self.connect_params, "dsn": url}
                     pool = ConnectionPool(Hooks(open=lambda: self._open_as(params), close=self._close_raw,
                                                 is_closed=self._is_closed, ping=self._ping,
@@ -177,21 +185,21 @@ class Database(ReadRouting):
                     pool.configure(min_size=0, max_size=DOOR_POOL_MAX, timeout=self._app_pool.timeout,
                                    max_idle=self.settings.pool_idle_timeout_ms / 1000,
                                    leak_after=self._app_pool.leak_after)
-                    pool.name = f"{self.target.pool_name()} (owner, all_tenants)"
-                    self._owner_pool = pool
-        return self._owner_pool
+                    pool.name = f"{self.target.pool_name()} (door, all_tenants)"
+                    self._door_connections = pool
+        return self._door_connections
 
     def _release_door(self) -> None:
-        """Give this thread's owner connection back when its context leaves `all_tenants()` (none is kept)."""
-        state = self._owner_state
-        if self._owner_pool is not None and not state.closed and not state.transactions \
+        """Give this thread's door connection back when its context leaves `all_tenants()` (none is kept)."""
+        state = self._door_state
+        if self._door_connections is not None and not state.closed and not state.transactions \
                 and not state.raw_transaction:
             conn = state.conn
             state.reset()
-            self._owner_pool.putconn(conn)
+            self._door_connections.putconn(conn)
 
     def _open_as(self, params: dict[str, Any]) -> Any:
-        """Open a driver connection with `params` (the owner's), as peewee opens its own."""
+        """Open a driver connection with `params` (the door's), as peewee opens its own."""
         with __exception_wrapper__:
             conn = self._adapter.connect(self, **self._with_limit(params))
         conn.autocommit = True
@@ -267,10 +275,10 @@ class Database(ReadRouting):
 
     @property
     def current_url(self) -> str | None:
-        """The URL this context's statements go to: the owner's inside `all_tenants()`, else `url`."""
+        """The URL this context's statements go to: the door's inside `all_tenants()`, else `url`."""
         if self._crossing():
             self._configured()
-            return self._owner_url or resolve_url(self.settings, OWNER)
+            return self._door_url or resolve_url(self.settings, DOOR)
         return self.url
 
     # -- read routing ----------------------------------------------------------------------------
@@ -285,20 +293,20 @@ class Database(ReadRouting):
         return closed
 
     def close_all(self) -> None:
-        """Close every connection, to the primary (the owner's too) and to each replica."""
+        """Close every connection, to the primary (the door's too) and to each replica."""
         super().close_all()
-        if self._owner_pool is not None:
-            self._owner_pool.close_all()
+        if self._door_connections is not None:
+            self._door_connections.close_all()
         for replica in self._router.replicas if self._router else ():
             replica.database.close_all()
 
     def dispose(self) -> None:
-        """In a forked child: drop every inherited connection, the owner's pool's too."""
+        """In a forked child: drop every inherited connection, the door's pool's too."""
         super().dispose()
-        if self._owner_pool is not None:
-            silence(self._owner_pool.forget())
-            self._owner_pool = None
-        self._owner_state = _ThreadState()
+        if self._door_connections is not None:
+            silence(self._door_connections.forget())
+            self._door_connections = None
+        self._door_state = _ThreadState()
 
     def pool_stats(self) -> dict[str, Any]:
         """The primary's counts, and with replicas `servers`: each one's state, lag, reads and pool counts.

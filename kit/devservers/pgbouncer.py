@@ -25,7 +25,7 @@ from kit.errors import (
     KitError,
     describe,
 )
-from kit.roles import ADMIN, APP, AUTH, OWNER
+from kit.roles import ADMIN, APP, AUTH, DOOR, OWNER
 
 DIRECTORY = "pgbouncer"
 PORT = 6432
@@ -101,7 +101,7 @@ def start_pgbouncer(data_dir: Path) -> str:
     info = embedded.status(data_dir)
     config = CONFIG.format(socket_dir=info.socket_dir, server_port=info.port or 5432, port=PORT, directory=directory)
     # trust: the socket (0700) is the boundary, as for the server; the names PgBouncer lets in, each as itself
-    users = "".join(f'"{name}" ""\n' for name in (embedded.USER, OWNER, APP, AUTH))
+    users = "".join(f'"{name}" ""\n' for name in (embedded.USER, OWNER, APP, DOOR, AUTH))
     if _running_pid(directory) is not None and not _configured_as(directory, config, users):
         stop_pgbouncer(data_dir)  # started with another configuration (an older kit's): it would not apply this one
     if _running_pid(directory) is None:
