@@ -23,6 +23,7 @@ from kit.errors import (
     InvitationError,
     KitError,
     LockBusy,
+    LockHeld,
     MigrationError,
     NotMigrated,
     PoolExhausted,
@@ -49,6 +50,6 @@ def retry_transaction(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 __all__ = ["ArgumentError", "ConfigError", "CopyRowError", "DatabaseUnavailable", "DecryptionError",
            "EmbeddedServerError", "FixtureError", "InsufficientCredits", "InvitationError", "KitError", "LockBusy",
-           "MigrationError", "NotMigrated", "PoolExhausted", "PoolSettingError", "PoolTooLarge", "SessionLost",
-           "SessionStateRefused", "StatementTimeout", "TenantError", "TenantRequired", "VectorValueError",
-           "all_tenants", "current_tenant", "retry_transaction", "tenant"]
+           "LockHeld", "MigrationError", "NotMigrated", "PoolExhausted", "PoolSettingError", "PoolTooLarge",
+           "SessionLost", "SessionStateRefused", "StatementTimeout", "TenantError", "TenantRequired",
+           "VectorValueError", "all_tenants", "current_tenant", "retry_transaction", "tenant"]

@@ -150,6 +150,12 @@ class LockBusy(KitError, OperationalError):
             f"end that transaction, or run it again when traffic is lower (DATABASE_LOCK_BUDGET)")
 
 
+class LockHeld(KitError, OperationalError):
+    """One of the kit's own locks (migrations, upkeep) is held by a session that is not a kit run, or too long."""
+
+    holder: str | None = None  # the session holding it, as the sentence names it
+
+
 def sqlstate(exc: BaseException | None) -> str | None:
     """The SQLSTATE of a driver error, looked for through peewee's wrapping and the exception's causes."""
     seen = 0

@@ -14,6 +14,7 @@ import asyncio
 import os
 import threading
 from dataclasses import replace
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -352,3 +353,61 @@ def test_kit_db_check_fails_a_superuser_owner_and_the_owner_as_the_door(test_db_
     assert found.returncode == 1, found.stdout
     assert ("FAIL the door of all_tenants() (DATABASE_OWNER_URL, as DATABASE_DOOR_URL is unset) connects as kit_owner"
             in found.stdout), found.stdout
+
+
+# -- the kit's own locks: the application cannot stall the operator ------------------------------------
+
+
+@pytest.mark.parametrize("key_name", ["migrate", "maintain"])
+def test_a_kit_lock_held_by_the_application_role_stops_the_run_at_once_naming_it(test_db_url, key_name):
+    import time
+
+    import psycopg2
+    from helpers import owner_database
+
+    from kit import LockHeld
+    from kit.maintain import LOCK_KEY as MAINTAIN_KEY
+    from kit.maintain import maintain
+    from kit.migrate import apply
+    from kit.migrate.lock import LOCK_KEY as MIGRATE_KEY
+
+    key = MIGRATE_KEY if key_name == "migrate" else MAINTAIN_KEY
+    squatter = psycopg2.connect(test_db_url, application_name="squatter")  # kit_app: advisory locks need no grant
+    squatter.autocommit = True
+    try:
+        with squatter.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(%s), pg_backend_pid()", (key,))
+            pid = cursor.fetchone()[1]
+        began = time.monotonic()
+        with pytest.raises(LockHeld) as caught:
+            if key_name == "migrate":
+                apply(owner_database(), Path(__file__).resolve().parent.parent / "migrations", say=lambda _: None)
+            else:
+                maintain(owner_database(), [], say=lambda _: None)
+        assert time.monotonic() - began < 10
+        said = str(caught.value)
+        assert f"server pid {pid} (role kit_app, application 'squatter'" in said
+        assert "which is not a run of the kit's commands" in said and "pg_terminate_backend" in said
+    finally:
+        squatter.close()
+
+
+def test_a_wait_for_another_run_of_the_kit_is_bounded():
+    from helpers import owner_database
+
+    from kit import LockHeld
+    from kit.migrate.lock import LOCK_KEY, take_advisory_lock
+
+    owner = owner_database()
+    other = Database()
+    other.configure(owner.url, owner=True)
+    try:
+        with other.connection_context():
+            other.execute_sql("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))  # another run of the owner's
+            said = []
+            with owner.connection_context(), pytest.raises(LockHeld, match="gave up waiting for another run after"):
+                take_advisory_lock(owner, LOCK_KEY, "", "another run", said.append, poll=0.05, wait=0.3)
+            assert said and said[0].startswith("waiting for another run to finish (server pid ")
+            other.execute_sql("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+    finally:
+        other.close_all()

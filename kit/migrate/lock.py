@@ -11,6 +11,14 @@
 A session lock and a transaction lock on the same key exclude each other, so runs of either kind
 apply each migration once.
 
+**No wait is unbounded, and none is for a stranger.** Advisory locks need no privilege, so any role
+may take the kit's keys. A run never blocks in the server on one: it tries, and while the key is held
+it asks who holds it (`holder`). Held by a session of another role than the run's own (the
+application's `kit_app` holding the migration key, say), nothing the kit runs will release it: the run
+stops at once with `LockHeld` naming that session (pid, role, application, how long), and nothing of it
+was done. Held by a run of the same role, it waits, saying so, at most `wait` seconds
+(`LOCK_WAIT_S`, an hour: longer than any migration or upkeep should take), then stops the same way.
+
 Behind a transaction-pooling PgBouncer a session lock means nothing (the next statement may run on
 another server connection, and the lock stays behind on the first). There, a lock that must span
 many transactions (plain `pw_migrate`'s run, `kit maintain`) is `hold_lock`: a transaction-scoped lock
@@ -30,35 +38,67 @@ from peewee import Database
 
 from kit.ddl import side_connection
 from kit.errors import (
+    LockHeld,
     SessionLost,
     describe,
 )
 
 LOCK_KEY = 0x6B69745F6D6967  # "kit_mig"
+LOCK_WAIT_S = 3600.0  # the longest a run waits for another run of its own role
+POLL_S = 0.2  # how often a waiting run tries again
 
-_HOLDER_SQL = (
-    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
-    " AND ((classid::bigint << 32) | objid::bigint) = %s LIMIT 1"
-)
+# Who holds advisory lock `key`: pid, role, application, seconds held (the owner reads other roles'
+# sessions through pg_read_all_stats); and whether that role is the asking session's own.
+_HOLDER_SQL = """
+SELECT l.pid, coalesce(a.usename::text, '?'), coalesce(a.application_name, ''),
+       coalesce(extract(epoch FROM now() - coalesce(a.xact_start, a.backend_start)), 0)::float8,
+       a.usename IS NOT DISTINCT FROM current_user
+FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.granted AND ((l.classid::bigint << 32) | l.objid::bigint) = %s
+  AND l.pid <> pg_backend_pid()
+LIMIT 1
+"""
+
+
+def holder_sentence(row: Any) -> str:
+    """A lock holder as the messages name it."""
+    pid, role, application, seconds, _ = row
+    shown = f", application {application!r}" if application else ""
+    return f"server pid {pid} (role {role}{shown}, for {seconds:,.0f} s)"
+
+
+def wait_rule(row: Any, what: str, waited: float, wait: float) -> str | None:
+    """Why a run must stop waiting for a lock `row` holds (None: go on waiting): a stranger, or too long."""
+    if row is None:
+        return None
+    if not row[4]:
+        return (f"the lock of {what} is held by {holder_sentence(row)}, which is not a run of the kit's commands "
+                f"(they connect as the owner), so nothing will release it; nothing was done: end that session "
+                f"(SELECT pg_terminate_backend({row[0]})) and run again")
+    if waited >= wait:
+        return (f"gave up waiting for {what} after {waited:,.0f} s: it is held by {holder_sentence(row)}; "
+                "nothing was done: run again once it has finished, or end that session")
+    return None
 
 
 def take_advisory_lock(database: Database, key: int, scope: str, what: str, say: Callable[[str], None],
-                       poll: float | None = None) -> None:
+                       poll: float = POLL_S, wait: float = LOCK_WAIT_S) -> None:
     """Take advisory lock `key` ("" session, "_xact" transaction scope), saying "waiting for `what`" if held.
 
-    With `poll` (seconds), wait by trying again at that interval instead of in one blocking statement:
-    a session blocked in a statement holds a transaction open, which CREATE INDEX CONCURRENTLY in the
-    lock holder's session would wait for (a deadlock).
+    It waits by trying again every `poll` seconds, never in one blocking statement: a session blocked
+    in a statement holds a transaction open, which CREATE INDEX CONCURRENTLY in the lock holder's
+    session would wait for (a deadlock), and a wait must stay bounded (`wait_rule`).
     """
     try_sql = f"SELECT pg_try_advisory{scope}_lock(%s)"
-    if database.execute_sql(try_sql, (key,)).fetchone()[0]:
-        return
-    holder = database.execute_sql(_HOLDER_SQL, (key,)).fetchone()
-    say(f"waiting for {what} to finish (server pid {holder[0] if holder else '?'})")
-    if poll is None:
-        database.execute_sql(f"SELECT pg_advisory{scope}_lock(%s)", (key,))
-        return
+    began, said = time.monotonic(), False
     while not database.execute_sql(try_sql, (key,)).fetchone()[0]:
+        row = database.execute_sql(_HOLDER_SQL, (key,)).fetchone()
+        stop = wait_rule(row, what, time.monotonic() - began, wait)
+        if stop is not None:
+            raise LockHeld(stop, holder=holder_sentence(row))
+        if not said and row is not None:
+            say(f"waiting for {what} to finish ({holder_sentence(row)})")
+            said = True
         time.sleep(poll)
 
 
@@ -78,26 +118,30 @@ def lock_session(database: Database, say: Callable[[str], None] = print) -> None
     _take(database, "", say)
 
 
-def hold_lock(database: Database, key: int, what: str, say: Callable[[str], None], poll: float = 0.5) -> Any:
+def hold_lock(database: Database, key: int, what: str, say: Callable[[str], None], poll: float = 0.5,
+              wait: float = LOCK_WAIT_S) -> Any:
     """Take advisory lock `key` in an open transaction of a connection of its own; close that connection to release.
 
     Waits (trying every `poll` seconds, outside any transaction between tries) and says "waiting for
-    `what`" while another holds it.
+    `what`" while another run holds it; stops with `LockHeld` as `wait_rule` says.
     """
     conn = side_connection(database, "kit-lock")
     try:
-        said = False
+        said, began = False, time.monotonic()
         while True:
             with conn.cursor() as cursor:
                 cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", (key,))
                 if cursor.fetchone()[0]:
                     return conn  # the transaction stays open: the lock with it
-                if not said:
-                    cursor.execute(_HOLDER_SQL, (key,))
-                    holder = cursor.fetchone()
-                    say(f"waiting for {what} to finish (server pid {holder[0] if holder else '?'})")
-                    said = True
+                cursor.execute(_HOLDER_SQL, (key,))
+                row = cursor.fetchone()
             conn.rollback()
+            stop = wait_rule(row, what, time.monotonic() - began, wait)
+            if stop is not None:
+                raise LockHeld(stop, holder=holder_sentence(row))
+            if not said and row is not None:
+                say(f"waiting for {what} to finish ({holder_sentence(row)})")
+                said = True
             time.sleep(poll)
     except BaseException:
         conn.close()
