@@ -21,10 +21,12 @@ from kit.errors import (
     FixtureError,
     InsufficientCredits,
     InvitationError,
+    InvitationNotFound,
     KitError,
     LockBusy,
     LockHeld,
     MigrationError,
+    NotFound,
     NotMigrated,
     PoolExhausted,
     PoolSettingError,
@@ -49,7 +51,7 @@ def retry_transaction(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return run(fn, *args, **kwargs)
 
 __all__ = ["ArgumentError", "ConfigError", "CopyRowError", "DatabaseUnavailable", "DecryptionError",
-           "EmbeddedServerError", "FixtureError", "InsufficientCredits", "InvitationError", "KitError", "LockBusy",
-           "LockHeld", "MigrationError", "NotMigrated", "PoolExhausted", "PoolSettingError", "PoolTooLarge",
-           "SessionLost", "SessionStateRefused", "StatementTimeout", "TenantError", "TenantRequired",
-           "VectorValueError", "all_tenants", "current_tenant", "retry_transaction", "tenant"]
+           "EmbeddedServerError", "FixtureError", "InsufficientCredits", "InvitationError", "InvitationNotFound",
+           "KitError", "LockBusy", "LockHeld", "MigrationError", "NotFound", "NotMigrated", "PoolExhausted",
+           "PoolSettingError", "PoolTooLarge", "SessionLost", "SessionStateRefused", "StatementTimeout", "TenantError",
+           "TenantRequired", "VectorValueError", "all_tenants", "current_tenant", "retry_transaction", "tenant"]

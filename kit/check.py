@@ -34,7 +34,7 @@ import psycopg2
 from peewee import Model
 
 from kit.config import Settings, mask_password
-from kit.errors import DatabaseUnavailable, describe
+from kit.db.contract import cannot_connect
 from kit.roles import APP, AUTH, DOOR, LEAKPROOF_SQL, OWNER, policy_statements, tenant_policy_problems, tenant_rule
 
 ROLE_SQL = """
@@ -89,8 +89,7 @@ class _Session:
             self.conn = psycopg2.connect(url, connect_timeout=10, application_name="kit-check",
                                          options=f"-c statement_timeout={CHECK_TIMEOUT_MS}")
         except psycopg2.Error as exc:
-            raise DatabaseUnavailable(f"could not connect to the database at {mask_password(url)}: "
-                                      f"{describe(exc)}") from None
+            raise cannot_connect(mask_password(url), exc) from None
         self.cursor = self.conn.cursor()  # psycopg2 opens the transaction; close() rolls it back
 
     def one(self, sql: str, params: tuple[Any, ...] = ()) -> Any:

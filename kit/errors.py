@@ -114,8 +114,16 @@ class DecryptionError(KitError):
     """A value cannot be decrypted with the secrets at hand (another secret, or not Better Auth's format)."""
 
 
+class NotFound(KitError, LookupError):
+    """A row the caller named (by id or key) does not exist, or is not the tenant context's to see."""
+
+
 class InvitationError(KitError):
     """An invitation cannot be accepted (expired, revoked, for another email, used by someone else)."""
+
+
+class InvitationNotFound(InvitationError, NotFound):
+    """The invitation (or the user accepting it) does not exist."""
 
 
 class InsufficientCredits(KitError):

@@ -237,9 +237,22 @@ END $$
 
 # Full-text matching (`tsvector @@ tsquery`) is not marked LEAKPROOF in PostgreSQL's catalog, so under
 # row-level security the planner may not use it as an index condition and the GIN index of hybrid
-# search goes unused (a tenant's every row is matched one by one). The function can raise no error
-# that depends on a row's data (only on the query, which the caller wrote), so it leaks nothing: mark it
-# so in this database. Only a superuser may; an admin that is not one leaves it, and `kit db check` says.
+# search goes unused (a tenant's every row is matched one by one). The bootstrap marks it LEAKPROOF in
+# the kit's database (only a superuser may; an admin that is not one leaves it, and `kit db check` says).
+#
+# The threat model under which that is safe, argued here and pinned by tests/test_isolation.py:
+# - LEAKPROOF lets the planner run `@@` on rows the policies will drop, so an error that depends on a
+#   row's data would tell the caller something about another tenant's row. `@@` has one: a tsquery
+#   nested thousands deep exhausts the stack ("stack depth limit exceeded") only when evaluation goes
+#   deep, which it does only when the row holds the words (AND stops at the first miss).
+# - Through the kit, no such tsquery is built: `DocumentChunk.hybrid_search` takes a search box's text
+#   (at most `MAX_QUERY_WORDS` words), and `websearch_to_tsquery` makes of it a query of at most a few
+#   nodes per word, thousands of times too shallow to reach the limit, whatever the rows hold.
+# - With SQL of its own, the application's role can build that tsquery, but it can also set the
+#   tenant setting to any organization for its own transaction (row-level security keeps a tenant from
+#   code that forgets a filter, not from code that writes SQL: docs/tenancy.md, "Not kept"), and read
+#   that organization's rows outright. The error tells it nothing it cannot read.
+# If the tenant ever becomes something the application's role cannot forge, this marking must go.
 LEAKPROOF = """
 DO $$ BEGIN
     IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
@@ -295,7 +308,15 @@ def bootstrap(admin_url: str, passwords: Mapping[str, str] | None = None) -> Non
     import psycopg2
     from psycopg2 import errors
 
-    conn = psycopg2.connect(admin_url, application_name="kit-roles")
+    from kit.config import mask_password
+    from kit.errors import DatabaseUnavailable, describe
+
+    try:
+        conn = psycopg2.connect(admin_url, application_name="kit-roles", connect_timeout=10)
+    except psycopg2.Error as exc:
+        raise DatabaseUnavailable(f"could not connect to the database at {mask_password(admin_url)} "
+                                  f"(DATABASE_ADMIN_URL) to make the kit's roles: {describe(exc)}; nothing was "
+                                  "changed") from None
     try:
         for attempt in (1, 2):  # two processes bootstrapping at once: the loser's CREATE ROLE fails once
             try:

@@ -13,9 +13,22 @@ one: inside each request (`kit.db.scope.request_scope`) a connection is held onl
 or a transaction runs, and given back by the thread that took it, whichever threads the framework
 runs the request's code on.
 
-Errors: `DatabaseUnavailable` (and its `SessionLost`), `PoolExhausted` and `StatementTimeout` become
-503 with `Retry-After` and one sentence (`kit.errors.describe`, no secret), so a client or a load
-balancer tries again; the rest of the kit's errors are the application's to map.
+Errors: every `KitError` becomes a status that fits it (`status_of`), with a body that names no
+server, role, socket or database, and the full sentence in the log (`kit.web`):
+
+| error | status | body |
+|---|---|---|
+| `DatabaseUnavailable` (`SessionLost`), `PoolExhausted`, `StatementTimeout`, `LockBusy`, `LockHeld` | 503 | fixed |
+| `NotFound` (`InvitationNotFound`) | 404 | its sentence |
+| `ArgumentError`, `VectorValueError`, `CopyRowError` | 422 | its sentence (about the request's own input) |
+| `TenantError`, `TenantRequired` | 403 | its sentence (a table and the caller's own organization id) |
+| `InsufficientCredits` | 402 | its sentence |
+| `InvitationError` | 409 | its sentence |
+| any other `KitError` (a misconfiguration, a migration not run) | 500 | fixed |
+
+A 503 says `Retry-After`, and its fixed sentence says to try again.
+
+A handler's own `except` still comes first; this is what reaches the client when none catches it.
 
 Each request is tagged with its route template (`kit.telemetry.tag`): the slow-query log, the spans
 and, when DATABASE_QUERY_TAGS=1, the statements' comments name it.
@@ -28,14 +41,44 @@ pools, so workers x (sync MAX + async MAX) must stay under the server's connecti
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from kit.db.scope import request_scope
-from kit.errors import DatabaseUnavailable, PoolExhausted, StatementTimeout, describe
+from kit.errors import (
+    ArgumentError,
+    CopyRowError,
+    DatabaseUnavailable,
+    InsufficientCredits,
+    InvitationError,
+    KitError,
+    LockBusy,
+    LockHeld,
+    NotFound,
+    PoolExhausted,
+    StatementTimeout,
+    TenantError,
+    VectorValueError,
+    describe,
+)
 from kit.telemetry import tag
 
+log = logging.getLogger("kit.web")
 RETRY_AFTER_S = 1  # what a 503 tells the client to wait before trying again
-UNAVAILABLE = (DatabaseUnavailable, PoolExhausted, StatementTimeout)  # the failures that are a 503
+UNAVAILABLE = (DatabaseUnavailable, PoolExhausted, StatementTimeout, LockBusy, LockHeld)  # the failures that are a 503
+# (error classes, status, the body's sentence: None to say the error's own), most specific first
+STATUSES: tuple[tuple[tuple[type[KitError], ...], int, str | None], ...] = (
+    ((PoolExhausted,), 503, "every database connection is in use; try again shortly"),
+    ((StatementTimeout,), 503, "the request took longer than the database allows; try again shortly"),
+    ((LockBusy, LockHeld), 503, "the database is busy with maintenance; try again shortly"),
+    ((DatabaseUnavailable,), 503, "the database is unavailable; try again shortly"),
+    ((NotFound,), 404, None),
+    ((ArgumentError, VectorValueError, CopyRowError), 422, None),
+    ((TenantError,), 403, None),
+    ((InsufficientCredits,), 402, None),
+    ((InvitationError,), 409, None),
+    ((KitError,), 500, "the request could not be completed"),
+)
 
 
 class KitMiddleware:
@@ -67,20 +110,30 @@ def _route(scope: dict[str, Any]) -> str:
     return f"{method} (no route)"
 
 
+def status_of(exc: KitError) -> tuple[int, dict[str, str], dict[str, str]]:
+    """The status, body and headers a kit error answers with (`STATUSES`): no server, role or socket in the body."""
+    status, sentence = next((status, sentence) for kinds, status, sentence in STATUSES if isinstance(exc, kinds))
+    body = {"detail": sentence if sentence is not None else describe(exc), "error": type(exc).__name__}
+    return status, body, {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else {}
+
+
 def unavailable_response(exc: BaseException) -> tuple[int, dict[str, str], dict[str, str]]:
-    """The status, body and headers for an outage: 503, its one sentence, and when to try again."""
-    return 503, {"detail": describe(exc), "error": type(exc).__name__}, {"Retry-After": str(RETRY_AFTER_S)}
+    """The status, body and headers for an outage: 503, a fixed sentence, and when to try again."""
+    return status_of(exc) if isinstance(exc, KitError) else (503, {"detail": "the database is unavailable; try "
+                                                                   "again shortly", "error": type(exc).__name__},
+                                                             {"Retry-After": str(RETRY_AFTER_S)})
 
 
 def install(app: Any) -> Any:
-    """Add `KitMiddleware` to a Starlette or FastAPI `app` and answer the kit's outages with 503; return `app`."""
+    """Add `KitMiddleware` to a Starlette or FastAPI `app` and answer every kit error with its status; return `app`."""
     from starlette.responses import JSONResponse
 
     async def handler(request: Any, exc: Exception) -> JSONResponse:
-        status, body, headers = unavailable_response(exc)
+        status, body, headers = status_of(exc)
+        (log.warning if status >= 500 else log.info)("%s %s: %s (%s)", request.method, request.url.path,
+                                                     describe(exc), status)
         return JSONResponse(body, status_code=status, headers=headers)
 
     app.add_middleware(KitMiddleware)
-    for kind in UNAVAILABLE:
-        app.add_exception_handler(kind, handler)
+    app.add_exception_handler(KitError, handler)
     return app

@@ -71,3 +71,18 @@ def test_a_set_database_url_is_refused_in_one_sentence():
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "Traceback" not in result.stderr and "secret" not in result.stderr
     assert "makes a replica of the embedded server only" in result.stderr
+
+
+def test_kit_migrate_pointed_at_a_replica_says_so_in_one_sentence(replica):
+    import os
+    import subprocess
+    import sys
+
+    owner = replica.replace("kit_app@", "kit_owner@", 1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_"))}
+    env.update(DATABASE_URL=replica, DATABASE_OWNER_URL=owner)
+    for command in (["migrate"], ["migrate", "rollback"]):
+        ran = subprocess.run([sys.executable, "-m", "kit.cli", *command], env=env, capture_output=True, text=True,
+                             timeout=120)
+        assert ran.returncode != 0 and "Traceback" not in ran.stderr, ran.stderr
+        assert "is a read-only replica (in recovery): migrations run on the primary" in ran.stderr, ran.stderr

@@ -6,10 +6,10 @@ import re
 
 import numpy as np
 import pytest
-from helpers import create_owned, drop_owned
+from helpers import as_owner, create_owned, drop_owned
 from peewee import AutoField, IntegerField, Model
 
-from kit import ArgumentError, all_tenants
+from kit import ArgumentError
 from kit.db import database
 from kit.vector import HalfVectorField, HNSWIndex, IVFFlatIndex, VectorField, VectorModel, copy_rows, nearest
 
@@ -50,8 +50,8 @@ def points(test_db_url):
     orgs[np.flatnonzero(orgs == 2)[:10]] = 3
     create_owned(Point)
     copy_rows(Point, [{"org": int(o), "embedding": v} for o, v in zip(orgs, data, strict=True)])
-    with all_tenants():  # only the owner may ANALYZE its table
-        database.execute_sql("ANALYZE search_points")
+    with as_owner(Point) as owner:  # only the owner may ANALYZE its table
+        owner.execute_sql("ANALYZE search_points")
     yield data, orgs
     drop_owned(Point)
 
@@ -260,8 +260,8 @@ def test_quantized_indexes_are_built_searched_reranked_and_checked_for_drift(poi
     create_owned(Quantized)
     try:
         copy_rows(Quantized, [{"org": int(o), "embedding": v} for o, v in zip(orgs, data, strict=True)])
-        with all_tenants():  # only the owner may ANALYZE its table
-            database.execute_sql("ANALYZE search_quantized")
+        with as_owner() as owner:  # only the owner may ANALYZE its table
+            owner.execute_sql("ANALYZE search_quantized")
         definition = database.execute_sql("SELECT indexdef FROM pg_indexes WHERE indexname = %s",
                                           (index._name,)).fetchone()[0]
         assert f"USING hnsw ({expression} {opclass})" in definition, definition

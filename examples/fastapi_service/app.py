@@ -17,7 +17,7 @@ from pydantic import BaseModel
 import kit
 import kit.web
 from kit.aio import database as adb
-from kit.errors import SessionLost, describe
+from kit.errors import SessionLost
 from kit.models import AiUsage, DocumentChunk, Member, OrgCredit
 
 app = kit.web.install(FastAPI(title="kit example"))
@@ -47,11 +47,11 @@ def spend(org: uuid.UUID, body: Spend) -> int:
 
 @app.exception_handler(SessionLost)
 async def lost(request: Any, exc: SessionLost) -> Any:
-    """503, saying whether the write may have happened (`outcome_unknown`)."""
+    """503 as `kit.web` answers it, also saying whether the write may have happened (`outcome_unknown`)."""
     from starlette.responses import JSONResponse
 
-    return JSONResponse({"detail": describe(exc), "error": "SessionLost", "outcome_unknown": exc.outcome_unknown},
-                        status_code=503, headers={"Retry-After": "1"})
+    status, body, headers = kit.web.status_of(exc)
+    return JSONResponse({**body, "outcome_unknown": exc.outcome_unknown}, status_code=status, headers=headers)
 
 
 @app.get("/health")

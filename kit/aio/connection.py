@@ -112,7 +112,7 @@ class KitConnection(AsyncPostgresqlConnection):
         super().__init__(conn)
         self.session = session  # the server session's state, kept by the database as long as the session lives
         self.raw_transaction = False  # BEGIN sent as SQL
-        self.tenant_set: str | None = None  # the tenant this transaction's setting names ('' cleared)
+        self.tenant_used = False  # the open transaction has carried a tenant (`kit.db.contract.tenant_rides`)
         self.taken = 0.0  # when it was checked out (time.monotonic())
         self.taken_by: Any = None  # the stack that checked it out (with a leak threshold only)
         self.leak_timer: Any = None  # reports it as leaked unless it comes back first

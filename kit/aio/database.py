@@ -47,7 +47,6 @@ from typing import Any, TypeVar
 import psycopg2.extensions
 from peewee import (
     DatabaseError,
-    InterfaceError,
     OperationalError,
     SelectBase,
     __exception_wrapper__,
@@ -63,6 +62,7 @@ from kit.aio.connection import (
     json_decoder,
     json_encoder,
     session_ended,
+    settle,
     split_settings,
     vector_codec,
 )
@@ -71,25 +71,34 @@ from kit.aio.transaction import Atomic
 from kit.config import Settings, check_database_url, load_settings, mask_password
 from kit.db.bridge import leave, stand_in
 from kit.db.clean import leaves_nothing
+from kit.db.contract import (
+    alone_prefix,
+    cannot_connect,
+    in_kit_words,
+    limit_sql,
+    lost_during_commit,
+    lost_in_transaction,
+    lost_with_state,
+    pool_exhausted,
+    riding_settings,
+    several_statements,
+    tenant_rides,
+)
 from kit.db.outcomes import is_outage, sqlstate
-from kit.db.pooled import RESEND_WINDOW, RLS_VIOLATION
+from kit.db.pooled import RESEND_WINDOW
 from kit.db.retry import DEFAULT_TRIES, check_tries, refuse_nested, wait_before_next
 from kit.db.statements import NO_TRANSACTION_BLOCK, OPEN_TRANSACTION, POOLER_REFUSES, RAW_BEGIN, RAW_END, session_change
 from kit.errors import (
-    DatabaseUnavailable,
     KitError,
     PoolExhausted,
-    SessionLost,
     SessionStateRefused,
-    StatementTimeout,
-    TenantError,
     describe,
 )
 from kit.pool import ConnectionPool
-from kit.roles import APP
+from kit.roles import APP, DOOR
 from kit.telemetry import watch as _watch
 from kit.telemetry.watch import Target, async_databases, note_resent
-from kit.tenancy import crossing_tenants, current_tenant, require_tenant, statement_prefix
+from kit.tenancy import crossing_tenants, current_tenant, require_tenant
 
 log = logging.getLogger("kit.db")
 
@@ -117,8 +126,10 @@ STATEMENT_CACHE = 256  # asyncpg's prepared statements per connection (0 behind 
 class AsyncDatabase(AsyncReadRouting, AsyncPostgresqlDatabase):
     """The kit's asyncio PostgreSQL database: pwasyncio on asyncpg, configured from the environment on first use."""
 
+    is_door = False  # the door's own database: `all_tenants()` statements of its parent run here
+
     def __init__(self, url: str | None = None, settings: Settings | None = None, stands_for: Any = None, *,
-                 replicas: Any = None) -> None:
+                 replicas: Any = None, door_url: str | None = None) -> None:
         super().__init__(None)
         if stands_for is None:
             from kit.db.configured import database as stands_for
@@ -131,6 +142,8 @@ class AsyncDatabase(AsyncReadRouting, AsyncPostgresqlDatabase):
         self._waiting = 0  # tasks waiting for a connection
         self._leak_after: float | None = None
         self._given_replicas: Any = replicas  # URLs to read from (None: DATABASE_REPLICA_URLS)
+        self._given_door = door_url  # the door's URL (None: DATABASE_DOOR_URL, `kit.db.configured.resolve_url`)
+        self._door: AsyncDatabase | None = None
         self._sessions: dict[int, set[str]] = {}  # server process id: the session state its connection holds
         self._unclean: set[int] = set()  # server process ids that ran what `kit.db.clean` cannot prove stateless
         self._target: Target | None = None
@@ -138,9 +151,11 @@ class AsyncDatabase(AsyncReadRouting, AsyncPostgresqlDatabase):
 
     # -- configuration and the pool -------------------------------------------------------------
 
-    def configure(self, url: str | None = None, settings: Settings | None = None, replicas: Any = None) -> None:
+    def configure(self, url: str | None = None, settings: Settings | None = None, replicas: Any = None,
+                  door_url: str | None = None) -> None:
         """Point at `url` with `settings` (default: the environment's), reading from `replicas` (default: theirs)."""
         self._given_url, self._given_settings, self._given_replicas = url, settings, replicas
+        self._given_door, self._door = door_url, None
         self.settings = None
         self.url = None
         self._target = None
@@ -203,8 +218,7 @@ class AsyncDatabase(AsyncReadRouting, AsyncPostgresqlDatabase):
                 statement_cache_size=0 if self.pooler else STATEMENT_CACHE,
                 command_timeout=limit + COMMAND_GRACE_S if limit else None, timeout=CONNECT_TIMEOUT_S)
         except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise DatabaseUnavailable(f"could not connect to the database at {self.database}: {describe(exc)}",
-                                      url=self.database) from exc
+            raise cannot_connect(self.database, exc) from exc
 
     async def _init_connection(self, conn: Any) -> None:
         """Set a new connection up: JSON codecs and pgvector's binary format."""
@@ -328,19 +342,16 @@ class AsyncDatabase(AsyncReadRouting, AsyncPostgresqlDatabase):
         held = self._state.conn
         if held is not None and held.stale():  # found dead between statements: never replaced silently
             if self._state.transactions:
-                raise SessionLost("the database connection was lost inside a transaction; the server rolled it "
-                                  "back, so nothing of it was committed", lost=frozenset({OPEN_TRANSACTION}))
+                raise lost_in_transaction(None)
             await self._drop(held)  # raises SessionLost if it held session state
         try:
             return await super().aconnect()
         except KitError:
             raise
-        except (OperationalError, InterfaceError, OSError) as exc:
+        except Exception as exc:  # no connection was had, so nothing was sent (a refusal at start-up, 57P03, too)
             if "acquiring connection" in str(exc):
-                raise PoolExhausted(f"{exc} (DATABASE_POOL_MAX={self._pool_size}, DATABASE_POOL_TIMEOUT="
-                                    f"{self._configured().pool_timeout_ms} ms)") from None
-            raise DatabaseUnavailable(f"could not connect to the database at {self.database}: {describe(exc)}",
-                                      url=self.database) from exc
+                raise pool_exhausted(exc, self._pool_size, self._configured().pool_timeout_ms) from None
+            raise cannot_connect(self.database, exc) from exc
 
     def pool_stats(self) -> dict[str, Any]:
         """Counts: in_use, idle, min, max (the configured sizes before first use), resent, session_lost, timeouts."""
@@ -355,10 +366,33 @@ class AsyncDatabase(AsyncReadRouting, AsyncPostgresqlDatabase):
         return stats
 
     async def close_pool(self) -> None:
-        """Close the pool (and each replica's), waiting for connections in use to come back."""
+        """Close the pool (and each replica's, and the door's), waiting for connections in use to come back."""
         for replica in self._router.replicas if self._router is not None else ():
             await replica.database.close_pool()
+        if self._door is not None:
+            await self._door.close_pool()
         await super().close_pool()
+
+    # -- all_tenants(): the door's own database ---------------------------------------------------
+
+    def _crossing(self) -> bool:
+        """True when this context's statements go through the door (inside `all_tenants()`)."""
+        return not self.is_door and crossing_tenants()
+
+    def door(self) -> AsyncDatabase:
+        """The database `all_tenants()` statements run on: the door's URL (`kit_door`), a small pool of its own."""
+        if self._door is None:
+            from dataclasses import replace
+
+            from kit.db.configured import DOOR_POOL_MAX, resolve_url
+
+            settings = self._configured()
+            url = self._given_door or resolve_url(settings, DOOR)
+            door = type(self)(url, replace(settings, replica_urls=(), pool_min=0, pool_max=DOOR_POOL_MAX),
+                              stands_for=None, replicas=())
+            door.is_door = True
+            self._door = door
+        return self._door
 
     # -- models: bound to this database inside run() -------------------------------------------
 
@@ -396,12 +430,22 @@ class AsyncDatabase(AsyncReadRouting, AsyncPostgresqlDatabase):
 
     def execute(self, query: Any, **context: Any) -> Any:
         """Run a peewee query (a tenant table's write with no tenant context is refused first, as on the sync path)."""
+        if self._crossing():
+            return self.door().execute(query, **context)
         if not isinstance(query, SelectBase) and current_tenant() is None and not crossing_tenants():
             require_tenant(query)
         return super().execute(query, **context)
 
+    def in_transaction(self) -> bool:
+        """Whether this task is inside a transaction (the door's, inside `all_tenants()`)."""
+        if self._crossing():
+            return self.door().in_transaction()
+        return super().in_transaction()
+
     def atomic(self, *args: Any, **kwargs: Any) -> Atomic:
         """A transaction (a savepoint inside one): `async with database.atomic():`, or `with` inside `run()`."""
+        if self._crossing():
+            return self.door().atomic(*args, **kwargs)
         return Atomic(self, *args, **kwargs)
 
     transaction = savepoint = atomic
@@ -459,7 +503,10 @@ class AsyncDatabase(AsyncReadRouting, AsyncPostgresqlDatabase):
         """Run one statement; re-sent once only when the server never ran it; failures in the kit's words.
 
         `writes` False: a read (`kit.aio.reads`), which the context's next reads need not wait for.
+        Inside `all_tenants()` it runs through the door (`door()`).
         """
+        if self._crossing():
+            return await self.door().aexecute_sql(sql, params, writes)
         if writes:
             self._note_write(sql)
         watch = _watch.active
@@ -483,7 +530,15 @@ class AsyncDatabase(AsyncReadRouting, AsyncPostgresqlDatabase):
     async def _send(self, sql: str, params: Any, resent: bool = False) -> CursorAdapter:
         """Send `sql` with what must ride before it; on a session found ended before it ran, once more."""
         conn = await self.aconnect()
+        if resent:
+            conn = await self._verified(conn)
         in_transaction = bool(self._state.transactions) or conn.raw_transaction
+        limit = self.statement_timeout
+        refused = None if in_transaction else several_statements(sql, max(1, round(limit * 1000)) if limit else None)
+        if refused is not None:
+            if not self._state.transactions and not conn.raw_transaction and not conn.session:
+                await self.aclose()
+            raise refused
         kind = session_change(sql)
         if kind is not None and kind is not RAW_BEGIN and kind is not RAW_END:
             if self.pooler and kind in POOLER_REFUSES and not in_transaction:
@@ -501,7 +556,10 @@ class AsyncDatabase(AsyncReadRouting, AsyncPostgresqlDatabase):
             else:
                 result = await self._alone(conn, settings, body, params, kind)
         except Exception as exc:
-            if resent or not self._never_ran(exc, conn, in_transaction, time.monotonic() - sent):
+            seconds = time.monotonic() - sent
+            if not conn.stale() and not isinstance(exc, KitError) and sqlstate(exc) is None:
+                await settle()  # a driver error with no SQLSTATE: let the driver read a close the server sent
+            if resent or not self._never_ran(exc, conn, in_transaction, seconds):
                 await self._after_loss(conn, in_transaction)
                 raise
             await self._drop(conn)
@@ -512,18 +570,15 @@ class AsyncDatabase(AsyncReadRouting, AsyncPostgresqlDatabase):
             return await self._send(sql, params, resent=True)
         if kind is RAW_BEGIN or kind is RAW_END:
             conn.raw_transaction = kind is RAW_BEGIN
-            conn.tenant_set = None
+            conn.tenant_used = False
         if not self._state.transactions and not conn.raw_transaction and not conn.session:
             await self.aclose()  # nothing to keep: the connection goes back until the next statement
         return result
 
     async def _in_transaction(self, conn: KitConnection, settings: str, body: str, params: Any) -> CursorAdapter:
-        """A statement inside a transaction: the tenant setting first when it changed, then the statement."""
-        wanted = current_tenant()
-        text = str(wanted) if wanted is not None else ""
-        if conn.tenant_set != text and (wanted is not None or conn.tenant_set):
-            settings = statement_prefix(wanted) + settings
-            conn.tenant_set = text
+        """A statement inside a transaction: the riding settings and the tenant first (`kit.db.contract`)."""
+        tenant, conn.tenant_used = tenant_rides(current_tenant(), conn.tenant_used)
+        settings = riding_settings() + tenant + settings
         if settings:
             await conn.simple(settings)
         return await conn.execute(body, params)
@@ -531,12 +586,10 @@ class AsyncDatabase(AsyncReadRouting, AsyncPostgresqlDatabase):
     async def _alone(self, conn: KitConnection, settings: str, body: str, params: Any,
                      kind: str | None) -> CursorAdapter:
         """A statement that is its own transaction; with settings to ride along, one transaction around them."""
-        wanted = current_tenant()
-        if wanted is not None:
-            settings = statement_prefix(wanted) + settings
         limit = self.statement_timeout
-        if limit and self.pooler and settings:
-            settings = f"SET LOCAL statement_timeout = {max(1, round(limit * 1000))};" + settings
+        riding = alone_prefix(body, current_tenant(), None)
+        if riding or settings:  # behind PgBouncer the limit rides too; elsewhere it is the connection's default
+            settings = (limit_sql(max(1, round(limit * 1000))) if limit and self.pooler else "") + riding + settings
         if not settings or kind is RAW_BEGIN or NO_TRANSACTION_BLOCK.match(body):
             return await conn.execute(body, params)
         await conn.simple("BEGIN;" + settings)
@@ -550,10 +603,25 @@ class AsyncDatabase(AsyncReadRouting, AsyncPostgresqlDatabase):
             await conn.simple("COMMIT")
         except Exception as exc:
             if conn.stale():
-                raise SessionLost(f"the database connection was lost during COMMIT ({describe(exc)}); the "
-                                  "outcome is unknown: check before doing it again", outcome_unknown=True) from exc
+                raise lost_during_commit(exc) from exc
             raise
         return result
+
+    async def _verified(self, conn: KitConnection) -> KitConnection:
+        """A connection proven alive by a round trip: a re-send never goes to another that died alike.
+
+        The kill, restart or idle timeout that ended one idle connection often ended the pool's other
+        idle ones too; as the sync pool does (`getconn(verified=True)`), the replacement is pinged, and
+        one found dead is let go for the next, at most as many times as the pool has connections.
+        """
+        for _ in range(self._pool_size):
+            try:
+                await conn.simple("SELECT 1")
+                return conn
+            except Exception:  # noqa: BLE001 - dead: let it go and take another
+                await self._drop(conn)
+                conn = await self.aconnect()
+        return conn
 
     def _never_ran(self, exc: BaseException, conn: KitConnection, in_transaction: bool, seconds: float) -> bool:
         """The re-send rule (`kit.db.pooled`): outside a transaction, no session state, session gone at once."""
@@ -579,37 +647,23 @@ class AsyncDatabase(AsyncReadRouting, AsyncPostgresqlDatabase):
             log.debug("releasing a dead connection failed", exc_info=True)
         if lost:
             self.counts["session_lost"] += 1
-            raise SessionLost(f"the database connection was lost and with it this session's "
-                              f"{', '.join(sorted(lost))}; nothing was re-sent: set that state up again on the "
-                              "next statement's new connection", lost=frozenset(lost))
+            raise lost_with_state(lost, None)
 
     def _translate(self, exc: BaseException) -> BaseException:
-        """A failure in the kit's words: a time limit, a tenant's row, an outage; anything else as it is."""
+        """A failure in the kit's words (`kit.db.contract.in_kit_words`); anything else as peewee's class."""
         if isinstance(exc, KitError):
             return exc
-        text = str(exc)
-        if isinstance(exc, asyncio.TimeoutError) or "canceling statement due to statement timeout" in text:
-            limit = self.statement_timeout
-            said = f"{round(limit * 1000):,} ms" if limit else "the server's"
-            return StatementTimeout(f"the statement ran past its time limit ({said}, DATABASE_STATEMENT_TIMEOUT) "
-                                    "and was cancelled; nothing of it was committed",
-                                    limit_ms=round(limit * 1000) if limit else None)
-        violated = RLS_VIOLATION.search(text)
-        if violated:
-            tenant = current_tenant()
-            return TenantError(f"{violated[1]}: the row does not belong to the tenant context's organization "
-                               f"({f'kit.tenant({tenant})' if tenant else 'no kit.tenant(org) is set'}); "
-                               "nothing was written")
         conn = self._state.conn if self._has_task() else None
         closed = conn is None or conn.stale()
-        if is_outage(exc, closed) or type(exc).__name__ in ("ConnectionDoesNotExistError", "InterfaceError") \
-                and closed:
-            if self._has_task() and (self._state.transactions or (conn is not None and conn.raw_transaction)):
-                return SessionLost(f"the database connection was lost inside a transaction ({describe(exc)}); "
-                                   "the server rolled it back, so nothing of it was committed",
-                                   lost=frozenset({OPEN_TRANSACTION}))
-            return SessionLost(f"the database connection was lost while the statement ran ({describe(exc)}); it "
-                               "may have taken effect: check before sending it again", outcome_unknown=True)
+        outage = is_outage(exc, closed) or (
+            type(exc).__name__ in ("ConnectionDoesNotExistError", "InterfaceError") and closed)
+        in_transaction = self._has_task() and bool(self._state.transactions or (conn is not None
+                                                                                and conn.raw_transaction))
+        limit = self.statement_timeout
+        said = in_kit_words(exc, limit_ms=max(1, round(limit * 1000)) if limit else None, outage=outage,
+                            in_transaction=in_transaction, timed_out_by_driver=isinstance(exc, asyncio.TimeoutError))
+        if said is not None:
+            return said
         if isinstance(exc, DatabaseError):
             return exc
         with_wrapper = _wrapped(exc)

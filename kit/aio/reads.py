@@ -99,9 +99,11 @@ class AsyncReadRouting:
         return cursor
 
     def _note_write(self, sql: str) -> None:
-        """After a statement on the primary that may write, this context's next read waits for a replica to have it."""
-        if self._router is not None:
-            written().entry(self)[1] = True
+        """After a statement on the primary that may write, the next reads wait for a replica to have it.
+
+        Noted whether or not replicas are configured yet: the first write of a process comes before them.
+        """
+        written().entry(self)[1] = True
 
 
 __all__ = ["AsyncReadRouting"]

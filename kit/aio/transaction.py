@@ -11,11 +11,9 @@ from playhouse.pwasyncio import (
 )
 
 from kit.aio.connection import ended_by_command, refused_by_driver, settle
-from kit.db.statements import OPEN_TRANSACTION
+from kit.db.contract import ended_at_commit, lost_at_begin, lost_before_commit, lost_during_commit
 from kit.errors import (
     KitError,
-    SessionLost,
-    describe,
 )
 from kit.telemetry import watch as _watch
 
@@ -42,16 +40,14 @@ class Atomic(AsyncPgAtomic):
             except Exception as again:
                 if isinstance(again, KitError):
                     raise
-                raise SessionLost(f"the database connection was lost at BEGIN ({describe(again)}); nothing of the "
-                                  "transaction was sent") from again
+                raise lost_at_begin(again) from again
 
     def commit(self, begin: bool = True) -> None:
         """COMMIT; a connection lost before it: SessionLost (nothing committed); during it: outcome unknown."""
         conn = self.db._state.conn
         await_(settle())  # let the driver read what the server sent while the transaction sat idle
         if conn is None or conn.stale():
-            raise SessionLost("the database connection was lost before COMMIT; the server rolled the transaction "
-                              "back, so nothing of it was committed", lost=frozenset({OPEN_TRANSACTION}))
+            raise lost_before_commit()
         try:
             super().commit(begin)
         except Exception as exc:
@@ -59,11 +55,8 @@ class Atomic(AsyncPgAtomic):
                 raise
             if ended_by_command(exc) or refused_by_driver(exc):  # told to end (at an interrupt, never mid-COMMIT),
                 # or the driver refused to send COMMIT at all: either way the server rolled the transaction back
-                raise SessionLost(f"the database connection was lost at COMMIT ({describe(exc)}); the server "
-                                  "ended the session before committing, so nothing of it was committed",
-                                  lost=frozenset({OPEN_TRANSACTION})) from exc
-            raise SessionLost(f"the database connection was lost during COMMIT ({describe(exc)}); the outcome is "
-                              "unknown: check before doing it again", outcome_unknown=True) from exc
+                raise ended_at_commit(exc) from exc
+            raise lost_during_commit(exc) from exc
 
     def rollback(self, begin: bool = True) -> None:
         """Roll back; on a lost connection the server already has, and there is nothing to send."""
@@ -100,9 +93,9 @@ class Atomic(AsyncPgAtomic):
         try:
             return super().__exit__(exc_type, exc_val, exc_tb)
         finally:
-            if conn is not None:
-                conn.tenant_set = None  # sent again before the next statement that needs it
-                if not self.db._state.transactions and not conn.raw_transaction and not conn.session:
+            if conn is not None and not self.db._state.transactions:  # the outermost one ended
+                conn.tenant_used = False
+                if not conn.raw_transaction and not conn.session:
                     try:
                         await_(self.db.aclose())  # the outermost one ended: the connection goes back
                     except Exception:  # a dead one: the pool drops it; the transaction's own error stands

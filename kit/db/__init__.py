@@ -5,7 +5,12 @@
 
 The package, one job a module, each importing only those above it:
 
-- `statements`: what a statement leaves on its connection (session state by kind; what PgBouncer refuses).
+- `statements`: what a statement leaves on its connection (session state by kind, to name what is lost;
+  what PgBouncer refuses).
+- `clean`: whether a statement provably leaves nothing on its session (fail-closed: anything else, in
+  any spelling, gets its connection reset before the next borrower), and how many statements a string holds.
+- `contract`: the statement contract both engines keep: what rides before a statement (settings, time
+  limit, tenant), one statement per string outside a transaction, and every failure in the kit's words.
 - `outcomes`: what a failure means to its caller: an outage (the `DatabaseUnavailable` family), or a
   transaction that may be run again (`retryable`).
 - `scope`: the request scope (a connection per statement or transaction) and what a context wrote,

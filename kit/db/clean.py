@@ -127,3 +127,67 @@ def _calls_are_known(words: list[str], first: str) -> bool:
             continue
         return False
     return True
+
+
+_LEX = re.compile(r"""--[^\n]*|/\*|[EeUuBbXxNn]?'|"(?:[^"]|"")*"|\$(?:[A-Za-z_]\w*)?\$|;|[^-/'"$;EeUuBbXxNn]+|.""",
+                  re.S)
+
+
+@lru_cache(maxsize=4096)
+def statement_count(sql: str) -> int:
+    """How many statements `sql` holds, as the server splits them (`;` outside literals, comments and quotes).
+
+    Comments (nested `/* */` too), string literals (backslash escapes in E'' ones), quoted names and
+    dollar-quoted bodies are read as PostgreSQL reads them; text it cannot close counts as one more
+    statement, so a doubt never makes one statement of two.
+    """
+    if ";" not in sql:
+        return 1 if sql.strip() else 0
+    count, pending, i = 0, False, 0
+    while i < len(sql):
+        found = _LEX.match(sql, i)
+        token, i = found.group(), found.end()
+        if token == ";":
+            count, pending = count + pending, False
+        elif token == "/*":
+            depth = 1
+            while depth and i < len(sql):
+                nested = sql.find("/*", i)
+                close = sql.find("*/", i)
+                if close < 0:
+                    return count + 2  # unclosed: a doubt
+                if 0 <= nested < close:
+                    depth, i = depth + 1, nested + 2
+                else:
+                    depth, i = depth - 1, close + 2
+        elif token.endswith("'"):
+            escapes = token[:1] in "Ee" and len(token) == 2
+            while True:
+                close = sql.find("'", i)
+                if close < 0:
+                    return count + 2
+                if escapes and _escaped(sql, close):
+                    i = close + 1
+                    continue
+                if sql.startswith("''", close):
+                    i = close + 2
+                    continue
+                i = close + 1
+                break
+            pending = True
+        elif token.startswith("$") and token.endswith("$") and len(token) > 1 and not token[1:-1].isdigit():
+            close = sql.find(token, i)
+            if close < 0:
+                return count + 2
+            i, pending = close + len(token), True
+        elif not token.startswith("--") and token.strip():
+            pending = True
+    return count + pending
+
+
+def _escaped(sql: str, at: int) -> bool:
+    """True when the quote at `at` is escaped by an odd run of backslashes before it."""
+    run = 0
+    while at - run - 1 >= 0 and sql[at - run - 1] == "\\":
+        run += 1
+    return run % 2 == 1

@@ -18,13 +18,13 @@ from peewee import OperationalError, ProgrammingError, __exception_wrapper__
 
 from kit import embedded
 from kit.config import Settings, check_database_url, load_settings, mask_password
+from kit.db.contract import cannot_connect, pool_exhausted
 from kit.db.forks import silence
 from kit.db.outcomes import sqlstate
 from kit.db.pooled import PooledDatabase, _ThreadState
 from kit.db.reads import ReadRouting
 from kit.errors import (
     ConfigError,
-    DatabaseUnavailable,
     KitError,
     NotMigrated,
     PoolExhausted,
@@ -224,8 +224,7 @@ class Database(ReadRouting):
         try:
             return super().connect(reuse_if_open)
         except PoolExhausted as exc:  # say it in the settings' own words
-            raise PoolExhausted(f"{exc} (DATABASE_POOL_MAX={self.max_size}, "
-                                f"DATABASE_POOL_TIMEOUT={self.settings.pool_timeout_ms} ms)") from None
+            raise pool_exhausted(exc, self.max_size, self.settings.pool_timeout_ms) from None
         except PoolTooLarge as exc:
             raise ConfigError(f"DATABASE_POOL_MIN={self.min_size} is too large: {exc}") from None
         except KitError:
@@ -233,9 +232,7 @@ class Database(ReadRouting):
         except OperationalError as exc:
             if not self._state.closed:
                 raise
-            raise DatabaseUnavailable(
-                f"could not connect to the database at {self.database}: {describe(exc)}"
-            ) from exc
+            raise cannot_connect(self.database, exc) from exc
 
     def execute(self, query: Any, **context: Any) -> Any:
         """Run a peewee query (`ReadRouting.execute`); on a database never migrated, one sentence that says so."""

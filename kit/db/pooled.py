@@ -52,17 +52,28 @@ from typing import Any
 
 import psycopg2
 import psycopg2.extensions
-from peewee import DatabaseError, InterfaceError, OperationalError, __exception_wrapper__, _ConnectionLocal
+from peewee import InterfaceError, OperationalError, __exception_wrapper__, _callable_context_manager, _ConnectionLocal
 from playhouse.pool import PoolConnection
 from playhouse.postgres_ext import PostgresqlExtDatabase
 
 from kit.db.clean import leaves_nothing
+from kit.db.contract import (
+    alone_prefix,
+    in_kit_words,
+    limit_sql,
+    lost_at_begin,
+    lost_before_commit,
+    lost_during_commit,
+    lost_with_state,
+    riding_settings,
+    several_statements,
+    tenant_rides,
+)
 from kit.db.forks import silence, track
 from kit.db.outcomes import is_outage
 from kit.db.scope import current_scope
 from kit.db.statements import (
     DRIVER_USE,
-    NO_TRANSACTION_BLOCK,
     OPEN_TRANSACTION,
     POOLER_REFUSES,
     RAW_BEGIN,
@@ -70,20 +81,18 @@ from kit.db.statements import (
     session_change,
 )
 from kit.errors import (
+    ArgumentError,
     DatabaseUnavailable,
     KitError,
     PoolSettingError,
     PoolTooLarge,
-    SessionLost,
     SessionStateRefused,
-    StatementTimeout,
-    TenantError,
     describe,
 )
 from kit.pool import ConnectionPool, Hooks
 from kit.telemetry import watch as _watch
 from kit.telemetry.watch import Target, note_resent
-from kit.tenancy import current_tenant, statement_prefix
+from kit.tenancy import current_tenant
 
 log = logging.getLogger("kit.db")
 
@@ -96,8 +105,6 @@ FROM pg_roles r WHERE r.rolname = current_user
 """
 IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
 UNKNOWN = psycopg2.extensions.TRANSACTION_STATUS_UNKNOWN
-_TIMED_OUT = "canceling statement due to statement timeout"
-RLS_VIOLATION = re.compile(r'violates row-level security policy (?:\(USING expression\) )?for table "([^"]+)"')
 RESEND_WINDOW = 0.050  # seconds: a statement that failed later than this after sending may have been running;
 # wide enough for a loaded machine to notice a dead socket late (10 ms failed 1 in 1,200 kills under load)
 
@@ -390,19 +397,14 @@ class PooledDatabase(PostgresqlExtDatabase):
                 self._release_in_scope(scope)
             if start is not None:
                 self._notify_hooks(sql, params, start, exc)
-            if isinstance(exc, DatabaseError) and _TIMED_OUT in str(exc):
-                raise StatementTimeout(self._timeout_sentence(), limit_ms=self._limit_ms()) from exc
-            violated = RLS_VIOLATION.search(str(exc)) if isinstance(exc, DatabaseError) else None
-            if violated:
-                table = violated[1]
-                tenant = current_tenant()
-                raise TenantError(
-                    f"{table}: the row does not belong to the tenant context's organization "
-                    f"({f'kit.tenant({tenant})' if tenant else 'no kit.tenant(org) is set'}); nothing was written"
-                ) from exc
-            if not isinstance(exc, KitError) and isinstance(exc, (OperationalError, InterfaceError)) \
-                    and not self.deferred and is_outage(exc, self.connection_lost()):
-                raise self._lost(exc) from exc
+            outage = (isinstance(exc, (OperationalError, InterfaceError)) and not self.deferred
+                      and is_outage(exc, self.connection_lost()))
+            said = in_kit_words(exc, limit_ms=self._limit_ms(), outage=outage,
+                                in_transaction=bool(self._state.transactions or self._state.raw_transaction))
+            if said is not None:
+                if outage:
+                    self._pool.count("session_lost")
+                raise said from exc
             raise
         if start is not None:
             self._notify_hooks(sql, params, start, None)
@@ -429,16 +431,6 @@ class PooledDatabase(PostgresqlExtDatabase):
         log.warning("a connection left by an earlier request on this thread was closed, not reused (it held %s)",
                     ", ".join(sorted(held)) or "nothing named")
 
-    def _lost(self, exc: Exception) -> SessionLost:
-        """The one sentence for a statement whose connection was lost under it (inside a transaction or not)."""
-        self._pool.count("session_lost")
-        if self._state.transactions or self._state.raw_transaction:
-            return SessionLost(f"the database connection was lost inside a transaction ({describe(exc)}); the "
-                               "server rolled it back, so nothing of it was committed",
-                               lost=frozenset({OPEN_TRANSACTION}))
-        return SessionLost(f"the database connection was lost while the statement ran ({describe(exc)}); it may "
-                           "have taken effect: check before sending it again", outcome_unknown=True)
-
     def _run(self, sql: str, params: Any, named_cursor: Any, kind: str | None, prefixed: bool = True,
              clean: bool = True) -> Any:
         """Send one statement with its prefix; re-send it once where `never_ran` proves it had no effect.
@@ -453,6 +445,10 @@ class PooledDatabase(PostgresqlExtDatabase):
         conn = state.conn
         idle = not state.transactions and conn.get_transaction_status() == IDLE  # no transaction on the connection
         state_kind = kind if kind is not RAW_BEGIN and kind is not RAW_END else None
+        if prefixed and idle and kind is not RAW_BEGIN:
+            refused = several_statements(sql, self._limit_ms())
+            if refused is not None:
+                raise refused
         self._note_state(conn, sql, state_kind)
         if not clean:
             self._pool.note_session(conn, None)
@@ -504,27 +500,25 @@ class PooledDatabase(PostgresqlExtDatabase):
                  describe(exc))
 
     def _prefix(self, state: _ThreadState, sql: str, alone: bool, begins: bool, named_cursor: Any) -> str:
-        """What rides before a statement, in the same round trip: its time limit and its tenant; '' for nothing.
+        """What rides before a statement, in the same round trip (`kit.db.contract`); '' for nothing.
 
-        The time limit (`statement_timeout`, a SET LOCAL) comes with every statement that is its own
-        transaction (`alone`) and with the BEGIN of a transaction (peewee's, `begin()`, or one sent as
-        SQL, `begins`): it holds behind a transaction-pooling PgBouncer, no savepoint rolled back can
-        drop it, and a SET LOCAL of the caller's inside the transaction still decides. A statement
-        that is its own transaction carries the tenant when there is one (`kit.tenancy`). Inside a
-        transaction that has carried a tenant, every statement carries the context's (or clears it), so
-        a savepoint rolled back or a block left can never leave another tenant's setting in force.
+        Alone (its own transaction): the limit behind a pooler, the riding settings, the tenant. Inside
+        a transaction: the limit with its BEGIN, the riding settings, and the tenant by
+        `contract.tenant_rides`. A named cursor's DECLARE takes one statement, so inside a transaction
+        its prefix goes first on its own; outside one its prefix would end before the DECLARE ran.
         """
         wanted = current_tenant()
         if alone:
-            if NO_TRANSACTION_BLOCK.match(sql):
-                return ""  # with a prefix it would be in a transaction block, which such a statement refuses
-            return self._limit_prefix() + (statement_prefix(wanted) if wanted is not None else "")
+            prefix = alone_prefix(sql, wanted, self._limit_ms() if self.pooler else None)
+            if named_cursor and prefix:
+                raise ArgumentError("a named (server-side) cursor outside a transaction would not carry what rides "
+                                    "before its statement (the tenant, the time limit): open it inside "
+                                    "database.atomic(); nothing was sent")
+            return prefix
         limit = self._limit_prefix() if begins else ""
-        if wanted is None and not state.tenant_used:
-            return limit
-        state.tenant_used = True
-        prefix = limit + statement_prefix(wanted)
-        if named_cursor:  # DECLARE takes one statement: the settings go first, in the same transaction
+        tenant, state.tenant_used = tenant_rides(wanted, state.tenant_used)
+        prefix = limit + riding_settings() + tenant
+        if named_cursor and prefix:  # DECLARE takes one statement: the settings go first, in the same transaction
             state.conn.cursor().execute(prefix)
             return ""
         return prefix
@@ -537,9 +531,7 @@ class PooledDatabase(PostgresqlExtDatabase):
         the connection's own default from its start (`_with_limit`), which costs nothing per statement
         and which RESET/DISCARD ALL return to.
         """
-        if not self.statement_timeout or not self.pooler:
-            return ""
-        return f"SET LOCAL statement_timeout = {max(1, round(self.statement_timeout * 1000))};"
+        return limit_sql(self._limit_ms()) if self.pooler else ""
 
     def _with_limit(self, params: dict[str, Any]) -> dict[str, Any]:
         """Driver parameters with the time limit as the connection's startup default (not behind a pooler)."""
@@ -552,12 +544,6 @@ class PooledDatabase(PostgresqlExtDatabase):
     def _limit_ms(self) -> int | None:
         """The statement time limit in ms (None: the server's)."""
         return max(1, round(self.statement_timeout * 1000)) if self.statement_timeout else None
-
-    def _timeout_sentence(self) -> str:
-        """The one sentence a statement cancelled by its time limit is reported with."""
-        limit = f"{round(self.statement_timeout * 1000):,} ms" if self.statement_timeout else "the server's"
-        return (f"the statement ran past its time limit ({limit}, DATABASE_STATEMENT_TIMEOUT) and the server "
-                "cancelled it; nothing of it was committed")
 
     def _refuse(self, sql: str, kind: str) -> None:
         """Raise SessionStateRefused for a statement that would leave `kind` on a pooler's shared connection."""
@@ -582,8 +568,7 @@ class PooledDatabase(PostgresqlExtDatabase):
                 self._release_in_scope(scope)
             if not isinstance(exc, KitError) and isinstance(exc, (OperationalError, InterfaceError)) \
                     and is_outage(exc, self.connection_lost()):
-                raise SessionLost(f"the database connection was lost at BEGIN ({describe(exc)}); nothing of the "
-                                  "transaction was sent") from exc
+                raise lost_at_begin(exc) from exc
             raise
 
     def commit(self) -> None:
@@ -611,8 +596,7 @@ class PooledDatabase(PostgresqlExtDatabase):
         if _socket_readable(conn):  # the server said something while the transaction sat idle: is it gone?
             self._ping(conn)  # fails on a dead connection (and closes it); harmless inside the transaction
         if conn.closed:
-            raise SessionLost("the database connection was lost before COMMIT; the server rolled the transaction "
-                              "back, so nothing of it was committed", lost=frozenset({OPEN_TRANSACTION}))
+            raise lost_before_commit()
         self._state.tenant_used = False
         try:
             with __exception_wrapper__:
@@ -620,11 +604,7 @@ class PooledDatabase(PostgresqlExtDatabase):
         except (OperationalError, InterfaceError) as exc:
             if not conn.closed:
                 raise
-            raise SessionLost(
-                f"the database connection was lost during COMMIT ({describe(exc)}); if the server ended the "
-                "session (stopped, killed it) nothing was committed, after a crash or a network failure the "
-                "outcome is unknown: check before doing it again", outcome_unknown=True
-            ) from exc
+            raise lost_during_commit(exc) from exc
 
     def _rollback(self) -> None:
         if self.is_closed():
@@ -656,10 +636,7 @@ class PooledDatabase(PostgresqlExtDatabase):
             self._pool.count("session_lost")
             reason = f" ({describe(cause)})" if cause is not None else ""
             log.warning("connection lost with session state (%s)%s", ", ".join(sorted(lost)), reason)
-            raise SessionLost(
-                f"the database connection was lost{reason} and with it this session's {', '.join(sorted(lost))}; "
-                "nothing was re-sent: set that state up again on the next statement's new connection",
-                lost=frozenset(lost)) from cause
+            raise lost_with_state(lost, cause) from cause
         try:
             state.conn = self._pool.getconn(verified=True)  # not another idle one that died alike
         except KitError:
@@ -669,6 +646,17 @@ class PooledDatabase(PostgresqlExtDatabase):
             state.reset()
             raise DatabaseUnavailable(f"the database connection was lost and no new one could be opened "
                                       f"({describe(exc)}); nothing was re-sent") from exc
+
+    def connection_context(self) -> Any:
+        """peewee's connection block; inside a request scope none is needed, and this one holds nothing.
+
+        The scope already holds a connection only per statement or transaction, and a framework may
+        enter and leave the block on two threads (FastAPI runs a `def` dependency's halves so): the
+        block is then a no-op on both, instead of peewee's per-thread bookkeeping failing on the second.
+        """
+        if current_scope() is not None:
+            return _NoBlock()
+        return super().connection_context()
 
     def connection_lost(self) -> bool:
         """True when this thread has no usable connection: none could be opened, or the one it had died."""
@@ -745,6 +733,16 @@ class PooledDatabase(PostgresqlExtDatabase):
         """Counts: in_use, idle, waiting, min, max, and since start the events `kit.pool.ConnectionPool.stats` names."""
         return self._pool.stats()
 
+
+
+class _NoBlock(_callable_context_manager):
+    """`connection_context()` inside a request scope: a block (and decorator) that holds nothing."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
 
 
 def _max_size(max_connections: Any, max_size: Any) -> Any:

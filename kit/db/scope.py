@@ -28,14 +28,14 @@ _scope: ContextVar[object | None] = ContextVar("kit_request_scope", default=None
 
 
 class Written:
-    """What a context has written, per database, for read-your-writes (`kit.db.reads`).
+    """What has been written, per database, for read-your-writes (`kit.db.reads`).
 
-    One object, shared by reference with every task and thread started from the context (they run in
-    copies of it, which hold the same object): a write in a child task, `asyncio.to_thread` or a
-    framework's threadpool is waited for by the parent's later reads. A request scope starts a new
-    one; elsewhere a context makes its own at its first statement. A thread started with
-    `threading.Thread` or `loop.run_in_executor` carries no context, so it shares nothing (pass
-    `contextvars.copy_context().run` to share).
+    Inside a request scope, one record per request, shared by reference with every task and thread
+    the request starts in its context (they run in copies of it, which hold the same object): a write
+    in a child task, `asyncio.to_thread` or a framework's threadpool is waited for by the request's
+    later reads. Outside any request scope there is one record for the whole process (`PROCESS`): a
+    write anywhere, in any thread or task, however it was started and whenever, is waited for by every
+    later read outside a scope. Conservative (a read may wait for a write it did not need), never stale.
     """
 
     __slots__ = ("lock", "positions")
@@ -53,16 +53,14 @@ class Written:
         return found
 
 
+PROCESS = Written()  # what the process wrote outside request scopes
 _written: ContextVar[Written | None] = ContextVar("kit_written", default=None)
 
 
 def written() -> Written:
-    """This context's record of what it wrote (made on first use, then shared with what it starts)."""
+    """The record of writes this context's reads must see: its request's, else the process's."""
     record = _written.get()
-    if record is None:
-        record = Written()
-        _written.set(record)
-    return record
+    return PROCESS if record is None else record
 
 
 @contextmanager

@@ -53,8 +53,16 @@ class State:
     detail: str = ""
 
 
+def require_primary(database: Database) -> None:
+    """Stop with a sentence when the server is a read-only replica: migrations change the primary."""
+    if database.execute_sql("SELECT pg_is_in_recovery()").fetchone()[0]:
+        raise MigrationError(f"the database at {database.database} is a read-only replica (in recovery): "
+                             "migrations run on the primary; point DATABASE_OWNER_URL at the primary; nothing was done")
+
+
 def require_extension(database: Database, name: str = "vector") -> None:
-    """Stop with a sentence when the server cannot provide `name` (the kit needs pgvector)."""
+    """Stop with a sentence when the server cannot take migrations: a replica, or no `name` (the kit needs pgvector)."""
+    require_primary(database)
     found = database.execute_sql(
         "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = %s)", (name,)
     ).fetchone()[0]
@@ -221,6 +229,7 @@ def _apply_one(database: Database, router: Router, file: MigrationFile, say: Cal
 def rollback(database: Database, directory: Path, count: int = 1, say: Callable[[str], None] = print) -> list[str]:
     """Roll back the last `count` applied migrations, newest first, each in its own locked transaction."""
     with database.connection_context(), _reported(database, "rolling back"):
+        require_primary(database)
         with database.atomic():
             lock_transaction(database, say)
             history.ensure_tables(database)
@@ -302,6 +311,7 @@ def _by_prefix(name: str, known: list[str]) -> str:
 
 def resolve(database: Database, directory: Path, name: str, *, applied: bool) -> str:
     """Mark `name` applied (after checking the schema already has what it creates) or rolled back."""
+    require_primary(database)
     history.ensure_tables(database)
     files = {f.name: f for f in load(directory)}
     recorded = {e.name for e in history.applied(database)}
@@ -310,8 +320,9 @@ def resolve(database: Database, directory: Path, name: str, *, applied: bool) ->
         if name not in files:
             known = ", ".join(files) or "none"
             raise MigrationError(f"no migration named {name} in {directory} (known: {known})")
+        already = MigrationError(f"{name} is already recorded as applied")
         if name in recorded:
-            raise MigrationError(f"{name} is already recorded as applied")
+            raise already
         router = _router(database, directory)
         touched, statements = _expected_by(router, files[name])
         missing = schema.compare(database, touched, report_extra=False)
@@ -327,7 +338,7 @@ def resolve(database: Database, directory: Path, name: str, *, applied: bool) ->
         with database.atomic():
             lock_transaction(database, lambda _: None)
             if name in {e.name for e in history.applied(database)}:
-                raise MigrationError(f"{name} is already recorded as applied")
+                raise already
             history.record_applied(database, name, files[name].checksum)
         return f"recorded {name} as applied (its tables, columns, indexes and objects are present)"
     if name not in recorded:

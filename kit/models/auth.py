@@ -15,7 +15,7 @@ from typing import Any
 from peewee import BooleanField, Check, Expression, ForeignKeyField, IntegerField, TextField, fn
 from playhouse.postgres_ext import DateTimeTZField
 
-from kit.errors import InvitationError
+from kit.errors import InvitationError, InvitationNotFound
 from kit.models.base import BaseModel, JSONTextField, TimestampedModel, one_of, utcnow
 from kit.tenancy import all_tenants, tenant
 
@@ -159,6 +159,19 @@ class Member(TimestampedModel):
         return fn.array_position(fn.string_to_array(cls.role, ","), role).is_null(False)
 
 
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def same_address(one: str, other: str) -> bool:
+    """Whether two email addresses are the same mailbox as an invitation compares them: equal but for ASCII case.
+
+    Only A-Z fold: `str.lower()` and Unicode case folding also map compatibility characters onto ASCII
+    letters (the Kelvin sign U+212A to k, the long s to s), so an address spelled with one would pass
+    for another person's.
+    """
+    return one.translate(_ASCII_LOWER) == other.translate(_ASCII_LOWER)
+
+
 class Invitation(TimestampedModel):
     """An invitation to join an organization, accepted once."""
 
@@ -182,19 +195,20 @@ class Invitation(TimestampedModel):
         UUID sent to the invited address) names the tenant: that one lookup goes through
         `all_tenants()`, the rest runs as the invitation's organization.
         """
+        missing = InvitationNotFound(f"invitation {invitation_id} does not exist")
         with all_tenants():
             organization_id = cls.select(cls.organization).where(cls.id == invitation_id).scalar()
         if organization_id is None:
-            raise InvitationError(f"invitation {invitation_id} does not exist")
+            raise missing
         with tenant(organization_id), cls._meta.database.atomic():
             invitation = cls.select().where(cls.id == invitation_id).for_update().get_or_none()
             if invitation is None:
-                raise InvitationError(f"invitation {invitation_id} does not exist")
+                raise missing
             user_id = getattr(user, "id", user)
             email = User.select(User.email).where(User.id == user_id).scalar()
             if email is None:
-                raise InvitationError(f"user {user_id} does not exist")
-            if email.lower() != invitation.email.lower():
+                raise InvitationNotFound(f"user {user_id} does not exist")
+            if not same_address(email, invitation.email):
                 raise InvitationError(f"invitation {invitation_id} is for another email address, not {email}")
             if invitation.status == "accepted":
                 member = Member.get_or_none(organization=invitation.organization_id, user=user_id)

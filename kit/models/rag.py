@@ -8,6 +8,7 @@ from typing import Any
 from peewee import Check, ForeignKeyField, IntegerField, TextField
 from playhouse.postgres_ext import BinaryJSONField
 
+from kit.db.contract import riding
 from kit.errors import ArgumentError
 from kit.models.auth import Organization, User
 from kit.models.base import GeneratedTSVectorField, TimestampedModel, id_of, is_generated, one_of
@@ -137,10 +138,9 @@ SELECT {columns}, f.score::float8 AS score, f.vector_rank, f.keyword_rank
 FROM fused f JOIN document_chunks d ON d.id = f.id
 ORDER BY f.score DESC, d.id LIMIT %s"""
             params = [*vector_params, language, text, str(org_id), n, k]
-            with search_limit(cls._meta.database) as limit:
-                settings = limit + plan_settings(plan)
-                query = cls.raw(settings + sql, *params)
-                return list(query._get_cursor_wrapper(read_sql(cls._meta.database)(settings + sql, params)))
+            with search_limit(cls._meta.database) as limit, riding(limit + plan_settings(plan)):
+                query = cls.raw(sql, *params)
+                return list(query._get_cursor_wrapper(read_sql(cls._meta.database)(sql, params)))
 
 
 # halfvec: half the size and build time of float32 at the same recall and speed, re-ranked exactly

@@ -2,7 +2,8 @@
 
 OpenTelemetry's database conventions name a span by its query summary, `{operation} {target}`, and
 put the same words on the duration metric, so they must never carry a value: only the leading
-keyword and the first table the statement names are read from the text, never a literal. The
+keyword and the first table the statement names are read from the text, outside its literals and
+comments, so a value never becomes a name. The
 watch remembers the answer per text and server (`kit.telemetry.watch.shape_of`).
 """
 
@@ -19,6 +20,8 @@ _TARGET = {
     "DELETE": re.compile(r"\bFROM\s+(?:ONLY\s+)?" + _NAME, re.I),
     "COPY": re.compile(r"^\s*COPY\s+" + _NAME, re.I),
 }
+# What is never read for a name: literals (backslash-escaped ones too), dollar-quoted bodies, comments.
+_NOT_NAMES = re.compile(r"[Ee]'(?:[^'\\]|\\.|'')*'|'(?:[^']|'')*'|\$(\w*)\$.*?\$\1\$|/\*.*?\*/|--[^\n]*", re.S)
 _MAIN = re.compile(r"\)\s*(SELECT|INSERT|UPDATE|DELETE)\b", re.I)  # the statement after a WITH's last CTE
 KEYWORDS = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "WITH", "BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT",
                       "RELEASE", "SET", "RESET", "SHOW", "COPY", "CREATE", "ALTER", "DROP", "TRUNCATE", "VACUUM",
@@ -34,6 +37,7 @@ def summarize(sql: str) -> tuple[str, str, str | None]:
     if operation not in KEYWORDS:
         return "OTHER", "OTHER", None  # never echo an unknown word: it could be anything a caller sent
     start = 0
+    sql = _NOT_NAMES.sub("''", sql)  # a literal saying "from secrets" names no table
     if operation == "WITH":
         mains = [*_MAIN.finditer(sql)]
         main = mains[-1] if mains else None

@@ -70,6 +70,11 @@ class VectorDistances(Distances):
         return self._distance("<+>", vector)
 
 
+def wrong_dimensions(label: str, expected: int, got: int) -> VectorValueError:
+    """A vector of another size than its column's."""
+    return VectorValueError(f"{label}: expected {expected} dimensions, got {got}")
+
+
 def column_label(field: Field, fallback: str) -> str:
     """`table.column` of a bound field (for error messages), else `fallback`."""
     model = getattr(field, "model", None)
@@ -196,7 +201,7 @@ class VectorField(BinaryRead, VectorDistances, Field):
                     f"{self.label}: {array.shape[0]} dimensions is more than pgvector allows ({MAX_DIMENSIONS})"
                 )
             if self.dimensions is not None:
-                raise VectorValueError(f"{self.label}: expected {self.dimensions} dimensions, got {array.shape[0]}")
+                raise wrong_dimensions(self.label, self.dimensions, array.shape[0])
         with np.errstate(over="ignore", invalid="ignore"):
             array = array.astype(self.dtype, copy=False)
         if not np.isfinite(array).all():

@@ -30,6 +30,7 @@ from typing import Any
 
 from peewee import SQL, Database, Expression, ModelSelect, Value
 
+from kit.db.contract import riding
 from kit.errors import ArgumentError, StatementTimeout
 from kit.vector.fields import Distances
 from kit.vector.indexes import VectorIndex, checked_settings, settings_sql
@@ -229,8 +230,8 @@ def plan_settings(plan: SearchPlan, ef_search: int | None = None) -> str:
 
 def _run(database: Database, plan: SearchPlan, ef_search: int | None) -> list[Any]:
     sql, params = plan.query.sql()
-    with search_limit(database) as limit:
-        cursor = read_sql(database)(limit + plan_settings(plan, ef_search) + sql, params)
+    with search_limit(database) as limit, riding(limit + plan_settings(plan, ef_search)):
+        cursor = read_sql(database)(sql, params)  # the settings ride before it: the statement is the search's own
         return list(plan.query._get_cursor_wrapper(cursor))
 
 

@@ -15,7 +15,14 @@ from peewee import Field
 from pgvector import SparseVector
 
 from kit.errors import VectorValueError
-from kit.vector.fields import MAX_DIMENSIONS, VectorDistances, checked_dimensions, column_label, per_value_cells
+from kit.vector.fields import (
+    MAX_DIMENSIONS,
+    VectorDistances,
+    checked_dimensions,
+    column_label,
+    per_value_cells,
+    wrong_dimensions,
+)
 from kit.vector.select import BinaryRead
 
 MAX_SPARSE_DIMENSIONS = 1_000_000_000  # pgvector's limit for sparsevec dimensions
@@ -62,7 +69,7 @@ class SparseVectorField(BinaryRead, VectorDistances, Field):
             raise VectorValueError(f"{self.label}: not a sparse vector ({exc})") from None
         dimensions = sparse.dimensions()
         if self.dimensions is not None and dimensions != self.dimensions:
-            raise VectorValueError(f"{self.label}: expected {self.dimensions} dimensions, got {dimensions}")
+            raise wrong_dimensions(self.label, self.dimensions, dimensions)
         if not 1 <= dimensions <= MAX_SPARSE_DIMENSIONS:
             raise VectorValueError(f"{self.label}: {dimensions} dimensions is outside 1 to {MAX_SPARSE_DIMENSIONS}")
         bad = next((i for i in sparse.indices() if not 0 <= i < dimensions), None)
