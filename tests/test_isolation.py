@@ -445,3 +445,13 @@ def test_kit_db_roles_with_an_unreachable_admin_url_says_so_in_one_sentence(tmp_
                          timeout=60, cwd=tmp_path)
     assert ran.returncode != 0 and "Traceback" not in ran.stderr and "s3cret" not in ran.stderr, ran.stderr
     assert "could not connect to the database at" in ran.stderr and "to make the kit's roles" in ran.stderr
+
+
+def test_a_named_cursor_carries_its_tenant_in_a_transaction_and_is_refused_outside_one(attacked):  # noqa: F811
+    db, _, victim = attacked
+    with tenant(victim):
+        with db.atomic():  # the prefix runs first, then the DECLARE: the rows are the query's, the tenant's
+            rows = db.execute_sql("SELECT organization_id FROM members", named_cursor=True).fetchall()
+        assert rows and {str(r[0]) for r in rows} == {str(victim)}
+        with pytest.raises(ArgumentError, match="a named \\(server-side\\) cursor outside a transaction"):
+            db.execute_sql("SELECT organization_id FROM members", named_cursor=True)

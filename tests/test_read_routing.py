@@ -74,12 +74,23 @@ def replica_stats(db: Database) -> dict:
 
 
 def in_thread(fn):
-    """Run `fn` in a new thread (a context that wrote nothing) and return what it returned."""
+    """Run `fn` in a new thread, outside any request scope, and return what it returned."""
     out = []
     thread = threading.Thread(target=lambda: out.append(fn()))
     thread.start()
     thread.join(30)
     return out[0]
+
+
+def in_request(fn):
+    """Run `fn` in a new thread inside a request scope of its own (a request that wrote nothing)."""
+    from kit.db.scope import request_scope
+
+    def scoped():
+        with request_scope():
+            return fn()
+
+    return in_thread(scoped)
 
 
 def paused(replica_url: str) -> None:
@@ -111,11 +122,13 @@ def test_reads_go_to_the_replica_writes_transactions_and_raw_sql_to_the_primary(
     # raw SQL that only reads is routed as a SELECT: here the raw SQL above may have written, so the
     # primary; in a context that wrote nothing, the replica
     assert db.read_sql("SELECT pg_is_in_recovery()").fetchone()[0] is False
-    assert in_thread(lambda: db.read_sql("SELECT pg_is_in_recovery()").fetchone()[0]) is True
+    assert in_request(lambda: db.read_sql("SELECT pg_is_in_recovery()").fetchone()[0]) is True
+    # outside a request scope the process's writes are every thread's: conservative, never stale
+    assert in_thread(lambda: db.read_sql("SELECT pg_is_in_recovery()").fetchone()[0]) is False
     db.execute_sql("SET application_name = 'kit-routing-test'")  # session state on the primary connection
     assert Note.select().count() == 1  # ... keeps this thread's reads there
     db.close()
-    assert in_thread(lambda: Note.select().count()) == 0
+    assert in_request(lambda: Note.select().count()) == 0
     assert replica_stats(db)["reads"] > reads
 
 
@@ -127,7 +140,8 @@ def test_a_context_reads_its_own_writes_while_replay_is_paused_and_from_the_repl
     Note.create(body="mine")
     assert Note.select().where(Note.body == "mine").count() == 1  # never missing to the one who wrote it
     assert count_on(replica_url, "mine") == 0  # ... though the replica does not have it
-    assert in_thread(lambda: Note.select().where(Note.body == "mine").count()) == 0  # others read the replica
+    assert in_request(lambda: Note.select().where(Note.body == "mine").count()) == 0  # other requests: the replica
+    assert in_thread(lambda: Note.select().where(Note.body == "mine").count()) == 1  # outside a scope: never stale
     position = db.write_position()
     assert position and "/" in position
 
@@ -205,7 +219,7 @@ def test_writes_in_child_tasks_and_worker_threads_are_read_by_the_request_that_s
 
     assert asyncio.run(main()) == [[1, 1, 1]] * 4  # every request read what its children wrote
     assert count_on(replica_url, "thread-0") == 0  # ... which the paused replica does not have
-    assert in_thread(lambda: mine("thread-0")) == 0  # another context, which wrote nothing: the replica
+    assert in_request(lambda: mine("thread-0")) == 0  # another request, which wrote nothing: the replica
 
 
 def test_a_replica_promoted_since_it_was_last_asked_is_never_read_as_the_primarys(test_db_url, caplog):

@@ -524,3 +524,39 @@ def test_the_asyncio_pool_reports_a_leak_once_and_times_its_checkouts(otel, test
         assert any(p.attributes["db.client.connection.pool.name"] == adb.pool_name for p in found[metric]), metric
     names = [s.name for s in statements(otel[0])][-3:]
     assert names == ["BEGIN", "SELECT", "COMMIT"]
+
+
+def test_the_asyncio_path_tags_its_statements_with_the_route_and_resets_nothing_for_it(switched, monitor, spans):
+    from kit.aio import AsyncDatabase
+
+    switched(tags=True)
+    hostile = "GET /y'*/; DROP TABLE organizations; --"
+
+    async def main() -> tuple[int, int]:
+        adb = AsyncDatabase()
+        try:
+            with tag(route=hostile):
+                pid = (await adb.aexecute_sql("SELECT pg_backend_pid()")).fetchone()[0]
+            return pid, len(adb._unclean)
+        finally:
+            await adb.close_pool()
+
+    pid, unclean = asyncio.run(main())
+    assert unclean == 0  # the tag is sent, never judged: the statement itself is clean
+    [span] = [s for s in statements(spans) if s.attributes.get("kit.route") == hostile]
+    assert span.name == "SELECT"
+
+
+def test_a_search_is_named_after_its_statement_never_after_the_settings_riding_before_it(spans):
+    org = Organization.create(name="Named", slug=f"named-{secrets.token_hex(4)}")
+    spans.clear()
+    DocumentChunk.search(np.ones(1536, dtype=np.float32), org.id, k=3)
+    DocumentChunk.hybrid_search("words", np.ones(1536, dtype=np.float32), org.id, k=3)
+    names = {s.name for s in statements(spans)}
+    assert "SELECT document_chunks" in names and not any(name.startswith("SET") for name in names), names
+
+
+def test_a_literal_never_names_a_span(spans):
+    database.execute_sql("SELECT 'x from secret_table' AS y")
+    [span] = statements(spans)
+    assert "secret_table" not in span.name and span.name == "SELECT"

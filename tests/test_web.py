@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -166,3 +167,32 @@ def test_backends_killed_every_second_and_a_server_restart_give_503s_only_and_an
     assert not refused & set(rows), "a spend answered 503 (nothing committed) is there"
     assert OrgCredit.balance_of(org) == 1_000_000 - sum(rows.values())  # balance and usage rows agree
     assert statuses[200] > len(results) / 2
+
+
+def test_every_kit_error_is_a_fitting_status_and_the_dependency_shapes_work(service, org):
+    members = httpx.get(f"{service}/sync/orgs/{org.id}/members").json()["members"]
+    for _ in range(50):  # an async dependency confines the request; a held connection_context is harmless
+        got = httpx.get(f"{service}/dep/orgs/{org.id}/members")
+        assert got.status_code == 200 and got.json() == {"members": members}, got.text
+    pools = httpx.get(f"{service}/pool").json()
+    assert pools["sync"]["in_use"] == 0, pools
+    slug = httpx.get(f"{service}/slug/{org.slug}/members")  # a slug where an id belongs
+    assert slug.status_code == 422 and slug.json()["error"] == "ArgumentError", slug.text
+    assert "expected the row (a model instance) or its id" in slug.json()["detail"]
+    missing = httpx.post(f"{service}/invitations/{uuid.uuid4()}/accept", params={"user": str(uuid.uuid4())})
+    assert missing.status_code == 404 and missing.json()["error"] == "InvitationNotFound", missing.text
+    broke = httpx.post(f"{service}/sync/orgs/{org.id}/spend", json={"request": "too-much", "amount": 10**9})
+    assert broke.status_code == 402 and broke.json()["error"] == "InsufficientCredits", broke.text
+
+
+def test_a_503_body_names_no_server_role_socket_or_database():
+    from kit.errors import DatabaseUnavailable, PoolExhausted, SessionLost, StatementTimeout
+    from kit.web import status_of
+
+    url = "postgresql://kit_app:pw@/kit_test_db?host=/srv/sockets&port=5432"
+    for error in (DatabaseUnavailable(f"could not connect to the database at {url}: refused", url=url),
+                  SessionLost("the database connection was lost (server closed the connection) ..."),
+                  PoolExhausted(f"pool of {url} exhausted"), StatementTimeout("ran past its limit")):
+        status, body, headers = status_of(error)
+        assert status == 503 and headers == {"Retry-After": "1"}
+        assert not any(word in str(body) for word in ("kit_app", "kit_test_db", "/srv/sockets", "5432", "server"))

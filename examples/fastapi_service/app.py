@@ -8,17 +8,17 @@ transaction as the balance change, so a client's ledger can be checked against t
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from pydantic import BaseModel
 
 import kit
 import kit.web
 from kit.aio import database as adb
 from kit.errors import SessionLost
-from kit.models import AiUsage, DocumentChunk, Member, OrgCredit
+from kit.models import AiUsage, DocumentChunk, Invitation, Member, OrgCredit
 
 app = kit.web.install(FastAPI(title="kit example"))
 
@@ -98,6 +98,40 @@ async def async_search(org: uuid.UUID, body: Search) -> dict[str, list[str]]:
     """The organization's chunks nearest to a vector (asyncio)."""
     found = await adb.run(DocumentChunk.search, np.asarray(body.embedding, dtype=np.float32), org, k=body.k)
     return {"chunks": [str(c.id) for c in found]}
+
+
+async def tenant_of(org: uuid.UUID) -> Any:
+    """An `async def` dependency that confines the request to the organization (its context is the request's)."""
+    with kit.tenant(org):
+        yield org
+
+
+def held_connection() -> Any:
+    """A dependency that holds a connection around the request: inside `kit.web` it holds nothing, harmlessly."""
+    from kit.db import database
+
+    with database.connection_context():
+        yield
+
+
+@app.get("/dep/orgs/{org}/members", dependencies=[Depends(held_connection)])
+def dep_members(org: Annotated[uuid.UUID, Depends(tenant_of)]) -> dict[str, int]:
+    """How many members the organization has, confined by a dependency (sync pool)."""
+    return {"members": Member.select().count()}
+
+
+@app.get("/slug/{slug}/members")
+def slug_members(slug: str) -> dict[str, int]:
+    """A slug where the organization's id belongs: the kit's ArgumentError, answered 422 by `kit.web`."""
+    with kit.tenant(slug):
+        return {"members": Member.select().count()}
+
+
+@app.post("/invitations/{invitation}/accept")
+async def accept(invitation: uuid.UUID, user: uuid.UUID) -> dict[str, str]:
+    """Accept an invitation (asyncio): one that does not exist is `InvitationNotFound`, a 404."""
+    member = await adb.run(Invitation.accept, invitation, user)
+    return {"member": str(member.id)}
 
 
 @app.get("/pool")

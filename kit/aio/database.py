@@ -512,13 +512,14 @@ class AsyncDatabase(AsyncReadRouting, AsyncPostgresqlDatabase):
         watch = _watch.active
         if watch is None:
             return await self._aexecute(sql, params)
-        return await watch.astatement(self.target, sql, lambda: self._aexecute(sql, params))
+        tag = watch.tagged_statement(sql)[len(sql):]
+        return await watch.astatement(self.target, sql, lambda: self._aexecute(sql, params, tag))
 
-    async def _aexecute(self, sql: str, params: Any) -> CursorAdapter:
+    async def _aexecute(self, sql: str, params: Any, tag: str = "") -> CursorAdapter:
         self._log_query(sql, params)
         start = time.perf_counter() if self.query_hooks else None
         try:
-            result = await self._send(sql, params)
+            result = await self._send(sql, params, tag=tag)
         except Exception as exc:
             if start is not None:
                 self._notify_hooks(sql, params, start, exc)
@@ -527,8 +528,11 @@ class AsyncDatabase(AsyncReadRouting, AsyncPostgresqlDatabase):
             self._notify_hooks(sql, params, start, None)
         return result
 
-    async def _send(self, sql: str, params: Any, resent: bool = False) -> CursorAdapter:
-        """Send `sql` with what must ride before it; on a session found ended before it ran, once more."""
+    async def _send(self, sql: str, params: Any, resent: bool = False, tag: str = "") -> CursorAdapter:
+        """Send `sql` with what rides before it (and `tag` after); once more if the session had ended before it ran.
+
+        Every rule is decided on `sql`, the caller's text; `tag` (a query-tag comment) is only sent.
+        """
         conn = await self.aconnect()
         if resent:
             conn = await self._verified(conn)
@@ -549,6 +553,7 @@ class AsyncDatabase(AsyncReadRouting, AsyncPostgresqlDatabase):
         if not leaves_nothing(sql):
             self._unclean.add(conn.conn.get_server_pid())
         settings, body = split_settings(sql)
+        body += tag
         sent = time.monotonic()
         try:
             if in_transaction:
@@ -567,7 +572,7 @@ class AsyncDatabase(AsyncReadRouting, AsyncPostgresqlDatabase):
             note_resent()
             log.info("statement re-sent on a new connection: the server had ended the session before it ran (%s)",
                      describe(exc))
-            return await self._send(sql, params, resent=True)
+            return await self._send(sql, params, resent=True, tag=tag)
         if kind is RAW_BEGIN or kind is RAW_END:
             conn.raw_transaction = kind is RAW_BEGIN
             conn.tenant_used = False

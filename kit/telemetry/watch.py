@@ -10,8 +10,9 @@ switched on decides what the watch does:
   `kit.slow`, with its duration, summary, server, tenant and route;
 - **query tags** (DATABASE_QUERY_TAGS=1): the sync path's statements carry a sqlcommenter comment
   with the route or job, the tenant's id and the span's `traceparent`, which `pg_stat_activity`, the
-  server's own slow-query log and pganalyze show. The asyncio path sends none: asyncpg prepares each
-  distinct text, so a comment that changes with every trace would cost a round trip a statement.
+  server's own slow-query log and pganalyze show. The asyncio path's carry the route or job only:
+  asyncpg prepares each distinct text, so a comment that changed with every trace or tenant would
+  cost a round trip a statement, where one per route is prepared once (`tagged_statement`).
 
 What never leaves the process through any of them: a parameter value (spans and metrics name the
 statement by its summary, the keyword and first table; `db.query.text`, off unless asked, is
@@ -170,9 +171,16 @@ class Watch:
             return run(sql + self._comment(statement) if self.tags else sql)
 
     async def astatement(self, target: Target, sql: str, send: Callable[[], Awaitable[T]]) -> T:
-        """Await `send()` as one watched statement (no tags: see the module docstring)."""
+        """Await `send()` as one watched statement (its text is the caller's: `tagged_statement` tags it)."""
         with self._open(target, sql):
             return await send()
+
+    def tagged_statement(self, sql: str) -> str:
+        """`sql` with the route or job's comment when tags are on: a text stable per route, for prepared statements."""
+        if not self.tags:
+            return sql
+        pairs = labels()
+        return sql + comment(pairs) if pairs else sql
 
     # -- its parts --------------------------------------------------------------------------------
 
