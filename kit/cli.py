@@ -55,7 +55,7 @@ def _db_roles(settings: Settings, args: argparse.Namespace) -> int:
     admin = check_database_url(admin, "DATABASE_ADMIN_URL")
     passwords = {role: os.environ[name] for role, name in roles.PASSWORD_VARIABLES.items() if os.environ.get(name)}
     roles.bootstrap(admin, passwords)
-    print(f"roles {roles.OWNER}, {roles.APP} and {roles.AUTH} ready; the database {mask_password(admin)} "
+    print(f"roles {roles.OWNER}, {roles.APP}, {roles.DOOR} and {roles.AUTH} ready; the database {mask_password(admin)} "
           f"belongs to {roles.OWNER}")
     return 0
 

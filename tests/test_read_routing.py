@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from dataclasses import replace
@@ -411,3 +412,38 @@ def test_kit_maintain_against_a_replica_is_refused_in_one_sentence(replica_url):
                              timeout=60)
     assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
     assert "is a read-only replica: kit maintain changes the schema, so run it against the primary" in refused.stderr
+
+
+@needs_embedded
+@pytest.mark.parametrize("kind", ["sync", "asyncio"])
+def test_outside_a_scope_a_write_anywhere_in_the_process_is_waited_for_by_later_reads(routed, replica_url,
+                                                                                    test_db_url, kind):
+    """The first write of a process, and a write in an executor thread or child task before the parent's
+    first statement: with replay paused, every later read outside a request scope sees it (both engines)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    paused(replica_url)
+    if kind == "sync":
+        with ThreadPoolExecutor(1) as pool:  # no context carried: a thread of its own, before ours ran anything
+            pool.submit(lambda: (Note.create(body="from-executor"), routed.close())).result()
+        assert Note.select().where(Note.body == "from-executor").count() == 1
+        assert in_thread(lambda: Note.select().where(Note.body == "from-executor").count()) == 1
+        return
+    from kit.aio import AsyncDatabase
+
+    adb = AsyncDatabase(test_db_url, load_settings(), stands_for=routed, replicas=[replica_url])
+
+    async def main() -> list[int]:
+        await adb.run(lambda: Note.create(body="aio-first"))  # the first statement of this database: a write
+        child = asyncio.create_task(adb.run(lambda: Note.create(body="aio-child")))
+        await child
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(1) as pool:  # a write on the sync pool from an executor thread, no context
+            await loop.run_in_executor(pool, lambda: (Note.create(body="aio-executor"), routed.close()))
+        seen = [await adb.run(lambda b=b: Note.select().where(Note.body == b).count())
+                for b in ("aio-first", "aio-child", "aio-executor")]
+        await adb.close_pool()
+        return seen
+
+    assert asyncio.run(main()) == [1, 1, 1]
+    assert count_on(replica_url, "aio-first") == 0  # ... which the paused replica does not have

@@ -167,6 +167,11 @@ def test_backends_killed_every_second_and_a_server_restart_give_503s_only_and_an
     assert not refused & set(rows), "a spend answered 503 (nothing committed) is there"
     assert OrgCredit.balance_of(org) == 1_000_000 - sum(rows.values())  # balance and usage rows agree
     assert statuses[200] > len(results) / 2
+    unavailable = [body for _, status, body in results if status == 503]
+    unknown = [body for body in unavailable if body.get("outcome_unknown")]
+    print(f"503s {len(unavailable)}: {Counter(b['error'] for b in unavailable)}; outcome unknown {len(unknown)}")
+    assert all(body["error"] == "SessionLost" for body in unknown)  # a refused BEGIN or connection never says it
+    assert not any(word in str(body) for body in unavailable for word in ("kit_app", "host=", ".s.PGSQL", "kit_test"))
 
 
 def test_every_kit_error_is_a_fitting_status_and_the_dependency_shapes_work(service, org):

@@ -80,6 +80,7 @@ from kit.db.contract import (
     lost_in_transaction,
     lost_with_state,
     pool_exhausted,
+    pooler_refuses,
     riding_settings,
     several_statements,
     tenant_rides,
@@ -87,11 +88,10 @@ from kit.db.contract import (
 from kit.db.outcomes import is_outage, sqlstate
 from kit.db.pooled import RESEND_WINDOW
 from kit.db.retry import DEFAULT_TRIES, check_tries, refuse_nested, wait_before_next
-from kit.db.statements import NO_TRANSACTION_BLOCK, OPEN_TRANSACTION, POOLER_REFUSES, RAW_BEGIN, RAW_END, session_change
+from kit.db.statements import NO_TRANSACTION_BLOCK, OPEN_TRANSACTION, RAW_BEGIN, RAW_END, session_change
 from kit.errors import (
     KitError,
     PoolExhausted,
-    SessionStateRefused,
     describe,
 )
 from kit.pool import ConnectionPool
@@ -537,48 +537,62 @@ class AsyncDatabase(AsyncReadRouting, AsyncPostgresqlDatabase):
         if resent:
             conn = await self._verified(conn)
         in_transaction = bool(self._state.transactions) or conn.raw_transaction
+        kind = await self._before_sending(conn, sql, in_transaction)
+        settings, body = split_settings(sql)
+        sent = time.monotonic()
+        try:
+            if in_transaction:
+                result = await self._in_transaction(conn, settings, body + tag, params)
+            else:
+                result = await self._alone(conn, settings, body + tag, params, kind)
+        except Exception as exc:
+            if resent or not await self._may_resend(exc, conn, in_transaction, time.monotonic() - sent):
+                await self._after_loss(conn, in_transaction)
+                raise
+            return await self._send(sql, params, resent=True, tag=tag)
+        if kind is RAW_BEGIN or kind is RAW_END:
+            conn.raw_transaction, conn.tenant_used = kind is RAW_BEGIN, False
+        if not self._state.transactions and not conn.raw_transaction and not conn.session:
+            await self.aclose()  # nothing to keep: the connection goes back until the next statement
+        return result
+
+    def _limit_ms(self) -> int | None:
+        """The statement time limit in ms (None: the server's)."""
         limit = self.statement_timeout
-        refused = None if in_transaction else several_statements(sql, max(1, round(limit * 1000)) if limit else None)
+        return max(1, round(limit * 1000)) if limit else None
+
+    async def _before_sending(self, conn: KitConnection, sql: str, in_transaction: bool) -> str | None:
+        """Refuse what must not be sent (several statements alone, state a pooler would share); note what it leaves.
+
+        Returns the statement's kind (`kit.db.statements.session_change`).
+        """
+        kind = session_change(sql)
+        left = None if kind is RAW_BEGIN or kind is RAW_END else kind
+        refused = (None if in_transaction else several_statements(sql, self._limit_ms())) or (
+            pooler_refuses(left, sql, self.pooler, in_transaction) if left is not None else None)
         if refused is not None:
             if not self._state.transactions and not conn.raw_transaction and not conn.session:
                 await self.aclose()
             raise refused
-        kind = session_change(sql)
-        if kind is not None and kind is not RAW_BEGIN and kind is not RAW_END:
-            if self.pooler and kind in POOLER_REFUSES and not in_transaction:
-                raise SessionStateRefused(
-                    f"{kind} would outlive the transaction on a server connection PgBouncer shares with other "
-                    f"clients (DATABASE_POOLER={self.pooler}); use {POOLER_REFUSES[kind]}; nothing was sent")
-            conn.session.add(kind)
+        if left is not None:
+            conn.session.add(left)
         if not leaves_nothing(sql):
             self._unclean.add(conn.conn.get_server_pid())
-        settings, body = split_settings(sql)
-        body += tag
-        sent = time.monotonic()
-        try:
-            if in_transaction:
-                result = await self._in_transaction(conn, settings, body, params)
-            else:
-                result = await self._alone(conn, settings, body, params, kind)
-        except Exception as exc:
-            seconds = time.monotonic() - sent
-            if not conn.stale() and not isinstance(exc, KitError) and sqlstate(exc) is None:
-                await settle()  # a driver error with no SQLSTATE: let the driver read a close the server sent
-            if resent or not self._never_ran(exc, conn, in_transaction, seconds):
-                await self._after_loss(conn, in_transaction)
-                raise
-            await self._drop(conn)
-            self.counts["resent"] += 1
-            note_resent()
-            log.info("statement re-sent on a new connection: the server had ended the session before it ran (%s)",
-                     describe(exc))
-            return await self._send(sql, params, resent=True, tag=tag)
-        if kind is RAW_BEGIN or kind is RAW_END:
-            conn.raw_transaction = kind is RAW_BEGIN
-            conn.tenant_used = False
-        if not self._state.transactions and not conn.raw_transaction and not conn.session:
-            await self.aclose()  # nothing to keep: the connection goes back until the next statement
-        return result
+        return kind
+
+    async def _may_resend(self, exc: BaseException, conn: KitConnection, in_transaction: bool,
+                          seconds: float) -> bool:
+        """Whether a failed statement is sent again (`_never_ran`); if so, its dead connection is let go first."""
+        if not conn.stale() and not isinstance(exc, KitError) and sqlstate(exc) is None:
+            await settle()  # a driver error with no SQLSTATE: let the driver read a close the server sent
+        if not self._never_ran(exc, conn, in_transaction, seconds):
+            return False
+        await self._drop(conn)
+        self.counts["resent"] += 1
+        note_resent()
+        log.info("statement re-sent on a new connection: the server had ended the session before it ran (%s)",
+                 describe(exc))
+        return True
 
     async def _in_transaction(self, conn: KitConnection, settings: str, body: str, params: Any) -> CursorAdapter:
         """A statement inside a transaction: the riding settings and the tenant first (`kit.db.contract`)."""
@@ -591,12 +605,15 @@ class AsyncDatabase(AsyncReadRouting, AsyncPostgresqlDatabase):
     async def _alone(self, conn: KitConnection, settings: str, body: str, params: Any,
                      kind: str | None) -> CursorAdapter:
         """A statement that is its own transaction; with settings to ride along, one transaction around them."""
-        limit = self.statement_timeout
         riding = alone_prefix(body, current_tenant(), None)
         if riding or settings:  # behind PgBouncer the limit rides too; elsewhere it is the connection's default
-            settings = (limit_sql(max(1, round(limit * 1000))) if limit and self.pooler else "") + riding + settings
+            settings = (limit_sql(self._limit_ms()) if self.pooler else "") + riding + settings
         if not settings or kind is RAW_BEGIN or NO_TRANSACTION_BLOCK.match(body):
             return await conn.execute(body, params)
+        return await self._in_own_transaction(conn, settings, body, params)
+
+    async def _in_own_transaction(self, conn: KitConnection, settings: str, body: str, params: Any) -> CursorAdapter:
+        """BEGIN with `settings`, the statement, COMMIT: what rides before a statement stays in its transaction."""
         await conn.simple("BEGIN;" + settings)
         try:
             result = await conn.execute(body, params)
@@ -658,21 +675,21 @@ class AsyncDatabase(AsyncReadRouting, AsyncPostgresqlDatabase):
         """A failure in the kit's words (`kit.db.contract.in_kit_words`); anything else as peewee's class."""
         if isinstance(exc, KitError):
             return exc
+        outage, in_transaction = self._what_failed(exc)
+        said = in_kit_words(exc, limit_ms=self._limit_ms(), outage=outage, in_transaction=in_transaction,
+                            timed_out_by_driver=isinstance(exc, asyncio.TimeoutError))
+        if said is not None or isinstance(exc, DatabaseError):
+            return said or exc
+        return _wrapped(exc) or exc
+
+    def _what_failed(self, exc: BaseException) -> tuple[bool, bool]:
+        """What asyncpg says of a failure: (the connection is gone or refused, it was inside a transaction)."""
         conn = self._state.conn if self._has_task() else None
         closed = conn is None or conn.stale()
-        outage = is_outage(exc, closed) or (
-            type(exc).__name__ in ("ConnectionDoesNotExistError", "InterfaceError") and closed)
+        gone = type(exc).__name__ in ("ConnectionDoesNotExistError", "InterfaceError") and closed
         in_transaction = self._has_task() and bool(self._state.transactions or (conn is not None
                                                                                 and conn.raw_transaction))
-        limit = self.statement_timeout
-        said = in_kit_words(exc, limit_ms=max(1, round(limit * 1000)) if limit else None, outage=outage,
-                            in_transaction=in_transaction, timed_out_by_driver=isinstance(exc, asyncio.TimeoutError))
-        if said is not None:
-            return said
-        if isinstance(exc, DatabaseError):
-            return exc
-        with_wrapper = _wrapped(exc)
-        return with_wrapper if with_wrapper is not None else exc
+        return is_outage(exc, closed) or gone, in_transaction
 
     @staticmethod
     def _has_task() -> bool:

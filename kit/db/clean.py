@@ -63,6 +63,7 @@ vector_dims vector_norm version websearch_to_tsquery bit_send halfvec_send spars
 current_database current_schema format_type has_table_privilege row_security_active obj_description
 col_description
 """.split())
+_KNOWN_WORDS = FUNCTIONS | KEYWORDS | TYPES
 # A literal, a quoted identifier, or one of what ends the proof at once (comments, dollar quoting).
 _TOKENS = re.compile(r"""(?P<literal>[EeUuBbXxNn]?'(?:[^']|'')*')|(?P<quoted>"(?:[^"]|"")*")"""
                      r"""|(?P<stop>--|/\*|\$\$|\$[A-Za-z_]\w*\$)""")
@@ -110,23 +111,31 @@ def _without_literals(sql: str) -> str | None:
 
 def _calls_are_known(words: list[str], first: str) -> bool:
     """True when every name before "(" is a known function, keyword or type; INTO only in INSERT INTO."""
-    for i, word in enumerate(words):
-        lowered = word.lower()
-        if lowered == "into" and (i == 0 or words[i - 1].lower() != "insert"):
+    lowered = [word.lower() for word in words]
+    for i in range(1, len(words)):
+        if lowered[i] == "into" and lowered[i - 1] != "insert":
             return False  # SELECT ... INTO makes a table; INSERT INTO writes rows
-        if word != "(" or i == 0:
-            continue
-        name = words[i - 1]
-        if name in ("(", ".") or not (name[0].isalpha() or name[0] in '_"'):
-            continue  # a parenthesis after a parenthesis, an operator or a value
-        before = words[i - 2].lower() if i >= 2 else ""
-        if before in ("into", "as") or (before == "." and i >= 4 and words[i - 4].lower() == "into"):
-            continue  # INSERT INTO t (columns), AS alias (columns)
-        bare = name.strip('"') if name.startswith('"') else name.lower()
-        if bare in FUNCTIONS or (not name.startswith('"') and (bare in KEYWORDS or bare in TYPES)):
-            continue
-        return False
+        if words[i] == "(" and not _known_call(words, lowered, i - 1):
+            return False
     return True
+
+
+def _known_call(words: list[str], lowered: list[str], at: int) -> bool:
+    """Whether the name at `at`, followed by "(", is no call, or a call the rule knows changes nothing."""
+    name = words[at]
+    if _not_a_call(name, lowered, at):
+        return True
+    if name.startswith('"'):
+        return name.strip('"') in FUNCTIONS  # a quoted name is exactly what it says
+    return lowered[at] in _KNOWN_WORDS
+
+
+def _not_a_call(name: str, lowered: list[str], at: int) -> bool:
+    """A parenthesis after a parenthesis, an operator or a value; or a list of columns (INTO t (...), AS x (...))."""
+    if name in ("(", ".") or not (name[0].isalpha() or name[0] in '_"'):
+        return True
+    before = lowered[at - 1] if at >= 1 else ""
+    return before in ("into", "as") or (before == "." and at >= 3 and lowered[at - 3] == "into")
 
 
 _LEX = re.compile(r"""--[^\n]*|/\*|[EeUuBbXxNn]?'|"(?:[^"]|"")*"|\$(?:[A-Za-z_]\w*)?\$|;|[^-/'"$;EeUuBbXxNn]+|.""",
@@ -145,44 +154,54 @@ def statement_count(sql: str) -> int:
         return 1 if sql.strip() else 0
     count, pending, i = 0, False, 0
     while i < len(sql):
-        found = _LEX.match(sql, i)
-        token, i = found.group(), found.end()
+        token = _LEX.match(sql, i).group()
+        end = _token_end(sql, token, i + len(token))
+        if end is None:
+            return count + 2  # never closed: a doubt
         if token == ";":
             count, pending = count + pending, False
-        elif token == "/*":
-            depth = 1
-            while depth and i < len(sql):
-                nested = sql.find("/*", i)
-                close = sql.find("*/", i)
-                if close < 0:
-                    return count + 2  # unclosed: a doubt
-                if 0 <= nested < close:
-                    depth, i = depth + 1, nested + 2
-                else:
-                    depth, i = depth - 1, close + 2
-        elif token.endswith("'"):
-            escapes = token[:1] in "Ee" and len(token) == 2
-            while True:
-                close = sql.find("'", i)
-                if close < 0:
-                    return count + 2
-                if escapes and _escaped(sql, close):
-                    i = close + 1
-                    continue
-                if sql.startswith("''", close):
-                    i = close + 2
-                    continue
-                i = close + 1
-                break
+        elif token.strip() and not token.startswith(("--", "/*")):
             pending = True
-        elif token.startswith("$") and token.endswith("$") and len(token) > 1 and not token[1:-1].isdigit():
-            close = sql.find(token, i)
-            if close < 0:
-                return count + 2
-            i, pending = close + len(token), True
-        elif not token.startswith("--") and token.strip():
-            pending = True
+        i = end
     return count + pending
+
+
+def _token_end(sql: str, token: str, after: int) -> int | None:
+    """Where the token that begins with `token` ends: comments, literals and dollar bodies read whole (None: open)."""
+    if token == "/*":
+        return _comment_end(sql, after)
+    if token.endswith("'"):
+        return _literal_end(sql, after, escapes=len(token) == 2 and token[0] in "Ee")
+    if len(token) > 1 and token[0] == token[-1] == "$" and not token[1:-1].isdigit():
+        close = sql.find(token, after)
+        return None if close < 0 else close + len(token)
+    return after
+
+
+def _comment_end(sql: str, i: int) -> int | None:
+    """The end of a `/*` comment opened before `i`, nested ones included (None: never closed)."""
+    depth = 1
+    while depth:
+        close = sql.find("*/", i)
+        if close < 0:
+            return None
+        nested = sql.find("/*", i, close)
+        depth, i = (depth + 1, nested + 2) if nested >= 0 else (depth - 1, close + 2)
+    return i
+
+
+def _literal_end(sql: str, i: int, escapes: bool) -> int | None:
+    """The end of a string literal opened before `i` ('' doubles a quote; with `escapes`, a backslash does)."""
+    while True:
+        close = sql.find("'", i)
+        if close < 0:
+            return None
+        if escapes and _escaped(sql, close):
+            i = close + 1
+        elif sql.startswith("''", close):
+            i = close + 2
+        else:
+            return close + 1
 
 
 def _escaped(sql: str, at: int) -> bool:

@@ -34,13 +34,14 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 
 from kit.db.clean import statement_count
-from kit.db.statements import NO_TRANSACTION_BLOCK, OPEN_TRANSACTION
+from kit.db.statements import NO_TRANSACTION_BLOCK, OPEN_TRANSACTION, POOLER_REFUSES
 from kit.errors import (
     ArgumentError,
     DatabaseUnavailable,
     KitError,
     PoolExhausted,
     SessionLost,
+    SessionStateRefused,
     StatementTimeout,
     TenantError,
     describe,
@@ -87,6 +88,24 @@ def tenant_rides(tenant: uuid.UUID | None, used: bool) -> tuple[str, bool]:
     if tenant is None and not used:
         return "", False
     return statement_prefix(tenant), True
+
+
+def pooler_refuses(kind: str, sql: str, pooler: str | None, in_transaction: bool) -> SessionStateRefused | None:
+    """The refusal of a statement leaving `kind` of session state on a server connection a pooler shares (None: send).
+
+    Behind a transaction-pooling PgBouncer no reset runs between clients: what the kit recognises as
+    outliving the transaction is refused before it is sent (a temporary table ON COMMIT DROP inside a
+    transaction is not). What it does not recognise is covered by construction: the tenant is bound to
+    its transaction, and the time limit rides with every statement.
+    """
+    if not pooler or kind not in POOLER_REFUSES:
+        return None
+    if kind == "temporary tables" and in_transaction and re.search(r"on\s+commit\s+drop", sql, re.I):
+        return None
+    return SessionStateRefused(
+        f"{kind} would outlive the transaction on a server connection PgBouncer shares with other clients "
+        f"(DATABASE_POOLER={pooler}, transaction pooling); use {POOLER_REFUSES[kind]}, or connect to the server "
+        "directly; nothing was sent")
 
 
 def several_statements(sql: str, limit_ms: int | None) -> ArgumentError | None:

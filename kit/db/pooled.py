@@ -44,7 +44,6 @@ once; it is not replaced under the caller. The statement after that runs on a ne
 from __future__ import annotations
 
 import logging
-import re
 import select
 import threading
 import time
@@ -65,6 +64,7 @@ from kit.db.contract import (
     lost_before_commit,
     lost_during_commit,
     lost_with_state,
+    pooler_refuses,
     riding_settings,
     several_statements,
     tenant_rides,
@@ -397,13 +397,8 @@ class PooledDatabase(PostgresqlExtDatabase):
                 self._release_in_scope(scope)
             if start is not None:
                 self._notify_hooks(sql, params, start, exc)
-            outage = (isinstance(exc, (OperationalError, InterfaceError)) and not self.deferred
-                      and is_outage(exc, self.connection_lost()))
-            said = in_kit_words(exc, limit_ms=self._limit_ms(), outage=outage,
-                                in_transaction=bool(self._state.transactions or self._state.raw_transaction))
+            said = self._in_kit_words(exc)
             if said is not None:
-                if outage:
-                    self._pool.count("session_lost")
                 raise said from exc
             raise
         if start is not None:
@@ -411,6 +406,16 @@ class PooledDatabase(PostgresqlExtDatabase):
         if scope is not None and not named_cursor:
             self._release_in_scope(scope)
         return cursor
+
+    def _in_kit_words(self, exc: Exception) -> BaseException | None:
+        """`contract.in_kit_words` with what this driver says of the failure (None: raise it as it is)."""
+        outage = (isinstance(exc, (OperationalError, InterfaceError)) and not self.deferred
+                  and is_outage(exc, self.connection_lost()))
+        said = in_kit_words(exc, limit_ms=self._limit_ms(), outage=outage,
+                            in_transaction=bool(self._state.transactions or self._state.raw_transaction))
+        if said is not None and outage:
+            self._pool.count("session_lost")
+        return said
 
     def _release_in_scope(self, scope: object) -> None:
         """Inside a request scope: give the connection back once no transaction or session state needs it."""
@@ -439,37 +444,45 @@ class PooledDatabase(PostgresqlExtDatabase):
         reset before its next borrower gets it.
         """
         state = self._state
-        if state.scope is not None and not state.closed and state.scope is not current_scope():
-            self._drop_leftover()
         cursor = self._statement_cursor(state, named_cursor)
         conn = state.conn
         idle = not state.transactions and conn.get_transaction_status() == IDLE  # no transaction on the connection
-        state_kind = kind if kind is not RAW_BEGIN and kind is not RAW_END else None
-        if prefixed and idle and kind is not RAW_BEGIN:
-            refused = several_statements(sql, self._limit_ms())
-            if refused is not None:
-                raise refused
-        self._note_state(conn, sql, state_kind)
-        if not clean:
-            self._pool.note_session(conn, None)
-        prefix = self._prefix(state, sql, idle and kind is not RAW_BEGIN, kind is RAW_BEGIN, named_cursor) \
-            if prefixed else ""
+        left = _left_on_session(kind)
+        prefix = ""
+        if prefixed:
+            alone = idle and kind is not RAW_BEGIN
+            self._before_sending(conn, sql, left, clean, several=alone)
+            prefix = self._prefix(state, sql, alone, kind is RAW_BEGIN, named_cursor)
         sent = time.monotonic()
         try:
             cursor.execute(prefix + sql, params or ())
         except psycopg2.Error as exc:
             self._after_failure(exc, state, conn, idle, time.monotonic() - sent)  # raises unless it never ran
             cursor = self.cursor(named_cursor)
-            if state_kind or not clean:
-                self._pool.note_session(state.conn, state_kind)
+            self._before_sending(state.conn, sql, left, clean, several=False)
             cursor.execute(prefix + sql, params or ())
-        if kind is RAW_BEGIN or kind is RAW_END:
+        if kind is RAW_BEGIN or kind is RAW_END:  # transaction control sent as SQL
             state.raw_transaction = kind is RAW_BEGIN
-            state.tenant_used = kind is RAW_BEGIN and bool(prefix)
+            state.tenant_used = state.raw_transaction and bool(prefix)
         return cursor
 
+    def _before_sending(self, conn: Any, sql: str, state_kind: str | None, clean: bool, several: bool) -> None:
+        """Refuse what must not be sent (several statements alone, state a pooler would share); note what it leaves."""
+        if several:
+            refused = several_statements(sql, self._limit_ms())
+            if refused is not None:
+                raise refused
+        self._note_state(conn, sql, state_kind)
+        if not clean:
+            self._pool.note_session(conn, None)
+
     def _statement_cursor(self, state: _ThreadState, named_cursor: Any) -> Any:
-        """A cursor for the next statement: on this thread's connection, one opened or replaced first if need be."""
+        """A cursor for the next statement: on this thread's connection, one opened or replaced first if need be.
+
+        A connection this thread kept from another request scope is let go first (`_drop_leftover`).
+        """
+        if state.scope is not None and not state.closed and state.scope is not current_scope():
+            self._drop_leftover()
         if named_cursor or state.closed or state.conn.closed:
             return self.cursor(named_cursor)
         return state.conn.cursor()
@@ -477,8 +490,9 @@ class PooledDatabase(PostgresqlExtDatabase):
     def _note_state(self, conn: Any, sql: str, state_kind: str | None) -> None:
         """Record the session state `sql` leaves on `conn` (refused first behind a pooler, where it would leak)."""
         if state_kind:
-            if self.pooler and state_kind in POOLER_REFUSES:
-                self._refuse(sql, state_kind)
+            refused = pooler_refuses(state_kind, sql, self.pooler, self.in_transaction())
+            if refused is not None:
+                raise refused
             if state_kind in POOLER_REFUSES and current_scope() is not None and not self.in_transaction():
                 raise SessionStateRefused(
                     f"{state_kind} would outlive the statement, and inside a request scope (kit.web) a connection "
@@ -544,15 +558,6 @@ class PooledDatabase(PostgresqlExtDatabase):
     def _limit_ms(self) -> int | None:
         """The statement time limit in ms (None: the server's)."""
         return max(1, round(self.statement_timeout * 1000)) if self.statement_timeout else None
-
-    def _refuse(self, sql: str, kind: str) -> None:
-        """Raise SessionStateRefused for a statement that would leave `kind` on a pooler's shared connection."""
-        if kind == "temporary tables" and re.search(r"on\s+commit\s+drop", sql, re.I) and self.in_transaction():
-            return
-        raise SessionStateRefused(
-            f"{kind} would outlive the transaction on a server connection PgBouncer shares with other clients "
-            f"(DATABASE_POOLER={self.pooler}, transaction pooling); use {POOLER_REFUSES[kind]}, or connect to "
-            "the server directly; nothing was sent")
 
     def begin(self, isolation_level: Any = None) -> None:
         """Start a transaction (peewee's BEGIN, sent by the same rules as any statement)."""
@@ -733,6 +738,11 @@ class PooledDatabase(PostgresqlExtDatabase):
         """Counts: in_use, idle, waiting, min, max, and since start the events `kit.pool.ConnectionPool.stats` names."""
         return self._pool.stats()
 
+
+
+def _left_on_session(kind: str | None) -> str | None:
+    """The session state a statement of `kind` leaves (`kit.db.statements`); None for transaction control."""
+    return None if kind is RAW_BEGIN or kind is RAW_END else kind
 
 
 class _NoBlock(_callable_context_manager):

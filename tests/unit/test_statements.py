@@ -112,3 +112,23 @@ def test_statements_proven_to_leave_nothing(sql):
 @pytest.mark.parametrize("sql", NOT_CLEAN)
 def test_any_spelling_not_proven_clean_is_reset(sql):
     assert not leaves_nothing(sql)
+
+
+# -- statement_count: how many statements the server will find in one string ----------------------------
+
+from kit.db.clean import statement_count  # noqa: E402
+
+COUNTS = [
+    ("SELECT 1", 1), ("SELECT 1;", 1), ("SELECT 1; SELECT 2", 2), ("SET LOCAL statement_timeout=0; SELECT 1", 2),
+    ("SELECT ';'", 1), ("SELECT 'a'';b'", 1), ('SELECT ";" FROM t', 1), ("SELECT 1 -- ; x\n", 1),
+    ("SELECT 1 /* ; /* ; */ ; */", 1), ("/* a /* b */ c */ ; SELECT 1", 1), ("DO $$ BEGIN PERFORM 1; END $$", 1),
+    ("DO $f$ a; b $f$; SELECT 1", 2), ("SELECT E'\\'; SELECT 2; --'", 1), ("SELECT E'\\\\'; SELECT 2", 2),
+    ("SELECT $1; SELECT $2", 2), ("", 0), (";;", 0), ("  ; SELECT 1 ;  ", 1), ("select e'a\\\\\\'b'; x", 2),
+    ("SELECT 1 ;-- tail", 1), ("SELECT x$1; y", 2), ("SELECT 'open; SELECT 2", 2), ("/* open; SELECT 2", 2),
+    ("SELECT $q$ open; SELECT 2", 2),
+]
+
+
+@pytest.mark.parametrize("sql, count", COUNTS)
+def test_statement_count_reads_the_string_as_the_server_does(sql, count):
+    assert statement_count(sql) == count
