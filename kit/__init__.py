@@ -5,7 +5,7 @@ raises on purpose is a `kit.KitError` (its family is in `kit.errors`, all export
 `except KitError` catches anything the kit refused.
 
 `kit.tenant(org)` sets the organization every statement of the block is confined to (row-level
-security, `kit.tenancy`); `kit.all_tenants()` is the one door past it (the owner's connection).
+security, `kit.tenancy`); `kit.all_tenants()` is the one door past it (`kit_door`'s connection).
 """
 
 from collections.abc import Callable

@@ -215,26 +215,28 @@ def check_database_url(url: str, name: str = "DATABASE_URL") -> str:
     return url
 
 
+def _role_url(env: Mapping[str, str], name: str, role: str, url: str | None) -> str | None:
+    """Another role's URL from `name`, checked; set only beside DATABASE_URL (None when unset)."""
+    given = env.get(name, "").strip() or None
+    if given is None:
+        return None
+    given = check_database_url(given, name)
+    if url is None:
+        raise ConfigError(f"{name} is set but DATABASE_URL is not: set both to the same server (the {role}'s and "
+                          "the application's roles), or neither for the embedded server")
+    return given
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read and validate the kit's settings from `env` (default: the process environment)."""
     env = os.environ if env is None else env
     url = env.get("DATABASE_URL", "").strip() or None
     if url is not None:
         url = check_database_url(url)
-    owner_url = env.get("DATABASE_OWNER_URL", "").strip() or None
-    if owner_url is not None:
-        owner_url = check_database_url(owner_url, "DATABASE_OWNER_URL")
-        if url is None:
-            raise ConfigError("DATABASE_OWNER_URL is set but DATABASE_URL is not: set both to the same server "
-                              "(the owner's and the application's roles), or neither for the embedded server")
-    elif url is not None:
+    owner_url = _role_url(env, "DATABASE_OWNER_URL", "owner", url)
+    if owner_url is None and url is not None:
         owner_url = url  # one role for everything: an external server set up without the kit's roles
-    door_url = env.get("DATABASE_DOOR_URL", "").strip() or None
-    if door_url is not None:
-        door_url = check_database_url(door_url, "DATABASE_DOOR_URL")
-        if url is None:
-            raise ConfigError("DATABASE_DOOR_URL is set but DATABASE_URL is not: set both to the same server "
-                              "(the door's and the application's roles), or neither for the embedded server")
+    door_url = _role_url(env, "DATABASE_DOOR_URL", "door", url)
     pool_min = _integer(env, "DATABASE_POOL_MIN", Settings.pool_min)
     pool_max = _integer(env, "DATABASE_POOL_MAX", Settings.pool_max)
     if pool_max < 1:

@@ -2,7 +2,7 @@
 
     with kit.tenant(org):            # the row or its id; also a decorator; thread- and task-local
         Document.select()            # this organization's rows only, enforced by the database
-    with kit.all_tenants():          # the one door past it: the owner's connection (billing webhooks, reports)
+    with kit.all_tenants():          # the one door past it: kit_door's connection (webhooks, reports)
         Customer.get(Customer.provider_customer_id == found)
 
 Every table that holds an organization's data has row-level security keyed on the transaction-local
@@ -28,9 +28,9 @@ a kit operation given another organization than the context's raises. `tenant(or
 `all_tenants()` confines its block again; a query object's remembered rows are served only to the
 context they were read in (`kit.models.base`).
 
-`all_tenants()` does not flip a setting: the database routes the block's statements to the owner's
-connection (DATABASE_OWNER_URL, a role that bypasses row-level security), so code that merely forgets
-`tenant()` never passes through it, and the run-time role has no way to.
+`all_tenants()` does not flip a setting: the database routes the block's statements to the door's
+connection (DATABASE_DOOR_URL, `kit_door`: the application's privileges and BYPASSRLS, nothing more),
+so code that merely forgets `tenant()` never passes through it, and the run-time role has no way to.
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ def on_leaving_all_tenants(release: Any) -> None:
 
 
 def all_tenants() -> _Scoped:
-    """Within the block, every statement goes to the owner's connection, past row-level security."""
+    """Within the block, every statement goes to the door's connection (`kit_door`), past row-level security."""
     return _AllTenants(None, True)
 
 

@@ -507,13 +507,15 @@ class AsyncDatabase(AsyncReadRouting, AsyncPostgresqlDatabase):
         """
         if self._crossing():
             return await self.door().aexecute_sql(sql, params, writes)
-        if writes:
-            self._note_write(sql)
         watch = _watch.active
         if watch is None:
-            return await self._aexecute(sql, params)
-        tag = watch.tagged_statement(sql)[len(sql):]
-        return await watch.astatement(self.target, sql, lambda: self._aexecute(sql, params, tag))
+            result = await self._aexecute(sql, params)
+        else:
+            tag = watch.tagged_statement(sql)[len(sql):]
+            result = await watch.astatement(self.target, sql, lambda: self._aexecute(sql, params, tag))
+        if writes and not self.in_transaction():  # done, and it may have written (a COMMIT sent as SQL too)
+            self._note_write()
+        return result
 
     async def _aexecute(self, sql: str, params: Any, tag: str = "") -> CursorAdapter:
         self._log_query(sql, params)

@@ -71,15 +71,12 @@ class AsyncReadRouting:
         return await_(self.aexecute_sql(sql, params, writes=False))
 
     def _written_position(self) -> int:
-        """The WAL position this context's reads must see (its writes, and those of what it started)."""
-        record = written()
-        entry = record.entry(self)
-        if entry[1]:
-            entry[1] = False  # cleared first: a write made meanwhile by another task is asked for again
-            position = lsn_int(self._primary_read("SELECT pg_current_wal_insert_lsn()::text", None).fetchone()[0])
-            with record.lock:
-                entry[0] = max(entry[0], position)
-        return entry[0]
+        """The WAL position this context's reads must see (`kit.db.scope.Written`'s rule)."""
+        return written().position(self, self._primary_position)
+
+    def _primary_position(self) -> int:
+        """The primary's WAL insert position now (one round trip)."""
+        return lsn_int(self._primary_read("SELECT pg_current_wal_insert_lsn()::text", None).fetchone()[0])
 
     def _read_on(self, replica: Replica, sql: str, params: Any) -> Any:
         """Run a read on `replica`; should it fail, be full, or have been promoted, on the primary."""
@@ -98,12 +95,12 @@ class AsyncReadRouting:
         replica.reads += 1
         return cursor
 
-    def _note_write(self, sql: str) -> None:
-        """After a statement on the primary that may write, the next reads wait for a replica to have it.
+    def _note_write(self) -> None:
+        """A write is done (a statement outside a transaction, or a COMMIT): later reads wait for a replica to have it.
 
         Noted whether or not replicas are configured yet: the first write of a process comes before them.
         """
-        written().entry(self)[1] = True
+        written().wrote(self)
 
 
 __all__ = ["AsyncReadRouting"]

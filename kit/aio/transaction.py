@@ -50,6 +50,7 @@ class Atomic(AsyncPgAtomic):
             raise lost_before_commit()
         try:
             super().commit(begin)
+            self.db._note_write()  # the transaction's writes are done: later reads wait for them
         except Exception as exc:
             if not conn.stale():
                 raise

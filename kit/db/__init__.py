@@ -21,7 +21,7 @@ The package, one job a module, each importing only those above it:
   re-send rule (when a statement may go again on a new connection), `SessionLost` and the time limit.
 - `reads`: read routing to replicas, read-your-writes, `on_primary` / `on_replica` / `reads_after`.
 - `retry`: `retry_transaction`, a whole transaction run again where nothing of it was committed.
-- `configured`: `Database` configured from the environment (roles, the owner's door for
+- `configured`: `Database` configured from the environment (roles, the door (`kit_door`) for
   `all_tenants()`, replicas) and the `database` instance.
 """
 

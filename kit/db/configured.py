@@ -164,7 +164,7 @@ class Database(ReadRouting):
         self._app_pool = value
 
     def _own_pool(self) -> ConnectionPool:
-        """The run-time role's pool, which `init()` configures (never the owner's door, even inside it)."""
+        """The run-time role's pool, which `init()` configures (never the door's, even inside it)."""
         return self._app_pool
 
     def _crossing(self) -> bool:

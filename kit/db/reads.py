@@ -63,8 +63,15 @@ class ReadRouting(PooledDatabase):
             replica = self._replica_for_read(writes_matter=False)
             if replica is not None:
                 return self._read_on(replica, sql, params, only_reads=False)
-        written().entry(self)[1] = True  # it may write: the next read waits for a replica to replay it
-        return super().execute_sql(sql, params, named_cursor)
+        cursor = super().execute_sql(sql, params, named_cursor)
+        if not self.in_transaction():  # it may have written: later reads wait for a replica to replay it
+            written().wrote(self)
+        return cursor
+
+    def commit(self) -> None:
+        """COMMIT; what the transaction wrote is waited for by later reads (`kit.db.scope.Written`)."""
+        super().commit()
+        written().wrote(self)
 
     def read_sql(self, sql: str, params: Any = None) -> Any:
         """Run raw SQL that only reads, routed as a peewee SELECT is (a fit replica outside a transaction)."""
@@ -85,23 +92,19 @@ class ReadRouting(PooledDatabase):
         return router.choose(self._written_position() if writes_matter else 0)
 
     def _written_position(self) -> int:
-        """The WAL position this context's reads must see: taken from the primary after its last write.
+        """The WAL position this context's reads must see: taken from the primary after the writes they must see.
 
-        The writes counted are the context's and those of every task and thread started from it
-        (`kit.db.scope.Written`); the flag is cleared before the primary is asked, so a write made
-        meanwhile by another of them is asked for again.
+        Which writes those are, and when a position is taken, is `kit.db.scope.Written`'s rule.
         """
-        record = written()
-        entry = record.entry(self)
-        if entry[1]:
-            entry[1] = False
-            with __exception_wrapper__:
-                cursor = PooledDatabase.execute_sql(self, "SELECT pg_current_wal_insert_lsn()::text")
-            position = lsn_int(cursor.fetchone()[0])
-            self._primary_seen = max(self._primary_seen, position)
-            with record.lock:
-                entry[0] = max(entry[0], position)
-        return max(entry[0], self._floor.get())
+        return max(written().position(self, self._primary_position), self._floor.get())
+
+    def _primary_position(self) -> int:
+        """The primary's WAL insert position now (one round trip)."""
+        with __exception_wrapper__:
+            cursor = PooledDatabase.execute_sql(self, "SELECT pg_current_wal_insert_lsn()::text")
+        position = lsn_int(cursor.fetchone()[0])
+        self._primary_seen = max(self._primary_seen, position)
+        return position
 
     def _read_on(self, replica: Replica, sql: str, params: Any, only_reads: bool = True) -> Any:
         """Run a read on `replica`; should it fail there, on the primary (a read has no effect to repeat).

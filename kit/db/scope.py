@@ -20,7 +20,7 @@ holds connections this way always. `kit.web.KitMiddleware` opens one per request
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -36,21 +36,55 @@ class Written:
     later reads. Outside any request scope there is one record for the whole process (`PROCESS`): a
     write anywhere, in any thread or task, however it was started and whenever, is waited for by every
     later read outside a scope. Conservative (a read may wait for a write it did not need), never stale.
+
+    The rule, shared by the sync and the asyncio database: a write is counted once it is done (a
+    statement outside a transaction once it returned, a transaction at its COMMIT), and a read needs
+    a WAL position taken from the primary *after* every write counted when the read began. A read
+    that finds the count already synced by a position someone took after that count uses it; else it
+    takes one itself (`pg_current_wal_insert_lsn()`, one round trip) and records it for the others.
+    So two threads sharing the record can never hand each other a position older than their writes.
     """
 
-    __slots__ = ("lock", "positions")
+    __slots__ = ("lock", "entries")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.positions: dict[int, list] = {}  # id(database): [WAL position reads must see, wrote since then]
+        self.entries: dict[int, _Entry] = {}  # id(database): what was written there and what reads must see
 
-    def entry(self, database: object) -> list:
-        """`database`'s [position, unsynced] in this record."""
-        found = self.positions.get(id(database))
+    def entry(self, database: object) -> _Entry:
+        """`database`'s entry in this record."""
+        found = self.entries.get(id(database))
         if found is None:
             with self.lock:
-                found = self.positions.setdefault(id(database), [0, False])
+                found = self.entries.setdefault(id(database), _Entry())
         return found
+
+    def wrote(self, database: object) -> None:
+        """Count a write to `database` that is done (committed, or a statement that was its own transaction)."""
+        entry = self.entry(database)
+        with self.lock:
+            entry.writes += 1
+
+    def position(self, database: object, fetch: Callable[[], int]) -> int:
+        """The WAL position a read must see: taken by `fetch()` after the writes counted so far, if none was."""
+        entry = self.entry(database)
+        target = entry.writes
+        if entry.synced >= target:
+            return entry.position
+        taken = fetch()  # after every write counted in `target`: at least as far as each of them
+        with self.lock:
+            entry.position = max(entry.position, taken)
+            entry.synced = max(entry.synced, target)
+        return max(entry.position, taken)
+
+
+class _Entry:
+    """Per database: writes counted, how many of them `position` (a WAL position) is known to cover."""
+
+    __slots__ = ("position", "synced", "writes")
+
+    def __init__(self) -> None:
+        self.position, self.synced, self.writes = 0, 0, 0
 
 
 PROCESS = Written()  # what the process wrote outside request scopes

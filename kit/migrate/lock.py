@@ -55,7 +55,7 @@ SELECT l.pid, coalesce(a.usename::text, '?'), coalesce(a.application_name, ''),
        a.usename IS NOT DISTINCT FROM current_user
 FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
 WHERE l.locktype = 'advisory' AND l.granted AND ((l.classid::bigint << 32) | l.objid::bigint) = %s
-  AND l.pid <> pg_backend_pid()
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND l.pid <> pg_backend_pid()
 LIMIT 1
 """
 
@@ -92,14 +92,19 @@ def take_advisory_lock(database: Database, key: int, scope: str, what: str, say:
     try_sql = f"SELECT pg_try_advisory{scope}_lock(%s)"
     began, said = time.monotonic(), False
     while not database.execute_sql(try_sql, (key,)).fetchone()[0]:
-        row = database.execute_sql(_HOLDER_SQL, (key,)).fetchone()
-        stop = wait_rule(row, what, time.monotonic() - began, wait)
-        if stop is not None:
-            raise LockHeld(stop, holder=holder_sentence(row))
-        if not said and row is not None:
-            say(f"waiting for {what} to finish ({holder_sentence(row)})")
-            said = True
+        said = _keep_waiting(database.execute_sql(_HOLDER_SQL, (key,)).fetchone(), what, began, wait, said, say)
         time.sleep(poll)
+
+
+def _keep_waiting(row: Any, what: str, began: float, wait: float, said: bool, say: Callable[[str], None]) -> bool:
+    """Raise LockHeld where `wait_rule` says to stop; else say once who is waited for. Whether it was said."""
+    stop = wait_rule(row, what, time.monotonic() - began, wait)
+    if stop is not None:
+        raise LockHeld(stop, holder=holder_sentence(row))
+    if not said and row is not None:
+        say(f"waiting for {what} to finish ({holder_sentence(row)})")
+        return True
+    return said
 
 
 def _take(database: Database, scope: str, say: Callable[[str], None]) -> None:
@@ -136,12 +141,7 @@ def hold_lock(database: Database, key: int, what: str, say: Callable[[str], None
                 cursor.execute(_HOLDER_SQL, (key,))
                 row = cursor.fetchone()
             conn.rollback()
-            stop = wait_rule(row, what, time.monotonic() - began, wait)
-            if stop is not None:
-                raise LockHeld(stop, holder=holder_sentence(row))
-            if not said and row is not None:
-                say(f"waiting for {what} to finish ({holder_sentence(row)})")
-                said = True
+            said = _keep_waiting(row, what, began, wait, said, say)
             time.sleep(poll)
     except BaseException:
         conn.close()
