@@ -3,7 +3,7 @@
 The same three operations against the same server (DATABASE_URL or the embedded default, seeded with
 fixtures/dev.yaml), each stack with a pool of at most 10 connections, as the run-time role:
 - read:    one organization by its id (every column)
-- consume: one credit taken in a transaction, as the tenant (`set_config('kit.tenant', ..., true)`, then
+- consume: one credit taken in a transaction, as the tenant (`kit.tenant` bound to the transaction, then
            `UPDATE org_credits ... RETURNING balance`); the kit: `OrgCredit.consume(org, 1)` in `run()`
 - search:  the 10 chunks of one organization nearest a 1536-d vector (cosine), every column (vectors decoded
            to numpy) and the distance, as the tenant; the kit: `DocumentChunk.search`, which also counts the
@@ -33,6 +33,9 @@ from kit.db import resolve_url
 
 POOL = 10
 TASKS = (1, 50)
+# The tenant as the kit sends it: the organization, bound to the transaction (`kit.tenancy.statement_prefix`)
+TENANT_SQL = ("SELECT set_config('kit.tenant', $1, true), "
+              "set_config('kit.tenant_xact', extract(epoch FROM transaction_timestamp())::text, true)")
 UPDATE_SQL = ("UPDATE org_credits SET balance = balance - 1 WHERE organization_id = $1 AND balance >= 1 "
               "RETURNING balance")
 SEARCH_SQL = ("SELECT id, created_at, updated_at, source_id, organization_id, position, content, token_count, "
@@ -89,7 +92,7 @@ async def sqlalchemy_stack(url, org_id, vector):
         await conn.run_sync(lambda sync: meta.reflect(sync, only=["organizations", "org_credits",
                                                                   "document_chunks"]))
     orgs, credits, chunks = (meta.tables[n] for n in ("organizations", "org_credits", "document_chunks"))
-    tenant = text("SELECT set_config('kit.tenant', :t, true)")
+    tenant = text(TENANT_SQL.replace("$1", ":t"))
     columns = [c for c in chunks.c if c.name != "search_text"]
     distance = chunks.c.embedding.cosine_distance(vector).label("distance")
     nearest = (select(*columns, distance)
@@ -127,12 +130,12 @@ async def raw_stack(url, org_id, vector):
 
     async def consume():
         async with pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT set_config('kit.tenant', $1, true)", str(org_id))
+            await conn.execute(TENANT_SQL, str(org_id))
             return await conn.fetchval(UPDATE_SQL, org_id)
 
     async def search():
         async with pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT set_config('kit.tenant', $1, true)", str(org_id))
+            await conn.execute(TENANT_SQL, str(org_id))
             return await conn.fetch(SEARCH_SQL, org_id, vector)
 
     return {"read": read, "consume": consume, "search": search}, pool.close
