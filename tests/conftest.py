@@ -115,6 +115,13 @@ def _use_test_database(request):
     yield
     if not database.is_closed() and not database.in_transaction():
         database.close()
+    from kit.models import ALL_MODELS
+
+    bound = {m.__name__ for m in ALL_MODELS if m._meta._database is not database}
+    if bound:  # left bound elsewhere (bind_ctx from overlapping threads): later tests would run on it
+        for model in ALL_MODELS:
+            model.bind(database, bind_refs=False, bind_backrefs=False)
+        pytest.fail(f"the kit's models were left bound to another database after the test: {sorted(bound)[:5]}")
 
 
 @pytest.fixture

@@ -100,7 +100,11 @@ def owner_database():
 
 @contextmanager
 def as_owner(*models):
-    """The block's statements of the kit's models and `models` go to the owner's connection; yields that database."""
+    """The block's statements of the kit's models and `models` go to the owner's connection; yields that database.
+
+    It binds the models for the whole process (peewee's `bind_ctx`): enter it from one thread at a time,
+    never from threads that overlap (the last to leave would leave the models bound to the owner).
+    """
     from kit.models import ALL_MODELS
 
     owner = owner_database()

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from helpers import as_owner, create_owned, drop_owned
+from helpers import as_owner, create_owned, drop_owned, owner_database
 from peewee import AutoField, IntegerField, Model, fn
 
 from kit.db import database
@@ -46,8 +46,7 @@ def load(org: int, rows: int) -> None:
 
 def upkeep(*args, **kwargs):
     """`ensure_tenant_indexes` as `kit maintain` runs it: as the owner (index builds are DDL)."""
-    with as_owner(args[0].model):
-        return ensure_tenant_indexes(*args, **kwargs)
+    return ensure_tenant_indexes(*args, database=owner_database(), **kwargs)  # no binding: threads call it too
 
 
 def tenant_indexes() -> dict[str, bool]:
@@ -155,19 +154,19 @@ def test_a_build_killed_midway_is_rebuilt_by_the_next_run(passages, monitor):
 def test_two_maintain_runs_at_once_make_each_index_once(passages):
     errors = []
 
-    def run():
+    def run(owner):
         try:
-            with database.connection_context():
-                with as_owner(Passage) as owner:  # upkeep is the owner's
-                    maintain(owner, [Passage], say=lambda _: None, min_rows=250)
+            with owner.connection_context():
+                maintain(owner, [Passage], say=lambda _: None, min_rows=250)
         except Exception as exc:
             errors.append(exc)
 
-    runs = [threading.Thread(target=run) for _ in range(2)]
-    for thread in runs:
-        thread.start()
-    for thread in runs:
-        thread.join()
+    with as_owner(Passage) as owner:  # upkeep is the owner's: bound once, for both threads (never from a thread)
+        runs = [threading.Thread(target=run, args=(owner,)) for _ in range(2)]
+        for thread in runs:
+            thread.start()
+        for thread in runs:
+            thread.join()
     assert errors == []
     assert tenant_indexes() == {tenant_index_name(Passage.embedding, 1): True,
                                 tenant_index_name(Passage.embedding, 3): True}

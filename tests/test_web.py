@@ -113,7 +113,8 @@ def restart_server() -> bool:
 
 def ledger_rows(org) -> Counter:
     with tenant(org):
-        return Counter(u.operation for u in AiUsage.select(AiUsage.operation).where(AiUsage.model == "ledger"))
+        return Counter(u.operation for u in AiUsage.select(AiUsage.operation)
+                       .where((AiUsage.model == "ledger") & (AiUsage.organization == org)))
 
 
 def test_sync_and_async_endpoints_give_every_connection_back(service, org):
