@@ -115,13 +115,24 @@ def _use_test_database(request):
     yield
     if not database.is_closed() and not database.in_transaction():
         database.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _models_bound_back():
+    """After each module, the kit's models are bound to `kit.db.database` again, or the module fails to say so.
+
+    A module may bind them elsewhere for its own tests (`bind_ctx` around a fixture's yield); left bound
+    (bind_ctx entered from overlapping threads restores the wrong one), later modules would run on
+    that database, the owner's perhaps, whose reads pass row-level security.
+    """
+    yield
     from kit.models import ALL_MODELS
 
-    bound = {m.__name__ for m in ALL_MODELS if m._meta._database is not database}
-    if bound:  # left bound elsewhere (bind_ctx from overlapping threads): later tests would run on it
+    bound = sorted(m.__name__ for m in ALL_MODELS if m._meta._database is not database)
+    if bound:
         for model in ALL_MODELS:
             model.bind(database, bind_refs=False, bind_backrefs=False)
-        pytest.fail(f"the kit's models were left bound to another database after the test: {sorted(bound)[:5]}")
+        pytest.fail(f"the kit's models were left bound to another database by this module: {bound[:5]}")
 
 
 @pytest.fixture
