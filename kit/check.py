@@ -189,12 +189,17 @@ def _escapes(session: _Session, role: str, targets: list[str]) -> list[Finding]:
     superusers = [name for name in session.one(SUPERUSERS_SQL)[0] if name != role]
     findings = []
     for target in dict.fromkeys([*targets, *superusers]):
-        if not session.refused(f'SET ROLE "{target}"'):
+        if not session.refused("SET ROLE " + _quoted(target)):
             findings.append(Finding(False, f"{role} can SET ROLE {target}"))
     if not session.refused("SELECT pg_read_file('PG_VERSION', 0, 1)"):
         findings.append(Finding(False, f"{role} can read the server's files (pg_read_file)"))
     return findings or [Finding(True, f"{role} cannot SET ROLE to the owner, the door or a superuser, nor read "
                                       "the server's files")]
+
+
+def _quoted(name: str) -> str:
+    """A role name from the catalog as an SQL identifier (quotes doubled)."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _settings(session: _Session, role: str) -> Finding:

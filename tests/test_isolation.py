@@ -456,3 +456,16 @@ def test_a_named_cursor_carries_its_tenant_in_a_transaction_and_is_refused_outsi
         assert rows and {str(r[0]) for r in rows} == {str(victim)}
         with pytest.raises(ArgumentError, match="a named \\(server-side\\) cursor outside a transaction"):
             db.execute_sql("SELECT organization_id FROM members", named_cursor=True)
+
+
+def test_a_reused_raw_query_that_may_write_is_refused_in_another_context_not_written_twice(attacked):  # noqa: F811
+    db, attacker, victim = attacked
+    with db.bind_ctx(MODELS):
+        bump = Member.raw("UPDATE members SET role = role WHERE organization_id = %s RETURNING id", victim)
+        with tenant(victim):
+            touched = len(list(bump))
+        assert touched > 0
+        with tenant(attacker), pytest.raises(TenantError, match="it may write, so it is not run again here"):
+            list(bump)
+        with tenant(victim):
+            assert len(list(bump)) == touched  # its own context: the remembered rows, not a second write

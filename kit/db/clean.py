@@ -80,6 +80,24 @@ def leaves_nothing(sql: str) -> bool:
     return bool(pieces) and all(_one_leaves_nothing(piece) for piece in pieces)
 
 
+_WRITES = re.compile(r"\b(?:insert|update|delete|merge|copy|call|do|into|lock|create|alter|drop|truncate)\b", re.I)
+
+
+@lru_cache(maxsize=4096)
+def only_reads(sql: str) -> bool:
+    """True only when `sql` provably changes nothing: it leaves nothing on the session and writes no row.
+
+    One statement, starting SELECT, WITH, VALUES or TABLE, calling only known functions
+    (`leaves_nothing`), with no data-changing word in its code (a CTE that updates, SELECT INTO).
+    Running it again can do no harm; anything else is False.
+    """
+    if not leaves_nothing(sql) or statement_count(sql) != 1:
+        return False
+    code = code_of(sql)
+    words = _WORDS.findall(code) if code is not None else []
+    return bool(words) and words[0].lower() in ("select", "with", "values", "table") and not _WRITES.search(code)
+
+
 def _one_leaves_nothing(body: str) -> bool:
     """`leaves_nothing` for one statement, its literals already blanked."""
     words = _WORDS.findall(body)
@@ -143,27 +161,48 @@ _LEX = re.compile(r"""--[^\n]*|/\*|[EeUuBbXxNn]?'|"(?:[^"]|"")*"|\$(?:[A-Za-z_]\
 
 
 @lru_cache(maxsize=4096)
-def statement_count(sql: str) -> int:
-    """How many statements `sql` holds, as the server splits them (`;` outside literals, comments and quotes).
+def code_of(sql: str) -> str | None:
+    """`sql` as code only, read as PostgreSQL reads it: comments blanked, literals, names and dollar bodies emptied.
 
     Comments (nested `/* */` too), string literals (backslash escapes in E'' ones), quoted names and
-    dollar-quoted bodies are read as PostgreSQL reads them; text it cannot close counts as one more
-    statement, so a doubt never makes one statement of two.
+    dollar-quoted bodies are read whole, so nothing inside them counts as a `;` or a keyword. None
+    when one of them is never closed: a doubt, for the caller to treat as the worst case.
     """
-    if ";" not in sql:
-        return 1 if sql.strip() else 0
-    count, pending, i = 0, False, 0
+    out, i = [], 0
     while i < len(sql):
         token = _LEX.match(sql, i).group()
         end = _token_end(sql, token, i + len(token))
         if end is None:
-            return count + 2  # never closed: a doubt
-        if token == ";":
-            count, pending = count + pending, False
-        elif token.strip() and not token.startswith(("--", "/*")):
-            pending = True
+            return None
+        if token == "/*" or token.startswith("--"):
+            out.append(" ")
+        elif token.endswith("'") or _is_dollar(token):
+            out.append("''")
+        elif token.startswith('"'):
+            out.append('"x"')  # a quoted name is a name, whatever it spells
+        else:
+            out.append(sql[i:end])
         i = end
-    return count + pending
+    return "".join(out)
+
+
+@lru_cache(maxsize=4096)
+def statement_count(sql: str) -> int:
+    """How many statements `sql` holds, as the server splits them (`;` in its code, `code_of`).
+
+    Text it cannot close counts as two, so a doubt never makes one statement of two.
+    """
+    if ";" not in sql:
+        return 1 if sql.strip() else 0
+    code = code_of(sql)
+    if code is None:
+        return 2
+    return sum(1 for piece in code.split(";") if piece.strip())
+
+
+def _is_dollar(token: str) -> bool:
+    """Whether `token` opens a dollar-quoted body (`$$`, `$tag$`; not a parameter such as `$1`)."""
+    return len(token) > 1 and token[0] == token[-1] == "$" and not token[1:-1].isdigit()
 
 
 def _token_end(sql: str, token: str, after: int) -> int | None:
@@ -172,7 +211,7 @@ def _token_end(sql: str, token: str, after: int) -> int | None:
         return _comment_end(sql, after)
     if token.endswith("'"):
         return _literal_end(sql, after, escapes=len(token) == 2 and token[0] in "Ee")
-    if len(token) > 1 and token[0] == token[-1] == "$" and not token[1:-1].isdigit():
+    if _is_dollar(token):
         close = sql.find(token, after)
         return None if close < 0 else close + len(token)
     return after

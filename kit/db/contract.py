@@ -11,7 +11,9 @@ means* is here, once, and each engine calls it:
   after the statement, and the caller's text is the caller's alone;
 - the time limit, as a SET LOCAL, only where the connection's startup default cannot hold it
   (behind a transaction-pooling PgBouncer): with a statement that is its own transaction, and with
-  the BEGIN of a transaction;
+  the BEGIN of a transaction. The asyncio database sends it only with other settings riding: on its
+  own it would cost a transaction of three round trips per statement, and asyncpg's own
+  `command_timeout` already bounds every statement there;
 - the tenant (`kit.tenancy.statement_prefix`): with every statement that is its own transaction
   inside `kit.tenant(org)`, and, inside a transaction, with every statement from the first one that
   carried a tenant on (`tenant_rides`): leaving a block, or a savepoint rolled back, never leaves
@@ -33,7 +35,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-from kit.db.clean import statement_count
+from kit.db.clean import code_of, statement_count
 from kit.db.statements import NO_TRANSACTION_BLOCK, OPEN_TRANSACTION, POOLER_REFUSES
 from kit.errors import (
     ArgumentError,
@@ -96,12 +98,13 @@ def pooler_refuses(kind: str, sql: str, pooler: str | None, in_transaction: bool
     Behind a transaction-pooling PgBouncer no reset runs between clients: what the kit recognises as
     outliving the transaction is refused before it is sent (a temporary table ON COMMIT DROP inside a
     transaction is not). What it does not recognise is covered by construction: the tenant is bound to
-    its transaction, and the time limit rides with every statement.
+    its transaction, and every statement is bounded (the sync pool sends the limit with each one; the
+    asyncio database has asyncpg's own `command_timeout`).
     """
     if not pooler or kind not in POOLER_REFUSES:
         return None
-    if kind == "temporary tables" and in_transaction and re.search(r"on\s+commit\s+drop", sql, re.I):
-        return None
+    if kind == "temporary tables" and in_transaction and re.search(r"on\s+commit\s+drop", code_of(sql) or "", re.I):
+        return None  # read in the code only: a comment or a literal saying ON COMMIT DROP drops nothing
     return SessionStateRefused(
         f"{kind} would outlive the transaction on a server connection PgBouncer shares with other clients "
         f"(DATABASE_POOLER={pooler}, transaction pooling); use {POOLER_REFUSES[kind]}, or connect to the server "

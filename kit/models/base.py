@@ -18,6 +18,8 @@ from playhouse.postgres_ext import DateTimeTZField, TSVectorField
 
 from kit.db import database
 from kit.db.bridge import ModelMetadata
+from kit.db.clean import only_reads
+from kit.errors import TenantError
 from kit.tenancy import (
     context_key,
     id_of,  # noqa: F401 - re-exported: the models' own spelling
@@ -148,7 +150,17 @@ class KitSelect(_RowsOfOneContext, ModelSelect):
 
 
 class KitRaw(_RowsOfOneContext, ModelRaw):
-    """peewee's raw model query, its remembered rows bound to the tenant context they were read in."""
+    """peewee's raw model query, its remembered rows bound to the tenant context they were read in.
+
+    Run again in another context only when it provably only reads (`kit.db.clean.only_reads`): a raw
+    statement that may write is refused there instead of being written a second time.
+    """
+
+    def _forget_other_contexts_rows(self) -> None:
+        if self._cursor_wrapper is not None and self._read_in != context_key() and not only_reads(self._sql):
+            raise TenantError("this raw query ran in another tenant context, and it may write, so it is not run "
+                              "again here: make a new query (Model.raw(...)) in this context; nothing was sent")
+        super()._forget_other_contexts_rows()
 
 
 class BaseModel(VectorModel):

@@ -132,3 +132,29 @@ COUNTS = [
 @pytest.mark.parametrize("sql, count", COUNTS)
 def test_statement_count_reads_the_string_as_the_server_does(sql, count):
     assert statement_count(sql) == count
+
+
+@pytest.mark.parametrize("sql, allowed", [
+    ("CREATE TEMP TABLE x (a int) ON COMMIT DROP", True),
+    ("create temporary table x (a int) on  commit\\ndrop", True),
+    ("/* on commit drop */ CREATE TEMP TABLE x (a int)", False),  # a comment drops nothing
+    ("CREATE TEMP TABLE x (a text DEFAULT 'on commit drop')", False),  # nor a literal
+    ('CREATE TEMP TABLE "on commit drop" (a int)', False),  # nor a name
+])
+def test_behind_a_pooler_only_a_temporary_table_that_really_drops_at_commit_is_let_through(sql, allowed):
+    from kit.db.contract import pooler_refuses
+
+    assert (pooler_refuses("temporary tables", sql.replace("\\n", "\n"), "pgbouncer", True) is None) is allowed
+    assert pooler_refuses("temporary tables", sql, "pgbouncer", False) is not None  # outside a transaction: never
+
+
+@pytest.mark.parametrize("sql, reads", [
+    ("SELECT * FROM members", True), ('select "update" from t', True), ("WITH x AS (SELECT 1) SELECT * FROM x", True),
+    ("WITH x AS (UPDATE t SET a = 1 RETURNING *) SELECT * FROM x", False), ("SELECT 1 INTO t", False),
+    ("UPDATE t SET a = 1 RETURNING *", False), ("SELECT nextval(%s)", False), ("SELECT 1; SELECT 2", False),
+    ("SELECT my_function()", False), ("DELETE FROM t RETURNING *", False),
+])
+def test_only_reads_is_proven_or_refused(sql, reads):
+    from kit.db.clean import only_reads
+
+    assert only_reads(sql) is reads
