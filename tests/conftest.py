@@ -14,6 +14,10 @@ import secrets
 from pathlib import Path
 from urllib.parse import urlsplit
 
+# Every statement the cache serves is also rendered by peewee and compared (`kit.db.shapes`): the whole
+# suite is the cache's test that it never says other than peewee would.
+os.environ.setdefault("KIT_SHAPES_VERIFY", "1")
+
 import helpers
 import psycopg2
 import pytest

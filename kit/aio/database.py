@@ -88,6 +88,7 @@ from kit.db.contract import (
 from kit.db.outcomes import is_outage, sqlstate
 from kit.db.pooled import RESEND_WINDOW
 from kit.db.retry import DEFAULT_TRIES, check_tries, refuse_nested, wait_before_next
+from kit.db.shapes import ShapedStatements
 from kit.db.statements import NO_TRANSACTION_BLOCK, OPEN_TRANSACTION, RAW_BEGIN, RAW_END, session_change
 from kit.errors import (
     KitError,
@@ -123,7 +124,7 @@ COMMAND_GRACE_S = 1.0  # the driver's own limit waits this much past the server'
 STATEMENT_CACHE = 256  # asyncpg's prepared statements per connection (0 behind PgBouncer)
 
 
-class AsyncDatabase(AsyncReadRouting, AsyncPostgresqlDatabase):
+class AsyncDatabase(AsyncReadRouting, ShapedStatements, AsyncPostgresqlDatabase):
     """The kit's asyncio PostgreSQL database: pwasyncio on asyncpg, configured from the environment on first use."""
 
     is_door = False  # the door's own database: `all_tenants()` statements of its parent run here

@@ -53,7 +53,7 @@ class AsyncReadRouting:
         """Run a peewee query: a plain read outside a transaction on a fit replica, everything else on the primary."""
         if not self._reads_here(query):
             return super().execute(query, **context)
-        sql, params = self.get_sql_context(**context).sql(query).query()
+        sql, params = self.sql_of(query, **context)
         return self.read_sql(sql, params)
 
     def read_sql(self, sql: str, params: Any = None) -> Any:

@@ -72,6 +72,7 @@ from kit.db.contract import (
 from kit.db.forks import silence, track
 from kit.db.outcomes import is_outage
 from kit.db.scope import current_scope
+from kit.db.shapes import ShapedStatements
 from kit.db.statements import (
     DRIVER_USE,
     OPEN_TRANSACTION,
@@ -161,7 +162,7 @@ class _ThreadState(_ConnectionLocal):
         self.ctx = blocks
 
 
-class PooledDatabase(PostgresqlExtDatabase):
+class PooledDatabase(ShapedStatements, PostgresqlExtDatabase):
     """A pooled PostgreSQL database (postgres_ext features, JSONB included) keeping peewee's pooled contract."""
 
     def __init__(
@@ -229,6 +230,7 @@ class PooledDatabase(PostgresqlExtDatabase):
         super().init(database, **kwargs)
         self._name_pool()
         if target_changed:
+            self.shapes.clear()  # no statement crosses databases, roles or poolers
             self._budget_checked = False  # another server or role: check min_size again
             self._own_pool().invalidate()
 

@@ -54,7 +54,7 @@ class ReadRouting(PooledDatabase):
                     and not crossing_tenants():
                 require_tenant(query)
             return super().execute(query, **context)
-        sql, params = self.get_sql_context(**context).sql(query).query()
+        sql, params = self.sql_of(query, **context)
         return self.read_sql(sql, params)
 
     def execute_sql(self, sql: str, params: Any = None, named_cursor: Any = None) -> Any:

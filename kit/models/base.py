@@ -19,6 +19,7 @@ from playhouse.postgres_ext import DateTimeTZField, TSVectorField
 from kit.db import database
 from kit.db.bridge import ModelMetadata
 from kit.db.clean import only_reads
+from kit.db.rows import ModelRows
 from kit.errors import TenantError
 from kit.tenancy import (
     context_key,
@@ -146,7 +147,15 @@ class _RowsOfOneContext:
 
 
 class KitSelect(_RowsOfOneContext, ModelSelect):
-    """peewee's model SELECT, its remembered rows bound to the tenant context they were read in."""
+    """peewee's model SELECT, its remembered rows bound to the tenant context they were read in.
+
+    Instances are built by a plan kept per shape (`kit.db.rows`).
+    """
+
+    def _get_model_cursor_wrapper(self, cursor: Any) -> Any:
+        if len(self._from_list) == 1 and not self._joins:
+            return ModelRows(cursor, self.model, self._returning, self.model)
+        return super()._get_model_cursor_wrapper(cursor)
 
 
 class KitRaw(_RowsOfOneContext, ModelRaw):

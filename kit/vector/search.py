@@ -229,7 +229,8 @@ def plan_settings(plan: SearchPlan, ef_search: int | None = None) -> str:
 
 
 def _run(database: Database, plan: SearchPlan, ef_search: int | None) -> list[Any]:
-    sql, params = plan.query.sql()
+    sql_of = getattr(database, "sql_of", None)  # the statement cache (`kit.db.shapes`) where the database has one
+    sql, params = sql_of(plan.query) if sql_of is not None else plan.query.sql()
     with search_limit(database) as limit, riding(limit + plan_settings(plan, ef_search)):
         cursor = read_sql(database)(sql, params)  # the settings ride before it: the statement is the search's own
         return list(plan.query._get_cursor_wrapper(cursor))

@@ -14,6 +14,8 @@ from typing import Any
 
 from peewee import SCOPE_SOURCE, Function, Model
 
+from kit.db.shapes import renders_by_place
+
 # Depth of the scope stack at the items of the outermost SELECT list: the parse, the SELECT, its list.
 # tests/test_vector_field.py renders every kind of query peewee builds to keep this honest.
 OUTERMOST_PROJECTION_DEPTH = 3
@@ -41,6 +43,9 @@ class BinaryRead:
         if self.send_function and starts_outermost_projection_item(ctx):
             return ctx.sql(Function(self.send_function, (self.column,)))
         return ctx.sql(self.column)
+
+
+renders_by_place(BinaryRead.__sql__)  # the statement cache may walk vector fields as plain ones (`kit.db.shapes`)
 
 
 class VectorModel(Model):

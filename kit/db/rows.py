@@ -1,0 +1,109 @@
+"""Rows to model instances by a plan made once per shape, not worked out again for every query.
+
+peewee's `ModelObjectCursorWrapper` matches the cursor's columns to the selected fields and their
+converters on every query, then builds each instance through `Model.__init__`, one `setattr` (a
+descriptor call) per column. `ModelRows` keeps that match (peewee's own `_resolve_model_columns`)
+as a plan keyed by the model, the selected nodes and the columns the cursor describes, and builds an
+instance by filling its data directly when that is provably what `__init__` would do: the model
+keeps peewee's `__init__`, and every column is a field read through peewee's plain accessors.
+Anything else (a column that is not a field, an accessor of its own, a constructor that is not the
+model) goes through peewee's path unchanged.
+
+A plan names no value. At most `MAX_PLANS` plans are kept (the oldest forgotten first); a field
+added to or removed from a model changes its key.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Any
+
+from peewee import FieldAccessor, ForeignKeyAccessor, Model, ModelObjectCursorWrapper
+
+MAX_PLANS = 500
+_PLAIN_ACCESSORS = (FieldAccessor, ForeignKeyAccessor)
+
+
+class _Plan:
+    """How one shape's columns become an instance (peewee's resolution, kept)."""
+
+    __slots__ = ("columns", "convert", "converters", "direct", "fields", "keep", "ncols", "no_convert",
+                 "unique_columns")
+
+    def __init__(self, wrapper: ModelObjectCursorWrapper, keep: Any) -> None:
+        self.columns = wrapper.columns
+        self.fields = wrapper.fields
+        self.converters = wrapper.converters
+        self.no_convert = wrapper.no_convert
+        self.convert = wrapper.convert
+        self.ncols = wrapper.ncols
+        self.unique_columns = wrapper.unique_columns
+        self.keep = keep
+        self.direct = _direct(wrapper)
+
+
+def _direct(wrapper: ModelObjectCursorWrapper) -> tuple[tuple[int, str], ...] | None:
+    """(index, name) per column when an instance may be filled directly; None when `__init__` must run."""
+    model = wrapper.constructor
+    if not wrapper.is_model or model is not wrapper.model or model.__init__ is not Model.__init__:
+        return None
+    names = wrapper.unique_columns
+    if len(set(names)) != len(names):
+        return None
+    for name in names:
+        if name not in model._meta.fields or type(model.__dict__.get(name)) not in _PLAIN_ACCESSORS:
+            return None
+    return tuple(enumerate(names))
+
+
+_plans: OrderedDict[tuple[Any, ...], _Plan] = OrderedDict()
+_lock = threading.Lock()
+
+
+class ModelRows(ModelObjectCursorWrapper):
+    """peewee's model-instance rows, by a plan kept per shape (see the module)."""
+
+    def initialize(self) -> None:
+        """Take this shape's plan, or make it with peewee's own resolution."""
+        model = self.model
+        meta = model._meta
+        key = (id(model), id(self.constructor), len(meta.fields), len(meta.combined),
+               tuple(map(id, self.select)), tuple(item[0] for item in self.cursor.description or ()))
+        plan = _plans.get(key)
+        if plan is None:
+            super().initialize()
+            plan = _Plan(self, (model, self.constructor, list(self.select)))
+            with _lock:
+                _plans[key] = plan
+                while len(_plans) > MAX_PLANS:
+                    _plans.popitem(last=False)
+        else:
+            self.columns, self.fields, self.converters = plan.columns, plan.fields, plan.converters
+            self.no_convert, self.convert, self.ncols = plan.no_convert, plan.convert, plan.ncols
+            self.unique_columns = plan.unique_columns
+        self._direct = plan.direct
+
+    def process_row(self, row: Any) -> Any:
+        """One row as an instance: filled directly by the plan, else as peewee builds it."""
+        direct = self._direct
+        if direct is None:
+            return super().process_row(row)
+        converters = self.converters
+        data = {}
+        for index, name in direct:
+            convert = converters[index]
+            data[name] = row[index] if convert is None else convert(row[index])
+        obj = self.constructor.__new__(self.constructor)
+        obj.__data__ = data
+        obj._dirty = set()
+        obj.__rel__ = {}
+        return obj
+
+
+def plan_count() -> int:
+    """How many row plans are kept."""
+    return len(_plans)
+
+
+__all__ = ["MAX_PLANS", "ModelRows", "plan_count"]
