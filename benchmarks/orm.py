@@ -75,8 +75,8 @@ SQL = {
     "list": f"SELECT {NOTE_COLUMNS} FROM bench_notes WHERE category = %s LIMIT 100",
     "insert": "INSERT INTO bench_notes (created_at, title, category, views) VALUES (%s, %s, %s, %s) RETURNING id",
     "update": "UPDATE bench_notes SET views = %s WHERE id = %s",
-    "consume": "UPDATE org_credits SET balance = balance - %s WHERE organization_id = %s AND balance >= %s "
-               "RETURNING balance",
+    "consume": "UPDATE org_credits SET balance = balance - %s, updated_at = %s WHERE organization_id = %s "
+               "AND balance >= %s RETURNING balance",
     "increment": "INSERT INTO usage (created_at, updated_at, organization_id, metric, period_start, quantity) "
                  "VALUES (now(), now(), %s, 'bench', %s, %s) ON CONFLICT (organization_id, metric, period_start) "
                  "DO UPDATE SET quantity = usage.quantity + EXCLUDED.quantity, updated_at = now() RETURNING quantity",
@@ -84,6 +84,9 @@ SQL = {
               "embedding, language, embedding <=> %s AS distance FROM document_chunks WHERE organization_id = %s "
               "AND embedding IS NOT NULL ORDER BY distance LIMIT 10",
 }
+# psycopg2 by hand as the kit sends it: the vectors in binary (vector_send), the search's own time limit first
+RAW_SEARCH = ("SET LOCAL statement_timeout = 5000; " + SQL["search"].replace(
+    "token_count, embedding,", "token_count, vector_send(embedding),"))
 
 
 class Note(BaseModel):
@@ -149,9 +152,10 @@ def raw_path(url: str, given: Given) -> dict[str, Callable[[], Any]]:
         "list": lambda: fetch(SQL["list"], ("c3",)),
         "insert": lambda: fetch(SQL["insert"], (dt.datetime.now(dt.timezone.utc), "new", "c99", 0)),
         "update": lambda: cursor().execute(SQL["update"], (7, str(given.note_id))),
-        "consume": lambda: fetch(tenant + SQL["consume"], (1, str(given.org_id), 1)),
+        "consume": lambda: fetch(tenant + SQL["consume"], (1, dt.datetime.now(dt.timezone.utc), str(given.org_id), 1)),
         "increment": lambda: fetch(tenant + SQL["increment"], (str(given.org_id), given.period, 1)),
-        "search": lambda: fetch(tenant + SQL["search"], (given.vector, str(given.org_id))),
+        "search": lambda: [row[:8] + (np.frombuffer(row[8], ">f4", offset=4).astype(np.float32),) + row[9:]
+                           for row in fetch(tenant + RAW_SEARCH, (given.vector, str(given.org_id)))],
         RELEASE: release,
     }
 
@@ -305,7 +309,7 @@ async def asyncpg_path(url: str, given: Given) -> tuple[dict[str, Callable[[], A
         "list": lambda: pool.fetch(numbered(SQL["list"]), "c3"),
         "insert": lambda: pool.fetchval(numbered(SQL["insert"]), dt.datetime.now(dt.timezone.utc), "new", "c99", 0),
         "update": lambda: pool.execute(numbered(SQL["update"]), 7, given.note_id),
-        "consume": lambda: in_tenant(SQL["consume"], 1, given.org_id, 1),
+        "consume": lambda: in_tenant(SQL["consume"], 1, dt.datetime.now(dt.timezone.utc), given.org_id, 1),
         "increment": lambda: in_tenant(SQL["increment"], given.org_id, given.period, 1),
         "search": lambda: in_tenant(SQL["search"], given.vector, given.org_id),
     }, pool.close

@@ -9,6 +9,7 @@ that would outlive the transaction (`POOLER_REFUSES`, with what to use instead).
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 # Statements that leave session state behind, by what they leave. SET LOCAL, SET TRANSACTION,
 # SET CONSTRAINTS and pg_advisory_xact_lock end with the transaction.
@@ -46,6 +47,18 @@ NO_TRANSACTION_BLOCK = re.compile(r"\s*(?:vacuum|discard\s+all|create\s+database
 
 def session_change(sql: str) -> str | None:
     """What session state `sql` may leave behind (e.g. "advisory locks"), or None (cheap even for long SQL)."""
+    return _session_change(sql) if len(sql) <= CACHED_UP_TO else _classify(sql)
+
+
+CACHED_UP_TO = 4096  # characters: a statement the models repeat is remembered; a bulk one is not kept in memory
+
+
+@lru_cache(maxsize=1024)
+def _session_change(sql: str) -> str | None:
+    return _classify(sql)
+
+
+def _classify(sql: str) -> str | None:
     if _SESSION_STATEMENT.match(sql) is not None:
         if _RAW_BEGIN.match(sql):
             return RAW_BEGIN

@@ -117,6 +117,18 @@ def is_generated(field: Any) -> bool:
     return getattr(field, "generated", False)
 
 
+_DEFAULT_COLUMNS: dict[type, tuple[list[Any], list[Any]]] = {}
+
+
+def _default_columns(model: Any) -> list[Any]:
+    """A model's default SELECT list: its fields but generated ones (worked out again when its fields change)."""
+    fields = model._meta.sorted_fields
+    known = _DEFAULT_COLUMNS.get(model)
+    if known is None or known[0] is not fields:  # peewee makes a new list when a field is added or removed
+        known = _DEFAULT_COLUMNS[model] = (fields, [f for f in fields if not is_generated(f)])
+    return list(known[1])
+
+
 class _RowsOfOneContext:
     """A query whose remembered rows belong to the tenant context they were read in.
 
@@ -194,7 +206,7 @@ class BaseModel(VectorModel):
         """Like `Model.select`; the default columns leave out generated ones (full-text vectors)."""
         if fields:
             return KitSelect(cls, fields)
-        return KitSelect(cls, [f for f in cls._meta.sorted_fields if not is_generated(f)], is_default=True)
+        return KitSelect(cls, _default_columns(cls), is_default=True)
 
     @classmethod
     def raw(cls, sql: str, *params: Any) -> Any:
