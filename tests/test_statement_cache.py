@@ -1,0 +1,98 @@
+"""The statement cache against the server: each invalidation rule, tenants, both engines (kit.db.shapes, kit.db.rows).
+
+The pure rules (every shape rendered exactly as peewee does, unfit nodes, the memory bound) are in
+tests/unit/test_shapes.py; the whole suite also runs with KIT_SHAPES_VERIFY=1 (tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+import peewee
+import pytest
+from helpers import as_owner, create_owned, drop_owned
+from test_aio import closing, new_org
+from test_tenancy import Note, attacked  # noqa: F401 - the seeded database of the attacker suite
+
+from kit import tenant
+from kit.aio import AsyncDatabase
+from kit.config import load_settings
+from kit.db import database
+from kit.models import Organization
+from kit.models.base import BaseModel
+
+
+class Entry(BaseModel):
+    """A table of this module's own, changed under the cache."""
+
+    amount = peewee.IntegerField()
+
+    class Meta:
+        table_name = "cache_entries"
+
+
+@pytest.fixture
+def entries():
+    create_owned(Entry)
+    Entry.insert_many([{"amount": n} for n in range(5)]).execute()
+    yield
+    if "note" in Entry._meta.fields:
+        Entry._meta.remove_field("note")
+    drop_owned(Entry)
+
+
+def amounts_over(n: int) -> list[int]:
+    return sorted(e.amount for e in Entry.select().where(Entry.amount > n))
+
+
+def test_a_migration_adding_a_column_leaves_the_cached_statement_right_and_a_new_field_is_read(entries):
+    assert amounts_over(1) == [2, 3, 4]
+    before = database.shape_stats()
+    assert amounts_over(2) == [3, 4]
+    assert database.shape_stats()["hits"] == before["hits"] + 1  # the same shape: served from the cache
+    with as_owner(Entry) as owner:  # a migration adds a column while the process runs
+        owner.execute_sql("ALTER TABLE cache_entries ADD COLUMN note text NOT NULL DEFAULT 'added'")
+    assert amounts_over(3) == [4]  # the cached SQL names its columns: still right
+    Entry._meta.add_field("note", peewee.TextField(null=True))  # the model learns of it at run time
+    row = Entry.select().where(Entry.amount > 3).get()
+    assert row.note == "added"  # a new shape (the new field), read through a new row plan
+
+
+def test_pointing_the_pool_elsewhere_or_behind_a_pooler_empties_its_cache(make_pool):
+    pool = make_pool(max_connections=2)
+    query = Organization.select().where(Organization.slug == "nobody")
+    assert list(pool.execute(query)) == [] and pool.shape_stats()["entries"] == 1
+    pool.init(pool.database, pooler="pgbouncer")  # another pooler mode: nothing cached for the old one is used
+    assert pool.shape_stats()["entries"] == 0
+    assert list(pool.execute(query)) == [] and pool.shape_stats()["entries"] == 1
+    pool.init(pool.database, application_name="another")  # another set of connection parameters: the same
+    assert pool.shape_stats()["entries"] == 0
+    assert database.shape_stats() is not pool.shape_stats()  # and no database shares another's
+
+
+def test_the_asyncio_database_takes_its_statements_from_the_same_cache(test_db_url):
+    org = new_org()
+    adb = AsyncDatabase(test_db_url, replace(load_settings(), pool_min=0, pool_max=2))
+
+    async def main():
+        first = await adb.get(Organization.select().where(Organization.id == org.id))
+        second = await adb.get(Organization.select().where(Organization.id == org.id))
+        return first, second
+
+    first, second = asyncio.run(closing(adb, main()))
+    assert first.id == second.id == org.id and first.name == org.name
+    stats = adb.shape_stats()
+    assert stats["fills"] >= 1 and stats["hits"] >= 1 and stats["unfit"] == 0
+
+
+# Last: the attacker suite's database is module-wide, and the models are bound to it while it lives.
+def test_one_cached_statement_serves_each_tenant_its_own_rows_only(attacked):  # noqa: F811
+    app, attacker, victim = attacked
+    with tenant(victim):
+        victims = {n.organization_id for n in Note.select().where(Note.body != "")}
+    hits = app.shape_stats()["hits"]
+    with tenant(attacker):
+        attackers = {n.organization_id for n in Note.select().where(Note.body != "")}
+    assert app.shape_stats()["hits"] == hits + 1  # the very statement the victim's context ran
+    assert victims == {victim} and attackers <= {attacker}  # the tenant rides before it, never inside
