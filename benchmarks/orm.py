@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import json
 import statistics
 import threading
 import time
@@ -160,6 +161,14 @@ def raw_path(url: str, given: Given) -> dict[str, Callable[[], Any]]:
     }
 
 
+class JSONText(peewee.TextField):
+    """JSON kept as text, parsed on the way out: the anchors do what the kit's `Organization.metadata` does."""
+
+    def python_value(self, value: Any) -> Any:
+        """The JSON text parsed."""
+        return None if value is None else json.loads(value)
+
+
 def peewee_path(url: str, given: Given) -> tuple[dict[str, Callable[[], Any]], Callable[[], None]]:
     """Stock peewee: a pooled database and plain models of the same tables."""
     db = PooledPostgresqlExtDatabase(url, max_connections=POOL, timeout=10, application_name="bench-peewee")
@@ -176,7 +185,7 @@ def peewee_path(url: str, given: Given) -> tuple[dict[str, Callable[[], Any]], C
         name = peewee.TextField()
         slug = peewee.TextField(unique=True)
         logo = peewee.TextField(null=True)
-        metadata = peewee.TextField(null=True)
+        metadata = JSONText(null=True)  # parsed, as the kit's model does (the same work per row)
 
         class Meta:
             table_name = "organizations"
@@ -204,7 +213,7 @@ def peewee_path(url: str, given: Given) -> tuple[dict[str, Callable[[], Any]], C
 
 def sqlalchemy_paths(url: str, given: Given) -> tuple[dict[str, dict[str, Callable[[], Any]]], Callable[[], None]]:
     """SQLAlchemy 2 ORM, a Session per operation: plain statements, and the lambda_stmt form."""
-    from sqlalchemy import DateTime, Integer, Text, Uuid, create_engine, insert, lambda_stmt, select, update
+    from sqlalchemy import JSON, DateTime, Integer, Text, Uuid, create_engine, insert, lambda_stmt, select, update
     from sqlalchemy.orm import DeclarativeBase, Session, mapped_column
 
     engine = create_engine(url.replace("postgresql://", "postgresql+psycopg2://", 1), pool_size=POOL,
@@ -221,7 +230,7 @@ def sqlalchemy_paths(url: str, given: Given) -> tuple[dict[str, dict[str, Callab
         name = mapped_column(Text)
         slug = mapped_column(Text)
         logo = mapped_column(Text)
-        metadata_ = mapped_column("metadata", Text)
+        metadata_ = mapped_column("metadata", JSON)  # parsed, as the kit's model does
 
     class SNote(Base):
         __tablename__ = "bench_notes"

@@ -9,6 +9,7 @@ import json
 import logging
 import re
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -91,6 +92,19 @@ def json_decoder(skip: int) -> Callable[[bytes], Any]:
     return lambda data: json.loads(data[skip:])
 
 
+def numbered(sql: str) -> str:
+    """`sql` with psycopg's %s placeholders as asyncpg's $1, $2... (pwasyncio's rule), remembered for short SQL."""
+    return _numbered(sql) if len(sql) <= NUMBERED_UP_TO else AsyncPostgresqlConnection._translate_placeholders(sql)
+
+
+NUMBERED_UP_TO = 4096  # characters: the statements the models repeat are remembered, bulk ones are not kept
+
+
+@lru_cache(maxsize=1024)
+def _numbered(sql: str) -> str:
+    return AsyncPostgresqlConnection._translate_placeholders(sql)
+
+
 def split_settings(sql: str) -> tuple[str, str]:
     """Leading SET LOCAL / set_config statements the kit puts before a statement, and the statement."""
     end = 0
@@ -121,7 +135,7 @@ class KitConnection(AsyncPostgresqlConnection):
     async def _execute(self, sql: str, params: Any = None) -> CursorAdapter:
         """Run one statement through asyncpg's statement cache: one round trip once it is prepared."""
         if params:
-            sql = self._translate_placeholders(sql)
+            sql = numbered(sql)
         records, status, _ = await self.conn._execute(sql, tuple(params or ()), 0, None, return_status=True)
         status = status.decode() if isinstance(status, bytes) else status
         description = [(k,) for k in records[0].keys()] if records else []

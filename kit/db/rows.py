@@ -21,6 +21,8 @@ from typing import Any
 
 from peewee import FieldAccessor, ForeignKeyAccessor, Model, ModelObjectCursorWrapper
 
+from kit.db.shapes import is_plain_field
+
 MAX_PLANS = 500
 _PLAIN_ACCESSORS = (FieldAccessor, ForeignKeyAccessor)
 
@@ -57,6 +59,14 @@ def _direct(wrapper: ModelObjectCursorWrapper) -> tuple[tuple[int, str], ...] | 
     return tuple(enumerate(names))
 
 
+def _only_fields(select: Any) -> bool:
+    """Whether every selected node is a field rendering one column, so the plan follows from the nodes alone.
+
+    peewee names and converts such a column by its field, never by what the cursor calls it.
+    """
+    return bool(select) and all(is_plain_field(type(node)) for node in select)
+
+
 _plans: OrderedDict[tuple[Any, ...], _Plan] = OrderedDict()
 _lock = threading.Lock()
 
@@ -68,8 +78,9 @@ class ModelRows(ModelObjectCursorWrapper):
         """Take this shape's plan, or make it with peewee's own resolution."""
         model = self.model
         meta = model._meta
-        key = (id(model), id(self.constructor), len(meta.fields), len(meta.combined),
-               tuple(map(id, self.select)), tuple(item[0] for item in self.cursor.description or ()))
+        select = self.select
+        key = (id(model), id(self.constructor), len(meta.fields), len(meta.combined), tuple(map(id, select)),
+               None if _only_fields(select) else tuple(item[0] for item in self.cursor.description or ()))
         plan = _plans.get(key)
         if plan is None:
             super().initialize()

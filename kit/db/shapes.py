@@ -40,9 +40,12 @@ reason), evictions, entries; the `kit.db.shapes` logger says at DEBUG why a shap
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import logging
 import os
 import threading
+import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
@@ -100,7 +103,7 @@ class _Spec:
     def __init__(self, structure: tuple[str, ...] = (), children: tuple[str, ...] = (),
                  ignored: tuple[str, ...] = ()) -> None:
         self.structure = structure
-        self.children = children
+        self.children = children  # (name, sorted): `sorted` for a dict of columns written in column order
         self.allowed = frozenset(structure + children + ignored)
 
 
@@ -133,6 +136,8 @@ _SPECS: dict[type, _Spec] = {
                                              "_where", "_order_by", "_limit", "_offset"), _QUERY_STATE),
 }
 _SORTED_DICTS = {(ModelUpdate, "_update"), (ModelInsert, "_insert")}  # rendered in column order, not dict order
+for _kind_, _spec_ in _SPECS.items():
+    _spec_.children = tuple((name, (_kind_, name) in _SORTED_DICTS) for name in _spec_.children)
 _spec_of_type: dict[type, _Spec | None] = {}
 
 
@@ -161,7 +166,9 @@ def _same_rows(kind: type, base: type) -> bool:
 
 
 _FIELD, _NODE, _VALUE, _MODEL, _MANY, _MAP, _NONE = "field", "node", "value", "model", "many", "map", "none"
+_FIELDS = "fields"
 _kinds: dict[type, str] = {}
+_PLAIN = frozenset((str, int, float, bool))  # structure that is its own key
 _FIELD_RENDERINGS = {Field.__sql__}  # a field's `__sql__` whose output is decided by the field and its place only
 
 
@@ -173,6 +180,41 @@ def renders_by_place(sql_method: Any) -> None:
     """
     _FIELD_RENDERINGS.add(sql_method)
     _kinds.clear()
+
+
+class FieldList(list):
+    """A list of plain fields whose walk is done once (a model's default SELECT list, shared by its queries).
+
+    It stands for the walk of its fields for as long as it and they are unchanged: the same length,
+    each field's column name the same object, each table the same.
+    """
+
+    __slots__ = ("names", "tables", "tokens")
+
+    def __init__(self, fields: list[Any]) -> None:
+        super().__init__(fields)
+        walk = Walk()
+        for field in fields:
+            if not is_plain_field(type(field)):
+                raise Unfit(f"{type(field).__name__} is not a plain field")
+            walk._field(field)
+        self.tokens = (list, len(fields), *walk.tokens)
+        self.names = tuple(field.column_name for field in fields)
+        self.tables = tuple(field.model._meta.table for field in fields)
+
+    def unchanged(self) -> bool:
+        """Whether the walk done at creation still holds."""
+        if len(self) != len(self.names):
+            return False
+        for field, name, table in zip(self, self.names, self.tables, strict=True):
+            if field.column_name is not name or field.model._meta.table is not table:
+                return False
+        return True
+
+
+def is_plain_field(kind: type) -> bool:
+    """Whether a node type is a field whose SQL is its column (or declared `renders_by_place`)."""
+    return (_kinds.get(kind) or _kind(kind)) is _FIELD
 
 
 def _kind(kind: type) -> str:
@@ -196,6 +238,8 @@ def _kind(kind: type) -> str:
         found = _NODE
     elif issubclass(kind, ModelBase):  # a model class itself
         found = _MODEL
+    elif kind is FieldList:
+        found = _FIELDS
     elif issubclass(kind, _MULTI):
         found = _MANY
     elif issubclass(kind, Mapping):
@@ -219,12 +263,10 @@ class Walk:
     def node(self, node: Any) -> None:
         """Walk one node (or refuse it: `Unfit`)."""
         kind = type(node)
-        if _kind(kind) is _FIELD:
-            table = node.model._meta.table
-            self.tokens.append((id(node), node.column_name, id(table), node._coerce))
-            self.keep += (node, table)
+        if (_kinds.get(kind) or _kind(kind)) is _FIELD:
+            self._field(node)
             return
-        spec = spec_of(kind)
+        spec = _spec_of_type.get(kind) or spec_of(kind)
         if spec is None:
             raise Unfit(f"{kind.__name__} is not a node the statement cache knows")
         attrs = node.__dict__
@@ -234,28 +276,43 @@ class Walk:
         tokens = self.tokens
         tokens.append(kind)
         for name in spec.structure:
-            tokens.append(self._structure(getattr(node, name, None)))
-        for name in spec.children:
+            given = getattr(node, name, None)
+            tokens.append(given if given is None or type(given) in _PLAIN else self._structure(given))
+        for name, in_column_order in spec.children:
             child = attrs[name] if name in attrs else getattr(node, name, None)
-            if (kind, name) in _SORTED_DICTS and isinstance(child, Mapping):
+            if child is None:
+                tokens.append(None)
+            elif in_column_order and isinstance(child, Mapping):
                 self._sorted_dict(child)
             else:
                 self.value(child)
 
+    def _field(self, field: Any) -> None:
+        """A plain field: in the key by identity, with its column and table (both kept alive by the entry)."""
+        table = field.model._meta.table
+        self.tokens.append((id(field), field.column_name, id(table), field._coerce))
+        self.keep += (field, table)
+
     def value(self, value: Any) -> None:
         """Walk a child: a node, a model, a sequence or dict of children, None, or a value (a parameter)."""
-        kind = _kind(type(value))
-        if kind is _LEAF:
+        kind = _kinds.get(type(value)) or _kind(type(value))
+        if kind is _FIELD:
+            self._field(value)
+        elif kind is _LEAF:
             self.tokens.append(_LEAF)
             self.values.append(value)
-        elif kind is _NODE or kind is _FIELD:
+        elif kind is _NODE:
             self.node(value)
+        elif kind is _FIELDS:
+            if value.unchanged():
+                self.tokens += value.tokens
+                self.keep += (*value, *value.tables)
+            else:
+                self._many(value)
         elif kind is _NONE:
             self.tokens.append(None)
         elif kind is _MANY:
-            self.tokens += (type(value), len(value))
-            for item in value:
-                self.value(item)
+            self._many(value)
         elif kind is _VALUE:
             self._value_node(value)
         elif kind is _INSTANCE:  # a model instance: peewee makes a parameter of it (its key)
@@ -270,6 +327,11 @@ class Walk:
             for key, item in value.items():
                 self._key(key)
                 self.value(item)
+
+    def _many(self, value: Any) -> None:
+        self.tokens += (list if type(value) is FieldList else type(value), len(value))
+        for item in value:
+            self.value(item)
 
     def _value_node(self, node: Value) -> None:
         if not {"value", "converter", "multi", "values"}.issuperset(node.__dict__):
@@ -461,9 +523,13 @@ def _bound(entry: _Entry, values: list[Any]) -> list[Any] | None:
         return values
     params = [convert(value) if convert else value for convert, value in zip(entry.converters, values, strict=True)]
     for param in params:
-        if isinstance(param, Node) or is_model(param):
+        if type(param) not in _PARAMETERS and (isinstance(param, Node) or is_model(param)):
             return None
     return params
+
+
+_PARAMETERS = frozenset((str, int, float, bool, bytes, type(None), decimal.Decimal, uuid.UUID, datetime.datetime,
+                         datetime.date, datetime.time, datetime.timedelta))  # never SQL: no check needed
 
 
 def _verify(database: Any, query: Any, sql: str, params: list[Any]) -> None:
@@ -517,4 +583,5 @@ class ShapedStatements:
         return self.shapes.stats()
 
 
-__all__ = ["MAX_SHAPES", "ShapedStatements", "StatementCache", "Unfit", "Walk", "renders_by_place"]
+__all__ = ["MAX_SHAPES", "FieldList", "ShapedStatements", "StatementCache", "Unfit", "Walk", "is_plain_field",
+           "renders_by_place"]

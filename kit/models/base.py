@@ -20,6 +20,7 @@ from kit.db import database
 from kit.db.bridge import ModelMetadata
 from kit.db.clean import only_reads
 from kit.db.rows import ModelRows
+from kit.db.shapes import FieldList, Unfit
 from kit.errors import TenantError
 from kit.tenancy import (
     context_key,
@@ -117,16 +118,27 @@ def is_generated(field: Any) -> bool:
     return getattr(field, "generated", False)
 
 
-_DEFAULT_COLUMNS: dict[type, tuple[list[Any], list[Any]]] = {}
+_DEFAULT_SELECTS: dict[type, tuple[list[Any], Any]] = {}
 
 
-def _default_columns(model: Any) -> list[Any]:
-    """A model's default SELECT list: its fields but generated ones (worked out again when its fields change)."""
+def _default_select(model: Any) -> Any:
+    """A new `model.select()` of its default columns (all but generated ones).
+
+    Built once per model and cloned after (peewee's clone copies what a query changes in place); built
+    again when the model's fields change (peewee makes a new `sorted_fields` list then).
+    """
     fields = model._meta.sorted_fields
-    known = _DEFAULT_COLUMNS.get(model)
-    if known is None or known[0] is not fields:  # peewee makes a new list when a field is added or removed
-        known = _DEFAULT_COLUMNS[model] = (fields, [f for f in fields if not is_generated(f)])
-    return list(known[1])
+    known = _DEFAULT_SELECTS.get(model)
+    if known is None or known[0] is not fields:
+        base = KitSelect(model, [f for f in fields if not is_generated(f)], is_default=True)
+        try:
+            base._returning = FieldList(base._returning)  # walked once for the statement cache (`kit.db.shapes`)
+        except Unfit:
+            pass
+        known = _DEFAULT_SELECTS[model] = (fields, base)
+    select = known[1].clone()
+    select._database = model._meta.database  # as peewee sets it: the database now (`bind`, `kit.aio`'s run())
+    return select
 
 
 class _RowsOfOneContext:
@@ -206,7 +218,7 @@ class BaseModel(VectorModel):
         """Like `Model.select`; the default columns leave out generated ones (full-text vectors)."""
         if fields:
             return KitSelect(cls, fields)
-        return KitSelect(cls, _default_columns(cls), is_default=True)
+        return _default_select(cls)
 
     @classmethod
     def raw(cls, sql: str, *params: Any) -> Any:
