@@ -189,7 +189,7 @@ class FieldList(list):
     each field's column name the same object, each table the same.
     """
 
-    __slots__ = ("names", "tables", "tokens")
+    __slots__ = ("metas", "names", "tables", "tokens")
 
     def __init__(self, fields: list[Any]) -> None:
         super().__init__(fields)
@@ -201,13 +201,18 @@ class FieldList(list):
         self.tokens = (list, len(fields), *walk.tokens)
         self.names = tuple(field.column_name for field in fields)
         self.tables = tuple(field.model._meta.table for field in fields)
+        self.metas = tuple({id(f.model._meta): (f.model._meta, f.model._meta.table) for f in fields}.values())
 
     def unchanged(self) -> bool:
-        """Whether the walk done at creation still holds."""
-        if len(self) != len(self.names):
+        """Whether the walk done at creation still holds (each model's fields and table, each column's name)."""
+        names = self.names
+        if len(self) != len(names):
             return False
-        for field, name, table in zip(self, self.names, self.tables, strict=True):
-            if field.column_name is not name or field.model._meta.table is not table:
+        for meta, table in self.metas:
+            if meta.table is not table:
+                return False
+        for field, name in zip(self, names, strict=True):
+            if field.column_name is not name:
                 return False
         return True
 

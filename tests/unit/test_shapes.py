@@ -185,3 +185,25 @@ def test_context_options_are_rendered_by_peewee():
     query = Organization.select().where(Organization.slug == "a")
     assert db.sql_of(query, quote="``")[0] == db.get_sql_context(quote="``").sql(query).query()[0]
     assert db.shape_stats()["entries"] == 0
+
+
+def test_a_models_default_columns_walked_once_still_follow_a_rename():
+    from kit.models.base import BaseModel
+
+    class Renamed(BaseModel):
+        title = peewee.TextField()
+
+        class Meta:
+            table_name = "renamed_things"
+
+    db = Db(None)
+    query = Renamed.select().where(Renamed.title == "a")
+    assert type(query._returning).__name__ == "FieldList"  # the kit's default SELECT list, walked once
+    before, _ = db.sql_of(query)
+    Renamed.title.column_name = "heading"
+    after, _ = db.sql_of(Renamed.select().where(Renamed.title == "a"))
+    assert '"title"' in before and '"heading"' in after
+    assert after == rendered(db, Renamed.select().where(Renamed.title == "a"))[0]
+    Renamed._meta.set_table_name("things_renamed")
+    moved, _ = db.sql_of(Renamed.select().where(Renamed.title == "a"))
+    assert '"things_renamed"' in moved and moved == rendered(db, Renamed.select().where(Renamed.title == "a"))[0]
