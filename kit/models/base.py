@@ -11,6 +11,8 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import json
+import operator
+from functools import reduce
 from typing import Any
 
 from peewee import SQL, Check, Model, ModelRaw, ModelSelect, TextField, UUIDField
@@ -176,6 +178,18 @@ class KitSelect(_RowsOfOneContext, ModelSelect):
     Instances are built by a plan kept per shape (`kit.db.rows`).
     """
 
+    def get(self, database: Any = None) -> Any:
+        """peewee's `get`: the first row (`paginate(1, 1)`, as peewee writes it), or the model's `DoesNotExist`."""
+        clone = self.paginate(1, 1)
+        clone._cursor_wrapper = None
+        rows = clone.execute(database)
+        try:
+            return rows.iterate()  # the first row, as `rows[0]` would give it
+        except StopIteration:
+            sql, params = clone.sql()
+            raise self.model.DoesNotExist(f"{clone.model} instance matching query does not exist:\nSQL: {sql}\n"
+                                          f"Params: {params}") from None
+
     def _get_model_cursor_wrapper(self, cursor: Any) -> Any:
         if len(self._from_list) == 1 and not self._joins:
             return ModelRows(cursor, self.model, self._returning, self.model)
@@ -219,6 +233,16 @@ class BaseModel(VectorModel):
         if fields:
             return KitSelect(cls, fields)
         return _default_select(cls)
+
+    @classmethod
+    def get(cls, *query: Any, **filters: Any) -> Any:
+        """peewee's `Model.get`: the one row matching `query` (the WHERE set on one new query, not on copies of it)."""
+        if filters or not query or (len(query) == 1 and isinstance(query[0], int) and cls._meta.auto_increment) \
+                or cls.select.__func__ is not BaseModel.select.__func__:  # a `select()` of the model's own: peewee's
+            return super().get(*query, **filters)
+        select = _default_select(cls)  # a new query of the model's own making
+        select._where = reduce(operator.and_, query)  # what `where(*query)` sets, on it instead of on a copy
+        return select.get()
 
     @classmethod
     def raw(cls, sql: str, *params: Any) -> Any:
