@@ -23,10 +23,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import time
 from collections.abc import Awaitable, Callable
 
 import numpy as np
+from timing import on_tasks
 
 from kit.config import load_settings
 from kit.db import resolve_url
@@ -43,17 +43,6 @@ SEARCH_SQL = ("SELECT id, created_at, updated_at, source_id, organization_id, po
               "WHERE organization_id = $1 AND embedding IS NOT NULL ORDER BY distance LIMIT 10")
 
 Op = Callable[[], Awaitable[object]]
-
-
-async def rate(tasks: int, ops: int, op: Op) -> float:
-    """Run `op` `ops` times in each of `tasks` tasks; total ops per second."""
-    async def worker() -> None:
-        for _ in range(ops):
-            await op()
-
-    start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(tasks)))
-    return tasks * ops / (time.perf_counter() - start)
 
 
 async def kit_stack(org_id, vector):
@@ -161,14 +150,14 @@ async def main(ops: int, rounds: int) -> None:
     results: dict[tuple[str, str, int], list[float]] = {}
     for run, _ in stacks.values():  # warm every pool and statement cache
         for op in run.values():
-            await rate(10, 20, op)
+            await on_tasks(10, 20, op)
     for _ in range(rounds):
         for operation in ("read", "consume", "search"):
             for tasks in TASKS:
                 for name, (run, _) in stacks.items():
                     per_task = max(1, ops // tasks) if tasks > 1 else ops
                     results.setdefault((operation, name, tasks), []).append(
-                        await rate(tasks, per_task, run[operation]))
+                        await on_tasks(tasks, per_task, run[operation]))
     for _, close in stacks.values():
         await close()
     print(f"median ops/s over {rounds} rounds, pools of {POOL} connections")

@@ -35,7 +35,6 @@ import datetime as dt
 import json
 import statistics
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
@@ -45,6 +44,7 @@ import numpy as np
 import peewee
 import psycopg2
 from playhouse.postgres_ext import DateTimeTZField, PooledPostgresqlExtDatabase
+from timing import on_tasks, on_threads
 
 import kit
 from kit.config import load_settings
@@ -345,39 +345,6 @@ def kit_aio_path(given: Given) -> tuple[dict[str, Callable[[], Any]], Callable[[
         "increment": lambda: db.run(Usage.increment, given.org_id, "bench", 1),
         "search": lambda: db.run(search),
     }, db.close_pool
-
-
-def on_threads(threads: int, ops: int, op: Callable[[], Any], release: Callable[[], Any] = lambda: None) -> float:
-    """Run `op` `ops` times on each of `threads` threads (each then gives its connection back); total ops/s."""
-    barrier = threading.Barrier(threads + 1)
-    done: list[float] = []
-
-    def work() -> None:
-        barrier.wait()
-        for _ in range(ops):
-            op()
-        done.append(time.perf_counter())
-        release()
-
-    workers = [threading.Thread(target=work) for _ in range(threads)]
-    for worker in workers:
-        worker.start()
-    barrier.wait()
-    start = time.perf_counter()
-    for worker in workers:
-        worker.join()
-    return threads * ops / (max(done) - start)
-
-
-async def on_tasks(tasks: int, ops: int, op: Callable[[], Any]) -> float:
-    """Run `op` `ops` times in each of `tasks` tasks; total ops per second."""
-    async def work() -> None:
-        for _ in range(ops):
-            await op()
-
-    start = time.perf_counter()
-    await asyncio.gather(*(work() for _ in range(tasks)))
-    return tasks * ops / (time.perf_counter() - start)
 
 
 def setup(owner_url: str) -> None:

@@ -20,36 +20,15 @@ from __future__ import annotations
 import argparse
 import statistics
 import threading
-import time
 
 import psycopg2
 from playhouse.postgres_ext import PooledPostgresqlExtDatabase
+from timing import on_threads
 
 from kit.config import load_settings
 from kit.db import PooledDatabase, resolve_url
 
 WARM_UP_OPS = 3000  # per thread; new server processes take a few thousand queries to settle
-
-
-def run_threads(threads: int, ops: int, op) -> float:
-    """Run `op()` `ops` times on each of `threads` threads; return total ops per second."""
-    barrier = threading.Barrier(threads + 1)
-    finished = []
-
-    def work():
-        barrier.wait()
-        for _ in range(ops):
-            op()
-        finished.append(time.perf_counter())
-
-    workers = [threading.Thread(target=work) for _ in range(threads)]
-    for w in workers:
-        w.start()
-    barrier.wait()
-    start = time.perf_counter()
-    for w in workers:
-        w.join()
-    return threads * ops / (max(finished) - start)
 
 
 def peewee_pool(db, sql: str = "SELECT 1"):
@@ -119,9 +98,9 @@ def main() -> None:
                 # trip by tens of percent on a small machine; new connections each round average that out.
                 op, close = make()
                 try:
-                    run_threads(threads, WARM_UP_OPS, op)  # connections open, server processes settled
+                    on_threads(threads, WARM_UP_OPS, op)  # connections open, server processes settled
                     getattr(op, "between_runs", lambda: None)()
-                    samples[name].append(run_threads(threads, args.ops, op))
+                    samples[name].append(on_threads(threads, args.ops, op))
                 finally:
                     close()
         medians = {name: statistics.median(values) for name, values in samples.items()}
