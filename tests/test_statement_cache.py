@@ -86,6 +86,31 @@ def test_the_asyncio_database_takes_its_statements_from_the_same_cache(test_db_u
     assert stats["fills"] >= 1 and stats["hits"] >= 1 and stats["unfit"] == 0
 
 
+def test_the_asyncio_read_helpers_read_without_a_greenlet_and_keep_their_meaning(test_db_url):
+    org, other = new_org("Direct"), new_org("Direct too")
+    adb = AsyncDatabase(test_db_url, replace(load_settings(), pool_min=0, pool_max=2))
+    mine = Organization.select().where(Organization.id.in_([org.id, other.id])).order_by(Organization.name)
+
+    async def main():
+        got = await adb.get(Organization.select().where(Organization.id == org.id))
+        first, two = await adb.first(mine), await adb.first(mine, 2)
+        every = await adb.list(mine)
+        with pytest.raises(Organization.DoesNotExist, match="instance matching query does not exist"):
+            await adb.get(Organization.select().where(Organization.slug == "no-such-organization"))
+        with tenant(org.id):
+            async with adb.atomic():  # inside a transaction: the same connection, its own write seen
+                await adb.run(lambda: Organization.update(name="Direct, renamed").where(
+                    Organization.id == org.id).execute())
+                renamed = await adb.get(Organization.select().where(Organization.id == org.id))
+        return got, first, two, every, renamed, adb.shape_stats(), adb.pool_stats()
+
+    got, first, two, every, renamed, shapes, pool = asyncio.run(closing(adb, main()))
+    assert got.id == org.id and first.id == org.id and [o.id for o in two] == [org.id, other.id]
+    assert [o.id for o in every] == [org.id, other.id] and mine._cursor_wrapper is None  # the caller's query untouched
+    assert renamed.name == "Direct, renamed" and Organization.get_by_id(org.id).name == "Direct, renamed"
+    assert shapes["hits"] >= 1 and pool["in_use"] == 0
+
+
 # Last: the attacker suite's database is module-wide, and the models are bound to it while it lives.
 def test_one_cached_statement_serves_each_tenant_its_own_rows_only(attacked):  # noqa: F811
     app, attacker, victim = attacked

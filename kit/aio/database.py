@@ -47,6 +47,7 @@ from typing import Any, TypeVar
 import psycopg2.extensions
 from peewee import (
     DatabaseError,
+    ModelSelect,
     OperationalError,
     SelectBase,
     __exception_wrapper__,
@@ -87,7 +88,9 @@ from kit.db.contract import (
 )
 from kit.db.outcomes import is_outage, sqlstate
 from kit.db.pooled import RESEND_WINDOW
+from kit.db.reads import plain_read
 from kit.db.retry import DEFAULT_TRIES, check_tries, refuse_nested, wait_before_next
+from kit.db.rows import not_found
 from kit.db.shapes import ShapedStatements
 from kit.db.statements import NO_TRANSACTION_BLOCK, OPEN_TRANSACTION, RAW_BEGIN, RAW_END, session_change
 from kit.errors import (
@@ -407,15 +410,45 @@ class AsyncDatabase(AsyncReadRouting, ShapedStatements, AsyncPostgresqlDatabase)
 
     async def get(self, query: Any) -> Any:
         """The one row of `query` (peewee's `DoesNotExist` when there is none)."""
+        if self._reads_directly(query):
+            clone = query.paginate(1, 1)  # as peewee's get() writes it
+            rows = await self._rows(clone)
+            try:
+                return rows.iterate()
+            except StopIteration:
+                raise not_found(clone) from None
         return await self.run(query.bind(self).get)
 
     async def first(self, query: Any, n: int = 1) -> Any:
         """The first row of `query` (the first `n` when n > 1), or None."""
+        if self._reads_directly(query):
+            clone = query.clone()
+            clone._limit = n  # as peewee's first() sets it, here on a copy
+            found = (await self._rows(clone))[:n]
+            return (found[0] if n == 1 else found) if found else None
         return await self.run(query.bind(self).first, n=n)
 
     async def list(self, query: Any) -> list[Any]:
         """Every row of `query`."""
+        if self._reads_directly(query):
+            return list(await self._rows(query.clone()))
         return await self.run(list, query.bind(self))
+
+    def _reads_directly(self, query: Any) -> bool:
+        """A plain model SELECT for the primary, outside the door: read here, with no greenlet (`_rows`).
+
+        The same statement and rows as through `run()`: the statement cache's SQL (`kit.db.shapes`) sent by
+        `aexecute_sql` (the one contract), the rows by the query's own cursor wrapper. Anything else (a
+        read a replica may serve, FOR UPDATE, `all_tenants()`) goes through `run()`.
+        """
+        return isinstance(query, ModelSelect) and plain_read(query) and not self._crossing() \
+            and not self._reads_here(query)
+
+    async def _rows(self, query: Any) -> Any:
+        """Run a plain model SELECT on this database; its cursor wrapper (a read: nothing for replicas to wait for)."""
+        query._cursor_wrapper = None
+        sql, params = self.sql_of(query)
+        return query._get_cursor_wrapper(await self.aexecute_sql(sql, params, writes=False))
 
     async def scalar(self, query: Any) -> Any:
         """The first column of the first row of `query`."""

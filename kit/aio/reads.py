@@ -16,7 +16,7 @@ from typing import Any
 
 from peewee import DatabaseError, InterfaceError
 
-from kit.db.reads import _plain_read
+from kit.db.reads import plain_read
 from kit.db.scope import written
 from kit.errors import KitError, describe
 from kit.routing import Replica, Router, lsn_int, promoted
@@ -44,7 +44,7 @@ class AsyncReadRouting:
 
     def _reads_here(self, query: Any) -> bool:
         """True when a query may go to a replica: a plain read, outside a transaction, with replicas to read."""
-        if self._router is None or not _plain_read(query) or self._state.transactions or crossing_tenants():
+        if self._router is None or not plain_read(query) or self._state.transactions or crossing_tenants():
             return False
         conn = self._state.conn
         return conn is None or not (conn.raw_transaction or conn.session)

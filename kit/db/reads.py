@@ -26,7 +26,7 @@ log = logging.getLogger("kit.db")
 PRIMARY, REPLICA = "primary", "replica"
 
 
-def _plain_read(query: Any) -> bool:
+def plain_read(query: Any) -> bool:
     """True for a peewee SELECT that cannot write: no FOR UPDATE/SHARE, no data-modifying WITH."""
     if not isinstance(query, SelectBase) or getattr(query, "_for_update", None) is not None:
         return False
@@ -49,7 +49,7 @@ class ReadRouting(PooledDatabase):
     def execute(self, query: Any, **context: Any) -> Any:
         """Run a peewee query: a plain read outside a transaction on a fit replica, everything else on the primary."""
         self._configured()
-        if not _plain_read(query):
+        if not plain_read(query):
             if not isinstance(query, SelectBase) and current_tenant() is None and not self.owner \
                     and not crossing_tenants():
                 require_tenant(query)

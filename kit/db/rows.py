@@ -112,9 +112,16 @@ class ModelRows(ModelObjectCursorWrapper):
         return obj
 
 
+def not_found(query: Any) -> Exception:
+    """The model's `DoesNotExist` for a query that found no row, in peewee's words."""
+    sql, params = query.sql()
+    return query.model.DoesNotExist(f"{query.model} instance matching query does not exist:\nSQL: {sql}\n"
+                                    f"Params: {params}")
+
+
 def plan_count() -> int:
     """How many row plans are kept."""
     return len(_plans)
 
 
-__all__ = ["MAX_PLANS", "ModelRows", "plan_count"]
+__all__ = ["MAX_PLANS", "ModelRows", "not_found", "plan_count"]

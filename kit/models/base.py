@@ -21,7 +21,7 @@ from playhouse.postgres_ext import DateTimeTZField, TSVectorField
 from kit.db import database
 from kit.db.bridge import ModelMetadata
 from kit.db.clean import only_reads
-from kit.db.rows import ModelRows
+from kit.db.rows import ModelRows, not_found
 from kit.db.shapes import FieldList, Unfit
 from kit.errors import TenantError
 from kit.tenancy import (
@@ -186,9 +186,7 @@ class KitSelect(_RowsOfOneContext, ModelSelect):
         try:
             return rows.iterate()  # the first row, as `rows[0]` would give it
         except StopIteration:
-            sql, params = clone.sql()
-            raise self.model.DoesNotExist(f"{clone.model} instance matching query does not exist:\nSQL: {sql}\n"
-                                          f"Params: {params}") from None
+            raise not_found(clone) from None
 
     def _get_model_cursor_wrapper(self, cursor: Any) -> Any:
         if len(self._from_list) == 1 and not self._joins:
