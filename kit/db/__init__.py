@@ -15,6 +15,9 @@ The package, one job a module, each importing only those above it:
   transaction that may be run again (`retryable`).
 - `scope`: the request scope (a connection per statement or transaction) and what a context wrote,
   shared with the tasks and threads it starts (read-your-writes).
+- `shapes`: the statement cache: a peewee query's SQL rendered once per shape, then only bound to new
+  values (fail-closed: only what peewee's own rendering proves is cached), for both engines.
+- `rows`: rows to model instances by a plan kept per shape.
 - `bridge`: which database a model's statements go to (the asyncio one inside `kit.aio`'s `run()`).
 - `forks`: a forked child drops every inherited connection without touching its socket.
 - `pooled`: `PooledDatabase`, peewee's `PooledPostgresqlExtDatabase` contract on `kit.pool`, with the
