@@ -16,6 +16,7 @@ from helpers import as_owner
 
 from kit import TenantRequired, all_tenants, tenant
 from kit.db import database
+from kit.errors import NotFound
 from kit.models import (
     ALL_MODELS,
     AuditLog,
@@ -205,6 +206,15 @@ def test_credits_never_go_negative_under_concurrent_consumers():
     assert "has 2 credits, 7 were asked for" in str(errors[-1])
     with pytest.raises(ValueError, match="positive whole number"):
         OrgCredit.consume(o, 0)
+
+
+def test_consuming_for_an_organization_that_does_not_exist_is_not_found_not_insufficient():
+    missing = uuid.uuid4()
+    with pytest.raises(NotFound, match=f"organization {missing} does not exist"):
+        OrgCredit.consume(missing, 1)
+    never_granted = org()  # exists, no balance yet: that is 0 credits, not a missing organization
+    with pytest.raises(InsufficientCredits, match="has 0 credits, 1 were asked for"):
+        OrgCredit.consume(never_granted, 1)
 
 
 def test_concurrent_grants_add_up():

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from kit.db.outcomes import retryable
-from kit.errors import ArgumentError, PoolSettingError, describe
+from kit.errors import ArgumentError, describe
 
 log = logging.getLogger("kit.db")
 
@@ -41,7 +41,7 @@ def retry_delay(attempt: int, rand: Callable[[], float] = random.random) -> floa
 def check_tries(tries: int) -> int:
     """`tries` checked: a whole number of runs, at least one."""
     if isinstance(tries, bool) or not isinstance(tries, int) or tries < 1:
-        raise PoolSettingError(f"tries must be a whole number of runs, 1 or more (got {tries!r}); nothing was run")
+        raise ArgumentError(f"tries must be a whole number of runs, 1 or more (got {tries!r}); nothing was run")
     return tries
 
 

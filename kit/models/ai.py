@@ -6,7 +6,7 @@ from typing import Any
 
 from peewee import BigIntegerField, Check, DecimalField, ForeignKeyField, IntegerField, TextField, fn
 
-from kit.errors import InsufficientCredits
+from kit.errors import InsufficientCredits, NotFound
 from kit.models.auth import Organization, User
 from kit.models.base import BaseModel, TimestampedModel, id_of
 from kit.tenancy import tenant
@@ -59,7 +59,7 @@ class OrgCredit(TimestampedModel):
 
     @classmethod
     def consume(cls, organization: Any, amount: int) -> int:
-        """Take `amount` credits in one statement; return the new balance, or raise InsufficientCredits."""
+        """Take `amount` credits in one statement; the new balance (else InsufficientCredits, or NotFound)."""
         amount = cls._amount(amount)
         org_id = id_of(organization)
         query = (
@@ -69,9 +69,12 @@ class OrgCredit(TimestampedModel):
         )
         with tenant(org_id):
             rows = list(query.execute())
-            have = None if rows else cls.select(cls.balance).where(cls.organization == org_id).scalar() or 0
+            have = None if rows else cls.select(cls.balance).where(cls.organization == org_id).scalar()
+            if have is None and not rows and not Organization.select().where(Organization.id == org_id).exists():
+                raise NotFound(f"organization {org_id} does not exist, or is not this context's to see; no credits "
+                               "were taken")
         if not rows:
-            raise InsufficientCredits(f"organization {org_id} has {have} credits, {amount} were asked for")
+            raise InsufficientCredits(f"organization {org_id} has {have or 0} credits, {amount} were asked for")
         return rows[0].balance
 
     @classmethod

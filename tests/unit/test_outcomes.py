@@ -7,7 +7,7 @@ from peewee import IntegrityError, OperationalError
 
 from kit.db.outcomes import is_outage, retryable, sqlstate
 from kit.db.retry import RETRY_BASE, RETRY_MAX, check_tries, retry_delay
-from kit.errors import DatabaseUnavailable, PoolSettingError, SessionLost, StatementTimeout
+from kit.errors import ArgumentError, DatabaseUnavailable, SessionLost, StatementTimeout
 
 
 class Coded(Exception):
@@ -74,5 +74,5 @@ def test_the_wait_doubles_from_the_base_is_capped_and_jittered_down_to_half():
 
 @pytest.mark.parametrize("tries", [0, -1, 1.5, True, "3"])
 def test_tries_is_a_whole_number_of_runs(tries):
-    with pytest.raises(PoolSettingError, match="tries must be"):
+    with pytest.raises(ArgumentError, match="tries must be"):
         check_tries(tries)
