@@ -19,7 +19,9 @@ length and a value's kind (a model instance, a nested query) are structure too, 
 - A shape is filled by peewee's own rendering, in a context that records every value it turns into
   a parameter and the converter it used. Only when those are exactly the walk's values, in its order
   and by identity, and none was written into the SQL text, is the shape cached: what the walk calls a
-  value was a parameter, and nothing else was.
+  value was a parameter, and nothing else was. Identity cannot tell apart two places holding one object
+  (a small int used twice): there the walk's order, which lists every node's children in the order
+  peewee writes them, is what keeps each place's value its own (tested with such values).
 - A hit converts the new values with the recorded converters; one that converts to SQL (a node) is
   rendered by peewee instead. So a cached statement never carries a value of an earlier call.
 - Keys are per database object (`ShapedStatements._shapes`), so no statement crosses databases;
@@ -117,13 +119,13 @@ _SPECS: dict[type, _Spec] = {
     Cast: _Spec(("_cast", *_WRAPPED), ("node",)),
     QualifiedNames: _Spec(("_scope", *_WRAPPED), ("node",)),
     Ordering: _Spec(("direction", "collation", "nulls", *_WRAPPED), ("node",)),
-    Function: _Spec(("name", "_python_value", "_coerce"), ("arguments", "_filter", "_order_by")),
+    Function: _Spec(("name", "_python_value", "_coerce"), ("arguments", "_order_by", "_filter")),
     Entity: _Spec(("_path",)),
     Column: _Spec(("name",), ("source",)),
     Join: _Spec(("join_type", "_alias"), ("lhs", "rhs", "_on")),
     ForUpdate: _Spec(("_expr", "_nowait", "_skip_locked"), ("_of",)),
     OnConflict: _Spec(("_action", "_conflict_constraint"),
-                      ("_update", "_preserve", "_where", "_conflict_target", "_conflict_where")),
+                      ("_conflict_target", "_conflict_where", "_preserve", "_update", "_where")),
     SQL: _Spec(("sql",), ("params",)),
     ModelSelect: _Spec(("model", "_is_default", "_alias", "_lateral", "_simple_distinct"),
                        ("_cte_list", "_distinct", "_returning", "_from_list", "_where", "_group_by", "_having",
@@ -132,9 +134,13 @@ _SPECS: dict[type, _Spec] = {
                                              "_offset", "_returning"), _QUERY_STATE),
     ModelDelete: _Spec(("model", "table"), ("_cte_list", "_where", "_order_by", "_limit", "_offset", "_returning"),
                        _QUERY_STATE),
-    ModelInsert: _Spec(("model", "table"), ("_cte_list", "_on_conflict", "_columns", "_insert", "_returning",
+    ModelInsert: _Spec(("model", "table"), ("_cte_list", "_columns", "_insert", "_on_conflict", "_returning",
                                              "_where", "_order_by", "_limit", "_offset"), _QUERY_STATE),
 }
+# Children are listed in the order peewee writes them (for PostgreSQL). The fill's check matches values to
+# parameters by identity, which cannot tell two positions holding the same object (a small int, a
+# string used twice) apart: the order itself is what keeps them apart, tested with such values in
+# tests/unit/test_shapes.py.
 _SORTED_DICTS = {(ModelUpdate, "_update"), (ModelInsert, "_insert")}  # rendered in column order, not dict order
 for _kind_, _spec_ in _SPECS.items():
     _spec_.children = tuple((name, (_kind_, name) in _SORTED_DICTS) for name in _spec_.children)

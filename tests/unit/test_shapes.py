@@ -207,3 +207,26 @@ def test_a_models_default_columns_walked_once_still_follow_a_rename():
     Renamed._meta.set_table_name("things_renamed")
     moved, _ = db.sql_of(Renamed.select().where(Renamed.title == "a"))
     assert '"things_renamed"' in moved and moved == rendered(db, Renamed.select().where(Renamed.title == "a"))[0]
+
+
+def test_the_same_object_in_two_places_at_the_fill_binds_each_place_its_own_value_after():
+    """Values are matched to parameters by identity: the walk's order must be peewee's, or a value shared by two
+    places at the fill (a small int, a string used twice) would send each place the other's value later."""
+    db = Db(None)
+    day, at = dt.date(2026, 1, 1), dt.datetime(2026, 1, 1)
+
+    def upsert(inserted, updated):
+        return Usage.insert(organization=IDS[0], metric="m", period_start=day, quantity=inserted, created_at=at,
+                            updated_at=at).on_conflict(
+            conflict_target=[Usage.organization, Usage.metric, Usage.period_start],
+            conflict_where=(Usage.quantity > updated), update={Usage.quantity: updated}, where=(Usage.quantity < 1))
+
+    def aggregate(separator, filtered):
+        return Organization.select(fn.string_agg(Organization.name, separator).order_by(
+            SQL("length(name) + %s", [separator])).filter(Organization.slug == filtered))
+
+    for make in (upsert, aggregate):
+        shared = "x" if make is aggregate else 5
+        check(db, lambda v, make=make, shared=shared: make(shared, shared), None)  # the fill: one object twice
+        check(db, lambda v, make=make: make(*v), ("a", "b") if make is aggregate else (7, 9), (9, 7))
+    assert db.shape_stats()["unfit"] == 0 and db.shape_stats()["hits"] >= 4
