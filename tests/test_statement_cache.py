@@ -111,6 +111,16 @@ def test_the_asyncio_read_helpers_read_without_a_greenlet_and_keep_their_meaning
     assert shapes["hits"] >= 1 and pool["in_use"] == 0
 
 
+def test_row_plans_are_bounded_oldest_forgotten_first(monkeypatch):
+    from kit.db import rows
+
+    monkeypatch.setattr(rows, "MAX_PLANS", 3)
+    new_org("Planned")
+    for n in range(7):  # a new node each time: seven new shapes of row, each a new plan
+        assert Organization.select(Organization.id.alias(f"planned_{n}")).first() is not None
+        assert rows.plan_count() <= 3
+
+
 # Last: the attacker suite's database is module-wide, and the models are bound to it while it lives.
 def test_one_cached_statement_serves_each_tenant_its_own_rows_only(attacked):  # noqa: F811
     app, attacker, victim = attacked
