@@ -19,8 +19,10 @@ from kit import tenant
 from kit.aio import AsyncDatabase
 from kit.config import load_settings
 from kit.db import database
-from kit.models import Organization
-from kit.models.base import BaseModel
+from kit.errors import TenantRequired
+from kit.models import Organization, OrgCredit, Usage
+from kit.models.ai import _consume
+from kit.models.base import BaseModel, prepared
 
 
 class Entry(BaseModel):
@@ -122,6 +124,21 @@ def test_row_plans_are_bounded_oldest_forgotten_first(monkeypatch):
 
 
 # Last: the attacker suite's database is module-wide, and the models are bound to it while it lives.
+def test_a_prepared_statement_binds_each_call_and_changes_only_its_tenants_row():
+    a, b = new_org("Prepared A"), new_org("Prepared B")
+    OrgCredit.grant(a, 10)
+    OrgCredit.grant(b, 100)
+    assert [OrgCredit.consume(a, 1), OrgCredit.consume(b, 2), OrgCredit.consume(a, 3)] == [9, 98, 6]
+    assert [Usage.increment(a, "prepared", 2), Usage.increment(b, "prepared", 5),
+            Usage.increment(a, "prepared", 1)] == [2, 5, 3]
+    statement = prepared(OrgCredit, _consume)
+    with tenant(b):  # as kit_app under row-level security: a's row is not b's to change
+        assert statement.execute(org=a.id, amount=1).fetchall() == []
+    with pytest.raises(TenantRequired):  # the same contract as any query: no tenant, nothing sent
+        statement.execute(org=a.id, amount=1)
+    assert (OrgCredit.balance_of(a), OrgCredit.balance_of(b)) == (6, 98)
+
+
 def test_one_cached_statement_serves_each_tenant_its_own_rows_only(attacked):  # noqa: F811
     app, attacker, victim = attacked
     with tenant(victim):

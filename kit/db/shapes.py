@@ -81,6 +81,8 @@ from peewee import (
     is_model,
 )
 
+from kit.db.prepared import Prepared, bind
+
 log = logging.getLogger("kit.db.shapes")
 
 MAX_SHAPES = 500  # entries per database (SQLAlchemy's compiled cache keeps 500 too)
@@ -454,6 +456,9 @@ class StatementCache:
 
     def render(self, database: Any, query: Any, context: dict[str, Any]) -> tuple[str, list[Any]]:
         """`query`'s SQL and parameters: from the cache by shape, else rendered by peewee (and cached when fit)."""
+        bound = getattr(query, "_kit_bound", None)
+        if bound is not None:
+            return self._prepared(database, *bound, context)
         if context or database.context_class is not Context:
             return database.get_sql_context(**context).sql(query).query()
         query = _defaults_given(query)
@@ -494,6 +499,34 @@ class StatementCache:
                 self._entries.popitem(last=False)
                 self.counts["evictions"] += 1
         return sql, params
+
+    def _prepared(self, database: Any, prepared: Prepared, values: Mapping[str, Any],
+                  context: dict[str, Any]) -> tuple[str, list[Any]]:
+        """A prepared statement's SQL (rendered once per database) and this call's values, bound by name."""
+        if context or database.context_class is not Context:
+            return prepared.substituted(database, values, context)
+        key = (Prepared, id(prepared))
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+        if entry is None:
+            sql, slots = prepared.render(database)
+            entry = _Entry(sql, slots, [prepared])
+            with self._lock:
+                self._entries[key] = entry
+                self.counts["fills"] += 1
+                while len(self._entries) > self.size:
+                    self._entries.popitem(last=False)
+                    self.counts["evictions"] += 1
+        params = bind(entry.converters, values)
+        if any(type(param) not in _PARAMETERS and (isinstance(param, Node) or is_model(param)) for param in params):
+            return prepared.substituted(database, values, context)  # a value converts to SQL: peewee writes it
+        self.counts["hits"] += 1
+        if VERIFY:
+            fresh_sql, fresh_params = prepared.substituted(database, values, context)
+            _verify_same(entry.sql, params, fresh_sql, fresh_params)
+        return entry.sql, params
 
     def _unfit(self, database: Any, query: Any, reason: str) -> tuple[str, list[Any]]:
         self.counts["unfit"] += 1
@@ -546,6 +579,10 @@ _PARAMETERS = frozenset((str, int, float, bool, bytes, type(None), decimal.Decim
 def _verify(database: Any, query: Any, sql: str, params: list[Any]) -> None:
     """KIT_SHAPES_VERIFY: the cached statement is exactly what peewee renders, or fail loudly."""
     fresh_sql, fresh_params = database.get_sql_context().sql(query).query()
+    _verify_same(sql, params, fresh_sql, fresh_params)
+
+
+def _verify_same(sql: str, params: list[Any], fresh_sql: str, fresh_params: list[Any]) -> None:
     if fresh_sql != sql or len(fresh_params) != len(params) or any(
             not _same(a, b) for a, b in zip(fresh_params, params, strict=True)):
         raise AssertionError(f"statement cache disagrees with peewee: {sql!r} {params!r} vs {fresh_sql!r} "

@@ -6,9 +6,10 @@ from typing import Any
 
 from peewee import BigIntegerField, Check, DecimalField, ForeignKeyField, IntegerField, TextField, fn
 
+from kit.db.prepared import Param
 from kit.errors import InsufficientCredits, NotFound
 from kit.models.auth import Organization, User
-from kit.models.base import BaseModel, TimestampedModel, id_of
+from kit.models.base import BaseModel, TimestampedModel, id_of, prepared, returned
 from kit.tenancy import tenant
 
 
@@ -27,6 +28,13 @@ class AiUsage(BaseModel):
         table_name = "ai_usage"
         tenant = "organization"
         partition_by = "created_at"  # monthly partitions (migration 008, `kit maintain`); key (id, created_at)
+
+
+def _consume(credit: Any) -> Any:
+    """The balance less `amount` where it covers it (`OrgCredit.consume`), the new balance back."""
+    return (credit.update({credit.balance: credit.balance - Param("amount"), credit.updated_at: fn.now()})
+            .where((credit.organization == Param("org")) & (credit.balance >= Param("amount")))
+            .returning(credit.balance))
 
 
 class OrgCredit(TimestampedModel):
@@ -53,29 +61,24 @@ class OrgCredit(TimestampedModel):
         query = cls.insert(organization=org_id, balance=amount).on_conflict(
             conflict_target=[cls.organization],
             update={cls.balance: cls.balance + amount, cls.updated_at: fn.now()},
-        ).returning(cls.balance)
+        )
         with tenant(org_id):
-            return next(iter(query.execute())).balance
+            return returned(query, cls.balance)[0]
 
     @classmethod
     def consume(cls, organization: Any, amount: int) -> int:
         """Take `amount` credits in one statement; the new balance (else InsufficientCredits, or NotFound)."""
         amount = cls._amount(amount)
         org_id = id_of(organization)
-        query = (
-            cls.update(balance=cls.balance - amount)
-            .where((cls.organization == org_id) & (cls.balance >= amount))
-            .returning(cls.balance)
-        )
         with tenant(org_id):
-            rows = list(query.execute())
+            rows = prepared(cls, _consume).execute(org=org_id, amount=amount).fetchall()
             have = None if rows else cls.select(cls.balance).where(cls.organization == org_id).scalar()
             if have is None and not rows and not Organization.select().where(Organization.id == org_id).exists():
                 raise NotFound(f"organization {org_id} does not exist, or is not this context's to see; no credits "
                                "were taken")
         if not rows:
             raise InsufficientCredits(f"organization {org_id} has {have or 0} credits, {amount} were asked for")
-        return rows[0].balance
+        return rows[0][0]
 
     @classmethod
     def balance_of(cls, organization: Any) -> int:

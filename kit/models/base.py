@@ -12,6 +12,7 @@ import datetime as dt
 import decimal
 import json
 import operator
+from collections.abc import Callable
 from functools import reduce
 from typing import Any
 
@@ -21,6 +22,7 @@ from playhouse.postgres_ext import DateTimeTZField, TSVectorField
 from kit.db import database
 from kit.db.bridge import ModelMetadata
 from kit.db.clean import only_reads
+from kit.db.prepared import Prepared
 from kit.db.rows import ModelRows, not_found
 from kit.db.shapes import FieldList, Unfit
 from kit.errors import TenantError
@@ -39,6 +41,25 @@ def utcnow() -> dt.datetime:
 def now_default() -> list[Any]:
     """The column constraint `DEFAULT now()`, for timestamps set by the database as well as by Python."""
     return [SQL("DEFAULT now()")]
+
+
+def prepared(model: Any, build: Callable[[Any], Any]) -> Prepared:
+    """`build(model)`'s query as a `Prepared` statement, made once per model class (a subclass gets its own)."""
+    statements = model.__dict__.get("_kit_prepared")
+    if statements is None:
+        statements = {}
+        model._kit_prepared = statements
+    statement = statements.get(build)
+    if statement is None:
+        statement = statements[build] = Prepared(build(model))
+    return statement
+
+
+def returned(query: Any, field: Any) -> list[Any]:
+    """`field`'s value in each row a write gives back (`RETURNING field`), without a model instance per row."""
+    convert = field.python_value
+    rows = query.model._meta.database.execute(query.returning(field)).fetchall()
+    return [convert(row[0]) for row in rows]
 
 
 def one_of(column: str, values: tuple[str, ...]) -> Any:

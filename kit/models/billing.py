@@ -9,8 +9,9 @@ from typing import Any
 from peewee import SQL, BigIntegerField, BooleanField, Check, DateField, ForeignKeyField, IntegerField, TextField, fn
 from playhouse.postgres_ext import BinaryJSONField, DateTimeTZField
 
+from kit.db.prepared import Param
 from kit.models.auth import Organization
-from kit.models.base import BaseModel, TimestampedModel, id_of, one_of, utcnow
+from kit.models.base import BaseModel, TimestampedModel, id_of, one_of, prepared, utcnow
 from kit.tenancy import tenant
 
 INTERVALS = ("month", "year")
@@ -96,6 +97,17 @@ class Subscription(TimestampedModel):
         tenant = "organization"
 
 
+def _increment(usage: Any) -> Any:
+    """Add `quantity` to the period's counter, making it if needed (`Usage.increment`), the new total back."""
+    return usage.insert({
+        usage.organization: Param("org"), usage.metric: Param("metric"), usage.period_start: Param("period"),
+        usage.quantity: Param("quantity"), usage.created_at: fn.now(), usage.updated_at: fn.now(),
+    }).on_conflict(
+        conflict_target=[usage.organization, usage.metric, usage.period_start],
+        update={usage.quantity: usage.quantity + SQL("EXCLUDED.quantity"), usage.updated_at: fn.now()},
+    ).returning(usage.quantity)
+
+
 class Usage(TimestampedModel):
     """A metered quantity per organization, metric and period (the first day of the period)."""
 
@@ -116,15 +128,10 @@ class Usage(TimestampedModel):
             raise ValueError(f"usage quantity must be a whole number >= 0, got {quantity!r}")
         period_start = period_start or utcnow().date().replace(day=1)
         org_id = id_of(organization)
-        query = cls.insert(
-            organization=org_id, metric=metric, period_start=period_start,
-            quantity=quantity,
-        ).on_conflict(
-            conflict_target=[cls.organization, cls.metric, cls.period_start],
-            update={cls.quantity: cls.quantity + SQL("EXCLUDED.quantity"), cls.updated_at: fn.now()},
-        ).returning(cls.quantity)
         with tenant(org_id):
-            return next(iter(query.execute())).quantity
+            cursor = prepared(cls, _increment).execute(org=org_id, metric=metric, period=period_start,
+                                                       quantity=quantity)
+            return cursor.fetchone()[0]
 
 
 class WebhookEvent(TimestampedModel):

@@ -1,0 +1,152 @@
+"""Prepared statements: a peewee query built once with named `Param`s, its SQL rendered once per database.
+
+The statement cache (`kit.db.shapes`) saves peewee's rendering but still builds and walks the query
+on every call. A hot path that runs one statement over and over (the kit's `OrgCredit.consume`,
+`Usage.increment`) can skip both: build the query once, with a `Param` where each call's value goes,
+and run it with the values by name::
+
+    CONSUME = Prepared(OrgCredit.update({OrgCredit.balance: OrgCredit.balance - Param("amount"),
+                                         OrgCredit.updated_at: fn.now()})
+                       .where(OrgCredit.organization == Param("org")).returning(OrgCredit.balance))
+    CONSUME.execute(org=org_id, amount=5).fetchall()
+
+**Why it is right by construction.**
+- Every value in the query is a `Param`. A value written into the query (`LIMIT 10`, a constant in a
+  comparison, a model default that peewee computes while rendering, such as `created_at`'s `utcnow()`)
+  would be fixed at the first call and sent again at every later one, so preparing refuses it with
+  `ArgumentError`: write it as SQL (`fn.now()`) or as a `Param`.
+- Each `Param` takes the converter peewee would have used for a value in its place (the column's
+  `db_value` in an INSERT or UPDATE, the compared field's in a comparison), recorded when peewee
+  renders the query; a call converts its values with those, so they are parameters, never SQL text.
+- The query is kept by the `Prepared` and never handed out, so no one can change it after its SQL is
+  rendered. A call runs a copy through the database's `execute`, the same contract as any query
+  (tenant checks, routing, time limits, telemetry); only the rendering is skipped.
+- The SQL lives in each database's statement cache (`kit.db.shapes`), so it never crosses databases
+  and `init()` to another server forgets it; with `KIT_SHAPES_VERIFY=1` every call is also rendered
+  by peewee with the values in place of the `Param`s and compared.
+- A call with a name missing or one the query does not have is an `ArgumentError`; nothing is sent.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+from peewee import Context, Field, Node
+
+from kit.errors import ArgumentError
+
+
+class Param(Node):
+    """A named value of a prepared statement, given at each call (`Prepared.execute(name=value)`)."""
+
+    def __init__(self, name: str, converter: Any = None) -> None:
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ArgumentError(f"a Param's name must be an identifier, got {name!r}")
+        self.name = name
+        self.converter = converter
+
+    def __sql__(self, ctx: Any) -> Any:
+        if isinstance(ctx, _Preparing):
+            return ctx.param(self)
+        value = ctx.given.get(self.name, _MISSING) if isinstance(ctx, _Substituting) else _MISSING
+        if value is _MISSING:
+            raise ArgumentError(f"Param {self.name!r} has a value only when its statement runs "
+                                "(Prepared.execute); nothing was sent")
+        return ctx.value(value, self.converter or None)
+
+
+_MISSING = object()
+
+
+class _Preparing(Context):
+    """peewee's rendering context, recording each `Param` it meets and refusing any other value."""
+
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(**settings)
+        self.slots: list[tuple[str, Any]] = []
+
+    def param(self, param: Param) -> Any:
+        """A parameter placeholder for `param`, with the converter peewee would use in its place."""
+        self.slots.append((param.name, param.converter or self.state.converter))
+        self._values.append(None)
+        return self.literal(self.state.param or "?")
+
+    def value(self, value: Any, converter: Any = None, add_param: bool = True) -> Any:
+        """Any value that is not a `Param` would be fixed at the first call: refused."""
+        raise ArgumentError(f"a prepared statement takes every value as a Param; it holds {value!r}, which would "
+                            "be sent again at every call (write it as a Param, or as SQL such as fn.now())")
+
+
+class _Substituting(Context):
+    """peewee's rendering context with each `Param`'s value in its place (to verify a prepared statement)."""
+
+    def __init__(self, given: Mapping[str, Any], **settings: Any) -> None:
+        super().__init__(**settings)
+        self.given = given
+
+
+class Prepared:
+    """A query built once with `Param`s; `execute(**values)` runs it with its SQL rendered once per database."""
+
+    def __init__(self, query: Any) -> None:
+        self._query = _params_take_their_columns(query.clone())
+        self.model = getattr(query, "model", None)
+
+    def execute(self, **values: Any) -> Any:
+        """Run the statement with these values on the query's database; the driver's cursor."""
+        return self._query.model._meta.database.execute(self._bound(values))
+
+    def sql(self, database: Any = None, **values: Any) -> tuple[str, list[Any]]:
+        """The SQL and parameters it sends with these values (on `database`, else the query's own)."""
+        return (database or self._query.model._meta.database).sql_of(self._bound(values))
+
+    def _bound(self, values: dict[str, Any]) -> Any:
+        """A copy of the query carrying the values, for the database's `execute` (never handed out)."""
+        bound = self._query.clone()
+        bound._kit_bound = (self, values)
+        return bound
+
+    def render(self, database: Any) -> tuple[str, tuple[tuple[str, Any], ...]]:
+        """The SQL and the (name, converter) of each parameter, as peewee renders the query for `database`."""
+        ctx = _Preparing(**database.get_context_options())
+        sql, _ = ctx.sql(self._query).query()
+        return sql, tuple(ctx.slots)
+
+    def substituted(self, database: Any, values: Mapping[str, Any],
+                    context: Mapping[str, Any] | None = None) -> tuple[str, list[Any]]:
+        """The SQL and parameters peewee renders with the values in place of the `Param`s."""
+        bind(self.render(database)[1], values)  # every name given, no other
+        options = {**database.get_context_options(), **(context or {})}
+        return _Substituting(values, **options).sql(self._query).query()
+
+
+def bind(slots: tuple[tuple[str, Any], ...], values: Mapping[str, Any]) -> list[Any]:
+    """Each slot's value, converted as peewee would convert it there; every name given, no other."""
+    names = {name for name, _ in slots}
+    if names != values.keys():
+        missing, unknown = sorted(names - values.keys()), sorted(values.keys() - names)
+        raise ArgumentError("a prepared statement was run with " + "; ".join(
+            part for part in (f"no value for {', '.join(missing)}" if missing else "",
+                              f"values it does not take: {', '.join(unknown)}" if unknown else "") if part)
+            + "; nothing was sent")
+    return [convert(values[name]) if convert else values[name] for name, convert in slots]
+
+
+def _params_take_their_columns(query: Any) -> Any:
+    """A `Param` written as an INSERT's or UPDATE's column value takes that column's converter, as a value would."""
+    if getattr(query, "_on_conflict", None) is not None:
+        query._on_conflict = copy.copy(query._on_conflict)
+    conflict = getattr(query, "_on_conflict", None)
+    for holder, attr in ((query, "_insert"), (query, "_update"), (conflict, "_update")):
+        data = getattr(holder, attr, None)
+        if isinstance(data, Mapping):
+            setattr(holder, attr, {
+                key: Param(value.name, key.db_value)
+                if isinstance(value, Param) and isinstance(key, Field) and value.converter is None else value
+                for key, value in data.items()})
+    return query
+
+
+__all__ = ["Param", "Prepared", "bind"]

@@ -1,0 +1,92 @@
+"""Prepared statements (kit.db.prepared): rendered once, bound by name, exactly what peewee sends, never a frozen value."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import pytest
+from peewee import SQL, fn
+from playhouse.postgres_ext import PostgresqlExtDatabase
+
+from kit.db.prepared import Param, Prepared
+from kit.db.shapes import ShapedStatements
+from kit.errors import ArgumentError
+from kit.models import Organization, OrgCredit, Usage
+from kit.models.ai import _consume
+from kit.models.billing import _increment
+
+pytestmark = pytest.mark.unit
+
+
+class Db(ShapedStatements, PostgresqlExtDatabase):
+    """A database that renders only (never connects)."""
+
+
+def plain(query):
+    """peewee's own rendering of an ordinary query, the reference."""
+    return Db(None).get_sql_context().sql(query).query()
+
+
+def test_consume_is_what_peewee_sends_for_the_same_values():
+    db, statement = Db(None), Prepared(_consume(OrgCredit))
+    for org, amount in [(uuid.uuid4(), 1), (uuid.uuid4(), 7), (uuid.uuid4(), 1)]:
+        sql, params = statement.sql(db, org=org, amount=amount)
+        want_sql, want_params = plain(
+            OrgCredit.update({OrgCredit.balance: OrgCredit.balance - amount, OrgCredit.updated_at: fn.now()})
+            .where((OrgCredit.organization == org) & (OrgCredit.balance >= amount)).returning(OrgCredit.balance))
+        assert (sql, params) == (want_sql, want_params)
+        assert params == [amount, org.hex, amount]  # each place its own value, converted as peewee converts it
+    assert db.shape_stats()["entries"] == 1  # rendered once for the database
+
+
+def test_increment_converts_each_column_value_as_peewee_would():
+    db, org, period = Db(None), uuid.uuid4(), dt.date(2026, 12, 1)
+    sql, params = Prepared(_increment(Usage)).sql(db, org=org, metric="'; DROP TABLE usage; --", period=period,
+                                                  quantity=3)
+    want = plain(Usage.insert({
+        Usage.organization: org, Usage.metric: "'; DROP TABLE usage; --", Usage.period_start: period,
+        Usage.quantity: 3, Usage.created_at: fn.now(), Usage.updated_at: fn.now(),
+    }).on_conflict(conflict_target=[Usage.organization, Usage.metric, Usage.period_start],
+                   update={Usage.quantity: Usage.quantity + SQL("EXCLUDED.quantity"), Usage.updated_at: fn.now()})
+        .returning(Usage.quantity))
+    assert (sql, params) == want
+    assert "DROP" not in sql  # a hostile value is a parameter
+
+
+def test_databases_do_not_share_a_prepared_statement():
+    statement, a, b = Prepared(_consume(OrgCredit)), Db(None), Db(None)
+    statement.sql(a, org=uuid.uuid4(), amount=1)
+    assert a.shape_stats()["entries"] == 1 and b.shape_stats()["entries"] == 0
+
+
+@pytest.mark.parametrize("query", [
+    Organization.select().where(Organization.slug == Param("slug")).limit(10),  # a constant LIMIT
+    Organization.select().where((Organization.slug == Param("slug")) & (Organization.name == "fixed")),
+    OrgCredit.update(balance=Param("balance")).where(OrgCredit.id == Param("id")),  # updated_at=utcnow() frozen
+    Usage.insert(organization=Param("org"), metric=Param("m"), period_start=Param("p")),  # Python defaults
+], ids=["limit", "constant", "update-default", "insert-defaults"])
+def test_a_value_that_would_be_frozen_is_refused(query):
+    with pytest.raises(ArgumentError, match="every value as a Param"):
+        Prepared(query).sql(Db(None), **{name: 1 for name in ("slug", "balance", "id", "org", "m", "p")})
+
+
+def test_names_must_match_exactly_and_nothing_is_rendered_otherwise():
+    db, statement = Db(None), Prepared(_consume(OrgCredit))
+    with pytest.raises(ArgumentError, match="no value for amount"):
+        statement.sql(db, org=uuid.uuid4())
+    with pytest.raises(ArgumentError, match="values it does not take: amout"):
+        statement.sql(db, org=uuid.uuid4(), amount=1, amout=2)
+
+
+def test_a_param_outside_a_prepared_statement_says_so():
+    with pytest.raises(ArgumentError, match="has a value only when its statement runs"):
+        plain(Organization.select().where(Organization.slug == Param("slug")))
+    with pytest.raises(ArgumentError, match="identifier"):
+        Param("a b")
+
+
+def test_a_node_given_as_a_value_is_what_peewee_makes_of_a_value_there_never_sql_text():
+    db, statement = Db(None), Prepared(Organization.select(Organization.id).where(Organization.slug == Param("s")))
+    sql, params = statement.sql(db, s=fn.lower("X"))
+    assert sql.endswith('WHERE ("t1"."slug" = %s)') and params == [Organization.slug.db_value(fn.lower("X"))]
