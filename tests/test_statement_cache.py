@@ -7,6 +7,7 @@ tests/unit/test_shapes.py; the whole suite also runs with KIT_SHAPES_VERIFY=1 (t
 from __future__ import annotations
 
 import asyncio
+import uuid
 from dataclasses import replace
 
 import peewee
@@ -137,6 +138,27 @@ def test_a_prepared_statement_binds_each_call_and_changes_only_its_tenants_row()
     with pytest.raises(TenantRequired):  # the same contract as any query: no tenant, nothing sent
         statement.execute(org=a.id, amount=1)
     assert (OrgCredit.balance_of(a), OrgCredit.balance_of(b)) == (6, 98)
+
+
+def test_get_by_id_is_a_prepared_statement_with_peewees_meaning_on_both_engines(test_db_url):
+    a, b = new_org("By id"), new_org("By id too")
+    OrgCredit.grant(a, 3)
+    assert Organization.get_by_id(a.id).name == "By id"
+    with pytest.raises(Organization.DoesNotExist, match=r"instance matching query does not exist:\nSQL: SELECT"):
+        Organization.get_by_id(uuid.uuid4())
+    with tenant(a):
+        credit = OrgCredit.get(OrgCredit.organization == a.id)
+        assert OrgCredit.get_by_id(credit.id).balance == 3
+    with tenant(b), pytest.raises(OrgCredit.DoesNotExist):  # a's row, by its key, from b's context: not there
+        OrgCredit.get_by_id(credit.id)
+    adb = AsyncDatabase(test_db_url, replace(load_settings(), pool_min=0, pool_max=2))
+
+    async def main():
+        with tenant(a):
+            return await adb.run(OrgCredit.get_by_id, credit.id), adb.shape_stats()
+
+    got, shapes = asyncio.run(closing(adb, main()))
+    assert got.balance == 3 and shapes["hits"] == 1  # on the asyncio database: its own cache, the same statement
 
 
 def test_one_cached_statement_serves_each_tenant_its_own_rows_only(attacked):  # noqa: F811

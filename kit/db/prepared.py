@@ -33,7 +33,7 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from peewee import Context, Field, Node
+from peewee import Context, Field, ModelBase, Node
 
 from kit.errors import ArgumentError
 
@@ -92,18 +92,43 @@ class Prepared:
 
     def __init__(self, query: Any) -> None:
         self._query = _params_take_their_columns(query.clone())
-        self.model = getattr(query, "model", None)
+        self._query._database = None  # run on the model's database of the moment (`kit.aio`'s inside its run())
+        self.model = query.model
+        self._models = tuple(_state(model) for model in _models_in(query))
+
+    def unchanged(self) -> bool:
+        """Whether every model it names is as it was when prepared (no field added or removed, nothing renamed)."""
+        for model, fields, table, names in self._models:
+            meta = model._meta
+            if meta.sorted_fields is not fields or meta.table is not table or len(fields) != len(names):
+                return False
+            for field, name in zip(fields, names, strict=True):
+                if field.column_name is not name:
+                    return False
+        return True
 
     def execute(self, **values: Any) -> Any:
         """Run the statement with these values on the query's database; the driver's cursor."""
-        return self._query.model._meta.database.execute(self._bound(values))
+        return self.model._meta.database.execute(self._bound(values))
+
+    def first(self, **values: Any) -> Any:
+        """A SELECT's first row, made as the query makes its rows (a model instance), or None."""
+        rows = self._bound(values).execute(self.model._meta.database)
+        try:
+            return rows.iterate()
+        except StopIteration:
+            return None
 
     def sql(self, database: Any = None, **values: Any) -> tuple[str, list[Any]]:
         """The SQL and parameters it sends with these values (on `database`, else the query's own)."""
-        return (database or self._query.model._meta.database).sql_of(self._bound(values))
+        return (database or self.model._meta.database).sql_of(self._bound(values))
 
     def _bound(self, values: dict[str, Any]) -> Any:
         """A copy of the query carrying the values, for the database's `execute` (never handed out)."""
+        if not self.unchanged():
+            raise ArgumentError(f"a model of this prepared statement ({self.model.__name__}...) changed since it was "
+                                "prepared (a field added or removed, a column or table renamed); prepare it again; "
+                                "nothing was sent")
         bound = self._query.clone()
         bound._kit_bound = (self, values)
         return bound
@@ -132,6 +157,35 @@ def bind(slots: tuple[tuple[str, Any], ...], values: Mapping[str, Any]) -> list[
                               f"values it does not take: {', '.join(unknown)}" if unknown else "") if part)
             + "; nothing was sent")
     return [convert(values[name]) if convert else values[name] for name, convert in slots]
+
+
+def _models_in(node: Any) -> list[Any]:
+    """Every model a query names (its own, joined, in subqueries, through fields), each once."""
+    found: dict[Any, None] = {}
+    seen: set[int] = set()
+    todo = [node]
+    while todo:
+        item = todo.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, ModelBase):
+            found[item] = None
+        elif isinstance(item, Field):
+            found[item.model] = None
+        elif isinstance(item, Mapping):
+            todo += [*item.keys(), *item.values()]
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            todo += item
+        elif isinstance(item, Node) and hasattr(item, "__dict__"):
+            todo += item.__dict__.values()
+    return list(found)
+
+
+def _state(model: Any) -> tuple[Any, list[Any], Any, tuple[str, ...]]:
+    """What a model's SQL depends on: its fields (the list itself), its table, each column's name."""
+    meta = model._meta
+    return model, meta.sorted_fields, meta.table, tuple(field.column_name for field in meta.sorted_fields)
 
 
 def _params_take_their_columns(query: Any) -> Any:

@@ -22,7 +22,7 @@ from playhouse.postgres_ext import DateTimeTZField, TSVectorField
 from kit.db import database
 from kit.db.bridge import ModelMetadata
 from kit.db.clean import only_reads
-from kit.db.prepared import Prepared
+from kit.db.prepared import Param, Prepared
 from kit.db.rows import ModelRows, not_found
 from kit.db.shapes import FieldList, Unfit
 from kit.errors import TenantError
@@ -44,15 +44,20 @@ def now_default() -> list[Any]:
 
 
 def prepared(model: Any, build: Callable[[Any], Any]) -> Prepared:
-    """`build(model)`'s query as a `Prepared` statement, made once per model class (a subclass gets its own)."""
+    """`build(model)`'s query as a `Prepared` statement, made once per model class (and again when it changes)."""
     statements = model.__dict__.get("_kit_prepared")
     if statements is None:
         statements = {}
         model._kit_prepared = statements
     statement = statements.get(build)
-    if statement is None:
+    if statement is None or not statement.unchanged():  # the model changed at run time: made again
         statement = statements[build] = Prepared(build(model))
     return statement
+
+
+def _by_id(model: Any) -> Any:
+    """The row with a given primary key, as `Model.get_by_id` asks for it (peewee's `paginate(1, 1)`)."""
+    return model.select().where(model._meta.primary_key == Param("pk")).limit(Param("limit")).offset(Param("offset"))
 
 
 def returned(query: Any, field: Any) -> list[Any]:
@@ -262,6 +267,19 @@ class BaseModel(VectorModel):
         select = _default_select(cls)  # a new query of the model's own making
         select._where = reduce(operator.and_, query)  # what `where(*query)` sets, on it instead of on a copy
         return select.get()
+
+    @classmethod
+    def get_by_id(cls, pk: Any) -> Any:
+        """peewee's `Model.get_by_id`: the row with this primary key, or the model's `DoesNotExist`."""
+        if cls.select.__func__ is not BaseModel.select.__func__ or cls.get.__func__ is not BaseModel.get.__func__ \
+                or not cls._meta.primary_key or cls._meta.composite_key:  # a select() or get() of its own: peewee's
+            return super().get_by_id(pk)
+        statement = prepared(cls, _by_id)
+        row = statement.first(pk=pk, limit=1, offset=0)
+        if row is None:
+            sql, params = statement.substituted(cls._meta.database, {"pk": pk, "limit": 1, "offset": 0})
+            raise cls.DoesNotExist(f"{cls} instance matching query does not exist:\nSQL: {sql}\nParams: {params}")
+        return row
 
     @classmethod
     def raw(cls, sql: str, *params: Any) -> Any:

@@ -90,3 +90,39 @@ def test_a_node_given_as_a_value_is_what_peewee_makes_of_a_value_there_never_sql
     db, statement = Db(None), Prepared(Organization.select(Organization.id).where(Organization.slug == Param("s")))
     sql, params = statement.sql(db, s=fn.lower("X"))
     assert sql.endswith('WHERE ("t1"."slug" = %s)') and params == [Organization.slug.db_value(fn.lower("X"))]
+
+
+def test_get_by_id_sends_what_peewee_get_by_id_sends():
+    db, pk = Db(None), uuid.uuid4()
+    from kit.models.base import _by_id, prepared
+    sql, params = prepared(Organization, _by_id).sql(db, pk=pk, limit=1, offset=0)
+    assert (sql, params) == plain(Organization.select().where(Organization.id == pk).paginate(1, 1))
+
+
+def test_a_model_changed_at_run_time_is_prepared_again_never_sent_stale():
+    import peewee
+
+    from kit.models.base import BaseModel, _by_id, prepared
+
+    class Changing(BaseModel):
+        title = peewee.TextField()
+
+        class Meta:
+            table_name = "changing_things"
+
+    db, pk = Db(None), uuid.uuid4()
+
+    def current():
+        return plain(Changing.select().where(Changing.id == pk).paginate(1, 1))
+
+    first = prepared(Changing, _by_id)
+    assert first.sql(db, pk=pk, limit=1, offset=0) == current()
+    Changing._meta.add_field("note", peewee.TextField(null=True))
+    with pytest.raises(ArgumentError, match="changed since it was prepared"):
+        first.sql(db, pk=pk, limit=1, offset=0)  # the statement itself refuses to send its old columns
+    assert prepared(Changing, _by_id).sql(db, pk=pk, limit=1, offset=0) == current()  # made again: "note" read
+    Changing.title.column_name = "heading"
+    assert prepared(Changing, _by_id).sql(db, pk=pk, limit=1, offset=0) == current()
+    Changing._meta.set_table_name("things_changed")
+    sql, _ = prepared(Changing, _by_id).sql(db, pk=pk, limit=1, offset=0)
+    assert '"things_changed"' in sql and '"heading"' in sql and '"note"' in sql and (sql, _) == current()
