@@ -17,6 +17,8 @@ The package, one job a module, each importing only those above it:
   shared with the tasks and threads it starts (read-your-writes).
 - `shapes`: the statement cache: a peewee query's SQL rendered once per shape, then only bound to new
   values (fail-closed: only what peewee's own rendering proves is cached), for both engines.
+- `prepared`: `Prepared` statements, a query built once with named `Param`s for a hot path (every other
+  value refused), its SQL kept in the statement cache; `Model.get_by_id` and the kit's domain operations.
 - `rows`: rows to model instances by a plan kept per shape.
 - `bridge`: which database a model's statements go to (the asyncio one inside `kit.aio`'s `run()`).
 - `forks`: a forked child drops every inherited connection without touching its socket.
