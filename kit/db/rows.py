@@ -21,7 +21,7 @@ from typing import Any
 
 from peewee import FieldAccessor, ForeignKeyAccessor, Model, ModelObjectCursorWrapper
 
-from kit.db.shapes import is_plain_field
+from kit.db.shapes import FieldList, is_plain_field
 
 MAX_PLANS = 500
 _PLAIN_ACCESSORS = (FieldAccessor, ForeignKeyAccessor)
@@ -79,12 +79,15 @@ class ModelRows(ModelObjectCursorWrapper):
         model = self.model
         meta = model._meta
         select = self.select
-        key = (id(model), id(self.constructor), len(meta.fields), len(meta.combined), tuple(map(id, select)),
-               None if _only_fields(select) else tuple(item[0] for item in self.cursor.description or ()))
+        if type(select) is FieldList:  # a model's default columns: one object per list of fields, kept by the plan
+            key = (id(model), id(self.constructor), len(meta.fields), len(meta.combined), id(select), len(select))
+        else:
+            key = (id(model), id(self.constructor), len(meta.fields), len(meta.combined), tuple(map(id, select)),
+                   None if _only_fields(select) else tuple(item[0] for item in self.cursor.description or ()))
         plan = _plans.get(key)
         if plan is None:
             super().initialize()
-            plan = _Plan(self, (model, self.constructor, list(self.select)))
+            plan = _Plan(self, (model, self.constructor, list(select), select))
             with _lock:
                 _plans[key] = plan
                 while len(_plans) > MAX_PLANS:

@@ -208,11 +208,15 @@ class KitSelect(_RowsOfOneContext, ModelSelect):
         """peewee's `get`: the first row (`paginate(1, 1)`, as peewee writes it), or the model's `DoesNotExist`."""
         clone = self.paginate(1, 1)
         clone._cursor_wrapper = None
-        rows = clone.execute(database)
+        return clone._first(database)
+
+    def _first(self, database: Any = None) -> Any:
+        """The first row of this query, run as it is (or the model's `DoesNotExist`)."""
+        rows = self.execute(database)
         try:
             return rows.iterate()  # the first row, as `rows[0]` would give it
         except StopIteration:
-            raise not_found(clone) from None
+            raise not_found(self) from None
 
     def _get_model_cursor_wrapper(self, cursor: Any) -> Any:
         if len(self._from_list) == 1 and not self._joins:
@@ -264,9 +268,10 @@ class BaseModel(VectorModel):
         if filters or not query or (len(query) == 1 and isinstance(query[0], int) and cls._meta.auto_increment) \
                 or cls.select.__func__ is not BaseModel.select.__func__:  # a `select()` of the model's own: peewee's
             return super().get(*query, **filters)
-        select = _default_select(cls)  # a new query of the model's own making
-        select._where = reduce(operator.and_, query)  # what `where(*query)` sets, on it instead of on a copy
-        return select.get()
+        select = _default_select(cls)  # a new query of the model's own making, changed in place, not copied:
+        select._where = reduce(operator.and_, query)  # what `where(*query)` sets
+        select._limit, select._offset = 1, 0  # and what `get()`'s `paginate(1, 1)` sets
+        return select._first()
 
     @classmethod
     def get_by_id(cls, pk: Any) -> Any:
