@@ -19,7 +19,7 @@ Paths, sync on 1 and 8 threads, asyncio on 1 and 50 tasks:
 - sa-lambda:  the same with `lambda_stmt` (SQLAlchemy's cached-lambda form)
 - kit:        the kit's models and `kit.db.database`
 - asyncpg:    an asyncpg pool, hand-written SQL (the asyncio limit)
-- kit-aio:    `kit.aio`'s database, the same models (`db.get`, `db.list`, `db.run`)
+- kit-aio:    `kit.aio`'s database, the same models (`db.get_by_id`, `db.get`, `db.list`, `db.run`)
 
 Prints median ops/s over several rounds and each path's ratio to its raw driver (raw/path: 1.00 is the
 driver's own speed, 2.00 half of it), and the kit's speed-up over stock peewee and SQLAlchemy.
@@ -335,7 +335,7 @@ def kit_aio_path(given: Given) -> tuple[dict[str, Callable[[], Any]], Callable[[
             return DocumentChunk.search(given.vector, given.org_id, k=10)
 
     return {
-        "pk": lambda: db.get(Organization.select().where(Organization.id == given.org_id)),
+        "pk": lambda: db.get_by_id(Organization, given.org_id),
         "unique": lambda: db.get(Organization.select().where(Organization.slug == given.slug)),
         "list": lambda: db.list(Note.select().where(Note.category == "c3").limit(100)),
         "insert": lambda: db.run(lambda: Note.insert(created_at=dt.datetime.now(dt.timezone.utc), title="new",

@@ -155,10 +155,15 @@ def test_get_by_id_is_a_prepared_statement_with_peewees_meaning_on_both_engines(
 
     async def main():
         with tenant(a):
-            return await adb.run(OrgCredit.get_by_id, credit.id), adb.shape_stats()
+            through_run = await adb.run(OrgCredit.get_by_id, credit.id)
+            direct = await adb.get_by_id(OrgCredit, credit.id)  # no greenlet: the prepared read, sent here
+        with tenant(b), pytest.raises(OrgCredit.DoesNotExist, match="instance matching query does not exist"):
+            await adb.get_by_id(OrgCredit, credit.id)
+        return through_run, direct, adb.shape_stats()
 
-    got, shapes = asyncio.run(closing(adb, main()))
-    assert got.balance == 3 and shapes["hits"] == 1  # on the asyncio database: its own cache, the same statement
+    through_run, direct, shapes = asyncio.run(closing(adb, main()))
+    assert through_run.balance == direct.balance == 3 and direct.id == credit.id
+    assert shapes["hits"] == 3 and shapes["entries"] == 1  # the asyncio database's own cache: one statement
 
 
 def test_one_cached_statement_serves_each_tenant_its_own_rows_only(attacked):  # noqa: F811

@@ -12,7 +12,7 @@ bound to nothing by hand, while the sync `kit.db.database` serves threads in the
 How: `run()` (which every helper uses) marks its greenlet as this database's, and a model's
 `_meta.database` reads that mark (`kit.db.bridge`), so what runs inside sees this
 database; elsewhere it is still `kit.db.database`. A query made outside `run()` is bound here by the
-helpers (`get`, `list`, `first`, `scalar`, `count`, `exists`, `aexecute`).
+helpers (`get`, `get_by_id`, `list`, `first`, `scalar`, `count`, `exists`, `aexecute`).
 
 It keeps the sync pool's promises, with the same rules (`kit.db.pooled`, `kit.db.outcomes`):
 
@@ -418,6 +418,17 @@ class AsyncDatabase(AsyncReadRouting, ShapedStatements, AsyncPostgresqlDatabase)
             except StopIteration:
                 raise not_found(clone) from None
         return await self.run(query.bind(self).get)
+
+    async def get_by_id(self, model: Any, pk: Any) -> Any:
+        """`model.get_by_id(pk)` on this database: the row with this primary key, or the model's `DoesNotExist`."""
+        query = model.kit_by_id(pk) if hasattr(model, "kit_by_id") else None
+        if query is None or not self._reads_directly(query):
+            return await self.run(model.get_by_id, pk)
+        rows = await self._rows(query)
+        try:
+            return rows.iterate()
+        except StopIteration:
+            raise not_found(query) from None
 
     async def first(self, query: Any, n: int = 1) -> Any:
         """The first row of `query` (the first `n` when n > 1), or None."""

@@ -18,9 +18,9 @@ and run it with the values by name::
 - Each `Param` takes the converter peewee would have used for a value in its place (the column's
   `db_value` in an INSERT or UPDATE, the compared field's in a comparison), recorded when peewee
   renders the query; a call converts its values with those, so they are parameters, never SQL text.
-- The query is kept by the `Prepared` and never handed out, so no one can change it after its SQL is
-  rendered. A call runs a copy through the database's `execute`, the same contract as any query
-  (tenant checks, routing, time limits, telemetry); only the rendering is skipped.
+- A call runs a copy of the query (`bound`) through the database's `execute`, the same contract as any
+  query (tenant checks, routing, time limits, telemetry); only the rendering is skipped. A copy changed
+  since it was bound (a query method called on it) is refused before anything is sent.
 - The SQL lives in each database's statement cache (`kit.db.shapes`), so it never crosses databases
   and `init()` to another server forgets it; with `KIT_SHAPES_VERIFY=1` every call is also rendered
   by peewee with the values in place of the `Param`s and compared.
@@ -58,6 +58,20 @@ class Param(Node):
 
 
 _MISSING = object()
+_RUN_STATE = frozenset(("_cursor_wrapper", "_database", "_read_in", "_hash"))  # running state, not SQL
+
+
+def _same(a: Any, b: Any) -> bool:
+    """The same object, or a container peewee's `clone()` copied holding the same objects."""
+    if a is b:
+        return True
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(a[key] is b[key] for key in a)
+    return False
 
 
 class _Preparing(Context):
@@ -109,11 +123,11 @@ class Prepared:
 
     def execute(self, **values: Any) -> Any:
         """Run the statement with these values on the query's database; the driver's cursor."""
-        return self.model._meta.database.execute(self._bound(values))
+        return self.model._meta.database.execute(self.bound(**values))
 
     def first(self, **values: Any) -> Any:
         """A SELECT's first row, made as the query makes its rows (a model instance), or None."""
-        rows = self._bound(values).execute(self.model._meta.database)
+        rows = self.bound(**values).execute(self.model._meta.database)
         try:
             return rows.iterate()
         except StopIteration:
@@ -121,10 +135,10 @@ class Prepared:
 
     def sql(self, database: Any = None, **values: Any) -> tuple[str, list[Any]]:
         """The SQL and parameters it sends with these values (on `database`, else the query's own)."""
-        return (database or self.model._meta.database).sql_of(self._bound(values))
+        return (database or self.model._meta.database).sql_of(self.bound(**values))
 
-    def _bound(self, values: dict[str, Any]) -> Any:
-        """A copy of the query carrying the values, for the database's `execute` (never handed out)."""
+    def bound(self, **values: Any) -> Any:
+        """A copy of the query carrying these values, to run as it is (built upon, it is refused: `check_bound`)."""
         if not self.unchanged():
             raise ArgumentError(f"a model of this prepared statement ({self.model.__name__}...) changed since it was "
                                 "prepared (a field added or removed, a column or table renamed); prepare it again; "
@@ -132,6 +146,15 @@ class Prepared:
         bound = self._query.clone()
         bound._kit_bound = (self, values)
         return bound
+
+    def check_bound(self, bound: Any) -> None:
+        """Refuse a bound copy changed since `bound()` made it: its prepared SQL would not be what it says."""
+        mine = self._query.__dict__
+        theirs = bound.__dict__
+        if len(theirs) != len(mine) + 1 or not all(
+                _same(theirs.get(name, _MISSING), value) for name, value in mine.items() if name not in _RUN_STATE):
+            raise ArgumentError(f"a prepared statement of {self.model.__name__} was changed after it was bound "
+                                "(a query method called on it); build a new Prepared instead; nothing was sent")
 
     def render(self, database: Any) -> tuple[str, tuple[tuple[str, Any], ...]]:
         """The SQL and the (name, converter) of each parameter, as peewee renders the query for `database`."""

@@ -117,7 +117,8 @@ class ModelRows(ModelObjectCursorWrapper):
 
 def not_found(query: Any) -> Exception:
     """The model's `DoesNotExist` for a query that found no row, in peewee's words."""
-    sql, params = query.sql()
+    bound = getattr(query, "_kit_bound", None)  # a prepared statement's: written with its values in place
+    sql, params = bound[0].substituted(query.model._meta.database, bound[1]) if bound else query.sql()
     return query.model.DoesNotExist(f"{query.model} instance matching query does not exist:\nSQL: {sql}\n"
                                     f"Params: {params}")
 

@@ -458,7 +458,7 @@ class StatementCache:
         """`query`'s SQL and parameters: from the cache by shape, else rendered by peewee (and cached when fit)."""
         bound = getattr(query, "_kit_bound", None)
         if bound is not None:
-            return self._prepared(database, *bound, context)
+            return self._prepared(database, query, *bound, context)
         if context or database.context_class is not Context:
             return database.get_sql_context(**context).sql(query).query()
         query = _defaults_given(query)
@@ -500,9 +500,10 @@ class StatementCache:
                 self.counts["evictions"] += 1
         return sql, params
 
-    def _prepared(self, database: Any, prepared: Prepared, values: Mapping[str, Any],
+    def _prepared(self, database: Any, query: Any, prepared: Prepared, values: Mapping[str, Any],
                   context: dict[str, Any]) -> tuple[str, list[Any]]:
         """A prepared statement's SQL (rendered once per database) and this call's values, bound by name."""
+        prepared.check_bound(query)
         if context or database.context_class is not Context:
             return prepared.substituted(database, values, context)
         key = (Prepared, id(prepared))

@@ -276,15 +276,18 @@ class BaseModel(VectorModel):
     @classmethod
     def get_by_id(cls, pk: Any) -> Any:
         """peewee's `Model.get_by_id`: the row with this primary key, or the model's `DoesNotExist`."""
+        query = cls.kit_by_id(pk)
+        if query is None:
+            return super().get_by_id(pk)
+        return query._first(cls._meta.database)
+
+    @classmethod
+    def kit_by_id(cls, pk: Any) -> Any:
+        """The prepared read of the row with this key, bound to it, as `get_by_id` sends it (None: peewee's runs)."""
         if cls.select.__func__ is not BaseModel.select.__func__ or cls.get.__func__ is not BaseModel.get.__func__ \
                 or not cls._meta.primary_key or cls._meta.composite_key:  # a select() or get() of its own: peewee's
-            return super().get_by_id(pk)
-        statement = prepared(cls, _by_id)
-        row = statement.first(pk=pk, limit=1, offset=0)
-        if row is None:
-            sql, params = statement.substituted(cls._meta.database, {"pk": pk, "limit": 1, "offset": 0})
-            raise cls.DoesNotExist(f"{cls} instance matching query does not exist:\nSQL: {sql}\nParams: {params}")
-        return row
+            return None
+        return prepared(cls, _by_id).bound(pk=pk, limit=1, offset=0)
 
     @classmethod
     def raw(cls, sql: str, *params: Any) -> Any:

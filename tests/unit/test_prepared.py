@@ -88,8 +88,9 @@ def test_a_param_outside_a_prepared_statement_says_so():
 
 def test_a_node_given_as_a_value_is_what_peewee_makes_of_a_value_there_never_sql_text():
     db, statement = Db(None), Prepared(Organization.select(Organization.id).where(Organization.slug == Param("s")))
-    sql, params = statement.sql(db, s=fn.lower("X"))
-    assert sql.endswith('WHERE ("t1"."slug" = %s)') and params == [Organization.slug.db_value(fn.lower("X"))]
+    node = fn.lower("X")
+    sql, params = statement.sql(db, s=node)
+    assert sql.endswith('WHERE ("t1"."slug" = %s)') and params == [Organization.slug.db_value(node)]
 
 
 def test_get_by_id_sends_what_peewee_get_by_id_sends():
@@ -126,3 +127,14 @@ def test_a_model_changed_at_run_time_is_prepared_again_never_sent_stale():
     Changing._meta.set_table_name("things_changed")
     sql, _ = prepared(Changing, _by_id).sql(db, pk=pk, limit=1, offset=0)
     assert '"things_changed"' in sql and '"heading"' in sql and '"note"' in sql and (sql, _) == current()
+
+
+def test_a_bound_copy_built_upon_is_refused_not_sent_with_the_old_sql():
+    db = Db(None)
+    statement = Prepared(Organization.select().where(Organization.slug == Param("slug")))
+    assert statement.sql(db, slug="a")[1] == ["a"]
+    for change in (lambda q: q.where(Organization.name == "x"), lambda q: q.order_by(Organization.name),
+                   lambda q: q.limit(5), lambda q: q.join(OrgCredit, on=OrgCredit.organization == Organization.id)):
+        with pytest.raises(ArgumentError, match="changed after it was bound"):
+            db.sql_of(change(statement.bound(slug="a")))
+    assert db.sql_of(statement.bound(slug="b"))[1] == ["b"]  # as it was bound: fine
