@@ -13,6 +13,7 @@ from dataclasses import replace
 import peewee
 import pytest
 from helpers import as_owner, create_owned, drop_owned
+from peewee import fn
 from test_aio import closing, new_org
 from test_tenancy import Note, attacked  # noqa: F401 - the seeded database of the attacker suite
 
@@ -119,9 +120,26 @@ def test_row_plans_are_bounded_oldest_forgotten_first(monkeypatch):
 
     monkeypatch.setattr(rows, "MAX_PLANS", 3)
     new_org("Planned")
-    for n in range(7):  # a new node each time: seven new shapes of row, each a new plan
-        assert Organization.select(Organization.id.alias(f"planned_{n}")).first() is not None
+    others = [Organization.name, Organization.slug, Organization.logo, Organization.metadata, Organization.created_at,
+              Organization.updated_at, (Organization.name, Organization.slug)]
+    for other in others:  # seven lists of fields: seven shapes of row, each a new plan
+        assert Organization.select(Organization.id, *(other if isinstance(other, tuple) else (other,))).first()
         assert rows.plan_count() <= 3
+    kept = rows.plan_count()
+    Organization.select(Organization.id, *others[-1]).first()
+    assert rows.plan_count() == kept  # the newest is kept and served again
+
+
+def test_a_select_list_with_expressions_makes_no_plan_that_could_only_crowd_out_others():
+    from kit.db import rows
+
+    new_org("Expressed")
+    before = rows.plan_count()
+    for _ in range(5):  # each query makes its expression anew: a plan keyed by it would never serve again
+        row = Organization.select(Organization.id, fn.lower(Organization.name).alias("low")).where(
+            Organization.name == "Expressed").first()
+        assert row.low == "expressed"
+    assert rows.plan_count() == before
 
 
 # Last: the attacker suite's database is module-wide, and the models are bound to it while it lives.

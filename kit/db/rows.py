@@ -3,7 +3,8 @@
 peewee's `ModelObjectCursorWrapper` matches the cursor's columns to the selected fields and their
 converters on every query, then builds each instance through `Model.__init__`, one `setattr` (a
 descriptor call) per column. `ModelRows` keeps that match (peewee's own `_resolve_model_columns`)
-as a plan keyed by the model, the selected nodes and the columns the cursor describes, and builds an
+as a plan keyed by the model and the selected fields (a SELECT list holding other expressions, which
+each query makes anew, is resolved by peewee every time), and builds an
 instance by filling its data directly when that is provably what `__init__` would do: the model
 keeps peewee's `__init__`, and every column is a field read through peewee's plain accessors.
 Anything else (a column that is not a field, an accessor of its own, a constructor that is not the
@@ -81,9 +82,12 @@ class ModelRows(ModelObjectCursorWrapper):
         select = self.select
         if type(select) is FieldList:  # a model's default columns: one object per list of fields, kept by the plan
             key = (id(model), id(self.constructor), len(meta.fields), len(meta.combined), id(select), len(select))
-        else:
-            key = (id(model), id(self.constructor), len(meta.fields), len(meta.combined), tuple(map(id, select)),
-                   None if _only_fields(select) else tuple(item[0] for item in self.cursor.description or ()))
+        elif _only_fields(select):
+            key = (id(model), id(self.constructor), len(meta.fields), len(meta.combined), tuple(map(id, select)))
+        else:  # an expression is made anew by each query: a plan keyed by it would serve no other, only crowd out
+            super().initialize()
+            self._direct = None
+            return
         plan = _plans.get(key)
         if plan is None:
             super().initialize()
