@@ -147,6 +147,22 @@ def _db_replica(settings: Settings, args: argparse.Namespace) -> int:
         f"{replica.replica_dir(settings.data_dir)}:"))
 
 
+def _db_citus(settings: Settings, args: argparse.Namespace) -> int:
+    from kit.devservers import citus
+
+    if args.citus_command == "status":
+        for node, running in citus.citus_status(settings.data_dir):
+            print(f"{node}: {'running' if running else 'stopped'} ({citus.cluster_dir(settings.data_dir) / node})")
+        return 0
+    return _companion(settings, "citus", args.citus_command,
+                      lambda data_dir: citus.start_citus(data_dir, args.source), citus.stop_citus, (
+                          "runs a development Citus cluster on the embedded server's binaries only; to use an "
+                          "existing Citus, point DATABASE_URL at its coordinator.",
+                          "citus stopped", "citus was not running",
+                          f"Citus: a coordinator and two workers running in {citus.cluster_dir(settings.data_dir)}; "
+                          "the coordinator as the application role (use it as DATABASE_URL):"))
+
+
 def _companion(settings: Settings, name: str, action: str, start: Callable[[Path], str],
                stop: Callable[[Path], bool], said: tuple[str, str, str, str]) -> int:
     """`kit db NAME start|stop` for a development companion of the embedded server; refused with DATABASE_URL."""
@@ -373,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     upkeep.set_defaults(action=_maintain)
     db = groups.add_parser("db", help="the database in use: DATABASE_URL or the embedded server")
     commands = db.add_subparsers(dest="command", required=True,
-                                 metavar="{url,status,start,stop,psql,roles,check,replica,pgbouncer}")
+                                 metavar="{url,status,start,stop,psql,roles,check,replica,pgbouncer,citus}")
     actions: dict[str, tuple[str, Callable[[Settings, argparse.Namespace], int]]] = {
         "url": ("print the URL in use (starts the embedded server if needed)", _db_url),
         "status": ("show which server is used and whether it is up", _db_status),
@@ -402,6 +418,12 @@ def build_parser() -> argparse.ArgumentParser:
     bouncer.add_argument("pgbouncer_command", choices=("start", "stop"),
                          help="start (prints its URL on the last line) or stop it")
     bouncer.set_defaults(action=_db_pgbouncer)
+    cluster = commands.add_parser("citus", help="a Citus cluster (coordinator, two workers) for development")
+    cluster.add_argument("citus_command", choices=("start", "stop", "status"),
+                         help="start (building Citus once; prints the coordinator's URL last), stop, or status")
+    cluster.add_argument("--source", type=Path, default=None,
+                         help="a Citus source tarball to build from (default: KIT_CITUS_SOURCE)")
+    cluster.set_defaults(action=_db_citus)
     mig = groups.add_parser("migrate", help="apply pending migrations under a lock (and status, verify, ...)")
     mig.add_argument("--dir", type=Path, default=None, help="migrations directory (default: the project's)")
     mig.set_defaults(action=_migrate_apply)
