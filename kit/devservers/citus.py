@@ -175,7 +175,8 @@ def _exec(command: str, args: tuple[str, ...], failure: str) -> None:
 def _make_node(where: Path, port: int) -> None:
     """initdb a node (trust on its socket only, as the embedded server) and write its settings."""
     where.mkdir(parents=True, mode=0o700, exist_ok=True)
-    if os.geteuid() == 0:
+    if os.geteuid() == 0:  # the nodes run as the embedded server's own user, as it does (never as root)
+        embedded._pgserver().utils.ensure_prefix_permissions(where.parent)  # its user may reach the directory
         shutil.chown(where, "pgserver")
         shutil.chown(where.parent, "pgserver")
     _exec("initdb", ("--auth=trust", "--auth-local=trust", "--encoding=utf8", "-U", embedded.USER, "-D", str(where)),
