@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 from kit.errors import (
     ArgumentError,
+    ArgumentTypeError,
     ConfigError,
     CopyRowError,
     DatabaseUnavailable,
@@ -50,8 +51,9 @@ def retry_transaction(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
     return run(fn, *args, **kwargs)
 
-__all__ = ["ArgumentError", "ConfigError", "CopyRowError", "DatabaseUnavailable", "DecryptionError",
-           "EmbeddedServerError", "FixtureError", "InsufficientCredits", "InvitationError", "InvitationNotFound",
-           "KitError", "LockBusy", "LockHeld", "MigrationError", "NotFound", "NotMigrated", "PoolExhausted",
-           "PoolSettingError", "PoolTooLarge", "SessionLost", "SessionStateRefused", "StatementTimeout", "TenantError",
-           "TenantRequired", "VectorValueError", "all_tenants", "current_tenant", "retry_transaction", "tenant"]
+__all__ = ["ArgumentError", "ArgumentTypeError", "ConfigError", "CopyRowError", "DatabaseUnavailable",
+           "DecryptionError", "EmbeddedServerError", "FixtureError", "InsufficientCredits", "InvitationError",
+           "InvitationNotFound", "KitError", "LockBusy", "LockHeld", "MigrationError", "NotFound", "NotMigrated",
+           "PoolExhausted", "PoolSettingError", "PoolTooLarge", "SessionLost", "SessionStateRefused",
+           "StatementTimeout", "TenantError", "TenantRequired", "VectorValueError", "all_tenants", "current_tenant",
+           "retry_transaction", "tenant"]

@@ -26,7 +26,7 @@ from nacl.bindings import (
 )
 from nacl.exceptions import CryptoError
 
-from kit.errors import ConfigError, DecryptionError
+from kit.errors import ArgumentError, ConfigError, DecryptionError
 
 DEVELOPMENT_SECRET = "better-auth-secret-12345678901234567890"  # Better Auth's fallback when none is set
 NONCE_BYTES = 24
@@ -70,7 +70,7 @@ def encrypt(plain: str, secrets: Secrets | None = None, nonce: bytes | None = No
     secrets = secrets or load_secrets()
     nonce = os.urandom(NONCE_BYTES) if nonce is None else nonce
     if len(nonce) != NONCE_BYTES:
-        raise ValueError(f"the nonce must be {NONCE_BYTES} bytes, got {len(nonce)}")
+        raise ArgumentError(f"the nonce must be {NONCE_BYTES} bytes, got {len(nonce)}")
     sealed = crypto_aead_xchacha20poly1305_ietf_encrypt(plain.encode("utf-8"), None, nonce, _key(secrets.current))
     text = (nonce + sealed).hex()
     return text if secrets.version is None else f"{ENVELOPE_PREFIX}{secrets.version}${text}"

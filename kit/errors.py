@@ -29,6 +29,9 @@ class KitError(Exception):
     """
 
     def __init__(self, *args: Any, **data: Any) -> None:
+        unknown = sorted(name for name in data if name.startswith("_") or not hasattr(type(self), name))
+        if unknown:  # a caller's mistake, as an unexpected keyword argument is in Python
+            raise TypeError(f"{type(self).__name__} declares no attribute {', '.join(unknown)}")
         super().__init__(*args)
         self.__dict__.update(data)
 
@@ -43,6 +46,8 @@ class PoolSettingError(KitError, ValueError):
 
 class PoolExhausted(KitError, MaxConnectionsExceeded):
     """Every connection stayed checked out for the whole wait (peewee's `MaxConnectionsExceeded`)."""
+
+    pool_full: bool = False  # True: refused at once, every connection in use (a replica's pool)
 
 
 class PoolTooLarge(KitError):
@@ -82,6 +87,7 @@ class StatementTimeout(KitError, OperationalError):
 
     limit_ms: int | None = None  # the limit it ran past (None: the server's own)
     variable: str = "DATABASE_STATEMENT_TIMEOUT"  # the setting that sets it
+    row: int | None = None  # for a COPY, the row it was writing, counted from 0 across the load
 
 
 class CopyRowError(KitError, ValueError):
@@ -92,6 +98,10 @@ class CopyRowError(KitError, ValueError):
 
 class ArgumentError(KitError, ValueError):
     """An argument of a kit operation is of the wrong kind (an organization given as a slug, say)."""
+
+
+class ArgumentTypeError(ArgumentError, TypeError):
+    """An argument of a kit operation is of the wrong type (also a `TypeError`, as Python raises for one)."""
 
 
 class VectorValueError(KitError, ValueError):

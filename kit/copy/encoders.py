@@ -13,6 +13,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from kit.errors import CopyRowError
+
 COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 COPY_HEADER = COPY_SIGNATURE + struct.pack(">ii", 0, 0)
 COPY_TRAILER = struct.pack(">h", -1)
@@ -25,7 +27,7 @@ def _numeric(value: Any) -> bytes:
     if not value.is_finite():
         if value.is_nan():
             return struct.pack(">hhHh", 0, 0, 0xC000, 0)
-        raise ValueError(f"{value} cannot be stored in a numeric column")
+        raise CopyRowError(f"{value} cannot be stored in a numeric column")
     sign, digits, exponent = value.as_tuple()
     digits_str = "".join(map(str, digits))
     scale = max(0, -exponent)

@@ -39,6 +39,7 @@ from peewee import Database
 from kit.ddl import side_connection
 from kit.errors import (
     LockHeld,
+    MigrationError,
     SessionLost,
     describe,
 )
@@ -114,7 +115,7 @@ def _take(database: Database, scope: str, say: Callable[[str], None]) -> None:
 def lock_transaction(database: Database, say: Callable[[str], None] = print) -> None:
     """Take the migration lock until the current transaction ends (waiting, and saying so, if it is held)."""
     if not database.in_transaction():
-        raise RuntimeError("lock_transaction needs an open transaction (use database.atomic())")
+        raise MigrationError("lock_transaction needs an open transaction (use database.atomic())")
     _take(database, "_xact", say)
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from peewee import BigIntegerField, Check, DecimalField, ForeignKeyField, IntegerField, TextField, fn
 
 from kit.db.prepared import Param
-from kit.errors import InsufficientCredits, NotFound
+from kit.errors import ArgumentError, InsufficientCredits, NotFound
 from kit.models.auth import Organization, User
 from kit.models.base import BaseModel, TimestampedModel, id_of, prepared, returned
 from kit.tenancy import tenant
@@ -50,7 +50,7 @@ class OrgCredit(TimestampedModel):
     @staticmethod
     def _amount(amount: int) -> int:
         if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
-            raise ValueError(f"credit amount must be a positive whole number, got {amount!r}")
+            raise ArgumentError(f"credit amount must be a positive whole number, got {amount!r}")
         return amount
 
     @classmethod

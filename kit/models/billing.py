@@ -10,6 +10,7 @@ from peewee import SQL, BigIntegerField, BooleanField, Check, DateField, Foreign
 from playhouse.postgres_ext import BinaryJSONField, DateTimeTZField
 
 from kit.db.prepared import Param
+from kit.errors import ArgumentError
 from kit.models.auth import Organization
 from kit.models.base import BaseModel, TimestampedModel, id_of, one_of, prepared, utcnow
 from kit.tenancy import tenant
@@ -125,7 +126,7 @@ class Usage(TimestampedModel):
     def increment(cls, organization: Any, metric: str, quantity: int = 1, period_start: dt.date | None = None) -> int:
         """Add `quantity` to this period's counter in one atomic upsert; return the new total."""
         if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity < 0:
-            raise ValueError(f"usage quantity must be a whole number >= 0, got {quantity!r}")
+            raise ArgumentError(f"usage quantity must be a whole number >= 0, got {quantity!r}")
         period_start = period_start or utcnow().date().replace(day=1)
         org_id = id_of(organization)
         with tenant(org_id):

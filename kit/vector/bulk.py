@@ -17,6 +17,7 @@ import numpy as np
 import peewee
 
 from kit.copy.encoders import COPY_SIGNATURE
+from kit.errors import ArgumentError, VectorValueError
 from kit.telemetry import operation
 
 # -- fetch_matrix -------------------------------------------------------------------------------------
@@ -45,7 +46,7 @@ def fetch_matrix(query: Any, database: peewee.Database | None = None) -> tuple[A
         try:
             sql = cursor.mogrify(sql, params).decode("utf-8")
             if len(described) != 2:
-                raise ValueError(
+                raise ArgumentError(
                     f"fetch_matrix expects a query selecting 2 columns (key, vector), got {len(described)}"
                 )
             key_oid = described[0].type_code
@@ -58,7 +59,7 @@ def fetch_matrix(query: Any, database: peewee.Database | None = None) -> tuple[A
 
 def _parse_matrix(data: memoryview, key_oid: int) -> tuple[Any, np.ndarray]:
     if bytes(data[:len(COPY_SIGNATURE)]) != COPY_SIGNATURE:
-        raise ValueError("fetch_matrix: the server did not return binary COPY data")
+        raise VectorValueError("fetch_matrix: the server did not return binary COPY data")
     (extension,) = struct.unpack_from(">i", data, len(COPY_SIGNATURE) + 4)
     pos = len(COPY_SIGNATURE) + 8 + extension
     body = np.frombuffer(data, dtype=np.uint8, offset=pos)
@@ -105,7 +106,7 @@ def _parse_rows(data: memoryview, pos: int, key_oid: int) -> tuple[Any, np.ndarr
         if fields == -1:
             break
         if fields != 2:
-            raise ValueError(f"fetch_matrix expects 2 columns (key, vector), got {fields}")
+            raise ArgumentError(f"fetch_matrix expects 2 columns (key, vector), got {fields}")
         (key_len,) = unpack(">i", data, pos + 2)
         pos += 6
         key = None if key_len < 0 else _decode_key(bytes(data[pos:pos + key_len]), key_oid)
@@ -113,7 +114,7 @@ def _parse_rows(data: memoryview, pos: int, key_oid: int) -> tuple[Any, np.ndarr
         (vec_len,) = unpack(">i", data, pos)
         pos += 4
         if vec_len < 0:
-            raise ValueError(
+            raise ArgumentError(
                 f"fetch_matrix: row {len(keys)} (key {key!r}) has a NULL vector; "
                 "exclude such rows, e.g. .where(Model.embedding.is_null(False))"
             )

@@ -16,7 +16,7 @@ from peewee import Expression, Field, Node
 from pgvector import HalfVector, SparseVector, Vector
 
 from kit.copy.encoders import NULL
-from kit.errors import VectorValueError
+from kit.errors import ArgumentError, VectorValueError
 from kit.vector import wire
 from kit.vector.select import BinaryRead
 
@@ -46,7 +46,7 @@ class Distances:
         try:
             op = self.metrics[metric][0]
         except KeyError:
-            raise ValueError(f"unknown metric {metric!r}; use one of {', '.join(self.metrics)}") from None
+            raise ArgumentError(f"unknown metric {metric!r}; use one of {', '.join(self.metrics)}") from None
         return self._distance(op, vector)
 
 
@@ -101,7 +101,7 @@ def checked_dimensions(owner: str, dimensions: Any, limit: int = MAX_DIMENSIONS,
     """`dimensions` if it is None (unsized) or a whole number from 1 to `limit`; ValueError otherwise."""
     if dimensions is not None and (isinstance(dimensions, bool) or not isinstance(dimensions, int)
                                    or not 1 <= dimensions <= limit):
-        raise ValueError(f"{owner} {what} must be a whole number from 1 to {limit} (or None), got {dimensions!r}")
+        raise ArgumentError(f"{owner} {what} must be a whole number from 1 to {limit} (or None), got {dimensions!r}")
     return dimensions
 
 

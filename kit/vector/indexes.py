@@ -14,6 +14,7 @@ from typing import Any
 
 from peewee import SQL, Database, EnclosedNodeList, Entity, ModelIndex, NodeList
 
+from kit.errors import ArgumentError, ArgumentTypeError
 from kit.vector.fields import METRICS, Distances, VectorField
 from kit.vector.quantize import QUANTIZATIONS, check_quantize, quantized_column
 
@@ -35,30 +36,30 @@ class VectorIndex(ModelIndex):
     def __init__(self, field: VectorField, metric: str = "cosine", name: str | None = None,
                  where: Any = None, quantize: str | None = None, **parameters: int) -> None:
         if not isinstance(field, Distances) or getattr(field, "model", None) is None:
-            raise TypeError(f"{type(self).__name__} needs a vector column (VectorField, HalfVectorField, "
+            raise ArgumentTypeError(f"{type(self).__name__} needs a vector column (VectorField, HalfVectorField, "
                             f"SparseVectorField, FixedBitField) bound to a model, got {field!r}")
         if field.field_type not in self.types:
-            raise ValueError(f"{type(self).__name__} on {field.label}: pgvector's {self.method} does not index "
+            raise ArgumentError(f"{type(self).__name__} on {field.label}: pgvector's {self.method} does not index "
                              f"{field.field_type} columns; use HNSWIndex")
         known = [m for m in self.metrics if m in field.metrics]
         if metric not in known:
-            raise ValueError(f"{type(self).__name__} on {field.label}: unknown metric {metric!r}; "
+            raise ArgumentError(f"{type(self).__name__} on {field.label}: unknown metric {metric!r}; "
                              f"use one of {', '.join(known)}")
         if field.dimensions is None:
-            raise ValueError(f"{type(self).__name__} on {field.label}: pgvector indexes only sized columns; "
+            raise ArgumentError(f"{type(self).__name__} on {field.label}: pgvector indexes only sized columns; "
                              f"declare {type(field).__name__}(n)")
         check_quantize(field, quantize, type(self).__name__)
         indexed_type = QUANTIZATIONS[quantize][0] if quantize else field.field_type
         limit = INDEX_MAX_DIMENSIONS.get(indexed_type, field.dimensions)
         if field.dimensions > limit:
-            raise ValueError(
+            raise ArgumentError(
                 f"{type(self).__name__} on {field.label}: pgvector indexes {indexed_type} columns of at most "
                 f"{limit} dimensions, this one has {field.dimensions} (quantize='halfvec' allows 4000, "
                 f"'binary' 64000)"
             )
         for key, value in parameters.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{type(self).__name__} on {field.label}: {key} must be a positive whole number")
+                raise ArgumentError(f"{type(self).__name__} on {field.label}: {key} must be a positive whole number")
         self.field, self.metric, self.parameters, self.quantize = field, metric, parameters, quantize
         # A quantized index is on an expression of the column: halfvec keeps the metric, binary is hamming.
         self.target = quantized_column(field, quantize) if quantize else field
@@ -95,7 +96,7 @@ class HNSWIndex(VectorIndex):
     def __init__(self, field: VectorField, metric: str = "cosine", m: int = 16, ef_construction: int = 64,
                  name: str | None = None, where: Any = None, quantize: str | None = None) -> None:
         if ef_construction < 2 * m:
-            raise ValueError(f"HNSWIndex: ef_construction ({ef_construction}) must be at least 2 * m ({2 * m})")
+            raise ArgumentError(f"HNSWIndex: ef_construction ({ef_construction}) must be at least 2 * m ({2 * m})")
         super().__init__(field, metric, name, where, quantize, m=m, ef_construction=ef_construction)
 
 
@@ -145,11 +146,12 @@ def checked_settings(
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive whole number, got {value!r}")
+            raise ArgumentError(f"{name} must be a positive whole number, got {value!r}")
         settings.append((name, value))
     if iterative_scan is not None:
         if iterative_scan not in ITERATIVE_SCAN:
-            raise ValueError(f"hnsw.iterative_scan must be one of {', '.join(ITERATIVE_SCAN)}, got {iterative_scan!r}")
+            raise ArgumentError(f"hnsw.iterative_scan must be one of {', '.join(ITERATIVE_SCAN)}, "
+                                f"got {iterative_scan!r}")
         settings.append(("hnsw.iterative_scan", iterative_scan))
         settings.append(("ivfflat.iterative_scan", "relaxed_order" if iterative_scan != "off" else "off"))
     return settings

@@ -15,6 +15,8 @@ from typing import Any
 
 from peewee import Cast, Expression, Node, fn
 
+from kit.errors import ArgumentError
+
 QUANTIZATIONS = {
     # name: (index type, the largest dimensions pgvector indexes for it, candidates per wanted row)
     "halfvec": ("halfvec", 4_000, 2),
@@ -27,10 +29,10 @@ def check_quantize(field: Any, quantize: str | None, owner: str) -> None:
     if quantize is None:
         return
     if quantize not in QUANTIZATIONS:
-        raise ValueError(f"{owner} on {field.label}: unknown quantize {quantize!r}; use one of "
+        raise ArgumentError(f"{owner} on {field.label}: unknown quantize {quantize!r}; use one of "
                          f"{', '.join(QUANTIZATIONS)} (or None)")
     if field.field_type not in ("vector", "halfvec") or (quantize == "halfvec" and field.field_type == "halfvec"):
-        raise ValueError(f"{owner} on {field.label}: quantize={quantize!r} applies to "
+        raise ArgumentError(f"{owner} on {field.label}: quantize={quantize!r} applies to "
                          f"{'vector' if quantize == 'halfvec' else 'vector and halfvec'} columns, "
                          f"not {field.field_type}")
 

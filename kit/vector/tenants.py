@@ -24,7 +24,7 @@ from typing import Any
 from peewee import Database, Field
 
 from kit.ddl import run_concurrently
-from kit.errors import KitError, LockBusy
+from kit.errors import ArgumentError, KitError, LockBusy
 from kit.vector.fields import Distances
 from kit.vector.indexes import HNSWIndex, VectorIndex
 from kit.vector.search import OWN_GRAPH_FROM, TENANT_INDEX, forget
@@ -56,7 +56,7 @@ def declared_index(vector: Distances) -> VectorIndex:
     """The vector index the model declares on `vector` (the one tenant indexes copy)."""
     found = [i for i in vector.model._meta.indexes if isinstance(i, VectorIndex) and i.field is vector]
     if not found:
-        raise ValueError(f"{vector.label} has no vector index declared on its model; declare one "
+        raise ArgumentError(f"{vector.label} has no vector index declared on its model; declare one "
                          f"(Model.add_index(HNSWIndex(...))) for tenant indexes to copy")
     return found[0]
 
@@ -88,11 +88,11 @@ def ensure_tenant_indexes(vector: Distances, tenant: Field, min_rows: int = OWN_
                           database: Database | None = None) -> TenantIndexes:
     """Create the partial indexes of tenants with `min_rows` rows or more; drop those under half of it."""
     if isinstance(min_rows, bool) or not isinstance(min_rows, int) or min_rows < 2:
-        raise ValueError(f"min_rows must be a whole number of rows, 2 or more, got {min_rows!r}")
+        raise ArgumentError(f"min_rows must be a whole number of rows, 2 or more, got {min_rows!r}")
     database = database or vector.model._meta.database
     base = declared_index(vector)
     if not isinstance(base, HNSWIndex):
-        raise ValueError(f"tenant indexes copy an HNSW index; {vector.label}'s is {base.method}")
+        raise ArgumentError(f"tenant indexes copy an HNSW index; {vector.label}'s is {base.method}")
     table = vector.model._meta.table_name
     counts = dict(database.execute_sql(
         f'SELECT "{tenant.column_name}", count(*) FROM "{table}" WHERE "{vector.column_name}" IS NOT NULL '

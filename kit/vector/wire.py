@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import psycopg2.extensions
 
+from kit.errors import VectorValueError
+
 HEADER = np.dtype([("dim", ">u2"), ("unused", ">u2")])
 
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
@@ -67,7 +69,7 @@ def from_binary(data: bytes | memoryview, element: str, dtype: np.dtype) -> np.n
     header = np.frombuffer(data, dtype=HEADER, count=1)[0]
     values = np.frombuffer(data, dtype=element, offset=HEADER.itemsize)
     if values.shape[0] != header["dim"]:
-        raise ValueError(f"vector data holds {values.shape[0]} elements but its header says {header['dim']}")
+        raise VectorValueError(f"vector data holds {values.shape[0]} elements but its header says {header['dim']}")
     return values.astype(dtype)
 
 
