@@ -130,7 +130,7 @@ def test_from_a_built_wheel_kit_init_gives_a_project_that_works_from_any_directo
         ".git", ".kit", "build", "*.egg-info", "node_modules", "__pycache__", ".venv", ".ruff_cache", ".pytest_cache"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(wheels), str(source)],
                    check=True, capture_output=True, timeout=600)
-    wheel = next(wheels.glob("kit-*.whl"))
+    wheel = next(wheels.glob("peewee_saas_kit-*.whl"))
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     python = venv / "bin" / "python"

@@ -15,7 +15,7 @@ try:
     import greenlet  # noqa: F401
 except ImportError as exc:  # pragma: no cover - the dev install has both
     raise ImportError(f"kit.aio needs asyncpg and greenlet, which are not installed ({exc.name} is missing): "
-                      "pip install 'kit[async]'") from None
+                      "pip install 'peewee-saas-kit[async]'") from None
 
 from kit.aio.database import AsyncDatabase  # noqa: E402 - after the check above
 

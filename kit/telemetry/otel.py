@@ -5,7 +5,7 @@
 `capture_query_text=True` adds `db.query.text` (peewee's parameterized text; off by default, as a
 caller's raw SQL may hold literals); `pool_timings=False` leaves out the three per-checkout
 histograms below (two SDK records a checkout: a real cost, measured in benchmarks/telemetry.py).
-It needs `pip install "kit[otel]"` (opentelemetry-api and opentelemetry-instrumentation); the SDK
+It needs `pip install "peewee-saas-kit[otel]"` (opentelemetry-api and opentelemetry-instrumentation); the SDK
 and exporters are the application's choice.
 
 What it records, by OpenTelemetry's database conventions:
@@ -36,6 +36,7 @@ from kit.pool import ConnectionPool
 from kit.telemetry import watch
 
 SCOPE = "kit"
+DISTRIBUTION = "peewee-saas-kit"  # the name pip knows the kit by (the import name is `kit`)
 TIME_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 KIT_COUNTERS = (("resent", "kit.db.client.resends", "statements re-sent on a new connection (never run before)"),
                 ("session_lost", "kit.db.client.session_losses", "connections lost with session state or a "
@@ -48,7 +49,7 @@ KIT_COUNTERS = (("resent", "kit.db.client.resends", "statements re-sent on a new
 def _version() -> str:
     """The installed kit's version, for the instrumentation scope."""
     try:
-        return importlib.metadata.version("kit")
+        return importlib.metadata.version(DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError:
         return "0"
 
