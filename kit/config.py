@@ -12,11 +12,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2.extensions
 
 from kit.errors import ConfigError, KitError
+from kit.masking import mask_password
 from kit.project import load_project
 
 __all__ = ["ConfigError", "KitError", "Settings", "check_database_url", "load_settings", "mask_password"]
@@ -132,32 +133,7 @@ def variables_markdown() -> str:
     return "\n".join(rows) + "\n"
 
 
-_USERINFO = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^\s:/@]*:)[^\s]*@", re.IGNORECASE)
-_PASSWORD_PARAM = re.compile(r"(?P<head>\b(?:ssl)?password\s*=\s*)(?:'(?:[^'\\]|\\.)*'?|[^\s&]*)", re.IGNORECASE)
 _NEXT_URL = re.compile(r"[\s,]*,[\s,]*(?=[a-z][a-z0-9+.-]*://)", re.IGNORECASE)  # where a list's next URL starts
-
-
-def mask_password(text: str) -> str:
-    """`text` (a URL, a key=value DSN, or a message holding one) with every password replaced by `***`.
-
-    Masked in every spelling: the password libpq would use, raw and percent-encoded, wherever it
-    appears; the userinfo of a URL up to its last `@` (so `@`, `:` and `/` in a password stay hidden);
-    and `password=` in a query string or a key=value DSN, quoted or not.
-    """
-    for found in _libpq_passwords(text):
-        if len(found) >= 4:  # shorter ones would garble the text; the patterns below still hide them
-            for spelling in {found, quote(found, safe=""), quote(found)}:
-                text = text.replace(spelling, "***")
-    text = _USERINFO.sub(lambda m: m["head"] + "***@", text)
-    return _PASSWORD_PARAM.sub(lambda m: m["head"] + "***", text)
-
-
-def _libpq_passwords(dsn: str) -> list[str]:
-    try:
-        found = psycopg2.extensions.parse_dsn(dsn.strip())
-    except (psycopg2.ProgrammingError, ValueError):
-        return []
-    return [found[key] for key in ("password", "sslpassword") if found.get(key)]
 
 
 def _integer(env: Mapping[str, str], name: str, default: int) -> int:

@@ -12,11 +12,11 @@ from typing import Any
 from peewee import DatabaseError, OperationalError, ProgrammingError
 from playhouse.pool import MaxConnectionsExceeded
 
+from kit.masking import mask_password
+
 
 def describe(exc: BaseException) -> str:
     """An exception as one line for a message: its first line, every password masked (its type if it says nothing)."""
-    from kit.config import mask_password  # config imports this module
-
     text = str(exc).strip()
     return mask_password(text.splitlines()[0]) if text else type(exc).__name__
 

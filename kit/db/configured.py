@@ -21,7 +21,7 @@ from kit.config import Settings, check_database_url, load_settings, mask_passwor
 from kit.db.contract import cannot_connect, pool_exhausted
 from kit.db.forks import silence
 from kit.db.outcomes import sqlstate
-from kit.db.pooled import PooledDatabase, _ThreadState
+from kit.db.pooled import PooledDatabase, ThreadState
 from kit.db.reads import ReadRouting
 from kit.errors import (
     ConfigError,
@@ -71,7 +71,7 @@ class Database(ReadRouting):
 
     def __init__(self) -> None:
         self._door_connections: ConnectionPool | None = None
-        self._door_state = _ThreadState()
+        self._door_state = ThreadState()
         self._door_url: str | None = None
         self.owner = False  # True: the pool itself connects as the owner (migrations, seeds, upkeep)
         super().__init__(None)
@@ -148,11 +148,11 @@ class Database(ReadRouting):
     # -- all_tenants(): the door's connections, for the contexts inside it -----------------------
 
     @property
-    def _state(self) -> _ThreadState:
+    def _state(self) -> ThreadState:
         return self._door_state if self._crossing() else self._app_state
 
     @_state.setter
-    def _state(self, value: _ThreadState) -> None:
+    def _state(self, value: ThreadState) -> None:
         self._app_state = value
 
     @property
@@ -303,7 +303,7 @@ class Database(ReadRouting):
         if self._door_connections is not None:
             silence(self._door_connections.forget())
             self._door_connections = None
-        self._door_state = _ThreadState()
+        self._door_state = ThreadState()
 
     def pool_stats(self) -> dict[str, Any]:
         """The primary's counts, and with replicas `servers`: each one's state, lag, reads and pool counts.

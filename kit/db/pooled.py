@@ -145,7 +145,7 @@ def _succeeds(conn: Any, sql: str) -> bool:
 
 
 
-class _ThreadState(_ConnectionLocal):
+class ThreadState(_ConnectionLocal):
     """peewee's per-thread connection state, plus whether a transaction was begun as SQL."""
 
     def reset(self) -> None:
@@ -192,7 +192,7 @@ class PooledDatabase(ShapedStatements, PostgresqlExtDatabase):
                              stale_timeout=stale_timeout, max_idle=max_idle, check_after=check_after,
                              leak_after=leak_after)
         super().__init__(database, **kwargs)
-        self._state = _ThreadState()
+        self._state = ThreadState()
         track(self)
 
     def _own_pool(self) -> ConnectionPool:
@@ -478,7 +478,7 @@ class PooledDatabase(ShapedStatements, PostgresqlExtDatabase):
         if not clean:
             self._pool.note_session(conn, None)
 
-    def _statement_cursor(self, state: _ThreadState, named_cursor: Any) -> Any:
+    def _statement_cursor(self, state: ThreadState, named_cursor: Any) -> Any:
         """A cursor for the next statement: on this thread's connection, one opened or replaced first if need be.
 
         A connection this thread kept from another request scope is let go first (`_drop_leftover`).
@@ -502,7 +502,7 @@ class PooledDatabase(ShapedStatements, PostgresqlExtDatabase):
                     "nothing was sent")
             self._pool.note_session(conn, state_kind)
 
-    def _after_failure(self, exc: psycopg2.Error, state: _ThreadState, conn: Any, idle: bool, seconds: float) -> None:
+    def _after_failure(self, exc: psycopg2.Error, state: ThreadState, conn: Any, idle: bool, seconds: float) -> None:
         """Decide on a failed statement: SessionLost, raised as it is, or (returning) a new connection to re-send on."""
         holds_session = state.raw_transaction or bool(self._pool.session_of(conn))
         if holds_session and not state.transactions and _ended_by_server(exc, conn):
@@ -515,7 +515,7 @@ class PooledDatabase(ShapedStatements, PostgresqlExtDatabase):
         log.info("statement re-sent on a new connection: the server had ended the session before it ran (%s)",
                  describe(exc))
 
-    def _prefix(self, state: _ThreadState, sql: str, alone: bool, begins: bool, named_cursor: Any) -> str:
+    def _prefix(self, state: ThreadState, sql: str, alone: bool, begins: bool, named_cursor: Any) -> str:
         """What rides before a statement, in the same round trip (`kit.db.contract`); '' for nothing.
 
         Alone (its own transaction): the limit behind a pooler, the riding settings, the tenant. Inside
@@ -733,7 +733,7 @@ class PooledDatabase(ShapedStatements, PostgresqlExtDatabase):
         if not self._state.closed:
             conns.append(self._state.conn)
         silence(conns)
-        self._state = _ThreadState()
+        self._state = ThreadState()
         self._lock = threading.Lock()
 
     def pool_stats(self) -> dict[str, Any]:

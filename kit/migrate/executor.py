@@ -73,7 +73,8 @@ def require_extension(database: Database, name: str = "vector") -> None:
         )
 
 
-def _router(database: Database, directory: Path) -> Router:
+def router_for(database: Database, directory: Path) -> Router:
+    """peewee-migrate's router for `directory` on `database` (MigrationError when there is no such directory)."""
     if not Path(directory).is_dir():
         raise MigrationError(
             f"no migrations directory at {directory}; run from the project root or set KIT_MIGRATIONS_DIR"
@@ -169,7 +170,7 @@ def apply(database: Database, directory: Path, say: Callable[[str], None] = prin
             for name in history.record_missing_checksums(database, {n: f.checksum for n, f in files.items()}):
                 say(f"adopted {name} (applied without a checksum): checksum recorded")
         _finish_steps(database, say)  # a run killed after a migration committed left its steps to do
-        router = _router(database, directory)
+        router = router_for(database, directory)
         applied = []
         for name in router.diff:
             if _apply_one(database, router, files[name], say):
@@ -233,7 +234,7 @@ def rollback(database: Database, directory: Path, count: int = 1, say: Callable[
         with database.atomic():
             lock_transaction(database, say)
             history.ensure_tables(database)
-        router = _router(database, directory)
+        router = router_for(database, directory)
         undone = []
 
         def attempt() -> str | None:
@@ -299,7 +300,7 @@ def _signature(model: Any) -> tuple:
     return fields, indexes
 
 
-def _by_prefix(name: str, known: list[str]) -> str:
+def by_prefix(name: str, known: list[str]) -> str:
     """The migration `name` stands for: itself, or the one name it starts (`005` for `005_add_x`)."""
     if name in known:
         return name
@@ -315,7 +316,7 @@ def resolve(database: Database, directory: Path, name: str, *, applied: bool) ->
     history.ensure_tables(database)
     files = {f.name: f for f in load(directory)}
     recorded = {e.name for e in history.applied(database)}
-    name = _by_prefix(name, sorted(set(files) | recorded))
+    name = by_prefix(name, sorted(set(files) | recorded))
     if applied:
         if name not in files:
             known = ", ".join(files) or "none"
@@ -323,7 +324,7 @@ def resolve(database: Database, directory: Path, name: str, *, applied: bool) ->
         already = MigrationError(f"{name} is already recorded as applied")
         if name in recorded:
             raise already
-        router = _router(database, directory)
+        router = router_for(database, directory)
         touched, statements = _expected_by(router, files[name])
         missing = schema.compare(database, touched, report_extra=False)
         for statement in statements:

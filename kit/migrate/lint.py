@@ -172,15 +172,15 @@ class Report:
 
 def lint(database: Database, directory: Path, names: list[str] | None = None) -> Report:
     """Check `names` (default: the pending migrations; a name may be its start) against the tables as they are."""
-    from kit.migrate.executor import _by_prefix, _router, status
+    from kit.migrate.executor import by_prefix, router_for, status
 
     states = status(database, directory)
     known = [s.name for s in states]
-    names = [_by_prefix(name, known) for name in names or []] or [s.name for s in states if s.state == "pending"]
+    names = [by_prefix(name, known) for name in names or []] or [s.name for s in states if s.state == "pending"]
     unknown = [name for name in names if name not in known]
     if unknown:
         raise MigrationError(f"no migration named {unknown[0]} in {directory} (known: {', '.join(known) or 'none'})")
-    router = _router(database, directory)
+    router = router_for(database, directory)
     report = Report(names, [], [])
     for name in names:
         statements = render(router, name)
