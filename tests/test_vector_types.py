@@ -15,6 +15,10 @@ import pytest
 from helpers import create_owned, drop_owned
 from peewee import Model
 from pgvector import Bit, HalfVector, SparseVector, Vector
+from pgvector.peewee import FixedBitField as PgFixedBitField
+from pgvector.peewee import HalfVectorField as PgHalfVectorField
+from pgvector.peewee import SparseVectorField as PgSparseVectorField
+from pgvector.peewee import VectorField as PgVectorField
 
 from kit.copy import CopyRowError, copy_rows
 from kit.db import database
@@ -258,3 +262,40 @@ def test_in_list_mode_vectors_come_back_as_pgvector_python_returns_them(list_ite
                 .order_by(distance))
     assert [(r.id, r.distance) for r in rows] == [(3, 1), (1, sqrt(5))]
     assert ListItem.select(ListItem.embedding).where(ListItem.id == 3).get().embedding == [1, 1, 2]  # binary read
+
+
+class PythonItem(Model):
+    """A model declared with pgvector-python's own peewee fields, not the kit's."""
+
+    embedding = PgVectorField(dimensions=3, null=True)
+    half_embedding = PgHalfVectorField(dimensions=3, null=True)
+    sparse_embedding = PgSparseVectorField(dimensions=3, null=True)
+    binary_embedding = PgFixedBitField(max_length=3, null=True)
+
+    class Meta:
+        database = database
+        table_name = "pgvector_python_own_item"
+
+
+def test_binary_copy_writes_pgvector_pythons_own_fields_as_insert_many_would():
+    create_owned(PythonItem)
+    try:
+        rows = [{"embedding": [i, 1.5, -2], "half_embedding": np.array([1, i, 0.5]),
+                 "sparse_embedding": SparseVector({i % 3: 1.0 + i}, 3), "binary_embedding": format(i % 8, "03b")}
+                for i in range(40)]
+        rows += [{"embedding": Vector([1, 2, 3]), "half_embedding": HalfVector([3, 2, 1]),
+                  "sparse_embedding": SparseVector({1: 2.5}, 3), "binary_embedding": "110"},
+                 {"embedding": np.array([4, 5, 6]), "half_embedding": None, "sparse_embedding": None,
+                  "binary_embedding": None}]
+        assert copy_rows(PythonItem, rows, database) == len(rows)
+        copied = [(list(r.embedding), r.half_embedding and list(r.half_embedding), r.sparse_embedding,
+                   r.binary_embedding) for r in PythonItem.select().order_by(PythonItem.id)]
+        PythonItem.delete().execute()
+        PythonItem.insert_many(rows).execute()  # pgvector-python's own path: its text, by INSERT
+        inserted = [(list(r.embedding), r.half_embedding and list(r.half_embedding), r.sparse_embedding,
+                     r.binary_embedding) for r in PythonItem.select().order_by(PythonItem.id)]
+        assert copied == inserted and copied[-2][0] == [1, 2, 3] and copied[-1][0] == [4, 5, 6]
+        with pytest.raises(CopyRowError, match="row 1"):
+            copy_rows(PythonItem, [{"embedding": [1, 2, 3]}, {"embedding": [1, 2]}], database)
+    finally:
+        drop_owned(PythonItem)

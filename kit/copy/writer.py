@@ -85,6 +85,22 @@ def _column_types(database: peewee.Database, model: type[Model],
     return dict(cursor.fetchall())
 
 
+# For a column whose field cannot write its type in binary itself (pgvector-python's own vector fields,
+# say), a stand-in that can, by the column's PostgreSQL type: `kit.vector` registers pgvector's types.
+_STAND_INS: dict[str, Callable[[Field], Any]] = {}
+
+
+def register_stand_in(pg_type: str, make: Callable[[Field], Any]) -> None:
+    """Columns of `pg_type` whose field has no `copy_cells` are written by `make(field)` (a field that has)."""
+    _STAND_INS[pg_type] = make
+
+
+def _writer_of(field: Field, types: Mapping[str, str]) -> Any:
+    """The field that writes `field`'s column: itself, or the stand-in registered for the column's type."""
+    make = _STAND_INS.get(types.get(field.column_name, ""))
+    return field if make is None or hasattr(field, "copy_cells") else make(field)
+
+
 def _session_zone(database: peewee.Database) -> dt.tzinfo:
     name = database.execute_sql("SHOW TimeZone").fetchone()[0]
     try:
@@ -175,14 +191,14 @@ class CopyWriter:
         self.database = database or model._meta.database
         self.count = 0
         self.after = after
-        given = _resolve_fields(model, fields)
+        types = _column_types(self.database, model, table)
+        given = [_writer_of(f, types) for f in _resolve_fields(model, fields)]
         names = {f.name for f in given}
-        defaults = [f for f in model._meta.sorted_fields
+        defaults = [_writer_of(f, types) for f in model._meta.sorted_fields
                     if f.name not in names and f.default is not None and not _database_default(f)]
         hooked = [f for f in given + defaults if hasattr(f, "copy_cells")]  # fields that encode themselves
         scalars = [f for f in given + defaults if not hasattr(f, "copy_cells")]
         name = model._meta.table_name
-        types = _column_types(self.database, model, table)
         self.zone = after.zone if after is not None else _session_zone(self.database)
         scalar_encoders = encoders(self.zone)
         cells = []

@@ -12,14 +12,20 @@
 """
 
 from kit.copy import CopyRowError, CopyWriter, copy_rows
+from kit.copy.writer import register_stand_in
 from kit.vector.bit import FixedBitField
 from kit.vector.bulk import fetch_matrix
-from kit.vector.fields import MAX_DIMENSIONS, METRICS, HalfVectorField, VectorField, VectorValueError
+from kit.vector.fields import MAX_DIMENSIONS, METRICS, HalfVectorField, VectorField, VectorValueError, copy_stand_in
 from kit.vector.indexes import HNSWIndex, IVFFlatIndex, VectorIndex, search_settings
 from kit.vector.search import EXACT_BELOW, Neighbours, SearchPlan, nearest, plan_search
 from kit.vector.select import BinaryRead, VectorModel
 from kit.vector.sparse import SparseVectorField
 from kit.vector.tenants import TenantIndexes, ensure_tenant_indexes
+
+# pgvector's columns written by binary COPY whatever field declares them (pgvector-python's own too)
+for _type, _kind in (("vector", VectorField), ("halfvec", HalfVectorField), ("sparsevec", SparseVectorField),
+                     ("bit", FixedBitField)):
+    register_stand_in(_type, copy_stand_in(_kind))
 
 __all__ = [
     "EXACT_BELOW",

@@ -9,6 +9,7 @@ an unsized `vector` column (any length per row; pgvector cannot index it).
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -251,3 +252,21 @@ def _describe_kind(array: np.ndarray) -> str:
         odd = next((v for v in array.ravel() if not isinstance(v, (int, float, np.number))), None)
         return f"a {type(odd).__name__} ({odd!r})" if odd is not None else "objects"
     return f"dtype {array.dtype}"
+
+
+def copy_stand_in(kind: type[Field]) -> Callable[[Field], Field]:
+    """For `kit.copy`: a field of `kind` that writes another field's column (pgvector-python's, say) in binary.
+
+    It takes the other field's values as they are (lists, numpy arrays, pgvector-python's objects), and
+    its text (`'[1,2,3]'`) through that field's own `python_value`.
+    """
+    def make(field: Field) -> Field:
+        size = getattr(field, "dimensions", None) or getattr(field, "max_length", None)
+        stand = kind(size, null=True)
+        stand.bind(field.model, field.name, set_attribute=False)  # its label and column are the field's
+        stand.column_name = field.column_name
+        cells, parse = stand.copy_cells, field.python_value
+        stand.copy_cells = lambda values: cells([parse(v) if isinstance(v, str) else v for v in values])
+        return stand
+
+    return make
