@@ -268,10 +268,12 @@ def _migrate_lint(settings: Settings, args: argparse.Namespace) -> int:
         print(f"  {name}: not checked: a Python step ({step})")
     for finding in report.findings:
         print(f"  - {finding.describe()}")
+    unchecked = f"; {len(report.unchecked)} Python step(s) not checked (listed above)" if report.unchecked else ""
     if report.findings:
-        print(f"lint: {len(report.findings)} finding(s) in {len(report.names)} migration(s)")
+        print(f"lint: {len(report.findings)} finding(s) in {len(report.names)} migration(s){unchecked}")
         return 1
-    print(f"lint: {len(report.names)} migration(s) checked, nothing that stalls traffic on a table with rows")
+    print(f"lint: {len(report.names)} migration(s) checked, nothing that stalls traffic on a table with rows"
+          f"{unchecked}")
     return 0
 
 

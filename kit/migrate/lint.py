@@ -2,112 +2,129 @@
 
 A migration runs while the application does. Some statements hold a lock every query of a table
 waits for (ACCESS EXCLUSIVE, or SHARE, which blocks writes) for as long as they scan or rewrite the
-table; others break the code still running (a column renamed or dropped under it). The rules below
-are squawk's and strong_migrations' families, each with why and the safe form. A rule concerns a
-table that already holds rows: a table the same migration creates, or one the database does not
-have yet or holds empty, is exempt (building an index on an empty table takes no time).
+table; others break the code still running (a column renamed or dropped under it), or fail when
+applied (CREATE INDEX CONCURRENTLY inside the migration's transaction). The rules below are squawk's
+and strong_migrations' families, each with why and the safe form. A rule about a table concerns one
+that already holds rows: a table the same migration creates, or one the database does not have yet or
+holds empty, is exempt (building an index on an empty table takes no time).
+
+**How a statement is read.** By PostgreSQL's own parser (pglast, libpg_query), never by matching its
+spelling: every clause of an `ALTER TABLE` is checked, `IF EXISTS`, quoting, comments and case make
+no difference, and a statement the parser cannot read is a finding (`unreadable-statement`), not a
+pass. A default is volatile (so adding the column rewrites the table) when it calls a volatile
+function: as the database's catalog says on a live database, else by the list of PostgreSQL's
+volatile built-ins below (`now()` is stable: no rewrite; `clock_timestamp()` is volatile).
 
 - `check(statements, has_rows)` returns findings: a planner that returns data, over what
   `kit.migrate.render` says a migration will run. `lint(database, directory, names)` puts both on a
   live database. Steps that run after the migration's transaction (`kit.migrate.steps`: CONCURRENTLY
   builds, validations, batched backfills) are the safe forms, and are not checked.
 
-Python steps (`migrator.run(f)`) are listed as unchecked, not findings: only their code knows what they lock.
+Python steps (`migrator.run(f)`) are listed as unchecked, not findings: only their code knows what they
+lock, and lint's verdict says it does not cover them.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from peewee import Database
 
 from kit.errors import MigrationError
 from kit.migrate.render import AFTER_COMMIT, PYTHON_STEP, render
 
+try:
+    from pglast import ast, parse_sql
+    from pglast.enums import AlterTableType, ConstrType, ObjectType
+    from pglast.parser import ParseError
+    from pglast.visitors import Visitor
+except ImportError:  # an optional extra: the rest of `kit.migrate` runs without it
+    ast = None
+
 
 @dataclass(frozen=True)
 class Rule:
-    """A kind of statement that stalls traffic or breaks running code, why, and what to do instead."""
+    """A kind of statement that stalls traffic, breaks running code or fails, why, and what to do instead."""
 
     name: str
-    pattern: re.Pattern[str]
     why: str
     instead: str
 
 
-_T = r'(?:ONLY\s+)?(?:"?\w+"?\.)?"?(?P<table>\w+)"?'  # a table name after ALTER TABLE / ON
 RULES = [
     Rule("require-concurrent-index-creation",
-         re.compile(rf"^CREATE\s+(?:UNIQUE\s+)?INDEX\s+(?!CONCURRENTLY)(?:IF\s+NOT\s+EXISTS\s+)?\S*\s*ON\s+{_T}", re.I),
          "CREATE INDEX holds a SHARE lock (no writes) while it reads the whole table",
          "CREATE INDEX CONCURRENTLY, which must run outside the migration's transaction (as `kit maintain` builds)"),
+    Rule("ban-concurrent-index-creation-in-transaction",
+         "CREATE INDEX CONCURRENTLY cannot run inside the migration's transaction: the migration fails",
+         "build it after the migration commits (`kit.migrate.steps`), as the generator writes it"),
+    Rule("require-concurrent-index-deletion",
+         "DROP INDEX holds an ACCESS EXCLUSIVE lock on the index's table (no reads, no writes) until commit",
+         "DROP INDEX CONCURRENTLY, after the migration's transaction"),
     Rule("adding-foreign-key-constraint",
-         re.compile(rf"^ALTER\s+TABLE\s+{_T}\s+ADD\s+(?:CONSTRAINT\s+\S+\s+)?FOREIGN\s+KEY(?!.*\bNOT\s+VALID\b)",
-                    re.I | re.S),
          "a foreign key is checked against every row while both tables are locked against writes",
          "ADD CONSTRAINT ... FOREIGN KEY ... NOT VALID, then VALIDATE CONSTRAINT next migration (no write lock)"),
     Rule("constraint-missing-not-valid",
-         re.compile(rf"^ALTER\s+TABLE\s+{_T}\s+ADD\s+(?:CONSTRAINT\s+\S+\s+)?CHECK\b(?!.*\bNOT\s+VALID\b)",
-                    re.I | re.S),
          "a CHECK is tested on every row under an ACCESS EXCLUSIVE lock (no reads, no writes)",
          "ADD CONSTRAINT ... CHECK (...) NOT VALID, then VALIDATE CONSTRAINT in the next migration"),
     Rule("adding-not-nullable-field",
-         re.compile(rf"^ALTER\s+TABLE\s+{_T}\s+ALTER\s+(?:COLUMN\s+)?\S+\s+SET\s+NOT\s+NULL", re.I),
          "SET NOT NULL scans every row under an ACCESS EXCLUSIVE lock",
          "CHECK (column IS NOT NULL) NOT VALID, VALIDATE it, then SET NOT NULL (it trusts the CHECK: no scan)"),
     Rule("changing-column-type",
-         re.compile(rf"^ALTER\s+TABLE\s+{_T}\s+ALTER\s+(?:COLUMN\s+)?\S+\s+(?:SET\s+DATA\s+)?TYPE\b", re.I),
          "changing a column's type rewrites the table and its indexes under an ACCESS EXCLUSIVE lock",
          "add a column of the new type, backfill it in batches, switch the code, drop the old one later"),
     Rule("adding-field-with-volatile-default",
-         re.compile(rf"^ALTER\s+TABLE\s+{_T}\s+ADD\s+(?:COLUMN\s+)?(?!CONSTRAINT\b)\S+.*\bDEFAULT\s+\(?\s*"
-                    r"(?:now|random|gen_random_uuid|uuid_generate_v4|clock_timestamp|statement_timestamp|nextval)\s*\(",
-                    re.I | re.S),
          "a volatile default is computed for every row: the table is rewritten under an ACCESS EXCLUSIVE lock",
-         "add the column without a default (or a constant one), set the default, then backfill in batches"),
+         "add the column without a default (or a constant or stable one), set the default, then backfill in batches"),
     Rule("adding-stored-generated-column",
-         re.compile(rf"^ALTER\s+TABLE\s+{_T}\s+ADD\s+(?:COLUMN\s+)?(?!CONSTRAINT\b)\S+.*\bGENERATED\s+ALWAYS\s+AS\s*\(",
-                    re.I | re.S),
          "a stored generated column is computed for every row: the table is rewritten under an ACCESS EXCLUSIVE lock",
          "add a plain column, fill it with a trigger for new rows and backfill old ones in batches"),
     Rule("unbatched-backfill",
-         re.compile(rf"^(?:UPDATE|DELETE\s+FROM)\s+{_T}\s", re.I),
          "one UPDATE or DELETE of a whole table locks every row it touches until the migration commits",
          "batches of rows (by key range), each its own short transaction, outside the migration"),
     Rule("adding-field-with-references",
-         re.compile(rf"^ALTER\s+TABLE\s+{_T}\s+ADD\s+(?:COLUMN\s+)?(?!CONSTRAINT\b)\S+\s[^;]*\bREFERENCES\b",
-                    re.I | re.S),
          "a column added with REFERENCES validates its foreign key with both tables locked",
          "add the column, then ADD CONSTRAINT ... FOREIGN KEY ... NOT VALID, and VALIDATE it in the next migration"),
     Rule("disallowed-unique-constraint",
-         re.compile(rf"^ALTER\s+TABLE\s+{_T}\s+ADD\s+(?:CONSTRAINT\s+\S+\s+)?(?:UNIQUE|PRIMARY\s+KEY)\s*\((?!.*USING\s+INDEX)",
-                    re.I | re.S),
          "a UNIQUE or PRIMARY KEY constraint builds its index under an ACCESS EXCLUSIVE lock",
          "CREATE UNIQUE INDEX CONCURRENTLY, then ADD CONSTRAINT ... USING INDEX"),
     Rule("renaming-column",
-         re.compile(rf"^ALTER\s+TABLE\s+{_T}\s+RENAME\s+(?:COLUMN\s+)?(?!TO\b)\S+\s+TO\b", re.I),
          "the code still running reads the old name and fails until it is deployed anew",
          "add the new column, write both, backfill, move reads, then drop the old one in a later release"),
     Rule("renaming-table",
-         re.compile(rf"^ALTER\s+TABLE\s+{_T}\s+RENAME\s+TO\b", re.I),
          "the code still running queries the old name and fails until it is deployed anew",
          "create the new table (or a view under the old name) and move the code over two releases"),
     Rule("ban-drop-column",
-         re.compile(rf"^ALTER\s+TABLE\s+{_T}\s+DROP\s+(?:COLUMN\s+)?(?!CONSTRAINT\b)", re.I),
          "the code still running selects the column (peewee names every field) and fails",
          "remove the field from the model and deploy first; drop the column in a later migration"),
     Rule("ban-drop-table",
-         re.compile(rf"^DROP\s+TABLE\s+(?:IF\s+EXISTS\s+)?{_T}", re.I),
          "the code still running queries it, and its rows are gone for good",
          "remove the model and deploy first; archive the rows, then drop it in a later migration"),
+    Rule("ban-truncate",
+         "TRUNCATE holds an ACCESS EXCLUSIVE lock until commit, and the code still running loses every row",
+         "delete in batches outside the migration, or drop the table in a later release"),
+    Rule("ban-lock-table",
+         "LOCK TABLE holds its lock (ACCESS EXCLUSIVE unless another mode is named) until the migration commits",
+         "no explicit lock: use statements whose locks are short, or the safe forms of each rule"),
     Rule("ban-rewrite",
-         re.compile(rf"^(?:VACUUM\s+(?:\(\s*)?FULL|CLUSTER)\b.*?{_T}?", re.I | re.S),
-         "VACUUM FULL and CLUSTER rewrite the table under an ACCESS EXCLUSIVE lock",
-         "pg_repack, or leave it to autovacuum"),
+         "VACUUM FULL, CLUSTER and SET LOGGED/UNLOGGED rewrite the table under an ACCESS EXCLUSIVE lock",
+         "pg_repack, or leave it to autovacuum; for UNLOGGED, a new table filled in batches"),
+    Rule("unreadable-statement",
+         "PostgreSQL's parser cannot read it, so lint cannot say what it locks",
+         "write it as one statement PostgreSQL 16 accepts, or move it to a Python step (reported as not checked)"),
 ]
+_RULE = {rule.name: rule for rule in RULES}
+
+# PostgreSQL's volatile built-ins a default may call (the rest are immutable or stable: no rewrite).
+# On a live database the catalog says instead (`lint`).
+VOLATILE = frozenset(("random", "random_normal", "setseed", "gen_random_uuid", "uuid_generate_v1", "uuid_generate_v1mc",
+                      "uuid_generate_v4", "clock_timestamp", "timeofday", "nextval", "txid_current",
+                      "pg_current_xact_id"))
+SERIAL = frozenset(("smallserial", "serial", "bigserial", "serial2", "serial4", "serial8"))  # nextval() defaults
 
 
 @dataclass(frozen=True)
@@ -125,32 +142,170 @@ class Finding:
         return f"{self.migration}: {self.rule.name}{on}: {self.rule.why}; instead: {self.rule.instead}"
 
 
-_CREATES = re.compile(r"^CREATE\s+(?:UNLOGGED\s+)?TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?(?:\"?\w+\"?\.)?\"?(\w+)\"?", re.I)
+def _called(node: Any) -> Iterator[str]:
+    """The names of the functions an expression calls (a volatile one makes a default rewrite the table)."""
+    names: list[str] = []
+
+    class Calls(Visitor):
+        def visit_FuncCall(self, ancestors: Any, call: Any) -> None:  # noqa: N802 - pglast's visitor protocol
+            names.append(call.funcname[-1].sval.lower())
+
+    Calls()(node)
+    yield from names
 
 
-def check(migration: str, statements: Iterable[str], has_rows: Callable[[str], bool] = lambda table: True
-          ) -> list[Finding]:
-    """The findings of `statements` (one migration's SQL, in order); `has_rows(table)`: may it hold rows?"""
+def _column_rules(column: Any, volatile: Callable[[str], bool]) -> Iterator[str]:
+    """The rules an added column breaks (its default, a stored expression, an inline REFERENCES)."""
+    type_name = column.typeName.names[-1].sval.lower() if column.typeName is not None else ""
+    if type_name in SERIAL:  # a sequence's next value for every row: the table is rewritten
+        yield "adding-field-with-volatile-default"
+    for constraint in column.constraints or ():
+        kind = constraint.contype
+        if kind == ConstrType.CONSTR_DEFAULT and any(volatile(name) for name in _called(constraint.raw_expr)):
+            yield "adding-field-with-volatile-default"
+        elif kind == ConstrType.CONSTR_IDENTITY:  # a value for every row, from a sequence
+            yield "adding-field-with-volatile-default"
+        elif kind == ConstrType.CONSTR_GENERATED:
+            yield "adding-stored-generated-column"
+        elif kind == ConstrType.CONSTR_FOREIGN:
+            yield "adding-field-with-references"
+
+
+def _alter_rules(command: Any, volatile: Callable[[str], bool]) -> Iterator[str]:
+    """The rules one clause of an ALTER TABLE breaks."""
+    kind = command.subtype
+    if kind == AlterTableType.AT_AddColumn:
+        yield from _column_rules(command.def_, volatile)
+    elif kind == AlterTableType.AT_AlterColumnType:
+        yield "changing-column-type"
+    elif kind == AlterTableType.AT_SetNotNull:
+        yield "adding-not-nullable-field"
+    elif kind == AlterTableType.AT_DropColumn:
+        yield "ban-drop-column"
+    elif kind in (AlterTableType.AT_SetLogged, AlterTableType.AT_SetUnLogged):
+        yield "ban-rewrite"
+    elif kind == AlterTableType.AT_AddConstraint:
+        constraint = command.def_
+        if constraint.contype == ConstrType.CONSTR_FOREIGN and not constraint.skip_validation:
+            yield "adding-foreign-key-constraint"
+        elif constraint.contype == ConstrType.CONSTR_CHECK and not constraint.skip_validation:
+            yield "constraint-missing-not-valid"
+        elif constraint.contype in (ConstrType.CONSTR_UNIQUE, ConstrType.CONSTR_PRIMARY) and not constraint.indexname:
+            yield "disallowed-unique-constraint"
+
+
+def classify(statement: Any, volatile: Callable[[str], bool]) -> Iterator[tuple[str, str | None]]:
+    """(rule, table) for each rule a parsed statement breaks; a new table is ("created", name).
+
+    A rule about an index names it as `INDEX + name` (DROP INDEX names no table: `check` finds it).
+    """
+    if isinstance(statement, ast.CreateStmt):
+        yield "created", statement.relation.relname
+    elif isinstance(statement, ast.IndexStmt):
+        if statement.idxname:
+            yield "created-index", f"{INDEX}{statement.idxname} {statement.relation.relname}"
+        if statement.concurrent:
+            yield "ban-concurrent-index-creation-in-transaction", None  # it fails, rows or not
+        else:
+            yield "require-concurrent-index-creation", statement.relation.relname
+    elif isinstance(statement, ast.AlterTableStmt) and statement.objtype == ObjectType.OBJECT_TABLE:
+        for command in statement.cmds or ():
+            for rule in _alter_rules(command, volatile):
+                yield rule, statement.relation.relname
+    elif isinstance(statement, ast.RenameStmt) and statement.relation is not None:
+        if statement.renameType == ObjectType.OBJECT_COLUMN:
+            yield "renaming-column", statement.relation.relname
+        elif statement.renameType == ObjectType.OBJECT_TABLE:
+            yield "renaming-table", statement.relation.relname
+    elif isinstance(statement, ast.DropStmt):
+        if statement.removeType == ObjectType.OBJECT_TABLE:
+            for name in statement.objects or ():
+                yield "ban-drop-table", name[-1].sval
+        elif statement.removeType == ObjectType.OBJECT_INDEX and not statement.concurrent:
+            for name in statement.objects or ():
+                yield "require-concurrent-index-deletion", INDEX + name[-1].sval
+    elif isinstance(statement, (ast.UpdateStmt, ast.DeleteStmt)):
+        yield "unbatched-backfill", statement.relation.relname
+    elif isinstance(statement, ast.TruncateStmt):
+        for relation in statement.relations or ():
+            yield "ban-truncate", relation.relname
+    elif isinstance(statement, ast.LockStmt):
+        for relation in statement.relations or ():
+            yield "ban-lock-table", relation.relname
+    elif isinstance(statement, ast.VacuumStmt) and any(option.defname == "full" for option in statement.options or ()):
+        for relation in statement.rels or ():
+            yield "ban-rewrite", relation.relation.relname
+    elif isinstance(statement, ast.ClusterStmt):
+        yield "ban-rewrite", statement.relation.relname if statement.relation else None
+
+
+INDEX = "index "  # what `classify` puts before an index's name where a rule's table would be
+_PARAMETER = re.compile(r"%s")  # peewee's placeholders: a parameter to the parser ($1) is the same expression
+
+
+def check(migration: str, statements: Iterable[str], has_rows: Callable[[str], bool] = lambda table: True,
+          volatile: Callable[[str], bool] = VOLATILE.__contains__,
+          index_table: Callable[[str], str | None] = lambda index: None) -> list[Finding]:
+    """The findings of `statements` (one migration's SQL, in order).
+
+    `has_rows(table)`: may it hold rows? `volatile(function)`: does it rewrite a table as a default?
+    `index_table(index)`: the table an existing index is on ('' when there is no such index, None when
+    it cannot be known: such a DROP INDEX is flagged).
+    """
+    if ast is None:
+        raise MigrationError("kit migrate lint reads statements with PostgreSQL's own parser, pglast, which is not "
+                             "installed: pip install 'peewee-saas-kit[lint]'")
     created: set[str] = set()
+    made_indexes: dict[str, str] = {}
     found = []
     for statement in statements:
-        if statement.startswith(("--", AFTER_COMMIT, PYTHON_STEP)):  # a step after commit, or not checkable
+        if statement.startswith((AFTER_COMMIT, PYTHON_STEP)):  # a step after commit, or not checkable
             continue
         text = " ".join(statement.split())
-        made = _CREATES.match(text)
-        if made:
-            created.add(made[1].lower())
+        try:
+            parsed = [raw.stmt for raw in parse_sql(_PARAMETER.sub("$1", statement))]
+        except ParseError:
+            found.append(Finding(migration, _RULE["unreadable-statement"], text, None))
             continue
-        for rule in RULES:
-            match = rule.pattern.match(text)
-            if not match:
+        for node in parsed:
+            for rule, table in classify(node, volatile):
+                if rule == "created":
+                    created.add(table.lower())
+                    continue
+                if rule == "created-index":
+                    index, on = table[len(INDEX):].split(" ", 1)
+                    made_indexes[index.lower()] = on
+                    continue
+                if table is not None and table.startswith(INDEX):  # an index: the table it is on
+                    index = table[len(INDEX):]
+                    table = made_indexes.get(index.lower()) or index_table(index)
+                    if table == "":  # no such index: nothing to drop, nothing locked
+                        continue
+                if table is None or (table.lower() not in created and has_rows(table)):
+                    found.append(Finding(migration, _RULE[rule], text, table))
+                    break  # one finding a statement: the first rule that fits says most
+            else:
                 continue
-            table = match.groupdict().get("table")
-            if table and (table.lower() in created or not has_rows(table)):
-                continue
-            found.append(Finding(migration, rule, text, table))
-            break  # one finding a statement: the first rule that fits says most
+            break
     return found
+
+
+def index_table_in(database: Database) -> Callable[[str], str | None]:
+    """The table an index is on in `database` ('' when it has no such index)."""
+    def table_of(index: str) -> str:
+        found = database.execute_sql("SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid "
+                                     "WHERE i.indexrelid = to_regclass(%s)", (f'"{index}"',)).fetchone()
+        return found[0] if found else ""
+    return table_of
+
+
+def volatile_in(database: Database) -> Callable[[str], bool]:
+    """Whether a function of this name is volatile, as `database`'s catalog says (any overload of it)."""
+    def is_volatile(name: str) -> bool:
+        found = database.execute_sql("SELECT bool_or(provolatile = 'v') FROM pg_proc WHERE proname = %s",
+                                     (name,)).fetchone()[0]
+        return bool(found) if found is not None else name in VOLATILE
+    return is_volatile
 
 
 def has_rows(database: Database) -> Callable[[str], bool]:
@@ -185,8 +340,10 @@ def lint(database: Database, directory: Path, names: list[str] | None = None) ->
     for name in names:
         statements = render(router, name)
         report.unchecked += [(name, s[len(PYTHON_STEP):]) for s in statements if s.startswith(PYTHON_STEP)]
-        report.findings += check(name, statements, has_rows(database))
+        report.findings += check(name, statements, has_rows(database), volatile_in(database),
+                                 index_table_in(database))
     return report
 
 
-__all__ = ["RULES", "Finding", "Report", "Rule", "check", "has_rows", "lint"]
+__all__ = ["RULES", "VOLATILE", "Finding", "Report", "Rule", "check", "classify", "has_rows", "index_table_in", "lint",
+           "volatile_in"]

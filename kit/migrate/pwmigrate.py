@@ -87,13 +87,14 @@ def _scan_project_models() -> None:
 
 def _report_created(router: BaseRouter, name: str) -> None:
     """Say which file `pw_migrate create` wrote and what `kit migrate lint` finds in it (on stderr)."""
-    from kit.migrate.lint import check, has_rows
+    from kit.migrate.lint import check, has_rows, index_table_in, volatile_in
     from kit.migrate.render import render
 
     say = lambda line: print(f"kit: {line}", file=sys.stderr)  # noqa: E731
     say(f"wrote {Path(router.migrate_dir) / name}.py")
     try:
-        findings = check(name, render(router, name), has_rows(database))
+        findings = check(name, render(router, name), has_rows(database), volatile_in(database),
+                         index_table_in(database))
     except Exception as exc:  # noqa: BLE001 - the file is written either way; say why it was not checked
         say(f"not linted ({describe(exc)})")
         return
