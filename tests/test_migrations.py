@@ -87,6 +87,12 @@ def test_migrate_all_rollback_all_migrate_all_on_an_empty_database(fresh_databas
     assert migrate.rollback(db, migrations, count=len(PROJECT) - 1, **QUIET) == PROJECT[:0:-1]
     assert tables(db) <= {history.HISTORY_TABLE, history.CHECKSUM_TABLE}
     assert db.execute_sql("SELECT count(*) FROM pg_extension WHERE extname = 'vector'").fetchone()[0] == 1
+    with pytest.raises(MigrationError) as refused:  # 001 as the owner: one sentence, 001 still applied
+        migrate.rollback(db, migrations, count=1, **QUIET)
+    said = str(refused.value)
+    assert "\n" not in said and "rolling back 001_enable_vector needs a privilege the owner does not have" in said
+    assert "must be owner of extension vector" in said and "001_enable_vector is still applied" in said
+    assert [s.name for s in migrate.status(db, migrations) if s.state == "applied"] == PROJECT[:1]
     assert migrate.apply(db, migrations, **QUIET) == PROJECT[1:]
     assert migrate.verify(db, migrations) == []
 

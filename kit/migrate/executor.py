@@ -31,6 +31,7 @@ from kit.errors import (
     KitError,
     MigrationError,
     describe,
+    sqlstate,
 )
 from kit.migrate import history, schema
 from kit.migrate.loader import MigrationFile, load
@@ -235,7 +236,8 @@ def rollback(database: Database, directory: Path, count: int = 1, say: Callable[
             lock_transaction(database, say)
             history.ensure_tables(database)
         router = router_for(database, directory)
-        undone = []
+        undone: list[str] = []
+        current: list[str] = []  # the migration being rolled back, for the sentence if it fails
 
         def attempt() -> str | None:
             with database.atomic():
@@ -243,6 +245,7 @@ def rollback(database: Database, directory: Path, count: int = 1, say: Callable[
                 done = router.done
                 if not done:
                     return None
+                current[:] = [done[-1]]
                 limit_lock_waits(database)
                 router.rollback()
                 database.execute_sql(f"DELETE FROM {history.CHECKSUM_TABLE} WHERE name = %s", (done[-1],))
@@ -250,13 +253,27 @@ def rollback(database: Database, directory: Path, count: int = 1, say: Callable[
                 return done[-1]
 
         for _ in range(count):
-            name = run_ddl(database, "rolling back", attempt, transaction=False, say=say,
-                           on_retry=lambda: router.__dict__.pop("migrator", None))
+            try:
+                name = run_ddl(database, "rolling back", attempt, transaction=False, say=say,
+                               on_retry=lambda: router.__dict__.pop("migrator", None))
+            except peewee.DatabaseError as exc:
+                if isinstance(exc, KitError) or not database.is_connection_usable():
+                    raise  # the kit's own sentence, or a lost connection (`_reported`)
+                raise _rollback_refused(current[0] if current else "a migration", undone, exc) from None
             if name is None:
                 break
             say(f"rolled back {name}")
             undone.append(name)
         return undone
+
+
+def _rollback_refused(name: str, undone: list[str], exc: BaseException) -> MigrationError:
+    """A migration's rollback the database refused, in one sentence: what was undone, what was not, and why."""
+    before = f"rolled back {', '.join(undone)}; " if undone else ""
+    need = (" needs a privilege the owner does not have (what an admin installed, such as an extension, is the "
+            "admin's to drop)" if sqlstate(exc) == "42501" else " failed")
+    return MigrationError(f"{before}rolling back {name}{need}: {describe(exc)}; its transaction was rolled back, "
+                          f"so {name} is still applied and nothing of its rollback remains")
 
 
 # -- operator recovery ------------------------------------------------------------------------------
