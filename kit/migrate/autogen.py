@@ -27,6 +27,7 @@ Models bound to another database than PostgreSQL are left to peewee-migrate as i
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Any
 
 import peewee as pw
@@ -84,16 +85,24 @@ def policies_to_code(rule: TenantRule) -> str:
     return f"kit_ops.tenant_policies(migrator, {rule.table!r}, {rule.column!r}{options})"
 
 
+# The database a router is generating a migration for (set by `Router.create` while it runs).
+_generating_for: ContextVar[Any] = ContextVar("kit_autogen_database", default=None)
+
+
 def on_postgresql(model: Any) -> bool:
-    """Whether the kit's additions apply to `model`: bound to PostgreSQL, or unbound (migrated by the kit's database).
+    """Whether the kit's additions apply to `model`: bound to PostgreSQL, or unbound and generated for PostgreSQL.
 
     A model bound to another database (SQLite, MySQL) gets peewee-migrate's own output, untouched: the
-    kit's operations (triggers, policies, CONCURRENTLY) are PostgreSQL's.
+    kit's operations (triggers, policies, CONCURRENTLY) are PostgreSQL's. An unbound model takes the
+    database of the router generating the migration; generated with no router (peewee-migrate's
+    `diff_model` called directly), it gets peewee-migrate's own output too.
     """
     database = model._meta.database
+    if database is None:
+        database = _generating_for.get()
     if isinstance(database, pw.DatabaseProxy):
         database = database.obj
-    return database is None or isinstance(database, pw.PostgresqlDatabase)
+    return isinstance(database, pw.PostgresqlDatabase)
 
 
 def _constraint_texts(field: Any) -> list[str]:
@@ -111,6 +120,16 @@ def register() -> None:
     if _registered:
         return
     _registered = True
+    original_create = pw_router.BaseRouter.create
+
+    def create(self: pw_router.BaseRouter, *args: Any, **kwargs: Any) -> str | None:
+        token = _generating_for.set(self.database)  # an unbound model is generated for this database
+        try:
+            return original_create(self, *args, **kwargs)
+        finally:
+            _generating_for.reset(token)
+
+    pw_router.BaseRouter.create = create  # type: ignore[method-assign]
 
     for module in ("kit.vector.fields", "kit.vector.sparse", "kit.vector.bit"):
         if module not in auto.PW_MODULES:
