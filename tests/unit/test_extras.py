@@ -1,0 +1,29 @@
+"""What needs an extra says so in one sentence when the extra is missing (`peewee-saas-kit[seed]`, `[embedded]`)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from kit.errors import FixtureError
+from kit.fixtures.errors import Where
+from kit.fixtures.resolver import Resolver
+from kit.fixtures.tags import Fake
+
+pytestmark = pytest.mark.unit
+
+
+def test_a_fake_value_without_mimesis_names_the_seed_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mimesis", None)  # as if it were not installed
+    with pytest.raises(FixtureError) as caught:
+        Resolver.faker(None, Fake(method="person.name"), Where(Path("dev.yaml"), 7), "users.ada.name")
+    said = str(caught.value)
+    assert said == "dev.yaml:7: users.ada.name: !fake needs mimesis, the seed extra: pip install 'peewee-saas-kit[seed]'"
+
+
+def test_the_embedded_servers_advice_names_its_extra():
+    from kit.embedded import HOW_TO_FIX
+
+    assert "pip install 'peewee-saas-kit[embedded]'" in HOW_TO_FIX and "set DATABASE_URL" in HOW_TO_FIX
