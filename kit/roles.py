@@ -140,6 +140,16 @@ def drop_policy_statements(table: str) -> list[str]:
             f"ALTER TABLE {quoted} NO FORCE ROW LEVEL SECURITY", f"ALTER TABLE {quoted} DISABLE ROW LEVEL SECURITY"]
 
 
+def roles_required(*roles: str) -> str:
+    """SQL that stops a migration at once, in one sentence, when one of `roles` does not exist in the database."""
+    names = ", ".join(roles)
+    listed = ", ".join(f"'{role}'" for role in roles)
+    return (f"DO $$ BEGIN IF (SELECT count(*) FROM pg_roles WHERE rolname IN ({listed})) < {len(roles)} THEN "
+            f"RAISE EXCEPTION 'the kit''s roles ({names}) do not exist in this database: make them first "
+            "(kit db roles, with DATABASE_ADMIN_URL), then migrate' USING ERRCODE = 'undefined_object'; "
+            "END IF; END $$")
+
+
 def grant_statements(table: str, append_only: bool = False, better_auth: bool = False) -> list[str]:
     """The SQL that gives the run-time roles what they need on `table` (and takes back anything more)."""
     quoted = _quote(table)

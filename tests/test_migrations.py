@@ -533,3 +533,14 @@ def test_a_failing_migration_under_pw_migrate_is_a_sentence_not_a_traceback(fres
     assert "Migration failed: 099_broken: syntax error at or near \"SELEC\"" in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith('pw_migrate: error: syntax error at or near "SELEC"')
     assert "099_broken" not in {s.name for s in migrate.status(fresh_database, migrations) if s.state == "applied"}
+
+
+def test_a_migration_granting_to_roles_the_database_lacks_stops_in_one_sentence(fresh_database):
+    from kit.roles import APP, roles_required
+
+    fresh_database.execute_sql(roles_required(APP))  # present: nothing happens
+    with pytest.raises(pw.ProgrammingError) as caught:  # what a server without the kit's roles says
+        fresh_database.execute_sql(roles_required(APP, "kit_no_such_role"))
+    said = str(caught.value).splitlines()[0]
+    assert said == ("the kit's roles (kit_app, kit_no_such_role) do not exist in this database: make them first "
+                    "(kit db roles, with DATABASE_ADMIN_URL), then migrate")

@@ -30,7 +30,7 @@ from peewee_migrate import Migrator
 from kit.migrate.render import rendered
 from kit.migrate.safe import safe_forms
 from kit.migrate.steps import defer
-from kit.roles import TenantRule, drop_policy_statements, grant_statements, policy_statements
+from kit.roles import APP, AUTH, TenantRule, drop_policy_statements, grant_statements, policy_statements, roles_required
 from kit.vector import HNSWIndex, IVFFlatIndex
 
 VECTOR_METHODS = {"hnsw": HNSWIndex, "ivfflat": IVFFlatIndex}
@@ -195,6 +195,7 @@ def drop_updated_at_triggers(migrator: Migrator, *tables: str) -> None:
 
 def grant_access(migrator: Migrator, table: str, *, append_only: bool = False, better_auth: bool = False) -> None:
     """Give the run-time roles their privileges on `table` (INSERT and SELECT only when append-only)."""
+    migrator.sql(roles_required(APP, AUTH))  # a database without them: one sentence, not "role does not exist"
     for statement in grant_statements(table, append_only, better_auth):
         migrator.sql(statement)
 
@@ -208,6 +209,7 @@ def tenant_policies(migrator: Migrator, table: str, column: str, *, parent: tupl
                     open: tuple[str, ...] = (), null: tuple[str, ...] = (), better_auth: bool = False) -> None:
     """Confine `table`'s rows to their organization with forced row-level security (`kit.roles`)."""
     rule = TenantRule(table, column, tuple(parent) if parent else None, tuple(open), tuple(null), better_auth)
+    migrator.sql(roles_required(APP, AUTH))
     for statement in policy_statements(rule):
         migrator.sql(statement)
 
