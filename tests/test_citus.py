@@ -117,3 +117,19 @@ def test_the_tenant_reaches_the_workers_only_as_set_local_statements_of_their_ow
         app.rollback()
     finally:
         app.close()
+
+
+def test_the_owner_cannot_run_create_extension_if_not_exists_there(cluster):
+    """Why migration 001 does not run as the owner on Citus (docs/scaling.md): Citus checks the extension's owner."""
+    data_dir, _ = cluster
+    owner = psycopg2.connect(citus.node_url(data_dir, role=OWNER))
+    try:
+        with owner.cursor() as cur:
+            with pytest.raises(psycopg2.Error, match="must be owner of extension vector"):
+                cur.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            owner.rollback()
+            cur.execute("SET LOCAL citus.enable_ddl_propagation = off")  # PostgreSQL's own: a notice, no error
+            cur.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        owner.rollback()
+    finally:
+        owner.close()
