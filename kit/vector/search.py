@@ -143,17 +143,17 @@ def indexed_quantize(field: Distances, metric: str) -> str | None:
 
 def count_up_to(query: ModelSelect, limit: int) -> int:
     """The rows `query` selects, counted no further than `limit` (a bounded probe, remembered a while)."""
-    sql, params = query.select(SQL("1")).order_by().limit(limit).sql()
     database = query.model._meta.database
+    sql, params = _sql_of(database, query.select(SQL("1")).order_by().limit(limit))
     return _remembered(("count", id(database), sql, tuple(params)), lambda: read_sql(database)(
         f"SELECT count(*) FROM ({sql}) AS probe", params).fetchone()[0])
 
 
 def has_own_graph(query: ModelSelect, ranked: ModelSelect) -> bool:
     """Whether the planner searches `ranked` through a tenant index of its own (remembered a while)."""
-    sql, params = ranked.sql()
-    where, where_params = query.select(SQL("1")).order_by().sql()
     database = query.model._meta.database
+    sql, params = _sql_of(database, ranked)
+    where, where_params = _sql_of(database, query.select(SQL("1")).order_by())
 
     def explain() -> bool:
         lines = [line for (line,) in read_sql(database)("EXPLAIN " + sql, params).fetchall()]
@@ -228,9 +228,14 @@ def plan_settings(plan: SearchPlan, ef_search: int | None = None) -> str:
     return settings_sql(checked_settings(ef_search=ef_search, iterative_scan="relaxed_order"))
 
 
+def _sql_of(database: Database, query: Any) -> tuple[str, list[Any]]:
+    """A query's SQL and parameters, from the statement cache (`kit.db.shapes`) where the database has one."""
+    sql_of = getattr(database, "sql_of", None)
+    return sql_of(query) if sql_of is not None else query.sql()
+
+
 def _run(database: Database, plan: SearchPlan, ef_search: int | None) -> list[Any]:
-    sql_of = getattr(database, "sql_of", None)  # the statement cache (`kit.db.shapes`) where the database has one
-    sql, params = sql_of(plan.query) if sql_of is not None else plan.query.sql()
+    sql, params = _sql_of(database, plan.query)
     with search_limit(database) as limit, riding(limit + plan_settings(plan, ef_search)):
         cursor = read_sql(database)(sql, params)  # the settings ride before it: the statement is the search's own
         return list(plan.query._get_cursor_wrapper(cursor))
