@@ -34,6 +34,7 @@ BAD = {  # rule -> a statement that breaks it, on the table "orders"
     "require-concurrent-index-deletion": "DROP INDEX orders_total",
     "ban-truncate": "TRUNCATE orders",
     "ban-lock-table": "LOCK TABLE orders",
+    "unbatched-copy": "INSERT INTO orders_archive SELECT * FROM orders",
 }
 IN_TRANSACTION = {  # rules about the statement itself, whatever the table holds
     "ban-concurrent-index-creation-in-transaction": 'CREATE INDEX CONCURRENTLY "orders_total" ON "orders" ("total")',

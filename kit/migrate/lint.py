@@ -104,6 +104,10 @@ RULES = [
     Rule("ban-drop-table",
          "the code still running queries it, and its rows are gone for good",
          "remove the model and deploy first; archive the rows, then drop it in a later migration"),
+    Rule("unbatched-copy",
+         "one INSERT ... SELECT copies a whole table inside the migration's transaction: every lock the migration "
+         "holds is held for as long as the copy runs",
+         "copy in batches (by key range), each its own short transaction, outside the migration"),
     Rule("ban-truncate",
          "TRUNCATE holds an ACCESS EXCLUSIVE lock until commit, and the code still running loses every row",
          "delete in batches outside the migration, or drop the table in a later release"),
@@ -224,6 +228,9 @@ def classify(statement: Any, volatile: Callable[[str], bool]) -> Iterator[tuple[
         elif statement.removeType == ObjectType.OBJECT_INDEX and not statement.concurrent:
             for name in statement.objects or ():
                 yield "require-concurrent-index-deletion", INDEX + name[-1].sval
+    elif isinstance(statement, ast.InsertStmt) and statement.selectStmt is not None:
+        for source in _tables_read(statement.selectStmt):  # INSERT ... SELECT: as long as the tables it reads
+            yield "unbatched-copy", source
     elif isinstance(statement, (ast.UpdateStmt, ast.DeleteStmt)):
         yield "unbatched-backfill", statement.relation.relname
     elif isinstance(statement, ast.TruncateStmt):
@@ -240,6 +247,18 @@ def classify(statement: Any, volatile: Callable[[str], bool]) -> Iterator[tuple[
 
 
 INDEX = "index "  # what `classify` puts before an index's name where a rule's table would be
+def _tables_read(node: Any) -> list[str]:
+    """The tables a query reads (every table named in its FROM clauses, subqueries and joins included)."""
+    names: list[str] = []
+
+    class Tables(Visitor):
+        def visit_RangeVar(self, ancestors: Any, relation: Any) -> None:  # noqa: N802 - pglast's visitor protocol
+            names.append(relation.relname)
+
+    Tables()(node)
+    return names
+
+
 _PARAMETER = re.compile(r"%s")  # peewee's placeholders: a parameter to the parser ($1) is the same expression
 
 
