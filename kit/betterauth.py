@@ -19,14 +19,21 @@ import os
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import ModuleType
 
-from nacl.bindings import (
-    crypto_aead_xchacha20poly1305_ietf_decrypt,
-    crypto_aead_xchacha20poly1305_ietf_encrypt,
-)
-from nacl.exceptions import CryptoError
+from kit.errors import ArgumentError, ConfigError, DecryptionError, KitError
 
-from kit.errors import ArgumentError, ConfigError, DecryptionError
+
+def _nacl() -> ModuleType:
+    """libsodium's XChaCha20-Poly1305 (PyNaCl), the `betterauth` extra: imported by what encrypts or decrypts."""
+    try:
+        import nacl.bindings
+        import nacl.exceptions
+    except ImportError:
+        raise KitError("encrypting or decrypting Better Auth's values needs PyNaCl, the betterauth extra: "
+                       "pip install 'peewee-saas-kit[betterauth]'") from None
+    return nacl
+
 
 DEVELOPMENT_SECRET = "better-auth-secret-12345678901234567890"  # Better Auth's fallback when none is set
 NONCE_BYTES = 24
@@ -71,7 +78,8 @@ def encrypt(plain: str, secrets: Secrets | None = None, nonce: bytes | None = No
     nonce = os.urandom(NONCE_BYTES) if nonce is None else nonce
     if len(nonce) != NONCE_BYTES:
         raise ArgumentError(f"the nonce must be {NONCE_BYTES} bytes, got {len(nonce)}")
-    sealed = crypto_aead_xchacha20poly1305_ietf_encrypt(plain.encode("utf-8"), None, nonce, _key(secrets.current))
+    sealed = _nacl().bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(plain.encode("utf-8"), None, nonce,
+                                                                          _key(secrets.current))
     text = (nonce + sealed).hex()
     return text if secrets.version is None else f"{ENVELOPE_PREFIX}{secrets.version}${text}"
 
@@ -103,10 +111,12 @@ def decrypt(stored: str, secrets: Secrets | None = None) -> str:
         secret = secrets.legacy
         if secret is None:
             raise DecryptionError("the value has no $ba$ version prefix and no BETTER_AUTH_SECRET is set for it")
+    nacl = _nacl()
     try:
         raw = bytes.fromhex(text)
-        opened = crypto_aead_xchacha20poly1305_ietf_decrypt(raw[NONCE_BYTES:], None, raw[:NONCE_BYTES], _key(secret))
-    except (ValueError, CryptoError):
+        opened = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(raw[NONCE_BYTES:], None, raw[:NONCE_BYTES],
+                                                                          _key(secret))
+    except (ValueError, nacl.exceptions.CryptoError):
         raise DecryptionError("the value cannot be decrypted with this secret (another secret, or not "
                               "Better Auth's format)") from None
     return opened.decode("utf-8")

@@ -27,3 +27,15 @@ def test_the_embedded_servers_advice_names_its_extra():
     from kit.embedded import HOW_TO_FIX
 
     assert "pip install 'peewee-saas-kit[embedded]'" in HOW_TO_FIX and "set DATABASE_URL" in HOW_TO_FIX
+
+
+def test_better_auths_encryption_without_pynacl_names_its_extra(monkeypatch):
+    from kit import betterauth
+    from kit.errors import KitError
+
+    assert betterauth.decrypt(betterauth.encrypt("otp-secret")) == "otp-secret"  # with it: as Better Auth does
+    monkeypatch.setitem(sys.modules, "nacl", None)
+    monkeypatch.setitem(sys.modules, "nacl.bindings", None)
+    with pytest.raises(KitError, match=r"needs PyNaCl, the betterauth extra: pip install 'peewee-saas-kit\[betterauth\]'"):
+        betterauth.encrypt("otp-secret")
+    assert betterauth.verify_password(betterauth.hash_password("pw"), "pw")  # hashing needs no extra
