@@ -32,6 +32,7 @@ from kit.vector import (
     VectorValueError,
     nearest,
 )
+from kit.vector.bulk import fetch_matrix
 
 
 class Item(Model):
@@ -295,6 +296,9 @@ def test_binary_copy_writes_pgvector_pythons_own_fields_as_insert_many_would():
         inserted = [(list(r.embedding), r.half_embedding and list(r.half_embedding), r.sparse_embedding,
                      r.binary_embedding) for r in PythonItem.select().order_by(PythonItem.id)]
         assert copied == inserted and copied[-2][0] == [1, 2, 3] and copied[-1][0] == [4, 5, 6]
+        keys, matrix = fetch_matrix(PythonItem.select(PythonItem.id, PythonItem.embedding).order_by(PythonItem.id))
+        assert len(keys) == len(rows) and matrix.shape == (len(rows), 3) and matrix.dtype == np.float32
+        assert matrix.tolist() == [embedding for embedding, *_ in inserted]  # read in binary, as the kit's own
         with pytest.raises(CopyRowError, match="row 1"):
             copy_rows(PythonItem, [{"embedding": [1, 2, 3]}, {"embedding": [1, 2]}], database)
     finally:
