@@ -128,7 +128,7 @@ def variables_markdown() -> str:
     """The environment variables as a Markdown table (docs/configuration.md holds it verbatim)."""
     rows = ["| variable | default | meaning |", "|---|---|---|"]
     for variable in VARIABLES:
-        default = variable.default or f"`{getattr(Settings, variable.field)}`"
+        default = variable.default or f"`{getattr(Settings, variable.field or '')}`"
         rows.append(f"| `{variable.name}` | {default} | {variable.meaning} |")
     return "\n".join(rows) + "\n"
 

@@ -44,7 +44,7 @@ class PoolSettingError(KitError, ValueError):
     """A pool argument is out of range (a negative size, MIN above MAX, a timeout that is not a number)."""
 
 
-class PoolExhausted(KitError, MaxConnectionsExceeded):
+class PoolExhausted(KitError, MaxConnectionsExceeded):  # type: ignore[misc]  # playhouse ships no types
     """Every connection stayed checked out for the whole wait (peewee's `MaxConnectionsExceeded`)."""
 
     pool_full: bool = False  # True: refused at once, every connection in use (a replica's pool)
@@ -159,7 +159,7 @@ class TenantRequired(TenantError):
 class LockBusy(KitError, OperationalError):
     """A schema change could not get its lock within the retry budget; nothing of it was done."""
 
-    def __init__(self, what: str, attempts: int, waited: float, blockers: list, policy: object) -> None:
+    def __init__(self, what: str, attempts: int, waited: float, blockers: list[Any], policy: Any) -> None:
         self.what, self.attempts, self.waited, self.blockers = what, attempts, waited, blockers
         held = "; ".join(b.describe() for b in blockers) or "a session that ended before it could be named"
         super().__init__(

@@ -39,7 +39,7 @@ import uuid
 import weakref
 from contextlib import ContextDecorator, suppress
 from contextvars import ContextVar
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, overload
 
 from peewee import Delete, Insert, Update
 
@@ -49,6 +49,10 @@ SETTING = "kit.tenant"  # the transaction-local setting the policies read
 BOUND = "kit.tenant_xact"  # the transaction it was set for: the policies accept SETTING only in that transaction
 
 
+@overload
+def id_of(value: Any, what: str = ..., optional: Literal[False] = ...) -> uuid.UUID: ...
+@overload
+def id_of(value: Any, what: str = ..., optional: bool = ...) -> uuid.UUID | None: ...
 def id_of(value: Any, what: str = "organization", optional: bool = False) -> uuid.UUID | None:
     """The id of a row given as a model instance or its id (a UUID or UUID text); one sentence otherwise."""
     if value is None and optional:
@@ -210,7 +214,7 @@ def require_tenant(query: Any) -> None:
     """Raise TenantRequired for a write the tenant table's policies would refuse (or, for UPDATE/DELETE, skip)."""
     meta = getattr(getattr(query, "model", None), "_meta", None)
     name = getattr(meta, "tenant", None)
-    if not name or not isinstance(query, (Insert, Update, Delete)):
+    if meta is None or not name or not isinstance(query, (Insert, Update, Delete)):
         return
     command = {Insert: "insert", Update: "update", Delete: "delete"}[next(
         kind for kind in (Insert, Update, Delete) if isinstance(query, kind))]

@@ -84,8 +84,7 @@ class _Preparing(Context):
     def param(self, param: Param) -> Any:
         """A parameter placeholder for `param`, with the converter peewee would use in its place."""
         self.slots.append((param.name, param.converter or self.state.converter))
-        self._values.append(None)
-        return self.literal(self.state.param or "?")
+        return Context.value(self, None, False)  # peewee's own placeholder, its value filled at each call
 
     def value(self, value: Any, converter: Any = None, add_param: bool = True) -> Any:
         """Any value that is not a `Param` would be fixed at the first call: refused."""
@@ -135,7 +134,8 @@ class Prepared:
 
     def sql(self, database: Any = None, **values: Any) -> tuple[str, list[Any]]:
         """The SQL and parameters it sends with these values (on `database`, else the query's own)."""
-        return (database or self.model._meta.database).sql_of(self.bound(**values))
+        rendered: tuple[str, list[Any]] = (database or self.model._meta.database).sql_of(self.bound(**values))
+        return rendered
 
     def bound(self, **values: Any) -> Any:
         """A copy of the query carrying these values, to run as it is (built upon, it is refused: `check_bound`)."""
@@ -167,7 +167,8 @@ class Prepared:
         """The SQL and parameters peewee renders with the values in place of the `Param`s."""
         bind(self.render(database)[1], values)  # every name given, no other
         options = {**database.get_context_options(), **(context or {})}
-        return _Substituting(values, **options).sql(self._query).query()
+        rendered: tuple[str, list[Any]] = _Substituting(values, **options).sql(self._query).query()
+        return rendered
 
 
 def bind(slots: tuple[tuple[str, Any], ...], values: Mapping[str, Any]) -> list[Any]:
