@@ -9,15 +9,15 @@ releases); without it this is skipped with one line.
 
 from __future__ import annotations
 
+import importlib.util
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.unit, pytest.mark.skipif(shutil.which("mypy") is None,
+pytestmark = [pytest.mark.unit, pytest.mark.skipif(importlib.util.find_spec("mypy") is None,  # in this Python
                                                    reason="mypy is not installed (pip install -e '.[dev]')")]
 
 ROOT = Path(__file__).resolve().parents[2]
