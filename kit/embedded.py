@@ -211,7 +211,7 @@ def _restrict_socket_in_config(pgdata: Path) -> None:
                       f"{SOCKET_RULE}\n")
 
 
-def _lock_down_socket(pgserver: ModuleType, server: object, pgdata: Path, info: object) -> object:
+def _lock_down_socket(pgserver: ModuleType, server: Any, pgdata: Path, info: Any) -> Any:
     """Make sure nobody but the server's user can reach or replace its socket; restart once if needed."""
     socket_dir, port = Path(info.socket_dir), info.port or 5432
     owner = (pgdata / "PG_VERSION").stat().st_uid  # the server's own OS user
@@ -239,7 +239,7 @@ def _lock_down_socket(pgserver: ModuleType, server: object, pgdata: Path, info: 
     return info
 
 
-def _without_root_group(pgserver: ModuleType, server: object, pgdata: Path, info: object) -> object:
+def _without_root_group(pgserver: ModuleType, server: Any, pgdata: Path, info: Any) -> Any:
     """Restart once a server started (by an older kit, as root) with group root; return its info."""
     if os.geteuid() != 0 or not server.system_user or _group_ids(info.pid) - {0} == _group_ids(info.pid):
         return info
@@ -256,7 +256,7 @@ def _group_ids(pid: int) -> set[int]:
         lines = Path(f"/proc/{pid}/status").read_text().splitlines()
     except OSError:
         return set()
-    found = set()
+    found: set[int] = set()
     for line in lines:
         if line.startswith(("Gid:", "Groups:")):
             found.update(int(part) for part in line.split()[1:])

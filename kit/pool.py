@@ -51,6 +51,7 @@ import traceback
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any
 
 from kit.errors import PoolExhausted, PoolSettingError
@@ -263,7 +264,7 @@ class ConnectionPool:
     @staticmethod
     def _note_taker(slot: _Slot) -> None:
         """Record where `slot` is being checked out (the caller's stack, without the pool's own frames)."""
-        frame = sys._getframe(1)
+        frame: FrameType | None = sys._getframe(1)
         while frame is not None and frame.f_globals.get("__name__") == __name__:
             frame = frame.f_back
         slot.taken_by = traceback.StackSummary.extract(traceback.walk_stack(frame), limit=30, lookup_lines=False)
