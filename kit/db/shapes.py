@@ -468,10 +468,7 @@ class StatementCache:
         except Unfit as exc:
             return self._unfit(database, query, str(exc))
         key = tuple(walk.tokens)
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None:
-                self._entries.move_to_end(key)
+        entry = self._lookup(key)
         if entry is None:
             return self._fill(database, query, key, walk)
         params = _bound(entry, walk.values)
@@ -491,14 +488,25 @@ class StatementCache:
             self.last_unfit = reason
             log.debug("statement not cached (%s): %s", reason, sql)
             return sql, params
-        entry = _Entry(sql, ctx.converters, walk.keep)
+        self._store(key, _Entry(sql, ctx.converters, walk.keep))
+        return sql, params
+
+    def _lookup(self, key: tuple[Any, ...]) -> _Entry | None:
+        """The entry for `key` (now the most recently used), or None."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+        return entry
+
+    def _store(self, key: tuple[Any, ...], entry: _Entry) -> None:
+        """Keep `entry` under `key`, forgetting the least recently used beyond the bound."""
         with self._lock:
             self._entries[key] = entry
             self.counts["fills"] += 1
             while len(self._entries) > self.size:
                 self._entries.popitem(last=False)
                 self.counts["evictions"] += 1
-        return sql, params
 
     def _prepared(self, database: Any, query: Any, prepared: Prepared, values: Mapping[str, Any],
                   context: dict[str, Any]) -> tuple[str, list[Any]]:
@@ -507,21 +515,13 @@ class StatementCache:
         if context or database.context_class is not Context:
             return prepared.substituted(database, values, context)
         key = (Prepared, id(prepared))
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None:
-                self._entries.move_to_end(key)
+        entry = self._lookup(key)
         if entry is None:
             sql, slots = prepared.render(database)
-            entry = _Entry(sql, slots, [prepared])
-            with self._lock:
-                self._entries[key] = entry
-                self.counts["fills"] += 1
-                while len(self._entries) > self.size:
-                    self._entries.popitem(last=False)
-                    self.counts["evictions"] += 1
+            entry = _Entry(sql, slots, [prepared])  # its converters are (name, converter) slots
+            self._store(key, entry)
         params = bind(entry.converters, values)
-        if any(type(param) not in _PARAMETERS and (isinstance(param, Node) or is_model(param)) for param in params):
+        if not _all_parameters(params):
             return prepared.substituted(database, values, context)  # a value converts to SQL: peewee writes it
         self.counts["hits"] += 1
         if VERIFY:
@@ -567,10 +567,13 @@ def _bound(entry: _Entry, values: list[Any]) -> list[Any] | None:
     if entry.plain:
         return values
     params = [convert(value) if convert else value for convert, value in zip(entry.converters, values, strict=True)]
-    for param in params:
-        if type(param) not in _PARAMETERS and (isinstance(param, Node) or is_model(param)):
-            return None
-    return params
+    return params if _all_parameters(params) else None
+
+
+def _all_parameters(params: list[Any]) -> bool:
+    """Whether every converted value is a parameter (none converted to SQL of its own: a node, a model)."""
+    return not any(type(param) not in _PARAMETERS and (isinstance(param, Node) or is_model(param))
+                   for param in params)
 
 
 _PARAMETERS = frozenset((str, int, float, bool, bytes, type(None), decimal.Decimal, uuid.UUID, datetime.datetime,
