@@ -237,3 +237,17 @@ def test_the_generator_writes_safe_forms_that_lint_clean_and_apply_without_stall
 def test_docs_name_every_rule():
     text = (ROOT / "docs" / "migrations.md").read_text()
     assert [rule.name for rule in RULES if f"| `{rule.name}` |" not in text] == []
+
+
+def test_the_verdict_never_says_nothing_stalls_without_naming_the_python_steps_it_did_not_check(test_db_url, owner_url):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_"))}
+    env |= {"DATABASE_URL": test_db_url, "DATABASE_OWNER_URL": owner_url}
+    ran = subprocess.run([sys.executable, "-m", "kit.cli", "migrate", "lint", "--dir", str(ROOT / "migrations"), "008"],
+                         capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert ran.returncode == 0, ran.stderr
+    assert "008_partition_audit_logs_and_ai_usage: not checked: a Python step (partition_table)" in ran.stdout
+    assert ran.stdout.strip().splitlines()[-1].endswith("2 Python step(s) not checked (listed above)")
