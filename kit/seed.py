@@ -13,7 +13,7 @@ from pathlib import Path
 
 import peewee
 
-from kit import fixtures, migrate
+from kit import migrate
 from kit.db import database
 from kit.errors import ConfigError, KitError, describe
 from kit.migrate.loader import default_directory
@@ -103,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.dump and not args.paths:
         parser.error("give at least one fixture PATH (or --dump TABLES --out FILE)")
     try:
+        from kit import fixtures  # the seed extra (PyYAML): without it, one sentence naming the extra
+
         database.configure_owner()  # seeds write every organization's rows: the owner's connection
         refuse_pending_migrations(database)
         if args.dump:

@@ -39,3 +39,15 @@ def test_better_auths_encryption_without_pynacl_names_its_extra(monkeypatch):
     with pytest.raises(KitError, match=r"needs PyNaCl, the betterauth extra: pip install 'peewee-saas-kit\[betterauth\]'"):
         betterauth.encrypt("otp-secret")
     assert betterauth.verify_password(betterauth.hash_password("pw"), "pw")  # hashing needs no extra
+
+
+def test_seeding_without_pyyaml_names_the_seed_extra_in_one_line(tmp_path):
+    import subprocess
+
+    hide = tmp_path / "sitecustomize.py"  # runs first in the child: PyYAML as if it were not installed
+    hide.write_text("import sys\nsys.modules['yaml'] = None\n")
+    ran = subprocess.run([sys.executable, "-m", "kit.seed", "fixtures/dev.yaml"], capture_output=True, text=True,
+                         timeout=60, env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)})
+    assert ran.returncode == 1 and ran.stdout == ""
+    assert ran.stderr == ("kit.seed: error: seed fixtures are YAML and PyYAML is not installed: "
+                          "pip install 'peewee-saas-kit[seed]'\n")
