@@ -107,6 +107,8 @@ class ArgumentTypeError(ArgumentError, TypeError):
 class VectorValueError(KitError, ValueError):
     """A value cannot be stored in a vector column; the message names the column."""
 
+    offset: int | None = None  # in a batch: the position of the value refused
+
 
 class MigrationError(KitError):
     """A migration cannot be applied, verified or resolved; the message says which and what to do."""

@@ -31,6 +31,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from functools import partial
 
 from peewee import Database
 
@@ -165,8 +166,8 @@ def ensure_partitions(database: Database, table: str, column: str = "created_at"
             done.skipped.append(name)  # a table of that name outside the partitions: a retired month kept
             continue
         moved = run_ddl(database, f"{table}: making partition {name}",
-                        lambda month=month, name=name: _make_partition(database, table, column, name, month,
-                                                                       month in waiting), policy=policy, say=say)
+                        partial(_make_partition, database, table, column, name, month, month in waiting),
+                        policy=policy, say=say)
         (done.moved if month in waiting else done.created).append(name)
         done.rows_moved += moved
     done.in_default = _months_in_default(database, table, column)
@@ -215,7 +216,7 @@ def retire_partitions(database: Database, table: str, keep: int, drop: bool = Fa
         if month >= oldest_kept:
             continue
         run_ddl(database, f"{table}: retiring partition {name}",
-                lambda name=name: _detach(database, table, name, drop), policy=policy, say=say)
+                partial(_detach, database, table, name, drop), policy=policy, say=say)
         done.retired.append(name)
     if any(month < oldest_kept for month in _months_in_default(database, table, column)):
         archive = f"{table}_default_before_{oldest_kept.year:04d}{oldest_kept.month:02d}"

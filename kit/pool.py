@@ -52,7 +52,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 from kit.errors import PoolExhausted, PoolSettingError
 
@@ -124,7 +124,8 @@ class ConnectionPool:
         self._cond = threading.Condition(self._lock)  # callers waiting for a connection
         self._waiting = 0
         self._counter = itertools.count()
-        self.min_size, self.max_size = 0, None
+        self.min_size: int = 0
+        self.max_size: int | None = None
         self.timeout = self.stale_timeout = self.max_idle = None
         self.check_after: float = 30.0
         self.leak_after: float | None = None
@@ -148,8 +149,10 @@ class ConnectionPool:
                   stale_timeout: Any = ..., max_idle: Any = ..., check_after: Any = ...,
                   leak_after: Any = ...) -> None:
         """Change settings (those not given stay the same); all are checked before any is applied."""
-        new_max = self.max_size if max_size is ... else (_limit("max_size", max_size, whole=True) or None)
-        new_min = self.min_size if min_size is ... else _limit("min_size", min_size, whole=True, none_ok=False)
+        new_max = self.max_size if max_size is ... else (cast("int | None", _limit("max_size", max_size, whole=True))
+                                                         or None)
+        new_min = self.min_size if min_size is ... else cast(int, _limit("min_size", min_size, whole=True,
+                                                                         none_ok=False))
         if new_max is not None and new_min > new_max:
             raise PoolSettingError(f"min_size ({new_min}) must not be greater than max_size ({new_max})")
         values = {

@@ -27,17 +27,20 @@ _LEADING_SETTING = re.compile(r"\s*(?:SET\s+LOCAL\s[^;]*|SELECT\s+set_config\([^
 
 # -- the wire ------------------------------------------------------------------------------------
 
+F32 = np.dtype(np.float32)
+
+
 def vector_codec(element: str) -> tuple[Callable[[Any], bytes], Callable[[bytes], np.ndarray]]:
     """asyncpg binary encoder and decoder for pgvector's `vector` ('>f4') or `halfvec` ('>f2')."""
 
     def encode(value: Any) -> bytes:
         array = getattr(value, "array", None)  # the kit's fields send text that carries its array
         if array is None:
-            array = wire.from_text(value, np.float32) if isinstance(value, str) else np.asarray(value, np.float32)
+            array = wire.from_text(value, F32) if isinstance(value, str) else np.asarray(value, np.float32)
         return wire.to_binary(array, element)
 
     def decode(data: bytes) -> np.ndarray:
-        return wire.from_binary(data, element, np.float32)
+        return wire.from_binary(data, element, F32)
 
     return encode, decode
 

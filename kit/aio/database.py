@@ -37,15 +37,17 @@ It keeps the sync pool's promises, with the same rules (`kit.db.pooled`, `kit.db
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sys
 import time
 import traceback
+import types
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import psycopg2.extensions
-from peewee import (
+from peewee import (  # type: ignore[attr-defined]  # __exception_wrapper__: not in its stubs
     DatabaseError,
     ModelSelect,
     OperationalError,
@@ -131,6 +133,7 @@ class AsyncDatabase(AsyncReadRouting, ShapedStatements, AsyncPostgresqlDatabase)
     """The kit's asyncio PostgreSQL database: pwasyncio on asyncpg, configured from the environment on first use."""
 
     is_door = False  # the door's own database: `all_tenants()` statements of its parent run here
+    _pool: Any  # pwasyncio's: the asyncpg pool of the running loop (None until made)
 
     def __init__(self, url: str | None = None, settings: Settings | None = None, stands_for: Any = None, *,
                  replicas: Any = None, door_url: str | None = None) -> None:
@@ -291,17 +294,17 @@ class AsyncDatabase(AsyncReadRouting, ShapedStatements, AsyncPostgresqlDatabase)
             if ConnectionPool.observer is not None:
                 ConnectionPool.observer.waited(self.pool_name, held.taken - began)
             if self._leak_after:
-                self._watch_for_leak(held)
+                self._watch_for_leak(held, self._leak_after)
             return held
         raise OperationalError("every connection the pool handed over was lost at once")
 
-    def _watch_for_leak(self, held: KitConnection) -> None:
-        """Report `held` once if it is still checked out after the leak threshold, with the stack that took it."""
-        frame = sys._getframe(2)
+    def _watch_for_leak(self, held: KitConnection, after: float) -> None:
+        """Report `held` once if it is still checked out `after` seconds on, with the stack that took it."""
+        frame: types.FrameType | None = sys._getframe(2)
         while frame is not None and frame.f_globals.get("__name__", "").startswith(("kit.aio", "playhouse")):
             frame = frame.f_back
         held.taken_by = traceback.StackSummary.extract(traceback.walk_stack(frame), limit=30, lookup_lines=False)
-        held.leak_timer = asyncio.get_running_loop().call_later(self._leak_after, self._report_leak, held,
+        held.leak_timer = asyncio.get_running_loop().call_later(after, self._report_leak, held,
                                                                  asyncio.current_task())
 
     def _report_leak(self, held: KitConnection, task: Any) -> None:
@@ -473,13 +476,13 @@ class AsyncDatabase(AsyncReadRouting, ShapedStatements, AsyncPostgresqlDatabase)
         """Whether `query` returns a row."""
         return await self.run(query.bind(self).exists)
 
-    def execute(self, query: Any, **context: Any) -> Any:
+    def execute(self, query: Any, commit: Any = None, **context: Any) -> Any:
         """Run a peewee query (a tenant table's write with no tenant context is refused first, as on the sync path)."""
         if self._crossing():
-            return self.door().execute(query, **context)
+            return self.door().execute(query, commit, **context)
         if not isinstance(query, SelectBase) and current_tenant() is None and not crossing_tenants():
             require_tenant(query)
-        return super().execute(query, **context)
+        return super().execute(query, commit, **context)
 
     def in_transaction(self) -> bool:
         """Whether this task is inside a transaction (the door's, inside `all_tenants()`)."""
@@ -526,7 +529,7 @@ class AsyncDatabase(AsyncReadRouting, ShapedStatements, AsyncPostgresqlDatabase)
         """
         from kit.copy import copy_rows
 
-        return await asyncio.to_thread(self._on_sync_pool, copy_rows, model, rows, **kwargs)
+        return await asyncio.to_thread(functools.partial(self._on_sync_pool, copy_rows, model, rows, **kwargs))
 
     async def fetch_matrix(self, query: Any) -> tuple[Any, Any]:
         """`kit.vector.fetch_matrix` (binary COPY out into one matrix) on a worker thread, in this context."""

@@ -12,7 +12,8 @@ primary. A probe another task is running is not waited for (`Router(wait_for_pro
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 from peewee import DatabaseError, InterfaceError
 
@@ -29,6 +30,12 @@ class AsyncReadRouting:
     """The routing half of `kit.aio.AsyncDatabase` (its methods run inside `run()`, in a greenlet)."""
 
     _router: Router | None = None
+    # what the database this is mixed into (`AsyncDatabase`) provides
+    database: Any
+    counts: Any
+    _state: Any
+    sql_of: Callable[..., tuple[str, Any]]
+    aexecute_sql: Callable[..., Any]
     is_replica = False  # a replica's own database: it routes nothing, and a full pool leaves the read to the primary
 
     def _set_replicas(self, urls: Any, settings: Any) -> None:
@@ -37,7 +44,7 @@ class AsyncReadRouting:
 
         made = []
         for url in urls:
-            database = type(self)(url, replace(settings, replica_urls=()), stands_for=None)
+            database = cast(Any, type(self))(url, replace(settings, replica_urls=()), stands_for=None)
             database.is_replica = True
             made.append(Replica(database.database, database))
         self._router = Router(made, settings.replica_max_lag_ms / 1000, wait_for_probes=False) if made else None
@@ -49,10 +56,10 @@ class AsyncReadRouting:
         conn = self._state.conn
         return conn is None or not (conn.raw_transaction or conn.session)
 
-    def execute(self, query: Any, **context: Any) -> Any:
+    def execute(self, query: Any, commit: Any = None, **context: Any) -> Any:
         """Run a peewee query: a plain read outside a transaction on a fit replica, everything else on the primary."""
         if not self._reads_here(query):
-            return super().execute(query, **context)
+            return super().execute(query, commit, **context)  # type: ignore[misc]  # the database's own
         sql, params = self.sql_of(query, **context)
         return self.read_sql(sql, params)
 
@@ -84,12 +91,12 @@ class AsyncReadRouting:
             cursor = replica.database.execute_sql(sql, params)
         except (DatabaseError, InterfaceError, KitError) as exc:
             if not getattr(exc, "pool_full", False):
-                self._router.failed(replica, exc)
+                cast(Router, self._router).failed(replica, exc)
             self.counts["replica_fallbacks"] += 1
             log.info("a read went to the primary: replica %s could not serve it (%s)", replica.name, describe(exc))
             return self._primary_read(sql, params)
         if promoted(getattr(cursor, "hot_standby", None)):
-            self._router.promoted(replica)
+            cast(Router, self._router).promoted(replica)
             self.counts["replica_fallbacks"] += 1
             return self._primary_read(sql, params)
         replica.reads += 1

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
+from typing import cast
 
 # Data commands, and transaction control whose effect ends with the transaction.
 FIRST_WORDS = frozenset({"select", "insert", "update", "delete", "with", "values", "table", "show", "explain",
@@ -95,7 +96,8 @@ def only_reads(sql: str) -> bool:
         return False
     code = code_of(sql)
     words = _WORDS.findall(code) if code is not None else []
-    return bool(words) and words[0].lower() in ("select", "with", "values", "table") and not _WRITES.search(code)
+    return code is not None and bool(words) and words[0].lower() in ("select", "with", "values", "table") \
+        and not _WRITES.search(code)
 
 
 def _one_leaves_nothing(body: str) -> bool:
@@ -170,7 +172,7 @@ def code_of(sql: str) -> str | None:
     """
     out, i = [], 0
     while i < len(sql):
-        token = _LEX.match(sql, i).group()
+        token = cast(re.Match[str], _LEX.match(sql, i)).group()  # always a match: `.` takes any character
         end = _token_end(sql, token, i + len(token))
         if end is None:
             return None

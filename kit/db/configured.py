@@ -10,11 +10,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psycopg2
 import psycopg2.extensions
-from peewee import OperationalError, ProgrammingError, __exception_wrapper__
+from peewee import OperationalError, ProgrammingError, __exception_wrapper__  # type: ignore[attr-defined]  # peewee: not in its stubs
 
 from kit import embedded
 from kit.config import Settings, check_database_url, load_settings, mask_password
@@ -110,7 +110,7 @@ class Database(ReadRouting):
         if self._door_connections is not None:
             self._door_connections.close_all()
             self._door_connections = None
-        self.connect_params = {}
+        self.connect_params: dict[str, Any] = {}
         self.init(
             mask_password(url),  # what peewee and pw_migrate print; the real URL goes to the driver as dsn
             dsn=url,
@@ -177,13 +177,13 @@ class Database(ReadRouting):
             self._configured()
             with self._configure_lock:
                 if self._door_connections is None:
-                    url = self._door_url or resolve_url(self.settings, DOOR)
+                    url = self._door_url or resolve_url(self._loaded, DOOR)
                     params = {**self.connect_params, "dsn": url}
                     pool = ConnectionPool(Hooks(open=lambda: self._open_as(params), close=self._close_raw,
                                                 is_closed=self._is_closed, ping=self._ping,
                                                 can_reuse=self._can_reuse, reset=self._reset_session))
                     pool.configure(min_size=0, max_size=DOOR_POOL_MAX, timeout=self._app_pool.timeout,
-                                   max_idle=self.settings.pool_idle_timeout_ms / 1000,
+                                   max_idle=self._loaded.pool_idle_timeout_ms / 1000,
                                    leak_after=self._app_pool.leak_after)
                     pool.name = f"{self.target.pool_name()} (door, all_tenants)"
                     self._door_connections = pool
@@ -209,7 +209,13 @@ class Database(ReadRouting):
     def target(self) -> Target:
         """The server statements go to (configured from the environment first, on first use)."""
         self._configured()
-        return PooledDatabase.target.fget(self)
+        return self._own_target()
+
+    @property
+    def _loaded(self) -> Settings:
+        """The settings in use (configured from the environment first, on first use)."""
+        self._configured()
+        return cast(Settings, self.settings)
 
     def _configured(self) -> None:
         """Configure from the environment if this is the first use."""
@@ -224,7 +230,7 @@ class Database(ReadRouting):
         try:
             return super().connect(reuse_if_open)
         except PoolExhausted as exc:  # say it in the settings' own words
-            raise pool_exhausted(exc, self.max_size, self.settings.pool_timeout_ms) from None
+            raise pool_exhausted(exc, self.max_size, self._loaded.pool_timeout_ms) from None
         except PoolTooLarge as exc:
             raise ConfigError(f"DATABASE_POOL_MIN={self.min_size} is too large: {exc}") from None
         except KitError:
@@ -234,10 +240,10 @@ class Database(ReadRouting):
                 raise
             raise cannot_connect(self.database, exc) from exc
 
-    def execute(self, query: Any, **context: Any) -> Any:
+    def execute(self, query: Any, commit: Any = None, **context: Any) -> Any:
         """Run a peewee query (`ReadRouting.execute`); on a database never migrated, one sentence that says so."""
         try:
-            return super().execute(query, **context)
+            return super().execute(query, commit, **context)
         except ProgrammingError as exc:
             raise self._not_migrated(exc) from exc
 
@@ -275,7 +281,7 @@ class Database(ReadRouting):
         """The URL this context's statements go to: the door's inside `all_tenants()`, else `url`."""
         if self._crossing():
             self._configured()
-            return self._door_url or resolve_url(self.settings, DOOR)
+            return self._door_url or resolve_url(self._loaded, DOOR)
         return self.url
 
     # -- read routing ----------------------------------------------------------------------------

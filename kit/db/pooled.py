@@ -51,7 +51,7 @@ from typing import Any
 
 import psycopg2
 import psycopg2.extensions
-from peewee import InterfaceError, OperationalError, __exception_wrapper__, _callable_context_manager, _ConnectionLocal
+from peewee import InterfaceError, OperationalError, __exception_wrapper__, _callable_context_manager, _ConnectionLocal  # type: ignore[attr-defined]  # peewee: not in its stubs
 from playhouse.pool import PoolConnection
 from playhouse.postgres_ext import PostgresqlExtDatabase
 
@@ -121,7 +121,7 @@ def _socket_readable(conn: Any) -> bool:
 
 def _ended_by_server(exc: Exception, conn: Any) -> bool:
     """True when a statement failed on a session the server had already ended (rule 3 in the docstring)."""
-    return bool(conn.closed) and exc.pgcode is None and isinstance(exc, (psycopg2.OperationalError,
+    return bool(conn.closed) and getattr(exc, "pgcode", None) is None and isinstance(exc, (psycopg2.OperationalError,
                                                                          psycopg2.InterfaceError))
 
 
@@ -153,7 +153,7 @@ class ThreadState(_ConnectionLocal):
         super().reset()
         self.raw_transaction = False  # BEGIN sent as SQL, not through peewee's atomic()
         self.tenant_used = False  # the open transaction has carried a tenant (`kit.tenancy`)
-        self.scope = None  # the request scope the connection was taken in (`kit.db.scope`)
+        self.scope: object | None = None  # the request scope the connection was taken in (`kit.db.scope`)
 
     def let_go(self) -> None:
         """Forget the connection but not the open `connection_context()` blocks, which end as they began."""
@@ -206,8 +206,8 @@ class PooledDatabase(ShapedStatements, PostgresqlExtDatabase):
     def init(self, database: str | None, max_connections: int | None = None, stale_timeout: float | None = None,
              timeout: float | None = None, **kwargs: Any) -> None:
         """Point at `database` with `kwargs` for the driver; pool settings given change, the rest stay."""
-        pool_settings = {name: kwargs.pop(name) for name in ("min_size", "max_size", "max_idle", "check_after",
-                                                             "leak_after") if name in kwargs}
+        pool_settings: dict[str, Any] = {name: kwargs.pop(name) for name in (
+            "min_size", "max_size", "max_idle", "check_after", "leak_after") if name in kwargs}
         before = (getattr(self, "pooler", None), getattr(self, "statement_timeout", None))
         if "pooler" in kwargs:
             self.pooler = kwargs.pop("pooler")
@@ -237,11 +237,15 @@ class PooledDatabase(ShapedStatements, PostgresqlExtDatabase):
     def _name_pool(self) -> None:
         """Name the pool after its server, for metrics and log lines (a deferred database's later)."""
         if not self.deferred:
-            self._own_pool().name = PooledDatabase.target.fget(self).pool_name()
+            self._own_pool().name = self._own_target().pool_name()
 
     @property
     def target(self) -> Target:
         """The server this database's statements go to, as telemetry names it (host, port, database; no password)."""
+        return self._own_target()
+
+    def _own_target(self) -> Target:
+        """`target`, without configuring first (what a subclass's `target` does)."""
         target = self._target
         if target is None:
             params = {key: value for key, value in self.connect_params.items() if value is not None}

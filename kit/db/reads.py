@@ -11,9 +11,9 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, cast
 
-from peewee import DatabaseError, InterfaceError, SelectBase, __exception_wrapper__
+from peewee import DatabaseError, InterfaceError, SelectBase, __exception_wrapper__  # type: ignore[attr-defined]  # peewee: not in its stubs
 
 from kit.db.pooled import PooledDatabase
 from kit.db.scope import written
@@ -30,7 +30,7 @@ def plain_read(query: Any) -> bool:
     """True for a peewee SELECT that cannot write: no FOR UPDATE/SHARE, no data-modifying WITH."""
     if not isinstance(query, SelectBase) or getattr(query, "_for_update", None) is not None:
         return False
-    return all(isinstance(cte._query, SelectBase) for cte in query._cte_list or ())
+    return all(isinstance(cte._query, SelectBase) for cte in cast(Any, query)._cte_list or ())
 
 
 
@@ -46,14 +46,14 @@ class ReadRouting(PooledDatabase):
         self._floor: ContextVar[int] = ContextVar("kit_floor", default=0)  # a position from `reads_after()`
         self._primary_seen = 0  # the highest WAL position of the primary this process has seen
 
-    def execute(self, query: Any, **context: Any) -> Any:
+    def execute(self, query: Any, commit: Any = None, **context: Any) -> Any:
         """Run a peewee query: a plain read outside a transaction on a fit replica, everything else on the primary."""
         self._configured()
         if not plain_read(query):
             if not isinstance(query, SelectBase) and current_tenant() is None and not self.owner \
                     and not crossing_tenants():
                 require_tenant(query)
-            return super().execute(query, **context)
+            return super().execute(query, commit, **context)
         sql, params = self.sql_of(query, **context)
         return self.read_sql(sql, params)
 
@@ -116,14 +116,14 @@ class ReadRouting(PooledDatabase):
             cursor = replica.database.execute_sql(sql, params)
         except (DatabaseError, InterfaceError, KitError) as exc:
             if replica.database.connection_lost() and not isinstance(exc, PoolExhausted):
-                self._router.failed(replica, exc)
+                cast(Router, self._router).failed(replica, exc)
             if not only_reads and not isinstance(exc, PoolExhausted):
                 raise
             self._pool.count("replica_fallbacks")
             log.info("a read went to the primary: replica %s could not serve it (%s)", replica.name, describe(exc))
             return PooledDatabase.execute_sql(self, sql, params)
         if promoted(cursor.connection.get_parameter_status(HOT_STANDBY)):  # answered from another timeline
-            self._router.promoted(replica)
+            cast(Router, self._router).promoted(replica)
             if not only_reads:  # forced raw SQL, which may have written: never sent a second time
                 raise KitError(f"replica {replica.name} was promoted (it is not in recovery): the statement ran "
                                "there, on a server that is no longer the primary's replica, and not on the primary")
@@ -182,6 +182,8 @@ class ReadRouting(PooledDatabase):
     def check_replicas(self) -> list[dict[str, Any]]:
         """Ask every replica for its state now (those skipped as down too); return what `pool_stats` says of them."""
         router = self._router
-        for replica in router.replicas if router else ():
+        if router is None:
+            return []
+        for replica in router.replicas:
             router.probe(replica)
-        return [replica.stats() for replica in router.replicas] if router else []
+        return [replica.stats() for replica in router.replicas]

@@ -80,6 +80,7 @@ class ModelRows(ModelObjectCursorWrapper):
         model = self.model
         meta = model._meta
         select = self.select
+        key: tuple[Any, ...]
         if type(select) is FieldList:  # a model's default columns: one object per list of fields, kept by the plan
             key = (id(model), id(self.constructor), len(meta.fields), len(meta.combined), id(select), len(select))
         elif _only_fields(select):

@@ -49,10 +49,10 @@ import os
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from peewee import (
+from peewee import (  # type: ignore[attr-defined]  # is_model: not in its stubs
     SQL,
     Alias,
     Cast,
@@ -104,11 +104,11 @@ class _Spec:
 
     __slots__ = ("allowed", "children", "structure")
 
-    def __init__(self, structure: tuple[str, ...] = (), children: tuple[str, ...] = (),
+    def __init__(self, structure: tuple[str, ...] = (), children: tuple[Any, ...] = (),
                  ignored: tuple[str, ...] = ()) -> None:
         self.structure = structure
         self.children = children  # (name, sorted): `sorted` for a dict of columns written in column order
-        self.allowed = frozenset(structure + children + ignored)
+        self.allowed = frozenset(structure + tuple(children) + ignored)
 
 
 _WRAPPED = ("_coerce", "_converter")
@@ -159,7 +159,8 @@ def spec_of(kind: type) -> _Spec | None:
     if found is None:
         for base in kind.__mro__[1:]:
             spec = _SPECS.get(base)
-            if spec is not None and kind.__sql__ is base.__sql__ and _same_rows(kind, base):
+            if spec is not None and getattr(kind, "__sql__", None) is getattr(base, "__sql__", None) \
+                    and _same_rows(kind, base):
                 found = spec
                 break
     _spec_of_type[kind] = found
@@ -427,7 +428,7 @@ class _Entry:
 
     __slots__ = ("converters", "keep", "plain", "sql")
 
-    def __init__(self, sql: str, converters: list[Any], keep: list[Any]) -> None:
+    def __init__(self, sql: str, converters: Sequence[Any], keep: list[Any]) -> None:
         self.sql = sql
         self.converters = tuple(converters)
         self.plain = not any(converters)
@@ -458,7 +459,8 @@ class StatementCache:
         """`query`'s SQL and parameters: from the cache by shape, else rendered by peewee (and cached when fit)."""
         bound = getattr(query, "_kit_bound", None)
         if bound is not None:
-            return self._prepared(database, query, *bound, context)
+            statement, values = bound
+            return self._prepared(database, query, statement, values, context)
         if context or database.context_class is not Context:
             return database.get_sql_context(**context).sql(query).query()
         query = _defaults_given(query)
@@ -542,13 +544,16 @@ def _defaults_given(query: Any) -> Any:
     peewee computes those defaults (`utcnow()`, say) while rendering, so they are values the walk
     cannot see; filled in first, the same way (a callable called once), they are ordinary values.
     """
-    if type(query) is not ModelInsert or not isinstance(query._insert, Mapping) or query._columns:
+    if type(query) is not ModelInsert:
         return query
-    given = query._insert
+    insert: Any = query  # peewee's private query state, which its stubs do not declare
+    if not isinstance(insert._insert, Mapping) or insert._columns:
+        return query
+    given = insert._insert
     missing = [(field, value) for field, value in query.model._meta.defaults.items() if field not in given]
     if not missing:
         return query
-    filled = query.clone()
+    filled: Any = query.clone()
     filled._insert = {**given, **{field: value() if callable(value) else value for field, value in missing}}
     return filled
 
@@ -612,6 +617,7 @@ class ShapedStatements:
     """A peewee database whose `execute(query)` takes its SQL from the statement cache (sync and asyncio alike)."""
 
     _shapes: StatementCache | None = None
+    execute_sql: Callable[..., Any]  # the database's this is mixed into
 
     @property
     def shapes(self) -> StatementCache:

@@ -50,8 +50,9 @@ _registered = False
 
 def index_to_code(index: pw.ModelIndex, table: str, concurrently: bool = False) -> str:
     """A `kit_ops.add_index(...)` call that recreates `index` (`concurrently`: on a table that may hold rows)."""
+    private: Any = index  # peewee's index options are private attributes its stubs do not declare
     args = [repr(table)]
-    fields = [e for e in index._expressions if isinstance(e, pw.Field)]
+    fields = [e for e in private._expressions if isinstance(e, pw.Field)]
     if isinstance(index, VectorIndex):
         args.append(repr(index.field.name))
         options = {"method": index.method, "metric": index.metric, **index.parameters}
@@ -59,12 +60,12 @@ def index_to_code(index: pw.ModelIndex, table: str, concurrently: bool = False) 
             options["quantize"] = index.quantize
     else:
         args.extend(repr(f.name) for f in fields)
-        options = {"unique": index._unique}
-        if index._nulls_distinct is not None:
-            options["nulls_distinct"] = index._nulls_distinct
-        if index._using:
-            options["method"] = index._using
-    options["name"] = index._name
+        options = {"unique": private._unique}
+        if private._nulls_distinct is not None:
+            options["nulls_distinct"] = private._nulls_distinct
+        if private._using:
+            options["method"] = private._using
+    options["name"] = private._name
     if concurrently:
         options["concurrently"] = True
     args.extend(f"{key}={value!r}" for key, value in options.items())
@@ -133,7 +134,7 @@ def register() -> None:
 
     for module in ("kit.vector.fields", "kit.vector.sparse", "kit.vector.bit"):
         if module not in auto.PW_MODULES:
-            auto.PW_MODULES = (*auto.PW_MODULES, module)
+            auto.PW_MODULES = (*auto.PW_MODULES, module)  # type: ignore[misc,assignment]  # peewee-migrate's Final
     for field_class in (VectorField, HalfVectorField, SparseVectorField):
         auto.FIELD_MODULES_MAP[field_class.__name__] = "kit_vector"
         auto.FIELD_TO_PARAMS[field_class] = lambda f: {"dimensions": f.dimensions}
@@ -150,7 +151,7 @@ def register() -> None:
                 params["constraints"] = "[" + ", ".join(f"pw.SQL({sql!r})" for sql in rendered) + "]"
         return params
 
-    auto.Column.get_field_parameters = get_field_parameters
+    auto.Column.get_field_parameters = get_field_parameters  # type: ignore[method-assign]
     # BinaryJSONField adds a GIN index unless told not to: always write the choice down.
     auto.FIELD_TO_PARAMS[BinaryJSONField] = lambda f: {"index": f.index}
 
@@ -226,12 +227,12 @@ def register() -> None:
                                f"{_constraint_texts(field)!r})")
         return changes
 
-    auto.create_model = create_model
-    auto.create_fields = create_fields
-    auto.change_fields = change_fields
-    auto.change_not_null = change_not_null
-    auto.add_index = add_index
-    auto.drop_index = drop_index
+    auto.create_model = create_model  # type: ignore[assignment]
+    auto.create_fields = create_fields  # type: ignore[assignment]
+    auto.change_fields = change_fields  # type: ignore[assignment]
+    auto.change_not_null = change_not_null  # type: ignore[assignment]
+    auto.add_index = add_index  # type: ignore[assignment]
+    auto.drop_index = drop_index  # type: ignore[assignment]
     auto.diff_model_fields = diff_model_fields
 
     template = pw_template.TEMPLATE

@@ -22,6 +22,7 @@ forms (`kit.migrate.safe`) also queue steps that run after it commits (`kit.migr
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from peewee import SQL, ForeignKeyField, ModelIndex
@@ -81,7 +82,7 @@ def change_fields(migrator: Migrator, table: str, **fields: Any) -> None:
         if same_column:
             field.null = old.null  # the add_not_null / drop_not_null line that follows changes it
         else:
-            _safely(migrator, lambda name=name, field=field: migrator.change_fields(table, **{name: field}))
+            _safely(migrator, partial(migrator.change_fields, table, **{name: field}))
 
 
 def add_not_null(migrator: Migrator, table: str, *names: str) -> None:

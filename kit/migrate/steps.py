@@ -23,6 +23,7 @@ import contextvars
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 
 from peewee import Database
 from peewee_migrate import Migrator
@@ -131,7 +132,7 @@ def _run_step(database: Database, step: Step, say: Callable[[str], None]) -> Non
         rows = _backfill(database, what, step)
         say(f"{step.migration}: backfilled {rows:,} rows")
     elif step.kind == "sql":
-        run_ddl(database, what, lambda step=step: database.execute_sql(step.sql, step.params))
+        run_ddl(database, what, partial(database.execute_sql, step.sql, step.params))
     else:
         raise MigrationError(f"{step.migration}: a step of unknown kind {step.kind!r} is recorded in "
                              f"{STEPS_TABLE} (id {step.id}); this kit cannot run it")

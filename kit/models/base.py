@@ -149,6 +149,11 @@ def is_generated(field: Any) -> bool:
 _DEFAULT_SELECTS: dict[type, tuple[list[Any], Any]] = {}
 
 
+def _overrides(model: Any, method: str) -> bool:
+    """Whether `model` has a classmethod `method` of its own instead of `BaseModel`'s."""
+    return getattr(model, method).__func__ is not getattr(BaseModel, method).__func__
+
+
 def _default_select(model: Any) -> Any:
     """A new `model.select()` of its default columns (all but generated ones).
 
@@ -158,7 +163,7 @@ def _default_select(model: Any) -> Any:
     fields = model._meta.sorted_fields
     known = _DEFAULT_SELECTS.get(model)
     if known is None or known[0] is not fields:
-        base = KitSelect(model, [f for f in fields if not is_generated(f)], is_default=True)
+        base: Any = KitSelect(model, [f for f in fields if not is_generated(f)], is_default=True)
         try:
             base._returning = FieldList(base._returning)  # walked once for the statement cache (`kit.db.shapes`)
         except Unfit:
@@ -178,6 +183,7 @@ class _RowsOfOneContext:
     """
 
     _read_in: Any = None
+    _cursor_wrapper: Any  # peewee's (a mixin over its query classes' private execution methods)
 
     def _forget_other_contexts_rows(self) -> None:
         if self._cursor_wrapper is not None and self._read_in != context_key():
@@ -185,15 +191,15 @@ class _RowsOfOneContext:
 
     def _ensure_execution(self) -> None:
         self._forget_other_contexts_rows()
-        super()._ensure_execution()
+        super()._ensure_execution()  # type: ignore[misc]
 
     def __iter__(self) -> Any:
         self._forget_other_contexts_rows()
-        return super().__iter__()
+        return super().__iter__()  # type: ignore[misc]
 
     def _execute(self, database: Any) -> Any:
         self._forget_other_contexts_rows()
-        rows = super()._execute(database)
+        rows = super()._execute(database)  # type: ignore[misc]
         self._read_in = context_key()
         return rows
 
@@ -219,9 +225,10 @@ class KitSelect(_RowsOfOneContext, ModelSelect):
             raise not_found(self) from None
 
     def _get_model_cursor_wrapper(self, cursor: Any) -> Any:
-        if len(self._from_list) == 1 and not self._joins:
-            return ModelRows(cursor, self.model, self._returning, self.model)
-        return super()._get_model_cursor_wrapper(cursor)
+        query: Any = self  # peewee's private query state, which its stubs do not declare
+        if len(query._from_list) == 1 and not query._joins:
+            return ModelRows(cursor, self.model, query._returning, self.model)
+        return super()._get_model_cursor_wrapper(cursor)  # type: ignore[misc]
 
 
 class KitRaw(_RowsOfOneContext, ModelRaw):
@@ -230,6 +237,8 @@ class KitRaw(_RowsOfOneContext, ModelRaw):
     Run again in another context only when it provably only reads (`kit.db.clean.only_reads`): a raw
     statement that may write is refused there instead of being written a second time.
     """
+
+    _sql: str  # peewee's: the raw statement
 
     def _forget_other_contexts_rows(self) -> None:
         if self._cursor_wrapper is not None and self._read_in != context_key() and not only_reads(self._sql):
@@ -266,7 +275,7 @@ class BaseModel(VectorModel):
     def get(cls, *query: Any, **filters: Any) -> Any:
         """peewee's `Model.get`: the one row matching `query` (the WHERE set on one new query, not on copies of it)."""
         if filters or not query or (len(query) == 1 and isinstance(query[0], int) and cls._meta.auto_increment) \
-                or cls.select.__func__ is not BaseModel.select.__func__:  # a `select()` of the model's own: peewee's
+                or _overrides(cls, "select"):  # a `select()` of the model's own: peewee's
             return super().get(*query, **filters)
         select = _default_select(cls)  # a new query of the model's own making, changed in place, not copied:
         select._where = reduce(operator.and_, query)  # what `where(*query)` sets
@@ -284,7 +293,7 @@ class BaseModel(VectorModel):
     @classmethod
     def kit_by_id(cls, pk: Any) -> Any:
         """The prepared read of the row with this key, bound to it, as `get_by_id` sends it (None: peewee's runs)."""
-        if cls.select.__func__ is not BaseModel.select.__func__ or cls.get.__func__ is not BaseModel.get.__func__ \
+        if _overrides(cls, "select") or _overrides(cls, "get") \
                 or not cls._meta.primary_key or cls._meta.composite_key:  # a select() or get() of its own: peewee's
             return None
         return prepared(cls, _by_id).bound(pk=pk, limit=1, offset=0)

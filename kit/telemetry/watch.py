@@ -121,7 +121,8 @@ class _Statement:
     def __init__(self, watch: Watch, target: Target, shape: Shape) -> None:
         self.watch, self.target, self.shape = watch, target, shape
         self.resent = False
-        self.span = None
+        self.span: Any = None  # OpenTelemetry's span, when instrumented
+        self.start = 0.0  # perf_counter() when it was sent
 
     def __enter__(self) -> _Statement:
         self.token = _current.set(self)
@@ -243,7 +244,7 @@ class Watch:
         tagged = labels()
         tenant = current_tenant()
         context = statement.span.get_span_context() if statement.span is not None else None
-        trace = {"trace_id": f"{context.trace_id:032x}", "span_id": f"{context.span_id:016x}"} \
+        trace: dict[str, str] = {"trace_id": f"{context.trace_id:032x}", "span_id": f"{context.span_id:016x}"} \
             if context is not None and context.is_valid else {}
         log.warning("slow statement: %s took %.0f ms on %s (tenant %s, %s)%s%s", statement.shape.summary,
                     seconds * 1000, target.describe(), tenant or "none",

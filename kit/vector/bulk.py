@@ -36,7 +36,9 @@ def fetch_matrix(query: Any, database: peewee.Database | None = None) -> tuple[A
         database = getattr(getattr(query, "model", None), "_meta", None)
         database = database.database if database is not None else None
     if database is None:
-        from kit.db import database
+        from kit.db import database as default
+
+        database = default
     sql, params = query.sql() if hasattr(query, "sql") else (query, ())
     with operation("kit.fetch_matrix"), database.atomic():
         # Through the database, so that the statement carries what rides with statements (the tenant
@@ -127,7 +129,7 @@ def _parse_rows(data: memoryview, pos: int, key_oid: int) -> tuple[Any, np.ndarr
         return keys, np.empty((0, 0), dtype=np.float32)
     dtype = np.float32 if vectors[0].dtype.itemsize == 4 else np.float16
     if key_oid in _INT_KEYS and None not in keys:
-        keys = np.asarray(keys, dtype=np.int64)
+        return np.asarray(keys, dtype=np.int64), np.vstack(vectors).astype(dtype)
     return keys, np.vstack(vectors).astype(dtype)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from peewee import Expression, Field, Node
@@ -36,6 +36,17 @@ class Distances:
     """The distance operators of a pgvector column, by method and by metric name (`metrics`)."""
 
     metrics: dict[str, tuple[str, str]] = METRICS
+    # the peewee Field's this is mixed into
+    model: Any
+    name: str
+    column_name: str
+    field_type: ClassVar[str]
+    db_value: Callable[[Any], Any]
+
+    if TYPE_CHECKING:
+        @property
+        def label(self) -> str:
+            """`table.column` when bound to a model (each field's own)."""
 
     def _distance(self, op: str, vector: Any) -> Expression:
         # A node (another vector column, a subquery, a Value already converted) is used as it is.
@@ -114,7 +125,7 @@ class VectorField(BinaryRead, VectorDistances, Field):
 
     field_type = "vector"
     send_function = "vector_send"
-    dtype = np.dtype(np.float32)
+    dtype: np.dtype[Any] = np.dtype(np.float32)
     element = ">f4"  # the binary wire format's element type
 
     def __init__(self, dimensions: int | None = None, *args: Any, as_list: bool = False, **kwargs: Any) -> None:
@@ -162,7 +173,7 @@ class VectorField(BinaryRead, VectorDistances, Field):
             self._checked(values[offset], offset)
         payload = wire.binary_payload(matrix, self.element)
         width = payload.shape[1]
-        flat = memoryview(payload.reshape(-1))
+        flat = memoryview(payload.reshape(-1))  # type: ignore[arg-type]  # numpy arrays are buffers
         cells: list[Any] = [flat[i * width:(i + 1) * width] for i in range(len(values))]
         for offset in nulls:
             cells[offset] = NULL
@@ -262,7 +273,7 @@ def copy_stand_in(kind: type[Field]) -> Callable[[Field], Field]:
     """
     def make(field: Field) -> Field:
         size = getattr(field, "dimensions", None) or getattr(field, "max_length", None)
-        stand = kind(size, null=True)
+        stand: Any = kind(size, null=True)
         stand.bind(field.model, field.name, set_attribute=False)  # its label and column are the field's
         stand.column_name = field.column_name
         cells, parse = stand.copy_cells, field.python_value

@@ -15,7 +15,7 @@ from typing import Any
 from peewee import SQL, Database, EnclosedNodeList, Entity, ModelIndex, NodeList
 
 from kit.errors import ArgumentError, ArgumentTypeError
-from kit.vector.fields import METRICS, Distances, VectorField
+from kit.vector.fields import METRICS, Distances
 from kit.vector.quantize import QUANTIZATIONS, check_quantize, quantized_column
 
 INDEX_MAX_DIMENSIONS = {"vector": 2_000, "halfvec": 4_000, "bit": 64_000}  # sparsevec: 1,000 non-zero elements
@@ -32,8 +32,13 @@ class VectorIndex(ModelIndex):
     concurrently = False  # CREATE INDEX CONCURRENTLY (outside a transaction; writes go on meanwhile)
     metrics: tuple[str, ...] = (*METRICS, "hamming", "jaccard")
     types: tuple[str, ...] = ("vector", "halfvec", "sparsevec", "bit")
+    # peewee's Index keeps these privately (its stubs do not declare them)
+    _name: str
+    _table: Any
+    _where: Any
+    _safe: bool
 
-    def __init__(self, field: VectorField, metric: str = "cosine", name: str | None = None,
+    def __init__(self, field: Distances, metric: str = "cosine", name: str | None = None,
                  where: Any = None, quantize: str | None = None, **parameters: int) -> None:
         if not isinstance(field, Distances) or getattr(field, "model", None) is None:
             raise ArgumentTypeError(f"{type(self).__name__} needs a vector column (VectorField, HalfVectorField, "
@@ -45,16 +50,17 @@ class VectorIndex(ModelIndex):
         if metric not in known:
             raise ArgumentError(f"{type(self).__name__} on {field.label}: unknown metric {metric!r}; "
                              f"use one of {', '.join(known)}")
-        if field.dimensions is None:
+        dimensions = getattr(field, "dimensions", None)  # a bit column's is its length
+        if dimensions is None:
             raise ArgumentError(f"{type(self).__name__} on {field.label}: pgvector indexes only sized columns; "
                              f"declare {type(field).__name__}(n)")
         check_quantize(field, quantize, type(self).__name__)
         indexed_type = QUANTIZATIONS[quantize][0] if quantize else field.field_type
-        limit = INDEX_MAX_DIMENSIONS.get(indexed_type, field.dimensions)
-        if field.dimensions > limit:
+        limit = INDEX_MAX_DIMENSIONS.get(indexed_type, dimensions)
+        if dimensions > limit:
             raise ArgumentError(
                 f"{type(self).__name__} on {field.label}: pgvector indexes {indexed_type} columns of at most "
-                f"{limit} dimensions, this one has {field.dimensions} (quantize='halfvec' allows 4000, "
+                f"{limit} dimensions, this one has {dimensions} (quantize='halfvec' allows 4000, "
                 f"'binary' 64000)"
             )
         for key, value in parameters.items():
@@ -93,7 +99,7 @@ class HNSWIndex(VectorIndex):
 
     method = "hnsw"
 
-    def __init__(self, field: VectorField, metric: str = "cosine", m: int = 16, ef_construction: int = 64,
+    def __init__(self, field: Distances, metric: str = "cosine", m: int = 16, ef_construction: int = 64,
                  name: str | None = None, where: Any = None, quantize: str | None = None) -> None:
         if ef_construction < 2 * m:
             raise ArgumentError(f"HNSWIndex: ef_construction ({ef_construction}) must be at least 2 * m ({2 * m})")
@@ -107,7 +113,7 @@ class IVFFlatIndex(VectorIndex):
     metrics = ("l2", "cosine", "inner_product", "hamming")
     types = ("vector", "halfvec", "bit")
 
-    def __init__(self, field: VectorField, metric: str = "cosine", lists: int = 100,
+    def __init__(self, field: Distances, metric: str = "cosine", lists: int = 100,
                  name: str | None = None, where: Any = None, quantize: str | None = None) -> None:
         super().__init__(field, metric, name, where, quantize, lists=lists)
 
@@ -123,7 +129,9 @@ def search_settings(
 ) -> Iterator[None]:
     """Apply pgvector search settings with SET LOCAL for the queries in this block (one transaction)."""
     if database is None:
-        from kit.db import database
+        from kit.db import database as default
+
+        database = default
     settings = checked_settings(ef_search=ef_search, iterative_scan=iterative_scan,
                                 max_scan_tuples=max_scan_tuples, probes=probes)
     with database.atomic():

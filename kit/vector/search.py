@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from peewee import SQL, Database, Expression, ModelSelect, Value
 
@@ -96,7 +96,8 @@ def plan_search(
     vector = Value(field.db_value(embedding), converter=False, unpack=False)
     distance = field.distance(vector, metric)
     filter_rows = None
-    if exact is None and (query._where is not None or any(query._joins.values())):  # a filter, or a join
+    state: Any = query  # peewee's private query state, which its stubs do not declare
+    if exact is None and (state._where is not None or any(state._joins.values())):  # a filter, or a join
         filter_rows = count_up_to(query, exact_below)
         exact = filter_rows < exact_below
         if exact and filter_rows >= OWN_GRAPH_FROM:  # a tenant index of its own beats the exact scan from here
@@ -112,7 +113,7 @@ def plan_search(
     elif quantize:
         # Candidates through the quantized index, ranked again by the exact distance.
         method = f"index ({quantize}, rerank {rerank or QUANTIZATIONS[quantize][2]})"
-        key = query.model._meta.primary_key
+        key: Any = query.model._meta.primary_key
         candidates = k * (rerank or QUANTIZATIONS[quantize][2])
         shortlist = query.select(key).order_by(quantized_distance(field, vector, metric, quantize)).limit(candidates)
         query = query.where(key.in_(shortlist))
@@ -238,7 +239,7 @@ def _run(database: Database, plan: SearchPlan, ef_search: int | None) -> list[An
     sql, params = _sql_of(database, plan.query)
     with search_limit(database) as limit, riding(limit + plan_settings(plan, ef_search)):
         cursor = read_sql(database)(sql, params)  # the settings ride before it: the statement is the search's own
-        return list(plan.query._get_cursor_wrapper(cursor))
+        return list(cast(Any, plan.query)._get_cursor_wrapper(cursor))
 
 
 @contextlib.contextmanager

@@ -46,7 +46,7 @@ class TenantIndexes:
     kept: list[str] = field(default_factory=list)
 
 
-def tenant_index_name(vector: Field, tenant_value: Any) -> str:
+def tenant_index_name(vector: Distances, tenant_value: Any) -> str:
     """The name of the partial index for one tenant: `<table>_tenant_<12 hex>`."""
     digest = hashlib.sha256(f"{vector.column_name}\0{tenant_value}".encode()).hexdigest()[:12]
     return f"{vector.model._meta.table_name}_tenant_{digest}"
@@ -71,7 +71,7 @@ class TenantIndexPlan:
     valid: set[str]  # of `drop`, those that were in use (reported as dropped)
 
 
-def plan_tenant_indexes(counts: dict[Any, int], found: list[tuple[str, bool, bool]], vector: Field,
+def plan_tenant_indexes(counts: dict[Any, int], found: list[tuple[str, bool, bool]], vector: Distances,
                         min_rows: int) -> TenantIndexPlan:
     """Decide from the tenants' row counts and the indexes found (name, valid, being built): a planner, no SQL."""
     wanted = {tenant_index_name(vector, value): value for value, rows in counts.items() if rows >= min_rows}
