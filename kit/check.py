@@ -92,7 +92,7 @@ class _Session:
             raise cannot_connect(mask_password(url), exc) from None
         self.cursor = self.conn.cursor()  # psycopg2 opens the transaction; close() rolls it back
 
-    def one(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+    def one(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> Any:
         """The first row of `sql`."""
         self.cursor.execute(sql, params)
         return self.cursor.fetchone()

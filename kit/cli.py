@@ -76,7 +76,7 @@ def _db_status(settings: Settings, args: argparse.Namespace) -> int:
         return _report_server(settings.database_url)
     state = embedded.status(settings.data_dir)
     print(f"database: embedded PostgreSQL {embedded.PG_MAJOR} in {state.pgdata}")
-    if not state.running:
+    if not state.running or state.socket_dir is None:
         print("server:   stopped" + ("" if state.initialized else " (not initialised yet)"))
         print("start it with `kit db start` (any query also starts it)")
         return 3

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any, cast
 
 from peewee import Database, Model
 
@@ -56,7 +57,7 @@ def _run(database: Database, models: list[type[Model]], say: Callable[[str], Non
                     say(f"{table}: not partitioned yet (run the migrations); skipped")
                     continue
                 still_locked()
-                column, keep = model._meta.partition_by, (retain or {}).get(table)
+                column, keep = cast(Any, model._meta).partition_by, (retain or {}).get(table)
                 done = ensure_partitions(database, table, column, keep=keep, say=say)
                 if keep is not None:
                     retired = retire_partitions(database, table, keep, drop=drop, column=column, say=say)

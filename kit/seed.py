@@ -37,7 +37,7 @@ def find_fixture(name: str) -> Path:
     raise KitError(f"no fixture file {name} (looked at {given.absolute()} and {under})")
 
 
-def refuse_pending_migrations(database: object) -> None:
+def refuse_pending_migrations(database: peewee.Database) -> None:
     """Stop with a sentence if the database has migrations to apply."""
     directory = default_directory()
     if not directory.is_dir():

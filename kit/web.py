@@ -128,7 +128,7 @@ def install(app: Any) -> Any:
     """Add `KitMiddleware` to a Starlette or FastAPI `app` and answer every kit error with its status; return `app`."""
     from starlette.responses import JSONResponse
 
-    async def handler(request: Any, exc: Exception) -> JSONResponse:
+    async def handler(request: Any, exc: KitError) -> JSONResponse:
         status, body, headers = status_of(exc)
         (log.warning if status >= 500 else log.info)("%s %s: %s (%s)", request.method, request.url.path,
                                                      describe(exc), status)

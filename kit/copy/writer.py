@@ -45,6 +45,8 @@ CHUNK_BYTES = 8 << 20  # rows are encoded and queued for sending about this much
 CHUNK_ROWS = 2_000  # or this many rows, whichever comes first: the server starts on a table early
 STATEMENT_SHARE = 4  # under a time limit, a COPY statement is sized to take 1/4 of it at the server's last pace
 
+PEEWEE_EXCEPTIONS: dict[str, type[Exception]] = peewee.EXCEPTIONS  # type: ignore[attr-defined]  # not in its stubs
+
 
 def _plain(value: Any) -> Any:
     """Unwrap the driver adapters some fields' db_value returns (JSON)."""
@@ -199,7 +201,7 @@ class CopyWriter:
         hooked = [f for f in given + defaults if hasattr(f, "copy_cells")]  # fields that encode themselves
         scalars = [f for f in given + defaults if not hasattr(f, "copy_cells")]
         name = model._meta.table_name
-        self.zone = after.zone if after is not None else _session_zone(self.database)
+        self.zone: dt.tzinfo = after.zone if after is not None else _session_zone(self.database)
         scalar_encoders = encoders(self.zone)
         cells = []
         for field in scalars:
@@ -219,7 +221,7 @@ class CopyWriter:
         self.layout = _Layout(model, given, scalars, cells, hooked)
         self.time_limit: float | None = getattr(self.database, "statement_timeout", None)  # seconds, or no limit
         self.statements = 0  # COPY statements begun
-        self._budget = 0  # rows the current statement may take (sized when it begins)
+        self._budget: int | float = 0  # rows the current statement may take (sized when it begins)
         self._paced: _Sender | None = None  # the latest statement known to have finished: the server's pace
         self._sender: _Sender | None = None  # the COPY statement being fed
         self._ended: list[_Sender] = []  # statements fed in full, perhaps still running
@@ -249,7 +251,7 @@ class CopyWriter:
         if not self.time_limit:
             return float("inf")
         paced = next((s for s in reversed(self._ended) if s.finished is not None), self._paced)
-        if paced is None:
+        if paced is None or paced.finished is None or paced.started is None:
             return chunk_rows if not self._ended else self._budget  # no pace known yet: no bigger than before
         self._paced = paced
         pace = paced.rows / max(paced.finished - paced.started, 1e-6)  # rows a second at the server
@@ -431,8 +433,8 @@ def _copy_error(exc: psycopg2.Error, start: int, time_limit: float | None = None
 
 def _peewee_error(exc: psycopg2.Error) -> type[Exception]:
     for base in type(exc).__mro__:
-        if base.__name__ in peewee.EXCEPTIONS:
-            return peewee.EXCEPTIONS[base.__name__]
+        if base.__name__ in PEEWEE_EXCEPTIONS:
+            return PEEWEE_EXCEPTIONS[base.__name__]
     return peewee.DatabaseError
 
 

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 
@@ -117,7 +118,7 @@ def stop_replica(data_dir: Path) -> bool:
     return True
 
 
-def _run(pgserver: object, server: object, command: str, args: tuple[str, ...], failure: str) -> None:
+def _run(pgserver: Any, server: Any, command: str, args: tuple[str, ...], failure: str) -> None:
     try:
         pgserver.pgexec.pgexec(command, args, bin_path=server.bin_path, user=server.system_user)
     except subprocess.CalledProcessError as exc:

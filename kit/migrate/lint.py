@@ -30,7 +30,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from peewee import Database
 
@@ -43,7 +43,7 @@ try:
     from pglast.parser import ParseError
     from pglast.visitors import Visitor
 except ImportError:  # an optional extra: the rest of `kit.migrate` runs without it
-    ast = None
+    ast = None  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
@@ -198,29 +198,34 @@ def _alter_rules(command: Any, volatile: Callable[[str], bool]) -> Iterator[str]
             yield "disallowed-unique-constraint"
 
 
+def _relname(relation: Any) -> str:
+    """A statement's table name (its RangeVar's)."""
+    return relation.relname if relation is not None else ""
+
+
 def classify(statement: Any, volatile: Callable[[str], bool]) -> Iterator[tuple[str, str | None]]:
     """(rule, table) for each rule a parsed statement breaks; a new table is ("created", name).
 
     A rule about an index names it as `INDEX + name` (DROP INDEX names no table: `check` finds it).
     """
     if isinstance(statement, ast.CreateStmt):
-        yield "created", statement.relation.relname
+        yield "created", _relname(statement.relation)
     elif isinstance(statement, ast.IndexStmt):
         if statement.idxname:
-            yield "created-index", f"{INDEX}{statement.idxname} {statement.relation.relname}"
+            yield "created-index", f"{INDEX}{statement.idxname} {_relname(statement.relation)}"
         if statement.concurrent:
             yield "ban-concurrent-index-creation-in-transaction", None  # it fails, rows or not
         else:
-            yield "require-concurrent-index-creation", statement.relation.relname
+            yield "require-concurrent-index-creation", _relname(statement.relation)
     elif isinstance(statement, ast.AlterTableStmt) and statement.objtype == ObjectType.OBJECT_TABLE:
         for command in statement.cmds or ():
             for rule in _alter_rules(command, volatile):
-                yield rule, statement.relation.relname
+                yield rule, _relname(statement.relation)
     elif isinstance(statement, ast.RenameStmt) and statement.relation is not None:
         if statement.renameType == ObjectType.OBJECT_COLUMN:
-            yield "renaming-column", statement.relation.relname
+            yield "renaming-column", _relname(statement.relation)
         elif statement.renameType == ObjectType.OBJECT_TABLE:
-            yield "renaming-table", statement.relation.relname
+            yield "renaming-table", _relname(statement.relation)
     elif isinstance(statement, ast.DropStmt):
         if statement.removeType == ObjectType.OBJECT_TABLE:
             for name in statement.objects or ():
@@ -232,7 +237,7 @@ def classify(statement: Any, volatile: Callable[[str], bool]) -> Iterator[tuple[
         for source in _tables_read(statement.selectStmt):  # INSERT ... SELECT: as long as the tables it reads
             yield "unbatched-copy", source
     elif isinstance(statement, (ast.UpdateStmt, ast.DeleteStmt)):
-        yield "unbatched-backfill", statement.relation.relname
+        yield "unbatched-backfill", _relname(statement.relation)
     elif isinstance(statement, ast.TruncateStmt):
         for relation in statement.relations or ():
             yield "ban-truncate", relation.relname
@@ -243,7 +248,7 @@ def classify(statement: Any, volatile: Callable[[str], bool]) -> Iterator[tuple[
         for relation in statement.rels or ():
             yield "ban-rewrite", relation.relation.relname
     elif isinstance(statement, ast.ClusterStmt):
-        yield "ban-rewrite", statement.relation.relname if statement.relation else None
+        yield "ban-rewrite", _relname(statement.relation) if statement.relation else None
 
 
 INDEX = "index "  # what `classify` puts before an index's name where a rule's table would be
@@ -289,10 +294,10 @@ def check(migration: str, statements: Iterable[str], has_rows: Callable[[str], b
         for node in parsed:
             for rule, table in classify(node, volatile):
                 if rule == "created":
-                    created.add(table.lower())
+                    created.add(cast(str, table).lower())  # these two rules always name their table
                     continue
                 if rule == "created-index":
-                    index, on = table[len(INDEX):].split(" ", 1)
+                    index, on = cast(str, table)[len(INDEX):].split(" ", 1)
                     made_indexes[index.lower()] = on
                     continue
                 if table is not None and table.startswith(INDEX):  # an index: the table it is on

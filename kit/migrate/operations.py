@@ -209,7 +209,7 @@ def revoke_access(migrator: Migrator, table: str) -> None:
 def tenant_policies(migrator: Migrator, table: str, column: str, *, parent: tuple[str, str] | None = None,
                     open: tuple[str, ...] = (), null: tuple[str, ...] = (), better_auth: bool = False) -> None:
     """Confine `table`'s rows to their organization with forced row-level security (`kit.roles`)."""
-    rule = TenantRule(table, column, tuple(parent) if parent else None, tuple(open), tuple(null), better_auth)
+    rule = TenantRule(table, column, (parent[0], parent[1]) if parent else None, tuple(open), tuple(null), better_auth)
     migrator.sql(roles_required(APP, AUTH))
     for statement in policy_statements(rule):
         migrator.sql(statement)

@@ -17,13 +17,13 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import click
 import peewee
 from peewee import DatabaseProxy
 from peewee_migrate.logs import logger as peewee_migrate_logger
-from peewee_migrate.router import BaseRouter
+from peewee_migrate.router import BaseRouter, Router
 
 from kit.config import mask_password
 from kit.db import database
@@ -52,7 +52,7 @@ class RecordingDatabase(DatabaseProxy):
         self.holder = holder  # behind a pooler: the connection whose transaction holds the migration lock
 
     @contextlib.contextmanager
-    def transaction(self, *args: Any, **kwargs: Any) -> Iterator[None]:
+    def transaction(self, *args: Any, **kwargs: Any) -> Iterator[None]:  # type: ignore[override]  # used as peewee's is
         """peewee-migrate's transaction around one migration, which also records its checksum before commit."""
         with self.obj.transaction(*args, **kwargs):
             if self.holder is not None:
@@ -78,14 +78,14 @@ def _scan_project_models() -> None:
     def create(self: BaseRouter, name: str = "auto", *, auto: Any = False) -> str | None:
         made = original(self, name, auto=project_models() if auto is True else auto)
         if made:
-            _report_created(self, made)
+            _report_created(cast(Router, self), made)
         return made
 
     create.kit_models = True  # type: ignore[attr-defined]
     BaseRouter.create = create  # type: ignore[method-assign]
 
 
-def _report_created(router: BaseRouter, name: str) -> None:
+def _report_created(router: Router, name: str) -> None:
     """Say which file `pw_migrate create` wrote and what `kit migrate lint` finds in it (on stderr)."""
     from kit.migrate.lint import check, has_rows, index_table_in, volatile_in
     from kit.migrate.render import render

@@ -9,9 +9,9 @@ statements with their parameters, which `kit.migrate.operations` rewrites into s
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
-from peewee import Context, Database, Node
+from peewee import Context, Database, Node, Proxy
 from peewee_migrate import Migrator
 from peewee_migrate.router import Router
 from playhouse.migrate import Operation
@@ -43,7 +43,7 @@ def render(router: Router, name: str) -> list[str]:
     return statements
 
 
-def rendered(op: Any, database: Database) -> list[tuple[str, tuple]]:
+def rendered(op: Any, database: Database | Proxy) -> list[tuple[str, tuple]]:
     """The statements (SQL, parameters) of one queued operation."""
     if isinstance(op, Operation):
         return rendered(op.fn(op.migrator, *op.args, **op.kwargs), database)
@@ -62,6 +62,7 @@ def rendered(op: Any, database: Database) -> list[tuple[str, tuple]]:
         return [(AFTER_COMMIT + after.sql, after.params)]
     model = getattr(op, "__self__", None)
     if getattr(op, "__name__", "") == "create_table" and isinstance(model, type):  # migrator.create_model
+        model = cast(Any, model)  # a peewee Model class: its `_schema` is not in peewee's stubs
         return [(model._schema._create_table(safe=True).query()[0], ()),
                 *((ctx.query()[0], ()) for ctx in model._schema._create_indexes(safe=True))]
     target = getattr(op, "func", op)

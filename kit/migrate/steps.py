@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 
-from peewee import Database
+from peewee import Database, Proxy
 from peewee_migrate import Migrator
 
 from kit.ddl import run_concurrently, run_ddl
@@ -72,7 +72,7 @@ class Deferred:
 
     __name__ = "record a step after the transaction"  # peewee-migrate logs each operation by its name
 
-    def __init__(self, database: Database, later: Later) -> None:
+    def __init__(self, database: Database | Proxy, later: Later) -> None:
         self.database, self.after_commit = database, later
 
     def __call__(self) -> None:

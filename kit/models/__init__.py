@@ -71,7 +71,7 @@ def project_models(modules: tuple[str, ...] | None = None) -> list[type[Model]]:
         modules = project.models
     if project.root is not None and str(project.root) not in sys.path:
         sys.path.insert(0, str(project.root))  # the project's own modules, as `python -m` would see them
-    found = list(ALL_MODELS)
+    found: list[type[Model]] = list(ALL_MODELS)
     for name in modules:
         if name == "kit.models":
             continue

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from peewee import BooleanField, Check, Expression, ForeignKeyField, IntegerField, TextField, fn
+from peewee import SQL, BooleanField, Check, Expression, ForeignKeyField, IntegerField, NodeList, TextField, fn
 from playhouse.postgres_ext import DateTimeTZField
 
 from kit.errors import InvitationError, InvitationNotFound
@@ -28,7 +28,7 @@ _NAME = r"[^,[:space:][:cntrl:]]+( [^,[:space:][:cntrl:]]+)*"
 ROLES_PATTERN = rf"^{_NAME}(,{_NAME})*$"
 
 
-def role_list() -> Check:
+def role_list() -> SQL | NodeList:
     """A CHECK constraint: `role` is a comma-separated list of role names, as Better Auth writes it."""
     return Check(f"role ~ '{ROLES_PATTERN}' AND length(role) <= 200")
 
