@@ -169,12 +169,24 @@ def _one_line_errors() -> None:
     sys.excepthook = hook
 
 
-def database_for_pw_migrate() -> RecordingDatabase:
-    """Connect, check pgvector, take the migration lock for this run and return the database pw_migrate uses."""
-    register()  # teach `pw_migrate create --auto` the kit's fields and indexes
+_installed = False
+
+
+def install_hooks() -> None:
+    """Teach peewee-migrate the kit's ways: its fields and indexes, retried lock waits, one-line errors."""
+    global _installed
+    if _installed:  # once a process: each hook wraps peewee-migrate's own function
+        return
+    _installed = True
+    register()
     _scan_project_models()
     _retry_lock_timeouts()
     _one_line_errors()
+
+
+def database_for_pw_migrate() -> RecordingDatabase:
+    """Connect, check pgvector, take the migration lock for this run and return the database pw_migrate uses."""
+    install_hooks()
     root = find_root(_directory())  # `--directory` names the project, wherever pw_migrate runs from
     if root is not None:
         os.environ.setdefault("KIT_PROJECT_ROOT", str(root))
