@@ -14,6 +14,8 @@ role, how long its transaction has been open), found while the attempt waited.
 - `limit_lock_waits(database)`: the current transaction's (or with `session=True`, the session's)
   lock timeout; the attempt's backend is watched for blockers.
 - `run_concurrently(database, what, sql)`: a CONCURRENTLY statement, its waits bounded by the budget.
+- `after_commit(database, kind, name, sql, params)`: inside a migration, queue work to run after its
+  transaction commits (`kit.migrate.steps` records it there, through `recording`); False elsewhere.
 
 Used by `kit migrate` and plain `pw_migrate` (each migration and each step after it), `kit maintain`
 (each partition made, moved or retired) and tenant-index upkeep.
@@ -22,6 +24,7 @@ Used by `kit migrate` and plain `pw_migrate` (each migration and each step after
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import random
 import threading
 import time
@@ -35,7 +38,8 @@ from peewee import Database
 from kit.config import load_settings
 from kit.errors import KitError, LockBusy
 
-__all__ = ["Blocker", "LockBusy", "LockPolicy", "limit_lock_waits", "run_concurrently", "run_ddl", "side_connection"]
+__all__ = ["Blocker", "LockBusy", "LockPolicy", "after_commit", "limit_lock_waits", "recording", "run_concurrently",
+           "run_ddl", "side_connection"]
 
 T = TypeVar("T")
 WATCH_EVERY = 0.1  # seconds between looks at what blocks a waiting attempt
@@ -52,6 +56,29 @@ _FIND_SQL = """
 SELECT pid FROM pg_stat_activity
 WHERE usename = current_user AND state = 'active' AND pid <> pg_backend_pid() AND strpos(query, %s) > 0 LIMIT 1
 """
+
+
+Recorder = Callable[[Database, str, str, str, tuple], None]  # (database, kind, name, sql, params)
+_recorder: contextvars.ContextVar[Recorder | None] = contextvars.ContextVar("kit_after_commit", default=None)
+
+
+def after_commit(database: Database, kind: str, name: str, sql: str, params: tuple = ()) -> bool:
+    """Queue a step to run after the applying migration's transaction commits; False when no migration applies."""
+    record = _recorder.get()
+    if record is None:
+        return False
+    record(database, kind, name, sql, params)
+    return True
+
+
+@contextlib.contextmanager
+def recording(record: Recorder) -> Iterator[None]:
+    """Inside this block `after_commit` hands its steps to `record` (`kit.migrate.steps.applying`)."""
+    token = _recorder.set(record)
+    try:
+        yield
+    finally:
+        _recorder.reset(token)
 
 
 @dataclass(frozen=True)

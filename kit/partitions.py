@@ -27,6 +27,7 @@ themselves; statement-level TRUNCATE triggers do not, so each partition gets the
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,15 +36,16 @@ from functools import partial
 
 from peewee import Database
 
-from kit.ddl import LockPolicy, run_ddl
+from kit.ddl import LockPolicy, after_commit, run_ddl
 from kit.errors import KitError
 
-__all__ = ["PartitionError", "Upkeep", "ensure_partitions", "month_partitions", "partition_table",
+__all__ = ["PartitionError", "Upkeep", "ensure_partitions", "month_partitions", "partition_online", "partition_table",
            "retire_partitions", "unpartition_table"]
 
 AHEAD_MONTHS = 3  # partitions made ahead of the current month
 PAST_MONTHS = 120  # the oldest month that may get a partition: a row dated 1990 (or year 1) stays in the default
 _NAME = re.compile(r"_p(\d{4})(\d{2})$")
+_INDEX_DEF = re.compile(r"^CREATE (UNIQUE )?INDEX (\S+) ON (?:ONLY )?\S+ USING")  # pg_get_indexdef's opening
 
 
 class PartitionError(KitError):
@@ -277,14 +279,19 @@ def _months_with_rows(database: Database, table: str, column: str, window: tuple
 
 def partition_table(database: Database, table: str, column: str = "created_at", ahead: int = AHEAD_MONTHS,
                     now: datetime | None = None) -> int:
-    """Make plain `table` range-partitioned by month on `column`, moving every row; return the rows moved.
+    """Make plain `table` range-partitioned by month on `column`, moving every row; return the rows moved now.
 
-    Run inside a transaction (a migration's): the table is locked while its rows move, and a failure
-    leaves it as it was.
+    Run inside a transaction (a migration's). Inside a migration, a table that holds rows is
+    converted after the migration commits, by a step of it (`partition_online`: writers go on
+    meanwhile), and 0 is returned; anywhere else, or on an empty table, the table is converted in
+    the transaction, locked while its rows move, and a failure leaves it as it was.
     """
     if is_partitioned(database, table):
         return 0
     _require_transaction(database, "partition_table")
+    holds_rows = database.execute_sql(f'SELECT EXISTS (SELECT 1 FROM "{table}")').fetchone()[0]
+    if holds_rows and after_commit(database, "partition", table, column, (ahead,)):
+        return 0
     months = _months_with_rows(database, table, column, _window(now, ahead))
     partitions = [(partition_name(table, month), _range(month)) for month in months] + [(f"{table}_default", "DEFAULT")]
     moved = _rebuild(database, table, f'PARTITION BY RANGE ("{column}")', f'id, "{column}"', partitions)
@@ -295,6 +302,7 @@ def partition_table(database: Database, table: str, column: str = "created_at", 
 def unpartition_table(database: Database, table: str) -> int:
     """Make partitioned `table` a plain table again with `id` as its key, moving every row; return the rows moved."""
     if not is_partitioned(database, table):
+        _drop_shadow(database, table)  # a conversion not finished when its migration is rolled back
         return 0
     _require_transaction(database, "unpartition_table")
     return _rebuild(database, table, "", "id", [])  # its partitions go with the old table
@@ -356,3 +364,158 @@ def default_warning(upkeep: Upkeep, table: str) -> str | None:
             f"{_label(months[0])} to {_label(months[-1])}, outside the months given partitions ({PAST_MONTHS} back to "
             f"{AHEAD_MONTHS} ahead): every query reads them; check those dates, and --retain retires the old ones")
 
+
+# -- converting a table that holds rows without stopping its writers -------------------------------------
+
+BATCH_ROWS = 5_000  # rows copied per transaction by `partition_online`
+
+
+def _shadow(table: str) -> tuple[str, str, str]:
+    """The partitioned copy being filled, the table of keys deleted meanwhile, and the trigger function."""
+    return f"{table}_rebuilt", f"{table}_rebuilt_gone", f"{table}_rebuilt_mirror"
+
+
+def _temporary_index_name(name: str) -> str:
+    """The name an index of the copy carries until the swap gives it `name` (names are per schema)."""
+    return "kit_rebuilt_" + hashlib.md5(name.encode()).hexdigest()[:20]  # noqa: S324 - a name, not a secret
+
+
+def partition_online(database: Database, table: str, column: str = "created_at", ahead: int = AHEAD_MONTHS,
+                     now: datetime | None = None, policy: LockPolicy | None = None,
+                     say: Callable[[str], None] | None = None, batch_rows: int | None = None) -> int:
+    """Make plain `table` range-partitioned by month on `column` while its writers go on; return the rows copied.
+
+    Outside any transaction (a migration's step after its commit). Three stages, each safe to run
+    again after a kill:
+    1. one short transaction makes the partitioned copy `<table>_rebuilt` (its key, indexes under
+       temporary names, foreign keys), and a trigger on `table` that mirrors every later write into it
+       (an insert or update upserted, a delete removed and its key kept in `<table>_rebuilt_gone`);
+    2. the rows already there are copied `batch_rows` (`BATCH_ROWS`) at a time in key order, each batch a transaction
+       of its own that takes no lock a writer waits for (a row the trigger wrote first is kept);
+    3. one short transaction locks `table`, removes from the copy the rows deleted while a batch held
+       them, drops `table` and gives the copy its name, its indexes' names and its triggers.
+    Stages 1 and 3 wait for locks under `policy` (`kit.ddl`): a writer is stalled at most the lock
+    timeout by a waiting attempt, and by the swap itself for the few catalog changes it makes.
+    """
+    if is_partitioned(database, table):  # swapped already (a run killed after stage 3)
+        return 0
+    if database.in_transaction():
+        raise PartitionError(f"partition_online({table}) runs its own transactions; call it outside one")
+    run_ddl(database, f"{table}: making its partitioned copy", partial(
+        _make_shadow, database, table, column, _window(now, ahead)), policy=policy, say=say)
+    copied = _copy_rows(database, table, batch_rows or BATCH_ROWS)
+    run_ddl(database, f"{table}: switching to its partitioned copy", partial(_swap, database, table, column),
+            policy=policy, say=say)
+    ensure_partitions(database, table, column, ahead, now, policy=policy, say=say)
+    return copied
+
+
+def _make_shadow(database: Database, table: str, column: str, window: tuple[date, date]) -> None:
+    """Stage 1 (in a transaction): the partitioned copy, and the trigger that keeps it up to date."""
+    shadow, gone, mirror = _shadow(table)
+    if database.execute_sql("SELECT to_regclass(%s)", (f'"{shadow}"',)).fetchone()[0] is not None:
+        return  # made by an earlier run
+    saved = _definitions(database, table)
+    months = _months_with_rows(database, table, column, window)
+    database.execute_sql(f'CREATE TABLE "{shadow}" (LIKE "{table}" INCLUDING DEFAULTS INCLUDING CONSTRAINTS '
+                         f'INCLUDING GENERATED INCLUDING STORAGE) PARTITION BY RANGE ("{column}")')
+    for name, bounds in [(partition_name(table, m), _range(m)) for m in months] + [(f"{table}_default", "DEFAULT")]:
+        database.execute_sql(f'CREATE TABLE "{name}" PARTITION OF "{shadow}" {bounds}')
+    database.execute_sql(f'ALTER TABLE "{shadow}" ADD CONSTRAINT "{shadow}_pkey" PRIMARY KEY (id, "{column}")')
+    for statement in saved["indexes"]:
+        _index_name(table, statement)  # readable, or one sentence before anything is made
+        database.execute_sql(_INDEX_DEF.sub(
+            lambda m: f'CREATE {m[1] or ""}INDEX "{_temporary_index_name(m[2].strip(chr(34)))}" ON "{shadow}" USING',
+            statement, count=1).replace("%", "%%"))
+    for statement in saved["foreign"]:  # on an empty table: checked at once
+        database.execute_sql(statement.replace(f'ALTER TABLE "{table}"', f'ALTER TABLE "{shadow}"', 1)
+                             .replace("%", "%%"))
+    columns = [name for (name,) in database.execute_sql(
+        "SELECT quote_ident(attname) FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
+        "AND NOT attisdropped ORDER BY attnum", (f'"{table}"',)).fetchall()]
+    key = ("id", f'"{column}"')
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c not in key) or "id = EXCLUDED.id"
+    database.execute_sql(f'CREATE TABLE "{gone}" AS SELECT id, "{column}" FROM "{table}" WITH NO DATA')
+    database.execute_sql(f"""
+        CREATE FUNCTION "{mirror}"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+        SET search_path = pg_catalog, pg_temp AS $mirror$
+        BEGIN
+            IF TG_OP <> 'INSERT' AND (TG_OP = 'DELETE' OR (OLD.id, OLD."{column}") IS DISTINCT FROM
+                                                          (NEW.id, NEW."{column}")) THEN
+                DELETE FROM {_qualified(database, shadow)} WHERE id = OLD.id AND "{column}" = OLD."{column}";
+                INSERT INTO {_qualified(database, gone)} VALUES (OLD.id, OLD."{column}");
+            END IF;
+            IF TG_OP <> 'DELETE' THEN
+                INSERT INTO {_qualified(database, shadow)} SELECT NEW.*
+                ON CONFLICT (id, "{column}") DO UPDATE SET {updates};
+            END IF;
+            RETURN NULL;
+        END
+        $mirror$""".replace("%", "%%"))
+    database.execute_sql(f'CREATE TRIGGER "{mirror}" AFTER INSERT OR UPDATE OR DELETE ON "{table}" '
+                         f'FOR EACH ROW EXECUTE FUNCTION "{mirror}"()')
+
+
+def _index_name(table: str, statement: str) -> str:
+    """The name in an index's definition (`pg_get_indexdef`)."""
+    opening = _INDEX_DEF.match(statement)
+    if opening is None:
+        raise PartitionError(f"{table}: cannot read the definition of one of its indexes ({statement})")
+    return opening[2].strip('"')
+
+
+def _qualified(database: Database, name: str) -> str:
+    """`schema."name"` for a table in the current schema (a SECURITY DEFINER function searches no schema)."""
+    schema = database.execute_sql("SELECT quote_ident(current_schema())").fetchone()[0]
+    return f'{schema}."{name}"'
+
+
+def _copy_rows(database: Database, table: str, batch_rows: int) -> int:
+    """Stage 2: copy the rows into the partitioned copy, a batch per transaction, in key order; the rows copied."""
+    shadow, _, _ = _shadow(table)
+    last, copied = None, 0
+    while True:
+        after = "" if last is None else "WHERE id > %s"
+        with database.atomic():
+            count, last_id = database.execute_sql(
+                f'WITH batch AS (SELECT * FROM "{table}" {after} ORDER BY id LIMIT %s), '
+                f'copied AS (INSERT INTO "{shadow}" SELECT * FROM batch ON CONFLICT DO NOTHING) '
+                f"SELECT count(*), (SELECT id FROM batch ORDER BY id DESC LIMIT 1) FROM batch",
+                ((last,) if last is not None else ()) + (batch_rows,)).fetchone()
+        if not count:
+            return copied
+        copied += count
+        last = last_id
+
+
+def _swap(database: Database, table: str, column: str) -> None:
+    """Stage 3 (in a transaction): the copy takes the table's place, names, triggers and partitions' triggers."""
+    if is_partitioned(database, table):
+        return
+    shadow, gone, mirror = _shadow(table)
+    database.execute_sql(f'LOCK TABLE "{table}" IN ACCESS EXCLUSIVE MODE')
+    saved = _definitions(database, table)
+    database.execute_sql(f'DELETE FROM "{shadow}" s USING "{gone}" g WHERE s.id = g.id AND s."{column}" = g."{column}"')
+    database.execute_sql(f'DROP TABLE "{table}"')  # its mirror trigger with it
+    database.execute_sql(f'DROP TABLE "{gone}"')
+    database.execute_sql(f'DROP FUNCTION "{mirror}"()')
+    database.execute_sql(f'ALTER TABLE "{shadow}" RENAME TO "{table}"')
+    database.execute_sql(f'ALTER TABLE "{table}" RENAME CONSTRAINT "{shadow}_pkey" TO "{table}_pkey"')
+    for statement in saved["indexes"]:
+        name = _index_name(table, statement)
+        database.execute_sql(f'ALTER INDEX "{_temporary_index_name(name)}" RENAME TO "{name}"')
+    for statement in saved["triggers"]:
+        if f'"{mirror}"' not in statement and f" {mirror} " not in statement:
+            database.execute_sql(statement.replace("%", "%%"))
+    partitions = database.execute_sql("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                                      "WHERE i.inhparent = %s::regclass", (f'"{table}"',)).fetchall()
+    for (name,) in partitions:
+        _copy_truncate_triggers(database, table, name)
+
+
+def _drop_shadow(database: Database, table: str) -> None:
+    """Drop a partitioned copy a conversion left unfinished (its migration is being rolled back)."""
+    shadow, gone, mirror = _shadow(table)
+    database.execute_sql(f'DROP FUNCTION IF EXISTS "{mirror}"() CASCADE')  # the trigger on `table` with it
+    database.execute_sql(f'DROP TABLE IF EXISTS "{gone}"')
+    database.execute_sql(f'DROP TABLE IF EXISTS "{shadow}"')

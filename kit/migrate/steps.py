@@ -1,4 +1,5 @@
-"""Steps a migration runs after its transaction commits: CONCURRENTLY builds, validations, batched backfills.
+"""Steps a migration runs after its transaction commits: CONCURRENTLY builds, validations, batched backfills,
+tables partitioned while their writers go on.
 
 Some safe forms cannot run inside the migration's transaction (CREATE INDEX CONCURRENTLY refuses to),
 and others must not (a VALIDATE in the transaction that added the constraint would scan under the
@@ -12,6 +13,7 @@ INVALID index a killed build leaves; validations and SET NOT NULL are idempotent
 only the rows still NULL. `kit migrate verify` names steps not done.
 
 - `Deferred` / `defer(migrator, later)`: queue a step (used by `kit.migrate.operations`);
+- `record(database, kind, ...)`: record one now (what `kit.ddl.after_commit` does inside `applying`);
 - `applying(name)`: the migration whose transaction records steps;
 - `run_steps(database, say)`: run what is not done; `unfinished(database)`: what is not done.
 """
@@ -28,10 +30,11 @@ from functools import partial
 from peewee import Database, Proxy
 from peewee_migrate import Migrator
 
-from kit.ddl import run_concurrently, run_ddl
+from kit.ddl import recording, run_concurrently, run_ddl
 from kit.errors import MigrationError
 from kit.migrate.history import STEPS_TABLE
 from kit.migrate.safe import Later
+from kit.partitions import AHEAD_MONTHS, partition_online
 from kit.telemetry import operation
 
 __all__ = ["STEPS_TABLE", "Deferred", "Step", "applying", "defer", "forget_steps", "run_steps",
@@ -63,6 +66,8 @@ class Step:
 
     def describe(self) -> str:
         """`011_x: CREATE INDEX CONCURRENTLY ... (after its transaction)`, shortened."""
+        if self.kind == "partition":
+            return f"{self.migration}: partition {self.name} by {self.sql}, copying its rows online"
         text = " ".join(self.sql.split())
         return f"{self.migration}: {text if len(text) <= 100 else text[:97] + '...'}"
 
@@ -78,10 +83,15 @@ class Deferred:
     def __call__(self) -> None:
         """Record the step (inside the migration's transaction: it lands with the migration or not at all)."""
         later = self.after_commit
-        self.database.execute_sql(_CREATE)
-        self.database.execute_sql(
-            f"INSERT INTO {STEPS_TABLE} (migration, kind, name, sql, params) VALUES (%s, %s, %s, %s, %s)",
-            (_current.get(), later.kind, later.name, later.sql, json.dumps(list(later.params), default=str)))
+        record(self.database, later.kind, later.name, later.sql, later.params)
+
+
+def record(database: Database | Proxy, kind: str, name: str | None, sql: str, params: tuple = ()) -> None:
+    """Record a step of the applying migration, in its transaction."""
+    database.execute_sql(_CREATE)
+    database.execute_sql(
+        f"INSERT INTO {STEPS_TABLE} (migration, kind, name, sql, params) VALUES (%s, %s, %s, %s, %s)",
+        (_current.get(), kind, name, sql, json.dumps(list(params), default=str)))
 
 
 def defer(migrator: Migrator, later: Later) -> None:
@@ -91,10 +101,11 @@ def defer(migrator: Migrator, later: Later) -> None:
 
 @contextlib.contextmanager
 def applying(name: str) -> Iterator[None]:
-    """Steps recorded inside this block belong to migration `name`."""
+    """Steps recorded inside this block belong to migration `name` (those of `kit.ddl.after_commit` too)."""
     token = _current.set(name)
     try:
-        yield
+        with recording(record):
+            yield
     finally:
         _current.reset(token)
 
@@ -133,6 +144,10 @@ def _run_step(database: Database, step: Step, say: Callable[[str], None]) -> Non
         say(f"{step.migration}: backfilled {rows:,} rows")
     elif step.kind == "sql":
         run_ddl(database, what, partial(database.execute_sql, step.sql, step.params))
+    elif step.kind == "partition":  # `kit.partitions.partition_table` inside a migration, on a table with rows
+        ahead = int(step.params[0]) if step.params else AHEAD_MONTHS
+        rows = partition_online(database, step.name or "", step.sql, ahead, say=say)
+        say(f"{step.migration}: {step.name} is partitioned by {step.sql}; {rows:,} rows copied while writes went on")
     else:
         raise MigrationError(f"{step.migration}: a step of unknown kind {step.kind!r} is recorded in "
                              f"{STEPS_TABLE} (id {step.id}); this kit cannot run it")
