@@ -203,52 +203,86 @@ def _relname(relation: Any) -> str:
     return relation.relname if relation is not None else ""
 
 
-def classify(statement: Any, volatile: Callable[[str], bool]) -> Iterator[tuple[str, str | None]]:
+Rules = Iterator[tuple[str, str | None]]  # (rule, table) pairs
+
+
+def _created(statement: Any, volatile: Callable[[str], bool]) -> Rules:
+    yield "created", _relname(statement.relation)
+
+
+def _index(statement: Any, volatile: Callable[[str], bool]) -> Rules:
+    if statement.idxname:
+        yield "created-index", f"{INDEX}{statement.idxname} {_relname(statement.relation)}"
+    if statement.concurrent:
+        yield "ban-concurrent-index-creation-in-transaction", None  # it fails, rows or not
+    else:
+        yield "require-concurrent-index-creation", _relname(statement.relation)
+
+
+def _alter(statement: Any, volatile: Callable[[str], bool]) -> Rules:
+    if statement.objtype == ObjectType.OBJECT_TABLE:
+        for command in statement.cmds or ():
+            for rule in _alter_rules(command, volatile):
+                yield rule, _relname(statement.relation)
+
+
+def _rename(statement: Any, volatile: Callable[[str], bool]) -> Rules:
+    renamed = {ObjectType.OBJECT_COLUMN: "renaming-column", ObjectType.OBJECT_TABLE: "renaming-table"}
+    if statement.relation is not None and statement.renameType in renamed:
+        yield renamed[statement.renameType], _relname(statement.relation)
+
+
+def _drop(statement: Any, volatile: Callable[[str], bool]) -> Rules:
+    if statement.removeType == ObjectType.OBJECT_TABLE:
+        for name in statement.objects or ():
+            yield "ban-drop-table", name[-1].sval
+    elif statement.removeType == ObjectType.OBJECT_INDEX and not statement.concurrent:
+        for name in statement.objects or ():
+            yield "require-concurrent-index-deletion", INDEX + name[-1].sval
+
+
+def _insert(statement: Any, volatile: Callable[[str], bool]) -> Rules:
+    if statement.selectStmt is not None:
+        for source in _tables_read(statement.selectStmt):  # INSERT ... SELECT: as long as the tables it reads
+            yield "unbatched-copy", source
+
+
+def _rows_changed(statement: Any, volatile: Callable[[str], bool]) -> Rules:
+    yield "unbatched-backfill", _relname(statement.relation)
+
+
+def _each_relation(rule: str) -> Callable[[Any, Callable[[str], bool]], Rules]:
+    def rules(statement: Any, volatile: Callable[[str], bool]) -> Rules:
+        for relation in statement.relations or ():
+            yield rule, relation.relname
+    return rules
+
+
+def _vacuum(statement: Any, volatile: Callable[[str], bool]) -> Rules:
+    if any(option.defname == "full" for option in statement.options or ()):
+        for relation in statement.rels or ():
+            yield "ban-rewrite", relation.relation.relname
+
+
+def _cluster(statement: Any, volatile: Callable[[str], bool]) -> Rules:
+    yield "ban-rewrite", _relname(statement.relation) if statement.relation else None
+
+
+_CLASSIFIERS: dict[str, Callable[[Any, Callable[[str], bool]], Rules]] = {
+    "CreateStmt": _created, "IndexStmt": _index, "AlterTableStmt": _alter, "RenameStmt": _rename, "DropStmt": _drop,
+    "InsertStmt": _insert, "UpdateStmt": _rows_changed, "DeleteStmt": _rows_changed,
+    "TruncateStmt": _each_relation("ban-truncate"), "LockStmt": _each_relation("ban-lock-table"),
+    "VacuumStmt": _vacuum, "ClusterStmt": _cluster,
+}  # by the parser's node class: what each kind of statement breaks
+
+
+def classify(statement: Any, volatile: Callable[[str], bool]) -> Rules:
     """(rule, table) for each rule a parsed statement breaks; a new table is ("created", name).
 
     A rule about an index names it as `INDEX + name` (DROP INDEX names no table: `check` finds it).
     """
-    if isinstance(statement, ast.CreateStmt):
-        yield "created", _relname(statement.relation)
-    elif isinstance(statement, ast.IndexStmt):
-        if statement.idxname:
-            yield "created-index", f"{INDEX}{statement.idxname} {_relname(statement.relation)}"
-        if statement.concurrent:
-            yield "ban-concurrent-index-creation-in-transaction", None  # it fails, rows or not
-        else:
-            yield "require-concurrent-index-creation", _relname(statement.relation)
-    elif isinstance(statement, ast.AlterTableStmt) and statement.objtype == ObjectType.OBJECT_TABLE:
-        for command in statement.cmds or ():
-            for rule in _alter_rules(command, volatile):
-                yield rule, _relname(statement.relation)
-    elif isinstance(statement, ast.RenameStmt) and statement.relation is not None:
-        if statement.renameType == ObjectType.OBJECT_COLUMN:
-            yield "renaming-column", _relname(statement.relation)
-        elif statement.renameType == ObjectType.OBJECT_TABLE:
-            yield "renaming-table", _relname(statement.relation)
-    elif isinstance(statement, ast.DropStmt):
-        if statement.removeType == ObjectType.OBJECT_TABLE:
-            for name in statement.objects or ():
-                yield "ban-drop-table", name[-1].sval
-        elif statement.removeType == ObjectType.OBJECT_INDEX and not statement.concurrent:
-            for name in statement.objects or ():
-                yield "require-concurrent-index-deletion", INDEX + name[-1].sval
-    elif isinstance(statement, ast.InsertStmt) and statement.selectStmt is not None:
-        for source in _tables_read(statement.selectStmt):  # INSERT ... SELECT: as long as the tables it reads
-            yield "unbatched-copy", source
-    elif isinstance(statement, (ast.UpdateStmt, ast.DeleteStmt)):
-        yield "unbatched-backfill", _relname(statement.relation)
-    elif isinstance(statement, ast.TruncateStmt):
-        for relation in statement.relations or ():
-            yield "ban-truncate", relation.relname
-    elif isinstance(statement, ast.LockStmt):
-        for relation in statement.relations or ():
-            yield "ban-lock-table", relation.relname
-    elif isinstance(statement, ast.VacuumStmt) and any(option.defname == "full" for option in statement.options or ()):
-        for relation in statement.rels or ():
-            yield "ban-rewrite", relation.relation.relname
-    elif isinstance(statement, ast.ClusterStmt):
-        yield "ban-rewrite", _relname(statement.relation) if statement.relation else None
+    classifier = _CLASSIFIERS.get(type(statement).__name__)
+    return classifier(statement, volatile) if classifier is not None else iter(())
 
 
 INDEX = "index "  # what `classify` puts before an index's name where a rule's table would be
