@@ -21,7 +21,7 @@ from kit.config import Settings, check_database_url, load_settings, mask_passwor
 from kit.db.contract import cannot_connect, pool_exhausted
 from kit.db.forks import silence
 from kit.db.outcomes import sqlstate
-from kit.db.pooled import PooledDatabase, ThreadState
+from kit.db.pooled import KitState, PooledDatabase, ThreadState
 from kit.db.reads import ReadRouting
 from kit.errors import (
     ConfigError,
@@ -148,11 +148,11 @@ class Database(ReadRouting):
     # -- all_tenants(): the door's connections, for the contexts inside it -----------------------
 
     @property
-    def _state(self) -> ThreadState:
+    def _state(self) -> KitState:
         return self._door_state if self._crossing() else self._app_state
 
     @_state.setter
-    def _state(self, value: ThreadState) -> None:
+    def _state(self, value: KitState) -> None:
         self._app_state = value
 
     @property

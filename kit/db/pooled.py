@@ -43,15 +43,24 @@ once; it is not replaced under the caller. The statement after that runs on a ne
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import select
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg2
 import psycopg2.extensions
-from peewee import InterfaceError, OperationalError, __exception_wrapper__, _callable_context_manager, _ConnectionLocal  # type: ignore[attr-defined]  # peewee: not in its stubs
+from peewee import (  # type: ignore[attr-defined]  # __exception_wrapper__, _callable_context_manager: not in its stubs
+    InterfaceError,
+    OperationalError,
+    __exception_wrapper__,
+    _callable_context_manager,
+    _ConnectionLocal,
+    _ConnectionState,
+)
 from playhouse.pool import PoolConnection
 from playhouse.postgres_ext import PostgresqlExtDatabase
 
@@ -145,8 +154,8 @@ def _succeeds(conn: Any, sql: str) -> bool:
 
 
 
-class ThreadState(_ConnectionLocal):
-    """peewee's per-thread connection state, plus whether a transaction was begun as SQL."""
+class KitState(_ConnectionState):
+    """peewee's connection state, plus whether a transaction was begun as SQL."""
 
     def reset(self) -> None:
         """Forget this thread's connection."""
@@ -160,6 +169,14 @@ class ThreadState(_ConnectionLocal):
         blocks = self.ctx
         self.reset()
         self.ctx = blocks
+
+
+class ThreadState(KitState, _ConnectionLocal):
+    """The connection state of each thread (and asyncio task's thread): what a database keeps per caller."""
+
+
+class SharedState(KitState):
+    """One connection state for every thread: a test's transaction, seen by the code it calls (`kit.testing`)."""
 
 
 class PooledDatabase(ShapedStatements, PostgresqlExtDatabase):
@@ -192,7 +209,7 @@ class PooledDatabase(ShapedStatements, PostgresqlExtDatabase):
                              stale_timeout=stale_timeout, max_idle=max_idle, check_after=check_after,
                              leak_after=leak_after)
         super().__init__(database, **kwargs)
-        self._state = ThreadState()
+        self._state: KitState = ThreadState()
         track(self)
 
     def _own_pool(self) -> ConnectionPool:
@@ -482,7 +499,7 @@ class PooledDatabase(ShapedStatements, PostgresqlExtDatabase):
         if not clean:
             self._pool.note_session(conn, None)
 
-    def _statement_cursor(self, state: ThreadState, named_cursor: Any) -> Any:
+    def _statement_cursor(self, state: KitState, named_cursor: Any) -> Any:
         """A cursor for the next statement: on this thread's connection, one opened or replaced first if need be.
 
         A connection this thread kept from another request scope is let go first (`_drop_leftover`).
@@ -506,7 +523,7 @@ class PooledDatabase(ShapedStatements, PostgresqlExtDatabase):
                     "nothing was sent")
             self._pool.note_session(conn, state_kind)
 
-    def _after_failure(self, exc: psycopg2.Error, state: ThreadState, conn: Any, idle: bool, seconds: float) -> None:
+    def _after_failure(self, exc: psycopg2.Error, state: KitState, conn: Any, idle: bool, seconds: float) -> None:
         """Decide on a failed statement: SessionLost, raised as it is, or (returning) a new connection to re-send on."""
         holds_session = state.raw_transaction or bool(self._pool.session_of(conn))
         if holds_session and not state.transactions and _ended_by_server(exc, conn):
@@ -519,7 +536,7 @@ class PooledDatabase(ShapedStatements, PostgresqlExtDatabase):
         log.info("statement re-sent on a new connection: the server had ended the session before it ran (%s)",
                  describe(exc))
 
-    def _prefix(self, state: ThreadState, sql: str, alone: bool, begins: bool, named_cursor: Any) -> str:
+    def _prefix(self, state: KitState, sql: str, alone: bool, begins: bool, named_cursor: Any) -> str:
         """What rides before a statement, in the same round trip (`kit.db.contract`); '' for nothing.
 
         Alone (its own transaction): the limit behind a pooler, the riding settings, the tenant. Inside
@@ -730,6 +747,23 @@ class PooledDatabase(ShapedStatements, PostgresqlExtDatabase):
         if not self.is_closed() and not self.in_transaction():
             self.close()
         self._pool.close_all()
+
+    @contextlib.contextmanager
+    def shared_across_threads(self) -> Iterator[None]:
+        """Inside this block every thread uses one connection and one transaction (`kit.testing`'s `db` fixture).
+
+        A test's transaction is then the one the code it calls runs in, whatever thread runs it (a web
+        framework's test client runs the app in a thread of its own); nested `atomic()` blocks are
+        savepoints of it. Callers take turns: two threads sending at once share one connection.
+        """
+        if not self.is_closed() or self.in_transaction():
+            raise KitError("shared_across_threads() begins with no connection open in this thread; close it first")
+        previous = self._state
+        self._state = SharedState()
+        try:
+            yield
+        finally:
+            self._state = previous
 
     def dispose(self) -> None:
         """In a forked child: drop every connection inherited from the parent without touching its socket."""

@@ -1,0 +1,107 @@
+"""The test databases: one template per set of migrations, migrated once, and a clone of it per run.
+
+A template is named by a checksum of the migration files (`kit_tpl_<checksum>`): a run whose
+migrations are the ones a template was made from clones it (`CREATE DATABASE ... TEMPLATE`, a file
+copy on the server: well under a second), and a change to any migration makes a new one. Making a
+template is serialized across processes (pytest-xdist workers, two runs at once) by an advisory
+lock on the server, and published by a rename only once migrated, so no run ever clones a template
+half made. Each run (each xdist worker) gets `kit_test_<worker>_<pid>_<random>`, dropped at its end.
+
+What needs a superuser (creating and dropping databases, the kit's roles) goes through the admin
+URL: KIT_TEST_ADMIN_URL, else the embedded server's superuser. The migrations run as the owner;
+the tests connect as the application's role.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from kit import roles
+from kit.errors import ConfigError
+
+TEMPLATE_PREFIX = "kit_tpl_"
+CLONE_PREFIX = "kit_test_"
+_LOCK = 0x6B69745F74706C  # "kit_tpl": one template made at a time on a server
+
+
+def with_dbname(url: str, name: str) -> str:
+    """The same server URL with another database name."""
+    return urlunsplit(urlsplit(url)._replace(path="/" + name))
+
+
+def checksum(directory: Path) -> str:
+    """A checksum of the migration files in `directory` (names and contents, in order)."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(directory).glob("*.py")):
+        if path.name == "conf.py":
+            continue
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _admin(url: str) -> object:
+    import psycopg2
+
+    conn = psycopg2.connect(url, application_name="kit-test-databases")
+    conn.autocommit = True
+    return conn
+
+
+def _exists(cur: object, name: str) -> bool:
+    cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))  # type: ignore[attr-defined]
+    return cur.fetchone() is not None  # type: ignore[attr-defined]
+
+
+def ensure_template(admin_url: str, owner_url: str, directory: Path,
+                    migrate: Callable[[str, Path], None]) -> str:
+    """The template of `directory`'s migrations, made now (by `migrate(owner_url_of_it, directory)`) if missing."""
+    name = TEMPLATE_PREFIX + checksum(directory)
+    conn = _admin(admin_url)
+    try:
+        with conn.cursor() as cur:  # type: ignore[attr-defined]
+            if _exists(cur, name):
+                return name
+            cur.execute("SELECT pg_advisory_lock(%s)", (_LOCK,))
+            try:
+                if _exists(cur, name):  # made by another process while this one waited
+                    return name
+                building = f"{name}_{os.getpid()}_building"
+                cur.execute(f'DROP DATABASE IF EXISTS "{building}" WITH (FORCE)')
+                cur.execute(f'CREATE DATABASE "{building}" OWNER {roles.OWNER}')
+                roles.bootstrap(with_dbname(admin_url, building))
+                migrate(with_dbname(owner_url, building), directory)
+                cur.execute(f'ALTER DATABASE "{building}" RENAME TO "{name}"')  # published whole, or not at all
+            finally:
+                cur.execute("SELECT pg_advisory_unlock(%s)", (_LOCK,))
+    finally:
+        conn.close()  # type: ignore[attr-defined]
+    return name
+
+
+def clone(admin_url: str, template: str, worker: str = "main") -> str:
+    """A new database copied from `template` for one run (or one xdist worker); its name."""
+    name = f"{CLONE_PREFIX}{worker}_{os.getpid()}_{secrets.token_hex(3)}"
+    conn = _admin(admin_url)
+    try:
+        with conn.cursor() as cur:  # type: ignore[attr-defined]
+            cur.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}" OWNER {roles.OWNER}')
+    finally:
+        conn.close()  # type: ignore[attr-defined]
+    return name
+
+
+def drop(admin_url: str, name: str) -> None:
+    """Drop a run's database (its connections closed by force)."""
+    if not name.startswith((CLONE_PREFIX, TEMPLATE_PREFIX)):
+        raise ConfigError(f"{name} is not a test database of the kit; not dropped")
+    conn = _admin(admin_url)
+    try:
+        with conn.cursor() as cur:  # type: ignore[attr-defined]
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        conn.close()  # type: ignore[attr-defined]
