@@ -2,7 +2,8 @@
 
 It writes `pyproject.toml` with `[tool.kit]`, `migrations/` (the kit's migrations and `conf.py`, owned
 by the project from then on, and the example model's), `seeds/fixtures/` (the development seed),
-`models.py` with one example model, a README and a `.gitignore`. It never overwrites a file.
+`models.py` with one example model, `tests/` with a first test (the kit's pytest plugin runs it
+with no configuration), a README and a `.gitignore`. It never overwrites a file.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ PYPROJECT = """\
 models = ["kit.models", "models"]  # the kit's tables and yours (models.py): migrations, drift checks, seeds
 migrations = "migrations"
 seeds = "seeds"
+
+[tool.pytest.ini_options]
+pythonpath = ["."]  # tests import models.py as the application does
 """
 
 GITIGNORE = """\
@@ -39,6 +43,8 @@ def plan(target: Path) -> dict[Path, bytes]:
     for source in sorted((STARTER / "seeds" / "fixtures").glob("*.yaml")):
         files[target / "seeds" / "fixtures" / source.name] = source.read_bytes()
     files[target / "models.py"] = (STARTER / "project" / "models.py").read_bytes()
+    for source in sorted((STARTER / "project" / "tests").glob("*.py")):
+        files[target / "tests" / source.name] = source.read_bytes()
     readme = (STARTER / "project" / "README.md").read_text(encoding="utf-8").replace("{name}", name)
     files[target / "README.md"] = readme.encode("utf-8")
     files[target / "pyproject.toml"] = PYPROJECT.encode("utf-8")

@@ -181,6 +181,13 @@ def test_from_a_built_wheel_kit_init_gives_a_project_that_works_from_any_directo
             "import sys\nfrom models import Task\nprint(Task.select().count(), sys.argv[1:])\n")
         reported = run([str(venv / "bin" / "kit"), "run", "report.py", "--top", "3"], app / "scripts", env)
         assert reported.stdout.split() == ["6", "['--top',", "'3']"], reported.stdout
+        # the first tests `kit init` wrote pass with no configuration, and leave no row behind, on one
+        # worker and on two (each its own database)
+        tested = run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider"], app, env)
+        assert "2 passed" in tested.stdout, tested.stdout
+        tested = run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2"], app, env)
+        assert "2 passed" in tested.stdout, tested.stdout
+        assert run([str(python), "count.py"], app / "scripts", env).stdout.split() == ["6", "True"]
     finally:
         subprocess.run([str(venv / "bin" / "kit"), "db", "stop"], cwd=app, env=env, capture_output=True, timeout=120)
 
