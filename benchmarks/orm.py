@@ -151,9 +151,9 @@ def raw_path(url: str, given: Given) -> dict[str, Callable[[], Any]]:
         "pk": lambda: fetch(SQL["pk"], (str(given.org_id),)),
         "unique": lambda: fetch(SQL["unique"], (given.slug,)),
         "list": lambda: fetch(SQL["list"], ("c3",)),
-        "insert": lambda: fetch(SQL["insert"], (dt.datetime.now(dt.timezone.utc), "new", "c99", 0)),
+        "insert": lambda: fetch(SQL["insert"], (dt.datetime.now(dt.UTC), "new", "c99", 0)),
         "update": lambda: cursor().execute(SQL["update"], (7, str(given.note_id))),
-        "consume": lambda: fetch(tenant + SQL["consume"], (1, dt.datetime.now(dt.timezone.utc), str(given.org_id), 1)),
+        "consume": lambda: fetch(tenant + SQL["consume"], (1, dt.datetime.now(dt.UTC), str(given.org_id), 1)),
         "increment": lambda: fetch(tenant + SQL["increment"], (str(given.org_id), given.period, 1)),
         "search": lambda: [row[:8] + (np.frombuffer(row[8], ">f4", offset=4).astype(np.float32),) + row[9:]
                            for row in fetch(tenant + RAW_SEARCH, (given.vector, str(given.org_id)))],
@@ -175,7 +175,7 @@ def peewee_path(url: str, given: Given) -> tuple[dict[str, Callable[[], Any]], C
 
     class Plain(peewee.Model):
         id = peewee.UUIDField(primary_key=True)
-        created_at = DateTimeTZField(default=lambda: dt.datetime.now(dt.timezone.utc))
+        created_at = DateTimeTZField(default=lambda: dt.datetime.now(dt.UTC))
 
         class Meta:
             database = db
@@ -204,7 +204,7 @@ def peewee_path(url: str, given: Given) -> tuple[dict[str, Callable[[], Any]], C
         "pk": lambda: POrg.get_by_id(given.org_id),
         "unique": lambda: POrg.get(POrg.slug == given.slug),
         "list": lambda: list(PNote.select().where(PNote.category == "c3").limit(100)),
-        "insert": lambda: PNote.insert(created_at=dt.datetime.now(dt.timezone.utc), title="new", category="c99",
+        "insert": lambda: PNote.insert(created_at=dt.datetime.now(dt.UTC), title="new", category="c99",
                                        views=0).execute(),
         "update": lambda: PNote.update(views=7).where(PNote.id == given.note_id).execute(),
         RELEASE: db.close,
@@ -252,7 +252,7 @@ def sqlalchemy_paths(url: str, given: Given) -> tuple[dict[str, dict[str, Callab
         return op
 
     def new_note() -> dict[str, Any]:
-        return {"created_at": dt.datetime.now(dt.timezone.utc), "title": "new", "category": "c99", "views": 0}
+        return {"created_at": dt.datetime.now(dt.UTC), "title": "new", "category": "c99", "views": 0}
 
     plain = {
         "pk": run(lambda s: s.execute(select(SOrg).where(SOrg.id == org_id)).scalar_one()),
@@ -284,7 +284,7 @@ def kit_path(given: Given) -> dict[str, Callable[[], Any]]:
         "pk": lambda: Organization.get_by_id(given.org_id),
         "unique": lambda: Organization.get(Organization.slug == given.slug),
         "list": lambda: list(Note.select().where(Note.category == "c3").limit(100)),
-        "insert": lambda: Note.insert(created_at=dt.datetime.now(dt.timezone.utc), title="new", category="c99",
+        "insert": lambda: Note.insert(created_at=dt.datetime.now(dt.UTC), title="new", category="c99",
                                       views=0).execute(),
         "update": lambda: Note.update(views=7).where(Note.id == given.note_id).execute(),
         "consume": lambda: OrgCredit.consume(given.org_id, 1),
@@ -316,9 +316,9 @@ async def asyncpg_path(url: str, given: Given) -> tuple[dict[str, Callable[[], A
         "pk": lambda: pool.fetchrow(numbered(SQL["pk"]), given.org_id),
         "unique": lambda: pool.fetchrow(numbered(SQL["unique"]), given.slug),
         "list": lambda: pool.fetch(numbered(SQL["list"]), "c3"),
-        "insert": lambda: pool.fetchval(numbered(SQL["insert"]), dt.datetime.now(dt.timezone.utc), "new", "c99", 0),
+        "insert": lambda: pool.fetchval(numbered(SQL["insert"]), dt.datetime.now(dt.UTC), "new", "c99", 0),
         "update": lambda: pool.execute(numbered(SQL["update"]), 7, given.note_id),
-        "consume": lambda: in_tenant(SQL["consume"], 1, dt.datetime.now(dt.timezone.utc), given.org_id, 1),
+        "consume": lambda: in_tenant(SQL["consume"], 1, dt.datetime.now(dt.UTC), given.org_id, 1),
         "increment": lambda: in_tenant(SQL["increment"], given.org_id, given.period, 1),
         "search": lambda: in_tenant(SQL["search"], given.vector, given.org_id),
     }, pool.close
@@ -338,7 +338,7 @@ def kit_aio_path(given: Given) -> tuple[dict[str, Callable[[], Any]], Callable[[
         "pk": lambda: db.get_by_id(Organization, given.org_id),
         "unique": lambda: db.get(Organization.select().where(Organization.slug == given.slug)),
         "list": lambda: db.list(Note.select().where(Note.category == "c3").limit(100)),
-        "insert": lambda: db.run(lambda: Note.insert(created_at=dt.datetime.now(dt.timezone.utc), title="new",
+        "insert": lambda: db.run(lambda: Note.insert(created_at=dt.datetime.now(dt.UTC), title="new",
                                                      category="c99", views=0).execute()),
         "update": lambda: db.run(lambda: Note.update(views=7).where(Note.id == given.note_id).execute()),
         "consume": lambda: db.run(OrgCredit.consume, given.org_id, 1),

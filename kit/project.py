@@ -18,12 +18,11 @@ from the migrations it is given); KIT_DATA_DIR, KIT_MIGRATIONS_DIR and KIT_SEEDS
 from __future__ import annotations
 
 import os
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from kit.errors import ConfigError
 

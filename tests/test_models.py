@@ -280,7 +280,7 @@ def test_updated_at_is_kept_by_the_database_for_any_client(monitor):
         cur.execute("UPDATE organizations SET name = 'Raw' WHERE id = %s RETURNING updated_at", (o.id,))
         raw = cur.fetchone()[0]
         assert raw > before
-        chosen = dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)  # one that sets it keeps its value
+        chosen = dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=dt.UTC)  # one that sets it keeps its value
         cur.execute("UPDATE organizations SET updated_at = %s WHERE id = %s RETURNING updated_at", (chosen, o.id))
         assert cur.fetchone()[0] == chosen
         cur.execute("""SELECT count(*) FROM information_schema.columns c WHERE c.column_name = 'updated_at'

@@ -142,3 +142,15 @@ def test_each_xdist_worker_has_a_database_of_its_own(project):
     assert ran.returncode == 0, ran.stdout[-4000:] + ran.stderr[-2000:]
     names = (project[0] / "names.txt").read_text().split()
     assert len(names) == 2 and len(set(names)) == 2 and all(re.fullmatch(r"kit_test_gw[01]_\d+_\w+", n) for n in names)
+
+
+def test_the_testing_page_s_examples_pass(project):
+    """docs/testing.md's `pytest` blocks, each a test file of the project."""
+    page = (ROOT / "docs" / "testing.md").read_text()
+    examples = re.findall(r"```pytest\n(.*?)```", page, re.S)
+    assert len(examples) >= 2
+    for number, code in enumerate(examples):
+        (project[0] / f"test_docs_{number}.py").write_text(code)
+    ran = pytest_run(project, *(f"test_docs_{n}.py" for n in range(len(examples))))
+    assert ran.returncode == 0, ran.stdout[-4000:] + ran.stderr[-2000:]
+    assert f"{sum(code.count('def test_') for code in examples)} passed" in ran.stdout, ran.stdout[-2000:]

@@ -224,7 +224,7 @@ class AsyncDatabase(AsyncReadRouting, ShapedStatements, AsyncPostgresqlDatabase)
                 init=self._init_connection, reset=self._reset_connection, server_settings=server_settings,
                 statement_cache_size=0 if self.pooler else STATEMENT_CACHE,
                 command_timeout=limit + COMMAND_GRACE_S if limit else None, timeout=CONNECT_TIMEOUT_S)
-        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise cannot_connect(self.database, exc) from exc
 
     async def _init_connection(self, conn: Any) -> None:
@@ -263,7 +263,7 @@ class AsyncDatabase(AsyncReadRouting, ShapedStatements, AsyncPostgresqlDatabase)
         if pool is None or self._loop is not asyncio.get_running_loop():
             try:
                 pool = await asyncio.wait_for(self._ensure_pool(), timeout=CONNECT_TIMEOUT_S)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise OperationalError(f"timed out connecting to the database ({CONNECT_TIMEOUT_S} s)") from None
         conn = await self._pool_acquire(pool)
         conn._pool = pool  # as pwasyncio tags it: a late release finds a pool replaced since

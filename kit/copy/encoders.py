@@ -19,7 +19,7 @@ COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 COPY_HEADER = COPY_SIGNATURE + struct.pack(">ii", 0, 0)
 COPY_TRAILER = struct.pack(">h", -1)
 NULL = struct.pack(">i", -1)
-PG_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
+PG_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 PG_EPOCH_DATE = dt.date(2000, 1, 1)
 
 def _numeric(value: Any) -> bytes:
@@ -108,7 +108,7 @@ def encoders(zone: dt.tzinfo) -> dict[str, Callable[[Any], bytes]]:
         "citext": _text,
         "uuid": _uuid,
         "timestamp with time zone": _timestamp(zone),
-        "timestamp without time zone": _timestamp(dt.timezone.utc),
+        "timestamp without time zone": _timestamp(dt.UTC),
         "date": _date,
         "jsonb": lambda value: b"\x01" + _json(value),
         "json": _json,

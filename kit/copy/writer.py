@@ -108,7 +108,7 @@ def _session_zone(database: peewee.Database) -> dt.tzinfo:
     try:
         return zoneinfo.ZoneInfo(name)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        return dt.timezone.utc
+        return dt.UTC
 
 
 def _database_default(field: Field) -> bool:

@@ -35,7 +35,7 @@ from kit.vector import VectorModel
 
 def utcnow() -> dt.datetime:
     """The current time, timezone-aware, in UTC."""
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def now_default() -> list[Any]:

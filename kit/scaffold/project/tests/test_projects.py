@@ -4,8 +4,9 @@ row-level security on. `make(Model, ...)` makes rows with only what the test car
 kit's docs/testing.md.
 """
 
-import kit
 from models import Project
+
+import kit
 
 
 def test_a_project_is_its_organization_s_alone(db, tenant, other_org, make):
