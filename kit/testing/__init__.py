@@ -8,6 +8,6 @@
 The how-to and the reference: docs/testing.md.
 """
 
-from kit.testing.factories import Factory, seed_of
+from kit.testing.factories import Factory, Fake, fake, seed_of
 
-__all__ = ["Factory", "seed_of"]
+__all__ = ["Factory", "Fake", "fake", "seed_of"]

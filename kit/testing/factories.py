@@ -9,6 +9,9 @@ same seed:
 - an email, a URL, a slug or any unique text: a value no other row of the run has;
 - numbers, times, dates, booleans, JSON: a plain value of the type; a vector column a unit vector.
 
+A value may be `fake("person.email")` (or `fake("address.city", locale="de")`): mimesis's data, as
+a seed fixture's `!fake` gives it, drawn from the factory's seed (mimesis is the seed extra).
+
 Columns with a default (in Python or in the database) and nullable ones are left to it. Rows go in
 through the model (`Model.create`), so they land in the test's transaction and tenant context,
 under row-level security like the application's own writes.
@@ -20,6 +23,8 @@ import datetime as dt
 import re
 import uuid
 import zlib
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from itertools import count
 from typing import Any
 
@@ -30,9 +35,25 @@ from kit.models.base import is_generated
 from kit.tenancy import current_tenant
 from kit.vector.sample import unit_vectors
 
-__all__ = ["Factory", "seed_of"]
+__all__ = ["Factory", "Fake", "fake", "seed_of"]
 
 _ONE_OF = re.compile(r"\bIN \('([^']*)'")  # a CHECK (column IN ('first', ...)): its first value
+
+
+@dataclass(frozen=True)
+class Fake:
+    """A made-up value from mimesis, drawn when the row is made: `fake("person.email")`."""
+
+    method: str
+    locale: str | None = None
+    arguments: dict[str, Any] = dataclass_field(default_factory=dict)
+
+
+def fake(method: str, locale: str | None = None, **arguments: Any) -> Fake:
+    """mimesis's `method` (`provider.method`, as a seed fixture's `!fake` names it), in `locale`, with `arguments`."""
+    if not isinstance(method, str) or method.count(".") != 1:
+        raise ArgumentError(f"fake({method!r}): name a mimesis provider and method, such as 'person.email'")
+    return Fake(method, locale, arguments)
 
 
 def seed_of(name: str) -> int:
@@ -61,6 +82,7 @@ class Factory:
         self.seed = seed
         self._numbers = count(1)
         self._tag = f"{seed % 100_000:05d}"
+        self._generics: dict[str | None, Any] = {}
 
     def __call__(self, model: type[peewee.Model], **given: Any) -> Any:
         """One row of `model` with `given` values and made-up ones for the rest it needs (`make(Model, ...)`)."""
@@ -79,8 +101,9 @@ class Factory:
         if unknown:
             raise ArgumentError(f"make({model.__name__}): it has no field {unknown[0]!r}; its fields: "
                                 f"{', '.join(fields)}")
-        values = dict(given)
         number = next(self._numbers)
+        values = {name: self._fake(value, number, name) if isinstance(value, Fake) else value
+                  for name, value in given.items()}
         for field in model._meta.sorted_fields:
             if field.name not in values and not _has_default(field):
                 values[field.name] = self._value(model, field, number)
@@ -106,6 +129,24 @@ class Factory:
             raise ArgumentError(f"make({model.__name__}): cannot make up a value for {name} ({field.field_type}); "
                                 f"give one: make({model.__name__}, {name}=...)")
         return made
+
+    def _fake(self, spec: Fake, number: int, name: str) -> Any:
+        try:
+            from mimesis import Generic, Locale
+        except ImportError:
+            raise ArgumentError("fake() needs mimesis, the seed extra: pip install 'peewee-saas-kit[seed]'") from None
+        generic = self._generics.get(spec.locale)
+        if generic is None:
+            try:
+                generic = self._generics[spec.locale] = Generic(Locale(spec.locale) if spec.locale else Locale.EN)
+            except ValueError:
+                raise ArgumentError(f"fake({spec.method!r}): unknown mimesis locale {spec.locale!r}") from None
+        generic.reseed(seed_of(f"{self.seed}/{number}/{name}"))
+        provider, method = spec.method.split(".")
+        made = getattr(getattr(generic, provider, None), method, None)
+        if not callable(made):
+            raise ArgumentError(f"fake({spec.method!r}): mimesis has no {provider}.{method}")
+        return made(**spec.arguments)
 
     def _text(self, table: str, name: str, number: int) -> str:
         unique = f"{table.replace('_', '-')}-{self._tag}-{number}"
