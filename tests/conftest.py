@@ -103,11 +103,21 @@ def test_admin_url(test_db_url: str, admin_url: str) -> str:
     return with_dbname(admin_url, urlsplit(test_db_url).path.lstrip("/"))
 
 
-def pytest_collection_modifyitems(items) -> None:
-    """Tests under tests/unit/ form the unit tier (`pytest -m unit`): pure rules, no server."""
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests under tests/unit/ form the unit tier (`pytest -m unit`): pure rules, no server.
+
+    Through PgBouncer (`tests/through-pgbouncer`, DATABASE_POOLER=pgbouncer) the unit tier and the
+    tests marked `once` are left out: what they try never goes through a pooler (pure rules,
+    packaging, a loader's memory), and the direct run has run them.
+    """
     for item in items:
         if "unit" in Path(str(item.fspath)).parts:
             item.add_marker(pytest.mark.unit)
+    if os.environ.get("DATABASE_POOLER") == "pgbouncer":
+        once = [item for item in items if item.get_closest_marker("unit") or item.get_closest_marker("once")]
+        if once:
+            config.hook.pytest_deselected(items=once)
+            items[:] = [item for item in items if item not in once]
 
 
 @pytest.fixture(autouse=True)

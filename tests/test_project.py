@@ -120,6 +120,7 @@ tasks:
 '''
 
 
+@pytest.mark.once  # packaging, and a project's own embedded server: no pooler in the way
 def test_from_a_built_wheel_kit_init_gives_a_project_that_works_from_any_directory(tmp_path):
     """Wheel, fresh venv, `kit init`, migrate, seed, a model of one's own, its migration, seed, dump, a script."""
     wheels = tmp_path / "wheels"

@@ -247,6 +247,7 @@ def peak_rss_of_seed(path: Path, url: str) -> tuple[int, str]:
     return int(result.stdout.splitlines()[-1]), result.stdout
 
 
+@pytest.mark.once  # the loader's own memory: the same through any pooler
 def test_two_million_generated_rows_stream_in_flat_memory(db, tmp_path):
     small, large = tmp_path / "small.yaml", tmp_path / "large.yaml"  # different names: different rows
     small.write_text(STREAM.format(count=100_000))
