@@ -175,18 +175,48 @@ def make_pool(test_db_url):
         pool.close_all()
 
 
-@pytest.fixture
-def fresh_database(admin_url: str, owner_server_url: str):
-    """An empty database of its own (pgvector, no tables) and a kit Database on it as the owner, as migrations run."""
+def _migrate_as_owner(url: str, directory: Path) -> None:
     from kit.db import Database
 
-    name = make_database(admin_url, "kit_scratch")
+    owner = Database()
+    owner.configure(url, owner=True)
+    try:
+        migrate.apply(owner, directory, say=lambda _: None)
+    finally:
+        owner.close_all()
+
+
+def _owner_database(admin_url: str, owner_server_url: str, migrated: bool):
+    """A database of its own and a kit Database on it as the owner; dropped when the generator ends."""
+    from kit.db import Database
+    from kit.testing import template
+
+    through_pooler = os.environ.get("DATABASE_POOLER") == "pgbouncer"  # a pooler keeps connections to a template
+    if migrated and not through_pooler:  # cloned from the template the kit's pytest plugin makes, migrated once
+        name = template.clone(admin_url, template.ensure_template(admin_url, owner_server_url, MIGRATIONS,
+                                                                  _migrate_as_owner), "suite")
+    else:
+        name = make_database(admin_url, "kit_scratch")
     db = Database()
     url = with_dbname(owner_server_url, name)
     db.configure(url, owner=True)
     db.scratch_url = url
     try:
+        if migrated and through_pooler:
+            migrate.apply(db, MIGRATIONS, say=lambda _: None)
         yield db
     finally:
         db.close_all()
         admin_execute(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def migrated_database(admin_url: str, owner_server_url: str):
+    """A database of its own with the project's migrations applied, as the owner (a clone of the migrated template)."""
+    yield from _owner_database(admin_url, owner_server_url, migrated=True)
+
+
+@pytest.fixture
+def fresh_database(admin_url: str, owner_server_url: str):
+    """An empty database of its own (pgvector, no tables) and a kit Database on it as the owner, as migrations run."""
+    yield from _owner_database(admin_url, owner_server_url, migrated=False)

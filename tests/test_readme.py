@@ -124,10 +124,9 @@ def shown_values(code: str) -> list[dict[str, object]]:
 
 
 @pytest.fixture
-def seeded(fresh_database):
-    migrate.apply(fresh_database, ROOT / "migrations", say=lambda _: None)
-    load(parse(DEV), fresh_database)
-    return fresh_database
+def seeded(migrated_database):
+    load(parse(DEV), migrated_database)
+    return migrated_database
 
 
 @pytest.mark.parametrize("start, code", blocks("python"), ids=[where for where, _ in blocks("python")])

@@ -22,10 +22,9 @@ DEV = ROOT / "seeds" / "fixtures" / "dev.yaml"
 
 
 @pytest.fixture
-def db(fresh_database):
+def db(migrated_database):
     """An empty database with the project's migrations applied."""
-    migrate.apply(fresh_database, ROOT / "migrations", say=lambda _: None)
-    return fresh_database
+    return migrated_database
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:

@@ -108,6 +108,8 @@ def test_and_leaves_nothing_behind(db):
 def test_the_database_is_the_run_s_own(db):
     name = db.execute_sql("SELECT current_database()").fetchone()[0]
     assert name.startswith("kit_test_")
+    assert db.execute_sql("SELECT has_database_privilege('public', current_database(), 'CONNECT'), "
+                          "current_user").fetchone() == (False, "kit_app")  # as production has it
     with open(os.environ["DATABASE_NAMES"], "a") as names:
         names.write(name + "\\n")
 '''

@@ -9,7 +9,8 @@ half made. Each run (each xdist worker) gets `kit_test_<worker>_<pid>_<random>`,
 
 What needs a superuser (creating and dropping databases, the kit's roles) goes through the admin
 URL: KIT_TEST_ADMIN_URL, else the embedded server's superuser. The migrations run as the owner;
-the tests connect as the application's role.
+the tests connect as the application's role. A clone gets the kit's roles' grants on the database
+again (a database's own privileges are not copied from its template), so it is as production has it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 import secrets
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from kit import roles
@@ -44,7 +46,7 @@ def checksum(directory: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _admin(url: str) -> object:
+def _admin(url: str) -> Any:
     import psycopg2
 
     conn = psycopg2.connect(url, application_name="kit-test-databases")
@@ -52,9 +54,9 @@ def _admin(url: str) -> object:
     return conn
 
 
-def _exists(cur: object, name: str) -> bool:
-    cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))  # type: ignore[attr-defined]
-    return cur.fetchone() is not None  # type: ignore[attr-defined]
+def _exists(cur: Any, name: str) -> bool:
+    cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+    return cur.fetchone() is not None
 
 
 def ensure_template(admin_url: str, owner_url: str, directory: Path,
@@ -63,7 +65,7 @@ def ensure_template(admin_url: str, owner_url: str, directory: Path,
     name = TEMPLATE_PREFIX + checksum(directory)
     conn = _admin(admin_url)
     try:
-        with conn.cursor() as cur:  # type: ignore[attr-defined]
+        with conn.cursor() as cur:
             if _exists(cur, name):
                 return name
             cur.execute("SELECT pg_advisory_lock(%s)", (_LOCK,))
@@ -79,7 +81,7 @@ def ensure_template(admin_url: str, owner_url: str, directory: Path,
             finally:
                 cur.execute("SELECT pg_advisory_unlock(%s)", (_LOCK,))
     finally:
-        conn.close()  # type: ignore[attr-defined]
+        conn.close()
     return name
 
 
@@ -88,10 +90,11 @@ def clone(admin_url: str, template: str, worker: str = "main") -> str:
     name = f"{CLONE_PREFIX}{worker}_{os.getpid()}_{secrets.token_hex(3)}"
     conn = _admin(admin_url)
     try:
-        with conn.cursor() as cur:  # type: ignore[attr-defined]
+        with conn.cursor() as cur:
             cur.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}" OWNER {roles.OWNER}')
     finally:
-        conn.close()  # type: ignore[attr-defined]
+        conn.close()
+    roles.bootstrap(with_dbname(admin_url, name))  # a database's own privileges are not copied from its template
     return name
 
 
@@ -101,7 +104,7 @@ def drop(admin_url: str, name: str) -> None:
         raise ConfigError(f"{name} is not a test database of the kit; not dropped")
     conn = _admin(admin_url)
     try:
-        with conn.cursor() as cur:  # type: ignore[attr-defined]
+        with conn.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
-        conn.close()  # type: ignore[attr-defined]
+        conn.close()
