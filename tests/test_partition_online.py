@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psycopg2
 import pytest
-from helpers import Writer
+from helpers import Writer, wait_until
 
 from kit import migrate
 from kit.partitions import is_partitioned, month_partitions, partition_online, unpartition_table
@@ -207,12 +207,14 @@ def test_a_row_deleted_or_changed_while_a_batch_holds_its_copy_is_as_the_writer_
                     (deleted, changed))
     writer = psycopg2.connect(db.scratch_url)
     writer.autocommit = True
+    writer_pid = writer.get_backend_pid()
     with writer.cursor() as cur:  # deleted meanwhile: the copy's row is not visible to it, so it stays...
         cur.execute("DELETE FROM ai_usage WHERE id = %s", (deleted,))
     update = threading.Thread(target=lambda: writer.cursor().execute(  # ...and changed: waits for the batch
         "UPDATE ai_usage SET input_tokens = 999999 WHERE id = %s", (changed,)))
     update.start()
-    time.sleep(0.3)
+    assert wait_until(lambda: db.execute_sql(  # the update waits on the batch's uncommitted row
+        "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s", (writer_pid,)).fetchone()[0])
     batch.commit()
     update.join(10)
     batch.close()
