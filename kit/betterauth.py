@@ -13,10 +13,12 @@ Better Auth's own development default (`DEVELOPMENT_SECRET`), in the order Bette
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import os
 import unicodedata
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -66,6 +68,16 @@ def load_secrets(env: Mapping[str, str] | None = None) -> Secrets:
         keys[int(version)] = value.strip()
     current = int(versioned.split(",")[0].partition(":")[0])
     return Secrets(keys[current], current, keys, legacy if legacy and legacy != DEVELOPMENT_SECRET else None)
+
+
+SESSION_COOKIE = "better-auth.session_token"  # Better Auth's session cookie, without the __Secure- prefix of https
+
+
+def session_cookie(token: str, secrets: Secrets | None = None) -> str:
+    """The value of Better Auth's session cookie for session `token`, signed as Better Auth signs it (HMAC-SHA256)."""
+    secret = (secrets or load_secrets()).current
+    signature = base64.b64encode(hmac.new(secret.encode("utf-8"), token.encode("utf-8"), hashlib.sha256).digest())
+    return urllib.parse.quote(f"{token}.{signature.decode()}", safe="-_.!~*'()")  # as encodeURIComponent
 
 
 def _key(secret: str) -> bytes:

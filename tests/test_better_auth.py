@@ -137,3 +137,30 @@ def test_the_docs_show_the_configuration_the_suite_runs():
     blocks = page.split("```js\n")[1:]
     assert blocks, "docs/better-auth.md has no ```js block"
     assert blocks[0].split("```")[0] == (INTEROP / "auth.mjs").read_text()
+
+
+def test_a_session_the_kit_s_factories_make_is_one_better_auth_signs_in_with(node, migrated_database, monkeypatch):
+    """`kit.testing`'s `signed_in` cookie: the real Better Auth finds the user, and refuses another secret's."""
+    from kit.models import Session
+    from kit.testing import Factory
+
+    db = migrated_database
+    monkeypatch.setenv("BETTER_AUTH_SECRET", SECRET)
+    with db.bind_ctx(ALL_MODELS):
+        make = Factory(1)
+        user = make(User, email="kim@example.test", name="Kim")
+        org = make(Organization, name="Kim's")
+        make(Session, user=user, token="kit-made-token+/=", active_organization=org)  # characters the cookie escapes
+
+    def signed_in_as(cookie: str) -> dict:
+        env = {**os.environ, "DATABASE_URL": db.scratch_url.replace("kit_owner@", "kit_auth@"), "BETTER_AUTH_SECRET": SECRET}
+        done = subprocess.run([node, "session.mjs", cookie], cwd=INTEROP, env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    cookie = f"{betterauth.SESSION_COOKIE}={betterauth.session_cookie('kit-made-token+/=')}"
+    assert signed_in_as(cookie) == {"email": "kim@example.test", "activeOrganizationId": str(org.id)}
+    other = betterauth.load_secrets({"BETTER_AUTH_SECRET": "another-secret-0123456789abcdef0123456789"})
+    assert signed_in_as(f"{betterauth.SESSION_COOKIE}={betterauth.session_cookie('kit-made-token+/=', other)}") == {
+        "email": None, "activeOrganizationId": None}

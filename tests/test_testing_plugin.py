@@ -90,6 +90,7 @@ def test_a_web_test_client_sees_the_test_s_rows(db, org):
 
 def test_a_member_and_a_signed_in_user(signed_in):
     assert Member.select().count() == 1 and signed_in.session.token == signed_in.token
+    assert signed_in.cookie.startswith("better-auth.session_token=")  # tests/test_better_auth.py: Better Auth reads it
 
 
 def test_a_committing_test_commits(transactional_db, make):

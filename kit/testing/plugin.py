@@ -13,7 +13,7 @@ Fixtures, each made only when a test asks for it:
 - `org`, `other_org`: two organizations (the second to prove isolation);
 - `tenant`: `org`, with the test inside `kit.tenant(org)`;
 - `user`, `member`: a user, and that user an owner of `org`;
-- `signed_in`: a member with a Better Auth session row (`.user`, `.session`, `.token`).
+- `signed_in`: a member with a Better Auth session row (`.user`, `.session`, `.token`, `.cookie`).
 """
 
 from __future__ import annotations
@@ -200,11 +200,18 @@ def member(tenant: Any, user: Any, make: Factory) -> Any:
 
 @dataclass(frozen=True)
 class SignedIn:
-    """A user with a Better Auth session: the row, and the token its cookie carries."""
+    """A user with a Better Auth session: the row, the token, and the cookie a browser would send."""
 
     user: Any
     session: Any
     token: str
+
+    @property
+    def cookie(self) -> str:
+        """The `Cookie` header's value Better Auth reads this session from (signed with BETTER_AUTH_SECRET)."""
+        from kit.betterauth import SESSION_COOKIE, session_cookie
+
+        return f"{SESSION_COOKIE}={session_cookie(self.token)}"
 
 
 @pytest.fixture
