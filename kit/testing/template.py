@@ -92,9 +92,13 @@ def clone(admin_url: str, template: str, worker: str = "main") -> str:
     try:
         with conn.cursor() as cur:
             cur.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}" OWNER {roles.OWNER}')
+            cur.execute("SELECT pg_advisory_lock(%s)", (_LOCK,))  # the roles are the server's: one bootstrap at a time
+            try:
+                roles.bootstrap(with_dbname(admin_url, name))  # a database's own privileges are not copied
+            finally:
+                cur.execute("SELECT pg_advisory_unlock(%s)", (_LOCK,))
     finally:
         conn.close()
-    roles.bootstrap(with_dbname(admin_url, name))  # a database's own privileges are not copied from its template
     return name
 
 
