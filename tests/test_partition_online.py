@@ -207,14 +207,14 @@ def test_a_row_deleted_or_changed_while_a_batch_holds_its_copy_is_as_the_writer_
                     (deleted, changed))
     writer = psycopg2.connect(db.scratch_url)
     writer.autocommit = True
-    writer_pid = writer.get_backend_pid()
     with writer.cursor() as cur:  # deleted meanwhile: the copy's row is not visible to it, so it stays...
         cur.execute("DELETE FROM ai_usage WHERE id = %s", (deleted,))
     update = threading.Thread(target=lambda: writer.cursor().execute(  # ...and changed: waits for the batch
         "UPDATE ai_usage SET input_tokens = 999999 WHERE id = %s", (changed,)))
     update.start()
-    assert wait_until(lambda: db.execute_sql(  # the update waits on the batch's uncommitted row
-        "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s", (writer_pid,)).fetchone()[0])
+    assert wait_until(lambda: db.execute_sql(  # the update waits on the batch's uncommitted row (by database, not
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "  # pid: behind PgBouncer a
+        "AND wait_event_type = 'Lock'").fetchone()[0] == 1)  # client's pid is the pooler's
     batch.commit()
     update.join(10)
     batch.close()
