@@ -26,9 +26,9 @@ from pathlib import Path
 
 from tenancy import admin, with_dbname
 
-from kit import embedded, migrate, roles
+from kit import embedded, roles
 from kit.config import load_settings
-from kit.db import Database, resolve_url
+from kit.db import resolve_url
 from kit.testing import template
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,23 +135,14 @@ def main() -> None:
         name = f"kit_bench_scratch_{os.getpid()}"
         admin(admin_url, f'CREATE DATABASE "{name}" OWNER {roles.OWNER}')
         roles.bootstrap(with_dbname(admin_url, name))
-        owner = Database()
-        owner.configure(with_dbname(owner_url, name), owner=True)
-        migrate.apply(owner, directory, say=lambda _: None)
-        owner.close_all()
+        template.migrate_as_owner(with_dbname(owner_url, name), directory)
         admin(admin_url, f'DROP DATABASE "{name}" WITH (FORCE)')
 
     def from_template(made: str) -> None:
         name = template.clone(admin_url, made, "bench")
         template.drop(admin_url, name)
 
-    def migrate_template(url: str, where: Path) -> None:
-        owner = Database()
-        owner.configure(url, owner=True)
-        migrate.apply(owner, where, say=lambda _: None)
-        owner.close_all()
-
-    made = template.ensure_template(admin_url, owner_url, directory, migrate_template)
+    made = template.ensure_template(admin_url, owner_url, directory)
     timings: dict[str, list[float]] = {"from scratch (create, roles, 10 migrations)": [],
                                        "cloned from the template": []}
     for _ in range(args.rounds):

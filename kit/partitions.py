@@ -436,17 +436,18 @@ def _make_shadow(database: Database, table: str, column: str, window: tuple[date
     key = ("id", f'"{column}"')
     updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c not in key) or "id = EXCLUDED.id"
     database.execute_sql(f'CREATE TABLE "{gone}" AS SELECT id, "{column}" FROM "{table}" WITH NO DATA')
+    copy, tombstones = _qualified(database, shadow), _qualified(database, gone)
     database.execute_sql(f"""
         CREATE FUNCTION "{mirror}"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
         SET search_path = pg_catalog, pg_temp AS $mirror$
         BEGIN
             IF TG_OP <> 'INSERT' AND (TG_OP = 'DELETE' OR (OLD.id, OLD."{column}") IS DISTINCT FROM
                                                           (NEW.id, NEW."{column}")) THEN
-                DELETE FROM {_qualified(database, shadow)} WHERE id = OLD.id AND "{column}" = OLD."{column}";
-                INSERT INTO {_qualified(database, gone)} VALUES (OLD.id, OLD."{column}");
+                DELETE FROM {copy} WHERE id = OLD.id AND "{column}" = OLD."{column}";
+                INSERT INTO {tombstones} VALUES (OLD.id, OLD."{column}");
             END IF;
             IF TG_OP <> 'DELETE' THEN
-                INSERT INTO {_qualified(database, shadow)} SELECT NEW.*
+                INSERT INTO {copy} SELECT NEW.*
                 ON CONFLICT (id, "{column}") DO UPDATE SET {updates};
             END IF;
             RETURN NULL;

@@ -175,17 +175,6 @@ def make_pool(test_db_url):
         pool.close_all()
 
 
-def _migrate_as_owner(url: str, directory: Path) -> None:
-    from kit.db import Database
-
-    owner = Database()
-    owner.configure(url, owner=True)
-    try:
-        migrate.apply(owner, directory, say=lambda _: None)
-    finally:
-        owner.close_all()
-
-
 def _owner_database(admin_url: str, owner_server_url: str, migrated: bool):
     """A database of its own and a kit Database on it as the owner; dropped when the generator ends."""
     from kit.db import Database
@@ -193,8 +182,7 @@ def _owner_database(admin_url: str, owner_server_url: str, migrated: bool):
 
     through_pooler = os.environ.get("DATABASE_POOLER") == "pgbouncer"  # a pooler keeps connections to a template
     if migrated and not through_pooler:  # cloned from the template the kit's pytest plugin makes, migrated once
-        name = template.clone(admin_url, template.ensure_template(admin_url, owner_server_url, MIGRATIONS,
-                                                                  _migrate_as_owner), "suite")
+        name = template.clone(admin_url, template.ensure_template(admin_url, owner_server_url, MIGRATIONS), "suite")
     else:
         name = make_database(admin_url, "kit_scratch")
     db = Database()

@@ -173,3 +173,24 @@ def limited_database(url: str, statement_timeout_ms: int, pool_max: int = 4):
     db.configure(url, settings=replace(load_settings(), statement_timeout_ms=statement_timeout_ms,
                                        pool_max=pool_max, pool_min=0))
     return db
+
+
+def migrate_up_to(db, last: str, scratch) -> None:
+    """Apply the project's migrations up to and including `last` (`"007"`) to `db`, from a copy in `scratch`."""
+    import shutil
+    from pathlib import Path
+
+    from kit import migrate
+
+    early = Path(scratch) / f"migrations_to_{last}"
+    early.mkdir()
+    for path in sorted((Path(__file__).resolve().parent.parent / "migrations").glob("0*.py")):
+        if path.name[:3] <= last:
+            shutil.copy(path, early / path.name)
+    migrate.apply(db, early, say=lambda _: None)
+
+
+def table_rows(db, table: str) -> list[tuple]:
+    """Every row of `table` by id: (id, created_at, the rest as JSON): what a rebuilt table must keep."""
+    return db.execute_sql(f"SELECT id::text, created_at, to_jsonb(t) - 'id' - 'created_at' FROM {table} t "
+                          "ORDER BY id").fetchall()

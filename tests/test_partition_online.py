@@ -9,7 +9,6 @@ copying process killed half-way, and with the migration rolled back before its s
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import psycopg2
 import pytest
-from helpers import Writer, wait_until
+from helpers import Writer, migrate_up_to, table_rows, wait_until
 
 from kit import migrate
 from kit.partitions import is_partitioned, month_partitions, partition_online, unpartition_table
@@ -29,22 +28,13 @@ QUIET = {"say": lambda _: None}
 LOCK_TIMEOUT = 0.5  # seconds: DATABASE_LOCK_TIMEOUT for these tests
 
 
-def rows(db, table: str) -> list[tuple]:
-    return db.execute_sql(f"SELECT id::text, created_at, to_jsonb(t) - 'id' - 'created_at' FROM {table} t "
-                          "ORDER BY id").fetchall()
-
-
 @pytest.fixture
 def before_008(fresh_database, tmp_path, monkeypatch):
     """A database migrated up to 007 with 20,000 AI usage rows and 20,000 audit rows over three months."""
     monkeypatch.setenv("DATABASE_LOCK_TIMEOUT", str(int(LOCK_TIMEOUT * 1000)))
     monkeypatch.setattr("kit.partitions.BATCH_ROWS", 500)  # many batches: many chances for a race
     db = fresh_database
-    early = tmp_path / "migrations"
-    early.mkdir()
-    for path in sorted((ROOT / "migrations").glob("00[1-7]_*.py")):
-        shutil.copy(path, early / path.name)
-    migrate.apply(db, early, **QUIET)
+    migrate_up_to(db, "007", tmp_path)
     db.execute_sql("INSERT INTO organizations (name, slug) VALUES ('Acme', 'acme')")
     db.execute_sql("INSERT INTO ai_usage (organization_id, model, input_tokens, created_at) "
                    "SELECT o.id, 'm', n, timestamptz '2026-08-01 00:00+00' + n * interval '6 minutes' "
@@ -99,7 +89,7 @@ class Mutator(threading.Thread):
 
 def test_a_migration_partitions_tables_with_rows_while_writers_insert_update_and_delete(before_008):
     db = before_008
-    audit_before = rows(db, "audit_logs")
+    audit_before = table_rows(db, "audit_logs")
     mutator, writer = Mutator(db.scratch_url), Writer(db.scratch_url)
     mutator.start()
     while db.execute_sql("SELECT to_regclass('expected')").fetchone()[0] is None:
@@ -126,7 +116,7 @@ def test_a_migration_partitions_tables_with_rows_while_writers_insert_update_and
     assert mutator.done > 20 and mismatched == 0, (mutator.done, mismatched)
     ticks = db.execute_sql("SELECT count(*) FROM audit_logs WHERE action = 'tick'").fetchone()[0]
     assert ticks == writer.written and not writer.errors  # every audit row written meanwhile is there, once
-    assert [r for r in rows(db, "audit_logs") if r[2]["action"] != "tick"] == audit_before
+    assert [r for r in table_rows(db, "audit_logs") if r[2]["action"] != "tick"] == audit_before
     # writers were held up at most the lock timeout (a waiting attempt) and half a second (the swap itself)
     assert writer.longest < LOCK_TIMEOUT + 0.5, writer.longest
     assert mutator.longest < LOCK_TIMEOUT + 0.5, mutator.longest
@@ -156,7 +146,7 @@ p.partition_online(db, "ai_usage", batch_rows=200)
 
 def test_a_conversion_killed_half_way_finishes_when_run_again_with_every_row(before_008):
     db = before_008
-    before = rows(db, "ai_usage")
+    before = table_rows(db, "ai_usage")
     child = subprocess.Popen([sys.executable, "-c", COPY_SLOWLY, db.scratch_url], env=os.environ.copy())
     try:
         deadline = time.monotonic() + 60
@@ -172,9 +162,9 @@ def test_a_conversion_killed_half_way_finishes_when_run_again_with_every_row(bef
     copied = db.execute_sql("SELECT count(*) FROM ai_usage_rebuilt").fetchone()[0]
     assert 0 < copied < 20000  # killed half-way
     db.execute_sql("INSERT INTO ai_usage (organization_id, model, input_tokens) SELECT id, 'late', 1 FROM organizations")
-    before = rows(db, "ai_usage")
+    before = table_rows(db, "ai_usage")
     assert partition_online(db, "ai_usage", **QUIET) == 20001
-    assert rows(db, "ai_usage") == before
+    assert table_rows(db, "ai_usage") == before
     assert partition_online(db, "ai_usage", **QUIET) == 0  # done: nothing more
 
 

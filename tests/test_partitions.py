@@ -3,14 +3,13 @@ partition, `kit maintain` keeps partitions ahead and retires old ones, and time 
 
 from __future__ import annotations
 
-import shutil
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import peewee
 import pytest
-from helpers import Writer
+from helpers import Writer, migrate_up_to, table_rows
 
 from kit import migrate
 from kit.maintain import maintain
@@ -22,20 +21,11 @@ QUIET = {"say": lambda _: None}
 MONTHS = ["2026-08-15 10:00:00+00", "2026-09-30 23:59:59+00", "2026-10-01 00:00:00+00"]
 
 
-def rows(db, table: str) -> list[tuple]:
-    return db.execute_sql(f"SELECT id::text, created_at, to_jsonb(t) - 'id' - 'created_at' FROM {table} t "
-                          "ORDER BY id").fetchall()
-
-
 @pytest.fixture
 def before_008(fresh_database, tmp_path):
     """A database migrated up to 007, holding audit and AI usage rows of three months."""
     db = fresh_database
-    early = tmp_path / "migrations"
-    early.mkdir()
-    for path in sorted((ROOT / "migrations").glob("00[1-7]_*.py")):
-        shutil.copy(path, early / path.name)
-    migrate.apply(db, early, **QUIET)
+    migrate_up_to(db, "007", tmp_path)
     org = db.execute_sql("INSERT INTO organizations (name, slug) VALUES ('Acme', 'acme') RETURNING id").fetchone()[0]
     for n, at in enumerate(MONTHS * 10):
         db.execute_sql("INSERT INTO audit_logs (organization_id, action, created_at, metadata) "
@@ -54,18 +44,18 @@ def refused(db, sql: str) -> str:
 
 def test_the_migration_keeps_every_row_and_append_only_holds_on_every_partition(before_008):
     db = before_008
-    kept = {table: rows(db, table) for table in ("audit_logs", "ai_usage")}
+    kept = {table: table_rows(db, table) for table in ("audit_logs", "ai_usage")}
     assert len(kept["audit_logs"]) == 30
     migrate.apply(db, ROOT / "migrations", **QUIET)
     for table in ("audit_logs", "ai_usage"):
-        assert rows(db, table) == kept[table]  # every row, every value
+        assert table_rows(db, table) == kept[table]  # every row, every value
         assert db.execute_sql("SELECT relkind FROM pg_class WHERE relname = %s", (table,)).fetchone()[0] == "p"
         months = month_partitions(db, table)
         assert {m.strftime("%Y-%m") for m in months} >= {"2026-08", "2026-09", "2026-10"}
     assert db.execute_sql("SELECT count(*) FROM audit_logs_p202609").fetchone()[0] == 10  # 23:59:59 stays in September
     # append-only: on the table and on each partition directly, whatever the statement
     db.execute_sql("INSERT INTO audit_logs (action, created_at) VALUES ('far', '2040-01-01+00')")  # the default's
-    kept["audit_logs"] = rows(db, "audit_logs")
+    kept["audit_logs"] = table_rows(db, "audit_logs")
     for target in ["audit_logs", "audit_logs_p202608", "audit_logs_default"]:
         assert "append-only" in refused(db, f"UPDATE {target} SET action = 'x'")
         assert "append-only" in refused(db, f"DELETE FROM {target}")
@@ -78,7 +68,7 @@ def test_the_migration_keeps_every_row_and_append_only_holds_on_every_partition(
                                                                            "009_roles_and_row_security",
                                                                            "008_partition_audit_logs_and_ai_usage"]
     for table in ("audit_logs", "ai_usage"):
-        assert rows(db, table) == kept[table]
+        assert table_rows(db, table) == kept[table]
         assert db.execute_sql("SELECT relkind FROM pg_class WHERE relname = %s", (table,)).fetchone()[0] == "r"
     assert "append-only" in refused(db, "DELETE FROM audit_logs")
 
@@ -173,7 +163,7 @@ def test_months_cron_missed_get_their_partitions_with_their_rows_moved(before_00
         month = last.replace(year=last.year + (last.month + shift - 1) // 12, month=(last.month + shift - 1) % 12 + 1)
         for day in (1, 15):
             db.execute_sql("INSERT INTO audit_logs (action, created_at) VALUES ('late', %s)", (f"{month}T0{day % 9}:00+00",))
-    before = rows(db, "audit_logs")
+    before = table_rows(db, "audit_logs")
     assert count(db, "audit_logs_default") == 8
     now = datetime(last.year + (last.month + 3) // 12, (last.month + 3) % 12 + 1, 10, tzinfo=UTC)
     writer = Writer(db.scratch_url)  # a row every 20 ms, into this month's partition, meanwhile
@@ -188,6 +178,6 @@ def test_months_cron_missed_get_their_partitions_with_their_rows_moved(before_00
     assert not writer.errors and writer.longest < 0.5, writer.longest
     assert len(done.moved) == 4 and done.rows_moved == 8 and done.in_default == {}
     assert count(db, "audit_logs_default") == 0
-    assert [r for r in rows(db, "audit_logs") if r[2].get("action") != "tick"] == before  # every row, every value
+    assert [r for r in table_rows(db, "audit_logs") if r[2].get("action") != "tick"] == before  # every row, every value
     for name in done.moved:
         assert count(db, name) == 2

@@ -111,7 +111,7 @@ def _session_zone(database: peewee.Database) -> dt.tzinfo:
         return dt.UTC
 
 
-def _database_default(field: Field) -> bool:
+def database_default(field: Field) -> bool:
     """Whether the model declares a DEFAULT for the column (the database then fills it in)."""
     return any(str(getattr(c, "sql", "")).upper().startswith("DEFAULT ") for c in field.constraints or [])
 
@@ -197,7 +197,7 @@ class CopyWriter:
         given = [_writer_of(f, types) for f in _resolve_fields(model, fields)]
         names = {f.name for f in given}
         defaults = [_writer_of(f, types) for f in model._meta.sorted_fields
-                    if f.name not in names and f.default is not None and not _database_default(f)]
+                    if f.name not in names and f.default is not None and not database_default(f)]
         hooked = [f for f in given + defaults if hasattr(f, "copy_cells")]  # fields that encode themselves
         scalars = [f for f in given + defaults if not hasattr(f, "copy_cells")]
         name = model._meta.table_name

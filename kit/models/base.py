@@ -19,6 +19,7 @@ from typing import Any
 from peewee import SQL, Check, Model, ModelRaw, ModelSelect, TextField, UUIDField
 from playhouse.postgres_ext import DateTimeTZField, TSVectorField
 
+from kit.copy.writer import database_default
 from kit.db import database
 from kit.db.bridge import ModelMetadata
 from kit.db.clean import only_reads
@@ -117,7 +118,7 @@ def mirror_defaults(model: type[Model]) -> None:
 
 def mirror_default(field: Any) -> None:
     """Give one field with a Python default the same default in the database (once)."""
-    if field.default is None or any(getattr(c, "sql", "").startswith("DEFAULT ") for c in field.constraints or []):
+    if field.default is None or database_default(field):
         return
     literal = _sql_literal(field, field.default)
     if literal is not None:

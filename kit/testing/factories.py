@@ -30,6 +30,7 @@ from typing import Any
 
 import peewee
 
+from kit.copy.writer import database_default
 from kit.errors import ArgumentError
 from kit.models.base import is_generated
 from kit.tenancy import current_tenant
@@ -62,9 +63,8 @@ def seed_of(name: str) -> int:
 
 
 def _has_default(field: peewee.Field) -> bool:
-    if field.default is not None or field.null or field.primary_key or is_generated(field):
-        return True
-    return any("DEFAULT" in str(getattr(c, "sql", c)).upper() for c in field.constraints or ())
+    return bool(field.default is not None or field.null or field.primary_key or is_generated(field)
+                or database_default(field))
 
 
 def _first_allowed(field: peewee.Field) -> str | None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -48,18 +47,6 @@ def _urls() -> tuple[str, str, str, str]:
     return admin, resolve_url(settings, OWNER), resolve_url(settings, APP), resolve_url(settings, DOOR)
 
 
-def _migrate(owner_url: str, directory: Path) -> None:
-    from kit import migrate
-    from kit.db import Database
-
-    owner = Database()
-    owner.configure(owner_url, owner=True)
-    try:
-        migrate.apply(owner, directory, say=lambda _: None)
-    finally:
-        owner.close_all()
-
-
 class _Run:
     """The databases of this run: the template and the clone the application's database points at."""
 
@@ -70,7 +57,7 @@ class _Run:
         self.admin, self.owner, self.app, self.door = _urls()
         self.worker = worker
         self.session = ""  # the run's own database, once cloned
-        self.template = ensure_template(self.admin, self.owner, default_directory(), _migrate)
+        self.template = ensure_template(self.admin, self.owner, default_directory())
 
     def clone(self) -> str:
         """A new database from the template: its name."""

@@ -46,6 +46,19 @@ def checksum(directory: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def migrate_as_owner(owner_url: str, directory: Path) -> None:
+    """Apply `directory`'s migrations to the database at `owner_url`, as the owner (how a template is made)."""
+    from kit import migrate
+    from kit.db import Database
+
+    owner = Database()
+    owner.configure(owner_url, owner=True)
+    try:
+        migrate.apply(owner, directory, say=lambda _: None)
+    finally:
+        owner.close_all()
+
+
 def _admin(url: str) -> Any:
     import psycopg2
 
@@ -60,7 +73,7 @@ def _exists(cur: Any, name: str) -> bool:
 
 
 def ensure_template(admin_url: str, owner_url: str, directory: Path,
-                    migrate: Callable[[str, Path], None]) -> str:
+                    migrate: Callable[[str, Path], None] = migrate_as_owner) -> str:
     """The template of `directory`'s migrations, made now (by `migrate(owner_url_of_it, directory)`) if missing."""
     name = TEMPLATE_PREFIX + checksum(directory)
     conn = _admin(admin_url)
