@@ -1,4 +1,4 @@
-"""Schema changes under contention: an application transaction holds a lock for 20 s while a writer records
+"""Schema changes under contention: an application transaction holds a lock for 10 s while a writer records
 audit rows every 20 ms and `kit maintain` (which must make a partition) or `kit migrate` (a migration that
 alters the table) runs. The writer never stalls longer than the lock timeout plus 0.5 s; the command
 completes once the holder is gone, or gives up in one sentence naming it, with nothing half-done."""
@@ -23,7 +23,7 @@ from kit.partitions import month_partitions
 ROOT = Path(__file__).resolve().parent.parent
 QUIET = {"say": lambda _: None}
 LOCK_TIMEOUT = 1.0
-HOLD = 20.0
+HOLD = 10.0  # several attempts, each waiting the lock timeout, pauses growing between them
 
 
 @pytest.fixture

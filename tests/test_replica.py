@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import psycopg2
@@ -86,3 +87,19 @@ def test_kit_migrate_pointed_at_a_replica_says_so_in_one_sentence(replica):
                              timeout=120)
         assert ran.returncode != 0 and "Traceback" not in ran.stderr, ran.stderr
         assert "is a read-only replica (in recovery): migrations run on the primary" in ran.stderr, ran.stderr
+
+
+def test_a_stopped_replica_further_behind_than_a_copy_costs_is_copied_again(replica, test_db_url):
+    """A replica far behind (here: its slot gone, so the WAL it needs may be too) is copied, not replayed."""
+    marker = Path(urlsplit(replica).query.split("host=")[1].split("&")[0]) / "PG_VERSION"
+    copied = marker.stat().st_mtime_ns
+    assert kit("stop").returncode == 0
+    admin = as_admin(test_db_url)
+    query(admin, "SELECT pg_drop_replication_slot('kit_replica')")
+    query(test_db_url, "INSERT INTO replica_probe VALUES (5)")
+    again = kit("start")
+    assert again.returncode == 0, again.stderr
+    assert marker.stat().st_mtime_ns != copied  # a new base backup, not the old copy started
+    assert seen(replica, 5)  # `start` returned once it had replayed what the primary had
+    assert query(admin, "SELECT active FROM pg_replication_slots WHERE slot_name = 'kit_replica'") == [(True,)]
+

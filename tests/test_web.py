@@ -33,7 +33,7 @@ from kit.tenancy import tenant
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENTS = 50
-FAULT_SECONDS = 30
+FAULT_SECONDS = 20
 
 
 def free_port() -> int:

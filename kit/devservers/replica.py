@@ -6,8 +6,10 @@ primary's socket), and starts it on a socket of its own in that directory: a hot
 replays the primary's WAL as it streams in, through a replication slot (`kit_replica`) so that the
 primary keeps what a stopped replica has yet to receive (remove the replica and the slot goes at the
 next `start`; until then WAL is kept for it). `start` returns once the replica has replayed what the
-primary had written; later starts reuse it and it catches up. Only for the embedded server; a
-replica of your own server is set up as PostgreSQL documents.
+primary had written; later starts reuse it and it catches up, unless it is further behind than a
+fresh copy would cost (`copy_afresh`: the WAL kept for it outweighs the primary's databases), in
+which case it is copied again and the kept WAL let go. Only for the embedded server; a replica of
+your own server is set up as PostgreSQL documents.
 """
 
 from __future__ import annotations
@@ -52,6 +54,9 @@ def start_replica(data_dir: Path) -> str:
         raise ReplicaError(f"the replica's socket path {socket} is too long for a unix socket; "
                            "set KIT_DATA_DIR to a shorter directory")
     admin = embedded.url(info.socket_dir, port, embedded.ADMIN_DATABASE)
+    if (target / "PG_VERSION").exists() and not (target / "postmaster.pid").exists() \
+            and copy_afresh(*_behind_and_size(admin)):
+        shutil.rmtree(target)  # a stopped replica far behind: copied again, sooner than replaying it all
     if not (target / "PG_VERSION").exists():
         # A slot left by a replica removed since would hold WAL for nobody: replace it.
         _execute(admin, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
@@ -75,6 +80,24 @@ def start_replica(data_dir: Path) -> str:
              f"the replica in {target} did not start; see {target / 'log'}")
     _wait_for_replay(admin, embedded.url(target, port, embedded.ADMIN_DATABASE), target)
     return primary_url.replace(f"host={info.socket_dir}", f"host={target}")
+
+
+def copy_afresh(behind: int | None, size: int) -> bool:
+    """Whether a stopped replica `behind` bytes of WAL behind is better copied again than caught up.
+
+    Replaying WAL costs about what writing it did, a base backup about what the databases hold; so
+    past that size a fresh copy is the quicker (and lets the primary drop the WAL kept for it). No
+    slot (`behind` None): the WAL it needs may be gone, and only a copy is sure to work.
+    """
+    return behind is None or behind > size
+
+
+def _behind_and_size(admin: str) -> tuple[int | None, int]:
+    """The WAL bytes the replica's slot holds back (None: no slot), and the bytes the primary's databases hold."""
+    behind = _execute(admin, "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint "
+                             "FROM pg_replication_slots WHERE slot_name = %s", (SLOT,))
+    size = _execute(admin, "SELECT sum(pg_database_size(oid))::bigint FROM pg_database")
+    return (int(behind) if behind is not None else None), int(size or 0)
 
 
 def _wait_for_replay(primary: str, replica: str, target: Path) -> None:
