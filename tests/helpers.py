@@ -48,6 +48,11 @@ def wait_until(predicate, timeout: float = 5.0, step: float = 0.02) -> bool:
     return predicate()
 
 
+def ended(url: str, pid: int, timeout: float = 5.0) -> bool:
+    """Wait until the server process `pid` has ended (a terminated backend exits a moment after it is told)."""
+    return wait_until(lambda: not query(url, "SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)), timeout)
+
+
 def query(url: str, sql: str, params=()):
     """Run `sql` on its own autocommit connection to `url`; the rows, or None."""
     conn = psycopg2.connect(url, connect_timeout=5)
@@ -160,6 +165,11 @@ class Writer(threading.Thread):
                 self.longest = max(self.longest, time.monotonic() - started)
                 time.sleep(0.02)
         self.conn.close()
+
+    def writes(self, rows: int = 5, timeout: float = 10.0) -> bool:
+        """Wait until `rows` more rows are written than now: the writer is writing."""
+        target = self.written + rows
+        return wait_until(lambda: self.written >= target or bool(self.errors), timeout)
 
 
 def limited_database(url: str, statement_timeout_ms: int, pool_max: int = 4):

@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from helpers import observes_server_sessions, scalar
+from helpers import observes_server_sessions, scalar, wait_until
 from peewee import IntegrityError
 
 import kit
@@ -36,6 +36,9 @@ def adb(test_db_url):
     yield db
     if db._pool is not None and db._loop is not None and not db._loop.is_closed():
         db._pool.terminate()
+
+
+GONE = "SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = %s"  # a terminated backend has exited
 
 
 def run(coro):
@@ -187,7 +190,7 @@ def test_session_state_lost_with_its_connection_is_session_lost_naming_it(adb, m
 
         victim = await adb.run(lock_and_pid)
         scalar(monitor, "SELECT pg_terminate_backend(%s)", (victim,))
-        await asyncio.sleep(0.05)
+        assert wait_until(lambda: scalar(monitor, GONE, (victim,)))
         with pytest.raises(SessionLost) as caught:
             await adb.run(lambda: adb.execute_sql("SELECT 1"))
         after = (await adb.run(lambda: adb.execute_sql(pid_sql()).fetchone()))[0]
@@ -209,7 +212,7 @@ def test_a_kill_inside_a_transaction_is_session_lost_and_retry_transaction_runs_
         if len(runs) == 1:
             pid = adb.execute_sql(pid_sql()).fetchone()[0]
             scalar(monitor, "SELECT pg_terminate_backend(%s)", (pid,))
-            time.sleep(0.05)
+            assert wait_until(lambda: scalar(monitor, GONE, (pid,)))
         return balance
 
     async def main():
@@ -218,7 +221,7 @@ def test_a_kill_inside_a_transaction_is_session_lost_and_retry_transaction_runs_
                 await adb.run(OrgCredit.consume, org, 1)
                 pid = (await adb.run(lambda: adb.execute_sql(pid_sql()).fetchone()))[0]
                 scalar(monitor, "SELECT pg_terminate_backend(%s)", (pid,))
-                await asyncio.sleep(0.05)
+                assert wait_until(lambda: scalar(monitor, GONE, (pid,)))
                 await adb.run(OrgCredit.consume, org, 1)
         assert not caught.value.outcome_unknown
         return await adb.retry_transaction(spend)

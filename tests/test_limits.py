@@ -77,7 +77,7 @@ def test_slow_statements_at_once_leave_the_pool_serving_others(limited):
     hogs = [threading.Thread(target=hog) for _ in range(4)]
     for thread in hogs:
         thread.start()
-    time.sleep(0.05)
+    assert wait_until(lambda: limited.pool_stats()["in_use"] == 4)  # every connection is held by a hog
     start = time.perf_counter()
     with limited.connection_context():
         assert limited.execute_sql("SELECT 42").fetchone()[0] == 42  # a connection comes free within the limit

@@ -69,7 +69,7 @@ def under_contention(db, command) -> tuple[Writer, float, object]:
     """Run `command` while a writer writes and a holder holds; (the writer, seconds it took, its result)."""
     writer = Writer(db.scratch_url)
     writer.start()
-    time.sleep(0.3)
+    assert writer.writes()
     holder, _ = hold_read_lock(db.scratch_url, HOLD)
     started = time.monotonic()
     try:
@@ -77,7 +77,7 @@ def under_contention(db, command) -> tuple[Writer, float, object]:
     finally:
         took = time.monotonic() - started
         holder.join()
-        time.sleep(0.3)
+        writer.writes()  # and once the holder is gone
         writer.stop.set()
         writer.join()
     return writer, took, result

@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import psycopg2
@@ -67,7 +66,7 @@ def test_a_build_killed_half_way_is_resumed_by_the_next_run_and_its_invalid_inde
     try:
         building = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'CREATE INDEX CONCURRENTLY%%'"
         assert wait_until(lambda: db.execute_sql(building).fetchone()[0] == 1, timeout=60)
-        time.sleep(0.5)
+        assert wait_until(lambda: index_state(db) is False)  # its index is in the catalog, not yet valid
         run.kill()  # the process dies mid-build; its backend stops within client_connection_check_interval
         run.wait(30)
         assert wait_until(lambda: db.execute_sql(building).fetchone()[0] == 0, timeout=30)

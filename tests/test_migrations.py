@@ -14,7 +14,7 @@ from pathlib import Path
 import peewee as pw
 import psycopg2
 import pytest
-from helpers import as_owner, observes_server_sessions, query
+from helpers import as_owner, ended, observes_server_sessions, query
 from peewee_migrate.router import Router
 
 from kit import migrate
@@ -498,7 +498,7 @@ def test_pw_migrate_s_run_lock_lost_with_its_connection_stops_the_run(fresh_data
     lock_session(db, say=lambda _: None)  # what migrations/conf.py takes for a pw_migrate run
     pid = db.execute_sql("SELECT pg_backend_pid()").fetchone()[0]
     query(db.scratch_url, "SELECT pg_terminate_backend(%s)", (pid,))
-    time.sleep(0.05)
+    assert ended(db.scratch_url, pid)
     with pytest.raises(SessionLost, match="advisory locks"):
         db.execute_sql(f"SELECT count(*) FROM {history.HISTORY_TABLE}")  # the run's next statement
     db.close()
@@ -514,7 +514,7 @@ def test_a_run_lock_held_by_its_own_transaction_lost_with_its_connection_stops_t
         pid = cur.fetchone()[0]
     check_held(holder, "the migration lock")
     query(fresh_database.scratch_url, "SELECT pg_terminate_backend(%s)", (pid,))
-    time.sleep(0.05)
+    assert ended(fresh_database.scratch_url, pid)
     with pytest.raises(SessionLost, match="the connection holding the migration lock was lost"):
         check_held(holder, "the migration lock")
     holder.close()

@@ -118,7 +118,8 @@ def test_killed_idle_connections_never_fail_a_caller(make_pool, monitor):
         (pool.app_name,),
     )
     assert killed == 3
-    time.sleep(0.05)
+    assert wait_until(lambda: scalar(monitor, "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                                     (pool.app_name,)) == 0)  # every one of them has ended
     for _ in range(5):  # each checkout gets a live connection, with no retry by the caller
         with pool.connection_context():
             assert backend_pid(pool) != old
@@ -131,7 +132,7 @@ def test_killed_connection_kept_by_a_thread_is_replaced_before_the_next_statemen
     pool = make_pool(min_size=1, max_size=2)
     old = backend_pid(pool)  # autoconnect: this thread keeps the connection
     scalar(monitor, "SELECT pg_terminate_backend(%s)", (old,))
-    time.sleep(0.05)
+    assert wait_until(lambda: scalar(monitor, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (old,)) == 0)
     assert backend_pid(pool) != old
     pool.close()
     assert pool.pool_stats()["in_use"] == 0

@@ -204,7 +204,7 @@ def test_close_all_closes_everything_and_wakes_waiters(pooled, monitor):
     got = []
     waiter = threading.Thread(target=lambda: got.append(in_thread(lambda: backend_pid(db))))
     waiter.start()
-    time.sleep(0.2)
+    assert wait_until(lambda: db.pool_stats()["waiting"] == 1)  # it waits for the one connection
     db.close_all()
     waiter.join(5)
     assert got and db.is_closed()
