@@ -36,7 +36,9 @@ application holds INSERT and SELECT only.
 
 Policies are FORCEd (they bind the table's owner too unless it has BYPASSRLS) and compare with the
 setting wrapped in `(SELECT ...)`, so it is evaluated once per statement, not once per row, and the
-tenant's b-tree index serves the filter.
+tenant's b-tree index serves the filter. On a table Citus distributes the value stands alone (Citus
+takes no sub-select in such a policy; the comparison is with a stable expression, which an index
+scan still evaluates once).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from kit.errors import ArgumentError
 from kit.tenancy import BOUND, SETTING, TRANSACTION_STAMP
 
 OWNER, APP, AUTH, DOOR = "kit_owner", "kit_app", "kit_auth", "kit_door"
@@ -60,7 +63,10 @@ CHECK_CLIENT_MS = 1000  # client_connection_check_interval of every kit role
 # for a value set in another transaction or for the session: no row.
 BOUND_SETTING = (f"CASE WHEN current_setting('{BOUND}', true) = {TRANSACTION_STAMP} "
                  f"THEN current_setting('{SETTING}', true) END")
-TENANT = f"(SELECT nullif({BOUND_SETTING}, '')::uuid)"
+TENANT_VALUE = f"nullif({BOUND_SETTING}, '')::uuid"
+# As a sub-select, evaluated once per statement (an InitPlan), not per row. Citus refuses sub-selects
+# in a distributed table's policies: there the value itself (`policy_statements(distributed=True)`).
+TENANT = f"(SELECT {TENANT_VALUE})"
 POLICY_PREFIX = "kit_tenant_"
 AUTH_POLICY = "kit_better_auth"
 POLICY_SQL = """
@@ -101,20 +107,27 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _owned_by_tenant(rule: TenantRule) -> str:
-    """The condition that makes a row the current tenant's."""
+def _owned_by_tenant(rule: TenantRule, distributed: bool = False) -> str:
+    """The condition that makes a row the current tenant's (`distributed`: in the form Citus takes)."""
     table, column = _quote(rule.table), _quote(rule.column)
     if rule.parent is None:
-        return f"{column} = {TENANT}"
+        return f"{column} = {TENANT_VALUE if distributed else TENANT}"
+    if distributed:
+        raise ArgumentError(f"{rule.table}: its rows belong to the tenant of their {rule.parent[0]} row, which a "
+                            "distributed table's policy cannot look up (Citus takes no sub-select there): give it "
+                            "its own organization_id")
     parent, key = rule.parent
     # The parent's own policies apply inside: its row is visible only to its tenant.
     return f"EXISTS (SELECT 1 FROM {_quote(parent)} p WHERE p.{_quote(key)} = {table}.{column})"
 
 
-def policy_statements(rule: TenantRule) -> list[str]:
-    """The SQL that (re)creates a table's row-level security: enabled, forced, one policy per command."""
+def policy_statements(rule: TenantRule, distributed: bool = False) -> list[str]:
+    """The SQL that (re)creates a table's row-level security: enabled, forced, one policy per command.
+
+    `distributed`: for a table Citus distributes, whose policies it copies to every shard.
+    """
     table = _quote(rule.table)
-    owned = _owned_by_tenant(rule)
+    owned = _owned_by_tenant(rule, distributed)
     out = [f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY", f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY"]
     for command in COMMANDS:
         rule_sql = "true" if command in rule.open else owned

@@ -6,15 +6,22 @@ Built from the Citus source tarball in KIT_CITUS_SOURCE, else `../shared/citus/`
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import psycopg2
 import pytest
 
+import kit
+from kit.aio import AsyncDatabase
+from kit.config import load_settings
+from kit.db import Database
 from kit.devservers import citus
-from kit.roles import APP, AUTH, DOOR, OWNER
+from kit.errors import TenantError
+from kit.roles import APP, AUTH, DOOR, OWNER, TenantRule, policy_statements
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -119,17 +126,140 @@ def test_the_tenant_reaches_the_workers_only_as_set_local_statements_of_their_ow
         app.close()
 
 
-def test_the_owner_cannot_run_create_extension_if_not_exists_there(cluster):
-    """Why migration 001 does not run as the owner on Citus (docs/scaling.md): Citus checks the extension's owner."""
+def test_the_owner_runs_migration_001_s_create_extension_as_the_cluster_has_it(cluster):
+    """Citus marks an extension distributed on every node at CREATE EXTENSION IF NOT EXISTS, which only its
+    owner may: the cluster's pgvector belongs to the kit's owner, so migration 001 runs as on one server."""
     data_dir, _ = cluster
     owner = psycopg2.connect(citus.node_url(data_dir, role=OWNER))
     try:
         with owner.cursor() as cur:
-            with pytest.raises(psycopg2.Error, match="must be owner of extension vector"):
-                cur.execute("CREATE EXTENSION IF NOT EXISTS vector")
-            owner.rollback()
-            cur.execute("SET LOCAL citus.enable_ddl_propagation = off")  # PostgreSQL's own: a notice, no error
             cur.execute("CREATE EXTENSION IF NOT EXISTS vector")
         owner.rollback()
     finally:
         owner.close()
+    for name, _ in citus.NODES:
+        assert rows(citus.node_url(data_dir, name, role="postgres"),
+                    "SELECT extowner::regrole::text FROM pg_extension WHERE extname = 'vector'") == [(OWNER,)]
+
+
+# -- the kit's own databases on the cluster: the tenant reaches every shard, and nothing outlives its transaction
+
+
+@pytest.fixture(scope="module")
+def notes(cluster):
+    """A distributed tenant table with the kit's own policies (`kit.roles`), 50 rows for each of two organizations."""
+    data_dir, url = cluster
+    org, other = uuid.uuid4(), uuid.uuid4()
+    conn = psycopg2.connect(citus.node_url(data_dir, role="postgres"))
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("DROP TABLE IF EXISTS citus_notes")
+        cur.execute("CREATE TABLE citus_notes (organization_id uuid NOT NULL, id bigint, body text, "
+                    "PRIMARY KEY (organization_id, id))")
+        cur.execute("SELECT create_distributed_table('citus_notes', 'organization_id')")
+        cur.execute("INSERT INTO citus_notes SELECT o, g, 'seeded' FROM unnest(%s::uuid[]) o, generate_series(1, 50) g",
+                    ([str(org), str(other)],))
+        for statement in policy_statements(TenantRule("citus_notes", "organization_id"), distributed=True):
+            cur.execute(statement)
+        cur.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON citus_notes TO {APP}")
+    conn.close()
+    return url, org, other
+
+
+def _count(db, where: str = "", params: tuple = ()) -> int:
+    return db.execute_sql(f"SELECT count(*) FROM citus_notes {where}", params).fetchone()[0]
+
+
+def test_the_kit_s_database_carries_the_tenant_to_every_shard_alone_and_in_transactions(notes):
+    url, org, other = notes
+    db = Database()
+    db.configure(url)
+    try:
+        assert _count(db) == 0  # no tenant: nothing, on any shard
+        with kit.tenant(org):
+            assert db.citus is True
+            assert _count(db) == 50  # a statement alone: a transaction of its own carries the tenant
+            assert _count(db, "WHERE organization_id = %s", (str(other),)) == 0
+            with db.atomic():
+                db.execute_sql("INSERT INTO citus_notes VALUES (%s, 1000, 'mine')", (str(org),))
+                assert _count(db) == 51
+                with pytest.raises(TenantError):  # another organization's row is refused by its shard's policy
+                    with db.atomic():
+                        db.execute_sql("INSERT INTO citus_notes VALUES (%s, 1000, 'theirs')", (str(other),))
+                assert _count(db) == 51
+            db.execute_sql("DELETE FROM citus_notes WHERE id = 1000")
+            assert _count(db) == 50
+        with kit.tenant(other):
+            assert _count(db) == 50 and _count(db, "WHERE body = 'mine'") == 0
+    finally:
+        db.close_all()
+
+
+def test_the_door_reads_every_tenant_s_shards_and_the_app_role_alone_none(notes, cluster):
+    """`all_tenants()` goes through the door's role, which exists with BYPASSRLS on every node."""
+    url, org, other = notes
+    data_dir, _ = cluster
+    db = Database()
+    db.configure(url, door_url=citus.node_url(data_dir, role=DOOR))
+    try:
+        with kit.all_tenants():
+            assert _count(db) == 100
+            assert db.execute_sql("SELECT current_user").fetchone()[0] == DOOR
+        assert _count(db) == 0
+    finally:
+        db.close_all()
+
+
+def test_the_asyncio_database_carries_the_tenant_to_every_shard_too(notes):
+    url, org, other = notes
+    adb = AsyncDatabase(url)
+
+    async def main():
+        with kit.tenant(org):
+            alone = await adb.run(lambda: _count(adb))
+            async with adb.atomic():
+                inside = await adb.run(lambda: _count(adb))
+                theirs = await adb.run(lambda: _count(adb, "WHERE organization_id = %s", (str(other),)))
+        none = await adb.run(lambda: _count(adb))
+        await adb.close_pool()
+        return alone, inside, theirs, none
+
+    assert asyncio.run(main()) == (50, 50, 0, 0)
+    assert adb.citus is True
+
+
+PLANTS = {  # what an application's statement might leave behind on a worker's or the coordinator's session
+    "set_config on the worker, by a query routed to a shard":
+        "SELECT set_config('kit.tenant', %(other)s, false), "
+        "set_config('kit.tenant_xact', extract(epoch FROM transaction_timestamp())::text, false) "
+        "FROM citus_notes WHERE organization_id = %(org)s LIMIT 1",
+    "set_config on the coordinator": "SELECT set_config('kit.tenant', %(other)s, false), "
+                                     "set_config('kit.tenant_xact', extract(epoch FROM transaction_timestamp())::text, "
+                                     "false)",
+    "SET with a comment before it": "/* c */ SET kit.tenant = %(other)s",
+    "Set_Config in another spelling": "SELECT Set_Config('kit.tenant', %(other)s, false)",
+    "propagation turned off for the session": "SET citus.propagate_set_commands = 'none'",
+}
+
+
+@pytest.mark.parametrize("plant", PLANTS.values(), ids=list(PLANTS))
+def test_the_app_role_plants_a_tenant_and_the_next_request_sees_nothing_of_it_on_any_shard(notes, plant):
+    """The attacker: the application's role, through the kit's database, leaves another tenant's id behind."""
+    url, org, other = notes
+    db = Database()
+    db.configure(url, settings=replace(load_settings(), pool_min=1, pool_max=1))  # one connection: the next request's
+    try:
+        with kit.tenant(org):
+            with db.atomic():
+                db.execute_sql(plant, {"org": str(org), "other": str(other)})
+                assert _count(db, "WHERE organization_id = %s", (str(other),)) == 0  # not even in its transaction
+            db.execute_sql(plant, {"org": str(org), "other": str(other)})
+            assert _count(db, "WHERE organization_id = %s", (str(other),)) == 0
+        for _ in range(3):  # the next requests, on the same connection and the same worker connections
+            assert _count(db) == 0
+            with db.atomic():
+                assert _count(db) == 0
+        with kit.tenant(org):
+            assert _count(db) == 50 and _count(db, "WHERE organization_id = %s", (str(other),)) == 0
+    finally:
+        db.close_all()

@@ -98,6 +98,22 @@ def test_a_rolled_back_savepoint_takes_its_tenant_with_it(engine, attacked):  # 
     assert engine.call(body) == 0
 
 
+def test_a_statement_that_fails_inside_a_savepoint_is_rolled_back_to_it_and_the_transaction_goes_on(
+        engine, attacked):  # noqa: F811
+    """ROLLBACK TO SAVEPOINT in a transaction the failure aborted carries nothing that would fail there too."""
+    _, _, victim = attacked
+
+    def body(d):
+        with tenant(victim), d.atomic():
+            before = count_members(d)
+            with pytest.raises(peewee.DataError), d.atomic():
+                d.execute_sql("SELECT 1 / 0")
+            return before, count_members(d)
+
+    before, after = engine.call(body)
+    assert before == after > 0
+
+
 def test_the_door_crosses_tenants_as_kit_door_on_both_engines(engine):
     def body(d):
         with all_tenants():

@@ -75,8 +75,11 @@ from kit.config import Settings, check_database_url, load_settings, mask_passwor
 from kit.db.bridge import leave, stand_in
 from kit.db.clean import leaves_nothing
 from kit.db.contract import (
+    CITUS_SQL,
     alone_prefix,
+    begin_with,
     cannot_connect,
+    carried,
     in_kit_words,
     limit_sql,
     lost_during_commit,
@@ -154,6 +157,7 @@ class AsyncDatabase(AsyncReadRouting, ShapedStatements, AsyncPostgresqlDatabase)
         self._sessions: dict[int, set[str]] = {}  # server process id: the session state its connection holds
         self._unclean: set[int] = set()  # server process ids that ran what `kit.db.clean` cannot prove stateless
         self._target: Target | None = None
+        self.citus: bool | None = None  # the server is Citus (`kit.db.contract`): read on the first connection
         async_databases.add(self)
 
     # -- configuration and the pool -------------------------------------------------------------
@@ -166,6 +170,7 @@ class AsyncDatabase(AsyncReadRouting, ShapedStatements, AsyncPostgresqlDatabase)
         self.settings = None
         self.url = None
         self._target = None
+        self.citus = None
 
     def _configured(self) -> Settings:
         """The settings, read and the URL resolved on first use."""
@@ -228,7 +233,9 @@ class AsyncDatabase(AsyncReadRouting, ShapedStatements, AsyncPostgresqlDatabase)
             raise cannot_connect(self.database, exc) from exc
 
     async def _init_connection(self, conn: Any) -> None:
-        """Set a new connection up: JSON codecs and pgvector's binary format."""
+        """Set a new connection up: JSON and pgvector codecs; the first one also reads whether the server is Citus."""
+        if self.citus is None:
+            self.citus = bool(await conn.fetchval(CITUS_SQL))
         for name, head in (("json", b""), ("jsonb", b"\x01")):  # jsonb's binary form: version 1, then the text
             await conn.set_type_codec(name, schema="pg_catalog", format="binary", encoder=json_encoder(head),
                                       decoder=json_decoder(len(head)))
@@ -649,7 +656,7 @@ class AsyncDatabase(AsyncReadRouting, ShapedStatements, AsyncPostgresqlDatabase)
         tenant, conn.tenant_used = tenant_rides(current_tenant(), conn.tenant_used)
         settings = riding_settings() + tenant + settings
         if settings:
-            await conn.simple(settings)
+            await conn.simple(carried(settings, bool(self.citus)))
         return await conn.execute(body, params)
 
     async def _alone(self, conn: KitConnection, settings: str, body: str, params: Any,
@@ -664,7 +671,8 @@ class AsyncDatabase(AsyncReadRouting, ShapedStatements, AsyncPostgresqlDatabase)
 
     async def _in_own_transaction(self, conn: KitConnection, settings: str, body: str, params: Any) -> CursorAdapter:
         """BEGIN with `settings`, the statement, COMMIT: what rides before a statement stays in its transaction."""
-        await conn.simple("BEGIN;" + settings)
+        for text in begin_with(settings, bool(self.citus)):
+            await conn.simple(text)
         try:
             result = await conn.execute(body, params)
         except BaseException:

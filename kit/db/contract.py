@@ -19,6 +19,14 @@ means* is here, once, and each engine calls it:
   carried a tenant on (`tenant_rides`): leaving a block, or a savepoint rolled back, never leaves
   another tenant's setting in force for the rest of the transaction.
 
+**On Citus** (`citus`, read from the server's catalog on a database's first connection) what rides
+cannot share the statement's string: Citus passes to the workers only SET LOCAL, and with it the
+whole string it came in, which must then hold no query of a distributed table. So there the
+settings are a statement of their own (`carried`), inside the statement's transaction, opened for
+it when it has none (`begin_with`): Citus sends that string to every node the transaction uses,
+now or later, where it runs again in the worker's own transaction. The tenant's binding then holds
+on every node as on one server: each node stamps the tenant with its own transaction's start.
+
 **One statement per string outside a transaction.** Several statements sent as one string run as one
 implicit transaction, in which a `SET LOCAL statement_timeout = 0` of the string's own lifts the
 limit for the rest of it. Outside a transaction, with a statement limit, such a string is refused
@@ -79,6 +87,22 @@ def alone_prefix(sql: str, tenant: uuid.UUID | None, limit_ms: int | None) -> st
     if NO_TRANSACTION_BLOCK.match(sql):
         return ""  # with a prefix it would be in a transaction block, which such a statement refuses
     return limit_sql(limit_ms) + _riding.get() + (statement_prefix(tenant) if tenant is not None else "")
+
+
+CITUS_SQL = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'citus')"
+# What makes Citus pass a settings statement on: its SET LOCAL propagation, and one SET LOCAL of a
+# setting it passes (`kit.carried`, read by nothing); the string then runs on every node it reaches.
+CARRIER = "SET LOCAL citus.propagate_set_commands = 'local'; SET LOCAL kit.carried = 'on';"
+
+
+def carried(settings: str, citus: bool) -> str:
+    """`settings` as sent in a statement of their own: on Citus, in the form Citus passes to every node."""
+    return CARRIER + settings if citus else settings
+
+
+def begin_with(settings: str, citus: bool) -> tuple[str, ...]:
+    """The round trips that open a transaction carrying `settings` (on Citus BEGIN alone, so no node sees it twice)."""
+    return ("BEGIN", carried(settings, citus)) if citus else ("BEGIN;" + settings,)
 
 
 def tenant_rides(tenant: uuid.UUID | None, used: bool) -> tuple[str, bool]:

@@ -60,13 +60,17 @@ from peewee import (  # type: ignore[attr-defined]  # __exception_wrapper__, _ca
     _callable_context_manager,
     _ConnectionLocal,
     _ConnectionState,
+    _savepoint,
 )
 from playhouse.pool import PoolConnection
 from playhouse.postgres_ext import PostgresqlExtDatabase
 
 from kit.db.clean import leaves_nothing
 from kit.db.contract import (
+    CITUS_SQL,
     alone_prefix,
+    begin_with,
+    carried,
     in_kit_words,
     limit_sql,
     lost_at_begin,
@@ -204,6 +208,7 @@ class PooledDatabase(ShapedStatements, PostgresqlExtDatabase):
         self._target: Target | None = None
         self.statement_timeout = statement_timeout  # seconds each statement may run (None: the server's)
         self.pooler = pooler  # "pgbouncer": behind transaction pooling (session state refused, no reset)
+        self.citus: bool | None = None  # the server is Citus (`kit.db.contract`): read on the first connection
         self._pool = ConnectionPool(self._hooks())
         self._pool.configure(min_size=min_size, max_size=_max_size(max_connections, max_size), timeout=timeout,
                              stale_timeout=stale_timeout, max_idle=max_idle, check_after=check_after,
@@ -344,6 +349,14 @@ class PooledDatabase(ShapedStatements, PostgresqlExtDatabase):
         if self._isolation_level:
             conn.set_isolation_level(self._isolation_level)
         conn.autocommit = True  # as peewee's _connect leaves it
+        if self.citus is None:
+            try:
+                with conn.cursor() as cursor:
+                    cursor.execute(CITUS_SQL)
+                    self.citus = bool(cursor.fetchone()[0])
+            except BaseException:
+                self._close_raw(conn)
+                raise
         if not self._budget_checked and not self.pooler:  # behind a pooler the server's limit is not ours
             try:
                 self._check_budget(conn)
@@ -460,11 +473,11 @@ class PooledDatabase(ShapedStatements, PostgresqlExtDatabase):
                     ", ".join(sorted(held)) or "nothing named")
 
     def _run(self, sql: str, params: Any, named_cursor: Any, kind: str | None, prefixed: bool = True,
-             clean: bool = True) -> Any:
+             clean: bool = True, then: str = "") -> Any:
         """Send one statement with its prefix; re-send it once where `never_ran` proves it had no effect.
 
         `clean` False (`kit.db.clean`: not proven to leave nothing on the session): the connection is
-        reset before its next borrower gets it.
+        reset before its next borrower gets it. `then`: settings sent after it (a BEGIN's time limit).
         """
         state = self._state
         cursor = self._statement_cursor(state, named_cursor)
@@ -472,22 +485,61 @@ class PooledDatabase(ShapedStatements, PostgresqlExtDatabase):
         idle = not state.transactions and conn.get_transaction_status() == IDLE  # no transaction on the connection
         left = _left_on_session(kind)
         prefix = ""
+        alone = idle and kind is not RAW_BEGIN
         if prefixed:
-            alone = idle and kind is not RAW_BEGIN
             self._before_sending(conn, sql, left, clean, several=alone)
             prefix = self._prefix(state, sql, alone, kind is RAW_BEGIN, named_cursor)
         sent = time.monotonic()
         try:
-            cursor.execute(prefix + sql, params or ())
+            self._send(cursor, prefix, sql, params, alone, then)
         except psycopg2.Error as exc:
             self._after_failure(exc, state, conn, idle, time.monotonic() - sent)  # raises unless it never ran
             cursor = self.cursor(named_cursor)
             self._before_sending(state.conn, sql, left, clean, several=False)
-            cursor.execute(prefix + sql, params or ())
+            self._send(cursor, prefix, sql, params, alone, then)
         if kind is RAW_BEGIN or kind is RAW_END:  # transaction control sent as SQL
             state.raw_transaction = kind is RAW_BEGIN
             state.tenant_used = state.raw_transaction and bool(prefix)
         return cursor
+
+    def _send(self, cursor: Any, prefix: str, sql: str, params: Any, alone: bool, then: str) -> None:
+        """The statement with what rides before (and after) it: in its string, or on Citus in a statement of its own.
+
+        On Citus (`kit.db.contract`) a statement alone with something riding gets a transaction of its
+        own: BEGIN and the settings, the statement, COMMIT (a loss during COMMIT: outcome unknown).
+        """
+        if not self.citus:
+            cursor.execute(prefix + sql + (";" + then if then else ""), params or ())
+            return
+        own = cursor.connection.cursor()
+        if not prefix:
+            cursor.execute(sql, params or ())
+        elif not alone:
+            own.execute(carried(prefix, citus=True))
+            cursor.execute(sql, params or ())
+        else:
+            self._in_own_transaction(cursor, own, prefix, sql, params)
+        if then:
+            own.execute(carried(then, citus=True))
+
+    @staticmethod
+    def _in_own_transaction(cursor: Any, own: Any, prefix: str, sql: str, params: Any) -> None:
+        """BEGIN with `prefix` carried, the statement, COMMIT: on Citus, what a statement alone is sent as."""
+        for text in begin_with(prefix, citus=True):
+            own.execute(text)
+        try:
+            cursor.execute(sql, params or ())
+        except BaseException:
+            if not cursor.connection.closed:
+                with contextlib.suppress(psycopg2.Error):
+                    own.execute("ROLLBACK")
+            raise
+        try:
+            own.execute("COMMIT")
+        except psycopg2.Error as exc:
+            if not cursor.connection.closed:
+                raise
+            raise lost_during_commit(exc) from exc
 
     def _before_sending(self, conn: Any, sql: str, state_kind: str | None, clean: bool, several: bool) -> None:
         """Refuse what must not be sent (several statements alone, state a pooler would share); note what it leaves."""
@@ -556,7 +608,7 @@ class PooledDatabase(ShapedStatements, PostgresqlExtDatabase):
         tenant, state.tenant_used = tenant_rides(wanted, state.tenant_used)
         prefix = limit + riding_settings() + tenant
         if named_cursor and prefix:  # DECLARE takes one statement: the settings go first, in the same transaction
-            state.conn.cursor().execute(prefix)
+            state.conn.cursor().execute(carried(prefix, bool(self.citus)))
             return ""
         return prefix
 
@@ -588,8 +640,8 @@ class PooledDatabase(ShapedStatements, PostgresqlExtDatabase):
         sql = f"BEGIN TRANSACTION ISOLATION LEVEL {self._adapter.isolation_level_str(level)}" if level else "BEGIN"
         try:
             with __exception_wrapper__:  # the limit rides with BEGIN, before any savepoint; the tenant per statement
-                self._watched(sql + ";" + self._limit_prefix() if self.statement_timeout else sql,
-                              lambda text: self._run(text, None, None, None, prefixed=False))
+                self._watched(sql, lambda text: self._run(text, None, None, None, prefixed=False,
+                                                          then=self._limit_prefix() if self.statement_timeout else ""))
         except Exception as exc:
             scope = current_scope()
             if scope is not None:  # the transaction never began: nothing holds the connection
@@ -598,6 +650,19 @@ class PooledDatabase(ShapedStatements, PostgresqlExtDatabase):
                     and is_outage(exc, self.connection_lost()):
                 raise lost_at_begin(exc) from exc
             raise
+
+    def savepoint(self, sid: str | None = None) -> Savepoint:
+        """A savepoint (peewee's), whose SAVEPOINT, RELEASE and ROLLBACK TO go as transaction control."""
+        return Savepoint(self, sid)
+
+    def control(self, sql: str) -> None:
+        """Send transaction control (a savepoint's statements) with nothing riding before it.
+
+        What rides is for statements that read or write; sent before a ROLLBACK TO SAVEPOINT in a
+        transaction a failed statement has aborted, it would fail, and the savepoint with it.
+        """
+        with __exception_wrapper__:
+            self._watched(sql, lambda text: self._run(text, None, None, None, prefixed=False))
 
     def commit(self) -> None:
         """COMMIT on this thread's connection; a connection lost before or during it is SessionLost."""
@@ -783,6 +848,25 @@ class PooledDatabase(ShapedStatements, PostgresqlExtDatabase):
 def _left_on_session(kind: str | None) -> str | None:
     """The session state a statement of `kind` leaves (`kit.db.statements`); None for transaction control."""
     return None if kind is RAW_BEGIN or kind is RAW_END else kind
+
+
+class Savepoint(_savepoint):
+    """peewee's savepoint, its statements sent by the database as transaction control (`PooledDatabase.control`)."""
+
+    def _begin(self) -> None:
+        self.db.control(f"SAVEPOINT {self.quoted_sid};")
+
+    def commit(self, begin: bool = True) -> None:
+        """RELEASE the savepoint (and, with `begin`, take a new one)."""
+        self.db.control(f"RELEASE SAVEPOINT {self.quoted_sid};")
+        if begin:
+            self._begin()
+
+    def rollback(self, begin: bool = True) -> None:
+        """ROLLBACK TO the savepoint (and, with `begin`, take it again)."""
+        self.db.control(f"ROLLBACK TO SAVEPOINT {self.quoted_sid};")
+        if begin:
+            self._begin()
 
 
 class _NoBlock(_callable_context_manager):

@@ -35,7 +35,7 @@ import psycopg2
 
 from kit import embedded
 from kit.errors import KitError
-from kit.roles import APP, bootstrap
+from kit.roles import APP, OWNER, bootstrap
 
 CITUS_DIR = "citus"
 NODES = (("coordinator", 9700), ("worker-1", 9701), ("worker-2", 9702))
@@ -262,6 +262,9 @@ def _prepare_node(data_dir: Path, name: str) -> None:
     kit_admin = node_url(data_dir, name, role=embedded.USER)
     _run_sql(kit_admin, where, "CREATE EXTENSION IF NOT EXISTS citus", "CREATE EXTENSION IF NOT EXISTS vector")
     bootstrap(kit_admin)
+    # Migration 001 (CREATE EXTENSION IF NOT EXISTS vector) runs as the owner; on Citus that marks the
+    # extension distributed on every node, which only its owner may (docs/scaling.md).
+    _run_sql(kit_admin, where, f"UPDATE pg_extension SET extowner = '{OWNER}'::regrole WHERE extname = 'vector'")
     (where / PREPARED).write_text("the kit database, citus, pgvector and the kit's roles are made\n")
 
 

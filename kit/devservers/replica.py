@@ -116,7 +116,7 @@ def _wait_for_replay(primary: str, replica: str, target: Path) -> None:
                        "start again")
 
 
-def _execute(url: str, sql: str, params: tuple = ()) -> object:
+def _execute(url: str, sql: str, params: tuple = ()) -> Any:
     conn = psycopg2.connect(url, connect_timeout=5, application_name="kit-replica")
     try:
         conn.autocommit = True
