@@ -27,8 +27,10 @@ from kit.errors import (
     LockBusy,
     LockHeld,
     MigrationError,
+    NotCitus,
     NotFound,
     NotMigrated,
+    PlacementRefused,
     PoolExhausted,
     PoolSettingError,
     PoolTooLarge,
@@ -53,7 +55,7 @@ def retry_transaction(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 __all__ = ["ArgumentError", "ArgumentTypeError", "ConfigError", "CopyRowError", "DatabaseUnavailable",
            "DecryptionError", "EmbeddedServerError", "FixtureError", "InsufficientCredits", "InvitationError",
-           "InvitationNotFound", "KitError", "LockBusy", "LockHeld", "MigrationError", "NotFound", "NotMigrated",
-           "PoolExhausted", "PoolSettingError", "PoolTooLarge", "SessionLost", "SessionStateRefused",
-           "StatementTimeout", "TenantError", "TenantRequired", "VectorValueError", "all_tenants", "current_tenant",
-           "retry_transaction", "tenant"]
+           "InvitationNotFound", "KitError", "LockBusy", "LockHeld", "MigrationError", "NotCitus", "NotFound",
+           "NotMigrated", "PlacementRefused", "PoolExhausted", "PoolSettingError", "PoolTooLarge", "SessionLost",
+           "SessionStateRefused", "StatementTimeout", "TenantError", "TenantRequired", "VectorValueError",
+           "all_tenants", "current_tenant", "retry_transaction", "tenant"]

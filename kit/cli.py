@@ -163,6 +163,16 @@ def _db_citus(settings: Settings, args: argparse.Namespace) -> int:
                           "the coordinator as the application role (use it as DATABASE_URL):"))
 
 
+def _db_distribute(settings: Settings, args: argparse.Namespace) -> int:
+    from kit.db import database
+    from kit.distribute import distribute
+    from kit.models import project_models
+
+    database.configure_owner(settings)  # Citus places a table for its owner only
+    planned = distribute(database, project_models(), dry_run=args.dry_run)
+    return 1 if planned.blockers else 0
+
+
 def _companion(settings: Settings, name: str, action: str, start: Callable[[Path], str],
                stop: Callable[[Path], bool], said: tuple[str, str, str, str]) -> int:
     """`kit db NAME start|stop` for a development companion of the embedded server; refused with DATABASE_URL."""
@@ -391,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     upkeep.set_defaults(action=_maintain)
     db = groups.add_parser("db", help="the database in use: DATABASE_URL or the embedded server")
     commands = db.add_subparsers(dest="command", required=True,
-                                 metavar="{url,status,start,stop,psql,roles,check,replica,pgbouncer,citus}")
+                                 metavar="{url,status,start,stop,psql,roles,check,replica,pgbouncer,citus,distribute}")
     actions: dict[str, tuple[str, Callable[[Settings, argparse.Namespace], int]]] = {
         "url": ("print the URL in use (starts the embedded server if needed)", _db_url),
         "status": ("show which server is used and whether it is up", _db_status),
@@ -420,6 +430,10 @@ def build_parser() -> argparse.ArgumentParser:
     bouncer.add_argument("pgbouncer_command", choices=("start", "stop"),
                          help="start (prints its URL on the last line) or stop it")
     bouncer.set_defaults(action=_db_pgbouncer)
+    spread = commands.add_parser("distribute", help="place the tables on Citus as the models say (docs/scaling.md); "
+                                                    "exit 1 while a table cannot be placed")
+    spread.add_argument("--dry-run", action="store_true", help="print the plan (on any server), change nothing")
+    spread.set_defaults(action=_db_distribute)
     cluster = commands.add_parser("citus", help="a Citus cluster (coordinator, two workers) for development")
     cluster.add_argument("citus_command", choices=("start", "stop", "status"),
                          help="start (building Citus once; prints the coordinator's URL last), stop, or status")

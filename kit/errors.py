@@ -186,3 +186,11 @@ def sqlstate(exc: BaseException | None) -> str | None:
         exc = getattr(exc, "orig", None) or exc.__cause__ or exc.__context__  # peewee keeps the driver's as `orig`
         seen += 1
     return None
+
+
+class NotCitus(KitError):
+    """`kit db distribute` was pointed at a server without Citus; nothing was done."""
+
+
+class PlacementRefused(KitError):
+    """Citus refused to place a table; the tables placed before it stay placed, nothing of it changed."""

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -16,11 +18,13 @@ import psycopg2
 import pytest
 
 import kit
+from kit import distribute
 from kit.aio import AsyncDatabase
 from kit.config import load_settings
 from kit.db import Database
 from kit.devservers import citus
 from kit.errors import TenantError
+from kit.models import ALL_MODELS
 from kit.roles import APP, AUTH, DOOR, OWNER, TenantRule, policy_statements
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -261,5 +265,64 @@ def test_the_app_role_plants_a_tenant_and_the_next_request_sees_nothing_of_it_on
                 assert _count(db) == 0
         with kit.tenant(org):
             assert _count(db) == 50 and _count(db, "WHERE organization_id = %s", (str(other),)) == 0
+    finally:
+        db.close_all()
+
+
+# -- the kit's schema on the cluster: migrations, placement, seeds
+
+
+def _kit(cluster, *args: str) -> subprocess.CompletedProcess:
+    """A kit command (`python -m ...`) against the cluster's coordinator, its roles' URLs in the environment."""
+    data_dir, url = cluster
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_"))}
+    env.update(DATABASE_URL=url, DATABASE_OWNER_URL=citus.node_url(data_dir, role=OWNER),
+               DATABASE_DOOR_URL=citus.node_url(data_dir, role=DOOR))
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.fixture(scope="module")
+def schema(cluster):
+    """The kit's migrations applied on the coordinator (as on one server), then `kit db distribute`."""
+    migrated = _kit(cluster, "peewee_migrate", "migrate")
+    assert migrated.returncode == 0, migrated.stderr
+    placed = _kit(cluster, "kit.cli", "db", "distribute")
+    return cluster, placed
+
+
+def test_the_migrations_run_and_distribute_places_every_table_it_can_reporting_the_rest(schema):
+    (data_dir, _), placed = schema
+    admin = citus.node_url(data_dir, role="postgres")
+    places = distribute.placement(ALL_MODELS)
+    expected = {t: r for t, r in places.items() if r != "local"}
+    catalog = {t: r for t, r in rows(admin, distribute.PLACED_SQL) if r != "local" and t in places}
+    blocked = {line.removeprefix("not placed: ").split(":")[0] for line in placed.stdout.splitlines()
+               if line.startswith("not placed: ")}
+    assert placed.returncode == 1 and blocked, placed.stdout + placed.stderr  # exit 1 while a table is not placed
+    assert {t: r for t, r in expected.items() if t not in blocked} == catalog  # as the models say, from Citus's catalog
+    assert "Traceback" not in placed.stderr
+    again = _kit(schema[0], "kit.cli", "db", "distribute")
+    assert again.stdout.splitlines()[0] == "webhook_events: already placed"  # a second run places nothing again
+    assert not any(line.endswith(("is a reference table", "co-located with")) for line in again.stdout.splitlines())
+    assert rows(admin, "SELECT count(DISTINCT p.groupid) FROM pg_dist_placement p JOIN pg_dist_shard s USING "
+                       "(shardid) WHERE s.logicalrelid = 'webhook_events'::regclass") == [(len(citus.NODES),)]
+
+
+def test_the_development_seed_loads_on_the_cluster_and_the_app_role_sees_only_its_tenant(schema):
+    (data_dir, url), _ = schema
+    seeded = _kit(schema[0], "kit.seed", "seeds/fixtures/dev.yaml")
+    assert seeded.returncode == 0, seeded.stderr
+    db = Database()
+    db.configure(url)
+    try:
+        orgs = [r[0] for r in db.execute_sql("SELECT id FROM organizations ORDER BY slug").fetchall()]
+        assert len(orgs) >= 2  # organizations: a reference table, open to read
+        with kit.tenant(orgs[0]):
+            mine = db.execute_sql("SELECT count(*), count(DISTINCT organization_id) FROM members").fetchone()
+            flags = db.execute_sql("SELECT count(*) FROM feature_flags WHERE organization_id = %s",
+                                   (orgs[1],)).fetchone()[0]
+        assert mine[0] > 0 and mine[1] == 1 and flags == 0
+        assert db.execute_sql("SELECT count(*) FROM members").fetchone()[0] == 0  # no tenant: nothing
     finally:
         db.close_all()

@@ -1,16 +1,24 @@
-"""docs/scaling.md's Citus layout, checked against the models without Citus: placement and every listed exception."""
+"""docs/scaling.md's Citus layout against the code: where each table goes, and what keeps a table from Citus.
+
+The placement comes from the models (`kit.distribute.placement`); what Citus would refuse comes from
+the planner reading the migrated schema's catalog (`kit.distribute.plan`), on one server as on a
+coordinator: the page shows both, and this keeps it equal to them.
+"""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
-from peewee import ForeignKeyField
-
+from kit import distribute
 from kit.models import ALL_MODELS
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "scaling.md"
 TENANT = "organization_id"
+SAID = {"distributed": "distributed", "reference": "reference", "local": "coordinator (local)"}
 
 
 def placement() -> dict[str, str]:
@@ -21,79 +29,42 @@ def placement() -> dict[str, str]:
     return dict(rows)
 
 
-def listed_exceptions() -> dict[str, set[str]]:
-    block = re.search(r"```citus-exceptions\n(.*?)```", DOC.read_text(), flags=re.S).group(1)
-    found = {}
-    for line in block.strip().splitlines():
-        kind, _, items = line.partition(":")
-        found[kind.strip()] = {i.strip() for i in re.split(r",\s*(?![^()]*\))", items) if i.strip()}
-    return found
-
-
-def columns(model) -> dict[str, object]:
-    return {f.column_name: f for f in model._meta.sorted_fields}
-
-
-def computed_exceptions(roles: dict[str, str]) -> dict[str, set[str]]:
-    distributed = {t for t, role in roles.items() if role == "distributed"}
-    models = {m._meta.table_name: m for m in ALL_MODELS}
-    found: dict[str, set[str]] = {k: set() for k in ("missing-organization-id", "nullable-organization-id",
-                                                      "fk-without-organization-id", "fk-into-distributed",
-                                                      "fk-to-local", "unique-without-organization-id")}
-    for table, model in models.items():
-        cols = columns(model)
-        key = "id" if table == "organizations" else TENANT
-        if table in distributed and table != "organizations":
-            if TENANT not in cols:
-                found["missing-organization-id"].add(table)
-            elif cols[TENANT].null:
-                found["nullable-organization-id"].add(table)
-        for field in model._meta.sorted_fields:
-            if not isinstance(field, ForeignKeyField):
-                continue
-            target = field.rel_model._meta.table_name
-            if table in distributed and roles[target] == "coordinator (local)":
-                found["fk-to-local"].add(f"{table}.{field.column_name} -> {target}")
-            if target not in distributed:
-                continue
-            edge = f"{table}.{field.column_name} -> {target}"
-            if table not in distributed:
-                found["fk-into-distributed"].add(edge)
-            elif target != "organizations" and field.column_name != TENANT:
-                found["fk-without-organization-id"].add(edge)  # single-column keys: the tenant is not in them
-        if table in distributed:
-            uniques = [(f.column_name,) for f in model._meta.sorted_fields if f.unique and not f.primary_key]
-            uniques += [tuple(e.column_name for e in i._expressions) for i in model._meta.fields_to_index()
-                        if i._unique and len(i._expressions) > 1]
-            for unique in sorted(set(uniques)):
-                if key not in unique:
-                    found["unique-without-organization-id"].add(f"{table} ({', '.join(unique)})")
-    return found
-
-
-def test_every_table_is_placed_exactly_once():
+def test_every_table_is_placed_exactly_once_where_the_models_say():
     roles = placement()
     assert set(roles) == {m._meta.table_name for m in ALL_MODELS}
-    assert set(roles.values()) == {"distributed", "reference", "coordinator (local)"}
+    assert {t: SAID[r] for t, r in distribute.placement(ALL_MODELS).items()} == roles
 
 
-def test_every_tenant_table_carries_organization_id_except_those_listed():
-    roles = placement()
-    listed = listed_exceptions()
-    computed = computed_exceptions(roles)
-    for table, role in roles.items():
-        model = next(m for m in ALL_MODELS if m._meta.table_name == table)
-        if role == "distributed" and table != "organizations" and table not in listed["missing-organization-id"]:
-            assert TENANT in columns(model), table
-    # every model with an organization is distributed (a tenant table placed elsewhere would be a mistake)
+def test_a_table_with_an_organization_goes_elsewhere_only_for_its_rows_of_no_organization():
+    """A tenant table is distributed unless some of its rows belong to no organization (global, platform)."""
     for model in ALL_MODELS:
-        if TENANT in columns(model):
-            assert roles[model._meta.table_name] == "distributed", model._meta.table_name
-    assert computed["missing-organization-id"] == listed["missing-organization-id"]
-    assert computed["nullable-organization-id"] == listed["nullable-organization-id"]
+        field = model._meta.columns.get(TENANT)
+        if field is not None and distribute.placement([model])[model._meta.table_name] != "distributed":
+            assert field.null, f"{model._meta.table_name} has an organization on every row: distribute it"
 
 
-def test_every_foreign_key_and_unique_constraint_that_breaks_a_citus_rule_is_listed():
-    computed, listed = computed_exceptions(placement()), listed_exceptions()
-    for kind in ("fk-without-organization-id", "fk-into-distributed", "fk-to-local", "unique-without-organization-id"):
-        assert computed[kind] == listed[kind], kind
+def test_the_page_lists_what_the_planner_finds_on_the_migrated_schema(migrated_database):
+    db = migrated_database
+    block = re.search(r"```citus-blockers\n(.*?)```", DOC.read_text(), flags=re.S).group(1)
+    catalog = distribute.read_catalog(lambda sql: db.execute_sql(sql).fetchall(), citus=False)
+    planned = distribute.plan_models(ALL_MODELS, catalog)
+    assert [r for reasons in planned.blockers.values() for r in reasons] == block.strip().splitlines()
+    assert [s.table for s in planned.steps] == ["webhook_events"]  # tied to no other table
+
+
+def test_distribute_on_a_server_without_citus_is_one_sentence_and_changes_nothing(migrated_database):
+    db = migrated_database
+    policies = "SELECT polrelid::regclass::text, polname, pg_get_expr(polqual, polrelid) FROM pg_policy ORDER BY 1, 2"
+    before = db.execute_sql(policies).fetchall()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_"))}
+    env.update(DATABASE_URL=db.scratch_url.replace("kit_owner@", "kit_app@", 1), DATABASE_OWNER_URL=db.scratch_url)
+    ran = subprocess.run([sys.executable, "-m", "kit.cli", "db", "distribute"], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert ran.returncode == 1 and ran.stdout == "" and "Traceback" not in ran.stderr
+    assert ran.stderr.strip().splitlines() == ["kit: error: the database has no Citus (the citus extension is not "
+                                               "installed), so there is nothing to distribute; point "
+                                               "DATABASE_OWNER_URL at a Citus coordinator; nothing was done"]
+    dry = subprocess.run([sys.executable, "-m", "kit.cli", "db", "distribute", "--dry-run"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert dry.returncode == 1 and dry.stdout.splitlines()[0] == "webhook_events: would be a reference table"
+    assert db.execute_sql(policies).fetchall() == before  # neither run changed a thing

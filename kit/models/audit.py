@@ -31,6 +31,7 @@ class AuditLog(BaseModel):
 
     class Meta:
         table_name = "audit_logs"
+        citus = "local"  # platform events have no organization
         append_only = True
         tenant = "organization_id"
         tenant_null = ("insert",)  # an event of no organization is recorded; read through all_tenants()

@@ -51,6 +51,7 @@ class User(TimestampedModel):
 
     class Meta:
         table_name = "users"
+        citus = "reference"  # pointed at by every organization's rows
         better_auth = True
 
 
@@ -64,6 +65,7 @@ class Organization(TimestampedModel):
 
     class Meta:
         table_name = "organizations"
+        citus = "reference"  # small, read by every node; its slug unique across all
         better_auth = True
         tenant = "id"  # an organization is its own tenant: writable only as itself
         tenant_open = ("select", "insert")  # found by slug before a request has a tenant; created by anyone

@@ -264,6 +264,7 @@ class BaseModel(VectorModel):
         tenant_open = ()  # commands every context may run on every row, whatever its tenant
         tenant_null = ()  # commands allowed on rows whose tenant is NULL
         better_auth = False  # one of Better Auth's tables: its role reaches every row
+        citus = None  # on Citus (`kit.distribute`): "reference" or "local"; None: distributed if a tenant table
 
     @classmethod
     def select(cls, *fields: Any) -> Any:

@@ -39,6 +39,7 @@ class Plan(BaseModel):
 
     class Meta:
         table_name = "plans"
+        citus = "reference"
 
     def grants(self, feature: str) -> bool:
         """Whether this plan turns `feature` on (true, or a quota above zero)."""
@@ -63,6 +64,7 @@ class PlanPrice(TimestampedModel):
 
     class Meta:
         table_name = "plan_prices"
+        citus = "reference"
         indexes = ((("plan", "interval", "currency"), True),)
 
 
@@ -148,6 +150,7 @@ class WebhookEvent(TimestampedModel):
 
     class Meta:
         table_name = "webhook_events"
+        citus = "reference"
 
     @classmethod
     def process_once(cls, event_id: str, type: str, payload: dict, handler: Callable[[WebhookEvent], Any],

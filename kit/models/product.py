@@ -79,6 +79,7 @@ class Announcement(TimestampedModel):
 
     class Meta:
         table_name = "announcements"
+        citus = "reference"  # global rows have no organization
         tenant = "organization"
         tenant_null = ("select",)  # an announcement for every organization: read by all, written by the owner
 
@@ -94,6 +95,7 @@ class FeatureFlag(TimestampedModel):
 
     class Meta:
         table_name = "feature_flags"
+        citus = "reference"  # global rows have no organization
         tenant = "organization"
         tenant_null = ("select",)  # a global flag: read by every organization, set by the owner
 
