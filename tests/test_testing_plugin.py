@@ -16,6 +16,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from helpers import query
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -157,3 +158,34 @@ def test_the_testing_page_s_examples_pass(project):
     ran = pytest_run(project, *(f"test_docs_{n}.py" for n in range(len(examples))))
     assert ran.returncode == 0, ran.stdout[-4000:] + ran.stderr[-2000:]
     assert f"{sum(code.count('def test_') for code in examples)} passed" in ran.stdout, ran.stdout[-2000:]
+
+
+def test_a_new_template_drops_those_of_other_migration_sets_no_one_is_using(tmp_path, admin_url, owner_server_url):
+    import psycopg2
+
+    from kit.testing import template
+
+    def templates() -> set[str]:
+        rows = query(admin_url, "SELECT datname FROM pg_database WHERE starts_with(datname, %s)",
+                     (template.TEMPLATE_PREFIX,))
+        return {name for name, in rows}
+
+    def made(text: str) -> str:
+        directory = tmp_path / text
+        directory.mkdir()
+        (directory / "001_one.py").write_text(f"# {text}\n")
+        return template.ensure_template(admin_url, owner_server_url, directory, migrate=lambda url, d: None)
+
+    try:
+        first = made("first")
+        second = made("second")
+        assert second in templates() and first not in templates()  # the other set's template went
+        held = psycopg2.connect(template.with_dbname(admin_url, second))  # someone uses it (a clone being copied)
+        try:
+            third = made("third")
+            assert {second, third} <= templates()  # in use: kept, for a later run to drop
+        finally:
+            held.close()
+    finally:  # the suite's own template, made again for the tests after this one (the others dropped)
+        template.ensure_template(admin_url, owner_server_url, ROOT / "migrations")
+    assert not {first, second, third} & templates()

@@ -5,7 +5,9 @@ migrations are the ones a template was made from clones it (`CREATE DATABASE ...
 copy on the server: well under a second), and a change to any migration makes a new one. Making a
 template is serialized across processes (pytest-xdist workers, two runs at once) by an advisory
 lock on the server, and published by a rename only once migrated, so no run ever clones a template
-half made. Each run (each xdist worker) gets `kit_test_<worker>_<pid>_<random>`, dropped at its end.
+half made. Making one drops the templates of other sets of migrations no one is using (an old
+branch's: a later run on it makes its template again). Each run (each xdist worker) gets
+`kit_test_<worker>_<pid>_<random>`, dropped at its end.
 
 What needs a superuser (creating and dropping databases, the kit's roles) goes through the admin
 URL: KIT_TEST_ADMIN_URL, else the embedded server's superuser. The migrations run as the owner;
@@ -91,11 +93,29 @@ def ensure_template(admin_url: str, owner_url: str, directory: Path,
                 roles.bootstrap(with_dbname(admin_url, building))
                 migrate(with_dbname(owner_url, building), directory)
                 cur.execute(f'ALTER DATABASE "{building}" RENAME TO "{name}"')  # published whole, or not at all
+                _prune_templates(cur, keep=name)
             finally:
                 cur.execute("SELECT pg_advisory_unlock(%s)", (_LOCK,))
     finally:
         conn.close()
     return name
+
+
+def _prune_templates(cur: Any, keep: str) -> None:
+    """Drop the templates of other sets of migrations, and builds a killed run left, that no one is using.
+
+    Called under the template lock, so no build is under way; a template someone is connected to (a
+    clone being copied from it) is kept, for a later run to drop.
+    """
+    import psycopg2
+
+    cur.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s) AND datname <> %s",
+                (TEMPLATE_PREFIX, keep))
+    for (old,) in cur.fetchall():
+        try:
+            cur.execute(f'DROP DATABASE IF EXISTS "{old}"')  # no FORCE: one in use stays
+        except psycopg2.errors.ObjectInUse:
+            pass
 
 
 def clone(admin_url: str, template: str, worker: str = "main") -> str:
