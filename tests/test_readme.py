@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", ROOT / "benchmarks" / "README.md",
          *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "benchmarks" / "results").glob("*.md"))]
 DEV = ROOT / "seeds" / "fixtures" / "dev.yaml"
-CHECKED_ELSEWHERE = {"js": "tests/test_better_auth.py", "citus-exceptions": "tests/test_scaling.py",
+CHECKED_ELSEWHERE = {"js": "tests/test_better_auth.py", "citus-blockers": "tests/test_scaling.py",
                      "pytest": "tests/test_testing_plugin.py"}
 SHELL_COMMANDS = {"kit", "pip", "pw_migrate", "python", "python3", "cd", "cp", "export", "docker", "tests/through-pgbouncer",
                   ".", "source"}
