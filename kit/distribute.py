@@ -56,13 +56,15 @@ class Key:
 
 @dataclass(frozen=True)
 class Catalog:
-    """What the planner reads: each table's columns (name: nullable), its keys, what Citus already places, and
-    the tables with a policy that looks rows up with a sub-select (which Citus refuses in its tables)."""
+    """What the planner reads: each table's columns (name: nullable), its keys, what Citus already places, the
+    tables with a policy that looks rows up with a sub-select (which Citus refuses in its tables), and the
+    partitioned tables with CHECK constraints (which Citus 13 cannot take in as coordinator tables)."""
 
     columns: dict[str, dict[str, bool]]
     keys: tuple[Key, ...]
     placed: dict[str, Role] = field(default_factory=dict)
     subselect_policies: frozenset[str] = frozenset()
+    partitioned_with_checks: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -125,10 +127,29 @@ def _blockers(places: dict[str, Role], catalog: Catalog, looking_up: frozenset[s
                 "whose row-level security looks rows up with a sub-select, which Citus refuses")
     while True:  # a table tied by a foreign key to a blocked one cannot go either: Citus would refuse the key
         tied = {table: [reason] for table in places if table not in blockers
-                and (reason := _tied_blocker(table, places, catalog, blockers))}
+                and (reason := _tied_blocker(table, places, catalog, blockers)
+                     or _taken_in_blocker(table, places, catalog, blockers))}
         if not tied:
             return blockers
         blockers.update(tied)
+
+
+def _taken_in_blocker(table: str, places: dict[str, Role], catalog: Catalog,
+                      blockers: dict[str, list[str]]) -> str | None:
+    """Why placing `table` would fail on a partitioned table Citus takes in with it as a coordinator table (None: none).
+
+    Citus 13 cannot take a partitioned table with CHECK constraints into its metadata as a table on the
+    coordinator: it names the partitions' constraints after shards that do not match ("child table is
+    missing constraint"). Distributed, such a table is fine; so it blocks only while it stays behind.
+    """
+    if places[table] == "local":
+        return None
+    behind = {t for t in _tied_graph(table, catalog) if places.get(t, "local") == "local" or t in blockers}
+    found = sorted(behind & catalog.partitioned_with_checks)
+    if not found:
+        return None
+    return (f"{table}: placing it brings {', '.join(found)} into Citus's metadata as a coordinator table, and Citus "
+            "cannot take a partitioned table with CHECK constraints in so ('child table is missing constraint')")
 
 
 def _own_blockers(table: str, places: dict[str, Role], catalog: Catalog) -> list[str]:
@@ -262,6 +283,10 @@ SELECT DISTINCT c.relname FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid
 WHERE c.relnamespace = 'public'::regnamespace  -- a sub-select in the policy's parsed expression: a SubLink node
   AND strpos(coalesce(p.polqual::text, '') || coalesce(p.polwithcheck::text, ''), '{SUBLINK') > 0
 """
+PARTITIONED_WITH_CHECKS_SQL = """
+SELECT DISTINCT c.relname FROM pg_class c JOIN pg_constraint k ON k.conrelid = c.oid AND k.contype = 'c'
+WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'p'
+"""
 CITUS_SQL = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'citus')"
 
 
@@ -273,7 +298,8 @@ def read_catalog(rows: Callable[[str], list[tuple]], citus: bool) -> Catalog:
     keys = tuple(Key(t, kind, tuple(cols), target, tuple(target_cols or ()))
                  for t, kind, cols, target, target_cols in rows(KEYS_SQL))
     placed: dict[str, Role] = dict(rows(PLACED_SQL)) if citus else {}
-    return Catalog(columns, keys, placed, frozenset(t for t, in rows(SUBSELECT_POLICIES_SQL)))
+    return Catalog(columns, keys, placed, frozenset(t for t, in rows(SUBSELECT_POLICIES_SQL)),
+                   frozenset(t for t, in rows(PARTITIONED_WITH_CHECKS_SQL)))
 
 
 def distribute(database: Any, models: Iterable[Any], *, say: Callable[[str], None] = print,

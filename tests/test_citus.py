@@ -303,10 +303,13 @@ def test_the_migrations_run_and_distribute_places_every_table_it_can_reporting_t
     assert {t: r for t, r in expected.items() if t not in blocked} == catalog  # as the models say, from Citus's catalog
     assert "Traceback" not in placed.stderr
     again = _kit(schema[0], "kit.cli", "db", "distribute")
-    assert again.stdout.splitlines()[0] == "webhook_events: already placed"  # a second run places nothing again
+    already = {line.removesuffix(": already placed") for line in again.stdout.splitlines()
+               if line.endswith(": already placed")}
+    assert already == set(catalog) and already  # a second run places nothing again
     assert not any(line.endswith(("is a reference table", "co-located with")) for line in again.stdout.splitlines())
-    assert rows(admin, "SELECT count(DISTINCT p.groupid) FROM pg_dist_placement p JOIN pg_dist_shard s USING "
-                       "(shardid) WHERE s.logicalrelid = 'webhook_events'::regclass") == [(len(citus.NODES),)]
+    for table in (t for t, r in catalog.items() if r == "reference"):  # on every node
+        assert rows(admin, "SELECT count(DISTINCT p.groupid) FROM pg_dist_placement p JOIN pg_dist_shard s USING "
+                           f"(shardid) WHERE s.logicalrelid = '{table}'::regclass") == [(len(citus.NODES),)]
 
 
 def test_the_development_seed_loads_on_the_cluster_and_the_app_role_sees_only_its_tenant(schema):
@@ -324,5 +327,8 @@ def test_the_development_seed_loads_on_the_cluster_and_the_app_role_sees_only_it
                                    (orgs[1],)).fetchone()[0]
         assert mine[0] > 0 and mine[1] == 1 and flags == 0
         assert db.execute_sql("SELECT count(*) FROM members").fetchone()[0] == 0  # no tenant: nothing
+        with kit.tenant(orgs[0]):  # the attacker plants the other organization for the session, as in PLANTS
+            db.execute_sql(PLANTS["set_config on the coordinator"], {"other": str(orgs[1])})
+        assert db.execute_sql("SELECT count(*) FROM members").fetchone()[0] == 0
     finally:
         db.close_all()

@@ -49,7 +49,7 @@ def test_the_page_lists_what_the_planner_finds_on_the_migrated_schema(migrated_d
     catalog = distribute.read_catalog(lambda sql: db.execute_sql(sql).fetchall(), citus=False)
     planned = distribute.plan_models(ALL_MODELS, catalog)
     assert [r for reasons in planned.blockers.values() for r in reasons] == block.strip().splitlines()
-    assert [s.table for s in planned.steps] == ["webhook_events"]  # tied to no other table
+    assert [s.table for s in planned.steps] == ["webhook_events"]  # tied to no table that is held back
 
 
 def test_distribute_on_a_server_without_citus_is_one_sentence_and_changes_nothing(migrated_database):

@@ -165,6 +165,24 @@ def test_without_a_context_tenant_tables_show_nothing_and_writes_are_refused(att
                 model.insert(victim_row(model, victim)).execute()
 
 
+def test_a_webhook_delivery_can_name_only_an_endpoint_of_its_own_organization(attacked):
+    """A foreign key's check sees every row, whatever the policies: the key itself goes through the organization."""
+    from kit.models import WebhookDelivery, WebhookEndpoint
+
+    db, attacker, victim = attacked
+    with db.bind_ctx(MODELS):
+        with all_tenants():
+            theirs = WebhookEndpoint.select().where(WebhookEndpoint.organization == victim).first()
+        with tenant(attacker):
+            with pytest.raises(peewee.IntegrityError, match="webhook_deliveries_organization_id_endpoint_id_fkey"):
+                WebhookDelivery.create(organization=attacker, endpoint=theirs.id, event_type="member.created")
+            with pytest.raises(TenantError):  # and the victim's organization is not the attacker's to write
+                WebhookDelivery.create(organization=victim, endpoint=theirs.id, event_type="member.created")
+            mine = WebhookEndpoint.create(organization=attacker, url="https://hooks.attacker.test", secret="s")
+            WebhookDelivery.create(organization=attacker, endpoint=mine.id, event_type="member.created")
+            assert WebhookDelivery.select().count() == 1
+
+
 def test_search_in_a_tenant_context_never_returns_another_tenants_chunk(attacked):
     db, attacker, victim = attacked
     with db.bind_ctx(MODELS):
@@ -392,21 +410,24 @@ def test_an_audit_entry_of_no_organization_is_recorded_by_the_app_and_read_back_
 def test_policies_and_generated_migration_code_follow_the_models_meta_options():
     from kit.migrate.autogen import access_to_code, policies_to_code
     from kit.models import AuditLog, WebhookDelivery
-    from kit.roles import policy_statements
+    from kit.roles import TenantRule, policy_statements
 
     organizations = "\n".join(policy_statements(tenant_rule(Organization)))
     assert 'FOR SELECT TO PUBLIC USING (true)' in organizations and 'FOR INSERT TO PUBLIC WITH CHECK (true)' in organizations
     assert '"kit_tenant_update" ON "organizations" FOR UPDATE TO PUBLIC USING ("id" = (SELECT nullif(' in organizations
     assert "FORCE ROW LEVEL SECURITY" in organizations and "TO kit_auth USING (true)" in organizations
-    deliveries = "\n".join(policy_statements(tenant_rule(WebhookDelivery)))
-    assert 'EXISTS (SELECT 1 FROM "webhook_endpoints" p WHERE p."id" = "webhook_deliveries"."endpoint_id")' in deliveries
+    replies = TenantRule("replies", "note_id", ("attack_notes", "id"))  # rows whose tenant is their parent's
+    assert 'EXISTS (SELECT 1 FROM "attack_notes" p WHERE p."id" = "replies"."note_id")' in "\n".join(
+        policy_statements(replies))
+    deliveries = "\n".join(policy_statements(tenant_rule(WebhookDelivery)))  # its own organization (migration 011)
+    assert '"organization_id" = (SELECT nullif(' in deliveries and "EXISTS (SELECT" not in deliveries
     audit = policy_statements(tenant_rule(AuditLog))
     assert [s for s in audit if "IS NULL" in s] == [s for s in audit if "FOR INSERT" in s]  # NULL rows: insert only
     assert access_to_code(AuditLog) == "kit_ops.grant_access(migrator, 'audit_logs', append_only=True)"
     assert access_to_code(Note) == "kit_ops.grant_access(migrator, 'attack_notes')"
     assert policies_to_code(tenant_rule(Note)) == "kit_ops.tenant_policies(migrator, 'attack_notes', 'organization_id')"
-    assert policies_to_code(tenant_rule(WebhookDelivery)) == (
-        "kit_ops.tenant_policies(migrator, 'webhook_deliveries', 'endpoint_id', parent=('webhook_endpoints', 'id'))")
+    assert policies_to_code(replies) == (
+        "kit_ops.tenant_policies(migrator, 'replies', 'note_id', parent=('attack_notes', 'id'))")
 
 
 def test_a_statement_that_refuses_a_transaction_block_runs_inside_a_tenant_context(attacked):

@@ -61,13 +61,21 @@ LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
 WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'p') AND NOT c.relispartition
   AND a.attnum > 0 AND NOT a.attisdropped
 """
+# A foreign key through the organization, (organization_id, x) -> (organization_id, y), as a tenant table
+# references another so that Citus can keep it within a shard, is the model's x -> y: its last column pair.
 FOREIGN_KEYS_SQL = """
 SELECT t.relname, a.attname, r.relname, ra.attname, con.confdeltype
 FROM pg_constraint con
 JOIN pg_class t ON t.oid = con.conrelid
 JOIN pg_class r ON r.oid = con.confrelid
-JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = con.conkey[1]
-JOIN pg_attribute ra ON ra.attrelid = con.confrelid AND ra.attnum = con.confkey[1]
+CROSS JOIN LATERAL (SELECT CASE WHEN cardinality(con.conkey) = 2
+                             AND (SELECT attname FROM pg_attribute WHERE attrelid = con.conrelid
+                                  AND attnum = con.conkey[1]) = 'organization_id'
+                             AND (SELECT attname FROM pg_attribute WHERE attrelid = con.confrelid
+                                  AND attnum = con.confkey[1]) = 'organization_id'
+                           THEN 2 ELSE 1 END AS at) k
+JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = con.conkey[k.at]
+JOIN pg_attribute ra ON ra.attrelid = con.confrelid AND ra.attnum = con.confkey[k.at]
 WHERE con.contype = 'f' AND t.relnamespace = current_schema()::regnamespace
 """
 CHECKS_SQL = """

@@ -120,9 +120,20 @@ class WebhookEndpoint(TimestampedModel):
         tenant = "organization"
 
 
-class WebhookDelivery(TimestampedModel):
-    """One event sent (or to be sent) to an endpoint: the delivery log."""
+# A delivery references its endpoint through the organization (`WebhookDelivery`): this is that key.
+WebhookEndpoint.add_index(ModelIndex(WebhookEndpoint, (WebhookEndpoint.organization, WebhookEndpoint.id), unique=True,
+                                     name="webhook_endpoints_organization_id_id"))
 
+
+class WebhookDelivery(TimestampedModel):
+    """One event sent (or to be sent) to an endpoint: the delivery log.
+
+    Its endpoint is referenced through the organization, `(organization_id, endpoint_id)` (migration
+    011): a delivery names only an endpoint of its own organization.
+    """
+
+    organization = ForeignKeyField(Organization, backref="webhook_deliveries", on_delete="CASCADE",
+                                   index=False)  # its index: below, as migration 011 builds it (CONCURRENTLY)
     endpoint = ForeignKeyField(WebhookEndpoint, backref="deliveries", on_delete="CASCADE")
     event_type = TextField()
     payload = BinaryJSONField(index=False, default=dict)
@@ -134,4 +145,7 @@ class WebhookDelivery(TimestampedModel):
 
     class Meta:
         table_name = "webhook_deliveries"
-        tenant = "endpoint"  # the endpoint's organization
+        tenant = "organization"
+
+
+WebhookDelivery.add_index(ModelIndex(WebhookDelivery, (WebhookDelivery.organization,)))

@@ -111,3 +111,20 @@ def test_a_policy_with_a_sub_select_blocks_its_table_and_every_table_tied_to_it_
     assert found.steps == (Step("plans", "reference"),)  # not tied to anything: placed
     assert plan(places, Catalog(tables, tuple(keys), subselect_policies=frozenset({"endpoints"})),
                 rewritten=frozenset({"endpoints"})).blockers == {}
+
+
+def test_a_partitioned_table_with_checks_left_behind_holds_back_what_would_take_it_in():
+    """Citus 13 cannot take a partitioned table with CHECK constraints in as a coordinator table."""
+    places = {"orgs": "reference", "usage": "distributed", "plans": "reference"}
+    tables = {"orgs": table(id=False), "plans": table(id=False),
+              "usage": table(id=False, organization_id=False, created=False)}
+    keys = [pk("orgs", "id"), pk("plans", "id"), fk("usage", (ORG,), "orgs", ("id",))]
+    held = plan(places, Catalog(tables, (*keys, pk("usage", "id", "created")),
+                                partitioned_with_checks=frozenset({"usage"})))
+    assert held.blockers["orgs"] == ["orgs: placing it brings usage into Citus's metadata as a coordinator table, and "
+                                     "Citus cannot take a partitioned table with CHECK constraints in so ('child table "
+                                     "is missing constraint')"]
+    assert held.steps == (Step("plans", "reference"),)
+    placed = plan(places, Catalog(tables, (*keys, pk("usage", ORG, "id", "created")),
+                                  partitioned_with_checks=frozenset({"usage"})))  # distributed with it: fine
+    assert placed.blockers == {} and [s.table for s in placed.steps] == ["orgs", "plans", "usage"]
