@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -267,6 +268,36 @@ def test_the_app_role_plants_a_tenant_and_the_next_request_sees_nothing_of_it_on
             assert _count(db) == 50 and _count(db, "WHERE organization_id = %s", (str(other),)) == 0
     finally:
         db.close_all()
+
+
+@pytest.mark.skipif(shutil.which("pgbouncer") is None and not Path("/usr/sbin/pgbouncer").exists(),
+                    reason="PgBouncer is not installed (tests/through-pgbouncer installs it, then runs this test)")
+def test_behind_pgbouncer_in_front_of_the_coordinator_the_tenant_rides_each_transaction_and_nothing_outlives_it(
+        cluster, notes):
+    """Transaction pooling: each transaction may get another server connection, and nothing is reset between."""
+    from kit.devservers import pgbouncer
+
+    data_dir, _ = cluster
+    _, org, other = notes
+    url = pgbouncer.start_pgbouncer(data_dir, (citus.cluster_dir(data_dir) / "coordinator", dict(citus.NODES)[
+        "coordinator"]))
+    db = Database()
+    db.configure(url, settings=replace(load_settings(), pooler="pgbouncer", pool_min=0, pool_max=4))
+    try:
+        assert "pgbouncer" in url and db.execute_sql("SHOW port").fetchone()[0] == "9700"  # through it, to Citus
+        with kit.tenant(org):
+            assert _count(db) == 50  # alone: BEGIN, the carried settings, the statement, COMMIT
+            with db.atomic():
+                assert _count(db) == 50 and _count(db, "WHERE organization_id = %s", (str(other),)) == 0
+                db.execute_sql(PLANTS["set_config on the worker, by a query routed to a shard"],
+                               {"org": str(org), "other": str(other)})
+        for _ in range(5):  # later requests, on whichever server connection PgBouncer lends
+            assert _count(db) == 0
+        with kit.tenant(other):
+            assert _count(db) == 50 and _count(db, "WHERE organization_id = %s", (str(org),)) == 0
+    finally:
+        db.close_all()
+        pgbouncer.stop_pgbouncer(data_dir)
 
 
 # -- the kit's schema on the cluster: migrations, placement, seeds

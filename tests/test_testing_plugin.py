@@ -176,16 +176,18 @@ def test_a_new_template_drops_those_of_other_migration_sets_no_one_is_using(tmp_
         (directory / "001_one.py").write_text(f"# {text}\n")
         return template.ensure_template(admin_url, owner_server_url, directory, migrate=lambda url, d: None)
 
+    suite = template.ensure_template(admin_url, owner_server_url, ROOT / "migrations")
+    in_use = [psycopg2.connect(template.with_dbname(admin_url, suite))]  # the suite's: kept while someone uses it
+    made_here = []
     try:
-        first = made("first")
-        second = made("second")
-        assert second in templates() and first not in templates()  # the other set's template went
-        held = psycopg2.connect(template.with_dbname(admin_url, second))  # someone uses it (a clone being copied)
-        try:
-            third = made("third")
-            assert {second, third} <= templates()  # in use: kept, for a later run to drop
-        finally:
-            held.close()
-    finally:  # the suite's own template, made again for the tests after this one (the others dropped)
-        template.ensure_template(admin_url, owner_server_url, ROOT / "migrations")
-    assert not {first, second, third} & templates()
+        made_here += [made("first"), made("second")]
+        assert made_here[1] in templates() and made_here[0] not in templates()  # the other set's template went
+        in_use.append(psycopg2.connect(template.with_dbname(admin_url, made_here[1])))  # a clone being copied
+        made_here.append(made("third"))
+        assert {suite, *made_here[1:]} <= templates()  # those in use are kept, for a later run to drop
+    finally:
+        for conn in in_use:
+            conn.close()
+        for name in made_here:
+            template.drop(admin_url, name)
+    assert suite in templates() and not set(made_here) & templates()

@@ -34,7 +34,7 @@ INSTALL = ("PgBouncer is not installed; install it with `apt-get install pgbounc
            "system's package manager (`brew install pgbouncer` on macOS)")
 
 CONFIG = """\
-; written by `kit db pgbouncer start`: transaction pooling in front of the embedded server
+; written by `kit db pgbouncer start`: transaction pooling in front of the server
 [databases]
 * = host={socket_dir} port={server_port}
 
@@ -93,13 +93,19 @@ def _running_pid(directory: Path) -> int | None:
         return None
 
 
-def start_pgbouncer(data_dir: Path) -> str:
-    """Start (or find running) PgBouncer in transaction mode in front of the embedded server; return its URL."""
+def start_pgbouncer(data_dir: Path, server: tuple[Path, int] | None = None) -> str:
+    """Start (or find running) PgBouncer in transaction mode in front of a server; return its URL.
+
+    `server`: the socket directory and port of the server to pool (the Citus coordinator, say);
+    default: the embedded server in `data_dir`, started if need be.
+    """
     binary = _binary()
-    embedded.start(data_dir)
+    if server is None:
+        embedded.start(data_dir)
+        info = embedded.status(data_dir)
+        server = (Path(info.socket_dir or embedded.pgdata_dir(data_dir)), info.port or 5432)
     directory = pgbouncer_dir(data_dir)
-    info = embedded.status(data_dir)
-    config = CONFIG.format(socket_dir=info.socket_dir, server_port=info.port or 5432, port=PORT, directory=directory)
+    config = CONFIG.format(socket_dir=server[0], server_port=server[1], port=PORT, directory=directory)
     # trust: the socket (0700) is the boundary, as for the server; the names PgBouncer lets in, each as itself
     users = "".join(f'"{name}" ""\n' for name in (embedded.USER, OWNER, APP, DOOR, AUTH))
     if _running_pid(directory) is not None and not _configured_as(directory, config, users):
@@ -109,8 +115,8 @@ def start_pgbouncer(data_dir: Path) -> str:
         (directory / "pgbouncer.ini").write_text(config)
         (directory / "users.txt").write_text(users)
         command = [binary, "-d", "-q"]
-        if os.geteuid() == 0:  # it refuses to run as root: as the embedded server's own user
-            owner = Path(embedded.pgdata_dir(data_dir)).stat().st_uid
+        if os.geteuid() == 0:  # it refuses to run as root: as the server's own user
+            owner = server[0].stat().st_uid
             shutil.chown(directory, owner)
             for path in directory.iterdir():
                 shutil.chown(path, owner)

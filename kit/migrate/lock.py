@@ -49,11 +49,12 @@ LOCK_WAIT_S = 3600.0  # the longest a run waits for another run of its own role
 POLL_S = 0.2  # how often a waiting run tries again
 
 # Who holds advisory lock `key`: pid, role, application, seconds held (the owner reads other roles'
-# sessions through pg_read_all_stats); and whether that role is the asking session's own.
+# sessions through pg_read_all_stats); and whether that role is the asking session's own (a holder the
+# server no longer lists in pg_stat_activity is a session ending, whose locks go with it: waited for).
 _HOLDER_SQL = """
 SELECT l.pid, coalesce(a.usename::text, '?'), coalesce(a.application_name, ''),
        coalesce(extract(epoch FROM now() - coalesce(a.xact_start, a.backend_start)), 0)::float8,
-       a.usename IS NOT DISTINCT FROM current_user
+       coalesce(a.usename = current_user, true)  -- a session no longer listed is ending: wait, it lets go
 FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
 WHERE l.locktype = 'advisory' AND l.granted AND ((l.classid::bigint << 32) | l.objid::bigint) = %s
   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND l.pid <> pg_backend_pid()
