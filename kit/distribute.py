@@ -27,20 +27,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from kit.db.contract import CITUS_SQL
 from kit.ddl import run_ddl
 from kit.errors import KitError, NotCitus, PlacementRefused, describe
 from kit.roles import policy_statements, tenant_rule
 
 TENANT_COLUMN = "organization_id"
 Role = Literal["distributed", "reference", "local"]
-
-
-@dataclass(frozen=True)
-class Place:
-    """Where one table goes on Citus."""
-
-    table: str
-    role: Role
 
 
 @dataclass(frozen=True)
@@ -287,7 +280,6 @@ PARTITIONED_WITH_CHECKS_SQL = """
 SELECT DISTINCT c.relname FROM pg_class c JOIN pg_constraint k ON k.conrelid = c.oid AND k.contype = 'c'
 WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'p'
 """
-CITUS_SQL = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'citus')"
 
 
 def read_catalog(rows: Callable[[str], list[tuple]], citus: bool) -> Catalog:
@@ -332,7 +324,7 @@ def distribute(database: Any, models: Iterable[Any], *, say: Callable[[str], Non
                f"distributed by {TENANT_COLUMN}" + (f", co-located with {step.colocate_with}" if step.colocate_with
                                                     else ""))
         if not dry_run:
-            _place(database, step, rules.get(step.table))
+            _place(database, step)
         say(f"{step.table}: {verb} {how}")
     for reasons in planned.blockers.values():
         for reason in reasons:
@@ -362,16 +354,13 @@ def _rewrite_policies(database: Any, rules: list[Any]) -> None:
     run_ddl(database, "writing the tenant policies in the form Citus takes", attempt)
 
 
-def _place(database: Any, step: Step, rule: Any) -> None:
-    """One step in a transaction of its own, lock waits bounded (`kit.ddl.run_ddl`): the policies, then Citus."""
+def _place(database: Any, step: Step) -> None:
+    """One step in a transaction of its own, lock waits bounded (`kit.ddl.run_ddl`); its policies were written first."""
 
     def attempt() -> None:
         # Citus places a table with triggers only when told to: they run on the shards, where one that reached
         # other tables could miss rows. The kit's own (kit_touch_updated_at) set a column of the row written.
         database.execute_sql("SET LOCAL citus.enable_unsafe_triggers = on")
-        if rule is not None:
-            for statement in policy_statements(rule, distributed=True):
-                database.execute_sql(statement)
         if step.role == "reference":
             database.execute_sql("SELECT create_reference_table(%s)", (step.table,))
         else:

@@ -88,6 +88,20 @@ def test_a_second_start_builds_nothing_and_reuses_the_nodes(cluster):
     assert all(running for _, running in citus.citus_status(data_dir))
 
 
+def _distributed_table(data_dir: Path, table: str, *orgs: uuid.UUID):
+    """`table` made again, distributed by organization_id, 50 rows for each of `orgs`; the admin's connection to it."""
+    conn = psycopg2.connect(citus.node_url(data_dir, role="postgres"))
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f"DROP TABLE IF EXISTS {table}")
+        cur.execute(f"CREATE TABLE {table} (organization_id uuid NOT NULL, id bigint, body text DEFAULT 'seeded', "
+                    "PRIMARY KEY (organization_id, id))")
+        cur.execute(f"SELECT create_distributed_table('{table}', 'organization_id')")
+        cur.execute(f"INSERT INTO {table} SELECT o, g FROM unnest(%s::uuid[]) o, generate_series(1, 50) g",
+                    ([str(o) for o in orgs],))
+    return conn
+
+
 def test_the_tenant_reaches_the_workers_only_as_set_local_statements_of_their_own(cluster):
     """Why the kit's one-string tenant prefix cannot serve Citus as it is (docs/scaling.md).
 
@@ -95,17 +109,9 @@ def test_the_tenant_reaches_the_workers_only_as_set_local_statements_of_their_ow
     the whole query string it came in: a SET LOCAL sent with its statement in one string is refused.
     """
     data_dir, url = cluster
-    admin = citus.node_url(data_dir, role="postgres")
     org, other = uuid.uuid4(), uuid.uuid4()
-    conn = psycopg2.connect(admin)
-    conn.autocommit = True
+    conn = _distributed_table(data_dir, "probe_notes", org, other)
     with conn.cursor() as cur:
-        cur.execute("DROP TABLE IF EXISTS probe_notes")
-        cur.execute("CREATE TABLE probe_notes (organization_id uuid NOT NULL, id bigint, PRIMARY KEY "
-                    "(organization_id, id))")
-        cur.execute("SELECT create_distributed_table('probe_notes', 'organization_id')")
-        cur.execute("INSERT INTO probe_notes SELECT o, g FROM unnest(%s::uuid[]) o, generate_series(1, 50) g",
-                    ([str(org), str(other)],))
         cur.execute("ALTER TABLE probe_notes ENABLE ROW LEVEL SECURITY")
         cur.execute("ALTER TABLE probe_notes FORCE ROW LEVEL SECURITY")
         cur.execute("CREATE POLICY tenant ON probe_notes USING "
@@ -155,15 +161,8 @@ def notes(cluster):
     """A distributed tenant table with the kit's own policies (`kit.roles`), 50 rows for each of two organizations."""
     data_dir, url = cluster
     org, other = uuid.uuid4(), uuid.uuid4()
-    conn = psycopg2.connect(citus.node_url(data_dir, role="postgres"))
-    conn.autocommit = True
+    conn = _distributed_table(data_dir, "citus_notes", org, other)
     with conn.cursor() as cur:
-        cur.execute("DROP TABLE IF EXISTS citus_notes")
-        cur.execute("CREATE TABLE citus_notes (organization_id uuid NOT NULL, id bigint, body text, "
-                    "PRIMARY KEY (organization_id, id))")
-        cur.execute("SELECT create_distributed_table('citus_notes', 'organization_id')")
-        cur.execute("INSERT INTO citus_notes SELECT o, g, 'seeded' FROM unnest(%s::uuid[]) o, generate_series(1, 50) g",
-                    ([str(org), str(other)],))
         for statement in policy_statements(TenantRule("citus_notes", "organization_id"), distributed=True):
             cur.execute(statement)
         cur.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON citus_notes TO {APP}")
