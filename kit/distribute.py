@@ -13,12 +13,13 @@ breaks a rule is a blocker (one sentence), and so is a table whose foreign keys 
 one; everything else is a step. The plan is the same on one server (nothing is distributed there:
 the steps say what Citus would do) and on a coordinator.
 
-`distribute` runs the steps on the owner's connection, each in a transaction of its own under the
-lock timeout: the table's tenant policies rewritten in the form Citus takes (`kit.roles`, no
-sub-select), then `create_reference_table` or `create_distributed_table`. Tables Citus already
-places are left as they are, so running it again does nothing new. Citus copies a table's rows to
-the workers as it places it, holding writes to that table back meanwhile: on a live database, run
-it when a table's copy may hold its writes that long (reference tables are small).
+`distribute` runs the steps on the owner's connection in one transaction under the lock timeout
+(`_place`: all placed, or nothing): the tenant policies rewritten in the form Citus takes
+(`kit.roles`, no sub-select), the foreign keys of the tables to distribute set aside, then
+`create_reference_table` and `create_distributed_table`, then the keys put back. Tables Citus
+already places are left as they are, so running it again does nothing new. Citus copies each
+table's rows to the workers as it places it, holding writes back meanwhile: on a live database, run
+it when the copy of the tables may hold their writes that long.
 """
 
 from __future__ import annotations
@@ -313,19 +314,17 @@ def distribute(database: Any, models: Iterable[Any], *, say: Callable[[str], Non
                        "distribute; point DATABASE_OWNER_URL at a Citus coordinator; nothing was done")
     catalog = read_catalog(rows, citus)
     planned = plan_models(models, catalog)
-    tied = set().union(*(_tied_graph(step.table, catalog) for step in planned.steps))
-    if tied and not dry_run:  # Citus takes the tables tied to a placed one in too: their policies first
-        _rewrite_policies(database, [rules[t] for t in sorted(rewritable(models) & catalog.subselect_policies & tied)])
     for table in planned.done:
         say(f"{table}: already placed")
+    if planned.steps and not dry_run:
+        tied = set().union(*(_tied_graph(step.table, catalog) for step in planned.steps))
+        rewrite = [rules[t] for t in sorted(rewritable(models) & catalog.subselect_policies & tied)]
+        _place(database, planned.steps, rewrite)
     for step in planned.steps:
-        verb = "would be" if dry_run else "is"
         how = ("a reference table" if step.role == "reference" else
                f"distributed by {TENANT_COLUMN}" + (f", co-located with {step.colocate_with}" if step.colocate_with
                                                     else ""))
-        if not dry_run:
-            _place(database, step)
-        say(f"{step.table}: {verb} {how}")
+        say(f"{step.table}: {'would be' if dry_run else 'is'} {how}")
     for reasons in planned.blockers.values():
         for reason in reasons:
             say(f"not placed: {reason}")
@@ -343,34 +342,47 @@ def plan_models(models: Iterable[Any], catalog: Catalog) -> Plan:
     return plan(placement(models), catalog, rewritable(models))
 
 
-def _rewrite_policies(database: Any, rules: list[Any]) -> None:
-    """The tenant policies of `rules`' tables written again in the form Citus takes, in one transaction."""
-
-    def attempt() -> None:
-        for rule in rules:
-            for statement in policy_statements(rule, distributed=True):
-                database.execute_sql(statement)
-
-    run_ddl(database, "writing the tenant policies in the form Citus takes", attempt)
+FOREIGN_KEYS_OF_SQL = """
+SELECT c.relname, k.conname, pg_get_constraintdef(k.oid) FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
+WHERE k.contype = 'f' AND c.relnamespace = 'public'::regnamespace AND c.relname = ANY (%s) AND k.conparentid = 0
+ORDER BY c.relname, k.conname
+"""
 
 
-def _place(database: Any, step: Step) -> None:
-    """One step in a transaction of its own, lock waits bounded (`kit.ddl.run_ddl`); its policies were written first."""
+def _place(database: Any, steps: tuple[Step, ...], rewrite: list[Any]) -> None:
+    """Run the steps in one transaction, its lock waits bounded (`kit.ddl.run_ddl`): all placed, or nothing.
+
+    Citus takes the coordinator tables tied by foreign keys to a table it places into its metadata,
+    and a table in its metadata is distributed only once the tables it points at are. So the foreign
+    keys of the tables to distribute are set aside first (read from the catalog), the reference tables
+    placed (the coordinator tables still tied to them taken in), the tables distributed, and the keys
+    put back, validated, on the shards.
+    """
+    distributed = [step.table for step in steps if step.role == "distributed"]
 
     def attempt() -> None:
         # Citus places a table with triggers only when told to: they run on the shards, where one that reached
         # other tables could miss rows. The kit's own (kit_touch_updated_at) set a column of the row written.
         database.execute_sql("SET LOCAL citus.enable_unsafe_triggers = on")
-        if step.role == "reference":
-            database.execute_sql("SELECT create_reference_table(%s)", (step.table,))
-        else:
-            database.execute_sql("SELECT create_distributed_table(%s, %s, colocate_with => %s)",
-                                 (step.table, TENANT_COLUMN, step.colocate_with or "default"))
+        database.execute_sql("SET LOCAL citus.multi_shard_modify_mode = 'sequential'")  # DDL after placing, same xact
+        for rule in rewrite:
+            for statement in policy_statements(rule, distributed=True):
+                database.execute_sql(statement)
+        keys = database.execute_sql(FOREIGN_KEYS_OF_SQL, (distributed,)).fetchall()
+        for table, name, _ in keys:
+            database.execute_sql(f'ALTER TABLE "{table}" DROP CONSTRAINT "{name}"')
+        for step in steps:
+            if step.role == "reference":
+                database.execute_sql("SELECT create_reference_table(%s)", (step.table,))
+            else:
+                database.execute_sql("SELECT create_distributed_table(%s, %s, colocate_with => %s)",
+                                     (step.table, TENANT_COLUMN, step.colocate_with or "default"))
+        for table, name, definition in keys:
+            database.execute_sql(f'ALTER TABLE "{table}" ADD CONSTRAINT "{name}" {definition}')
 
     try:
-        run_ddl(database, f"{step.table}: placing it on Citus", attempt)
+        run_ddl(database, "placing the tables on Citus", attempt)
     except KitError:
         raise
-    except Exception as exc:  # Citus's own refusal, in one sentence: the step's transaction rolled back
-        raise PlacementRefused(f"{step.table}: Citus refused to place it ({describe(exc)}); nothing of it "
-                               "changed") from exc
+    except Exception as exc:  # Citus's own refusal, in one sentence: the transaction rolled back
+        raise PlacementRefused(f"Citus refused to place the tables ({describe(exc)}); nothing changed") from exc

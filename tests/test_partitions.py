@@ -63,7 +63,8 @@ def test_the_migration_keeps_every_row_and_append_only_holds_on_every_partition(
     assert "foreign key" in refused(db, "INSERT INTO ai_usage (organization_id, model) VALUES (gen_random_uuid(), 'm')")
     assert migrate.verify(db, ROOT / "migrations") == []  # no drift: the partitions are not extra tables
     # rollback: plain tables again, with the same rows, and append-only still holds
-    assert migrate.rollback(db, ROOT / "migrations", count=4, **QUIET) == ["011_webhook_deliveries_own_organization",
+    assert migrate.rollback(db, ROOT / "migrations", count=5, **QUIET) == ["012_tenant_keys",
+                                                                           "011_webhook_deliveries_own_organization",
                                                                            "010_tenant_bound_to_transaction",
                                                                            "009_roles_and_row_security",
                                                                            "008_partition_audit_logs_and_ai_usage"]

@@ -110,9 +110,15 @@ def _safely(migrator: Migrator, queue: Callable[[], Any]) -> None:
 
 
 def drop_index(migrator: Migrator, table: str, name: str) -> None:
-    """Drop an index created by `add_index`, by name."""
+    """Drop an index by name: one `add_index` made, or one a model's `Meta.indexes` declares as (fields, unique)."""
     model = migrator.orm[table]
-    model._meta.indexes = [i for i in model._meta.indexes if getattr(i, "_name", None) != name]
+
+    def named(entry: Any) -> str | None:
+        if isinstance(entry, (tuple, list)):  # peewee's (fields, unique): the name peewee gives it
+            entry = build_index(model, tuple(entry[0]))
+        return getattr(entry, "_name", None)
+
+    model._meta.indexes = [i for i in model._meta.indexes if named(i) != name]
     migrator.sql(f'DROP INDEX IF EXISTS "{name}"')
 
 

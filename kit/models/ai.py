@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from peewee import BigIntegerField, Check, DecimalField, ForeignKeyField, IntegerField, TextField, fn
+from peewee import SQL, BigIntegerField, Check, DecimalField, ForeignKeyField, IntegerField, TextField, fn
 
 from kit.db.prepared import Param
 from kit.errors import ArgumentError, InsufficientCredits, NotFound
@@ -60,7 +60,8 @@ class OrgCredit(TimestampedModel):
         org_id = id_of(organization)
         query = cls.insert(organization=org_id, balance=amount).on_conflict(
             conflict_target=[cls.organization],
-            update={cls.balance: cls.balance + amount, cls.updated_at: fn.now()},
+            update={cls.balance: cls.balance + amount, cls.updated_at: SQL("EXCLUDED.updated_at")},  # no function:
+            # Citus takes only IMMUTABLE ones in DO UPDATE SET; the row offered was stamped now
         )
         with tenant(org_id):
             return returned(query, cls.balance)[0]

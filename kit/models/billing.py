@@ -73,12 +73,13 @@ class Customer(TimestampedModel):
 
     organization = ForeignKeyField(Organization, unique=True, backref="customer", on_delete="CASCADE")
     provider = TextField(default="stripe")
-    provider_customer_id = TextField(unique=True)
+    provider_customer_id = TextField(index=True)  # unique per organization (below): the webhook path looks it up
     email = TextField(null=True)
 
     class Meta:
         table_name = "customers"
         tenant = "organization"
+        indexes = ((("organization", "provider_customer_id"), True),)  # unique keys go through the organization
 
 
 class Subscription(TimestampedModel):
@@ -88,7 +89,7 @@ class Subscription(TimestampedModel):
     plan = ForeignKeyField(Plan, backref="subscriptions", on_delete="RESTRICT")
     price = ForeignKeyField(PlanPrice, null=True, on_delete="SET NULL")
     status = TextField(constraints=[one_of("status", SUBSCRIPTION_STATUSES)])
-    provider_subscription_id = TextField(unique=True, null=True)
+    provider_subscription_id = TextField(index=True, null=True)  # unique per organization (Meta.indexes)
     current_period_start = DateTimeTZField(null=True)
     current_period_end = DateTimeTZField(null=True)
     cancel_at_period_end = BooleanField(default=False)
@@ -98,6 +99,7 @@ class Subscription(TimestampedModel):
     class Meta:
         table_name = "subscriptions"
         tenant = "organization"
+        indexes = ((("organization", "provider_subscription_id"), True),)
 
 
 def _increment(usage: Any) -> Any:
@@ -107,7 +109,8 @@ def _increment(usage: Any) -> Any:
         usage.quantity: Param("quantity"), usage.created_at: fn.now(), usage.updated_at: fn.now(),
     }).on_conflict(
         conflict_target=[usage.organization, usage.metric, usage.period_start],
-        update={usage.quantity: usage.quantity + SQL("EXCLUDED.quantity"), usage.updated_at: fn.now()},
+        update={usage.quantity: usage.quantity + SQL("EXCLUDED.quantity"),
+                usage.updated_at: SQL("EXCLUDED.updated_at")},  # no function here: Citus takes only IMMUTABLE ones
     ).returning(usage.quantity)
 
 

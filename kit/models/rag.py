@@ -70,7 +70,7 @@ class DocumentChunk(TimestampedModel):
     class Meta:
         table_name = "document_chunks"
         tenant = "organization"
-        indexes = ((("source", "position"), True),)
+        indexes = ((("organization", "source", "position"), True),)  # through the organization (migration 012)
         tenant_index = "organization"  # `kit maintain` gives each big organization an HNSW graph of its own
         # A 1536-d embedding is 6 KB, over the 2 KB at which PostgreSQL moves values out of the row
         # (TOAST). Kept in the row: exact scans 2.5x, HNSW builds 2x faster (benchmarks/storage.py).
