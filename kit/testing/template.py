@@ -109,8 +109,9 @@ def _prune_templates(cur: Any, keep: str) -> None:
     """
     import psycopg2
 
-    cur.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s) AND datname <> %s",
-                (TEMPLATE_PREFIX, keep))
+    cur.execute("SELECT datname FROM pg_database d WHERE starts_with(datname, %s) AND datname <> %s "
+                "AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname)",  # the server would
+                (TEMPLATE_PREFIX, keep))  # wait 5 s for its users before refusing: one in use is skipped at once
     for (old,) in cur.fetchall():
         try:
             cur.execute(f'DROP DATABASE IF EXISTS "{old}"')  # no FORCE: one in use stays
