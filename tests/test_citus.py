@@ -430,3 +430,34 @@ def test_tenant_search_on_the_shards_has_full_recall_and_never_returns_short(sch
             assert db.execute_sql("SELECT count(*) FROM document_chunks").fetchone()[0] == 0
     finally:
         db.close_all()
+
+
+def test_binary_copy_in_and_out_of_a_distributed_table_in_the_tenant_s_context(schema):
+    """`copy_rows` (binary COPY into the shards) and `fetch_matrix` (binary COPY out) as on one server."""
+    import numpy as np
+
+    from kit.copy import copy_rows
+    from kit.models import DocumentChunk, DocumentSource, Organization
+    from kit.models.rag import EMBEDDING_DIMENSIONS
+    from kit.vector import fetch_matrix
+
+    (_, url), _ = schema
+    db = Database()
+    db.configure(url)
+    vectors = np.random.default_rng(11).standard_normal((1000, EMBEDDING_DIMENSIONS)).astype(np.float32)
+    try:
+        with db.bind_ctx(ALL_MODELS):
+            org = Organization.create(name="Copiers", slug=f"copy-{uuid.uuid4().hex[:6]}").id
+            with kit.tenant(org):
+                source = DocumentSource.create(organization=org, title="bulk", kind="text")
+                assert copy_rows(DocumentChunk, ({"organization": org, "source": source.id, "position": i,
+                                                  "content": f"chunk {i}", "embedding": v}
+                                                 for i, v in enumerate(vectors))) == 1000
+                query = (DocumentChunk.select(DocumentChunk.position, DocumentChunk.embedding)
+                         .where(DocumentChunk.organization == org).order_by(DocumentChunk.position))
+                keys, matrix = fetch_matrix(query)
+            assert list(keys) == list(range(1000)) and np.array_equal(matrix, vectors)
+            with kit.tenant(uuid.uuid4()):
+                assert fetch_matrix(query)[1].shape[0] == 0  # another tenant: nothing, from any shard
+    finally:
+        db.close_all()

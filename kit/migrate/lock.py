@@ -113,6 +113,23 @@ def _take(database: Database, scope: str, say: Callable[[str], None]) -> None:
     take_advisory_lock(database, LOCK_KEY, scope, "another migration run", say)
 
 
+def wait_for_lock(database: Database, say: Callable[[str], None] = print, poll: float = POLL_S,
+                  wait: float = LOCK_WAIT_S) -> None:
+    """Wait, outside any transaction, until no other run holds the migration lock (saying so once).
+
+    Called before the transaction that takes the lock (`lock_transaction`): a run that waited inside
+    its transaction would hold it open, and CREATE INDEX CONCURRENTLY in the holder's steps waits for
+    every open transaction, so each would wait for the other until a lock timeout. Inside a transaction
+    already, it returns at once (`lock_transaction` then waits as before).
+    """
+    if database.in_transaction():
+        return
+    began, said = time.monotonic(), False
+    while (row := database.execute_sql(_HOLDER_SQL, (LOCK_KEY,)).fetchone()) is not None:
+        said = _keep_waiting(row, "another migration run", began, wait, said, say)
+        time.sleep(poll)
+
+
 def lock_transaction(database: Database, say: Callable[[str], None] = print) -> None:
     """Take the migration lock until the current transaction ends (waiting, and saying so, if it is held)."""
     if not database.in_transaction():

@@ -48,7 +48,8 @@ def test_increment_converts_each_column_value_as_peewee_would():
         Usage.organization: org, Usage.metric: "'; DROP TABLE usage; --", Usage.period_start: period,
         Usage.quantity: 3, Usage.created_at: fn.now(), Usage.updated_at: fn.now(),
     }).on_conflict(conflict_target=[Usage.organization, Usage.metric, Usage.period_start],
-                   update={Usage.quantity: Usage.quantity + SQL("EXCLUDED.quantity"), Usage.updated_at: fn.now()})
+                   update={Usage.quantity: Usage.quantity + SQL("EXCLUDED.quantity"),
+                           Usage.updated_at: SQL("EXCLUDED.updated_at")})
         .returning(Usage.quantity))
     assert (sql, params) == want
     assert "DROP" not in sql  # a hostile value is a parameter

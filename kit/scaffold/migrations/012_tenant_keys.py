@@ -79,7 +79,10 @@ def rollback(migrator: Migrator, database: pw.Database, *, fake=False):
         kit_ops.change_fields(migrator, table, **{column: _lookup(table, unique=True)})
         migrator.sql(f'DROP INDEX IF EXISTS "{name}"')
         migrator.sql(f'CREATE UNIQUE INDEX "{name}" ON "{table}" ("{column}")')
-    migrator.add_index("document_chunks", "source", "position", unique=True)
+    chunks = migrator.orm["document_chunks"]  # the old key, under the name the model gives it
+    chunks._meta.indexes = [*chunks._meta.indexes, (("source", "position"), True)]
+    migrator.sql('CREATE UNIQUE INDEX IF NOT EXISTS "documentchunk_source_id_position" ON "document_chunks" '
+                 '("source_id", "position")')
     kit_ops.drop_index(migrator, "document_chunks", "documentchunk_organization_id_source_id_position")
     kit_ops.drop_index(migrator, "subscriptions", "subscription_organization_id_provider_subscription_id")
     kit_ops.drop_index(migrator, "customers", "customer_organization_id_provider_customer_id")
