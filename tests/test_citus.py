@@ -461,3 +461,63 @@ def test_binary_copy_in_and_out_of_a_distributed_table_in_the_tenant_s_context(s
                 assert fetch_matrix(query)[1].shape[0] == 0  # another tenant: nothing, from any shard
     finally:
         db.close_all()
+
+
+def test_usage_invitations_audit_and_webhook_events_run_on_the_cluster(schema):
+    """The rest of the domain operations: usage counters, an invitation accepted and revoked, the audit log
+    (a coordinator table), a webhook event processed once (a reference table)."""
+    import datetime as dt
+
+    from kit.models import AuditLog, Invitation, Member, Organization, Usage, User, WebhookEvent
+
+    (data_dir, url), _ = schema
+    db = Database()
+    db.configure(url, door_url=citus.node_url(data_dir, role=DOOR))
+    tag = uuid.uuid4().hex[:6]
+    try:
+        with db.bind_ctx(ALL_MODELS):
+            org = Organization.create(name="Counters", slug=f"count-{tag}").id
+            assert [Usage.increment(org, "tokens", n) for n in (5, 7)] == [5, 12]  # an upsert on the tenant's shard
+            inviter = User.create(name="Ines", email=f"ines-{tag}@example.com")
+            invitee = User.create(name="Ivo", email=f"ivo-{tag}@example.com")
+            later = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+            with kit.tenant(org):
+                invited = Invitation.create(organization=org, email=invitee.email, inviter=inviter, expires_at=later)
+                other = Invitation.create(organization=org, email=f"x-{tag}@example.com", inviter=inviter,
+                                          expires_at=later)
+            member = Invitation.accept(invited.id, invitee)  # found through the door, accepted in the tenant
+            assert member.organization_id == org and Invitation.accept(invited.id, invitee).id == member.id
+            with kit.tenant(org):
+                assert Invitation.revoke(other.id) and not Invitation.revoke(other.id)
+                assert Member.select().count() == 1
+            AuditLog.record("member.joined", organization=org, actor=invitee, target=member)
+            AuditLog.record("system.started")  # of no organization
+            with kit.tenant(org):
+                assert [e.action for e in AuditLog.select()] == ["member.joined"]
+            seen: list[str] = []
+            for _ in range(2):
+                WebhookEvent.process_once(f"evt_{tag}", "invoice.paid", {}, lambda e: seen.append(e.event_id))
+            assert seen == [f"evt_{tag}"]  # processed once
+    finally:
+        db.close_all()
+
+
+def test_kit_migrate_verify_knows_the_distributed_schema_and_kit_maintain_keeps_it(schema):
+    """The drift check reads distributed and reference tables as the tables they are; upkeep runs on them:
+    the monthly partitions it makes ahead of a distributed table are distributed too."""
+    (data_dir, _), _ = schema
+    verified = _kit(schema[0], "kit.cli", "migrate", "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    admin = citus.node_url(data_dir, role="postgres")
+    before = {t for t, in rows(admin, "SELECT logicalrelid::regclass::text FROM pg_dist_partition")}
+    maintained = _kit(schema[0], "kit.cli", "maintain")
+    assert maintained.returncode == 0, maintained.stdout + maintained.stderr
+    assert "Traceback" not in maintained.stderr
+    partitions = {t for t, in rows(admin, "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = "
+                                          "i.inhrelid WHERE i.inhparent = 'ai_usage'::regclass")}
+    placed = {t for t, in rows(admin, "SELECT logicalrelid::regclass::text FROM pg_dist_partition")}
+    assert partitions and partitions <= placed  # every partition of the distributed table is distributed
+    assert before <= placed
+    again = _kit(schema[0], "kit.cli", "maintain")
+    assert again.returncode == 0, again.stderr
+    assert {t for t, in rows(admin, "SELECT logicalrelid::regclass::text FROM pg_dist_partition")} == placed

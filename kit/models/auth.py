@@ -203,7 +203,10 @@ class Invitation(TimestampedModel):
         if organization_id is None:
             raise missing
         with tenant(organization_id), cls._meta.database.atomic():
-            invitation = cls.select().where(cls.id == invitation_id).for_update().get_or_none()
+            # naming the organization routes the locking read to the tenant's shard on Citus, which
+            # refuses FOR UPDATE across shards (docs/scaling.md)
+            invitation = cls.select().where((cls.organization == organization_id) & (cls.id == invitation_id)
+                                            ).for_update().get_or_none()
             if invitation is None:
                 raise missing
             user_id = getattr(user, "id", user)
@@ -225,7 +228,8 @@ class Invitation(TimestampedModel):
             Member.insert(organization=invitation.organization_id, user=user_id, role=invitation.role).on_conflict(
                 conflict_target=[Member.organization, Member.user], action="IGNORE"
             ).execute()
-            cls.update(status="accepted").where(cls.id == invitation.id).execute()
+            cls.update(status="accepted").where((cls.organization == organization_id) & (cls.id == invitation.id)
+                                                ).execute()
             return Member.get(organization=invitation.organization_id, user=user_id)
 
     @classmethod
