@@ -31,7 +31,7 @@ from kit.copy import copy_rows
 from kit.db import Database
 from kit.fixtures import load, parse
 from kit.models import ALL_MODELS, DocumentChunk, Organization
-from kit.models.base import TimestampedModel
+from kit.models.base import TimestampedModel, routing_field
 from kit.roles import model_access_statements, tenant_rule
 from kit.vector import nearest
 
@@ -140,6 +140,27 @@ def test_in_its_own_context_the_attacker_reaches_no_other_tenants_row(attacked, 
                     copy_rows(model, [stolen], database=db)
     with all_tenants(), db.bind_ctx(MODELS):
         assert model.select().count() == everything  # nothing of anyone's was changed
+
+
+@pytest.mark.parametrize("model", [m for m in TENANT_MODELS if routing_field(m) is not None],
+                         ids=lambda m: m._meta.table_name)
+def test_a_read_by_id_in_a_tenant_context_names_the_tenant_and_finds_only_the_tenant_s_row(attacked, model):
+    """`get_by_id` inside `kit.tenant(org)` names the tenant's column (Citus routes it to one shard,
+    docs/scaling.md); what it finds is what the policy lets the tenant read, and no more."""
+    db, attacker, victim = attacked
+    column = routing_field(model).column_name
+    with db.bind_ctx(MODELS):
+        with all_tenants():
+            row_id = model.select(model.id).where(routing_field(model) == victim).scalar()
+            sql, params = db.sql_of(model.kit_by_id(row_id))
+            assert f'"{column}"' not in sql.split(" WHERE ")[1]  # through the door: every tenant's rows, by id alone
+            assert model.get_by_id(row_id).id == row_id
+        with tenant(victim):
+            sql, params = db.sql_of(model.kit_by_id(row_id))
+            assert f'"{column}" = %s' in sql.split(" WHERE ")[1] and params[0] == victim.hex
+            assert model.get_by_id(row_id).id == row_id
+        with tenant(attacker), pytest.raises(model.DoesNotExist):
+            model.get_by_id(row_id)
 
 
 @pytest.mark.parametrize("model", TENANT_MODELS, ids=lambda m: m._meta.table_name)
