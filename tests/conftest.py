@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 # Every statement the cache serves is also rendered by peewee and compared (`kit.db.shapes`): the whole
 # suite is the cache's test that it never says other than peewee would.
@@ -180,9 +180,15 @@ def _owner_database(admin_url: str, owner_server_url: str, migrated: bool):
     from kit.db import Database
     from kit.testing import template
 
-    through_pooler = os.environ.get("DATABASE_POOLER") == "pgbouncer"  # a pooler keeps connections to a template
-    if migrated and not through_pooler:  # cloned from the template the kit's pytest plugin makes, migrated once
-        name = template.clone(admin_url, template.ensure_template(admin_url, owner_server_url, MIGRATIONS), "suite")
+    # Cloned from the template the kit's pytest plugin makes, migrated once. Through a pooler, the template
+    # is migrated on the server directly (the owner, by the admin's socket): a pooler would keep server
+    # connections to it, and a database in use cannot be cloned. The clone is then used through the pooler.
+    builder = owner_server_url
+    if os.environ.get("DATABASE_POOLER") == "pgbouncer":
+        parts = urlsplit(admin_url)
+        builder = None if parts.password else urlunsplit(parts._replace(netloc=f"{OWNER}@{parts.netloc.split('@')[-1]}"))
+    if migrated and builder:
+        name = template.clone(admin_url, template.ensure_template(admin_url, builder, MIGRATIONS), "suite")
     else:
         name = make_database(admin_url, "kit_scratch")
     db = Database()
@@ -190,7 +196,7 @@ def _owner_database(admin_url: str, owner_server_url: str, migrated: bool):
     db.configure(url, owner=True)
     db.scratch_url = url
     try:
-        if migrated and through_pooler:
+        if migrated and not builder:  # a password-protected admin URL: the owner's is not known, migrated here
             migrate.apply(db, MIGRATIONS, say=lambda _: None)
         yield db
     finally:

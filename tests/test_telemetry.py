@@ -225,11 +225,11 @@ def test_a_pool_name_a_span_and_a_metric_never_hold_the_password(test_db_url, sp
         db.close_all()
 
 
-def test_the_asyncio_database_is_traced_alike(spans):
+def test_the_asyncio_database_is_traced_alike(spans, test_db_url):
     from kit.aio import AsyncDatabase
 
     async def main() -> int:
-        adb = AsyncDatabase()
+        adb = AsyncDatabase(test_db_url)
         try:
             return await adb.count(Organization.select().where(Organization.slug == SECRET))
         finally:

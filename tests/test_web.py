@@ -43,10 +43,11 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def service(test_db_url):
+def service(test_db_url, door_url):
     """The example service under uvicorn on the test database (the run-time role), its base URL."""
     port = free_port()
-    env = {**os.environ, "DATABASE_URL": test_db_url, "DATABASE_POOL_MAX": "10", "DATABASE_POOL_MIN": "2"}
+    env = {**os.environ, "DATABASE_URL": test_db_url, "DATABASE_DOOR_URL": door_url,  # not the environment's door
+           "DATABASE_POOL_MAX": "10", "DATABASE_POOL_MIN": "2"}
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "examples.fastapi_service.app:app", "--port", str(port),
                              "--log-level", "warning", "--timeout-graceful-shutdown", "5"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
