@@ -35,6 +35,7 @@ DEV = ROOT / "seeds" / "fixtures" / "dev.yaml"
 CHECKED_ELSEWHERE = {"js": "tests/test_better_auth.py", "citus-blockers": "tests/test_scaling.py",
                      "pytest": "tests/test_testing_plugin.py"}
 SHELL_COMMANDS = {"kit", "pip", "pw_migrate", "python", "python3", "cd", "cp", "export", "docker", "tests/through-pgbouncer",
+                  "tests/all",
                   ".", "source"}
 
 
