@@ -27,6 +27,7 @@ from kit.db.prepared import Param, Prepared
 from kit.db.rows import ModelRows, not_found
 from kit.db.shapes import FieldList, Unfit
 from kit.errors import TenantError
+from kit.roles import tenant_rule
 from kit.tenancy import (
     context_key,
     id_of,  # noqa: F401 - re-exported: the models' own spelling
@@ -75,15 +76,11 @@ def routing_field(model: Any) -> Any:
     so naming it in a query changes no result, and lets Citus send the query to the tenant's shard
     instead of every shard (docs/scaling.md).
     """
-    meta = model._meta
-    name = getattr(meta, "tenant", None)
-    field = meta.fields.get(name) if name else None
-    if field is None or field.null or name == meta.primary_key.name or "select" in getattr(meta, "tenant_open", ()):
+    rule = tenant_rule(model)
+    if rule is None or rule.parent is not None or "select" in rule.open:  # a parent's tenant, or open to all
         return None
-    related = getattr(field, "rel_model", None)
-    if related is not None and getattr(related._meta, "tenant", None) not in (None, "id"):
-        return None  # the rows follow a parent's tenant: the policy reads the parent, not this column
-    return field
+    field = model._meta.fields[model._meta.tenant]
+    return None if field.null or field is model._meta.primary_key else field
 
 
 def returned(query: Any, field: Any) -> list[Any]:
