@@ -9,8 +9,10 @@ reference tables). Then, as the application role (`kit_app`, row-level security 
 
 - **point read, routed**: a document source by `organization_id` and `id` in the tenant's context
   (Citus sends it to the one shard that holds the tenant);
-- **point read, by id**: the same row by `id` alone (`get_by_id`): the policy confines it to the tenant,
-  but Citus cannot prune shards by a policy, so the read visits every shard;
+- **get_by_id**: the same row by `Model.get_by_id`, which names the tenant's column for you inside
+  `kit.tenant(org)` (`kit.models.base.routing_field`): one shard too;
+- **select by id alone**: the same row by a hand-written `select().where(id == ...)`: the policy confines
+  it to the tenant, but Citus cannot prune shards by a policy, so the read visits every shard;
 - **consume**: `OrgCredit.consume(org, 1)`, one routed UPDATE;
 - **tenant search**: `DocumentChunk.search(q, organization=org, k=10)`;
 - **cross-tenant report**: chunks counted per organization through the door (`all_tenants()`), a
@@ -51,7 +53,7 @@ from kit.models import ALL_MODELS, DocumentChunk, DocumentSource, Organization, 
 from kit.models.rag import EMBEDDING_DIMENSIONS
 
 ROOT = Path(__file__).resolve().parent.parent
-OPS = {"point read, routed": 200, "point read, by id": 100, "consume": 100, "tenant search": 20,
+OPS = {"point read, routed": 200, "get_by_id": 200, "select by id alone": 100, "consume": 100, "tenant search": 20,
        "cross-tenant report": 5}  # per thread per round
 
 
@@ -124,6 +126,11 @@ class Target:
             with tenant(org):
                 return DocumentSource.get_by_id(rng.choice(ids))
 
+        def by_id_alone() -> Any:
+            org, ids, rng = pick()
+            with tenant(org):
+                return DocumentSource.select().where(DocumentSource.id == rng.choice(ids)).get()
+
         def consume() -> Any:
             return OrgCredit.consume(pick()[0], 1)
 
@@ -139,7 +146,7 @@ class Target:
                 return self.app.execute_sql("SELECT organization_id, count(*) FROM document_chunks "
                                             "GROUP BY organization_id").fetchall()
 
-        return {"point read, routed": routed, "point read, by id": by_id, "consume": consume,
+        return {"point read, routed": routed, "get_by_id": by_id, "select by id alone": by_id_alone, "consume": consume,
                 "tenant search": search, "cross-tenant report": report}[kind]
 
     def rate(self, threads: int, ops: int, call: Callable[[], Any]) -> float:
