@@ -209,10 +209,13 @@ def test_a_kill_inside_a_transaction_is_session_lost_and_retry_transaction_runs_
     def spend():
         runs.append(1)
         balance = OrgCredit.consume(org, 5)
-        if len(runs) == 1:
+        if len(runs) == 1:  # the first run loses its connection before COMMIT, seen at its next statement
             pid = adb.execute_sql(pid_sql()).fetchone()[0]
             scalar(monitor, "SELECT pg_terminate_backend(%s)", (pid,))
             assert wait_until(lambda: scalar(monitor, GONE, (pid,)))
+            # (were COMMIT the first to meet the loss, through PgBouncer it could not tell a crash before
+            # it from one during it: outcome unknown, rightly not run again; tests/test_failures.py alike)
+            OrgCredit.balance_of(org)
         return balance
 
     async def main():
