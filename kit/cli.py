@@ -175,14 +175,18 @@ def _db_distribute(settings: Settings, args: argparse.Namespace) -> int:
 
 def _companion(settings: Settings, name: str, action: str, start: Callable[[Path], str],
                stop: Callable[[Path], bool], said: tuple[str, str, str, str]) -> int:
-    """`kit db NAME start|stop` for a development companion of the embedded server; refused with DATABASE_URL."""
+    """`kit db NAME start|stop` for a development companion of the embedded server; start refused with DATABASE_URL.
+
+    Stopping is not: what runs in the data directory is stopped whatever DATABASE_URL names (after
+    `export DATABASE_URL=<the companion's URL>`, say).
+    """
     elsewhere, stopped, not_running, started = said
-    if settings.database_url:
-        print(f"DATABASE_URL is set ({settings.safe_url}); `kit db {name}` {elsewhere}", file=sys.stderr)
-        return 1
     if action == "stop":
         print(stopped if stop(settings.data_dir) else not_running)
         return 0
+    if settings.database_url:
+        print(f"DATABASE_URL is set ({settings.safe_url}); `kit db {name}` {elsewhere}", file=sys.stderr)
+        return 1
     url = start(settings.data_dir)
     print(started)
     print(url)  # the last line: what scripts read

@@ -145,6 +145,22 @@ def test_unavailable_embedded_server_says_what_to_do(tmp_path):
     assert "docker compose up -d" in result.stderr
 
 
+@pytest.mark.parametrize("companion", ["citus", "replica", "pgbouncer"])
+def test_a_companion_is_stopped_whatever_database_url_names_but_started_only_without_it(tmp_path, companion):
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "KIT_"))}
+    environ.update(KIT_DATA_DIR=str(tmp_path), DATABASE_URL="postgresql://kit_app@/kit?host=/nowhere")
+
+    def kit_db(action: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "kit.cli", "db", companion, action], env=environ,
+                              capture_output=True, text=True, timeout=60)
+
+    stopped = kit_db("stop")  # as after `export DATABASE_URL=<its URL>`: nothing of it runs here
+    assert stopped.returncode == 0 and stopped.stdout.strip().endswith("was not running"), stopped.stderr
+    started = kit_db("start")
+    assert started.returncode == 1 and "DATABASE_URL is set" in started.stderr and "Traceback" not in started.stderr
+    assert not (tmp_path / "pgdata").exists()  # nothing was started
+
+
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
                     reason="trying another local user needs root and setpriv")
 @pytest.mark.parametrize("length", ["short", "long"])
