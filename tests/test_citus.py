@@ -532,6 +532,17 @@ def test_kit_migrate_verify_knows_the_distributed_schema_and_kit_maintain_keeps_
     again = _kit(schema[0], "kit.cli", "maintain")
     assert again.returncode == 0, again.stderr
     assert {t for t, in rows(admin, "SELECT logicalrelid::regclass::text FROM pg_dist_partition")} == placed
+    # the tenants with 300 and 1,000 chunks (the tests above) get graphs of their own, built concurrently
+    # on the distributed table; Citus builds each on every shard (empty where the tenant's rows are not)
+    indexed = _kit(schema[0], "kit.cli", "maintain", "--min-rows", "200")
+    assert indexed.returncode == 0 and "Traceback" not in indexed.stderr, indexed.stdout + indexed.stderr
+    own = rows(admin, "SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                      "WHERE i.indrelid = 'document_chunks'::regclass AND pg_get_expr(i.indpred, i.indrelid) "
+                      "LIKE '%organization_id%'")
+    assert len(own) >= 2 and all(valid for _, valid in own), own
+    shards = rows(admin, "SELECT result FROM run_command_on_shards('document_chunks', $$SELECT count(*) FROM "
+                         "pg_indexes WHERE tablename = '%s' AND indexdef LIKE '%%organization_id =%%'$$)")
+    assert sum(int(r) for r, in shards) == len(own) * len(shards)  # docs/scaling.md: tenants x shards indexes
 
 
 def test_a_read_by_id_in_a_tenant_context_goes_to_the_tenant_s_shard_alone(schema):
