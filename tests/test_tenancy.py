@@ -482,3 +482,38 @@ def test_a_process_whose_first_query_is_inside_all_tenants_runs_it(test_db_url, 
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60,
                             cwd=ROOT)
     assert result.returncode == 0 and result.stdout.strip() == "True", result.stderr
+
+
+def test_a_pool_given_its_url_in_code_has_no_door_to_another_database(test_db_url, door_url):
+    """`Database().configure(url)` without door_url: `all_tenants()` is refused in one sentence rather than
+    reading the environment's database (or the embedded server's) through the door; with door_url it reads."""
+    import asyncio
+
+    from kit import ConfigError
+    from kit.aio import AsyncDatabase
+
+    db = Database()
+    db.configure(test_db_url)
+    try:
+        with all_tenants(), pytest.raises(ConfigError) as refused:
+            db.execute_sql("SELECT count(*) FROM organizations")
+        message = str(refused.value)
+        assert "door_url=" in message and message.endswith("nothing was sent") and "\n" not in message
+        db.configure(test_db_url, door_url=door_url)
+        with all_tenants():
+            assert db.execute_sql("SELECT current_user").fetchone()[0] == "kit_door"
+    finally:
+        db.close_all()
+
+    async def main() -> str:
+        adb = AsyncDatabase(test_db_url)
+        try:
+            with all_tenants(), pytest.raises(ConfigError, match="door_url="):
+                await adb.run(lambda: adb.execute_sql("SELECT 1"))
+            adb.configure(test_db_url, door_url=door_url)
+            with all_tenants():
+                return (await adb.run(lambda: adb.execute_sql("SELECT current_user").fetchone()))[0]
+        finally:
+            await adb.close_pool()
+
+    assert asyncio.run(main()) == "kit_door"

@@ -104,7 +104,7 @@ from kit.errors import (
     describe,
 )
 from kit.pool import ConnectionPool
-from kit.roles import APP, DOOR
+from kit.roles import APP
 from kit.telemetry import watch as _watch
 from kit.telemetry.watch import Target, async_databases, note_resent
 from kit.tenancy import crossing_tenants, current_tenant, require_tenant
@@ -398,10 +398,10 @@ class AsyncDatabase(AsyncReadRouting, ShapedStatements, AsyncPostgresqlDatabase)
         if self._door is None:
             from dataclasses import replace
 
-            from kit.db.configured import DOOR_POOL_MAX, resolve_url
+            from kit.db.configured import DOOR_POOL_MAX, door_for
 
             settings = self._configured()
-            url = self._given_door or resolve_url(settings, DOOR)
+            url = door_for(self._given_url, self._given_door, settings)
             door = type(self)(url, replace(settings, replica_urls=(), pool_min=0, pool_max=DOOR_POOL_MAX),
                               stands_for=None, replicas=())
             door.is_door = True

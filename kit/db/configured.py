@@ -59,6 +59,29 @@ def resolve_url(settings: Settings, role: str = APP) -> str:
 
 
 
+def door_for(url: str | None, door_url: str | None, settings: Settings) -> str:
+    """The door's URL (`all_tenants()`) of a pool on `url`: `door_url`, else the settings' (`resolve_url`).
+
+    `url` is the URL a pool was given in code (None: it came from the settings too). A door from the
+    settings that reads another database than that URL is refused in one sentence: `all_tenants()`
+    would read and write another database's rows (the environment's, or the embedded server's) while
+    the pool reads this one.
+    """
+    if door_url:
+        return door_url
+    door = resolve_url(settings, DOOR)
+    if url is not None and _database_of(door) != _database_of(url):
+        raise ConfigError(f"all_tenants() has no door to database {_database_of(url)!r}: the pool was given its URL "
+                          f"in code, and the door's from the environment reads {_database_of(door)!r}; pass "
+                          "door_url= (the kit_door role's URL of that database) or set DATABASE_DOOR_URL; "
+                          "nothing was sent")
+    return door
+
+
+def _database_of(url: str) -> str:
+    return str(psycopg2.extensions.parse_dsn(url).get("dbname", ""))
+
+
 class Database(ReadRouting):
     """The kit's pooled PostgreSQL database, configured from the environment on first use, reading from replicas.
 
@@ -71,6 +94,7 @@ class Database(ReadRouting):
 
     def __init__(self) -> None:
         self._door_connections: ConnectionPool | None = None
+        self._given_url: str | None = None
         self._door_state = ThreadState()
         self._door_url: str | None = None
         self.owner = False  # True: the pool itself connects as the owner (migrations, seeds, upkeep)
@@ -105,6 +129,7 @@ class Database(ReadRouting):
                    door_url: str | None = None) -> str:
         settings = settings or load_settings()
         role = OWNER if self.owner else APP
+        self._given_url = url if url and not self.owner else None  # the door then must read the same database
         url = check_database_url(url, "url") if url else resolve_url(settings, role)
         self._door_url = url if self.owner else (check_database_url(door_url, "door_url") if door_url else None)
         if self._door_connections is not None:
@@ -177,7 +202,7 @@ class Database(ReadRouting):
             self._configured()
             with self._configure_lock:
                 if self._door_connections is None:
-                    url = self._door_url or resolve_url(self._loaded, DOOR)
+                    url = door_for(self._given_url, self._door_url, self._loaded)
                     params = {**self.connect_params, "dsn": url}
                     pool = ConnectionPool(Hooks(open=lambda: self._open_as(params), close=self._close_raw,
                                                 is_closed=self._is_closed, ping=self._ping,
@@ -281,7 +306,7 @@ class Database(ReadRouting):
         """The URL this context's statements go to: the door's inside `all_tenants()`, else `url`."""
         if self._crossing():
             self._configured()
-            return self._door_url or resolve_url(self._loaded, DOOR)
+            return door_for(self._given_url, self._door_url, self._loaded)
         return self.url
 
     # -- read routing ----------------------------------------------------------------------------
