@@ -99,7 +99,15 @@ def test_nearest_ranks_a_mid_size_tenant_exactly_until_it_has_a_graph_of_its_own
     after = nearest(mine, Passage.embedding, q, k=10, exact_below=5000)
     assert after.plan.method.startswith("index")
     assert f"Index Scan using {tenant_index_name(Passage.embedding, 1)}" in explain(after.plan.query)
-    assert len({r.id for r in after} & {r.id for r in before}) >= 9  # its own graph: recall as good as exact
+    # its own graph: recall near exact's, over several queries (a graph is approximate: with the default search
+    # list of 40 one query found 8 of 10)
+    found = 0
+    for seed in range(5):
+        p = np.random.default_rng(100 + seed).standard_normal(DIM).astype(np.float32)
+        exact = nearest(mine, Passage.embedding, p, k=10, exact=True)
+        graph = nearest(mine, Passage.embedding, p, k=10, exact_below=5000, ef_search=200)
+        found += len({r.id for r in graph} & {r.id for r in exact})
+    assert found >= 48  # recall@10 >= 0.96 with a search list of 200 of its 4,000 rows
     small = nearest(Passage.select(Passage.id).where(Passage.org == 3), Passage.embedding, q, k=10, exact_below=5000)
     assert small.plan.method == "exact"  # 300 rows: no graph of its own, exact
 
