@@ -58,10 +58,12 @@ OPS = {"point read, routed": 200, "get_by_id": 200, "select by id alone": 100, "
 
 
 def with_dbname(url: str, name: str) -> str:
+    """`url` naming database `name` instead."""
     return urlunsplit(urlsplit(url)._replace(path="/" + name))
 
 
 def admin(url: str, sql: str) -> None:
+    """Run `sql` on its own autocommit connection (CREATE and DROP DATABASE)."""
     conn = psycopg2.connect(url)
     conn.autocommit = True
     try:
@@ -71,6 +73,7 @@ def admin(url: str, sql: str) -> None:
 
 
 def source_tarball() -> Path:
+    """The Citus source tarball: KIT_CITUS_SOURCE, else the newest in ../shared/citus/; one sentence if none."""
     given = os.environ.get(citus.SOURCE_VARIABLE)
     found = [Path(given)] if given else sorted((ROOT.parent / "shared" / "citus").glob("citus-*.tar.gz"))
     if not found:
