@@ -8,6 +8,7 @@ read what Better Auth wrote, and `kit migrate verify` must stay clean.
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import shutil
@@ -33,10 +34,14 @@ def node() -> str:
         pytest.skip("node and npm are not installed: the Better Auth test needs them")
     installed = INTEROP / "node_modules" / ".package-lock.json"
     lock = INTEROP / "package-lock.json"
-    if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
-        done = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=INTEROP, capture_output=True, text=True,
-                              timeout=600)
-        assert done.returncode == 0, f"npm ci failed: {done.stderr[-2000:]}"
+    # one install at a time: tests/all's two runs reach this at once in a fresh clone, and two `npm ci` in
+    # one directory remove each other's files (ENOTEMPTY); the second finds it installed once it may look
+    with open(INTEROP / ".install.lock", "w") as turn:
+        fcntl.flock(turn, fcntl.LOCK_EX)
+        if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
+            done = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=INTEROP, capture_output=True,
+                                  text=True, timeout=600)
+            assert done.returncode == 0, f"npm ci failed: {done.stderr[-2000:]}"
     return node
 
 
