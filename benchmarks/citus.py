@@ -38,7 +38,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import psycopg2
@@ -51,15 +50,11 @@ from kit.db import Database, resolve_url
 from kit.devservers import citus
 from kit.models import ALL_MODELS, DocumentChunk, DocumentSource, Organization, OrgCredit
 from kit.models.rag import EMBEDDING_DIMENSIONS
+from kit.testing.template import with_dbname
 
 ROOT = Path(__file__).resolve().parent.parent
 OPS = {"point read, routed": 200, "get_by_id": 200, "select by id alone": 100, "consume": 100, "tenant search": 20,
        "cross-tenant report": 5}  # per thread per round
-
-
-def with_dbname(url: str, name: str) -> str:
-    """`url` naming database `name` instead."""
-    return urlunsplit(urlsplit(url)._replace(path="/" + name))
 
 
 def admin(url: str, sql: str) -> None:

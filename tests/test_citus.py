@@ -314,6 +314,14 @@ def _kit(cluster, *args: str) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
+def _app(schema) -> Database:
+    """The application's database on the migrated cluster's coordinator (kit_app; its door, kit_door)."""
+    (data_dir, url), _ = schema
+    db = Database()
+    db.configure(url, door_url=citus.node_url(data_dir, role=DOOR))
+    return db
+
+
 @pytest.fixture(scope="module")
 def schema(cluster):
     """The kit's migrations applied on the coordinator (as on one server), then `kit db distribute`."""
@@ -382,9 +390,7 @@ def test_every_tenant_table_is_distributed_and_co_located_every_shared_one_a_ref
 def test_the_domain_operations_run_on_the_distributed_tables(schema):
     from kit.models import OrgCredit
 
-    (_, url), _ = schema
-    db = Database()
-    db.configure(url)
+    db = _app(schema)
     try:
         with db.bind_ctx(ALL_MODELS):
             org = db.execute_sql("SELECT id FROM organizations ORDER BY slug LIMIT 1").fetchone()[0]
@@ -406,9 +412,7 @@ def test_tenant_search_on_the_shards_has_full_recall_and_never_returns_short(sch
     from kit.models.rag import EMBEDDING_DIMENSIONS
     from kit.vector import nearest
 
-    (_, url), _ = schema
-    db = Database()
-    db.configure(url)
+    db = _app(schema)
     rng = np.random.default_rng(7)
     try:
         with db.bind_ctx(ALL_MODELS):
@@ -443,9 +447,7 @@ def test_binary_copy_in_and_out_of_a_distributed_table_in_the_tenant_s_context(s
     from kit.models.rag import EMBEDDING_DIMENSIONS
     from kit.vector import fetch_matrix
 
-    (_, url), _ = schema
-    db = Database()
-    db.configure(url)
+    db = _app(schema)
     vectors = np.random.default_rng(11).standard_normal((1000, EMBEDDING_DIMENSIONS)).astype(np.float32)
     try:
         with db.bind_ctx(ALL_MODELS):
@@ -472,9 +474,7 @@ def test_usage_invitations_audit_and_webhook_events_run_on_the_cluster(schema):
 
     from kit.models import AuditLog, Invitation, Member, Organization, Usage, User, WebhookEvent
 
-    (data_dir, url), _ = schema
-    db = Database()
-    db.configure(url, door_url=citus.node_url(data_dir, role=DOOR))
+    db = _app(schema)
     tag = uuid.uuid4().hex[:6]
     try:
         with db.bind_ctx(ALL_MODELS):
@@ -550,9 +550,7 @@ def test_a_read_by_id_in_a_tenant_context_goes_to_the_tenant_s_shard_alone(schem
     shard (a policy's filter cannot prune shards); through the door the same read visits every shard."""
     from kit.models import DocumentSource, Organization
 
-    (data_dir, url), _ = schema
-    db = Database()
-    db.configure(url, door_url=citus.node_url(data_dir, role=DOOR))
+    db = _app(schema)
 
     def tasks(query) -> int:
         sql, params = db.sql_of(query)
