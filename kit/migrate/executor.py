@@ -35,7 +35,7 @@ from kit.errors import (
 )
 from kit.migrate import history, schema
 from kit.migrate.loader import MigrationFile, load
-from kit.migrate.lock import LOCK_KEY, hold_lock, lock_transaction, wait_for_lock
+from kit.migrate.lock import LOCK_KEY, hold_lock, locked
 from kit.migrate.steps import applying, forget_steps, run_steps, unfinished
 from kit.models import project_models
 from kit.roles import tenant_policy_problems
@@ -159,9 +159,7 @@ def apply(database: Database, directory: Path, say: Callable[[str], None] = prin
     with database.connection_context(), _reported(database, "checking the migration history"):
         require_extension(database)
         files = {f.name: f for f in load(directory)}
-        wait_for_lock(database, say)
-        with database.atomic():
-            lock_transaction(database, say)
+        with locked(database, say):
             history.ensure_tables(database)
             blocking = [s for s in status(database, directory)
                         if s.state in ("edited", "missing") or (s.state == "pending" and s.detail)]
@@ -201,9 +199,7 @@ def _apply_one(database: Database, router: Router, file: MigrationFile, say: Cal
     name = file.name
 
     def attempt() -> bool:
-        wait_for_lock(database, say)
-        with database.atomic():
-            lock_transaction(database, say)
+        with locked(database, say):
             if name in {entry.name for entry in history.applied(database)}:
                 router.run_one(name, router.migrator, fake=True)  # follow the other run's schema
                 return False
@@ -234,18 +230,14 @@ def rollback(database: Database, directory: Path, count: int = 1, say: Callable[
     """Roll back the last `count` applied migrations, newest first, each in its own locked transaction."""
     with database.connection_context(), _reported(database, "rolling back"):
         require_primary(database)
-        wait_for_lock(database, say)
-        with database.atomic():
-            lock_transaction(database, say)
+        with locked(database, say):
             history.ensure_tables(database)
         router = router_for(database, directory)
         undone: list[str] = []
         current: list[str] = []  # the migration being rolled back, for the sentence if it fails
 
         def attempt() -> str | None:
-            wait_for_lock(database, say)
-            with database.atomic():
-                lock_transaction(database, say)
+            with locked(database, say):
                 done = router.done
                 if not done:
                     return None
@@ -357,17 +349,13 @@ def resolve(database: Database, directory: Path, name: str, *, applied: bool) ->
             raise MigrationError(
                 f"refusing to record {name} as applied; the database lacks what it creates: " + "; ".join(missing)
             )
-        wait_for_lock(database, lambda _: None)
-        with database.atomic():
-            lock_transaction(database, lambda _: None)
+        with locked(database, lambda _: None):
             if name in {e.name for e in history.applied(database)}:
                 raise already
             history.record_applied(database, name, files[name].checksum)
         return f"recorded {name} as applied (its tables, columns, indexes and objects are present)"
     if name not in recorded:
         raise MigrationError(f"{name} is not recorded as applied; nothing to resolve")
-    wait_for_lock(database, lambda _: None)
-    with database.atomic():
-        lock_transaction(database, lambda _: None)
+    with locked(database, lambda _: None):
         history.forget(database, name)
     return f"forgot {name}: it is pending again"

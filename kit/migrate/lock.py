@@ -30,7 +30,8 @@ snapshot, so CREATE INDEX CONCURRENTLY elsewhere does not wait for it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg2
@@ -128,6 +129,15 @@ def wait_for_lock(database: Database, say: Callable[[str], None] = print, poll: 
     while (row := database.execute_sql(_HOLDER_SQL, (LOCK_KEY,)).fetchone()) is not None:
         said = _keep_waiting(row, "another migration run", began, wait, said, say)
         time.sleep(poll)
+
+
+@contextmanager
+def locked(database: Database, say: Callable[[str], None] = print) -> Iterator[None]:
+    """A transaction holding the migration lock: waited for outside any transaction, then taken in it."""
+    wait_for_lock(database, say)
+    with database.atomic():
+        lock_transaction(database, say)
+        yield
 
 
 def lock_transaction(database: Database, say: Callable[[str], None] = print) -> None:
